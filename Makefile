@@ -1,0 +1,45 @@
+# Two commands do all the set-up on a fresh Debian machine:
+#   make run    start the local exchange and the daemon (no API keys, no internet)
+#   make test   run the test suite against a real redis-server and SQLite
+# Both are idempotent: the virtualenv is rebuilt only when requirements.txt changes.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test bench exchange system-deps venv clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python 3.11+ is required (found $$($(PYTHON) --version))"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $(STAMP)
+
+# redis-server comes from Debian's packages; installed only when missing.
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing redis-server (Debian package)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+		else \
+			echo "redis-server is missing: run 'sudo apt-get install -y redis-server'"; exit 1; \
+		fi; }
+
+test: venv system-deps
+	$(PY) -m pytest
+
+run: venv system-deps
+	scripts/run-local.sh
+
+exchange: venv
+	$(PY) -m sidecar.exchange --always-open
+
+bench: venv system-deps
+	$(PY) -m pytest bench --benchmark-only -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,89 @@
+"""The one bar type every provider's payload is normalized into, and timeframe helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import IntFlag
+
+TIMEFRAMES: dict[str, int] = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86400}
+"""Supported timeframes and their length in seconds; bars are labelled by their start."""
+
+
+class BarFlag(IntFlag):
+    """Bits of `Bar.flags`; the same integer is stored in Redis and SQLite."""
+
+    NONE = 0
+    FORMING = 1  # the bar's bucket has not ended yet; its values will still change
+    SYNTHETIC = 2  # made by gap filling, not received from a source
+    STALE = 4  # the last good value kept while every source for the symbol fails
+
+
+@dataclass(slots=True, frozen=True)
+class Bar:
+    """One OHLCV bar: canonical symbol, timeframe, UTC epoch second of the bar's open."""
+
+    symbol: str
+    timeframe: str
+    ts: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    source: str
+    flags: int = 0
+
+    @property
+    def forming(self) -> bool:
+        """True while the bar's bucket is still open."""
+        return bool(self.flags & BarFlag.FORMING)
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """The identity of a bar in every store: (symbol, timeframe, ts)."""
+        return (self.symbol, self.timeframe, self.ts)
+
+    def closed(self) -> Bar:
+        """The same bar with the FORMING bit cleared."""
+        return replace(self, flags=self.flags & ~BarFlag.FORMING)
+
+    def as_map(self) -> dict[str, object]:
+        """Named fields for msgpack and JSON; the documented Redis value format."""
+        return {
+            "symbol": self.symbol,
+            "tf": self.timeframe,
+            "ts": self.ts,
+            "open": self.open,
+            "high": self.high,
+            "low": self.low,
+            "close": self.close,
+            "volume": self.volume,
+            "source": self.source,
+            "flags": self.flags,
+        }
+
+    @classmethod
+    def from_map(cls, m: dict[str, object]) -> Bar:
+        """Inverse of `as_map`."""
+        return cls(
+            symbol=str(m["symbol"]),
+            timeframe=str(m["tf"]),
+            ts=int(m["ts"]),  # type: ignore[call-overload]
+            open=float(m["open"]),  # type: ignore[arg-type]
+            high=float(m["high"]),  # type: ignore[arg-type]
+            low=float(m["low"]),  # type: ignore[arg-type]
+            close=float(m["close"]),  # type: ignore[arg-type]
+            volume=float(m["volume"]),  # type: ignore[arg-type]
+            source=str(m["source"]),
+            flags=int(m["flags"]),  # type: ignore[call-overload]
+        )
+
+
+def timeframe_seconds(timeframe: str) -> int:
+    """Length of a timeframe in seconds; KeyError names the unknown timeframe."""
+    return TIMEFRAMES[timeframe]
+
+
+def bucket_start(ts: float, seconds: int) -> int:
+    """The open of the bucket of length `seconds` that contains `ts` (epoch-aligned)."""
+    return int(ts // seconds) * seconds

@@ -1,0 +1,101 @@
+"""Trading calendars per asset class: which minutes trade and when the current session ends.
+
+US equities and indices follow the NYSE (XNYS) regular session with holidays and early
+closes, from `exchange-calendars`; FX trades 24x5 (Sunday 17:00 to Friday 17:00 New York);
+futures follow CME Globex (Sunday 18:00 to Friday 17:00 New York, daily 17:00-18:00 break);
+crypto never closes. Timestamps are UTC epoch seconds, vectorized with NumPy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from .symbols import AssetClass
+
+NEW_YORK = ZoneInfo("America/New_York")
+DAY = 86400
+
+
+@lru_cache(maxsize=1)
+def _xnys_sessions() -> dict[int, tuple[int, int]]:
+    """UTC day number -> (open, close) epoch seconds of the NYSE regular session that day."""
+    import exchange_calendars  # slow import; only equity calendars need it
+
+    today = dt.date.today()
+    cal = exchange_calendars.get_calendar(
+        "XNYS", start="2020-01-02", end=(today + dt.timedelta(days=800)).isoformat()
+    )
+    opens = cal.schedule["open"].astype("int64").to_numpy() // 10**9
+    closes = cal.schedule["close"].astype("int64").to_numpy() // 10**9
+    return {int(o) // DAY: (int(o), int(c)) for o, c in zip(opens, closes, strict=True)}
+
+
+@lru_cache(maxsize=4096)
+def _ny_offset(day: int) -> int:
+    """New York's UTC offset in seconds at noon UTC of a UTC day.
+
+    DST switches at 02:00 New York on a Sunday, when FX and futures are closed anyway,
+    so one offset per day is exact for every minute those markets trade.
+    """
+    noon = dt.datetime.fromtimestamp(day * DAY + DAY // 2, tz=NEW_YORK)
+    return int(noon.utcoffset().total_seconds())  # type: ignore[union-attr]
+
+
+def _ny_local(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(weekday Mon=0, minute of day) in New York time for each UTC timestamp."""
+    days = ts // DAY
+    uniq, inv = np.unique(days, return_inverse=True)
+    offsets = np.array([_ny_offset(int(d)) for d in uniq], dtype=np.int64)[inv]
+    local = ts + offsets
+    weekday = ((local // DAY) + 3) % 7  # 1970-01-01 was a Thursday
+    minute = (local % DAY) // 60
+    return weekday, minute
+
+
+def is_trading(asset_class: AssetClass, ts: np.ndarray | int) -> np.ndarray:
+    """Boolean mask: does the bar starting at each timestamp fall inside a trading session?"""
+    ts = np.atleast_1d(np.asarray(ts, dtype=np.int64))
+    if asset_class is AssetClass.CRYPTO:
+        return np.ones(ts.shape, dtype=bool)
+    if asset_class in (AssetClass.EQUITY, AssetClass.INDEX):
+        sessions = _xnys_sessions()
+        out = np.zeros(ts.shape, dtype=bool)
+        days = ts // DAY
+        for d in np.unique(days):
+            bounds = sessions.get(int(d))
+            if bounds is not None:
+                sel = days == d
+                out[sel] = (ts[sel] >= bounds[0]) & (ts[sel] < bounds[1])
+        return out
+    weekday, minute = _ny_local(ts)
+    five_pm = 17 * 60
+    opens_sunday = five_pm if asset_class is AssetClass.FX else 18 * 60
+    closed = (
+        (weekday == 5)
+        | ((weekday == 4) & (minute >= five_pm))
+        | ((weekday == 6) & (minute < opens_sunday))
+    )
+    if asset_class is AssetClass.FUTURES:
+        closed |= (weekday <= 3) & (minute >= five_pm) & (minute < 18 * 60)
+    return ~closed
+
+
+def regular_period(asset_class: AssetClass, now: int) -> tuple[int, int]:
+    """(start, end) of the regular session that `now` is in, or of the last one before it.
+
+    Equities use the NYSE session; other classes use the UTC day, as Yahoo reports them.
+    """
+    if asset_class in (AssetClass.EQUITY, AssetClass.INDEX):
+        sessions = _xnys_sessions()
+        day = now // DAY
+        for d in range(day, day - 15, -1):
+            bounds = sessions.get(d)
+            if bounds is not None and bounds[0] <= now:
+                return bounds
+        return (day * DAY, day * DAY)
+    start = now // DAY * DAY
+    return (start, start + DAY)

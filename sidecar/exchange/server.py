@@ -1,0 +1,329 @@
+"""The local exchange's HTTP face: Yahoo's chart endpoint in Yahoo's format, plus an admin
+API under `/_exchange/` to inject faults and read the ground truth of what was served.
+
+Yahoo chart: `GET /v8/finance/chart/{symbol}?interval=1m&period1=..&period2=..` (or `range=`),
+answered as `../shared/providers.md` section 1.1 describes: parallel arrays, nulls for
+minutes without trades or no entry at all, the forming bar last, `chart.error` bodies on
+400/404/422, and Yahoo's plain-text 429.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import re
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import orjson
+from aiohttp import web
+
+from ..clock import Clock, SystemClock
+from ..symbols import AssetClass
+from .market import Market, MinuteBars
+
+YAHOO_INTERVALS = ("1m", "2m", "5m", "15m", "30m", "60m", "90m", "1h", "1d", "5d", "1wk", "1mo", "3mo")
+_SERVED_INTERVALS = {"1m": 60, "2m": 120, "5m": 300, "15m": 900, "30m": 1800, "60m": 3600, "90m": 5400, "1h": 3600}
+_HOW_FAR_BACK_DAYS = {"1m": 30, "1h": 730, "60m": 730}  # others: 60 days
+_RANGE_UNITS = {"d": 86400, "mo": 30 * 86400, "y": 365 * 86400}
+_YAHOO_SYMBOL = re.compile(r"^\^?[A-Z0-9][A-Z0-9.\-]{0,14}(=X|=F)?$")
+
+BAR_FAULTS = frozenset({
+    "high_below_low", "negative_price", "zero_price", "negative_volume", "misaligned_ts",
+    "future_ts", "string_price", "nan_price",
+})
+RESPONSE_FAULTS = frozenset({"malformed_json", "http_500", "http_429"})
+FAULT_KINDS = BAR_FAULTS | RESPONSE_FAULTS
+_NAN_MARK = 987654321.125  # a value no bar has; replaced by a bare NaN token in the body
+
+_META_BY_CLASS = {
+    AssetClass.EQUITY: ("NMS", "NasdaqGS", "EQUITY", "America/New_York"),
+    AssetClass.INDEX: ("NIM", "Nasdaq GIDS", "INDEX", "America/New_York"),
+    AssetClass.FX: ("CCY", "CCY", "CURRENCY", "Europe/London"),
+    AssetClass.CRYPTO: ("CCC", "CCC", "CRYPTOCURRENCY", "UTC"),
+    AssetClass.FUTURES: ("CMX", "COMEX", "FUTURE", "America/New_York"),
+}
+
+
+@dataclass(slots=True)
+class _PendingFault:
+    kind: str
+    remaining: int
+
+
+def _chart_error(status: int, code: str, description: str) -> web.Response:
+    body = {"chart": {"result": None, "error": {"code": code, "description": description}}}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+class Exchange:
+    """The exchange application: serves the market and remembers what it served.
+
+    :param market: the simulated market.
+    :param clock: wall time decides which bars are closed and which one is forming.
+    """
+
+    def __init__(self, market: Market, *, clock: Clock | None = None) -> None:
+        self.market = market
+        self.clock = clock or SystemClock()
+        self.served: dict[str, dict[int, tuple[float, float, float, float, float]]] = collections.defaultdict(dict)
+        self.fault_log: list[dict[str, object]] = []
+        self.requests: collections.Counter[str] = collections.Counter()
+        self._faults: dict[str, collections.deque[_PendingFault]] = collections.defaultdict(collections.deque)
+        self._runner: web.AppRunner | None = None
+        self.app = web.Application()
+        self.app.router.add_get("/v8/finance/chart/{symbol}", self._chart)
+        self.app.router.add_post("/_exchange/faults", self._post_fault)
+        self.app.router.add_get("/_exchange/faults", self._get_faults)
+        self.app.router.add_get("/_exchange/served", self._get_served)
+        self.app.router.add_get("/_exchange/truth", self._get_truth)
+        self.app.router.add_get("/_exchange/stats", self._get_stats)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on host:port (0 picks a free port); return the base URL."""
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound = self._runner.addresses[0]
+        return f"http://{bound[0]}:{bound[1]}"
+
+    async def close(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- faults and truth -------------------------------------------------------------------
+
+    def inject(self, symbol: str, kind: str, count: int = 1) -> None:
+        """Queue `count` faults of `kind` for the next responses about a Yahoo symbol."""
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
+        self._faults[symbol].append(_PendingFault(kind, count))
+
+    def _take_fault(self, symbol: str, kinds: frozenset[str]) -> str | None:
+        queue = self._faults.get(symbol)
+        if not queue or queue[0].kind not in kinds:
+            return None
+        fault = queue[0]
+        fault.remaining -= 1
+        if fault.remaining <= 0:
+            queue.popleft()
+        return fault.kind
+
+    def truth(self, symbol: str, start: int, end: int) -> MinuteBars:
+        """The closed one-minute bars with trades in [start, end), as the market made them."""
+        first = -(-start // 60) * 60
+        ts = np.arange(first, end, 60, dtype=np.int64)
+        ts = ts[(ts + 60 <= int(self.clock.time())) & self.market.trading(symbol, ts)]
+        bars = self.market.minute_bars(symbol, ts)
+        return bars.select(bars.traded)
+
+    # -- Yahoo chart --------------------------------------------------------------------------
+
+    async def _chart(self, request: web.Request) -> web.Response:
+        self.requests["chart"] += 1
+        symbol = request.match_info["symbol"]
+        if not _YAHOO_SYMBOL.fullmatch(symbol):
+            return _chart_error(404, "Not Found", "No data found, symbol may be delisted")
+        fault = self._take_fault(symbol, RESPONSE_FAULTS)
+        if fault == "http_429":
+            return web.Response(status=429, text="Too Many Requests")
+        if fault == "http_500":
+            return web.Response(status=500, text="Internal Server Error")
+
+        q = request.query
+        interval = q.get("interval", "1m")
+        if interval not in YAHOO_INTERVALS:
+            return _chart_error(400, "Bad Request", f"Invalid input - interval={interval} is not supported. "
+                                f"Valid intervals: [{', '.join(YAHOO_INTERVALS)}]")
+        if interval not in _SERVED_INTERVALS:
+            return _chart_error(400, "Bad Request", f"Invalid input - interval={interval} is not served by the local exchange")
+        now = int(self.clock.time())
+        try:
+            start, end, range_name = self._window(q, now)
+        except ValueError as exc:
+            return _chart_error(400, "Bad Request", f"Invalid input - {exc}")
+        step = _SERVED_INTERVALS[interval]
+        days_back = _HOW_FAR_BACK_DAYS.get(interval, 60)
+        if interval == "1m" and end - start > 8 * 86400:
+            return _chart_error(422, "Unprocessable Entity",
+                                f"1m data not available for startTime={start} and endTime={end}. "
+                                "Only 7 days worth of 1m granularity data are allowed to be fetched per request.")
+        if start < now - days_back * 86400:
+            return _chart_error(422, "Unprocessable Entity",
+                                f"{interval} data not available for startTime={start} and endTime={end}. "
+                                f"The requested range must be within the last {days_back} days.")
+        body = self._chart_body(symbol, interval, step, start, end, now, range_name, fault=self._take_fault(symbol, BAR_FAULTS))
+        if fault == "malformed_json":
+            body = body[: len(body) // 2]
+        return web.Response(body=body, content_type="application/json")
+
+    @staticmethod
+    def _window(q: object, now: int) -> tuple[int, int, str]:
+        get = q.get  # type: ignore[attr-defined]
+        if get("period1") is not None:
+            try:
+                start = int(get("period1"))
+                end = int(get("period2", now))
+            except ValueError:
+                raise ValueError("period1 and period2 must be unix seconds") from None
+            return start, min(end, now + 1), ""
+        rng = get("range", "1d")
+        match = re.fullmatch(r"(\d+)(d|mo|y)", rng)
+        if not match:
+            raise ValueError(f"range={rng} is not supported")
+        return now - int(match[1]) * _RANGE_UNITS[match[2]], now + 1, rng
+
+    def _chart_body(self, symbol: str, interval: str, step: int, start: int, end: int, now: int,
+                    range_name: str, fault: str | None) -> bytes:
+        m = self.market
+        profile = m.profile(symbol)
+        ts = np.arange(-(-start // 60) * 60, end, 60, dtype=np.int64)
+        ts = ts[(ts <= now) & m.trading(symbol, ts)]
+        upto = np.minimum(now - ts, 59)
+        bars = m.minute_bars(symbol, ts, upto_second=upto)
+        closed = ts + 60 <= now
+        if step == 60:
+            self._record_served(symbol, bars, closed)
+            rows = self._rows_1m(symbol, bars)
+        else:
+            rows = self._rows_aggregated(bars, step)
+
+        session_start, session_end = m.regular_period(symbol, now)
+        if (not m.always_open and profile.asset_class is AssetClass.EQUITY and step == 60
+                and start <= session_end < end and session_end <= now and len(rows["ts"])):
+            # Yahoo appends a zero-volume print stamped exactly at the close.
+            last = rows["close"][-1] if rows["close"][-1] is not None else bars.close[bars.traded][-1]
+            for key, value in (("ts", session_end), ("open", last), ("high", last), ("low", last),
+                               ("close", last), ("volume", 0)):
+                rows[key].append(value)
+        if fault is not None:
+            self._apply_bar_fault(symbol, rows, fault, now)
+
+        exchange_name, full_name, instrument, tz_name = _META_BY_CLASS[profile.asset_class]
+        tz = ZoneInfo(tz_name)
+        offset = int(dt.datetime.fromtimestamp(now, tz).utcoffset().total_seconds())  # type: ignore[union-attr]
+        tz_abbr = dt.datetime.fromtimestamp(now, tz).tzname()
+        market_time = min(now, session_end) if not m.always_open else now
+        traded_closes = bars.close[bars.traded]
+        period = {"timezone": tz_abbr, "gmtoffset": offset}
+        meta = {
+            "currency": "USD", "symbol": symbol, "exchangeName": exchange_name, "fullExchangeName": full_name,
+            "instrumentType": instrument, "firstTradeDate": 345479400, "regularMarketTime": market_time,
+            "hasPrePostMarketData": profile.asset_class is AssetClass.EQUITY, "gmtoffset": offset,
+            "timezone": tz_abbr, "exchangeTimezoneName": tz_name,
+            "regularMarketPrice": float(traded_closes[-1]) if len(traded_closes) else None,
+            "priceHint": profile.decimals, "scale": 3,
+            "currentTradingPeriod": {
+                "pre": {**period, "start": session_start - 19800, "end": session_start},
+                "regular": {**period, "start": session_start, "end": session_end},
+                "post": {**period, "start": session_end, "end": session_end + 14400},
+            },
+            "dataGranularity": interval, "range": range_name,
+            "validRanges": ["1d", "5d", "1mo", "3mo", "6mo", "1y", "2y", "5y", "10y", "ytd", "max"],
+        }
+        result: dict[str, object] = {"meta": meta}
+        if rows["ts"]:
+            result["timestamp"] = rows.pop("ts")
+            result["indicators"] = {"quote": [rows]}
+        else:
+            result["indicators"] = {"quote": [{}]}
+        body = orjson.dumps({"chart": {"result": [result], "error": None}})
+        return body.replace(repr(_NAN_MARK).encode(), b"NaN")
+
+    def _rows_1m(self, symbol: str, bars: MinuteBars) -> dict[str, list]:
+        """Column lists for Yahoo: nulls or nothing for minutes without trades."""
+        keep = bars.traded | self.market.null_style(symbol, bars.ts)
+        b = bars.select(keep)
+        rows: dict[str, list] = {"ts": b.ts.tolist()}
+        for name in ("open", "high", "low", "close", "volume"):
+            col = getattr(b, name)
+            values = col.astype(np.int64).tolist() if name == "volume" else col.tolist()
+            rows[name] = [v if t else None for v, t in zip(values, b.traded.tolist(), strict=True)]
+        return rows
+
+    @staticmethod
+    def _rows_aggregated(bars: MinuteBars, step: int) -> dict[str, list]:
+        b = bars.select(bars.traded)
+        buckets = b.ts // step * step
+        starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]]) if len(b) else np.array([], dtype=int)
+        ends = np.r_[starts[1:], len(b)] if len(b) else starts
+        return {
+            "ts": buckets[starts].tolist(),
+            "open": b.open[starts].tolist(),
+            "high": np.maximum.reduceat(b.high, starts).tolist() if len(b) else [],
+            "low": np.minimum.reduceat(b.low, starts).tolist() if len(b) else [],
+            "close": b.close[ends - 1].tolist() if len(b) else [],
+            "volume": np.add.reduceat(b.volume, starts).astype(np.int64).tolist() if len(b) else [],
+        }
+
+    def _record_served(self, symbol: str, bars: MinuteBars, closed: np.ndarray) -> None:
+        served = self.served[symbol]
+        b = bars.select(bars.traded & closed)
+        for row in zip(b.ts.tolist(), b.open.tolist(), b.high.tolist(), b.low.tolist(),
+                       b.close.tolist(), b.volume.tolist(), strict=True):
+            served[row[0]] = row[1:]
+
+    def _apply_bar_fault(self, symbol: str, rows: dict[str, list], kind: str, now: int) -> None:
+        """Corrupt the newest closed bar with trades; the truth of that minute stays unserved."""
+        candidates = [i for i, t in enumerate(rows["ts"]) if t + 60 <= now and rows["close"][i] is not None]
+        if not candidates:
+            self._faults[symbol].appendleft(_PendingFault(kind, 1))  # try again on the next response
+            return
+        i = candidates[-1]
+        ts = rows["ts"][i]
+        self.served[symbol].pop(ts, None)
+        if kind == "high_below_low":
+            rows["high"][i], rows["low"][i] = rows["low"][i] - 1.0, rows["high"][i] + 1.0
+        elif kind == "negative_price":
+            rows["close"][i] = -abs(rows["close"][i])
+        elif kind == "zero_price":
+            rows["open"][i] = 0.0
+        elif kind == "negative_volume":
+            rows["volume"][i] = -1 - rows["volume"][i]
+        elif kind == "misaligned_ts":
+            rows["ts"][i] = ts + 17
+        elif kind == "future_ts":
+            rows["ts"][i] = (now // 60 + 60) * 60
+        elif kind == "string_price":
+            rows["close"][i] = "n/a"
+        elif kind == "nan_price":
+            rows["close"][i] = _NAN_MARK
+        self.fault_log.append({"symbol": symbol, "kind": kind, "ts": ts, "served_ts": rows["ts"][i],
+                               "values": [rows[k][i] for k in ("open", "high", "low", "close", "volume")]})
+
+    # -- admin ---------------------------------------------------------------------------------
+
+    async def _post_fault(self, request: web.Request) -> web.Response:
+        try:
+            body = orjson.loads(await request.read())
+            self.inject(str(body["symbol"]), str(body["kind"]), int(body.get("count", 1)))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise web.HTTPBadRequest(text=f"expected {{symbol, kind, count}}: {exc}") from None
+        return web.json_response({"queued": body["kind"], "symbol": body["symbol"]})
+
+    async def _get_faults(self, request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(self.fault_log), content_type="application/json")
+
+    async def _get_served(self, request: web.Request) -> web.Response:
+        symbol = request.query.get("symbol", "")
+        rows = [[ts, *values] for ts, values in sorted(self.served.get(symbol, {}).items())]
+        return web.Response(body=orjson.dumps({"symbol": symbol, "bars": rows}), content_type="application/json")
+
+    async def _get_truth(self, request: web.Request) -> web.Response:
+        try:
+            symbol = request.query["symbol"]
+            start, end = int(request.query["start"]), int(request.query["end"])
+        except (KeyError, ValueError):
+            raise web.HTTPBadRequest(text="expected symbol, start and end (unix seconds)") from None
+        if end - start > 90 * 86400:
+            raise web.HTTPBadRequest(text="at most 90 days per request")
+        b = self.truth(symbol, start, end)
+        rows = np.column_stack([b.ts, b.open, b.high, b.low, b.close, b.volume]).tolist()
+        return web.Response(body=orjson.dumps({"symbol": symbol, "bars": rows}), content_type="application/json")
+
+    async def _get_stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"requests": dict(self.requests)})

@@ -1,0 +1,256 @@
+"""One settings object, read once at start-up from the environment and `.env`, validated,
+and passed down explicitly. Every setting is an environment variable prefixed `SIDECAR_`.
+
+Each field carries its variable name, its parser and a one-line meaning in its metadata;
+`.env.example` and the README's table are checked against these fields by the tests.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+from .errors import SettingsError, SymbolError
+from .symbols import DEFAULT_SYMBOLS, lookup
+
+PREFIX = "SIDECAR_"
+_BROWSER_UA = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36"
+)
+
+Parser = Callable[[str], Any]
+
+
+def _int(lo: int, hi: int) -> Parser:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"expected {lo}..{hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _float(lo: float, hi: float) -> Parser:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+        if not lo <= value <= hi:  # also refuses nan
+            raise ValueError(f"expected {lo}..{hi}, got {raw}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _choice(*options: str) -> Parser:
+    def parse(raw: str) -> str:
+        value = raw.strip().upper()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _url(*schemes: str) -> Parser:
+    def parse(raw: str) -> str:
+        parts = urlsplit(raw.strip())
+        if parts.scheme not in schemes or not (parts.netloc or parts.path):
+            raise ValueError(f"expected a {'/'.join(schemes)} URL, got {redact_url(raw)!r}")
+        return raw.strip().rstrip("/") if parts.scheme.startswith("http") else raw.strip()
+
+    return parse
+
+
+def _host(raw: str) -> str:
+    value = raw.strip()
+    if value == "localhost":
+        return value
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"expected an IP address or 'localhost', got {raw!r}") from None
+    return value
+
+
+def _symbols(raw: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for part in raw.split(","):
+        if part.strip():
+            try:
+                sym = lookup(part).symbol
+            except SymbolError as exc:
+                raise ValueError(str(exc)) from None
+            if sym not in out:
+                out.append(sym)
+    if not out:
+        raise ValueError("expected at least one symbol")
+    return tuple(out)
+
+
+def _prefix(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", raw.strip()):
+        raise ValueError(f"expected 1-32 letters, digits, '_' or '-', got {raw!r}")
+    return raw.strip()
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _setting(name: str, default: Any, parse: Parser, help: str) -> Any:
+    return field(default=default, metadata={"env": PREFIX + name, "parse": parse, "help": help})
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by '***', for logs."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+class _FromEnv:
+    """Shared loading for the settings dataclasses."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")
+    ) -> Any:
+        """Build from `.env` (if present) overlaid with `environ`; raise SettingsError on a bad value."""
+        values: dict[str, str] = {}
+        if dotenv is not None and dotenv.is_file():
+            values.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+        unknown = sorted(k for k in values if k.startswith(PREFIX) and k not in ALL_SETTINGS)
+        if unknown:
+            raise SettingsError(unknown[0], "unknown setting (see .env.example for the list)")
+        kwargs = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            env = f.metadata["env"]
+            if env in values:
+                try:
+                    kwargs[f.name] = f.metadata["parse"](values[env])
+                except ValueError as exc:
+                    raise SettingsError(env, str(exc)) from None
+        return cls(**kwargs)
+
+    def with_overrides(self, **raw: str | None) -> Any:
+        """A copy with some fields replaced from raw strings (CLI flags), parsed like env values."""
+        meta = {f.name: f.metadata for f in fields(self)}  # type: ignore[arg-type]
+        changes = {}
+        for name, value in raw.items():
+            if value is not None:
+                try:
+                    changes[name] = meta[name]["parse"](value)
+                except ValueError as exc:
+                    raise SettingsError(meta[name]["env"], str(exc)) from None
+        return replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclass(slots=True, frozen=True)
+class Settings(_FromEnv):
+    """Everything the daemon can be told, with defaults that run against the local exchange."""
+
+    symbols: tuple[str, ...] = _setting(
+        "SYMBOLS", DEFAULT_SYMBOLS, _symbols, "comma-separated canonical symbols to follow")
+    cycle_interval_s: float = _setting(
+        "CYCLE_INTERVAL_S", 1.0, _float(0.05, 60), "seconds between cycles (deadline-scheduled)")
+    fetch_timeout_s: float = _setting(
+        "FETCH_TIMEOUT_S", 0.8, _float(0.05, 60), "per-request timeout for a source")
+    lookback_minutes: int = _setting(
+        "LOOKBACK_MINUTES", 120, _int(1, 10080),
+        "how far back the first fetch of a symbol reaches after start-up")
+    yahoo_base_url: str = _setting(
+        "YAHOO_BASE_URL", "http://127.0.0.1:8700", _url("http", "https"),
+        "Yahoo chart API base URL (the real one: https://query2.finance.yahoo.com)")
+    yahoo_user_agent: str = _setting(
+        "YAHOO_USER_AGENT", _BROWSER_UA, _text, "User-Agent sent to Yahoo (it refuses generic ones)")
+    yahoo_max_connections: int = _setting(
+        "YAHOO_MAX_CONNECTIONS", 32, _int(1, 1024), "size of the pooled HTTP connections to Yahoo")
+    redis_url: str = _setting(
+        "REDIS_URL", "redis://127.0.0.1:6379/0", _url("redis", "rediss", "unix"),
+        "Redis to write to (redis://, rediss:// or unix:// URL)")
+    redis_prefix: str = _setting(
+        "REDIS_PREFIX", "sidecar", _prefix, "first segment of every Redis key")
+    redis_max_connections: int = _setting(
+        "REDIS_MAX_CONNECTIONS", 16, _int(1, 1024), "bound of the Redis connection pool")
+    redis_timeout_s: float = _setting(
+        "REDIS_TIMEOUT_S", 0.5, _float(0.01, 30), "deadline for one Redis pipeline or read")
+    redis_history_len: int = _setting(
+        "REDIS_HISTORY_LEN", 5000, _int(1, 1_000_000), "closed bars kept per symbol and timeframe")
+    db_path: Path = _setting(
+        "DB_PATH", Path("var/sidecar.db"), lambda raw: Path(raw.strip()), "SQLite database file")
+    flush_interval_s: float = _setting(
+        "FLUSH_INTERVAL_S", 10.0, _float(0.1, 86400), "seconds between SQLite flushes")
+    sqlite_synchronous: str = _setting(
+        "SQLITE_SYNCHRONOUS", "FULL", _choice("FULL", "NORMAL"),
+        "SQLite synchronous mode (FULL survives power loss; costs ~nothing at one commit per flush)")
+    http_host: str = _setting(
+        "HTTP_HOST", "127.0.0.1", _host, "address of the health/metrics/read HTTP server")
+    http_port: int = _setting(
+        "HTTP_PORT", 8787, _int(0, 65535), "port of the HTTP server (0 picks a free one)")
+    stale_after_s: float = _setting(
+        "STALE_AFTER_S", 5.0, _float(0.1, 86400),
+        "a symbol not refreshed for this long is reported stale in /health")
+    future_tolerance_s: float = _setting(
+        "FUTURE_TOLERANCE_S", 5.0, _float(0, 3600),
+        "clock skew allowed before a bar's timestamp counts as in the future")
+    shutdown_timeout_s: float = _setting(
+        "SHUTDOWN_TIMEOUT_S", 8.0, _float(0.5, 300),
+        "internal deadline for a graceful stop (keep below PM2's kill_timeout)")
+    log_level: str = _setting(
+        "LOG_LEVEL", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "log verbosity")
+
+    def redacted(self) -> dict[str, str]:
+        """The settings as strings for the start-up log line, with secrets masked."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            text = ",".join(value) if isinstance(value, tuple) else str(value)
+            out[f.metadata["env"]] = redact_url(text) if f.name.endswith("_url") else text
+        return out
+
+
+@dataclass(slots=True, frozen=True)
+class ExchangeSettings(_FromEnv):
+    """Settings of the local exchange (`python -m sidecar.exchange`)."""
+
+    host: str = _setting("EXCHANGE_HOST", "127.0.0.1", _host, "address the local exchange listens on")
+    port: int = _setting("EXCHANGE_PORT", 8700, _int(0, 65535), "port of the local exchange")
+    seed: int = _setting("EXCHANGE_SEED", 42, _int(0, 2**31 - 1), "seed of the simulated market")
+    always_open: bool = _setting(
+        "EXCHANGE_ALWAYS_OPEN", False, _bool,
+        "every symbol trades around the clock (otherwise real sessions apply)")
+
+
+ALL_SETTINGS: dict[str, Any] = {
+    f.metadata["env"]: f for cls in (Settings, ExchangeSettings) for f in fields(cls)
+}
+"""Every recognised environment variable and its dataclass field."""
