@@ -1,0 +1,147 @@
+"""The Sidecar: builds every component from one Settings object, starts them in order,
+supervises the background tasks, and on SIGTERM/SIGINT shuts down in a fixed order that
+gets every closed bar into SQLite before anything else closes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from ..clock import Clock, SystemClock
+from ..errors import SQLiteStoreError
+from ..fetchers import YahooFetcher
+from ..metrics import Metrics
+from ..settings import Settings
+from ..stores import RedisStore, SQLiteStore
+from ..symbols import lookup
+from ..validator import Validator
+from .health import build_health
+from .http import HttpServer
+from .orchestrator import Orchestrator
+from .ticker import Ticker
+
+log = logging.getLogger(__name__)
+
+
+class Sidecar:
+    """The daemon. `await run()` serves until a signal (or `request_stop()`), then closes.
+
+    :param settings: the validated settings.
+    :param clock: injected time (SystemClock by default).
+    :param handle_signals: install SIGINT/SIGTERM handlers (off in in-process tests).
+    """
+
+    def __init__(self, settings: Settings, *, clock: Clock | None = None, handle_signals: bool = True) -> None:
+        self.settings = s = settings
+        self.clock = clock or SystemClock()
+        self.handle_signals = handle_signals
+        self.metrics = Metrics()
+        self.fetcher = YahooFetcher(base_url=s.yahoo_base_url, user_agent=s.yahoo_user_agent,
+                                    timeout_s=s.fetch_timeout_s, max_connections=s.yahoo_max_connections)
+        self.redis = RedisStore(url=s.redis_url, prefix=s.redis_prefix, max_connections=s.redis_max_connections,
+                                timeout_s=s.redis_timeout_s, history_len=s.redis_history_len)
+        self.sqlite = SQLiteStore(path=s.db_path, synchronous=s.sqlite_synchronous, clock=self.clock)
+        self.orchestrator = Orchestrator(
+            symbols=[lookup(sym) for sym in s.symbols], fetcher=self.fetcher,
+            validator=Validator(future_tolerance_s=s.future_tolerance_s), redis=self.redis, sqlite=self.sqlite,
+            metrics=self.metrics, clock=self.clock, period=s.cycle_interval_s, lookback_minutes=s.lookback_minutes)
+        self.http = HttpServer(host=s.http_host, port=s.http_port, health=self.health, metrics=self.metrics,
+                               redis=self.redis, symbols=frozenset(s.symbols))
+        self.stopping = False
+        self.failure: BaseException | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def health(self) -> dict[str, Any]:
+        """The /health document."""
+        return build_health(self)
+
+    def request_stop(self) -> None:
+        """Ask the daemon to shut down (what the signal handlers call)."""
+        self._stop.set()
+
+    async def start(self) -> None:
+        """Open the stores and the fetcher, start the HTTP server, the loop and the flusher."""
+        s = self.settings
+        log.info("starting sidecar settings=%s", s.redacted())
+        await self.sqlite.start()
+        if not await self.redis.start():
+            log.warning("redis is not reachable at start-up; bars go to SQLite until it is")
+        await self.fetcher.start()
+        host, port = await self.http.start()
+        log.info("http listening on http://%s:%d", host, port)
+        if self.handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):  # PM2 stops with SIGINT, systemd with SIGTERM
+                loop.add_signal_handler(sig, self.request_stop)
+        self._supervise(self.orchestrator.start())
+        self._supervise(asyncio.create_task(self._flush_loop(), name="sqlite-flush"))
+        log.info("following %d symbols every %.2fs from %s", len(s.symbols), s.cycle_interval_s, self.fetcher.name)
+
+    async def run(self) -> int:
+        """Start, wait for a stop request, close; return the process exit code."""
+        await self.start()
+        await self._stop.wait()
+        await self.close()
+        return 0 if self.failure is None else 1
+
+    def _supervise(self, task: asyncio.Task[None]) -> None:
+        """A background task that dies takes the daemon down (PM2 restarts it), never silently."""
+        self._tasks.append(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            if not t.cancelled() and t.exception() is not None and not self.stopping:
+                self.failure = t.exception()
+                log.error("task %s died; stopping", t.get_name(), exc_info=self.failure)
+                self.request_stop()
+
+        task.add_done_callback(done)
+
+    async def _flush_loop(self) -> None:
+        async for _tick in Ticker(self.clock, self.settings.flush_interval_s):
+            await self._flush()
+
+    async def _flush(self) -> int:
+        t0 = self.clock.monotonic()
+        try:
+            rows = await self.sqlite.flush()
+        except SQLiteStoreError as exc:
+            self.metrics.sqlite_errors.inc()
+            log.error("%s (kept in the buffer: %d bars)", exc, self.sqlite.buffered)
+            return 0
+        finally:
+            self.metrics.sqlite_buffered.set(self.sqlite.buffered)
+        if rows:
+            self.metrics.sqlite_flush_seconds.observe(self.clock.monotonic() - t0)
+            self.metrics.sqlite_rows.inc(rows)
+            log.debug("sqlite flush rows=%d in %.1fms", rows, (self.clock.monotonic() - t0) * 1000)
+        return rows
+
+    async def close(self) -> None:
+        """Shut down in order: stop the loop (finishing a cycle in flight), flush SQLite,
+        then close the HTTP server, the fetcher's session, SQLite and Redis."""
+        if self.stopping:
+            return
+        self.stopping = True
+        budget = self.settings.shutdown_timeout_s
+        log.info("stopping: finishing the cycle in flight")
+        # 1. No new cycles; a cycle in flight finishes, so what it fetched gets buffered.
+        await self.orchestrator.stop(timeout=budget * 0.4)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # 2. SQLite is the record: flush before anything else closes; one retry on failure.
+        for _attempt in range(2):
+            if await self._flush() or not self.sqlite.buffered:
+                break
+        if self.sqlite.buffered:
+            log.error("shutdown left %d bars unflushed; start-up backfill must recover them", self.sqlite.buffered)
+        log.info("persisted_through %s", self.sqlite.persisted_through)
+        # 3. Nothing else holds data: close the edges.
+        await self.http.close()
+        await self.fetcher.close()
+        await self.sqlite.close()
+        await self.redis.close()
+        log.info("stopped")

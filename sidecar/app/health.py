@@ -1,0 +1,96 @@
+"""The /health document: an overall status and one section per component.
+
+`down` when the loop is not cycling or no symbol has fresh data; `degraded` when any
+component or symbol is unhealthy; `ok` otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .daemon import Sidecar
+
+
+def _age(now: float, t: float | None) -> float | None:
+    return None if t is None else round(now - t, 3)
+
+
+def build_health(app: Sidecar) -> dict[str, object]:
+    """Assemble the health document from the components' own state."""
+    s, orch, sqlite, metrics = app.settings, app.orchestrator, app.sqlite, app.metrics
+    now = app.clock.time()
+
+    cycling = orch.last_cycle_at is not None and now - orch.last_cycle_at <= 3 * s.cycle_interval_s + 1
+    loop = {
+        "state": "ok" if cycling and not app.stopping else "down",
+        "cycles": int(metrics.total("sidecar_cycles_total")),
+        "overruns": orch.ticker.overruns,
+        "last_cycle_ms": round(orch.last_cycle.duration_s * 1000, 2) if orch.last_cycle else None,
+        "last_cycle_age_s": _age(now, orch.last_cycle_at),
+    }
+
+    src = orch.source
+    if src.tried_last_cycle == 0:
+        src_state = "down"
+    elif src.failed_last_cycle == 0:
+        src_state = "ok"
+    else:
+        src_state = "down" if src.failed_last_cycle == src.tried_last_cycle else "degraded"
+    sources = {src.name: {
+        "state": src_state,
+        "base_url": app.fetcher.base_url,
+        "failed_last_cycle": src.failed_last_cycle,
+        "last_success_age_s": _age(now, src.last_success_at),
+        "last_error": src.last_error,
+        "last_error_age_s": _age(now, src.last_error_at),
+        "errors_total": metrics.by_label("sidecar_fetch_errors_total", "reason"),
+    }}
+
+    redis = {
+        "state": {True: "ok", False: "down", None: "unknown"}[orch.redis_ok],
+        "last_error": orch.redis_last_error,
+        "errors_total": int(metrics.total("sidecar_redis_errors_total")),
+    }
+    sqlite_doc = {
+        "state": "ok" if sqlite.last_error is None else "degraded",
+        "path": str(sqlite.path),
+        "buffered": sqlite.buffered,
+        "last_flush_age_s": _age(now, sqlite.last_flush_at),
+        "last_flush_rows": sqlite.last_flush_rows,
+        "last_error": sqlite.last_error,
+        "persisted_through": dict(sqlite.persisted_through),
+    }
+
+    freshness: dict[str, object] = {}
+    fresh_count = 0
+    for sym, st in orch.states.items():
+        age = _age(now, st.last_update)
+        fresh = age is not None and age <= s.stale_after_s
+        fresh_count += fresh
+        freshness[sym] = {
+            "fresh": fresh,
+            "last_bar_ts": st.last_bar_ts,
+            "last_update_age_s": age,
+            "last_error": st.last_error,
+        }
+
+    rejected = metrics.by_label("sidecar_bars_rejected_total", "reason")
+    if loop["state"] == "down" or fresh_count == 0:
+        status = "down"
+    elif (fresh_count < len(orch.states) or src_state != "ok" or redis["state"] != "ok"
+          or sqlite_doc["state"] != "ok"):
+        status = "degraded"
+    else:
+        status = "ok"
+    return {
+        "status": status,
+        "ready": orch.last_cycle_at is not None,
+        "time": now,
+        "loop": loop,
+        "sources": sources,
+        "redis": redis,
+        "sqlite": sqlite_doc,
+        "validator": {"rejected": rejected},
+        "freshness": freshness,
+    }

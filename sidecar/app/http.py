@@ -1,0 +1,135 @@
+"""The daemon's HTTP server (aiohttp), bound to 127.0.0.1 unless configured otherwise.
+
+    GET /health                    JSON health document; 503 when status is "down"
+    GET /metrics                   Prometheus text format
+    GET /bars/{symbol}             closed bars from Redis: ?tf=1m&start=&end=&limit=
+    GET /bars/{symbol}/latest      the newest bar (forming or closed)
+
+A malformed symbol or parameter gets 400 with a message; a symbol the daemon does not
+follow gets 404.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ..bars import TIMEFRAMES
+from ..errors import RedisStoreError, SymbolError
+from ..metrics import Metrics
+from ..stores import RedisStore
+from ..symbols import parse_symbol
+
+MAX_LIMIT = 5000
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _bad_request(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(body=orjson.dumps({"error": message}), content_type="application/json")
+
+
+class HttpServer:
+    """Serves health, metrics and bar reads.
+
+    :param host: listen address.
+    :param port: listen port (0 picks one).
+    :param health: returns the health document.
+    :param metrics: the daemon's metrics.
+    :param redis: where bars are read from.
+    :param symbols: the symbols the daemon follows.
+    """
+
+    def __init__(self, *, host: str, port: int, health: Callable[[], dict[str, Any]], metrics: Metrics,
+                 redis: RedisStore, symbols: frozenset[str]) -> None:
+        self.host, self.port = host, port
+        self._health, self._metrics, self._redis, self._symbols = health, metrics, redis, symbols
+        self._runner: web.AppRunner | None = None
+        self.app = web.Application()
+        self.app.router.add_get("/health", self._get_health)
+        self.app.router.add_get("/metrics", self._get_metrics)
+        self.app.router.add_get("/bars/{symbol}", self._get_bars)
+        self.app.router.add_get("/bars/{symbol}/latest", self._get_latest)
+
+    async def start(self) -> tuple[str, int]:
+        """Listen; return the bound (host, port)."""
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        host, port = self._runner.addresses[0][:2]
+        self.port = port
+        return host, port
+
+    async def close(self) -> None:
+        """Stop listening and finish open requests."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _get_health(self, request: web.Request) -> web.Response:
+        doc = self._health()
+        return _json(doc, status=503 if doc["status"] == "down" else 200)
+
+    async def _get_metrics(self, request: web.Request) -> web.Response:
+        resp = web.Response(body=self._metrics.render())
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    def _symbol(self, request: web.Request) -> str:
+        try:
+            symbol = parse_symbol(request.match_info["symbol"])
+        except SymbolError as exc:
+            raise _bad_request(str(exc)) from None
+        if symbol not in self._symbols:
+            raise web.HTTPNotFound(body=orjson.dumps({"error": f"symbol {symbol} is not followed"}),
+                                   content_type="application/json")
+        return symbol
+
+    @staticmethod
+    def _timeframe(request: web.Request) -> str:
+        tf = request.query.get("tf", "1m")
+        if tf not in TIMEFRAMES:
+            raise _bad_request(f"tf must be one of {', '.join(TIMEFRAMES)}, got {tf!r}")
+        return tf
+
+    @staticmethod
+    def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+        raw = request.query.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise _bad_request(f"{name} must be an integer, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise _bad_request(f"{name} must be within {lo}..{hi}, got {value}")
+        return value
+
+    async def _get_bars(self, request: web.Request) -> web.Response:
+        symbol, tf = self._symbol(request), self._timeframe(request)
+        start = self._int_param(request, "start", 0, 0, 2**40)
+        end = self._int_param(request, "end", 2**40, 0, 2**40)
+        limit = self._int_param(request, "limit", 500, 1, MAX_LIMIT)
+        if start > end:
+            raise _bad_request("start must not be after end")
+        try:
+            bars = await self._redis.history(symbol, tf, start, end, limit)
+        except RedisStoreError as exc:
+            return _json({"error": str(exc)}, status=503)
+        return _json({"symbol": symbol, "tf": tf, "bars": [b.as_map() for b in bars]})
+
+    async def _get_latest(self, request: web.Request) -> web.Response:
+        symbol, tf = self._symbol(request), self._timeframe(request)
+        try:
+            bar = await self._redis.latest(symbol, tf)
+        except RedisStoreError as exc:
+            return _json({"error": str(exc)}, status=503)
+        if bar is None:
+            return _json({"error": f"no {tf} bar for {symbol} yet"}, status=404)
+        return _json(bar.as_map())

@@ -1,0 +1,266 @@
+"""The per-second cycle: fetch every symbol concurrently, validate, write Redis in one
+pipeline, buffer closed bars for SQLite.
+
+Each symbol keeps a cursor, the open of the newest closed bar accepted, and the next fetch
+asks for bars from just after it, so a symbol's closed bars are fetched until they are
+accepted. When a closed bar is rejected, the cursor is pulled back so that minute is asked
+for again (at most `REJECT_RETRIES` times), which recovers a bar a source corrupted once.
+One failing symbol never stops the cycle: its error is counted and the rest go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from ..bars import Bar, bucket_start, timeframe_seconds
+from ..clock import Clock
+from ..errors import FetchError, RedisStoreError
+from ..fetchers import FetchResult, YahooFetcher
+from ..metrics import Metrics
+from ..stores import RedisStore, SQLiteStore
+from ..symbols import SymbolInfo
+from ..validator import Validator
+from .ticker import Ticker
+
+log = logging.getLogger(__name__)
+
+TIMEFRAME = "1m"
+REJECT_RETRIES = 3
+
+
+@dataclass(slots=True)
+class SymbolState:
+    """What the loop knows about one symbol between cycles."""
+
+    info: SymbolInfo
+    cursor: int | None = None  # open of the newest closed bar accepted
+    last_update: float | None = None  # wall time of the last successful fetch
+    last_bar_ts: int | None = None  # open of the newest bar written to Redis
+    last_error: str | None = None
+    reject_attempts: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class SourceState:
+    """Health of one source as the loop saw it."""
+
+    name: str
+    last_success_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    failed_last_cycle: int = 0
+    tried_last_cycle: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class CycleReport:
+    """What one cycle did."""
+
+    duration_s: float
+    fetched: int
+    failed: int
+    closed: int
+    rejected: int
+    redis_ok: bool
+
+
+class Orchestrator:
+    """Runs the cycle on a Ticker until stopped.
+
+    :param symbols: the symbols to follow.
+    :param fetcher: the source of bars.
+    :param validator: decides which bars are stored.
+    :param redis: hot store, written once per cycle.
+    :param sqlite: durable store, buffered here and flushed elsewhere.
+    :param metrics: counters and histograms.
+    :param clock: wall and monotonic time.
+    :param period: seconds between cycles.
+    :param lookback_minutes: how far back a symbol's first fetch reaches.
+    """
+
+    def __init__(self, *, symbols: list[SymbolInfo], fetcher: YahooFetcher, validator: Validator,
+                 redis: RedisStore, sqlite: SQLiteStore, metrics: Metrics, clock: Clock,
+                 period: float, lookback_minutes: int) -> None:
+        self.states = {info.symbol: SymbolState(info) for info in symbols}
+        self.fetcher = fetcher
+        self.source = SourceState(fetcher.name)
+        self.validator = validator
+        self.redis = redis
+        self.sqlite = sqlite
+        self.metrics = metrics
+        self.clock = clock
+        self.ticker = Ticker(clock, period, on_overrun=metrics.cycle_overruns.inc)
+        self.lookback_s = lookback_minutes * 60
+        self.step = timeframe_seconds(TIMEFRAME)
+        self.last_cycle: CycleReport | None = None
+        self.last_cycle_at: float | None = None
+        self.redis_ok: bool | None = None
+        self.redis_last_error: str | None = None
+        self._stopping = False
+        self._in_cycle = False
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> asyncio.Task[None]:
+        """Start the loop as a task and return it (the caller supervises it)."""
+        self._task = asyncio.create_task(self._run(), name="orchestrator")
+        return self._task
+
+    async def stop(self, timeout: float) -> None:
+        """Stop scheduling cycles; let a cycle in flight finish within `timeout`."""
+        self._stopping = True
+        task = self._task
+        if task is None or task.done():
+            return
+        if not self._in_cycle:
+            task.cancel()  # it is only sleeping until the next deadline
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        except (asyncio.CancelledError, TimeoutError):
+            if not task.done():
+                log.warning("cycle still running after %.1fs at shutdown; cancelling it", timeout)
+                task.cancel()
+
+    async def _run(self) -> None:
+        async for _tick in self.ticker:
+            if self._stopping:
+                break
+            self._in_cycle = True
+            try:
+                await self.run_cycle()
+            finally:
+                self._in_cycle = False
+            if self._stopping:
+                break
+
+    # -- the cycle -----------------------------------------------------------------------------
+
+    async def run_cycle(self) -> CycleReport:
+        """One cycle over every symbol."""
+        started = self.clock.monotonic()
+        now = self.clock.time()
+        states = list(self.states.values())
+        results = await asyncio.gather(*(self._fetch(state, now) for state in states))
+
+        closed: list[Bar] = []
+        latest: list[Bar] = []
+        rejected = 0
+        now = self.clock.time()  # validate against the time the answers arrived
+        for state, result in zip(states, results, strict=True):
+            if result is None:
+                continue
+            new_closed, newest, n_rejected = self._accept(state, result, now)
+            closed += new_closed
+            rejected += n_rejected
+            if newest is not None:
+                latest.append(newest)
+                state.last_bar_ts = newest.ts
+                self.metrics.last_bar_ts.labels(state.info.symbol).set(newest.ts)
+
+        redis_ok = await self._write_redis(latest, closed)
+        self.sqlite.add(closed)
+        self.metrics.sqlite_buffered.set(self.sqlite.buffered)
+
+        failed = sum(r is None for r in results)
+        self.source.tried_last_cycle, self.source.failed_last_cycle = len(states), failed
+        if failed < len(states):
+            self.source.last_success_at = now
+        duration = self.clock.monotonic() - started
+        self.metrics.cycles.inc()
+        self.metrics.cycle_seconds.observe(duration)
+        report = CycleReport(duration, len(states) - failed, failed, len(closed), rejected, redis_ok)
+        self.last_cycle, self.last_cycle_at = report, now
+        return report
+
+    def _window(self, state: SymbolState, now: float) -> tuple[int, int]:
+        current = bucket_start(now, self.step)
+        start = state.cursor + self.step if state.cursor is not None else current - self.lookback_s
+        return start, current + self.step  # end is exclusive: the forming bar is included
+
+    async def _fetch(self, state: SymbolState, now: float) -> FetchResult | None:
+        start, end = self._window(state, now)
+        t0 = self.clock.monotonic()
+        try:
+            result = await self.fetcher.fetch_bars(state.info, TIMEFRAME, start, end)
+        except FetchError as exc:
+            self._fetch_failed(state, exc.reason, str(exc))
+            return None
+        except Exception as exc:  # a bug must cost one symbol one cycle, not the loop
+            log.exception("unexpected error fetching %s", state.info.symbol)
+            self._fetch_failed(state, "internal", f"{type(exc).__name__}: {exc}")
+            return None
+        finally:
+            self.metrics.fetch_seconds.labels(self.source.name).observe(self.clock.monotonic() - t0)
+        if state.last_error is not None:
+            log.info("%s recovered on %s", state.info.symbol, self.source.name)
+        state.last_error = None
+        state.last_update = now
+        return result
+
+    def _fetch_failed(self, state: SymbolState, reason: str, message: str) -> None:
+        self.metrics.fetch_errors.labels(self.source.name, reason).inc()
+        if state.last_error is None:  # log transitions, not every second of an outage
+            log.warning("fetch failed: %s", message)
+        state.last_error = message
+        self.source.last_error, self.source.last_error_at = message, self.clock.time()
+
+    def _accept(self, state: SymbolState, result: FetchResult, now: float) -> tuple[list[Bar], Bar | None, int]:
+        """Validate a result: (new closed bars, newest bar, number rejected); move the cursor."""
+        source = result.source
+        closed: list[Bar] = []
+        newest: Bar | None = None
+        rejected = 0
+        refetch_from: int | None = None
+        for bar in result.bars:
+            reason = self.validator.check(bar, now)
+            if reason is not None:
+                rejected += 1
+                self.metrics.bars_rejected.labels(source, reason).inc()
+                log.warning("rejected %s bar ts=%d from %s: %s", bar.symbol, bar.ts, source, reason)
+                if not bar.forming:
+                    refetch_from = self._refetch_point(state, bar, refetch_from)
+                continue
+            if bar.forming:
+                newest = bar
+                self.metrics.bars_accepted.labels(source, "forming").inc()
+            elif state.cursor is None or bar.ts > state.cursor:
+                closed.append(bar)
+                newest = bar
+                self.metrics.bars_accepted.labels(source, "closed").inc()
+        if closed:
+            state.cursor = closed[-1].ts
+        if refetch_from is not None and (state.cursor is None or refetch_from <= state.cursor):
+            state.cursor = refetch_from - self.step
+        if state.cursor is not None and state.reject_attempts:
+            # forget attempts at minutes the cursor has passed for good
+            state.reject_attempts = {t: n for t, n in state.reject_attempts.items() if t > state.cursor}
+        return closed, newest, rejected
+
+    def _refetch_point(self, state: SymbolState, bar: Bar, current: int | None) -> int | None:
+        """The minute to ask for again after a closed bar was rejected, within the retry budget."""
+        minute = bucket_start(bar.ts, self.step)
+        attempts = state.reject_attempts.get(minute, 0) + 1
+        state.reject_attempts[minute] = attempts
+        if attempts > REJECT_RETRIES:
+            log.warning("giving up on %s ts=%d after %d rejected copies", bar.symbol, minute, REJECT_RETRIES)
+            return current
+        return minute if current is None else min(current, minute)
+
+    async def _write_redis(self, latest: list[Bar], closed: list[Bar]) -> bool:
+        t0 = self.clock.monotonic()
+        try:
+            await self.redis.write_cycle(latest, closed)
+        except RedisStoreError as exc:
+            self.metrics.redis_errors.inc()
+            if self.redis_ok is not False:
+                log.warning("redis write failed (SQLite keeps recording): %s", exc)
+            self.redis_ok, self.redis_last_error = False, str(exc)
+            return False
+        self.metrics.redis_write_seconds.observe(self.clock.monotonic() - t0)
+        if self.redis_ok is False:
+            log.info("redis writes recovered")
+        self.redis_ok, self.redis_last_error = True, None
+        return True

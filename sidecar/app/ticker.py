@@ -1,0 +1,65 @@
+"""The loop primitive: ticks on monotonic deadlines, never `sleep(period)` after the work.
+
+Deadlines sit on a fixed grid aligned to whole wall-clock periods, so the cycle starts just
+after each second turns and does not drift however long the work takes. A cycle whose work
+runs past the next deadline is an overrun: the next cycle starts at once (late, for the most
+recent deadline that has passed) and any older missed deadlines are skipped, not queued.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from ..clock import Clock
+
+
+@dataclass(slots=True)
+class Tick:
+    """One scheduled cycle: its index, its deadline, and how late it started."""
+
+    index: int
+    deadline: float  # monotonic
+    wall: float  # wall time the deadline corresponds to
+    lag: float  # seconds between the deadline and the actual start
+
+
+class Ticker:
+    """Yields a Tick at every deadline of a fixed grid.
+
+    :param clock: the injected clock.
+    :param period: seconds between deadlines.
+    :param on_overrun: called once per overrun (e.g. a metrics counter's `inc`).
+    """
+
+    def __init__(self, clock: Clock, period: float, *, on_overrun: Callable[[], object] | None = None) -> None:
+        self.clock = clock
+        self.period = period
+        self._on_overrun = on_overrun
+        self.overruns = 0  # cycles whose work ended after the next deadline
+        self.skipped = 0  # deadlines dropped because two or more passed during one cycle
+
+    async def __aiter__(self) -> AsyncIterator[Tick]:
+        clock, period = self.clock, self.period
+        wall_now, mono_now = clock.time(), clock.monotonic()
+        to_next = period - math.fmod(wall_now, period)  # first deadline: the next whole period
+        deadline, wall = mono_now + to_next, wall_now + to_next
+        index = 0
+        while True:
+            delay = deadline - clock.monotonic()
+            if delay > 0:
+                await clock.sleep(delay)
+            yield Tick(index, deadline, wall, clock.monotonic() - deadline)
+            index += 1
+            deadline += period
+            wall += period
+            behind = clock.monotonic() - deadline
+            if behind > 0:
+                self.overruns += 1
+                if self._on_overrun is not None:
+                    self._on_overrun()
+                missed = int(behind // period)
+                self.skipped += missed
+                deadline += missed * period
+                wall += missed * period

@@ -1,0 +1,143 @@
+"""Redis knowledge base: the latest bar per symbol and timeframe, and a capped, time-indexed
+history, written in one pipeline per cycle.
+
+Keys (hash-tagged by symbol, so a Redis Cluster keeps a symbol's keys on one shard):
+
+    {prefix}:{SYMBOL}:bar:{tf}    string  msgpack map of the newest bar (forming or closed)
+    {prefix}:{SYMBOL}:bars:{tf}   zset    score = bar open (epoch s), member = msgpack map;
+                                          closed bars only, the newest `history_len` kept
+    {prefix}:symbols              set     canonical symbols written so far
+
+Every write is an idempotent overwrite keyed by (symbol, timeframe, ts), because redis-py
+re-sends a whole pipeline when a connection drops mid-way (reliability.md B.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import msgpack
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisError
+
+from ..bars import Bar
+from ..errors import RedisStoreError
+
+
+@dataclass(slots=True, frozen=True)
+class RedisKeys:
+    """Key names under one prefix."""
+
+    prefix: str
+
+    def latest(self, symbol: str, timeframe: str) -> str:
+        """The newest bar of a symbol and timeframe."""
+        return f"{self.prefix}:{{{symbol}}}:bar:{timeframe}"
+
+    def history(self, symbol: str, timeframe: str) -> str:
+        """The capped history of closed bars, scored by bar open."""
+        return f"{self.prefix}:{{{symbol}}}:bars:{timeframe}"
+
+    def symbols(self) -> str:
+        """The set of symbols written."""
+        return f"{self.prefix}:symbols"
+
+
+def pack(bar: Bar) -> bytes:
+    """The documented value format: a msgpack map with named fields."""
+    return msgpack.packb(bar.as_map())
+
+
+def unpack(raw: bytes) -> Bar:
+    """Inverse of `pack`."""
+    return Bar.from_map(msgpack.unpackb(raw))
+
+
+class RedisStore:
+    """Writes each cycle's bars in one pipeline and serves range reads.
+
+    :param url: redis://, rediss:// or unix:// URL.
+    :param prefix: first segment of every key.
+    :param max_connections: bound of the connection pool.
+    :param timeout_s: deadline for one pipeline or read; also the socket timeouts.
+    :param history_len: closed bars kept per symbol and timeframe.
+    """
+
+    def __init__(self, *, url: str, prefix: str, max_connections: int, timeout_s: float, history_len: int) -> None:
+        self.keys = RedisKeys(prefix)
+        self.timeout_s = timeout_s
+        self.history_len = history_len
+        # Built explicitly: from_url() alone gets no retry at all (reliability.md B.1).
+        self._pool = ConnectionPool.from_url(
+            url, max_connections=max_connections, socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s, health_check_interval=5,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.2), retries=2),
+        )
+        self.client = Redis(connection_pool=self._pool)
+
+    async def start(self) -> bool:
+        """Check the connection; False (not an exception) when Redis is down, so the loop
+        still starts and SQLite keeps recording."""
+        return await self.ping()
+
+    async def close(self) -> None:
+        """Close the client and its pool."""
+        await self.client.aclose()
+        await self._pool.disconnect()
+
+    async def ping(self) -> bool:
+        """True if Redis answers within the timeout."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return bool(await self.client.ping())
+        except (RedisError, OSError, TimeoutError):
+            return False
+
+    async def write_cycle(self, latest: Iterable[Bar], closed: Iterable[Bar]) -> int:
+        """Write a cycle's newest bars and new closed bars in one pipeline; return commands sent."""
+        pipe = self.client.pipeline(transaction=False)
+        symbols: set[str] = set()
+        trimmed: set[str] = set()
+        for bar in closed:
+            key = self.keys.history(bar.symbol, bar.timeframe)
+            pipe.zremrangebyscore(key, bar.ts, bar.ts)  # a revised bar replaces its older copy
+            pipe.zadd(key, {pack(bar): bar.ts})
+            trimmed.add(key)
+        for key in trimmed:
+            pipe.zremrangebyrank(key, 0, -self.history_len - 1)
+        for bar in latest:
+            pipe.set(self.keys.latest(bar.symbol, bar.timeframe), pack(bar))
+            symbols.add(bar.symbol)
+        if symbols:
+            pipe.sadd(self.keys.symbols(), *sorted(symbols))
+        n = len(pipe)
+        if n == 0:
+            return 0
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise RedisStoreError(f"pipeline of {n} commands failed: {type(exc).__name__}: {exc}") from exc
+        return n
+
+    async def latest(self, symbol: str, timeframe: str) -> Bar | None:
+        """The newest bar of a symbol, or None."""
+        raw = await self._read(self.client.get(self.keys.latest(symbol, timeframe)))
+        return unpack(raw) if raw else None
+
+    async def history(self, symbol: str, timeframe: str, start: int, end: int, limit: int) -> list[Bar]:
+        """Closed bars with open in [start, end], oldest first, at most `limit` (the newest ones)."""
+        key = self.keys.history(symbol, timeframe)
+        raw = await self._read(self.client.zrange(key, end, start, byscore=True, desc=True, offset=0, num=limit))
+        return [unpack(m) for m in reversed(raw)]
+
+    async def _read(self, call):  # type: ignore[no-untyped-def]
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await call
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise RedisStoreError(f"read failed: {type(exc).__name__}: {exc}") from exc
