@@ -9,6 +9,7 @@ crypto never closes. Timestamps are UTC epoch seconds, vectorized with NumPy.
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -26,9 +27,12 @@ def _xnys_sessions() -> dict[int, tuple[int, int]]:
     import exchange_calendars  # slow import; only equity calendars need it
 
     today = dt.date.today()
-    cal = exchange_calendars.get_calendar(
-        "XNYS", start="2020-01-02", end=(today + dt.timedelta(days=800)).isoformat()
-    )
+    with warnings.catch_warnings():
+        # exchange-calendars 4.13 uses a pandas accessor that pandas 3.1 deprecates; harmless.
+        warnings.filterwarnings("ignore", message="Series.values returning an ndarray")
+        cal = exchange_calendars.get_calendar(
+            "XNYS", start="2020-01-02", end=(today + dt.timedelta(days=800)).isoformat()
+        )
     opens = cal.schedule["open"].astype("int64").to_numpy() // 10**9
     closes = cal.schedule["close"].astype("int64").to_numpy() // 10**9
     return {int(o) // DAY: (int(o), int(c)) for o, c in zip(opens, closes, strict=True)}

@@ -9,6 +9,7 @@ minutes without trades or no entry at all, the forming bar last, `chart.error` b
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import datetime as dt
 import re
@@ -33,7 +34,7 @@ BAR_FAULTS = frozenset({
     "high_below_low", "negative_price", "zero_price", "negative_volume", "misaligned_ts",
     "future_ts", "string_price", "nan_price",
 })
-RESPONSE_FAULTS = frozenset({"malformed_json", "http_500", "http_429"})
+RESPONSE_FAULTS = frozenset({"malformed_json", "http_500", "http_429", "slow"})
 FAULT_KINDS = BAR_FAULTS | RESPONSE_FAULTS
 _NAN_MARK = 987654321.125  # a value no bar has; replaced by a bare NaN token in the body
 
@@ -62,16 +63,19 @@ class Exchange:
 
     :param market: the simulated market.
     :param clock: wall time decides which bars are closed and which one is forming.
+    :param slow_s: how long a `slow` fault holds its response.
     """
 
-    def __init__(self, market: Market, *, clock: Clock | None = None) -> None:
+    def __init__(self, market: Market, *, clock: Clock | None = None, slow_s: float = 3.0) -> None:
         self.market = market
         self.clock = clock or SystemClock()
+        self.slow_s = slow_s
         self.served: dict[str, dict[int, tuple[float, float, float, float, float]]] = collections.defaultdict(dict)
         self.fault_log: list[dict[str, object]] = []
         self.requests: collections.Counter[str] = collections.Counter()
         self._faults: dict[str, collections.deque[_PendingFault]] = collections.defaultdict(collections.deque)
         self._runner: web.AppRunner | None = None
+        self.url: str | None = None  # set by start()
         self.app = web.Application()
         self.app.router.add_get("/v8/finance/chart/{symbol}", self._chart)
         self.app.router.add_post("/_exchange/faults", self._post_fault)
@@ -87,7 +91,8 @@ class Exchange:
         site = web.TCPSite(self._runner, host, port)
         await site.start()
         bound = self._runner.addresses[0]
-        return f"http://{bound[0]}:{bound[1]}"
+        self.url = f"http://{bound[0]}:{bound[1]}"
+        return self.url
 
     async def close(self) -> None:
         """Stop listening."""
@@ -133,6 +138,8 @@ class Exchange:
             return web.Response(status=429, text="Too Many Requests")
         if fault == "http_500":
             return web.Response(status=500, text="Internal Server Error")
+        if fault == "slow":
+            await asyncio.sleep(self.slow_s)
 
         q = request.query
         interval = q.get("interval", "1m")

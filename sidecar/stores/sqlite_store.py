@@ -53,10 +53,12 @@ class SQLiteStore:
     :param path: database file; its directory is created.
     :param synchronous: FULL or NORMAL (WAL mode either way).
     :param clock: stamps the last flush.
+    :param busy_timeout_ms: how long a flush waits for another process's lock.
     """
 
-    def __init__(self, *, path: Path, synchronous: str, clock: Clock) -> None:
+    def __init__(self, *, path: Path, synchronous: str, clock: Clock, busy_timeout_ms: int = 5000) -> None:
         self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous
         self.clock = clock
         self._db: aiosqlite.Connection | None = None
@@ -73,7 +75,7 @@ class SQLiteStore:
         self._db = await aiosqlite.connect(self.path)
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute(f"PRAGMA synchronous={self.synchronous}")  # validated: FULL|NORMAL
-        await self._db.execute("PRAGMA busy_timeout=5000")
+        await self._db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
         await self._db.executescript(SCHEMA)
         await self._db.commit()
 

@@ -1,0 +1,88 @@
+"""The Redis store against a real redis-server: key layout, msgpack maps, range reads,
+capping, idempotent re-sends, and a clear error when Redis is gone."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import msgpack
+import pytest
+
+from sidecar.bars import Bar, BarFlag
+from sidecar.errors import RedisStoreError
+from sidecar.stores import RedisStore
+
+from .conftest import RedisServer
+
+T0 = 1_800_000_000 // 60 * 60
+
+
+def _bar(i: int, symbol: str = "AAPL", **changes: object) -> Bar:
+    return replace(Bar(symbol, "1m", T0 + 60 * i, 10.0 + i, 11.0 + i, 9.0 + i, 10.5 + i, 100.0 * i, "yahoo"), **changes)
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisStore]:
+    s = RedisStore(url=redis_url, prefix="t", max_connections=4, timeout_s=0.5, history_len=50)
+    assert await s.start()
+    yield s
+    await s.close()
+
+
+async def test_latest_and_history_are_msgpack_maps_under_documented_keys(
+        store: RedisStore, redis_server: RedisServer) -> None:
+    closed = [_bar(i) for i in range(3)]
+    forming = _bar(3, flags=BarFlag.FORMING)
+    await store.write_cycle([forming], closed)
+    with redis_server.client() as c:
+        raw_latest = msgpack.unpackb(c.get("t:{AAPL}:bar:1m"))
+        members = c.zrange("t:{AAPL}:bars:1m", 0, -1, withscores=True)
+        assert c.smembers("t:symbols") == {b"AAPL"}
+    assert raw_latest == {"symbol": "AAPL", "tf": "1m", "ts": T0 + 180, "open": 13.0, "high": 14.0, "low": 12.0,
+                          "close": 13.5, "volume": 300.0, "source": "yahoo", "flags": 1}
+    assert [int(score) for _, score in members] == [T0, T0 + 60, T0 + 120]
+    assert Bar.from_map(msgpack.unpackb(members[1][0])) == closed[1]
+    assert await store.latest("AAPL", "1m") == forming
+
+
+async def test_history_is_range_queryable_by_time_and_capped(store: RedisStore) -> None:
+    await store.write_cycle([], [_bar(i) for i in range(80)])
+    got = await store.history("AAPL", "1m", T0 + 60 * 40, T0 + 60 * 44, limit=100)
+    assert [b.ts for b in got] == [T0 + 60 * i for i in range(40, 45)]
+    everything = await store.history("AAPL", "1m", 0, 2**40, limit=1000)
+    assert [b.ts for b in everything] == [T0 + 60 * i for i in range(30, 80)]  # the newest 50 kept
+    newest = await store.history("AAPL", "1m", 0, 2**40, limit=3)
+    assert [b.ts for b in newest] == [T0 + 60 * i for i in (77, 78, 79)]
+
+
+async def test_rewrites_are_idempotent_and_a_revised_bar_replaces_the_old_copy(store: RedisStore) -> None:
+    bars = [_bar(i) for i in range(5)]
+    await store.write_cycle([bars[-1]], bars)
+    await store.write_cycle([bars[-1]], bars)  # what redis-py does when it re-sends a pipeline
+    revised = replace(bars[2], close=10.0)
+    await store.write_cycle([], [revised])
+    got = await store.history("AAPL", "1m", 0, 2**40, limit=100)
+    assert [b.ts for b in got] == [b.ts for b in bars]
+    assert got[2] == revised
+
+
+async def test_one_pipeline_for_many_symbols(store: RedisStore, redis_server: RedisServer) -> None:
+    with redis_server.client() as c:
+        before = c.info("stats")["total_commands_processed"]
+        n = await store.write_cycle([_bar(1, s) for s in ("AAPL", "MSFT", "SPY")],
+                                    [_bar(1, s) for s in ("AAPL", "MSFT", "SPY")])
+        sent = c.info("stats")["total_commands_processed"] - before - 1  # minus INFO itself
+    assert n == 3 * 3 + 3 + 1 and sent == n
+
+
+async def test_redis_down_is_a_store_error_within_the_timeout(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    s = RedisStore(url=f"unix://{tmp_path}/nothing.sock", prefix="t", max_connections=2, timeout_s=0.3,
+                   history_len=10)
+    assert not await s.start()
+    t0 = time.monotonic()
+    with pytest.raises(RedisStoreError):
+        await s.write_cycle([_bar(1)], [_bar(1)])
+    assert time.monotonic() - t0 < 2.0
+    await s.close()

@@ -1,0 +1,95 @@
+"""Settings: read from the environment and .env, validated, every setting documented."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from sidecar.errors import SettingsError
+from sidecar.settings import ALL_SETTINGS, ExchangeSettings, Settings
+
+from .conftest import subprocess_env
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_follow_the_ten_default_symbols_against_the_local_exchange() -> None:
+    s = Settings.from_env({}, dotenv=None)
+    assert s.symbols == ("NAS100", "US30", "XAUUSD", "EURUSD", "BTCUSD", "AAPL", "MSFT", "TSLA", "GOOGL", "SPY")
+    assert s.http_host == "127.0.0.1" and s.http_port == 8787
+    assert s.db_path == Path("var/sidecar.db")
+    assert s.yahoo_base_url == "http://127.0.0.1:8700"
+
+
+def test_environment_values_are_parsed() -> None:
+    s = Settings.from_env({"SIDECAR_SYMBOLS": "aapl, eurusd,AAPL", "SIDECAR_HTTP_PORT": "9000",
+                           "SIDECAR_FLUSH_INTERVAL_S": "2.5", "SIDECAR_SQLITE_SYNCHRONOUS": "normal"}, dotenv=None)
+    assert s.symbols == ("AAPL", "EURUSD")
+    assert s.http_port == 9000 and s.flush_interval_s == 2.5 and s.sqlite_synchronous == "NORMAL"
+
+
+@pytest.mark.parametrize(("env", "value"), [
+    ("SIDECAR_HTTP_PORT", "abc"),
+    ("SIDECAR_HTTP_PORT", "70000"),
+    ("SIDECAR_CYCLE_INTERVAL_S", "nan"),
+    ("SIDECAR_SYMBOLS", "AAPL,../etc/passwd"),
+    ("SIDECAR_SYMBOLS", " , "),
+    ("SIDECAR_REDIS_URL", "http://localhost"),
+    ("SIDECAR_HTTP_HOST", "example.com"),
+    ("SIDECAR_SQLITE_SYNCHRONOUS", "OFF"),
+    ("SIDECAR_EXCHANGE_ALWAYS_OPEN", "maybe"),
+])
+def test_a_bad_value_is_refused_with_the_setting_named(env: str, value: str) -> None:
+    cls = ExchangeSettings if env.startswith("SIDECAR_EXCHANGE_") else Settings
+    with pytest.raises(SettingsError) as err:
+        cls.from_env({env: value}, dotenv=None)
+    assert err.value.setting == env
+    assert str(err.value).startswith(f"{env}: ")
+
+
+def test_an_unknown_setting_is_refused_so_typos_do_not_pass_silently() -> None:
+    with pytest.raises(SettingsError, match="SIDECAR_REDIS_ULR: unknown setting"):
+        Settings.from_env({"SIDECAR_REDIS_ULR": "redis://x"}, dotenv=None)
+
+
+def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text('SIDECAR_HTTP_PORT=9100\nSIDECAR_REDIS_PREFIX="md"\n# comment\n')
+    s = Settings.from_env({"SIDECAR_HTTP_PORT": "9200"}, dotenv=env_file)
+    assert s.http_port == 9200 and s.redis_prefix == "md"
+
+
+def test_redacted_settings_hide_the_redis_password() -> None:
+    s = Settings.from_env({"SIDECAR_REDIS_URL": "redis://user:s3cret@127.0.0.1:6379/0"}, dotenv=None)
+    text = str(s.redacted())
+    assert "s3cret" not in text and "user:***@127.0.0.1" in text
+
+
+def test_env_example_lists_every_setting_with_its_default() -> None:
+    text = (ROOT / ".env.example").read_text()
+    listed = dict(re.findall(r"^#?\s*(SIDECAR_[A-Z0-9_]+)=(.*)$", text, flags=re.M))
+    assert set(listed) == set(ALL_SETTINGS)
+    for cls in (Settings, ExchangeSettings):
+        defaults = cls.from_env({}, dotenv=None)
+        for f in fields(cls):
+            env = f.metadata["env"]
+            assert f.metadata["parse"](listed[env]) == getattr(defaults, f.name), env
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [env for env in ALL_SETTINGS if f"`{env}`" not in readme]
+    assert not missing
+
+
+def test_a_bad_value_stops_start_up_with_exit_code_2_and_the_setting_named(tmp_path: Path) -> None:
+    env = subprocess_env(SIDECAR_FLUSH_INTERVAL_S="often")
+    proc = subprocess.run([sys.executable, "-m", "sidecar", "run"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "SIDECAR_FLUSH_INTERVAL_S" in proc.stderr and "often" in proc.stderr

@@ -1,0 +1,68 @@
+"""The SQLite store against a real file: WAL, idempotent upserts, one transaction per
+flush, and a failed flush that keeps every row for the next try."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from sidecar.bars import Bar
+from sidecar.clock import SystemClock
+from sidecar.errors import SQLiteStoreError
+from sidecar.stores import SQLiteStore
+
+T0 = 1_800_000_000 // 60 * 60
+
+
+def _bar(i: int, symbol: str = "AAPL") -> Bar:
+    return Bar(symbol, "1m", T0 + 60 * i, 10.0, 11.0, 9.0, 10.5, 100.0 + i, "yahoo")
+
+
+def _rows(path: Path) -> list[tuple]:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT symbol, timeframe, ts, open, high, low, close, volume, source, flags "
+                          "FROM bars ORDER BY symbol, ts").fetchall()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    s = SQLiteStore(path=tmp_path / "sub" / "bars.db", synchronous="FULL", clock=SystemClock(), busy_timeout_ms=100)
+    await s.start()
+    yield s
+    await s.close()
+
+
+async def test_flush_upserts_buffered_bars_once_in_wal_mode(store: SQLiteStore) -> None:
+    store.add([_bar(i) for i in range(5)])
+    store.add([_bar(2), _bar(3)])  # the same keys again: deduplicated in the buffer
+    assert store.buffered == 5
+    assert await store.flush() == 5 and store.buffered == 0
+    store.add([replace(_bar(4), close=10.9), _bar(5)])  # a revised copy and a new bar
+    assert await store.flush() == 2
+    rows = _rows(store.path)
+    assert [r[2] for r in rows] == [T0 + 60 * i for i in range(6)]
+    assert rows[4][6] == 10.9
+    assert store.persisted_through == {"AAPL": T0 + 300}
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_a_flush_that_cannot_commit_keeps_the_rows_for_the_next_try(store: SQLiteStore) -> None:
+    store.add([_bar(i) for i in range(3)])
+    locker = sqlite3.connect(store.path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    try:
+        with pytest.raises(SQLiteStoreError, match="locked"):
+            await store.flush()
+        assert store.buffered == 3
+        store.add([_bar(3)])  # the loop keeps buffering meanwhile
+        assert store.last_error is not None
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert await store.flush() == 4
+    assert len(_rows(store.path)) == 4 and store.last_error is None

@@ -1,0 +1,38 @@
+"""The validator rejects each kind of bad bar with its own reason and passes good ones."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from sidecar.bars import Bar
+from sidecar.validator import REASONS, Validator
+
+NOW = 1_800_000_000.0
+GOOD = Bar("AAPL", "1m", 1_799_999_940, 10.0, 10.5, 9.5, 10.2, 100.0, "yahoo")
+
+
+@pytest.mark.parametrize(("changes", "reason"), [
+    ({"close": math.nan}, "non_finite"),
+    ({"high": math.inf}, "non_finite"),
+    ({"open": 0.0}, "non_positive_price"),
+    ({"low": -1.0}, "non_positive_price"),
+    ({"high": 9.0, "low": 11.0}, "high_below_open_close"),
+    ({"high": 10.1}, "high_below_open_close"),
+    ({"low": 10.1}, "low_above_open_close"),
+    ({"volume": -1.0}, "negative_volume"),
+    ({"ts": 1_800_003_600}, "future_ts"),
+    ({"ts": 1_799_999_957}, "misaligned_ts"),
+])
+def test_each_invalid_bar_gets_its_reason(changes: dict[str, float], reason: str) -> None:
+    assert reason in REASONS
+    assert Validator(future_tolerance_s=5).check(replace(GOOD, **changes), NOW) == reason
+
+
+def test_valid_bars_pass_including_flat_and_zero_volume() -> None:
+    v = Validator(future_tolerance_s=5)
+    assert v.check(GOOD, NOW) is None
+    assert v.check(replace(GOOD, open=10.0, high=10.0, low=10.0, close=10.0, volume=0.0), NOW) is None
+    assert v.check(replace(GOOD, ts=1_800_000_000), NOW) is None  # the forming bar of this minute
