@@ -31,8 +31,12 @@ def _json(data: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-def _bad_request(message: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(body=orjson.dumps({"error": message}), content_type="application/json")
+def _error(cls: type[web.HTTPClientError], message: str) -> web.HTTPClientError:
+    return cls(text=orjson.dumps({"error": message}).decode(), content_type="application/json")
+
+
+def _bad_request(message: str) -> web.HTTPClientError:
+    return _error(web.HTTPBadRequest, message)
 
 
 class HttpServer:
@@ -87,8 +91,7 @@ class HttpServer:
         except SymbolError as exc:
             raise _bad_request(str(exc)) from None
         if symbol not in self._symbols:
-            raise web.HTTPNotFound(body=orjson.dumps({"error": f"symbol {symbol} is not followed"}),
-                                   content_type="application/json")
+            raise _error(web.HTTPNotFound, f"symbol {symbol} is not followed")
         return symbol
 
     @staticmethod

@@ -1,0 +1,96 @@
+"""The HTTP server of a running in-process daemon: health, metrics, bar reads, 4xx on bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import aiohttp
+import pytest
+
+from sidecar.app import Sidecar
+from sidecar.settings import Settings
+
+
+async def _running(settings: Settings) -> Sidecar:
+    sc = Sidecar(settings, handle_signals=False)
+    await sc.start()
+    for _ in range(100):
+        if sc.orchestrator.last_cycle_at is not None:
+            break
+        await asyncio.sleep(0.05)
+    return sc
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[tuple[aiohttp.ClientSession, str, Sidecar]]:
+    sc = await _running(replace(settings, cycle_interval_s=0.25))
+    async with aiohttp.ClientSession() as session:
+        yield session, f"http://127.0.0.1:{sc.http.port}", sc
+    await sc.close()
+
+
+async def test_health_reports_ok_with_every_component_and_fresh_symbols(client) -> None:  # type: ignore[no-untyped-def]
+    session, base, sc = client
+    async with session.get(f"{base}/health") as r:
+        assert r.status == 200
+        doc = await r.json()
+    assert doc["status"] == "ok" and doc["ready"] is True
+    assert doc["loop"]["state"] == "ok" and doc["loop"]["last_cycle_ms"] is not None
+    assert doc["loop"]["overruns"] == 0
+    assert doc["sources"]["yahoo"]["state"] == "ok"
+    assert doc["redis"]["state"] == "ok" and doc["sqlite"]["state"] == "ok"
+    assert set(doc["freshness"]) == set(sc.settings.symbols)
+    assert all(f["fresh"] and f["last_bar_ts"] for f in doc["freshness"].values())
+
+
+async def test_metrics_are_prometheus_text(client) -> None:  # type: ignore[no-untyped-def]
+    session, base, _ = client
+    async with session.get(f"{base}/metrics") as r:
+        assert r.status == 200 and r.content_type == "text/plain"
+        text = await r.text()
+    for name in ("sidecar_cycles_total", "sidecar_cycle_seconds_bucket", "sidecar_fetch_seconds_bucket",
+                 "sidecar_bars_accepted_total", "sidecar_redis_write_seconds_bucket",
+                 "sidecar_symbol_last_bar_timestamp_seconds"):
+        assert name in text, name
+
+
+async def test_bars_are_read_back_from_redis(client) -> None:  # type: ignore[no-untyped-def]
+    session, base, _ = client
+    async with session.get(f"{base}/bars/aapl", params={"limit": "5"}) as r:
+        assert r.status == 200
+        doc = await r.json()
+    assert doc["symbol"] == "AAPL" and len(doc["bars"]) == 5
+    ts = [b["ts"] for b in doc["bars"]]
+    assert ts == sorted(ts) and all(b["flags"] == 0 for b in doc["bars"])
+    async with session.get(f"{base}/bars/AAPL", params={"start": ts[1], "end": ts[3]}) as r:
+        assert [b["ts"] for b in (await r.json())["bars"]] == ts[1:4]
+    async with session.get(f"{base}/bars/EURUSD/latest") as r:
+        assert r.status == 200 and (await r.json())["symbol"] == "EURUSD"
+
+
+@pytest.mark.parametrize(("path", "params", "status", "message"), [
+    ("/bars/AA;PL", {}, 400, "expected 1-12 letters"),
+    ("/bars/NVDA", {}, 404, "not followed"),
+    ("/bars/AAPL", {"tf": "2m"}, 400, "tf must be one of"),
+    ("/bars/AAPL", {"limit": "0"}, 400, "limit must be within"),
+    ("/bars/AAPL", {"start": "yesterday"}, 400, "start must be an integer"),
+    ("/bars/AAPL", {"start": "200", "end": "100"}, 400, "start must not be after end"),
+])
+async def test_bad_requests_get_4xx_with_a_message(client, path: str, params: dict, status: int, message: str) -> None:  # type: ignore[no-untyped-def]
+    session, base, _ = client
+    async with session.get(base + path, params=params) as r:
+        assert r.status == status
+        assert message in (await r.json())["error"]
+
+
+async def test_health_is_degraded_while_redis_is_down(settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sc = await _running(replace(settings, redis_url=f"unix://{tmp_path}/none.sock", redis_timeout_s=0.1,
+                                cycle_interval_s=0.25))
+    try:
+        doc = sc.health()
+        assert doc["status"] == "degraded" and doc["redis"]["state"] == "down"
+        assert doc["sqlite"]["state"] == "ok" and doc["loop"]["state"] == "ok"
+    finally:
+        await sc.close()
