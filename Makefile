@@ -8,7 +8,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench exchange system-deps venv clean
+PM2    := node_modules/.bin/pm2
+
+.PHONY: run test bench exchange system-deps venv pm2 clean
 
 venv: $(STAMP)
 
@@ -29,7 +31,20 @@ system-deps:
 			echo "redis-server is missing: run 'sudo apt-get install -y redis-server'"; exit 1; \
 		fi; }
 
-test: venv system-deps
+# PM2 (npm) supervises the daemon in production; the tests start it for real.
+pm2: $(PM2)
+
+$(PM2): package.json package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+		else \
+			echo "npm is missing: run 'sudo apt-get install -y nodejs npm'"; exit 1; \
+		fi; }
+	npm ci --no-audit --no-fund --silent
+	touch $(PM2)
+
+test: venv system-deps pm2
 	$(PY) -m pytest
 
 run: venv system-deps
@@ -42,4 +57,4 @@ bench: venv system-deps
 	$(PY) -m pytest bench --benchmark-only -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache node_modules

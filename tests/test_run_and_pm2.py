@@ -1,0 +1,114 @@
+"""The two ways users start the daemon: `make run`, and PM2 with ecosystem.config.js."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from sidecar.symbols import DEFAULT_SYMBOLS, lookup
+
+from .conftest import ROOT, subprocess_env
+from .test_e2e import _free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def _get_json(url: str) -> dict:
+    """GET a JSON document, whatever the status (/health answers 503 while down)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - loopback only
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return json.loads(exc.read())
+
+
+def _wait_healthy(port: int, timeout: float) -> tuple[dict, float]:
+    """Poll /health until status ok with every symbol fresh; return it and the seconds it took."""
+    t0 = time.monotonic()
+    last: object = None
+    while time.monotonic() - t0 < timeout:
+        try:
+            doc = _get_json(f"http://127.0.0.1:{port}/health")
+            if doc["status"] == "ok" and all(f["fresh"] for f in doc["freshness"].values()):
+                return doc, time.monotonic() - t0
+            last = doc
+        except OSError as exc:
+            last = exc
+        time.sleep(0.25)
+    raise AssertionError(f"not healthy within {timeout}s: {last}")
+
+
+def test_make_run_is_healthy_within_15_seconds_and_ctrl_c_stops_everything(tmp_path: Path, redis_url: str) -> None:
+    http_port, exchange_port = _free_port(), _free_port()
+    env = subprocess_env(SIDECAR_REDIS_URL=redis_url, SIDECAR_HTTP_PORT=str(http_port),
+                         SIDECAR_EXCHANGE_PORT=str(exchange_port), SIDECAR_DB_PATH=str(tmp_path / "bars.db"))
+    log = tmp_path / "make-run.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        doc, took = _wait_healthy(http_port, 15)
+        assert set(doc["freshness"]) == set(DEFAULT_SYMBOLS) and took < 15
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        proc.wait(timeout=30)
+    text = log.read_text()
+    assert "persisted_through" in text and "stopped" in text, text
+    with sqlite3.connect(tmp_path / "bars.db") as db:
+        assert db.execute("SELECT count(DISTINCT symbol) FROM bars").fetchone()[0] == len(DEFAULT_SYMBOLS)
+    with pytest.raises(OSError):  # the exchange went down with it
+        _get_json(f"http://127.0.0.1:{exchange_port}/_exchange/stats")
+
+
+@pytest.mark.skipif(not (ROOT / "node_modules/.bin/pm2").exists(), reason="PM2 not installed: run `make pm2`")
+def test_pm2_runs_both_apps_and_pm2_stop_flushes_before_its_sigkill(tmp_path: Path, redis_url: str) -> None:
+    pm2 = str(ROOT / "node_modules/.bin/pm2")
+    http_port, exchange_port = _free_port(), _free_port()
+    db = tmp_path / "bars.db"
+    env = subprocess_env(
+        PM2_HOME=str(tmp_path / "pm2"), SIDECAR_REDIS_URL=redis_url, SIDECAR_HTTP_PORT=str(http_port),
+        SIDECAR_EXCHANGE_PORT=str(exchange_port), SIDECAR_YAHOO_BASE_URL=f"http://127.0.0.1:{exchange_port}",
+        SIDECAR_DB_PATH=str(db), SIDECAR_FLUSH_INTERVAL_S="86400",  # only the stop flushes
+    )
+
+    def run(*args: str) -> str:
+        done = subprocess.run([pm2, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    try:
+        run("start", "ecosystem.config.js")
+        _wait_healthy(http_port, 30)
+        listing = {p["name"]: p for p in json.loads(run("jlist"))}
+        assert {"sidecar", "sidecar-exchange"} <= set(listing)
+        assert listing["sidecar"]["pm2_env"]["kill_timeout"] == 10000
+        if db.exists():
+            with closing(sqlite3.connect(db)) as conn:
+                assert conn.execute("SELECT count(*) FROM bars").fetchone()[0] == 0
+        run("stop", "sidecar")  # SIGINT, then SIGKILL after kill_timeout
+        with closing(sqlite3.connect(db)) as conn:
+            rows = {(r[0], r[1]): tuple(r[2:]) for r in conn.execute(
+                "SELECT symbol, ts, open, high, low, close, volume FROM bars")}
+        served = {}
+        for sym in DEFAULT_SYMBOLS:
+            yahoo = urllib.parse.quote(lookup(sym).yahoo)
+            bars = _get_json(f"http://127.0.0.1:{exchange_port}/_exchange/served?symbol={yahoo}")["bars"]
+            served.update({(sym, b[0]): tuple(b[1:]) for b in bars})
+        assert rows and rows == served
+        assert json.loads(run("jlist"))[0]["pm2_env"]["restart_time"] == 0
+    finally:
+        subprocess.run([pm2, "kill"], cwd=ROOT, env=env, capture_output=True, timeout=60)
+        shutil.rmtree(tmp_path / "pm2", ignore_errors=True)
