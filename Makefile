@@ -54,7 +54,7 @@ exchange: venv
 	$(PY) -m sidecar.exchange --always-open
 
 bench: venv system-deps
-	$(PY) -m pytest bench --benchmark-only -p no:cacheprovider
+	$(PY) -m bench.pipeline
 
 clean:
 	rm -rf $(VENV) var .pytest_cache node_modules

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import msgpack
 import pytest
+import redis
 
 from sidecar.bars import Bar, BarFlag
 from sidecar.errors import RedisStoreError
@@ -68,13 +69,18 @@ async def test_rewrites_are_idempotent_and_a_revised_bar_replaces_the_old_copy(s
     assert got[2] == revised
 
 
-async def test_one_pipeline_for_many_symbols(store: RedisStore, redis_server: RedisServer) -> None:
+async def test_a_cycle_for_many_symbols_is_one_script_call(store: RedisStore, redis_server: RedisServer) -> None:
+    symbols = [f"S{i}" for i in range(300)]
+    await store.write_cycle([_bar(0, s) for s in symbols], [_bar(0, s) for s in symbols])  # loads the script
+
+    def evalsha_calls(c: redis.Redis) -> int:
+        return c.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+
     with redis_server.client() as c:
-        before = c.info("stats")["total_commands_processed"]
-        n = await store.write_cycle([_bar(1, s) for s in ("AAPL", "MSFT", "SPY")],
-                                    [_bar(1, s) for s in ("AAPL", "MSFT", "SPY")])
-        sent = c.info("stats")["total_commands_processed"] - before - 1  # minus INFO itself
-    assert n == 3 * 3 + 3 + 1 and sent == n
+        before = evalsha_calls(c)
+        n = await store.write_cycle([_bar(1, s) for s in symbols], [_bar(1, s) for s in symbols])
+        assert n == 600 and evalsha_calls(c) == before + 1
+        assert c.zcard("t:{S299}:bars:1m") == 2 and c.scard("t:symbols") == 300
 
 
 async def test_redis_down_is_a_store_error_within_the_timeout(tmp_path) -> None:  # type: ignore[no-untyped-def]
