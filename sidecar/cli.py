@@ -34,4 +34,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from .app import Sidecar  # after logging is set up
 
-    return uvloop.run(Sidecar(settings).run())
+    try:
+        return uvloop.run(Sidecar(settings).run())
+    except SettingsError as exc:  # a setting that only fails when used: a path, a port
+        print(f"start-up failed: {exc}", file=sys.stderr)
+        return 2

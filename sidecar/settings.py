@@ -30,30 +30,24 @@ _BROWSER_UA = (
 Parser = Callable[[str], Any]
 
 
-def _int(lo: int, hi: int) -> Parser:
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError(f"expected an integer, got {raw!r}") from None
-        if not lo <= value <= hi:
-            raise ValueError(f"expected {lo}..{hi}, got {value}")
-        return value
+def parse_number(raw: str, cast: type[int] | type[float], lo: float, hi: float) -> Any:
+    """`raw` as an int or float within [lo, hi]; ValueError with a message otherwise (nan included)."""
+    try:
+        value = cast(raw)
+    except ValueError:
+        kind = "an integer" if cast is int else "a number"
+        raise ValueError(f"expected {kind}, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ValueError(f"expected {lo}..{hi}, got {raw.strip()}")
+    return value
 
-    return parse
+
+def _int(lo: int, hi: int) -> Parser:
+    return lambda raw: parse_number(raw, int, lo, hi)
 
 
 def _float(lo: float, hi: float) -> Parser:
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"expected a number, got {raw!r}") from None
-        if not lo <= value <= hi:  # also refuses nan
-            raise ValueError(f"expected {lo}..{hi}, got {raw}")
-        return value
-
-    return parse
+    return lambda raw: parse_number(raw, float, lo, hi)
 
 
 def _bool(raw: str) -> bool:

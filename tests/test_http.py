@@ -74,8 +74,8 @@ async def test_bars_are_read_back_from_redis(client) -> None:  # type: ignore[no
     ("/bars/AA;PL", {}, 400, "expected 1-12 letters"),
     ("/bars/NVDA", {}, 404, "not followed"),
     ("/bars/AAPL", {"tf": "2m"}, 400, "tf must be one of"),
-    ("/bars/AAPL", {"limit": "0"}, 400, "limit must be within"),
-    ("/bars/AAPL", {"start": "yesterday"}, 400, "start must be an integer"),
+    ("/bars/AAPL", {"limit": "0"}, 400, "limit: expected 1..5000, got 0"),
+    ("/bars/AAPL", {"start": "yesterday"}, 400, "start: expected an integer"),
     ("/bars/AAPL", {"start": "200", "end": "100"}, 400, "start must not be after end"),
 ])
 async def test_bad_requests_get_4xx_with_a_message(client, path: str, params: dict, status: int, message: str) -> None:  # type: ignore[no-untyped-def]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from dataclasses import fields
@@ -93,3 +94,18 @@ def test_a_bad_value_stops_start_up_with_exit_code_2_and_the_setting_named(tmp_p
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "SIDECAR_FLUSH_INTERVAL_S" in proc.stderr and "often" in proc.stderr
+
+
+@pytest.mark.parametrize("setting", ["SIDECAR_HTTP_PORT", "SIDECAR_DB_PATH"])
+def test_a_port_in_use_or_an_unusable_db_path_stops_start_up_naming_the_setting(tmp_path: Path, setting: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        env = subprocess_env(SIDECAR_HTTP_PORT=str(busy.getsockname()[1]) if setting == "SIDECAR_HTTP_PORT" else "0",
+                             SIDECAR_DB_PATH="/proc/no/such/dir/bars.db" if setting == "SIDECAR_DB_PATH"
+                             else str(tmp_path / "bars.db"),
+                             SIDECAR_REDIS_URL=f"unix://{tmp_path}/none.sock")
+        proc = subprocess.run([sys.executable, "-m", "sidecar", "run"], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"start-up failed: {setting}" in proc.stderr and "Traceback" not in proc.stderr

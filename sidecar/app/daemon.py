@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sqlite3
 from typing import Any
 
 from ..clock import Clock, SystemClock
-from ..errors import SQLiteStoreError
+from ..errors import SettingsError, SQLiteStoreError
 from ..fetchers import YahooFetcher
 from ..metrics import Metrics
 from ..settings import Settings
@@ -66,11 +67,17 @@ class Sidecar:
         """Open the stores and the fetcher, start the HTTP server, the loop and the flusher."""
         s = self.settings
         log.info("starting sidecar settings=%s", s.redacted())
-        await self.sqlite.start()
+        try:
+            await self.sqlite.start()
+        except (OSError, sqlite3.Error) as exc:
+            raise SettingsError("SIDECAR_DB_PATH", f"cannot open {s.db_path}: {exc}") from exc
         if not await self.redis.start():
             log.warning("redis is not reachable at start-up; bars go to SQLite until it is")
         await self.fetcher.start()
-        host, port = await self.http.start()
+        try:
+            host, port = await self.http.start()
+        except OSError as exc:
+            raise SettingsError("SIDECAR_HTTP_PORT", f"cannot listen on {s.http_host}:{s.http_port}: {exc}") from exc
         log.info("http listening on http://%s:%d", host, port)
         if self.handle_signals:
             loop = asyncio.get_running_loop()
@@ -82,7 +89,11 @@ class Sidecar:
 
     async def run(self) -> int:
         """Start, wait for a stop request, close; return the process exit code."""
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()  # release what did start; every close() tolerates "never started"
+            raise
         await self._stop.wait()
         await self.close()
         return 0 if self.failure is None else 1

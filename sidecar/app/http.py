@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ..bars import TIMEFRAMES
 from ..errors import RedisStoreError, SymbolError
 from ..metrics import Metrics
+from ..settings import parse_number
 from ..stores import RedisStore
 from ..symbols import parse_symbol
 
@@ -107,12 +108,9 @@ class HttpServer:
         if raw is None:
             return default
         try:
-            value = int(raw)
-        except ValueError:
-            raise _bad_request(f"{name} must be an integer, got {raw!r}") from None
-        if not lo <= value <= hi:
-            raise _bad_request(f"{name} must be within {lo}..{hi}, got {value}")
-        return value
+            return int(parse_number(raw, int, lo, hi))
+        except ValueError as exc:
+            raise _bad_request(f"{name}: {exc}") from None
 
     async def _get_bars(self, request: web.Request) -> web.Response:
         symbol, tf = self._symbol(request), self._timeframe(request)
