@@ -103,3 +103,37 @@ def regular_period(asset_class: AssetClass, now: int) -> tuple[int, int]:
         return (day * DAY, day * DAY)
     start = now // DAY * DAY
     return (start, start + DAY)
+
+
+# Hours in a trading day and trading days in a year, per asset class: the annualization of
+# historical volatility (sqrt of bars per year) and the length of a session.
+_YEAR = {
+    AssetClass.EQUITY: (6.5, 252),
+    AssetClass.INDEX: (6.5, 252),
+    AssetClass.FX: (24.0, 260),
+    AssetClass.FUTURES: (23.0, 252),
+    AssetClass.CRYPTO: (24.0, 365),
+}
+
+
+def bars_per_year(asset_class: AssetClass, bar_seconds: int) -> float:
+    """Bars of `bar_seconds` in a trading year of the asset class (for annualizing volatility)."""
+    hours, days = _YEAR[asset_class]
+    return hours * 3600 / bar_seconds * days
+
+
+def session_day(asset_class: AssetClass, ts: np.ndarray | int) -> np.ndarray:
+    """The trading day each bar belongs to (days since 1970), where a session VWAP restarts.
+
+    Equities and indices: the New York date. FX and futures: the New York date of the next
+    day once 17:00 New York has passed (their day rolls at 17:00). Crypto: the UTC date.
+    """
+    ts = np.atleast_1d(np.asarray(ts, dtype=np.int64))
+    if asset_class is AssetClass.CRYPTO:
+        return ts // DAY
+    days = ts // DAY
+    uniq, inv = np.unique(days, return_inverse=True)
+    local = ts + np.array([_ny_offset(int(d)) for d in uniq], dtype=np.int64)[inv]
+    if asset_class in (AssetClass.FX, AssetClass.FUTURES):
+        local = local + 7 * 3600  # 17:00 New York becomes midnight
+    return local // DAY

@@ -30,6 +30,13 @@ class Metrics:
         self.sqlite_rows = Counter("sidecar_sqlite_rows_written", "Rows upserted into SQLite", registry=r)
         self.sqlite_errors = Counter("sidecar_sqlite_errors", "Failed SQLite flushes", registry=r)
         self.sqlite_buffered = Gauge("sidecar_sqlite_buffered_bars", "Bars waiting for the next flush", registry=r)
+        self.features_seconds = Histogram("sidecar_features_seconds", "Feature commit + forming-bar evaluation",
+                                          buckets=_FAST, registry=r)
+        self.scan_seconds = Histogram("sidecar_scan_seconds", "Reading features back and evaluating rules",
+                                      buckets=_FAST, registry=r)
+        self.signals = Counter("sidecar_signals", "Signals published", ["rule"], registry=r)
+        self.features_stale = Gauge("sidecar_features_stale", "Symbols whose features were stale at the last scan",
+                                    registry=r)
         self.last_bar_ts = Gauge("sidecar_symbol_last_bar_timestamp_seconds", "Open of the newest bar",
                                  ["symbol"], registry=r)
 

@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 from dotenv import dotenv_values
 
 from .errors import SettingsError, SymbolError
+from .features.engine import FeatureConfig
+from .scanner import DEFAULT_RULES
 from .symbols import DEFAULT_SYMBOLS, lookup
 
 PREFIX = "SIDECAR_"
@@ -113,6 +116,34 @@ def _prefix(raw: str) -> str:
 
 def _text(raw: str) -> str:
     return raw.strip()
+
+
+def _feature_config(raw: str) -> FeatureConfig:
+    """A JSON object of FeatureConfig fields, e.g. {"rsi": 7, "sma": [10, 50, 200]}."""
+    if not raw.strip():
+        return FeatureConfig()
+    try:
+        fields_ = orjson.loads(raw)
+        if not isinstance(fields_, dict):
+            raise TypeError("not an object")
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in fields_.items()}
+        return FeatureConfig(**kwargs)
+    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+        raise ValueError(f"expected a JSON object of indicator periods: {exc}") from None
+
+
+def _broker_map(raw: str) -> tuple[tuple[str, str], ...]:
+    """`CANONICAL=BROKER,...`, e.g. NAS100=USTEC,XAUUSD=GOLD."""
+    pairs = []
+    for part in filter(str.strip, raw.split(",")):
+        canonical, sep, broker = part.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9._#-]{1,32}", broker.strip()):
+            raise ValueError(f"expected CANONICAL=BROKER pairs, got {part.strip()!r}")
+        try:
+            pairs.append((lookup(canonical).symbol, broker.strip()))
+        except SymbolError as exc:
+            raise ValueError(str(exc)) from None
+    return tuple(pairs)
 
 
 def _setting(name: str, default: Any, parse: Parser, help: str) -> Any:
@@ -219,6 +250,22 @@ class Settings(_FromEnv):
     shutdown_timeout_s: float = _setting(
         "SHUTDOWN_TIMEOUT_S", 8.0, _float(0.5, 300),
         "internal deadline for a graceful stop (keep below PM2's kill_timeout)")
+    feature_periods: FeatureConfig = _setting(
+        "FEATURE_PERIODS", FeatureConfig(), _feature_config,
+        'indicator periods as JSON, e.g. {"rsi": 7, "sma": [10, 50, 200]} (empty: the defaults)')
+    feature_warmup_bars: int = _setting(
+        "FEATURE_WARMUP_BARS", 600, _int(0, 100_000),
+        "stored closed bars replayed per symbol at start-up (>= 500 for 1e-9 ADX agreement)")
+    feature_ttl_s: float = _setting(
+        "FEATURE_TTL_S", 2.0, _float(0.1, 3600), "lifetime of a features value in Redis unless refreshed")
+    signal_rules: str = _setting(
+        "SIGNAL_RULES", DEFAULT_RULES, _text, "scanner rules: 'name: A op B [when C op D]; ...'")
+    signal_max_age_s: float = _setting(
+        "SIGNAL_MAX_AGE_S", 3.0, _float(0.1, 86400), "features older than this are stale: skipped by the scanner")
+    signals_maxlen: int = _setting(
+        "SIGNALS_MAXLEN", 10_000, _int(1, 10_000_000), "approximate length of the signals stream")
+    broker_symbols: tuple[tuple[str, str], ...] = _setting(
+        "BROKER_SYMBOLS", (), _broker_map, "broker names of symbols, CANONICAL=BROKER,... (default: the same)")
     log_level: str = _setting(
         "LOG_LEVEL", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "log verbosity")
 
@@ -227,7 +274,12 @@ class Settings(_FromEnv):
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            text = ",".join(value) if isinstance(value, tuple) else str(value)
+            if f.name == "broker_symbols":
+                text = ",".join(f"{a}={b}" for a, b in value)
+            elif isinstance(value, tuple):
+                text = ",".join(value)
+            else:
+                text = str(value)
             out[f.metadata["env"]] = redact_url(text) if f.name.endswith("_url") else text
         return out
 
@@ -242,6 +294,32 @@ class ExchangeSettings(_FromEnv):
     always_open: bool = _setting(
         "EXCHANGE_ALWAYS_OPEN", False, _bool,
         "every symbol trades around the clock (otherwise real sessions apply)")
+
+
+def _default_text(value: object) -> str:
+    """A default as it is written in the environment."""
+    if isinstance(value, FeatureConfig):
+        return ""  # empty means the defaults
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join("=".join(v) if isinstance(v, tuple) else str(v) for v in value)
+    return str(value)
+
+
+def render_env_example() -> str:
+    """The text of `.env.example`: every setting, its meaning and its default."""
+    lines = ["# Every setting of the sidecar, with its default. Copy to .env and uncomment what you change;",
+             "# the environment wins over .env. Regenerate with: python -m sidecar settings > .env.example", ""]
+    for title, cls in (("The daemon (python -m sidecar run)", Settings),
+                       ("The local exchange (python -m sidecar.exchange)", ExchangeSettings)):
+        lines.append(f"## {title}")
+        defaults = cls()
+        for f in fields(cls):
+            lines.append(f"# {f.metadata['env']}: {f.metadata['help']}")
+            lines.append(f"# {f.metadata['env']}={_default_text(getattr(defaults, f.name))}")
+        lines.append("")
+    return "\n".join(lines)
 
 
 ALL_SETTINGS: dict[str, Any] = {

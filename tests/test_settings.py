@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.errors import SettingsError
-from sidecar.settings import ALL_SETTINGS, ExchangeSettings, Settings
+from sidecar.settings import ALL_SETTINGS, ExchangeSettings, Settings, render_env_example
 
 from .conftest import subprocess_env
 
@@ -73,7 +73,8 @@ def test_redacted_settings_hide_the_redis_password() -> None:
 
 def test_env_example_lists_every_setting_with_its_default() -> None:
     text = (ROOT / ".env.example").read_text()
-    listed = dict(re.findall(r"^#?\s*(SIDECAR_[A-Z0-9_]+)=(.*)$", text, flags=re.M))
+    assert text == render_env_example(), "regenerate: python -m sidecar settings > .env.example"
+    listed = dict(re.findall(r"^# (SIDECAR_[A-Z0-9_]+)=(.*)$", text, flags=re.M))
     assert set(listed) == set(ALL_SETTINGS)
     for cls in (Settings, ExchangeSettings):
         defaults = cls.from_env({}, dotenv=None)

@@ -12,7 +12,9 @@ from typing import Any
 
 from ..clock import Clock, SystemClock
 from ..errors import SettingsError, SQLiteStoreError
+from ..features.service import FeatureService
 from ..fetchers import YahooFetcher
+from ..scanner import Scanner, parse_rules
 from ..metrics import Metrics
 from ..settings import Settings
 from ..stores import RedisStore, SQLiteStore
@@ -20,7 +22,7 @@ from ..symbols import lookup
 from ..validator import Validator
 from .health import build_health
 from .http import HttpServer
-from .orchestrator import Orchestrator
+from .orchestrator import TIMEFRAME, Orchestrator
 from .ticker import Ticker
 
 log = logging.getLogger(__name__)
@@ -42,14 +44,21 @@ class Sidecar:
         self.fetcher = YahooFetcher(base_url=s.yahoo_base_url, user_agent=s.yahoo_user_agent,
                                     timeout_s=s.fetch_timeout_s, max_connections=s.yahoo_max_connections)
         self.redis = RedisStore(url=s.redis_url, prefix=s.redis_prefix, max_connections=s.redis_max_connections,
-                                timeout_s=s.redis_timeout_s, history_len=s.redis_history_len)
+                                timeout_s=s.redis_timeout_s, history_len=s.redis_history_len,
+                                features_ttl_s=s.feature_ttl_s, signals_maxlen=s.signals_maxlen)
         self.sqlite = SQLiteStore(path=s.db_path, synchronous=s.sqlite_synchronous, clock=self.clock)
+        self.infos = [lookup(sym) for sym in s.symbols]
+        self.features = FeatureService(s.feature_periods, timeframe=TIMEFRAME, clock=self.clock)
+        broker = dict(s.broker_symbols)
+        self.scanner = Scanner(symbols=s.symbols, broker_symbols=[broker.get(x, x) for x in s.symbols],
+                               codec=self.features.codec, rules=parse_rules(s.signal_rules, self.features.book.outputs),
+                               max_age_s=s.signal_max_age_s)
         self.orchestrator = Orchestrator(
-            symbols=[lookup(sym) for sym in s.symbols], fetcher=self.fetcher,
+            symbols=self.infos, fetcher=self.fetcher, features=self.features, scanner=self.scanner,
             validator=Validator(future_tolerance_s=s.future_tolerance_s), redis=self.redis, sqlite=self.sqlite,
             metrics=self.metrics, clock=self.clock, period=s.cycle_interval_s, lookback_minutes=s.lookback_minutes)
         self.http = HttpServer(host=s.http_host, port=s.http_port, health=self.health, metrics=self.metrics,
-                               redis=self.redis, symbols=frozenset(s.symbols))
+                               redis=self.redis, symbols=frozenset(s.symbols), clock=self.clock)
         self.stopping = False
         self.failure: BaseException | None = None
         self._stop = asyncio.Event()
@@ -71,6 +80,11 @@ class Sidecar:
             await self.sqlite.start()
         except (OSError, sqlite3.Error) as exc:
             raise SettingsError("SIDECAR_DB_PATH", f"cannot open {s.db_path}: {exc}") from exc
+        t0 = self.clock.monotonic()
+        histories = await self.sqlite.recent(list(s.symbols), TIMEFRAME, s.feature_warmup_bars)
+        self.features.warm(self.infos, histories)
+        log.info("features warmed from %d stored bars in %.2fs", sum(map(len, histories.values())),
+                 self.clock.monotonic() - t0)
         if not await self.redis.start():
             log.warning("redis is not reachable at start-up; bars go to SQLite until it is")
         await self.fetcher.start()

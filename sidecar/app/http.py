@@ -4,6 +4,8 @@
     GET /metrics                   Prometheus text format
     GET /bars/{symbol}             closed bars from Redis: ?tf=1m&start=&end=&limit=
     GET /bars/{symbol}/latest      the newest bar (forming or closed)
+    GET /features/{symbol}         the newest features: ?tf=1m
+    GET /signals                   signals from the stream: ?since=<epoch s>&limit=
 
 A malformed symbol or parameter gets 400 with a message; a symbol the daemon does not
 follow gets 404.
@@ -19,6 +21,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..bars import TIMEFRAMES
+from ..clock import Clock
+from ..features.codec import FeatureCodec
 from ..errors import RedisStoreError, SymbolError
 from ..metrics import Metrics
 from ..settings import parse_number
@@ -49,11 +53,12 @@ class HttpServer:
     :param metrics: the daemon's metrics.
     :param redis: where bars are read from.
     :param symbols: the symbols the daemon follows.
+    :param clock: the default `since` of /signals is an hour before now.
     """
 
     def __init__(self, *, host: str, port: int, health: Callable[[], dict[str, Any]], metrics: Metrics,
-                 redis: RedisStore, symbols: frozenset[str]) -> None:
-        self.host, self.port = host, port
+                 redis: RedisStore, symbols: frozenset[str], clock: Clock) -> None:
+        self.host, self.port, self.clock = host, port, clock
         self._health, self._metrics, self._redis, self._symbols = health, metrics, redis, symbols
         self._runner: web.AppRunner | None = None
         self.app = web.Application()
@@ -61,6 +66,8 @@ class HttpServer:
         self.app.router.add_get("/metrics", self._get_metrics)
         self.app.router.add_get("/bars/{symbol}", self._get_bars)
         self.app.router.add_get("/bars/{symbol}/latest", self._get_latest)
+        self.app.router.add_get("/features/{symbol}", self._get_features)
+        self.app.router.add_get("/signals", self._get_signals)
 
     async def start(self) -> tuple[str, int]:
         """Listen; return the bound (host, port)."""
@@ -134,3 +141,26 @@ class HttpServer:
         if bar is None:
             return _json({"error": f"no {tf} bar for {symbol} yet"}, status=404)
         return _json(bar.as_map())
+
+    async def _get_features(self, request: web.Request) -> web.Response:
+        symbol, tf = self._symbol(request), self._timeframe(request)
+        try:
+            (raw,) = await self._redis.features([symbol], tf)
+        except RedisStoreError as exc:
+            return _json({"error": str(exc)}, status=503)
+        if raw is None:
+            return _json({"error": f"no fresh {tf} features for {symbol}"}, status=404)
+        return _json({"symbol": symbol, **FeatureCodec.to_map(raw)})
+
+    async def _get_signals(self, request: web.Request) -> web.Response:
+        raw = request.query.get("since")
+        try:
+            since = float(parse_number(raw, float, 0, 2**41)) if raw is not None else self.clock.time() - 3600
+        except ValueError as exc:
+            raise _bad_request(f"since: {exc}") from None
+        limit = self._int_param(request, "limit", 1000, 1, 10_000)
+        try:
+            signals = await self._redis.signals(int(since * 1000), limit)
+        except RedisStoreError as exc:
+            return _json({"error": str(exc)}, status=503)
+        return _json({"since": since, "signals": signals})

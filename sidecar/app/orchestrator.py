@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from ..bars import Bar, bucket_start, timeframe_seconds
 from ..clock import Clock
 from ..errors import FetchError, RedisStoreError
+from ..features.service import FeatureService
 from ..fetchers import FetchResult, YahooFetcher
 from ..metrics import Metrics
+from ..scanner import Scanner, ScanResult
 from ..stores import RedisStore, SQLiteStore
 from ..symbols import SymbolInfo
 from ..validator import Validator
@@ -78,11 +80,14 @@ class Orchestrator:
     :param clock: wall and monotonic time.
     :param period: seconds between cycles.
     :param lookback_minutes: how far back a symbol's first fetch reaches.
+    :param features: turns bars into indicator values (None: bars only).
+    :param scanner: turns the features read back from Redis into signals (None: no scan).
     """
 
     def __init__(self, *, symbols: list[SymbolInfo], fetcher: YahooFetcher, validator: Validator,
                  redis: RedisStore, sqlite: SQLiteStore, metrics: Metrics, clock: Clock,
-                 period: float, lookback_minutes: int) -> None:
+                 period: float, lookback_minutes: int, features: FeatureService | None = None,
+                 scanner: Scanner | None = None) -> None:
         self.states = {info.symbol: SymbolState(info) for info in symbols}
         self.fetcher = fetcher
         self.source = SourceState(fetcher.name)
@@ -93,6 +98,9 @@ class Orchestrator:
         self.clock = clock
         self.ticker = Ticker(clock, period, on_overrun=metrics.cycle_overruns.inc)
         self.lookback_s = lookback_minutes * 60
+        self.features = features
+        self.scanner = scanner
+        self.last_scan: ScanResult | None = None
         self.step = timeframe_seconds(TIMEFRAME)
         self.last_cycle: CycleReport | None = None
         self.last_cycle_at: float | None = None
@@ -160,8 +168,15 @@ class Orchestrator:
                 state.last_bar_ts = newest.ts
                 self.metrics.last_bar_ts.labels(state.info.symbol).set(newest.ts)
 
-        redis_ok = await self._write_redis(latest, closed)
+        feature_rows: list[tuple[str, str, bytes]] = []
+        if self.features is not None:
+            t0 = self.clock.monotonic()
+            feature_rows = self.features.update(closed, [b for b in latest if b.forming])
+            self.metrics.features_seconds.observe(self.clock.monotonic() - t0)
+        redis_ok = await self._write_redis(latest, closed, feature_rows)
         self.sqlite.add(closed)
+        if self.scanner is not None and redis_ok:
+            await self._scan()
         self.metrics.sqlite_buffered.set(self.sqlite.buffered)
 
         failed = sum(r is None for r in results)
@@ -249,10 +264,31 @@ class Orchestrator:
             return current
         return minute if current is None else min(current, minute)
 
-    async def _write_redis(self, latest: list[Bar], closed: list[Bar]) -> bool:
+    async def _scan(self) -> None:
+        """Read every symbol's features back, evaluate the rules, publish new signals."""
+        assert self.scanner is not None and self.features is not None
         t0 = self.clock.monotonic()
         try:
-            await self.redis.write_cycle(latest, closed)
+            raws = await self.redis.features(self.scanner.symbols, TIMEFRAME)
+            result = self.scanner.evaluate(self.features.codec.decode(raws), self.clock.time())
+            await self.redis.publish_signals([
+                {"id": f"{s.symbol}:{s.rule}:{s.ts}:{int(s.time * 1000)}", **s.as_map()} for s in result.signals])
+        except RedisStoreError as exc:
+            self.metrics.redis_errors.inc()
+            log.warning("scan skipped: %s", exc)
+            return
+        for sig in result.signals:
+            self.metrics.signals.labels(sig.rule).inc()
+            log.info("signal %s %s (%s) ts=%d close=%s", sig.rule, sig.symbol, sig.broker_symbol, sig.ts, sig.close)
+        self.metrics.features_stale.set(result.stale)
+        self.metrics.scan_seconds.observe(self.clock.monotonic() - t0)
+        self.last_scan = result
+
+    async def _write_redis(self, latest: list[Bar], closed: list[Bar],
+                           features: list[tuple[str, str, bytes]]) -> bool:
+        t0 = self.clock.monotonic()
+        try:
+            await self.redis.write_cycle(latest, closed, features)
         except RedisStoreError as exc:
             self.metrics.redis_errors.inc()
             if self.redis_ok is not False:

@@ -6,7 +6,9 @@ Keys (hash-tagged by symbol, so a Redis Cluster keeps a symbol's keys on one sha
     {prefix}:{SYMBOL}:bar:{tf}    string  msgpack map of the newest bar (forming or closed)
     {prefix}:{SYMBOL}:bars:{tf}   zset    score = bar open (epoch s), member = msgpack map;
                                           closed bars only, the newest `history_len` kept
+    {prefix}:{SYMBOL}:features:{tf}  string  msgpack map of the newest features, TTL 2 s
     {prefix}:symbols              set     canonical symbols written so far
+    {prefix}:signals              stream  scanner signals (also PUBLISHed on the same name)
 
 A cycle's writes are one script call (EVALSHA) in one pipeline: one round trip, applied
 atomically, with the per-bar work done inside Redis. Sending each ZADD/SET as its own
@@ -19,10 +21,11 @@ drops mid-way (reliability.md B.1).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import msgpack
+import orjson
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -33,10 +36,11 @@ from ..errors import RedisStoreError
 
 # ARGV[1] history length, ARGV[2] the symbols set key, ARGV[3] a msgpack array of
 # (history key, ts, member) per closed bar, ARGV[4] of (latest key, member, symbol) per newest
-# bar. Members are packed by Python and pass through as opaque strings.
+# bar, ARGV[5] of (features key, value) per updated symbol, ARGV[6] the features' TTL in ms.
+# Values are packed by Python and pass through as opaque strings.
 _WRITE_CYCLE = """
 local cap, symbols = tonumber(ARGV[1]), ARGV[2]
-local closed, latest = cmsgpack.unpack(ARGV[3]), cmsgpack.unpack(ARGV[4])
+local closed, latest, features = cmsgpack.unpack(ARGV[3]), cmsgpack.unpack(ARGV[4]), cmsgpack.unpack(ARGV[5])
 local touched = {}
 for i = 1, #closed, 3 do
   local key, ts = closed[i], closed[i + 1]
@@ -51,7 +55,10 @@ for j = 1, #latest, 3 do
   redis.call('SET', latest[j], latest[j + 1])
   redis.call('SADD', symbols, latest[j + 2])
 end
-return (#closed + #latest) / 3
+for f = 1, #features, 2 do
+  redis.call('SET', features[f], features[f + 1], 'PX', ARGV[6])
+end
+return (#closed + #latest) / 3 + #features / 2
 """
 
 
@@ -69,9 +76,17 @@ class RedisKeys:
         """The capped history of closed bars, scored by bar open."""
         return f"{self.prefix}:{{{symbol}}}:bars:{timeframe}"
 
+    def features(self, symbol: str, timeframe: str) -> str:
+        """The newest feature values of a symbol (expire unless refreshed)."""
+        return f"{self.prefix}:{{{symbol}}}:features:{timeframe}"
+
     def symbols(self) -> str:
         """The set of symbols written."""
         return f"{self.prefix}:symbols"
+
+    def signals(self) -> str:
+        """The stream (and pub/sub channel) of scanner signals."""
+        return f"{self.prefix}:signals"
 
 
 def pack(bar: Bar) -> bytes:
@@ -92,12 +107,17 @@ class RedisStore:
     :param max_connections: bound of the connection pool.
     :param timeout_s: deadline for one pipeline or read; also the socket timeouts.
     :param history_len: closed bars kept per symbol and timeframe.
+    :param features_ttl_s: lifetime of a features value that is not refreshed.
+    :param signals_maxlen: approximate length the signals stream is trimmed to.
     """
 
-    def __init__(self, *, url: str, prefix: str, max_connections: int, timeout_s: float, history_len: int) -> None:
+    def __init__(self, *, url: str, prefix: str, max_connections: int, timeout_s: float, history_len: int,
+                 features_ttl_s: float = 2.0, signals_maxlen: int = 10_000) -> None:
         self.keys = RedisKeys(prefix)
         self.timeout_s = timeout_s
         self.history_len = history_len
+        self.features_ttl_ms = max(1, int(features_ttl_s * 1000))
+        self.signals_maxlen = signals_maxlen
         # Built explicitly: from_url() alone gets no retry at all (reliability.md B.1).
         self._pool = ConnectionPool.from_url(
             url, max_connections=max_connections, socket_timeout=timeout_s,
@@ -125,15 +145,20 @@ class RedisStore:
         except (RedisError, OSError, TimeoutError):
             return False
 
-    async def write_cycle(self, latest: Iterable[Bar], closed: Iterable[Bar]) -> int:
-        """Write a cycle's newest bars and new closed bars in one round trip; return bars written."""
+    async def write_cycle(self, latest: Iterable[Bar], closed: Iterable[Bar],
+                          features: Iterable[tuple[str, str, bytes]] = ()) -> int:
+        """Write a cycle's newest bars, new closed bars and (symbol, timeframe, value) features
+        in one round trip; return the values written."""
         closed_args: list[object] = []
         for bar in closed:
             closed_args += (self.keys.history(bar.symbol, bar.timeframe), bar.ts, pack(bar))
         latest_args: list[object] = []
         for bar in latest:
             latest_args += (self.keys.latest(bar.symbol, bar.timeframe), pack(bar), bar.symbol)
-        n = (len(closed_args) + len(latest_args)) // 3
+        feature_args: list[object] = []
+        for symbol, timeframe, value in features:
+            feature_args += (self.keys.features(symbol, timeframe), value)
+        n = (len(closed_args) + len(latest_args)) // 3 + len(feature_args) // 2
         if n == 0:
             return 0
         pipe = self.client.pipeline(transaction=False)
@@ -142,7 +167,9 @@ class RedisStore:
         # use_bin_type=False: Redis's cmsgpack predates msgpack's bin type; raw strings carry bytes.
         await self._write_script(args=[self.history_len, self.keys.symbols(),
                                        msgpack.packb(closed_args, use_bin_type=False),
-                                       msgpack.packb(latest_args, use_bin_type=False)], client=pipe)
+                                       msgpack.packb(latest_args, use_bin_type=False),
+                                       msgpack.packb(feature_args, use_bin_type=False), self.features_ttl_ms],
+                                 client=pipe)
         try:
             async with asyncio.timeout(self.timeout_s):
                 await pipe.execute()
@@ -160,6 +187,34 @@ class RedisStore:
         key = self.keys.history(symbol, timeframe)
         raw = await self._read(self.client.zrange(key, end, start, byscore=True, desc=True, offset=0, num=limit))
         return [unpack(m) for m in reversed(raw)]
+
+    async def features(self, symbols: Sequence[str], timeframe: str) -> list[bytes | None]:
+        """Every symbol's features value (None where absent or expired), in one MGET."""
+        if not symbols:
+            return []
+        return await self._read(self.client.mget([self.keys.features(s, timeframe) for s in symbols]))
+
+    async def publish_signals(self, signals: Sequence[dict[str, object]]) -> None:
+        """Append signals to the stream and publish each on the channel, in one pipeline.
+        Each carries an `id` so a consumer can drop the copy a re-sent pipeline may add."""
+        if not signals:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        name = self.keys.signals()
+        for sig in signals:
+            body = orjson.dumps(sig)
+            pipe.xadd(name, {"signal": body}, maxlen=self.signals_maxlen, approximate=True)
+            pipe.publish(name, body)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise RedisStoreError(f"publishing {len(signals)} signals failed: {type(exc).__name__}: {exc}") from exc
+
+    async def signals(self, since_ms: int, limit: int) -> list[dict[str, object]]:
+        """Signals published at or after `since_ms` (epoch milliseconds), oldest first."""
+        entries = await self._read(self.client.xrange(self.keys.signals(), min=f"{since_ms}-0", count=limit))
+        return [{"stream_id": sid.decode(), **orjson.loads(fields[b"signal"])} for sid, fields in entries]
 
     async def _read(self, call):  # type: ignore[no-untyped-def]
         try:

@@ -125,6 +125,20 @@ class SQLiteStore:
                     self.persisted_through[bar.symbol] = bar.ts
             return len(rows)
 
+    async def recent(self, symbols: list[str], timeframe: str, limit: int) -> dict[str, list[Bar]]:
+        """Each symbol's newest `limit` closed bars, oldest first (what warms the features)."""
+        assert self._db is not None
+        out: dict[str, list[Bar]] = {}
+        for symbol in symbols:
+            async with self._db.execute(
+                "SELECT ts, open, high, low, close, volume, source, flags FROM bars "
+                "WHERE symbol = ? AND timeframe = ? ORDER BY ts DESC LIMIT ?", (symbol, timeframe, limit),
+            ) as cur:
+                rows = await cur.fetchall()
+            out[symbol] = [Bar(symbol, timeframe, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
+                           for r in reversed(rows)]
+        return out
+
     async def count(self) -> int:
         """Rows in the bars table."""
         assert self._db is not None
