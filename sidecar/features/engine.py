@@ -9,8 +9,11 @@ Windows live in rings holding the last p-1 committed values, so the window of a 
 "the ring plus the bar" and a peek needs no write. Sums over windows are kept as running
 partial sums in TA-Lib's own order (add the new value, output, subtract the trailing one)
 and re-anchored from the rings every `reanchor_every` commits, so float drift cannot build
-up over millions of updates. Seeding, first valid bar and degenerate cases follow TA-Lib
-0.8.1 (`../shared/indicators.md`); an output is NaN until its warm-up is complete.
+up over millions of updates. Variances are two-pass over the window (TA-Lib 0.8.1's are
+exact: E[x^2]-E[x]^2 cancels to nothing when the spread is 1e-9 of the price). Seeding,
+first valid bar and degenerate cases follow TA-Lib 0.8.1 (`../shared/indicators.md`), whose
+zero tests are exact: a tiny positive value is not zero. An output is NaN until its
+warm-up is complete.
 
 Warm-up is a replay of stored history through this same step, so the warm-up, incremental
 and forming-bar paths are one piece of arithmetic.
@@ -22,7 +25,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-EPS = 1e-14  # TA-Lib 0.8.1's TA_IS_ZERO / TA_IS_ZERO_OR_NEG threshold
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +144,7 @@ class FeatureEngine:
             "close": _Ring(max(close_lags), slots),
             "vol": _Ring(max(c.volume_ma - 1, c.rvol), slots),
             "tp": _Ring(c.cci - 1, slots),
+            "bb": _Ring(c.bb - 1, slots),  # the BB window's closes, for its two-pass variance
             "logret": _Ring(c.hv - 1, slots),
             "flow": _Ring(c.mfi - 1, slots),  # signed money flow: + positive, - negative
         }
@@ -155,8 +158,8 @@ class FeatureEngine:
         self.sk = [nan() for _ in range(c.stoch[2] - 1)]
         # running partial sums of the last p-1 values (TA-Lib's order), re-anchored from rings
         self.sums = {f"close{p}": zero() for p in {*c.sma, c.bb}}
-        self.sums.update({"close_sq": zero(), "tp": zero(), "vol_ma": zero(), "vol_prev": zero(), "logret": zero(),
-                          "logret_sq": zero(), "pos_flow": zero(), "neg_flow": zero()})
+        self.sums.update({"tp": zero(), "vol_ma": zero(), "vol_prev": zero(), "logret": zero(),
+                          "pos_flow": zero(), "neg_flow": zero()})
         # recurrences and their warm-up accumulators
         self.s = {k: nan() for k in (
             *(f"ema{p}" for p in c.ema), "macd_fast", "macd_slow", "macd_signal", "rsi_gain", "rsi_loss", "atr",
@@ -165,7 +168,8 @@ class FeatureEngine:
             *(f"ema{p}_seed" for p in c.ema), "macd_fast_seed", "macd_slow_seed", "macd_signal_seed",
             "rsi_gain_seed", "rsi_loss_seed", "atr_seed", "adx_seed")})
         self.out = np.full((len(self.outputs), slots), np.nan)
-        self._scratch_tp = np.empty((c.cci - 1, slots))  # reused by every step's CCI spread
+        # reused by every step's two-pass spreads (CCI, BB, HV)
+        self._scratch = {size: np.empty((size, slots)) for size in {c.cci - 1, c.bb - 1, c.hv - 1}}
 
     def _state_arrays(self) -> list[tuple[object, str]]:
         """Every per-slot array as (container, key): for copying and growing slots."""
@@ -312,7 +316,7 @@ class FeatureEngine:
         al = seeded("rsi_loss", p, 1, loss, (al * (p - 1) + loss) / p)
         state += [(S, "rsi_gain", ag), (S, "rsi_loss", al)]
         total = ag + al
-        out[next(row)] = np.where(np.abs(total) < EPS, 0.0, 100.0 * (ag / total))
+        out[next(row)] = np.where(total == 0.0, 0.0, 100.0 * (ag / total))
 
         # MACD: slow EMA seeded on bars 0..slow-1, fast on the `fast` bars ending there,
         # signal = EMA of the MACD line seeded with the mean of its first `signal` values.
@@ -353,7 +357,7 @@ class FeatureEngine:
         tmp_tp = P["tp"] + tp
         avg = tmp_tp / p
         state.append((P, "tp", tmp_tp - tp_ring.flat[write_row[tp_ring.size]]))
-        spread = np.subtract(tp_ring.data, avg, out=self._scratch_tp)
+        spread = np.subtract(tp_ring.data, avg, out=self._scratch[tp_ring.size])
         np.abs(spread, out=spread)
         mean_dev = spread.sum(axis=0) + np.abs(tp - avg)
         dev = tp - avg
@@ -373,14 +377,12 @@ class FeatureEngine:
         state.append((S, "atr", atr))
         out[next(row)] = atr
 
-        # Bollinger bands: SMA middle, population stdev from running sums of squares.
+        # Bollinger bands: SMA middle, population stdev of the window (two-pass).
         p = c.bb
         middle = sma[p]
-        tmp_sq = P["close_sq"] + cl * cl
-        var = tmp_sq / p - middle * middle
-        leaving = lagged[p - 1]
-        state.append((P, "close_sq", tmp_sq - leaving * leaving))
-        band = c.bb_dev * np.where(var < EPS, 0.0, np.sqrt(np.maximum(var, 0.0)))
+        bb_ring = R["bb"]
+        band = c.bb_dev * np.sqrt(self._variance(bb_ring, cl, middle, p))
+        writes.append((bb_ring, write_row[bb_ring.size], cl))
         out[next(row)] = middle + band
         out[next(row)] = middle
         out[next(row)] = middle - band
@@ -392,12 +394,9 @@ class FeatureEngine:
             logret[first] = 0.0
         lr_ring = R["logret"]
         lr_idx = write_row[lr_ring.size]
-        lr_old = lr_ring.flat[lr_idx]
-        t1, t2 = P["logret"] + logret, P["logret_sq"] + logret * logret
-        m1 = t1 / p
-        state += [(P, "logret", t1 - lr_old), (P, "logret_sq", t2 - lr_old * lr_old)]
-        var = t2 / p - m1 * m1
-        out[next(row)] = np.where(var < EPS, 0.0, np.sqrt(np.maximum(var, 0.0))) * self.hv_scale
+        t1 = P["logret"] + logret
+        state.append((P, "logret", t1 - lr_ring.flat[lr_idx]))
+        out[next(row)] = np.sqrt(self._variance(lr_ring, logret, t1 / p, p)) * self.hv_scale
         writes.append((lr_ring, lr_idx, logret))
 
         # OBV from volume[0].
@@ -442,11 +441,11 @@ class FeatureEngine:
             smoothed[key] = value
             state.append((S, key, value))
         s_tr = smoothed["dm_tr"]
-        tr_zero = np.abs(s_tr) < EPS
+        tr_zero = s_tr == 0.0
         plus_di = np.where(tr_zero, 0.0, 100.0 * (smoothed["dm_plus"] / s_tr))
         minus_di = np.where(tr_zero, 0.0, 100.0 * (smoothed["dm_minus"] / s_tr))
         di_sum = minus_di + plus_di
-        dx_ok = ~tr_zero & (np.abs(di_sum) >= EPS)
+        dx_ok = ~tr_zero & (di_sum != 0.0)
         dx = 100.0 * (np.abs(minus_di - plus_di) / di_sum)
         adx_prev = S["adx"]
         adx = np.where(dx_ok, (adx_prev * (p - 1) + dx) / p, adx_prev)
@@ -476,7 +475,7 @@ class FeatureEngine:
         state.append((P, "neg_flow", neg_sum - np.maximum(-leaving, 0.0)))
         writes.append((flow_ring, f_idx, signed))
         flows = pos_sum + neg_sum
-        out[next(row)] = np.where(np.abs(flows) < EPS, 0.0, 100.0 * (pos_sum / flows))
+        out[next(row)] = np.where(flows == 0.0, 0.0, 100.0 * (pos_sum / flows))
 
         # Momentum and rate of change.
         out[next(row)] = cl - lagged[c.mom]
@@ -488,6 +487,13 @@ class FeatureEngine:
         if not warm:
             out[n[None, :] < self._lookback[:, None]] = np.nan
         return out, state, writes
+
+    def _variance(self, ring: _Ring, x: np.ndarray, mean: np.ndarray, p: int) -> np.ndarray:
+        """Population variance of the window "ring + x" around its mean, in two passes."""
+        spread = np.subtract(ring.data, mean, out=self._scratch[ring.size])
+        np.multiply(spread, spread, out=spread)
+        tail = x - mean
+        return (spread.sum(axis=0) + tail * tail) / p
 
     def reanchor(self) -> None:
         """Recompute every running sum from the rings, removing accumulated float drift."""
@@ -502,12 +508,10 @@ class FeatureEngine:
         close = self.rings["close"]
         for p in {*c.sma, c.bb}:
             self.sums[f"close{p}"] = window(close, p - 1).sum(axis=0)
-        self.sums["close_sq"] = (window(close, c.bb - 1) ** 2).sum(axis=0)
         self.sums["vol_ma"] = window(self.rings["vol"], c.volume_ma - 1).sum(axis=0)
         self.sums["tp"] = self.rings["tp"].data.sum(axis=0)
         self.sums["vol_prev"] = window(self.rings["vol"], c.rvol).sum(axis=0)
-        logret = self.rings["logret"].data
-        self.sums["logret"], self.sums["logret_sq"] = logret.sum(axis=0), (logret**2).sum(axis=0)
+        self.sums["logret"] = self.rings["logret"].data.sum(axis=0)
         flow = self.rings["flow"].data
         self.sums["pos_flow"] = np.maximum(flow, 0.0).sum(axis=0)
         self.sums["neg_flow"] = np.maximum(-flow, 0.0).sum(axis=0)

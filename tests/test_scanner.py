@@ -1,0 +1,126 @@
+"""The scanner against a real Redis: crafted features produce exactly the expected signals,
+once per crossing; stale and missing symbols produce none and are counted."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import numpy as np
+import orjson
+import pytest
+
+from sidecar.features import OUTPUTS
+from sidecar.features.codec import FeatureCodec
+from sidecar.scanner import DEFAULT_RULES, Scanner, parse_rules
+from sidecar.stores import RedisStore
+
+from .conftest import RedisServer
+
+SYMBOLS = ["AAPL", "MSFT", "XAUUSD", "EURUSD"]
+NOW = 1_800_000_000.0
+NEUTRAL = {"rsi_14": 50.0, "macd": 0.0, "macd_signal": 0.1, "bb_upper": 110.0, "bb_lower": 90.0,
+           "rvol_20": 1.0, "adx_14": 30.0}
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisStore]:
+    s = RedisStore(url=redis_url, prefix="t", max_connections=4, timeout_s=1.0, history_len=10, features_ttl_s=60)
+    yield s
+    await s.close()
+
+
+class Harness:
+    """Writes crafted features through the store, scans them back, publishes the signals."""
+
+    def __init__(self, store: RedisStore, rules: str = DEFAULT_RULES) -> None:
+        self.store = store
+        self.codec = FeatureCodec(OUTPUTS, "1m")
+        self.scanner = Scanner(symbols=SYMBOLS, broker_symbols=["AAPL.US", "MSFT.US", "GOLD", "EURUSD"],
+                               codec=self.codec, rules=parse_rules(rules, OUTPUTS), max_age_s=3.0)
+        self.published: list[dict] = []
+
+    async def cycle(self, rows: dict[str, dict[str, float]], now: float = NOW, updated: dict[str, float] | None = None,
+                    close: float = 100.0) -> list[tuple[str, str]]:
+        values = np.full((len(OUTPUTS), len(rows)), 1.0)
+        for j, fields in enumerate(rows.values()):
+            for name, x in {**NEUTRAL, **fields}.items():
+                if name != "close":  # the bar's close travels beside the outputs
+                    values[OUTPUTS.index(name), j] = x
+        writes = []
+        for j, sym in enumerate(rows):
+            stamp = (updated or {}).get(sym, now)
+            (row,) = self.codec.encode(np.array([1_799_999_940]), np.array([rows[sym].get("close", close)]),
+                                       np.array([True]), stamp, values[:, j:j + 1])
+            writes.append((sym, "1m", row))
+        await self.store.write_cycle([], [], writes)
+        frame = self.codec.decode(await self.store.features(SYMBOLS, "1m"))
+        result = self.scanner.evaluate(frame, now)
+        signals = [s.as_map() for s in result.signals]
+        await self.store.publish_signals(signals)
+        self.published += signals
+        self.last = result
+        return sorted((s["symbol"], s["rule"]) for s in signals)
+
+
+async def test_each_crossing_fires_once(store: RedisStore) -> None:
+    h = Harness(store)
+    base = {s: {} for s in SYMBOLS}
+    assert await h.cycle(base) == []  # first sight only records the state
+    assert await h.cycle({**base, "AAPL": {"rsi_14": 25.0}, "MSFT": {"macd": 0.2}}) == [
+        ("AAPL", "rsi_oversold"), ("MSFT", "macd_cross_up")]
+    assert await h.cycle({**base, "AAPL": {"rsi_14": 20.0}, "MSFT": {"macd": 0.3}}) == []  # still holds: silent
+    assert await h.cycle(base) == [("MSFT", "macd_cross_down")]  # back: the opposite crossing
+    assert await h.cycle({**base, "AAPL": {"rsi_14": 29.0}}) == [("AAPL", "rsi_oversold")]  # a new crossing
+    assert await h.cycle({**base, "XAUUSD": {"close": 111.0}, "EURUSD": {"close": 89.0, "rvol_20": 3.0},
+                          "AAPL": {"rsi_14": 71.0}}) == [
+        ("AAPL", "rsi_overbought"), ("EURUSD", "bb_break_down"), ("EURUSD", "volume_spike"), ("XAUUSD", "bb_break_up")]
+
+
+async def test_signals_carry_the_broker_symbol_and_reach_the_stream_and_the_channel(
+        store: RedisStore, redis_server: RedisServer) -> None:
+    h = Harness(store)
+    pubsub = store.client.pubsub()
+    await pubsub.subscribe("t:signals")
+    await pubsub.get_message(timeout=1.0)  # the subscribe confirmation
+    await h.cycle({s: {} for s in SYMBOLS})
+    await h.cycle({"AAPL": {}, "MSFT": {}, "XAUUSD": {"close": 120.0}, "EURUSD": {}})
+    message = None
+    for _ in range(20):
+        message = await pubsub.get_message(timeout=0.2)
+        if message is not None:
+            break
+    await pubsub.aclose()
+    assert message is not None
+    sig = orjson.loads(message["data"])
+    assert (sig["symbol"], sig["broker_symbol"], sig["rule"]) == ("XAUUSD", "GOLD", "bb_break_up")
+    assert sig["close"] == 120.0 and sig["right"] == 110.0 and sig["provisional"] is True
+    stream = await store.signals(0, 100)
+    assert [(s["symbol"], s["rule"]) for s in stream] == [("XAUUSD", "bb_break_up")]
+
+
+async def test_stale_and_missing_symbols_are_skipped_and_counted(store: RedisStore) -> None:
+    h = Harness(store)
+    await h.cycle({s: {} for s in SYMBOLS})
+    crossed = {s: {"rsi_14": 10.0} for s in SYMBOLS[:3]}  # EURUSD not written: missing
+    got = await h.cycle(crossed, updated={"MSFT": NOW - 10})  # MSFT written long ago: stale
+    assert got == [("AAPL", "rsi_oversold"), ("XAUUSD", "rsi_oversold")]
+    assert h.last.stale == 1 and h.last.scanned == 3
+    await store.client.delete("t:{EURUSD}:features:1m", "t:{XAUUSD}:features:1m")
+    await h.cycle({"AAPL": {"rsi_14": 10.0}, "MSFT": {"rsi_14": 10.0}})
+    assert h.last.stale == 2
+
+
+async def test_an_adx_filter_gates_a_rule(store: RedisStore) -> None:
+    h = Harness(store, rules="trend_up: macd > macd_signal when adx_14 >= 25")
+    await h.cycle({s: {} for s in SYMBOLS})
+    got = await h.cycle({"AAPL": {"macd": 1.0, "adx_14": 20.0}, "MSFT": {"macd": 1.0, "adx_14": 30.0},
+                         "XAUUSD": {}, "EURUSD": {}})
+    assert got == [("MSFT", "trend_up")]
+    assert await h.cycle({"AAPL": {"macd": 1.0, "adx_14": 26.0}, "MSFT": {"macd": 1.0}, "XAUUSD": {},
+                          "EURUSD": {}}) == [("AAPL", "trend_up")]  # the trend arrived: the rule became true
+
+
+async def test_features_still_warming_up_give_no_signal(store: RedisStore) -> None:
+    h = Harness(store)
+    await h.cycle({s: {"rsi_14": float("nan")} for s in SYMBOLS})
+    assert await h.cycle({s: {"rsi_14": 10.0} for s in SYMBOLS}) == []  # unknown before: not a crossing
