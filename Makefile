@@ -55,6 +55,7 @@ exchange: venv
 
 bench: venv system-deps
 	$(PY) -m bench.pipeline
+	$(PY) -m bench.features
 
 clean:
 	rm -rf $(VENV) var .pytest_cache node_modules

@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -30,7 +26,7 @@ from sidecar.settings import Settings
 from sidecar.stores import RedisStore, SQLiteStore
 from sidecar.stores.redis_store import pack
 
-ROOT = Path(__file__).resolve().parents[1]
+from .servers import exchange_process, redis_server
 T0 = 1_800_000_000 // 60 * 60
 
 
@@ -134,45 +130,24 @@ async def bench_cycle(settings: Settings, n: int, cycles: int) -> tuple[float, f
     return statistics.median(times), max(times), statistics.median(sequential)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def main(symbol_counts: list[int], repeat: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as url, exchange_process() as exchange:
         d = Path(tmp)
-        sock = d / "redis.sock"
-        redis = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "",
-                                  "--appendonly", "no", "--dir", tmp], stdout=subprocess.DEVNULL)
-        port = _free_port()
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        exchange = subprocess.Popen([sys.executable, "-m", "sidecar.exchange", "--always-open", "--port", str(port)],
-                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            await asyncio.sleep(1.5)
-            url = f"unix://{sock}"
-            rows = []
-            for n in (1000, 5000):
-                ours, pipelined, naive = await bench_redis(url, n, repeat)
-                stage = f"Redis write, {n} symbols (latest + 1 closed bar each)"
-                rows.append((stage, "1 script call", ours, "1 pipeline, 1 cmd per write", pipelined))
-                rows.append((stage, "1 script call", ours, "1 round trip per command", naive))
-            for n in (1000, 10000):
-                ours, naive = await bench_sqlite(d, n, repeat)
-                rows.append((f"SQLite flush, {n} bars", "1 transaction", ours, "1 commit per bar", naive))
-            settings = replace(Settings(), redis_url=url, yahoo_base_url=f"http://127.0.0.1:{port}",
-                               db_path=d / "cycle.db", lookback_minutes=5, fetch_timeout_s=10.0)
-            for n in symbol_counts:
-                p50, worst, seq = await bench_cycle(settings, n, cycles=max(5, repeat // 2))
-                rows.append((f"Cycle, {n} symbols (fetch+validate+Redis+buffer)",
-                             f"concurrent (max {worst:.1f})", p50, "same fetches one by one", seq))
-        finally:
-            exchange.terminate()
-            redis.terminate()
-            exchange.wait()
-            redis.wait()
+        rows = []
+        for n in (1000, 5000):
+            ours, pipelined, naive = await bench_redis(url, n, repeat)
+            stage = f"Redis write, {n} symbols (latest + 1 closed bar each)"
+            rows.append((stage, "1 script call", ours, "1 pipeline, 1 cmd per write", pipelined))
+            rows.append((stage, "1 script call", ours, "1 round trip per command", naive))
+        for n in (1000, 10000):
+            ours, naive = await bench_sqlite(d, n, repeat)
+            rows.append((f"SQLite flush, {n} bars", "1 transaction", ours, "1 commit per bar", naive))
+        settings = replace(Settings(), redis_url=url, yahoo_base_url=exchange,
+                           db_path=d / "cycle.db", lookback_minutes=5, fetch_timeout_s=10.0)
+        for n in symbol_counts:
+            p50, worst, seq = await bench_cycle(settings, n, cycles=max(5, repeat // 2))
+            rows.append((f"Cycle, {n} symbols (fetch+validate+Redis+buffer)",
+                         f"concurrent (max {worst:.1f})", p50, "same fetches one by one", seq))
     print(f"\n{'stage':<55} {'ours':<28} {'ms':>9}   {'baseline':<26} {'ms':>9} {'speed-up':>9}")
     for stage, ours_label, ours_ms, base_label, base_ms in rows:
         print(f"{stage:<55} {ours_label:<28} {ours_ms:>9.2f}   {base_label:<26} {base_ms:>9.2f} "

@@ -93,17 +93,29 @@ class FeatureCodec:
                              updated=np.full(n, np.nan), provisional=np.zeros(n, dtype=bool),
                              close=np.full(n, np.nan), values=np.full((len(self.outputs), n), np.nan))
         size = self.dtype.itemsize
-        fixed = [j for j, r in enumerate(raws) if r is not None and len(r) == size and r[:3] == self._prefix]
-        if fixed:
-            rows = np.frombuffer(b"".join(raws[j] for j in fixed), dtype=self.dtype)  # type: ignore[misc]
-            idx = np.array(fixed)
-            frame.present[idx] = True
-            frame.ts[idx] = rows["ts"]
-            frame.provisional[idx] = rows["provisional"] == _TRUE
-            frame.updated[idx], frame.close[idx] = rows["v_updated"], rows["v_close"]
+        fixed: np.ndarray | slice
+        rows = None
+        if None not in raws:  # the usual cycle: every row present, all in the fixed layout
+            joined = b"".join(raws)  # type: ignore[arg-type]
+            if len(joined) == size * n:
+                candidate = np.frombuffer(joined, dtype=self.dtype)
+                if ((candidate["hdr"] == _MAP16) & (candidate["count"] == self.n_fields)
+                        & (candidate["m_ts"] == _UINT64)).all():
+                    rows, fixed = candidate, slice(None)
+        if rows is None:
+            picked = [j for j, r in enumerate(raws) if r is not None and len(r) == size and r[:3] == self._prefix]
+            rows = np.frombuffer(b"".join([raws[j] for j in picked]), dtype=self.dtype)  # type: ignore[misc]
+            fixed = np.array(picked, dtype=np.int64)
+        if len(rows):
+            frame.present[fixed] = True
+            frame.ts[fixed] = rows["ts"]
+            frame.provisional[fixed] = rows["provisional"] == _TRUE
+            frame.updated[fixed], frame.close[fixed] = rows["v_updated"], rows["v_close"]
             for i, name in enumerate(self.outputs):
-                frame.values[i, idx] = rows[f"v_{name}"]
-        taken = set(fixed)
+                frame.values[i, fixed] = rows[f"v_{name}"]
+        if isinstance(fixed, slice):
+            return frame
+        taken = set(fixed.tolist())
         for j, raw in enumerate(raws):
             if raw is None or j in taken:
                 continue
