@@ -98,6 +98,8 @@ async def test_daemon_stores_exactly_what_the_exchange_served_and_flushes_on_sig
         await asyncio.sleep(0.25)
     status, health = await daemon.get("/health")
     _, metrics = await daemon.get("/metrics")
+    with redis_server.client() as c:  # features of every symbol, fresh, before they expire
+        features = {sym: msgpack.unpackb(c.get(f"sidecar:{{{sym}}}:features:1m")) for sym in DEFAULT_SYMBOLS}
     rows_before_signal = len(_sqlite(tmp_path / "bars.db"))
 
     assert await daemon.stop(signal.SIGTERM) == 0, daemon.log.read_text()
@@ -130,6 +132,8 @@ async def test_daemon_stores_exactly_what_the_exchange_served_and_flushes_on_sig
                        for m in map(msgpack.unpackb, c.zrange(f"sidecar:{{{sym}}}:bars:1m", 0, -1))}
             assert history == {ts: v for (s, ts), v in rows.items() if s == sym}
 
+    for sym, f in features.items():
+        assert f["tf"] == "1m" and f["ts"] >= boundary - 60 and f["rsi_14"] is not None, sym
     assert status == 200 and health["status"] == "ok"
     assert all(f["fresh"] for f in health["freshness"].values())
 

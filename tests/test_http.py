@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from sidecar.app import Sidecar
+from sidecar.features import OUTPUTS
 from sidecar.settings import Settings
 
 
@@ -94,3 +95,27 @@ async def test_health_is_degraded_while_redis_is_down(settings: Settings, tmp_pa
         assert doc["sqlite"]["state"] == "ok" and doc["loop"]["state"] == "ok"
     finally:
         await sc.close()
+
+
+async def test_features_of_a_symbol_are_served_with_every_output(client) -> None:  # type: ignore[no-untyped-def]
+    session, base, _ = client
+    async with session.get(f"{base}/features/aapl") as r:
+        assert r.status == 200
+        doc = await r.json()
+    assert doc["symbol"] == "AAPL" and doc["tf"] == "1m" and isinstance(doc["provisional"], bool)
+    assert set(OUTPUTS) <= set(doc)
+    assert doc["ema_9"] is not None and doc["sma_200"] is None  # 30 bars of history: SMA 200 still warming up
+
+
+async def test_signals_are_read_back_from_the_stream(client, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    session, base, sc = client
+    await sc.redis.publish_signals([{"id": "x", "symbol": "AAPL", "rule": "rsi_oversold", "ts": 1}])
+    async with session.get(f"{base}/signals", params={"since": "0"}) as r:
+        assert r.status == 200
+        signals = (await r.json())["signals"]
+    assert [(s["symbol"], s["rule"]) for s in signals if s["id"] == "x"] == [("AAPL", "rsi_oversold")]
+    for bad in ({"since": "yesterday"}, {"since": "-5"}, {"limit": "0"}):
+        async with session.get(f"{base}/signals", params=bad) as r:
+            assert r.status == 400 and "error" in await r.json()
+    async with session.get(f"{base}/features/AA$PL") as r:
+        assert r.status == 400

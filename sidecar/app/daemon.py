@@ -81,6 +81,7 @@ class Sidecar:
         except (OSError, sqlite3.Error) as exc:
             raise SettingsError("SIDECAR_DB_PATH", f"cannot open {s.db_path}: {exc}") from exc
         t0 = self.clock.monotonic()
+        self.features.book.engine.prepare()
         histories = await self.sqlite.recent(list(s.symbols), TIMEFRAME, s.feature_warmup_bars)
         self.features.warm(self.infos, histories)
         log.info("features warmed from %d stored bars in %.2fs", sum(map(len, histories.values())),

@@ -201,6 +201,11 @@ class FeatureEngine:
         self._run(False, bars, self._all if mask is None else mask, out)
         return out
 
+    def prepare(self) -> None:
+        """Load (or on first use compile) the kernel now, so the first cycle does not pay for it."""
+        one = np.ones(1)
+        FeatureEngine(self.config, capacity=1).peek(Bars(one, one, one, one, one))
+
     def _run(self, commit: bool, b: Bars, mask: np.ndarray, out: np.ndarray) -> None:
         r = self.rings
         K.step_kernel(
