@@ -146,7 +146,7 @@ async def main(symbol_counts: list[int], repeat: int) -> None:
                            db_path=d / "cycle.db", lookback_minutes=5, fetch_timeout_s=10.0)
         for n in symbol_counts:
             p50, worst, seq = await bench_cycle(settings, n, cycles=max(5, repeat // 2))
-            rows.append((f"Cycle, {n} symbols (fetch+validate+Redis+buffer)",
+            rows.append((f"Cycle, {n} symbols (whole cycle incl. features, scan)",
                          f"concurrent (max {worst:.1f})", p50, "same fetches one by one", seq))
     print(f"\n{'stage':<55} {'ours':<28} {'ms':>9}   {'baseline':<26} {'ms':>9} {'speed-up':>9}")
     for stage, ours_label, ours_ms, base_label, base_ms in rows:

@@ -47,6 +47,18 @@ def _seeded(nj: int, start: int, p: int, seed: float, x: float, recur: float) ->
     return recur, seed
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _variance(ring: np.ndarray, j: int, x: float, mean: float, p: int) -> float:
+    """Population variance of the window "ring row j + x" around `mean`, in two passes
+    (TA-Lib 0.8.1's variances are exact; E[x^2]-E[x]^2 cancels at small spreads)."""
+    acc = 0.0
+    for r in range(ring.shape[1]):
+        d = ring[j, r] - mean
+        acc += d * d
+    d = x - mean
+    return (acc + d * d) / p
+
+
 @njit(cache=True, error_model="numpy")
 def _dm_smooth(first: bool, nj: int, p: int, prev: float, x: float) -> float:
     """+DM, -DM and TR smoothing: summed over bars 1..p-1, then S - S/p + x."""
@@ -181,25 +193,14 @@ def step_kernel(commit: bool, mask: np.ndarray, h: np.ndarray, l: np.ndarray, c:
         # Bollinger bands: SMA middle, population stdev of the window in two passes.
         tmp_bb = sums[j, sb + S_BB] + x
         middle = tmp_bb / bb_p
-        var = 0.0
-        for r in range(r_bb.shape[1]):
-            dd = r_bb[j, r] - middle
-            var += dd * dd
-        dd = x - middle
-        band = bb_dev * math.sqrt((var + dd * dd) / bb_p)
+        band = bb_dev * math.sqrt(_variance(r_bb, j, x, middle, bb_p))
         out[row, j], out[row + 1, j], out[row + 2, j] = middle + band, middle, middle - band
         row += 3
 
         # Historical volatility: stdev of the log returns (two passes), annualized.
         logret = 0.0 if first else math.log(x / pc)
         t1 = sums[j, sb + S_LR] + logret
-        m1 = t1 / hv_p
-        var = 0.0
-        for r in range(r_lr.shape[1]):
-            dd = r_lr[j, r] - m1
-            var += dd * dd
-        dd = logret - m1
-        out[row, j] = math.sqrt((var + dd * dd) / hv_p) * hv_scale[j]
+        out[row, j] = math.sqrt(_variance(r_lr, j, logret, t1 / hv_p, hv_p)) * hv_scale[j]
         row += 1
 
         # OBV from volume[0].
