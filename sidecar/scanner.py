@@ -133,6 +133,15 @@ class Scanner:
         self._row = {name: i for i, name in enumerate(codec.outputs)}
         self._state = np.full((len(self.rules), len(self.symbols)), -1, dtype=np.int8)  # -1 unknown
 
+    def set_symbols(self, symbols: Sequence[str], broker_symbols: Sequence[str]) -> None:
+        """Follow a new symbol list; symbols that stay keep their crossing state."""
+        old = {sym: i for i, sym in enumerate(self.symbols)}
+        state = np.full((len(self.rules), len(symbols)), -1, dtype=np.int8)
+        for j, sym in enumerate(symbols):
+            if sym in old:
+                state[:, j] = self._state[:, old[sym]]
+        self.symbols, self.broker_symbols, self._state = list(symbols), list(broker_symbols), state
+
     def _side(self, frame: FeatureFrame, term: str | float) -> np.ndarray:
         if isinstance(term, float):
             return np.full(len(self.symbols), term)

@@ -119,3 +119,34 @@ async def test_signals_are_read_back_from_the_stream(client, settings: Settings)
             assert r.status == 400 and "error" in await r.json()
     async with session.get(f"{base}/features/AA$PL") as r:
         assert r.status == 400
+
+
+async def test_symbols_are_added_and_removed_while_the_daemon_runs(client) -> None:  # type: ignore[no-untyped-def]
+    session, base, sc = client
+    async with session.post(f"{base}/symbols", json={"add": ["nvda", "GBPUSD"], "remove": ["MSFT"]}) as r:
+        assert r.status == 200
+        followed = (await r.json())["symbols"]
+    assert "NVDA" in followed and "GBPUSD" in followed and "MSFT" not in followed
+    for _ in range(40):  # a few cycles
+        await asyncio.sleep(0.1)
+        if sc.health()["freshness"].get("NVDA", {}).get("fresh"):
+            break
+    health = sc.health()
+    assert health["freshness"]["NVDA"]["fresh"] and "MSFT" not in health["freshness"]
+    async with session.get(f"{base}/features/NVDA") as r:
+        assert r.status == 200 and (await r.json())["ema_9"] is not None
+    async with session.get(f"{base}/bars/MSFT/latest") as r:
+        assert r.status == 404
+    async with session.get(f"{base}/symbols") as r:
+        listed = {s["symbol"]: s for s in (await r.json())["symbols"]}
+    assert listed["GBPUSD"]["asset_class"] == "fx" and listed["GBPUSD"]["yahoo"] == "GBPUSD=X"
+    assert "NVDA" in sc.scanner.symbols and "MSFT" not in sc.features.book
+
+
+@pytest.mark.parametrize("body", [[], {"add": "AAPL"}, {"add": [1]}, {"add": ["AA PL"]}, {"remove": ["../x"]}])
+async def test_a_bad_symbols_request_is_a_400_and_changes_nothing(client, body: object) -> None:  # type: ignore[no-untyped-def]
+    session, base, sc = client
+    before = list(sc.symbols)
+    async with session.post(f"{base}/symbols", json=body) as r:
+        assert r.status == 400 and "error" in await r.json()
+    assert list(sc.symbols) == before

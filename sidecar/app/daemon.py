@@ -18,7 +18,7 @@ from ..scanner import Scanner, parse_rules
 from ..metrics import Metrics
 from ..settings import Settings
 from ..stores import RedisStore, SQLiteStore
-from ..symbols import lookup
+from ..symbols import SymbolInfo, lookup, parse_symbol
 from ..validator import Validator
 from .health import build_health
 from .http import HttpServer
@@ -48,9 +48,10 @@ class Sidecar:
                                 features_ttl_s=s.feature_ttl_s, signals_maxlen=s.signals_maxlen)
         self.sqlite = SQLiteStore(path=s.db_path, synchronous=s.sqlite_synchronous, clock=self.clock)
         self.infos = [lookup(sym) for sym in s.symbols]
+        self.symbols: dict[str, SymbolInfo] = {info.symbol: info for info in self.infos}
         self.features = FeatureService(s.feature_periods, timeframe=TIMEFRAME, clock=self.clock)
-        broker = dict(s.broker_symbols)
-        self.scanner = Scanner(symbols=s.symbols, broker_symbols=[broker.get(x, x) for x in s.symbols],
+        self._broker = dict(s.broker_symbols)
+        self.scanner = Scanner(symbols=s.symbols, broker_symbols=[self._broker.get(x, x) for x in s.symbols],
                                codec=self.features.codec, rules=parse_rules(s.signal_rules, self.features.book.outputs),
                                max_age_s=s.signal_max_age_s)
         self.orchestrator = Orchestrator(
@@ -58,7 +59,8 @@ class Sidecar:
             validator=Validator(future_tolerance_s=s.future_tolerance_s), redis=self.redis, sqlite=self.sqlite,
             metrics=self.metrics, clock=self.clock, period=s.cycle_interval_s, lookback_minutes=s.lookback_minutes)
         self.http = HttpServer(host=s.http_host, port=s.http_port, health=self.health, metrics=self.metrics,
-                               redis=self.redis, symbols=frozenset(s.symbols), clock=self.clock)
+                               redis=self.redis, symbols=self.symbols, clock=self.clock,
+                               update_symbols=self.update_symbols, broker_symbols=self._broker)
         self.stopping = False
         self.failure: BaseException | None = None
         self._stop = asyncio.Event()
@@ -67,6 +69,29 @@ class Sidecar:
     def health(self) -> dict[str, Any]:
         """The /health document."""
         return build_health(self)
+
+    async def update_symbols(self, add: list[str], remove: list[str]) -> list[str]:
+        """Follow more or fewer symbols while running: new ones are warmed from their stored
+        history first; return the symbols followed afterwards. Not persisted: SIDECAR_SYMBOLS
+        is the list at the next start. A malformed symbol raises SymbolError, changing nothing."""
+        infos = [lookup(raw) for raw in add]
+        gone = [parse_symbol(raw) for raw in remove]
+        new = [i for i in infos if i.symbol not in self.symbols]
+        if new:
+            histories = await self.sqlite.recent([i.symbol for i in new], TIMEFRAME,
+                                                 self.settings.feature_warmup_bars)
+            self.features.warm(new, histories)
+            self.orchestrator.add(new)
+            self.symbols.update({i.symbol: i for i in new})
+        for symbol in gone:
+            if self.symbols.pop(symbol, None) is not None:
+                self.orchestrator.remove([symbol])
+                self.features.book.remove(symbol)
+        names = list(self.symbols)
+        self.scanner.set_symbols(names, [self._broker.get(x, x) for x in names])
+        if new or gone:
+            log.info("symbols now %d: added %s, removed %s", len(names), [i.symbol for i in new], gone)
+        return names
 
     def request_stop(self) -> None:
         """Ask the daemon to shut down (what the signal handlers call)."""

@@ -6,6 +6,8 @@
     GET /bars/{symbol}/latest      the newest bar (forming or closed)
     GET /features/{symbol}         the newest features: ?tf=1m
     GET /signals                   signals from the stream: ?since=<epoch s>&limit=
+    GET /symbols                   the symbols followed, with asset class and provider names
+    POST /symbols                  {"add": [...], "remove": [...]}: change them while running
 
 A malformed symbol or parameter gets 400 with a message; a symbol the daemon does not
 follow gets 404.
@@ -13,7 +15,7 @@ follow gets 404.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -27,7 +29,7 @@ from ..errors import RedisStoreError, SymbolError
 from ..metrics import Metrics
 from ..settings import parse_number
 from ..stores import RedisStore
-from ..symbols import parse_symbol
+from ..symbols import SymbolInfo, parse_symbol
 
 MAX_LIMIT = 5000
 
@@ -52,13 +54,18 @@ class HttpServer:
     :param health: returns the health document.
     :param metrics: the daemon's metrics.
     :param redis: where bars are read from.
-    :param symbols: the symbols the daemon follows.
+    :param symbols: the symbols the daemon follows (its live mapping, read on each request).
     :param clock: the default `since` of /signals is an hour before now.
+    :param update_symbols: adds and removes symbols; returns the list afterwards.
+    :param broker_symbols: broker names by canonical symbol.
     """
 
     def __init__(self, *, host: str, port: int, health: Callable[[], dict[str, Any]], metrics: Metrics,
-                 redis: RedisStore, symbols: frozenset[str], clock: Clock) -> None:
+                 redis: RedisStore, symbols: Mapping[str, SymbolInfo], clock: Clock,
+                 update_symbols: Callable[[list[str], list[str]], Awaitable[list[str]]],
+                 broker_symbols: Mapping[str, str]) -> None:
         self.host, self.port, self.clock = host, port, clock
+        self._update_symbols, self._broker = update_symbols, broker_symbols
         self._health, self._metrics, self._redis, self._symbols = health, metrics, redis, symbols
         self._runner: web.AppRunner | None = None
         self.app = web.Application()
@@ -68,6 +75,8 @@ class HttpServer:
         self.app.router.add_get("/bars/{symbol}/latest", self._get_latest)
         self.app.router.add_get("/features/{symbol}", self._get_features)
         self.app.router.add_get("/signals", self._get_signals)
+        self.app.router.add_get("/symbols", self._get_symbols)
+        self.app.router.add_post("/symbols", self._post_symbols)
 
     async def start(self) -> tuple[str, int]:
         """Listen; return the bound (host, port)."""
@@ -164,3 +173,25 @@ class HttpServer:
         except RedisStoreError as exc:
             return _json({"error": str(exc)}, status=503)
         return _json({"since": since, "signals": signals})
+
+    async def _get_symbols(self, request: web.Request) -> web.Response:
+        return _json({"symbols": [
+            {"symbol": i.symbol, "asset_class": str(i.asset_class), "yahoo": i.yahoo,
+             "broker": self._broker.get(i.symbol, i.symbol)} for i in self._symbols.values()]})
+
+    async def _post_symbols(self, request: web.Request) -> web.Response:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            body = None
+        lists = [body.get(k, []) for k in ("add", "remove")] if isinstance(body, dict) else [None]
+        if not all(isinstance(x, list) and all(isinstance(s, str) for s in x) for x in lists):
+            raise _bad_request('expected {"add": [symbols], "remove": [symbols]}')
+        add, remove = lists
+        if len(add) > 10_000 or len(remove) > 10_000:
+            raise _bad_request("at most 10000 symbols per request")
+        try:
+            symbols = await self._update_symbols(add, remove)
+        except SymbolError as exc:
+            raise _bad_request(str(exc)) from None
+        return _json({"symbols": symbols})

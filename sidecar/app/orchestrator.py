@@ -110,6 +110,16 @@ class Orchestrator:
         self._in_cycle = False
         self._task: asyncio.Task[None] | None = None
 
+    def add(self, infos: list[SymbolInfo]) -> None:
+        """Start following symbols (their first fetch reaches back `lookback_minutes`)."""
+        for info in infos:
+            self.states.setdefault(info.symbol, SymbolState(info))
+
+    def remove(self, symbols: list[str]) -> None:
+        """Stop following symbols; a fetch already in flight for one is simply not used again."""
+        for symbol in symbols:
+            self.states.pop(symbol, None)
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> asyncio.Task[None]:
