@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import IntFlag
 
 TIMEFRAMES: dict[str, int] = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86400}
@@ -42,10 +42,6 @@ class Bar:
     def key(self) -> tuple[str, str, int]:
         """The identity of a bar in every store: (symbol, timeframe, ts)."""
         return (self.symbol, self.timeframe, self.ts)
-
-    def closed(self) -> Bar:
-        """The same bar with the FORMING bit cleared."""
-        return replace(self, flags=self.flags & ~BarFlag.FORMING)
 
     def as_map(self) -> dict[str, object]:
         """Named fields for msgpack and JSON; the documented Redis value format."""

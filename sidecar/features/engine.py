@@ -116,7 +116,6 @@ class FeatureEngine:
     def __init__(self, config: FeatureConfig | None = None, capacity: int = 16) -> None:
         self.config = c = config or FeatureConfig()
         self.outputs = c.outputs
-        self.index = {name: i for i, name in enumerate(self.outputs)}
         self._lookback = np.array(c.lookbacks, dtype=np.int64)
         self._sma_p = np.array(c.sma, dtype=np.int64)
         self._ema_p = np.array(c.ema, dtype=np.int64)

@@ -22,7 +22,7 @@ S_BB, S_TP, S_VOLMA, S_VOLPREV, S_LR, S_POS, S_NEG = range(7)  # offset by the n
 # Order of the integer parameters.
 (I_RSI, I_FAST, I_SLOW, I_SIG, I_K, I_SK, I_SD, I_CCI, I_WILLR, I_ATR, I_BB, I_HV, I_VOLMA, I_RVOL, I_ADX,
  I_MFI, I_MOM, I_ROC) = range(18)
-N_SUMS, N_REC, N_PARAMS = 7, 20, 18
+N_SUMS, N_REC = 7, 20
 # Column of each ring's write position in `pos` (positions advance by compare, not modulo:
 # a 64-bit division per ring per slot was half of the step's time).
 W_CLOSE, W_VOL, W_TP, W_BB, W_LR, W_FLOW, W_HK, W_HW = range(8)

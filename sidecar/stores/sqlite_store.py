@@ -138,10 +138,3 @@ class SQLiteStore:
             out[symbol] = [Bar(symbol, timeframe, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
                            for r in reversed(rows)]
         return out
-
-    async def count(self) -> int:
-        """Rows in the bars table."""
-        assert self._db is not None
-        async with self._db.execute("SELECT count(*) FROM bars") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
