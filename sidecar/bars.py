@@ -18,6 +18,9 @@ class BarFlag(IntFlag):
     STALE = 4  # the last good value kept while every source for the symbol fails
 
 
+_FORMING = int(BarFlag.FORMING)
+
+
 @dataclass(slots=True, frozen=True)
 class Bar:
     """One OHLCV bar: canonical symbol, timeframe, UTC epoch second of the bar's open."""
@@ -36,7 +39,7 @@ class Bar:
     @property
     def forming(self) -> bool:
         """True while the bar's bucket is still open."""
-        return bool(self.flags & BarFlag.FORMING)
+        return bool(int.__and__(self.flags, _FORMING))  # int's &, not IntFlag's (1 us per call)
 
     @property
     def key(self) -> tuple[str, str, int]:

@@ -127,14 +127,16 @@ async def test_symbols_are_added_and_removed_while_the_daemon_runs(client) -> No
         assert r.status == 200
         followed = (await r.json())["symbols"]
     assert "NVDA" in followed and "GBPUSD" in followed and "MSFT" not in followed
-    for _ in range(40):  # a few cycles
+    for _ in range(40):  # a few cycles, until the new symbol's features are in Redis
         await asyncio.sleep(0.1)
-        if sc.health()["freshness"].get("NVDA", {}).get("fresh"):
-            break
+        async with session.get(f"{base}/features/NVDA") as r:
+            if r.status == 200:
+                assert (await r.json())["ema_9"] is not None
+                break
+    else:
+        raise AssertionError("NVDA's features never appeared")
     health = sc.health()
     assert health["freshness"]["NVDA"]["fresh"] and "MSFT" not in health["freshness"]
-    async with session.get(f"{base}/features/NVDA") as r:
-        assert r.status == 200 and (await r.json())["ema_9"] is not None
     async with session.get(f"{base}/bars/MSFT/latest") as r:
         assert r.status == 404
     async with session.get(f"{base}/symbols") as r:

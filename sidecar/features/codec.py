@@ -5,9 +5,11 @@ msgpack decoder:
      "updated": <wall time written>, "sma_20": ..., ... 28 outputs ...}
 
 An output still warming up is nil. A row whose values are all numbers always has the same
-byte layout (map16 header, fixed keys, float64 and uint64 values), so a whole cycle of such
-rows is encoded and decoded as one NumPy structured array: no per-symbol packing in the
-per-second path. Other rows fall back to msgpack itself.
+byte layout (map16 header, fixed keys, float64 and uint64 values), so a whole cycle of rows is
+encoded as one NumPy structured array (a nil is that layout with the value's marker set to
+0xc0 and its 8 bytes cut out, by one boolean mask), and decoded the same way when every row
+has the fixed layout: no per-symbol packing in the per-second path. Rows with nils are
+decoded by msgpack itself.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 
-_FLOAT, _UINT64, _TRUE, _FALSE, _MAP16 = 0xCB, 0xCF, 0xC3, 0xC2, 0xDE
+_FLOAT, _UINT64, _TRUE, _FALSE, _MAP16, _NIL = 0xCB, 0xCF, 0xC3, 0xC2, 0xDE, 0xC0
 
 
 def _key(name: str) -> bytes:
@@ -67,24 +69,29 @@ class FeatureCodec:
 
     def encode(self, ts: np.ndarray, close: np.ndarray, provisional: np.ndarray, updated: float,
                values: np.ndarray) -> list[bytes]:
-        """One map per column of `values` (outputs, n)."""
+        """One map per column of `values` (outputs, n); NaN is written as nil."""
         n = values.shape[1]
         rows = np.repeat(self._template, n)
         rows["ts"], rows["provisional"] = ts, np.where(provisional, _TRUE, _FALSE)
         rows["v_close"], rows["v_updated"] = close, updated
         for i, name in enumerate(self.outputs):
             rows[f"v_{name}"] = values[i]
-        raw, size = rows.tobytes(), self.dtype.itemsize
-        out = [raw[j * size:(j + 1) * size] for j in range(n)]
-        for j in np.flatnonzero(np.isnan(values).any(axis=0) | np.isnan(close)):
-            out[j] = msgpack.packb(self._map(int(ts[j]), float(close[j]), bool(provisional[j]), updated, values[:, j]))
-        return out
-
-    def _map(self, ts: int, close: float, provisional: bool, updated: float, column: np.ndarray) -> dict:
-        m: dict[str, object] = {"tf": self.timeframe, "ts": ts, "close": None if close != close else close,
-                                "provisional": provisional, "updated": updated}
-        m.update({name: (None if x != x else x) for name, x in zip(self.outputs, column.tolist(), strict=True)})
-        return m
+        nulls = np.isnan(values).T  # (n, outputs)
+        size = self.dtype.itemsize
+        if not nulls.any() and not np.isnan(close).any():
+            raw = rows.tobytes()
+            return [raw[j * size:(j + 1) * size] for j in range(n)]
+        grid = rows.view(np.uint8).reshape(n, size)
+        keep = np.ones((n, size), dtype=bool)
+        for i, name in enumerate(("close", *self.outputs)):
+            null = np.isnan(close) if i == 0 else nulls[:, i - 1]
+            if null.any():
+                marker = self.dtype.fields[f"m_{name}"][1]
+                grid[null, marker] = _NIL
+                keep[null, marker + 1:marker + 9] = False
+        raw = grid[keep].tobytes()
+        ends = np.cumsum(keep.sum(axis=1)).tolist()
+        return [raw[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
     def decode(self, raws: Sequence[bytes | None]) -> FeatureFrame:
         """Decode rows as returned by MGET (None for a missing key)."""
@@ -92,40 +99,69 @@ class FeatureCodec:
         frame = FeatureFrame(present=np.zeros(n, dtype=bool), ts=np.full(n, -1, dtype=np.int64),
                              updated=np.full(n, np.nan), provisional=np.zeros(n, dtype=bool),
                              close=np.full(n, np.nan), values=np.full((len(self.outputs), n), np.nan))
-        size = self.dtype.itemsize
-        fixed: np.ndarray | slice
         rows = None
         if None not in raws:  # the usual cycle: every row present, all in the fixed layout
             joined = b"".join(raws)  # type: ignore[arg-type]
-            if len(joined) == size * n:
+            if len(joined) == self.dtype.itemsize * n:
                 candidate = np.frombuffer(joined, dtype=self.dtype)
                 if ((candidate["hdr"] == _MAP16) & (candidate["count"] == self.n_fields)
                         & (candidate["m_ts"] == _UINT64)).all():
-                    rows, fixed = candidate, slice(None)
-        if rows is None:
-            picked = [j for j, r in enumerate(raws) if r is not None and len(r) == size and r[:3] == self._prefix]
-            rows = np.frombuffer(b"".join([raws[j] for j in picked]), dtype=self.dtype)  # type: ignore[misc]
-            fixed = np.array(picked, dtype=np.int64)
-        if len(rows):
-            frame.present[fixed] = True
-            frame.ts[fixed] = rows["ts"]
-            frame.provisional[fixed] = rows["provisional"] == _TRUE
-            frame.updated[fixed], frame.close[fixed] = rows["v_updated"], rows["v_close"]
+                    rows = candidate
+        if rows is not None:
+            frame.present[:] = True
+            frame.ts[:] = rows["ts"]
+            frame.provisional[:] = rows["provisional"] == _TRUE
+            frame.updated[:], frame.close[:] = rows["v_updated"], rows["v_close"]
             for i, name in enumerate(self.outputs):
-                frame.values[i, fixed] = rows[f"v_{name}"]
-        if isinstance(fixed, slice):
+                frame.values[i] = rows[f"v_{name}"]
             return frame
-        taken = set(fixed.tolist())
-        for j, raw in enumerate(raws):
-            if raw is None or j in taken:
-                continue
-            m = self.to_map(raw)
+        picked = [j for j, r in enumerate(raws) if r is not None]
+        if picked:
+            self._decode_with_nils(raws, np.array(picked), frame)
+        return frame
+
+    def _decode_with_nils(self, raws: Sequence[bytes | None], picked: np.ndarray, frame: FeatureFrame) -> None:
+        """Rows in our layout where some values are nil, parsed field by field across all
+        rows at once (a nil moves the later fields 8 bytes back); any row that does not check
+        out is decoded by msgpack instead."""
+        parts = [raws[j] for j in picked]
+        lengths = np.array([len(r) for r in parts], dtype=np.int64)  # type: ignore[arg-type]
+        buf = np.frombuffer(b"".join(parts) + bytes(16), dtype=np.uint8)  # type: ignore[arg-type]
+        start = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        f = self.dtype.fields
+        ok = (lengths >= 3) & (buf[start] == _MAP16) & (buf[start + f["m_ts"][1]] == _UINT64)
+        ok &= (buf[start + 1].astype(np.int64) << 8 | buf[start + 2]) == self.n_fields
+        eight = np.arange(8)
+
+        def float_at(pos: np.ndarray) -> np.ndarray:
+            return buf[pos[:, None] + eight].copy().view(">f8").ravel()
+
+        ts = buf[start[:, None] + f["ts"][1] + eight].copy().view(">u8").ravel()
+        provisional = buf[start + f["provisional"][1]] == _TRUE
+        shift = np.zeros(len(picked), dtype=np.int64)
+        decoded = {}
+        for name in ("close", "updated", *self.outputs):
+            key_at = start + f[f"k_{name}"][1] - shift
+            marker_at = start + f[f"m_{name}"][1] - shift
+            ok &= buf[key_at] == self._template[f"k_{name}"][0][0]  # the key's fixstr header
+            nil = buf[marker_at] == _NIL
+            ok &= nil | (buf[marker_at] == _FLOAT)
+            decoded[name] = np.where(nil, np.nan, float_at(marker_at + 1))
+            shift += 8 * nil
+        ok &= lengths == self.dtype.itemsize - shift
+        good, bad = picked[ok], picked[~ok]
+        frame.present[good] = True
+        frame.ts[good], frame.provisional[good] = ts[ok], provisional[ok]
+        frame.close[good], frame.updated[good] = decoded["close"][ok], decoded["updated"][ok]
+        for i, name in enumerate(self.outputs):
+            frame.values[i, good] = decoded[name][ok]
+        for j in bad.tolist():
+            m = self.to_map(raws[j])  # type: ignore[arg-type]
             frame.present[j] = True
             frame.ts[j], frame.provisional[j] = int(m["ts"]), bool(m["provisional"])
             frame.updated[j] = float(m["updated"])
             frame.close[j] = np.nan if m.get("close") is None else float(m["close"])
             frame.values[:, j] = [np.nan if m.get(name) is None else float(m[name]) for name in self.outputs]
-        return frame
 
     @staticmethod
     def to_map(raw: bytes) -> dict:
