@@ -212,6 +212,9 @@ class Settings(_FromEnv):
     lookback_minutes: int = _setting(
         "LOOKBACK_MINUTES", 120, _int(1, 10080),
         "how far back the first fetch of a symbol reaches after start-up")
+    restart_overlap_minutes: int = _setting(
+        "RESTART_OVERLAP_MINUTES", 5, _int(0, 1440),
+        "after a restart, minutes before the last stored bar fetched again (repairs revised bars)")
     yahoo_base_url: str = _setting(
         "YAHOO_BASE_URL", "http://127.0.0.1:8700", _url("http", "https"),
         "Yahoo chart API base URL (the real one: https://query2.finance.yahoo.com)")

@@ -105,6 +105,9 @@ class Sidecar:
             await self.sqlite.start()
         except (OSError, sqlite3.Error) as exc:
             raise SettingsError("SIDECAR_DB_PATH", f"cannot open {s.db_path}: {exc}") from exc
+        last = await self.sqlite.last_stored(TIMEFRAME)
+        self.orchestrator.resume(last, overlap_s=s.restart_overlap_minutes * 60)
+        log.info("resuming %d symbols after their last stored bar", len(last))
         t0 = self.clock.monotonic()
         self.features.book.engine.prepare()
         histories = await self.sqlite.recent(list(s.symbols), TIMEFRAME, s.feature_warmup_bars)

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 TIMEFRAME = "1m"
 REJECT_RETRIES = 3
+SETTLED_S = 3600  # a source's minute older than this no longer changes (delayed feeds included)
 
 
 @dataclass(slots=True)
@@ -42,6 +43,8 @@ class SymbolState:
     last_bar_ts: int | None = None  # open of the newest bar written to Redis
     last_error: str | None = None
     reject_attempts: dict[int, int] = field(default_factory=dict)
+    beyond_reach_logged: bool = False
+    window_end: int = 0  # end of the window last asked for
 
 
 @dataclass(slots=True)
@@ -200,13 +203,32 @@ class Orchestrator:
         self.last_cycle, self.last_cycle_at = report, now
         return report
 
+    def resume(self, last_stored: dict[str, int], overlap_s: int) -> None:
+        """Continue each symbol after its newest stored bar (after a restart or a crash),
+        fetching `overlap_s` before it again: upserts make the overlap harmless, and it repairs
+        a bar the source revised while we were down."""
+        for symbol, ts in last_stored.items():
+            if symbol in self.states:
+                self.states[symbol].cursor = ts - overlap_s
+
     def _window(self, state: SymbolState, now: float) -> tuple[int, int]:
+        """The bars to ask for: after the cursor (or `lookback` back), within what the source
+        serves at this timeframe; a long gap is caught up one window per cycle."""
         current = bucket_start(now, self.step)
         start = state.cursor + self.step if state.cursor is not None else current - self.lookback_s
-        return start, current + self.step  # end is exclusive: the forming bar is included
+        oldest = current - self.fetcher.max_age_s
+        if start < oldest:
+            if not state.beyond_reach_logged:
+                log.warning("%s: bars before %d are older than %s serves at %s; bootstrap fills them coarser",
+                            state.info.symbol, oldest, self.fetcher.name, TIMEFRAME)
+                state.beyond_reach_logged = True
+            start = oldest
+        end = min(start + self.fetcher.max_window_s, current + self.step)  # exclusive: the forming bar too
+        return start, end
 
     async def _fetch(self, state: SymbolState, now: float) -> FetchResult | None:
         start, end = self._window(state, now)
+        state.window_end = end
         t0 = self.clock.monotonic()
         try:
             result = await self.fetcher.fetch_bars(state.info, TIMEFRAME, start, end)
@@ -257,6 +279,10 @@ class Orchestrator:
                 self.metrics.bars_accepted.labels(source, "closed").inc()
         if closed:
             state.cursor = closed[-1].ts
+        if refetch_from is None and state.window_end <= bucket_start(now, self.step) - SETTLED_S:
+            # A window wholly in the settled past came back complete: minutes it lacks had no
+            # trades, so step over it (a catch-up would otherwise ask for an empty week forever).
+            state.cursor = max(state.cursor or 0, state.window_end - self.step)
         if refetch_from is not None and (state.cursor is None or refetch_from <= state.cursor):
             state.cursor = refetch_from - self.step
         if state.cursor is not None and state.reject_attempts:

@@ -83,6 +83,8 @@ class Exchange:
         self.app.router.add_get("/_exchange/served", self._get_served)
         self.app.router.add_get("/_exchange/truth", self._get_truth)
         self.app.router.add_get("/_exchange/stats", self._get_stats)
+        self.app.router.add_post("/_exchange/outage", self._post_outage)
+        self.down_until = 0.0  # every chart request fails with 503 until then
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on host:port (0 picks a free port); return the base URL."""
@@ -131,6 +133,8 @@ class Exchange:
     async def _chart(self, request: web.Request) -> web.Response:
         self.requests["chart"] += 1
         symbol = request.match_info["symbol"]
+        if self.clock.time() < self.down_until:
+            return web.Response(status=503, text="Service Unavailable")
         if not _YAHOO_SYMBOL.fullmatch(symbol):
             return _chart_error(404, "Not Found", "No data found, symbol may be delisted")
         fault = self._take_fault(symbol, RESPONSE_FAULTS)
@@ -331,6 +335,18 @@ class Exchange:
         b = self.truth(symbol, start, end)
         rows = np.column_stack([b.ts, b.open, b.high, b.low, b.close, b.volume]).tolist()
         return web.Response(body=orjson.dumps({"symbol": symbol, "bars": rows}), content_type="application/json")
+
+    def outage(self, seconds: float) -> None:
+        """Answer every chart request with 503 for the next `seconds` (0 ends an outage)."""
+        self.down_until = self.clock.time() + seconds
+
+    async def _post_outage(self, request: web.Request) -> web.Response:
+        try:
+            seconds = float(orjson.loads(await request.read())["seconds"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise web.HTTPBadRequest(text='expected {"seconds": N}') from None
+        self.outage(seconds)
+        return web.json_response({"down_until": self.down_until})
 
     async def _get_stats(self, request: web.Request) -> web.Response:
         return web.json_response({"requests": dict(self.requests)})

@@ -31,6 +31,9 @@ class YahooFetcher:
     """
 
     name = SOURCE
+    # What Yahoo serves at 1m (providers.md 1.1): 7 days per request, the last 30 days.
+    max_window_s = 7 * 86400
+    max_age_s = 30 * 86400 - 3600  # an hour of margin: a window that straddles the limit fails whole
 
     def __init__(self, *, base_url: str, user_agent: str, timeout_s: float, max_connections: int) -> None:
         self.base_url = base_url.rstrip("/")

@@ -104,6 +104,7 @@ class SQLiteStore:
             batch, self._buffer = self._buffer, {}
             rows = [(b.symbol, b.timeframe, b.ts, b.open, b.high, b.low, b.close, b.volume, b.source, b.flags)
                     for b in batch.values()]
+            log.info("sqlite flush begin rows=%d", len(rows))
             try:
                 await self._db.executemany(_UPSERT, rows)
                 await self._db.commit()
@@ -117,6 +118,7 @@ class SQLiteStore:
                 except Exception:  # noqa: BLE001 - the connection may be unusable; the error above matters
                     pass
                 raise SQLiteStoreError(f"flush of {len(rows)} bars failed: {self.last_error}") from exc
+            log.info("sqlite flush committed rows=%d", len(rows))
             self.last_error = None
             self.last_flush_at = self.clock.time()
             self.last_flush_rows = len(rows)
@@ -124,6 +126,18 @@ class SQLiteStore:
                 if bar.ts > self.persisted_through.get(bar.symbol, -1):
                     self.persisted_through[bar.symbol] = bar.ts
             return len(rows)
+
+    async def last_stored(self, timeframe: str) -> dict[str, int]:
+        """Each symbol's newest stored bar open: where fetching resumes after a restart."""
+        assert self._db is not None
+        async with self._db.execute(
+            "SELECT symbol, MAX(ts) FROM bars WHERE timeframe = ? GROUP BY symbol", (timeframe,)
+        ) as cur:
+            rows = await cur.fetchall()
+        last = {str(r[0]): int(r[1]) for r in rows}
+        for symbol, ts in last.items():
+            self.persisted_through[symbol] = max(ts, self.persisted_through.get(symbol, -1))
+        return last
 
     async def recent(self, symbols: list[str], timeframe: str, limit: int) -> dict[str, list[Bar]]:
         """Each symbol's newest `limit` closed bars, oldest first (what warms the features)."""

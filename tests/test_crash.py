@@ -1,0 +1,120 @@
+"""Nothing lost across crashes: the daemon is killed with SIGKILL again and again (some kills
+land as a SQLite flush begins), the source goes down for a while, and at the end SQLite holds
+exactly the market's closed bars for the whole period."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import sqlite3
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from sidecar.exchange import Exchange
+from sidecar.symbols import lookup
+
+from .conftest import subprocess_env
+from .test_e2e import _free_port
+
+pytestmark = pytest.mark.e2e
+
+SYMBOLS = ["AAPL", "EURUSD", "BTCUSD", "NAS100"]
+LOOKBACK_MIN = 10
+
+
+class Run:
+    """One daemon process whose output is watched line by line."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.flush_begins = asyncio.Event()
+        self.cycling = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            line = raw.decode(errors="replace")
+            self.lines.append(line)
+            if "sqlite flush begin" in line:
+                self.flush_begins.set()
+            if "following" in line:
+                self.cycling.set()
+
+    async def stop(self, sig: signal.Signals) -> int:
+        self.proc.send_signal(sig)
+        code = await asyncio.wait_for(self.proc.wait(), 20)
+        await self._reader
+        return code
+
+
+async def _start(tmp_path: Path, redis_url: str, exchange: Exchange, http_port: int) -> Run:
+    env = subprocess_env(
+        SIDECAR_REDIS_URL=redis_url, SIDECAR_YAHOO_BASE_URL=exchange.url or "", SIDECAR_HTTP_PORT=str(http_port),
+        SIDECAR_DB_PATH=str(tmp_path / "bars.db"), SIDECAR_SYMBOLS=",".join(SYMBOLS),
+        SIDECAR_LOOKBACK_MINUTES=str(LOOKBACK_MIN), SIDECAR_FLUSH_INTERVAL_S="1", SIDECAR_FEATURE_WARMUP_BARS="50",
+    )
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-u", "-m", "sidecar", "run", env=env, cwd=tmp_path,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    run = Run(proc)
+    await asyncio.wait_for(run.cycling.wait(), 60)
+    return run
+
+
+def _stored(db: Path) -> tuple[dict[tuple[str, int], tuple], int, str]:
+    with closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute("SELECT symbol, ts, open, high, low, close, volume FROM bars WHERE timeframe='1m'").fetchall()
+        dupes = conn.execute("SELECT count(*) - count(DISTINCT symbol || ':' || ts) FROM bars").fetchone()[0]
+        integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+    return {(r[0], r[1]): tuple(r[2:]) for r in rows}, dupes, integrity
+
+
+async def test_sigkill_at_random_moments_and_a_source_outage_lose_nothing(
+        tmp_path: Path, redis_url: str, exchange: Exchange) -> None:
+    rng = random.Random(20261123)
+    port = _free_port()
+    period_start = (int(time.time()) // 60) * 60 - LOOKBACK_MIN * 60  # the first start reaches back this far
+    kills = during_flush = 0
+    for i in range(10):
+        run = await _start(tmp_path, redis_url, exchange, port)
+        if i == 4:
+            exchange.outage(12)  # the source is down across this run and the next start
+        if i % 3 == 1:  # kill exactly as a flush begins (the restart overlap always gives one)
+            try:
+                await asyncio.wait_for(run.flush_begins.wait(), 15)
+            except TimeoutError:
+                raise AssertionError("no flush began:\n" + "".join(run.lines[-20:])) from None
+            during_flush += 1
+        else:
+            await asyncio.sleep(rng.uniform(0.2, 2.5))
+        assert await run.stop(signal.SIGKILL) == -signal.SIGKILL
+        kills += 1
+    # The last run is stopped cleanly, well inside a minute so the last closed bar was fetched.
+    run = await _start(tmp_path, redis_url, exchange, port)
+    while not 8 <= time.time() % 60 <= 50:
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(3)
+    period_end = (int(time.time()) // 60) * 60  # exclusive: bars closed before the current minute
+    assert await run.stop(signal.SIGTERM) == 0, "".join(run.lines[-30:])
+
+    stored, dupes, integrity = _stored(tmp_path / "bars.db")
+    truth = {}
+    for sym in SYMBOLS:
+        t = exchange.truth(lookup(sym).yahoo, period_start, period_end)
+        for row in zip(t.ts.tolist(), t.open.tolist(), t.high.tolist(), t.low.tolist(), t.close.tolist(),
+                       t.volume.tolist(), strict=True):
+            truth[(sym, row[0])] = row[1:]
+    in_period = {k: v for k, v in stored.items() if period_start <= k[1] < period_end}
+    missing = truth.keys() - in_period.keys()
+    extra = in_period.keys() - truth.keys()
+    differing = [k for k in truth.keys() & in_period.keys() if truth[k] != in_period[k]]
+    assert kills == 10 and during_flush >= 3
+    assert integrity == "ok" and dupes == 0
+    assert (len(missing), len(extra), len(differing)) == (0, 0, 0), (sorted(missing)[:5], sorted(extra)[:5])
+    assert len(truth) >= len(SYMBOLS) * LOOKBACK_MIN  # the comparison covered a real period
