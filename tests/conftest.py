@@ -50,6 +50,7 @@ def start_redis(directory: Path) -> RedisServer:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed: `make test` installs it (apt-get install redis-server)")
+    directory.mkdir(parents=True, exist_ok=True)
     sock = directory / "redis.sock"
     proc = subprocess.Popen(
         [binary, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700", "--save", "",

@@ -78,9 +78,17 @@ async def test_a_cycle_for_many_symbols_is_one_script_call(store: RedisStore, re
 
     with redis_server.client() as c:
         before = evalsha_calls(c)
-        n = await store.write_cycle([_bar(1, s) for s in symbols], [_bar(1, s) for s in symbols])
-        assert n == 600 and evalsha_calls(c) == before + 1
+        result = await store.write_cycle([_bar(1, s) for s in symbols], [_bar(1, s) for s in symbols])
+        assert result.written == 600 and evalsha_calls(c) == before + 1
         assert c.zcard("t:{S299}:bars:1m") == 2 and c.scard("t:symbols") == 300
+
+
+async def test_a_write_tells_when_redis_lost_its_data(store: RedisStore, redis_server: RedisServer) -> None:
+    assert (await store.write_cycle([_bar(1)], [])).fresh  # the first write into this (flushed) Redis
+    assert not (await store.write_cycle([_bar(2)], [])).fresh
+    with redis_server.client() as c:
+        c.flushall()  # what a restart without persistence looks like
+    assert (await store.write_cycle([_bar(3)], [])).fresh
 
 
 async def test_redis_down_is_a_store_error_within_the_timeout(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -56,6 +56,7 @@ class Sidecar:
                                max_age_s=s.signal_max_age_s)
         self.orchestrator = Orchestrator(
             symbols=self.infos, fetcher=self.fetcher, features=self.features, scanner=self.scanner,
+            on_redis_lost=self._schedule_reseed,
             validator=Validator(future_tolerance_s=s.future_tolerance_s), redis=self.redis, sqlite=self.sqlite,
             metrics=self.metrics, clock=self.clock, period=s.cycle_interval_s, lookback_minutes=s.lookback_minutes)
         self.http = HttpServer(host=s.http_host, port=s.http_port, health=self.health, metrics=self.metrics,
@@ -63,6 +64,9 @@ class Sidecar:
                                update_symbols=self.update_symbols, broker_symbols=self._broker)
         self.stopping = False
         self.failure: BaseException | None = None
+        self.reseeds = 0
+        self.reseeded_at: float | None = None
+        self._reseed: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -92,6 +96,29 @@ class Sidecar:
         if new or gone:
             log.info("symbols now %d: added %s, removed %s", len(names), [i.symbol for i in new], gone)
         return names
+
+    def _schedule_reseed(self) -> None:
+        """Redis came back empty (restart, flush, first start): re-seed it in the background."""
+        if self._reseed is None or self._reseed.done():
+            self._reseed = asyncio.create_task(self.reseed_redis(), name="redis-reseed")
+            self._supervise(self._reseed)
+
+    async def reseed_redis(self) -> None:
+        """Write every symbol's history back into Redis from SQLite and the unflushed buffer.
+        The newest bars and the features come back with the next cycle by themselves."""
+        t0, total = self.clock.monotonic(), 0
+        symbols = list(self.symbols)
+        for i in range(0, len(symbols), 100):
+            chunk = symbols[i:i + 100]
+            stored = await self.sqlite.recent(chunk, TIMEFRAME, self.settings.redis_history_len)
+            bars = [b for sym in chunk for b in stored[sym]] + self.sqlite.buffered_bars(set(chunk))
+            for j in range(0, len(bars), 20_000):
+                await self.redis.write_cycle([], bars[j:j + 20_000])
+            total += len(bars)
+        self.reseeds += 1
+        self.reseeded_at = self.clock.time()
+        log.info("redis re-seeded with %d bars of %d symbols in %.2fs", total, len(symbols),
+                 self.clock.monotonic() - t0)
 
     def request_stop(self) -> None:
         """Ask the daemon to shut down (what the signal handlers call)."""

@@ -51,6 +51,8 @@ def build_health(app: Sidecar) -> dict[str, object]:
         "state": {True: "ok", False: "down", None: "unknown"}[orch.redis_ok],
         "last_error": orch.redis_last_error,
         "errors_total": int(metrics.total("sidecar_redis_errors_total")),
+        "reseeds": app.reseeds,
+        "last_reseed_age_s": _age(now, app.reseeded_at),
     }
     sqlite_doc = {
         "state": "ok" if sqlite.last_error is None else "degraded",

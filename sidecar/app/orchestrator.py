@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..bars import Bar, bucket_start, timeframe_seconds
@@ -85,12 +86,13 @@ class Orchestrator:
     :param lookback_minutes: how far back a symbol's first fetch reaches.
     :param features: turns bars into indicator values (None: bars only).
     :param scanner: turns the features read back from Redis into signals (None: no scan).
+    :param on_redis_lost: called when a write finds that Redis lost its data (to re-seed it).
     """
 
     def __init__(self, *, symbols: list[SymbolInfo], fetcher: YahooFetcher, validator: Validator,
                  redis: RedisStore, sqlite: SQLiteStore, metrics: Metrics, clock: Clock,
                  period: float, lookback_minutes: int, features: FeatureService | None = None,
-                 scanner: Scanner | None = None) -> None:
+                 scanner: Scanner | None = None, on_redis_lost: Callable[[], object] | None = None) -> None:
         self.states = {info.symbol: SymbolState(info) for info in symbols}
         self.fetcher = fetcher
         self.source = SourceState(fetcher.name)
@@ -103,6 +105,7 @@ class Orchestrator:
         self.lookback_s = lookback_minutes * 60
         self.features = features
         self.scanner = scanner
+        self.on_redis_lost = on_redis_lost
         self.last_scan: ScanResult | None = None
         self.step = timeframe_seconds(TIMEFRAME)
         self.last_cycle: CycleReport | None = None
@@ -324,7 +327,7 @@ class Orchestrator:
                            features: list[tuple[str, str, bytes]]) -> bool:
         t0 = self.clock.monotonic()
         try:
-            await self.redis.write_cycle(latest, closed, features)
+            result = await self.redis.write_cycle(latest, closed, features)
         except RedisStoreError as exc:
             self.metrics.redis_errors.inc()
             if self.redis_ok is not False:
@@ -335,4 +338,6 @@ class Orchestrator:
         if self.redis_ok is False:
             log.info("redis writes recovered")
         self.redis_ok, self.redis_last_error = True, None
+        if result.fresh and self.on_redis_lost is not None:
+            self.on_redis_lost()
         return True

@@ -9,6 +9,7 @@ Keys (hash-tagged by symbol, so a Redis Cluster keeps a symbol's keys on one sha
     {prefix}:{SYMBOL}:features:{tf}  string  msgpack map of the newest features, TTL 2 s
     {prefix}:symbols              set     canonical symbols written so far
     {prefix}:signals              stream  scanner signals (also PUBLISHed on the same name)
+    {prefix}:alive                string  set by the first write; missing means Redis lost its data
 
 A cycle's writes are one script call (EVALSHA) in one pipeline: one round trip, applied
 atomically, with the per-bar work done inside Redis. Sending each ZADD/SET as its own
@@ -36,9 +37,11 @@ from ..errors import RedisStoreError
 
 # ARGV[1] history length, ARGV[2] the symbols set key, ARGV[3] a msgpack array of
 # (history key, ts, member) per closed bar, ARGV[4] of (latest key, member, symbol) per newest
-# bar, ARGV[5] of (features key, value) per updated symbol, ARGV[6] the features' TTL in ms.
-# Values are packed by Python and pass through as opaque strings.
+# bar, ARGV[5] of (features key, value) per updated symbol, ARGV[6] the features' TTL in ms,
+# ARGV[7] the alive key. Values are packed by Python and pass through as opaque strings.
+# Returns {values written, 1 if the alive key was missing (a new or emptied Redis) else 0}.
 _WRITE_CYCLE = """
+local fresh = redis.call('SET', ARGV[7], '1', 'NX') and 1 or 0
 local cap, symbols = tonumber(ARGV[1]), ARGV[2]
 local closed, latest, features = cmsgpack.unpack(ARGV[3]), cmsgpack.unpack(ARGV[4]), cmsgpack.unpack(ARGV[5])
 local touched = {}
@@ -58,7 +61,7 @@ end
 for f = 1, #features, 2 do
   redis.call('SET', features[f], features[f + 1], 'PX', ARGV[6])
 end
-return (#closed + #latest) / 3 + #features / 2
+return {(#closed + #latest) / 3 + #features / 2, fresh}
 """
 
 
@@ -87,6 +90,18 @@ class RedisKeys:
     def signals(self) -> str:
         """The stream (and pub/sub channel) of scanner signals."""
         return f"{self.prefix}:signals"
+
+    def alive(self) -> str:
+        """Written once per Redis lifetime: its absence means the data is gone."""
+        return f"{self.prefix}:alive"
+
+
+@dataclass(slots=True, frozen=True)
+class WriteResult:
+    """What one cycle's write did: values written, and whether Redis had lost its data."""
+
+    written: int
+    fresh: bool
 
 
 def pack(bar: Bar) -> bytes:
@@ -147,9 +162,9 @@ class RedisStore:
             return False
 
     async def write_cycle(self, latest: Iterable[Bar], closed: Iterable[Bar],
-                          features: Iterable[tuple[str, str, bytes]] = ()) -> int:
+                          features: Iterable[tuple[str, str, bytes]] = ()) -> WriteResult:
         """Write a cycle's newest bars, new closed bars and (symbol, timeframe, value) features
-        in one round trip; return the values written."""
+        in one round trip; also tell whether this Redis had lost its data (restart, flush)."""
         closed_args: list[object] = []
         for bar in closed:
             closed_args += (self.keys.history(bar.symbol, bar.timeframe), bar.ts, pack(bar))
@@ -161,7 +176,7 @@ class RedisStore:
             feature_args += (self.keys.features(symbol, timeframe), value)
         n = (len(closed_args) + len(latest_args)) // 3 + len(feature_args) // 2
         if n == 0:
-            return 0
+            return WriteResult(0, False)
         pipe = self.client.pipeline(transaction=False)
         # Keys travel inside ARGV: a cycle spans every symbol's slot, so a cluster deployment
         # shards symbols across processes (one slot group each) rather than across one script.
@@ -169,14 +184,15 @@ class RedisStore:
         await self._write_script(args=[self.history_len, self.keys.symbols(),
                                        msgpack.packb(closed_args, use_bin_type=False),
                                        msgpack.packb(latest_args, use_bin_type=False),
-                                       msgpack.packb(feature_args, use_bin_type=False), self.features_ttl_ms],
+                                       msgpack.packb(feature_args, use_bin_type=False), self.features_ttl_ms,
+                                       self.keys.alive()],
                                  client=pipe)
         try:
             async with asyncio.timeout(self.timeout_s):
-                await pipe.execute()
+                (reply,) = await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             raise RedisStoreError(f"writing {n} bars failed: {type(exc).__name__}: {exc}") from exc
-        return n
+        return WriteResult(int(reply[0]), bool(reply[1]))
 
     async def latest(self, symbol: str, timeframe: str) -> Bar | None:
         """The newest bar of a symbol, or None."""

@@ -90,6 +90,10 @@ class SQLiteStore:
         """Bars waiting for the next flush."""
         return len(self._buffer)
 
+    def buffered_bars(self, symbols: set[str]) -> list[Bar]:
+        """Bars of these symbols not yet flushed."""
+        return [b for b in self._buffer.values() if b.symbol in symbols]
+
     def add(self, bars: Iterable[Bar]) -> None:
         """Buffer closed bars; a later copy of the same key replaces the earlier one."""
         for bar in bars:
