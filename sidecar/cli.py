@@ -9,7 +9,7 @@ import sys
 import uvloop
 
 from .errors import SettingsError
-from .settings import Settings, render_env_example
+from .settings import Settings, render_env_example, render_markdown
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon until SIGINT/SIGTERM")
     run.add_argument("--symbols", help="comma-separated symbols (overrides SIDECAR_SYMBOLS)")
     run.add_argument("--http-port", help="HTTP port (overrides SIDECAR_HTTP_PORT)")
-    sub.add_parser("settings", help="print every setting with its default (the text of .env.example)")
+    settings = sub.add_parser("settings", help="print every setting with its default (the text of .env.example)")
+    settings.add_argument("--markdown", action="store_true", help="as the README's tables instead")
     return parser
 
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for a configuration error)."""
     args = build_parser().parse_args(argv)
     if args.command == "settings":
-        print(render_env_example(), end="")
+        print(render_markdown() if args.markdown else render_env_example(), end="")
         return 0
     try:
         settings = Settings.from_env().with_overrides(symbols=args.symbols, http_port=args.http_port)

@@ -29,6 +29,8 @@ class Metrics:
                                               buckets=_FAST, registry=r)
         self.sqlite_rows = Counter("sidecar_sqlite_rows_written", "Rows upserted into SQLite", registry=r)
         self.sqlite_errors = Counter("sidecar_sqlite_errors", "Failed SQLite flushes", registry=r)
+        self.sqlite_dropped = Gauge("sidecar_sqlite_dropped_bars", "Bars dropped from a full buffer (all time)",
+                                    registry=r)
         self.sqlite_buffered = Gauge("sidecar_sqlite_buffered_bars", "Bars waiting for the next flush", registry=r)
         self.features_seconds = Histogram("sidecar_features_seconds", "Feature commit + forming-bar evaluation",
                                           buckets=_FAST, registry=r)

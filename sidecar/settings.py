@@ -237,6 +237,9 @@ class Settings(_FromEnv):
         "DB_PATH", Path("var/sidecar.db"), lambda raw: Path(raw.strip()), "SQLite database file")
     flush_interval_s: float = _setting(
         "FLUSH_INTERVAL_S", 10.0, _float(0.1, 86400), "seconds between SQLite flushes")
+    sqlite_buffer_max: int = _setting(
+        "SQLITE_BUFFER_MAX", 1_000_000, _int(1000, 100_000_000),
+        "bars kept in memory while SQLite cannot commit; beyond it the oldest are dropped and counted")
     sqlite_synchronous: str = _setting(
         "SQLITE_SYNCHRONOUS", "FULL", _choice("FULL", "NORMAL"),
         "SQLite synchronous mode (FULL survives power loss; costs ~nothing at one commit per flush)")
@@ -323,6 +326,22 @@ def render_env_example() -> str:
             lines.append(f"# {f.metadata['env']}={_default_text(getattr(defaults, f.name))}")
         lines.append("")
     return "\n".join(lines)
+
+
+def render_markdown() -> str:
+    """The README's settings tables: every setting, its default and its meaning."""
+    out = []
+    for cls in (Settings, ExchangeSettings):
+        out.append("| setting | default | meaning |\n|---|---|---|")
+        defaults = cls()
+        for f in fields(cls):
+            text = _default_text(getattr(defaults, f.name))
+            if len(text) > 40:
+                text = "see below" if f.name == "signal_rules" else "a desktop browser's"
+            cell = f"`{text}`" if text else "(empty)"
+            out.append(f"| `{f.metadata['env']}` | {cell} | {f.metadata['help'].replace('|', '/')} |")
+        out.append("")
+    return "\n".join(out)
 
 
 ALL_SETTINGS: dict[str, Any] = {

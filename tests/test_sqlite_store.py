@@ -66,3 +66,23 @@ async def test_a_flush_that_cannot_commit_keeps_the_rows_for_the_next_try(store:
         locker.close()
     assert await store.flush() == 4
     assert len(_rows(store.path)) == 4 and store.last_error is None
+
+
+async def test_a_full_buffer_drops_the_oldest_bars_and_counts_them(tmp_path: Path) -> None:
+    store = SQLiteStore(path=tmp_path / "b.db", synchronous="FULL", clock=SystemClock(), busy_timeout_ms=50,
+                        max_buffered=5)
+    await store.start()
+    locker = sqlite3.connect(store.path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")  # flushes keep failing
+    try:
+        store.add([_bar(i) for i in range(4)])
+        with pytest.raises(SQLiteStoreError):
+            await store.flush()
+        store.add([_bar(i) for i in range(4, 8)])
+        assert store.buffered == 5 and store.dropped == 3
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert await store.flush() == 5
+    assert [r[2] for r in _rows(store.path)] == [T0 + 60 * i for i in range(3, 8)]  # the newest five kept
+    await store.close()

@@ -46,7 +46,8 @@ class Sidecar:
         self.redis = RedisStore(url=s.redis_url, prefix=s.redis_prefix, max_connections=s.redis_max_connections,
                                 timeout_s=s.redis_timeout_s, history_len=s.redis_history_len,
                                 features_ttl_s=s.feature_ttl_s, signals_maxlen=s.signals_maxlen)
-        self.sqlite = SQLiteStore(path=s.db_path, synchronous=s.sqlite_synchronous, clock=self.clock)
+        self.sqlite = SQLiteStore(path=s.db_path, synchronous=s.sqlite_synchronous, clock=self.clock,
+                                  max_buffered=s.sqlite_buffer_max)
         self.infos = [lookup(sym) for sym in s.symbols]
         self.symbols: dict[str, SymbolInfo] = {info.symbol: info for info in self.infos}
         self.features = FeatureService(s.feature_periods, timeframe=TIMEFRAME, clock=self.clock)

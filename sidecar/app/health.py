@@ -58,6 +58,7 @@ def build_health(app: Sidecar) -> dict[str, object]:
         "state": "ok" if sqlite.last_error is None else "degraded",
         "path": str(sqlite.path),
         "buffered": sqlite.buffered,
+        "dropped_total": sqlite.dropped,
         "last_flush_age_s": _age(now, sqlite.last_flush_at),
         "last_flush_rows": sqlite.last_flush_rows,
         "last_error": sqlite.last_error,

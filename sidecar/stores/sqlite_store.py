@@ -54,10 +54,16 @@ class SQLiteStore:
     :param synchronous: FULL or NORMAL (WAL mode either way).
     :param clock: stamps the last flush.
     :param busy_timeout_ms: how long a flush waits for another process's lock.
+    :param max_buffered: bound of the buffer while flushes fail; beyond it the oldest bars are
+        dropped and counted (the newest matter most live, and the gap backfill can fetch the
+        oldest again while the source still serves them).
     """
 
-    def __init__(self, *, path: Path, synchronous: str, clock: Clock, busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, *, path: Path, synchronous: str, clock: Clock, busy_timeout_ms: int = 5000,
+                 max_buffered: int = 1_000_000) -> None:
         self.path = path
+        self.max_buffered = max_buffered
+        self.dropped = 0
         self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous
         self.clock = clock
@@ -98,6 +104,13 @@ class SQLiteStore:
         """Buffer closed bars; a later copy of the same key replaces the earlier one."""
         for bar in bars:
             self._buffer[bar.key] = bar
+        over = len(self._buffer) - self.max_buffered
+        if over > 0:
+            for key in sorted(self._buffer, key=lambda k: k[2])[:over]:
+                del self._buffer[key]
+            self.dropped += over
+            log.error("sqlite buffer over %d bars: dropped the %d oldest (%d in all)", self.max_buffered, over,
+                      self.dropped)
 
     async def flush(self) -> int:
         """Write the buffer in one transaction; return rows written. On failure the rows stay
