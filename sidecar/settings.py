@@ -215,6 +215,11 @@ class Settings(_FromEnv):
     restart_overlap_minutes: int = _setting(
         "RESTART_OVERLAP_MINUTES", 5, _int(0, 1440),
         "after a restart, minutes before the last stored bar fetched again (repairs revised bars)")
+    gap_scan_days: float = _setting(
+        "GAP_SCAN_DAYS", 2.0, _float(0, 90), "days back each gap scan compares stored bars with the calendar")
+    backfill_interval_s: float = _setting(
+        "BACKFILL_INTERVAL_S", 900.0, _float(10, 86400),
+        "seconds between gap scans (also run at start-up and when a source recovers)")
     yahoo_base_url: str = _setting(
         "YAHOO_BASE_URL", "http://127.0.0.1:8700", _url("http", "https"),
         "Yahoo chart API base URL (the real one: https://query2.finance.yahoo.com)")

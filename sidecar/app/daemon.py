@@ -10,15 +10,18 @@ import signal
 import sqlite3
 from typing import Any
 
+from ..backfill import Backfiller
+from ..bars import Bar
+from ..calendars import regular_period
 from ..clock import Clock, SystemClock
-from ..errors import SettingsError, SQLiteStoreError
+from ..errors import RedisStoreError, SettingsError, SQLiteStoreError
 from ..features.service import FeatureService
 from ..fetchers import YahooFetcher
 from ..scanner import Scanner, parse_rules
 from ..metrics import Metrics
 from ..settings import Settings
 from ..stores import RedisStore, SQLiteStore
-from ..symbols import SymbolInfo, lookup, parse_symbol
+from ..symbols import AssetClass, SymbolInfo, lookup, parse_symbol
 from ..validator import Validator
 from .health import build_health
 from .http import HttpServer
@@ -57,9 +60,13 @@ class Sidecar:
                                max_age_s=s.signal_max_age_s)
         self.orchestrator = Orchestrator(
             symbols=self.infos, fetcher=self.fetcher, features=self.features, scanner=self.scanner,
-            on_redis_lost=self._schedule_reseed,
+            on_redis_lost=self._schedule_reseed, on_recovered=self._schedule_backfill,
             validator=Validator(future_tolerance_s=s.future_tolerance_s), redis=self.redis, sqlite=self.sqlite,
             metrics=self.metrics, clock=self.clock, period=s.cycle_interval_s, lookback_minutes=s.lookback_minutes)
+        self.backfiller = Backfiller(sqlite=self.sqlite, fetcher=self.fetcher, validator=self.orchestrator.validator,
+                                     clock=self.clock, on_bars=self._backfilled, timeframe=TIMEFRAME)
+        self.eod: dict[str, object] = {}
+        self._backfill: asyncio.Task[None] | None = None
         self.http = HttpServer(host=s.http_host, port=s.http_port, health=self.health, metrics=self.metrics,
                                redis=self.redis, symbols=self.symbols, clock=self.clock,
                                update_symbols=self.update_symbols, broker_symbols=self._broker)
@@ -97,6 +104,47 @@ class Sidecar:
         if new or gone:
             log.info("symbols now %d: added %s, removed %s", len(names), [i.symbol for i in new], gone)
         return names
+
+    def _schedule_backfill(self) -> None:
+        """A source answers again: look for what it missed (unless a scan is already running)."""
+        if self._backfill is None or self._backfill.done():
+            self._backfill = asyncio.create_task(self._backfill_once(), name="backfill")
+            self._supervise(self._backfill)
+
+    async def _backfill_once(self) -> None:
+        await self.backfiller.run(list(self.symbols.values()), self.settings.gap_scan_days)
+        await self._end_of_day_check()
+
+    async def _backfill_loop(self) -> None:
+        """Scan for gaps shortly after start-up, then every SIDECAR_BACKFILL_INTERVAL_S."""
+        await self.clock.sleep(5.0)  # let the live loop catch up first
+        async for _tick in Ticker(self.clock, self.settings.backfill_interval_s):
+            if self._backfill is None or self._backfill.done():
+                self._backfill = asyncio.current_task()  # type: ignore[assignment]
+                await self._backfill_once()
+
+    async def _backfilled(self, bars: list[Bar]) -> None:
+        """Backfilled bars also go into Redis's history (best effort: SQLite has them)."""
+        try:
+            await self.redis.write_cycle([], bars)
+        except RedisStoreError as exc:
+            log.warning("backfilled bars not written to redis: %s", exc)
+
+    async def _end_of_day_check(self) -> None:
+        """After each NYSE session (plus an hour, so it is settled), verify every equity and index
+        symbol's day against the calendar, backfill it, and summarize what is complete."""
+        equities = [i for i in self.symbols.values() if i.asset_class in (AssetClass.EQUITY, AssetClass.INDEX)]
+        start, end = regular_period(AssetClass.EQUITY, int(self.clock.time()) - 3600)
+        if not equities or end > self.clock.time() - 3600 or self.eod.get("session_end") == end:
+            return
+        await self.backfiller.run_window(equities, start, end)
+        left = {i.symbol: len(await self.backfiller.missing(i, start, end)) for i in equities}
+        complete = sum(1 for n in left.values() if n == 0)
+        self.eod = {"session_start": start, "session_end": end, "symbols": len(equities),
+                    "complete_share": round(complete / len(equities), 4),
+                    "missing_minutes": {s: n for s, n in left.items() if n}}
+        log.info("end-of-day check for the session ending %d: %d/%d equity symbols complete, missing %s",
+                 end, complete, len(equities), self.eod["missing_minutes"])
 
     def _schedule_reseed(self) -> None:
         """Redis came back empty (restart, flush, first start): re-seed it in the background."""
@@ -156,6 +204,7 @@ class Sidecar:
                 loop.add_signal_handler(sig, self.request_stop)
         self._supervise(self.orchestrator.start())
         self._supervise(asyncio.create_task(self._flush_loop(), name="sqlite-flush"))
+        self._supervise(asyncio.create_task(self._backfill_loop(), name="backfill-loop"))
         log.info("following %d symbols every %.2fs from %s", len(s.symbols), s.cycle_interval_s, self.fetcher.name)
 
     async def run(self) -> int:

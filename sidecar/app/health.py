@@ -95,5 +95,7 @@ def build_health(app: Sidecar) -> dict[str, object]:
         "redis": redis,
         "sqlite": sqlite_doc,
         "validator": {"rejected": rejected},
+        "backfill": app.backfiller.summary(),
+        "end_of_day": app.eod,
         "freshness": freshness,
     }

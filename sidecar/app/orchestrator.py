@@ -87,12 +87,14 @@ class Orchestrator:
     :param features: turns bars into indicator values (None: bars only).
     :param scanner: turns the features read back from Redis into signals (None: no scan).
     :param on_redis_lost: called when a write finds that Redis lost its data (to re-seed it).
+    :param on_recovered: called when a symbol's source answers again after failing (to backfill).
     """
 
     def __init__(self, *, symbols: list[SymbolInfo], fetcher: YahooFetcher, validator: Validator,
                  redis: RedisStore, sqlite: SQLiteStore, metrics: Metrics, clock: Clock,
                  period: float, lookback_minutes: int, features: FeatureService | None = None,
-                 scanner: Scanner | None = None, on_redis_lost: Callable[[], object] | None = None) -> None:
+                 scanner: Scanner | None = None, on_redis_lost: Callable[[], object] | None = None,
+                 on_recovered: Callable[[], object] | None = None) -> None:
         self.states = {info.symbol: SymbolState(info) for info in symbols}
         self.fetcher = fetcher
         self.source = SourceState(fetcher.name)
@@ -106,6 +108,7 @@ class Orchestrator:
         self.features = features
         self.scanner = scanner
         self.on_redis_lost = on_redis_lost
+        self.on_recovered = on_recovered
         self.last_scan: ScanResult | None = None
         self.step = timeframe_seconds(TIMEFRAME)
         self.last_cycle: CycleReport | None = None
@@ -246,6 +249,8 @@ class Orchestrator:
             self.metrics.fetch_seconds.labels(self.source.name).observe(self.clock.monotonic() - t0)
         if state.last_error is not None:
             log.info("%s recovered on %s", state.info.symbol, self.source.name)
+            if self.on_recovered is not None:
+                self.on_recovered()
         state.last_error = None
         state.last_update = now
         return result

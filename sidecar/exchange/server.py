@@ -73,6 +73,7 @@ class Exchange:
         self.served: dict[str, dict[int, tuple[float, float, float, float, float]]] = collections.defaultdict(dict)
         self.fault_log: list[dict[str, object]] = []
         self.requests: collections.Counter[str] = collections.Counter()
+        self.chart_log: list[tuple[str, int, int]] = []  # (symbol, start, end) of each chart answer
         self._faults: dict[str, collections.deque[_PendingFault]] = collections.defaultdict(collections.deque)
         self._runner: web.AppRunner | None = None
         self.url: str | None = None  # set by start()
@@ -158,6 +159,7 @@ class Exchange:
         except ValueError as exc:
             return _chart_error(400, "Bad Request", f"Invalid input - {exc}")
         step = _SERVED_INTERVALS[interval]
+        self.chart_log.append((symbol, start, end))
         days_back = _HOW_FAR_BACK_DAYS.get(interval, 60)
         if interval == "1m" and end - start > 8 * 86400:
             return _chart_error(422, "Unprocessable Entity",

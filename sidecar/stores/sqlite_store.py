@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import aiosqlite
+import numpy as np
 
 from ..bars import Bar
 from ..clock import Clock
@@ -34,6 +35,13 @@ CREATE TABLE IF NOT EXISTS bars (
     volume    REAL    NOT NULL,
     source    TEXT    NOT NULL,
     flags     INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (symbol, timeframe, ts)
+) WITHOUT ROWID;
+-- Minutes a complete answer from the source showed had no trades: not gaps.
+CREATE TABLE IF NOT EXISTS empty_minutes (
+    symbol    TEXT    NOT NULL,
+    timeframe TEXT    NOT NULL,
+    ts        INTEGER NOT NULL,
     PRIMARY KEY (symbol, timeframe, ts)
 ) WITHOUT ROWID;
 """
@@ -143,6 +151,26 @@ class SQLiteStore:
                 if bar.ts > self.persisted_through.get(bar.symbol, -1):
                     self.persisted_through[bar.symbol] = bar.ts
             return len(rows)
+
+    async def known_minutes(self, symbol: str, timeframe: str, start: int, end: int) -> np.ndarray:
+        """Bar opens in [start, end) that are stored, buffered, or confirmed empty."""
+        assert self._db is not None
+        async with self._db.execute(
+            "SELECT ts FROM bars WHERE symbol = ? AND timeframe = ? AND ts >= ? AND ts < ? "
+            "UNION SELECT ts FROM empty_minutes WHERE symbol = ? AND timeframe = ? AND ts >= ? AND ts < ?",
+            (symbol, timeframe, start, end, symbol, timeframe, start, end),
+        ) as cur:
+            stored = [r[0] for r in await cur.fetchall()]
+        buffered = [b.ts for b in self._buffer.values() if b.symbol == symbol and start <= b.ts < end]
+        return np.unique(np.array(stored + buffered, dtype=np.int64))
+
+    async def mark_empty(self, symbol: str, timeframe: str, minutes: list[int]) -> None:
+        """Record minutes that had no trades, so gap scans skip them."""
+        if not minutes or self._db is None:
+            return
+        await self._db.executemany("INSERT OR IGNORE INTO empty_minutes VALUES (?, ?, ?)",
+                                   [(symbol, timeframe, ts) for ts in minutes])
+        await self._db.commit()
 
     async def last_stored(self, timeframe: str) -> dict[str, int]:
         """Each symbol's newest stored bar open: where fetching resumes after a restart."""

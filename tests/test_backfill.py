@@ -1,0 +1,115 @@
+"""Gap detection against the market calendar, and backfill over real HTTP from the exchange."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sidecar.backfill import Backfiller, expected_minutes
+from sidecar.bars import Bar
+from sidecar.calendars import is_trading
+from sidecar.clock import ManualClock
+from sidecar.exchange import Exchange, Market
+from sidecar.fetchers import YahooFetcher
+from sidecar.stores import SQLiteStore
+from sidecar.symbols import lookup
+from sidecar.validator import Validator
+
+from .conftest import SEED
+
+NOW = int(dt.datetime(2026, 11, 30, 20, 0, tzinfo=dt.UTC).timestamp())  # Monday after Thanksgiving week
+SYMBOLS = ["AAPL", "EURUSD", "BTCUSD", "XAUUSD"]
+DAYS = 7
+
+
+class Setup:
+    """Exchange with real sessions, a SQLite file holding the truth, and a backfiller."""
+
+    def __init__(self, exchange: Exchange, sqlite: SQLiteStore, fetcher: YahooFetcher, clock: ManualClock) -> None:
+        self.exchange, self.sqlite, self.fetcher, self.clock = exchange, sqlite, fetcher, clock
+        self.backfiller = Backfiller(sqlite=sqlite, fetcher=fetcher, validator=Validator(future_tolerance_s=5),
+                                     clock=clock)
+
+    def truth(self, symbol: str, start: int, end: int) -> list[Bar]:
+        t = self.exchange.truth(lookup(symbol).yahoo, start, end)
+        return [Bar(symbol, "1m", int(ts), o, h, lo, c, v, "yahoo") for ts, o, h, lo, c, v in zip(
+            t.ts.tolist(), t.open.tolist(), t.high.tolist(), t.low.tolist(), t.close.tolist(), t.volume.tolist(),
+            strict=True)]
+
+    def rows(self, symbol: str) -> dict[int, tuple]:
+        with closing(sqlite3.connect(self.sqlite.path)) as db:
+            return {r[0]: tuple(r[1:]) for r in db.execute(
+                "SELECT ts, open, high, low, close, volume FROM bars WHERE symbol = ?", (symbol,))}
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
+    clock = ManualClock(start=NOW)
+    exchange = Exchange(Market(SEED), clock=clock)  # real sessions: NYSE, FX 24x5, futures, crypto
+    await exchange.start()
+    sqlite = SQLiteStore(path=tmp_path / "bars.db", synchronous="NORMAL", clock=clock)
+    await sqlite.start()
+    fetcher = YahooFetcher(base_url=exchange.url or "", user_agent="t", timeout_s=5, max_connections=4)
+    await fetcher.start()
+    s = Setup(exchange, sqlite, fetcher, clock)
+    start = NOW - 3600 - DAYS * 86400 - 86400
+    for sym in SYMBOLS:
+        s.sqlite.add(s.truth(sym, start, NOW))
+    await s.sqlite.flush()
+    yield s
+    await fetcher.close()
+    await sqlite.close()
+    await exchange.close()
+
+
+async def test_closed_markets_are_not_gaps_and_minutes_without_trades_are_confirmed_once(setup: Setup) -> None:
+    report = await setup.backfiller.run([lookup(s) for s in SYMBOLS], days=DAYS)
+    assert report.gaps == [] and report.filled == 0
+    # What was missing were only the minutes without trades, each confirmed once...
+    start, end = report.window
+    no_trades = sum(len(expected_minutes(lookup(s).asset_class, start, end, 60)) - len(
+        [b for b in setup.truth(s, start, end)]) for s in SYMBOLS)
+    assert report.missing_minutes == report.confirmed_empty == no_trades > 0
+    # ...never a weekend, Thanksgiving, or the afternoon after the early close: every request
+    # starts and ends on a minute the symbol's market traded.
+    for yahoo, a, b in setup.exchange.chart_log:
+        asset_class = next(lookup(s).asset_class for s in SYMBOLS if lookup(s).yahoo == yahoo)
+        assert is_trading(asset_class, np.array([a, b - 60])).all(), (yahoo, a, b)
+    thanksgiving = int(dt.datetime(2026, 11, 26, 15, 0, tzinfo=dt.UTC).timestamp())
+    assert not any(y == "AAPL" and a <= thanksgiving < b for y, a, b in setup.exchange.chart_log)
+    again = await setup.backfiller.run([lookup(s) for s in SYMBOLS], days=DAYS)
+    assert again.missing_minutes == 0 and again.requests == 0  # confirmed minutes are not asked for again
+
+
+async def test_a_real_missing_minute_inside_a_session_is_found_and_filled(setup: Setup) -> None:
+    truth = setup.truth("AAPL", NOW - 3 * 86400, NOW - 3600)
+    lost = truth[len(truth) // 2]
+    with closing(sqlite3.connect(setup.sqlite.path)) as db:
+        db.execute("DELETE FROM bars WHERE symbol = 'AAPL' AND ts = ?", (lost.ts,))
+        db.commit()
+    report = await setup.backfiller.run([lookup("AAPL")], days=DAYS)
+    assert report.filled == 1 and report.gaps == []
+    assert setup.rows("AAPL")[lost.ts] == (lost.open, lost.high, lost.low, lost.close, lost.volume)
+
+
+async def test_gaps_that_cannot_be_filled_are_reported_with_the_reason(setup: Setup) -> None:
+    truth = setup.truth("BTCUSD", NOW - 2 * 86400, NOW - 3600)
+    lost = truth[100]
+    with closing(sqlite3.connect(setup.sqlite.path)) as db:
+        db.execute("DELETE FROM bars WHERE symbol = 'BTCUSD' AND ts = ?", (lost.ts,))
+        db.commit()
+    setup.exchange.outage(60)
+    report = await setup.backfiller.run([lookup("BTCUSD")], days=DAYS)
+    assert [(g.symbol, g.start, g.minutes, g.reason) for g in report.gaps
+            if g.start == lost.ts] == [("BTCUSD", lost.ts, 1, "fetch_failed")]
+
+    setup.exchange.outage(0)
+    old = NOW - 35 * 86400  # older than Yahoo serves 1m bars
+    report = await setup.backfiller.run([lookup("BTCUSD")], days=40)
+    assert report.filled >= 1 and any(g.reason == "beyond_source_range" and g.start <= old for g in report.gaps)
