@@ -215,6 +215,8 @@ class Settings(_FromEnv):
     restart_overlap_minutes: int = _setting(
         "RESTART_OVERLAP_MINUTES", 5, _int(0, 1440),
         "after a restart, minutes before the last stored bar fetched again (repairs revised bars)")
+    retention_days: int = _setting(
+        "RETENTION_DAYS", 90, _int(1, 36500), "bars older than this are deleted (in small batches, once a day)")
     gap_scan_days: float = _setting(
         "GAP_SCAN_DAYS", 2.0, _float(0, 90), "days back each gap scan compares stored bars with the calendar")
     backfill_interval_s: float = _setting(

@@ -86,3 +86,27 @@ async def test_a_full_buffer_drops_the_oldest_bars_and_counts_them(tmp_path: Pat
     assert await store.flush() == 5
     assert [r[2] for r in _rows(store.path)] == [T0 + 60 * i for i in range(3, 8)]  # the newest five kept
     await store.close()
+
+
+async def test_retention_deletes_old_bars_in_small_batches_and_keeps_the_rest(store: SQLiteStore) -> None:
+    old = [replace(_bar(i, s), ts=T0 - 100 * 86400 + 60 * i) for s in ("AAPL", "MSFT") for i in range(1200)]
+    recent = [_bar(i, s) for s in ("AAPL", "MSFT") for i in range(300)]
+    store.add(old + recent)
+    await store.flush()
+    await store.mark_empty("AAPL", "1m", [T0 - 100 * 86400 + 30, T0 + 30])
+    commits = []
+    db = store._db  # noqa: SLF001 - count the commits the deletion makes
+    real_commit = db.commit
+
+    async def counting_commit() -> None:
+        commits.append(1)
+        await real_commit()
+
+    db.commit = counting_commit  # type: ignore[method-assign]
+    deleted = await store.delete_older(T0 - 90 * 86400, batch_rows=500)
+    db.commit = real_commit  # type: ignore[method-assign]
+    assert deleted == 2400 and len(commits) >= 5  # 2,400 rows in batches of 500
+    rows = _rows(store.path)
+    assert len(rows) == 600 and min(r[2] for r in rows) == T0
+    known = await store.known_minutes("AAPL", "1m", 0, 2**40)
+    assert T0 + 30 in known and T0 - 100 * 86400 + 30 not in known

@@ -123,6 +123,25 @@ class Sidecar:
                 self._backfill = asyncio.current_task()  # type: ignore[assignment]
                 await self._backfill_once()
 
+    async def _retention_loop(self) -> None:
+        """Delete bars older than SIDECAR_RETENTION_DAYS, at most once a day (across restarts too)."""
+        await self.clock.sleep(30.0)  # not during start-up's catch-up
+        async for _tick in Ticker(self.clock, 3600):
+            await self.apply_retention()
+
+    async def apply_retention(self, force: bool = False) -> int:
+        """One retention pass, unless one ran in the last 24 hours; returns rows deleted."""
+        now = self.clock.time()
+        last = await self.sqlite.get_meta("retention_last_run")
+        if not force and last is not None and now - float(last) < 86400:
+            return 0
+        t0 = self.clock.monotonic()
+        deleted = await self.sqlite.delete_older(int(now) - self.settings.retention_days * 86400)
+        await self.sqlite.set_meta("retention_last_run", str(now))
+        log.info("retention: deleted %d bars older than %d days in %.2fs", deleted, self.settings.retention_days,
+                 self.clock.monotonic() - t0)
+        return deleted
+
     async def _backfilled(self, bars: list[Bar]) -> None:
         """Backfilled bars also go into Redis's history (best effort: SQLite has them)."""
         try:
@@ -205,6 +224,7 @@ class Sidecar:
         self._supervise(self.orchestrator.start())
         self._supervise(asyncio.create_task(self._flush_loop(), name="sqlite-flush"))
         self._supervise(asyncio.create_task(self._backfill_loop(), name="backfill-loop"))
+        self._supervise(asyncio.create_task(self._retention_loop(), name="retention"))
         log.info("following %d symbols every %.2fs from %s", len(s.symbols), s.cycle_interval_s, self.fetcher.name)
 
     async def run(self) -> int:

@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS bars (
     flags     INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (symbol, timeframe, ts)
 ) WITHOUT ROWID;
+-- Small facts the daemon keeps across restarts (e.g. when retention last ran).
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- Minutes a complete answer from the source showed had no trades: not gaps.
 CREATE TABLE IF NOT EXISTS empty_minutes (
     symbol    TEXT    NOT NULL,
@@ -171,6 +173,46 @@ class SQLiteStore:
         await self._db.executemany("INSERT OR IGNORE INTO empty_minutes VALUES (?, ?, ?)",
                                    [(symbol, timeframe, ts) for ts in minutes])
         await self._db.commit()
+
+    async def get_meta(self, key: str) -> str | None:
+        """A value of the meta table."""
+        assert self._db is not None
+        async with self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def set_meta(self, key: str, value: str) -> None:
+        """Set a value of the meta table."""
+        assert self._db is not None
+        await self._db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                               (key, value))
+        await self._db.commit()
+
+    async def delete_older(self, cutoff: int, batch_rows: int = 5000) -> int:
+        """Delete bars (and empty-minute marks) opening before `cutoff`, one symbol and timeframe
+        at a time along the primary key, committing every `batch_rows` rows so the writer is
+        never held long; returns rows deleted."""
+        assert self._db is not None
+        async with self._db.execute("SELECT DISTINCT symbol, timeframe FROM bars") as cur:
+            series = await cur.fetchall()
+        deleted = pending = 0
+        for table in ("bars", "empty_minutes"):
+            for symbol, timeframe in series:
+                while True:
+                    async with self._lock:  # never inside a flush's transaction
+                        cur = await self._db.execute(
+                            f"DELETE FROM {table} WHERE symbol = ? AND timeframe = ? AND ts < ? AND ts IN "  # noqa: S608 - fixed table names
+                            f"(SELECT ts FROM {table} WHERE symbol = ? AND timeframe = ? AND ts < ? LIMIT ?)",
+                            (symbol, timeframe, cutoff, symbol, timeframe, cutoff, batch_rows))
+                        n = cur.rowcount
+                        pending += n
+                        if pending >= batch_rows or n < batch_rows:
+                            await self._db.commit()
+                            pending = 0
+                    deleted += n if table == "bars" else 0
+                    if n < batch_rows:
+                        break
+        return deleted
 
     async def last_stored(self, timeframe: str) -> dict[str, int]:
         """Each symbol's newest stored bar open: where fetching resumes after a restart."""
