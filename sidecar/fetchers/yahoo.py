@@ -34,6 +34,9 @@ class YahooFetcher:
     # What Yahoo serves at 1m (providers.md 1.1): 7 days per request, the last 30 days.
     max_window_s = 7 * 86400
     max_age_s = 30 * 86400 - 3600  # an hour of margin: a window that straddles the limit fails whole
+    # How far back, and how much per request, each timeframe goes: finest first.
+    reach = {"1m": (max_age_s, max_window_s), "5m": (60 * 86400 - 3600, 30 * 86400),
+             "1h": (730 * 86400 - 3600, 180 * 86400)}
 
     def __init__(self, *, base_url: str, user_agent: str, timeout_s: float, max_connections: int) -> None:
         self.base_url = base_url.rstrip("/")

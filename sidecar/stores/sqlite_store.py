@@ -39,6 +39,13 @@ CREATE TABLE IF NOT EXISTS bars (
 ) WITHOUT ROWID;
 -- Small facts the daemon keeps across restarts (e.g. when retention last ran).
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- Bootstrap windows whose bars are committed: a re-run skips them.
+CREATE TABLE IF NOT EXISTS bootstrap_done (
+    symbol    TEXT    NOT NULL,
+    timeframe TEXT    NOT NULL,
+    start     INTEGER NOT NULL,
+    PRIMARY KEY (symbol, timeframe, start)
+) WITHOUT ROWID;
 -- Minutes a complete answer from the source showed had no trades: not gaps.
 CREATE TABLE IF NOT EXISTS empty_minutes (
     symbol    TEXT    NOT NULL,
@@ -172,6 +179,18 @@ class SQLiteStore:
             return
         await self._db.executemany("INSERT OR IGNORE INTO empty_minutes VALUES (?, ?, ?)",
                                    [(symbol, timeframe, ts) for ts in minutes])
+        await self._db.commit()
+
+    async def bootstrap_done(self, symbol: str) -> set[tuple[str, int]]:
+        """(timeframe, window start) of the bootstrap windows already committed for a symbol."""
+        assert self._db is not None
+        async with self._db.execute("SELECT timeframe, start FROM bootstrap_done WHERE symbol = ?", (symbol,)) as cur:
+            return {(str(r[0]), int(r[1])) for r in await cur.fetchall()}
+
+    async def mark_bootstrapped(self, symbol: str, timeframe: str, start: int) -> None:
+        """Record a committed bootstrap window."""
+        assert self._db is not None
+        await self._db.execute("INSERT OR IGNORE INTO bootstrap_done VALUES (?, ?, ?)", (symbol, timeframe, start))
         await self._db.commit()
 
     async def get_meta(self, key: str) -> str | None:

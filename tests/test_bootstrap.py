@@ -1,0 +1,81 @@
+"""Bootstrap: 90 days of history at the finest resolution the source serves at each age,
+equal to the exchange's truth, and resumed without refetching after being cut off."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from sidecar.bootstrap import Bootstrapper
+from sidecar.clock import SystemClock
+from sidecar.exchange import Exchange
+from sidecar.fetchers import YahooFetcher
+from sidecar.stores import SQLiteStore
+from sidecar.symbols import lookup
+from sidecar.validator import Validator
+
+SYMBOLS = ["AAPL", "BTCUSD"]
+
+
+@pytest.fixture
+async def parts(tmp_path: Path, exchange: Exchange) -> AsyncIterator[tuple[Bootstrapper, SQLiteStore]]:
+    sqlite = SQLiteStore(path=tmp_path / "bars.db", synchronous="NORMAL", clock=SystemClock())
+    await sqlite.start()
+    fetcher = YahooFetcher(base_url=exchange.url or "", user_agent="t", timeout_s=60, max_connections=4)
+    await fetcher.start()
+    yield Bootstrapper(sqlite=sqlite, fetcher=fetcher, validator=Validator(future_tolerance_s=5),
+                       clock=SystemClock(), concurrency=2), sqlite
+    await fetcher.close()
+    await sqlite.close()
+
+
+def _by_timeframe(db: Path) -> dict[str, dict[tuple[str, int], tuple]]:
+    out: dict[str, dict[tuple[str, int], tuple]] = collections.defaultdict(dict)
+    with closing(sqlite3.connect(db)) as conn:
+        for sym, tf, ts, *values in conn.execute("SELECT symbol, timeframe, ts, open, high, low, close, volume FROM bars"):
+            out[tf][(sym, ts)] = tuple(values)
+    return out
+
+
+async def test_ninety_days_at_the_finest_resolution_equal_the_truth(parts, exchange: Exchange) -> None:  # type: ignore[no-untyped-def]
+    boot, sqlite = parts
+    plan = boot.plan(90)
+    report = await boot.run([lookup(s) for s in SYMBOLS], days=90)
+    assert report.failed == 0 and report.windows == len(plan) * len(SYMBOLS)
+    rows = _by_timeframe(sqlite.path)
+    assert set(rows) == {"1m", "5m", "1h"}
+    one_minute = [w for w in plan if w.timeframe == "1m"]
+    start, end = min(w.start for w in one_minute), max(w.end for w in one_minute)
+    for sym in SYMBOLS:
+        truth = exchange.truth(lookup(sym).yahoo, start, end)
+        stored = {ts: v for (s, ts), v in rows["1m"].items() if s == sym}
+        assert stored == {int(ts): (o, h, lo, c, v) for ts, o, h, lo, c, v in zip(
+            truth.ts.tolist(), truth.open.tolist(), truth.high.tolist(), truth.low.tolist(), truth.close.tolist(),
+            truth.volume.tolist(), strict=True)}
+    oldest = min(ts for (_, ts) in rows["1h"])
+    assert oldest <= exchange.clock.time() - 89.9 * 86400  # the whole 90 days are covered, coarser as they age
+    assert boot.progress == {s: (len(plan), len(plan)) for s in SYMBOLS}
+
+
+async def test_a_bootstrap_cut_off_half_way_resumes_without_refetching(parts, exchange: Exchange) -> None:  # type: ignore[no-untyped-def]
+    boot, sqlite = parts
+    infos = [lookup(s) for s in SYMBOLS]
+    task = asyncio.create_task(boot.run(infos, days=90))
+    while sum([len(await sqlite.bootstrap_done(s)) for s in SYMBOLS]) < 4:
+        await asyncio.sleep(0.05)
+    task.cancel()  # as if killed: what was committed and marked stays
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    done_before = {(s, tf, start) for s in SYMBOLS for tf, start in await sqlite.bootstrap_done(s)}
+    report = await boot.run(infos, days=90)
+    assert report.skipped == len(done_before) and report.failed == 0
+    requests = collections.Counter((y, a) for y, a, _ in exchange.chart_log)
+    for sym, _, start in done_before:
+        assert requests[(lookup(sym).yahoo, start)] == 1  # a finished window is never fetched again
+    assert [len(await sqlite.bootstrap_done(s)) for s in SYMBOLS] == [len(boot.plan(90))] * len(SYMBOLS)
