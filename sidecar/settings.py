@@ -215,6 +215,9 @@ class Settings(_FromEnv):
     restart_overlap_minutes: int = _setting(
         "RESTART_OVERLAP_MINUTES", 5, _int(0, 1440),
         "after a restart, minutes before the last stored bar fetched again (repairs revised bars)")
+    bootstrap_days: float = _setting(
+        "BOOTSTRAP_DAYS", 90.0, _float(0, 730),
+        "history fetched in the background for a symbol with no stored bars (0: none)")
     retention_days: int = _setting(
         "RETENTION_DAYS", 90, _int(1, 36500), "bars older than this are deleted (in small batches, once a day)")
     gap_scan_days: float = _setting(

@@ -65,7 +65,7 @@ async def _start(tmp_path: Path, redis_url: str, exchange: Exchange) -> Daemon:
     log = tmp_path / "daemon.log"
     env = subprocess_env(
         SIDECAR_REDIS_URL=redis_url, SIDECAR_YAHOO_BASE_URL=exchange.url or "", SIDECAR_HTTP_PORT=str(port),
-        SIDECAR_DB_PATH=str(tmp_path / "bars.db"), SIDECAR_LOOKBACK_MINUTES="20",
+        SIDECAR_DB_PATH=str(tmp_path / "bars.db"), SIDECAR_LOOKBACK_MINUTES="20", SIDECAR_BOOTSTRAP_DAYS="0",
         SIDECAR_FLUSH_INTERVAL_S="86400",  # nothing flushes on the timer: rows after the signal prove the final flush
     )
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor

@@ -152,3 +152,24 @@ async def test_a_bad_symbols_request_is_a_400_and_changes_nothing(client, body: 
     async with session.post(f"{base}/symbols", json=body) as r:
         assert r.status == 400 and "error" in await r.json()
     assert list(sc.symbols) == before
+
+
+async def test_an_empty_store_is_bootstrapped_in_the_background_and_features_rewarmed(settings: Settings) -> None:
+    sc = await _running(replace(settings, bootstrap_days=1.0, symbols=("AAPL", "BTCUSD"), cycle_interval_s=0.5))
+    try:
+        assert sc.health()["ready"]  # live before the history is in
+        for _ in range(200):
+            if not sc.bootstrapper.running and sc.bootstrapper.progress:
+                break
+            await asyncio.sleep(0.1)
+        progress = sc.health()["bootstrap"]["progress"]
+        assert progress["AAPL"]["windows_done"] == progress["AAPL"]["windows"] > 0
+        for _ in range(50):  # the re-warm, then the next cycle's features
+            raw = (await sc.redis.features(["AAPL"], "1m"))[0]
+            if raw is not None and sc.features.codec.to_map(raw)["sma_200"] is not None:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("features not re-warmed from the bootstrapped day")
+    finally:
+        await sc.close()

@@ -82,6 +82,7 @@ def test_pm2_runs_both_apps_and_pm2_stop_flushes_before_its_sigkill(tmp_path: Pa
         PM2_HOME=str(tmp_path / "pm2"), SIDECAR_REDIS_URL=redis_url, SIDECAR_HTTP_PORT=str(http_port),
         SIDECAR_EXCHANGE_PORT=str(exchange_port), SIDECAR_YAHOO_BASE_URL=f"http://127.0.0.1:{exchange_port}",
         SIDECAR_DB_PATH=str(db), SIDECAR_FLUSH_INTERVAL_S="86400",  # only the stop flushes
+        SIDECAR_BOOTSTRAP_DAYS="0",  # what the exchange served must all be stored: no cut-off bootstrap
     )
 
     def run(*args: str) -> str:

@@ -11,6 +11,7 @@ import sqlite3
 from typing import Any
 
 from ..backfill import Backfiller
+from ..bootstrap import Bootstrapper
 from ..bars import Bar
 from ..calendars import regular_period
 from ..clock import Clock, SystemClock
@@ -65,6 +66,8 @@ class Sidecar:
             metrics=self.metrics, clock=self.clock, period=s.cycle_interval_s, lookback_minutes=s.lookback_minutes)
         self.backfiller = Backfiller(sqlite=self.sqlite, fetcher=self.fetcher, validator=self.orchestrator.validator,
                                      clock=self.clock, on_bars=self._backfilled, timeframe=TIMEFRAME)
+        self.bootstrapper = Bootstrapper(sqlite=self.sqlite, fetcher=self.fetcher,
+                                         validator=self.orchestrator.validator, clock=self.clock)
         self.eod: dict[str, object] = {}
         self._backfill: asyncio.Task[None] | None = None
         self.http = HttpServer(host=s.http_host, port=s.http_port, health=self.health, metrics=self.metrics,
@@ -94,6 +97,7 @@ class Sidecar:
                                                  self.settings.feature_warmup_bars)
             self.features.warm(new, histories)
             self.orchestrator.add(new)
+            self._start_bootstrap([i for i in new if not histories[i.symbol]])
             self.symbols.update({i.symbol: i for i in new})
         for symbol in gone:
             if self.symbols.pop(symbol, None) is not None:
@@ -225,7 +229,26 @@ class Sidecar:
         self._supervise(asyncio.create_task(self._flush_loop(), name="sqlite-flush"))
         self._supervise(asyncio.create_task(self._backfill_loop(), name="backfill-loop"))
         self._supervise(asyncio.create_task(self._retention_loop(), name="retention"))
+        self._start_bootstrap([i for i in self.infos if i.symbol not in last])
         log.info("following %d symbols every %.2fs from %s", len(s.symbols), s.cycle_interval_s, self.fetcher.name)
+
+    def _start_bootstrap(self, infos: list[SymbolInfo]) -> None:
+        """Fetch the history of symbols with no stored bars, beside the live loop."""
+        if infos and self.settings.bootstrap_days > 0:
+            self._supervise(asyncio.create_task(self._bootstrap(infos), name="bootstrap"))
+
+    async def _bootstrap(self, infos: list[SymbolInfo]) -> None:
+        await self.bootstrapper.run(infos, self.settings.bootstrap_days)
+        # Re-warm the features from the whole history: flush first and add what is still
+        # buffered, so the bars the live loop committed meanwhile are part of the replay.
+        await self._flush()
+        names = [i.symbol for i in infos if i.symbol in self.symbols]
+        stored = await self.sqlite.recent(names, TIMEFRAME, self.settings.feature_warmup_bars)
+        for bar in self.sqlite.buffered_bars(set(names)):
+            if bar.timeframe == TIMEFRAME and (not stored[bar.symbol] or bar.ts > stored[bar.symbol][-1].ts):
+                stored[bar.symbol].append(bar)
+        self.features.warm([self.symbols[n] for n in names], stored)
+        self._schedule_reseed()  # Redis's history too
 
     async def run(self) -> int:
         """Start, wait for a stop request, close; return the process exit code."""

@@ -96,6 +96,9 @@ def build_health(app: Sidecar) -> dict[str, object]:
         "sqlite": sqlite_doc,
         "validator": {"rejected": rejected},
         "backfill": app.backfiller.summary(),
+        "bootstrap": {"running": app.bootstrapper.running,
+                      "progress": {sym: {"windows_done": d, "windows": t}
+                                   for sym, (d, t) in app.bootstrapper.progress.items()}},
         "end_of_day": app.eod,
         "freshness": freshness,
     }
