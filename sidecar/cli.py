@@ -1,14 +1,25 @@
-"""Command line: `python -m sidecar run [--symbols A,B]`."""
+"""Command line:
+
+    python -m sidecar run [--symbols A,B] [--http-port N]     the daemon, until SIGINT/SIGTERM
+    python -m sidecar bootstrap [--symbols A,B] [--days N]    fetch history (resumes a cut-off run)
+    python -m sidecar backfill [--symbols A,B] [--days N]     find gaps against the calendar, fill them
+    python -m sidecar status [--symbols A,B] [--days N]       what is stored, per symbol, as JSON
+    python -m sidecar settings [--markdown]                   every setting with its default
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+import orjson
 import uvloop
 
-from .errors import SettingsError
+from .errors import SettingsError, SymbolError
 from .settings import Settings, render_env_example, render_markdown
 
 
@@ -19,9 +30,56 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon until SIGINT/SIGTERM")
     run.add_argument("--symbols", help="comma-separated symbols (overrides SIDECAR_SYMBOLS)")
     run.add_argument("--http-port", help="HTTP port (overrides SIDECAR_HTTP_PORT)")
+    for name, text in (("bootstrap", "fetch history for the symbols (resumes an earlier run) and exit"),
+                       ("backfill", "find gaps against the market calendar, fetch them again, and exit"),
+                       ("status", "print what is stored per symbol (rows, first and last bar, gaps) as JSON")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--symbols", help="comma-separated symbols (default: SIDECAR_SYMBOLS)")
+        cmd.add_argument("--days", type=float, help="how many days back (default: the matching setting)")
     settings = sub.add_parser("settings", help="print every setting with its default (the text of .env.example)")
     settings.add_argument("--markdown", action="store_true", help="as the README's tables instead")
     return parser
+
+
+async def _with_parts(settings: Settings, work: Callable[[Any], Awaitable[dict]]) -> dict:
+    """Open SQLite and the fetcher (no loop, no Redis, no HTTP), run `work`, close them."""
+    from .app.daemon import Sidecar
+
+    sc = Sidecar(settings, handle_signals=False)
+    await sc.sqlite.start()
+    await sc.fetcher.start()
+    try:
+        return await work(sc)
+    finally:
+        await sc.sqlite.flush()
+        await sc.fetcher.close()
+        await sc.sqlite.close()
+        await sc.redis.close()
+
+
+async def _bootstrap(sc: Any, days: float) -> dict:
+    report = await sc.bootstrapper.run(sc.infos, days)
+    return {"symbols": report.symbols, "windows_fetched": report.windows, "windows_already_done": report.skipped,
+            "windows_failed": report.failed, "rows": report.rows, "seconds": round(report.seconds, 2)}
+
+
+async def _backfill(sc: Any, days: float) -> dict:
+    await sc.backfiller.run(sc.infos, days)
+    return sc.backfiller.summary()
+
+
+async def _status(sc: Any, days: float) -> dict:
+    out = {}
+    for info in sc.infos:
+        rows = await sc.sqlite.summary(info.symbol)
+        end = int(sc.clock.time()) - 3600
+        missing = await sc.backfiller.missing(info, end - int(days * 86400), end)
+        plan = sc.bootstrapper.plan(sc.settings.bootstrap_days)
+        done = await sc.sqlite.bootstrap_done(info.symbol)
+        out[info.symbol] = {"asset_class": str(info.asset_class), "timeframes": rows,
+                            "bootstrap_windows_done": f"{sum((w.timeframe, w.start) in done for w in plan)}/{len(plan)}",
+                            f"missing_minutes_last_{days:g}_days": int(len(missing))}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,16 +89,25 @@ def main(argv: list[str] | None = None) -> int:
         print(render_markdown() if args.markdown else render_env_example(), end="")
         return 0
     try:
-        settings = Settings.from_env().with_overrides(symbols=args.symbols, http_port=args.http_port)
+        settings = Settings.from_env().with_overrides(
+            symbols=args.symbols, http_port=getattr(args, "http_port", None))
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, stream=sys.stdout,
+    logging.basicConfig(level=settings.log_level, stream=sys.stdout if args.command == "run" else sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from .app import Sidecar  # after logging is set up
 
     try:
-        return uvloop.run(Sidecar(settings).run())
-    except SettingsError as exc:  # a setting that only fails when used: a path, a port
+        if args.command == "run":
+            return uvloop.run(Sidecar(settings).run())
+        days = args.days if args.days is not None else {
+            "bootstrap": settings.bootstrap_days, "backfill": settings.gap_scan_days, "status": settings.gap_scan_days,
+        }[args.command]
+        work = {"bootstrap": _bootstrap, "backfill": _backfill, "status": _status}[args.command]
+        result = uvloop.run(_with_parts(settings, lambda sc: work(sc, days)))
+    except (SettingsError, SymbolError) as exc:  # a setting that only fails when used: a path, a port
         print(f"start-up failed: {exc}", file=sys.stderr)
         return 2
+    sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0

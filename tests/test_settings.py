@@ -110,3 +110,37 @@ def test_a_port_in_use_or_an_unusable_db_path_stops_start_up_naming_the_setting(
                               capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"start-up failed: {setting}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bootstrap_backfill_and_status_commands_work_against_the_exchange(tmp_path: Path) -> None:
+    """The CLI end to end, as an operator runs it, against an exchange process."""
+    import json
+    import time
+
+    from .test_e2e import _free_port
+
+    port = _free_port()
+    exchange = subprocess.Popen([sys.executable, "-m", "sidecar.exchange", "--always-open", "--port", str(port)],
+                                env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = subprocess_env(SIDECAR_YAHOO_BASE_URL=f"http://127.0.0.1:{port}", SIDECAR_DB_PATH=str(tmp_path / "b.db"),
+                         SIDECAR_REDIS_URL=f"unix://{tmp_path}/none.sock")
+    try:
+        time.sleep(1.5)
+
+        def cli(*args: str) -> dict:
+            done = subprocess.run([sys.executable, "-m", "sidecar", *args], env=env, capture_output=True, text=True,
+                                  timeout=120)
+            assert done.returncode == 0, done.stderr
+            return json.loads(done.stdout)
+
+        boot = cli("bootstrap", "--symbols", "AAPL,EURUSD", "--days", "2")
+        assert boot["windows_failed"] == 0 and boot["rows"]["1m"] > 2 * 1000
+        again = cli("bootstrap", "--symbols", "AAPL,EURUSD", "--days", "2")
+        assert again["windows_fetched"] == 0 and again["windows_already_done"] == boot["windows_fetched"]
+        fill = cli("backfill", "--symbols", "AAPL,EURUSD", "--days", "1")
+        assert fill["minutes_left"] == 0 and fill["filled"] == 0
+        status = cli("status", "--symbols", "AAPL,EURUSD", "--days", "1")
+        assert status["AAPL"]["timeframes"]["1m"]["rows"] > 1000 and status["AAPL"]["missing_minutes_last_1_days"] == 0
+    finally:
+        exchange.terminate()
+        exchange.wait(timeout=10)

@@ -181,6 +181,14 @@ class SQLiteStore:
                                    [(symbol, timeframe, ts) for ts in minutes])
         await self._db.commit()
 
+    async def summary(self, symbol: str) -> dict[str, dict[str, int]]:
+        """Rows, first and last bar open per timeframe of a symbol."""
+        assert self._db is not None
+        async with self._db.execute(
+            "SELECT timeframe, count(*), MIN(ts), MAX(ts) FROM bars WHERE symbol = ? GROUP BY timeframe", (symbol,)
+        ) as cur:
+            return {str(r[0]): {"rows": int(r[1]), "first": int(r[2]), "last": int(r[3])} for r in await cur.fetchall()}
+
     async def bootstrap_done(self, symbol: str) -> set[tuple[str, int]]:
         """(timeframe, window start) of the bootstrap windows already committed for a symbol."""
         assert self._db is not None
