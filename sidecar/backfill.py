@@ -84,12 +84,14 @@ class Backfiller:
     :param on_bars: also awaited with every batch of backfilled bars (the daemon writes them to
         Redis's history).
     :param timeframe: the bars' timeframe.
+    :param timeout_s: deadline of one history request.
     """
 
     def __init__(self, *, sqlite: SQLiteStore, fetcher: YahooFetcher, validator: Validator, clock: Clock,
                  on_bars: Callable[[list[Bar]], Awaitable[object]] | None = None,
-                 timeframe: str = "1m") -> None:
+                 timeframe: str = "1m", timeout_s: float = 30.0) -> None:
         self.sqlite, self.fetcher, self.validator, self.clock = sqlite, fetcher, validator, clock
+        self.timeout_s = timeout_s
         self.on_bars = on_bars
         self.timeframe = timeframe
         self.step = timeframe_seconds(timeframe)
@@ -135,7 +137,7 @@ class Backfiller:
                 continue
             report.requests += 1
             try:
-                result = await self.fetcher.fetch_bars(info, self.timeframe, start, end)
+                result = await self.fetcher.fetch_bars(info, self.timeframe, start, end, timeout_s=self.timeout_s)
             except FetchError as exc:
                 report.gaps += [Gap(info.symbol, a, b, (b - a) // self.step, "fetch_failed")
                                 for a, b in runs(want, self.step)]

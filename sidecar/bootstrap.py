@@ -1,9 +1,11 @@
 """Bootstrap: history for symbols with an empty store, at the finest resolution the source
 serves at each age (Yahoo: 1m for the last 30 days, 5m back to 60 days, 1h beyond).
 
-The period is cut into windows the source accepts in one request. A window is recorded as
-done in SQLite only after its bars are committed, so a bootstrap that is killed resumes
-where it stopped and never fetches a finished window again (the one in flight may be).
+The period is cut into windows on a fixed, epoch-aligned grid per timeframe (so a later run
+plans the same windows, whatever the time), each no larger than the source accepts in one
+request. A window is recorded with how far it is covered only after its bars are committed,
+so a bootstrap that is killed resumes where it stopped: a covered window is never fetched
+again, and the newest one only from where it was covered to now.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True, frozen=True)
 class Window:
-    """One request's worth of history."""
+    """One request's worth of history: the grid cell `cell`, clipped to [start, end)."""
 
     timeframe: str
+    cell: int
     start: int
     end: int
 
@@ -54,11 +57,13 @@ class Bootstrapper:
     :param validator: history passes the same checks as live bars.
     :param clock: now.
     :param concurrency: symbols fetched at once.
+    :param timeout_s: deadline of one history request.
     """
 
     def __init__(self, *, sqlite: SQLiteStore, fetcher: YahooFetcher, validator: Validator, clock: Clock,
-                 concurrency: int = 8) -> None:
+                 concurrency: int = 8, timeout_s: float = 30.0) -> None:
         self.sqlite, self.fetcher, self.validator, self.clock = sqlite, fetcher, validator, clock
+        self.timeout_s = timeout_s
         self.concurrency = concurrency
         self.progress: dict[str, tuple[int, int]] = {}  # symbol -> (windows done, windows planned)
         self.running = False
@@ -69,16 +74,14 @@ class Bootstrapper:
         oldest = now - int(days * 86400)
         windows: list[Window] = []
         newer_edge = now + 60  # exclusive end of the finest segment: includes the current minute
-        for timeframe, (max_age, max_window) in self.fetcher.reach.items():
+        for timeframe, (max_age, size) in self.fetcher.reach.items():
             step = timeframe_seconds(timeframe)
             seg_start = max(oldest, now - max_age) // step * step
             seg_end = -(-newer_edge // step) * step
             if seg_start >= seg_end:
                 continue
-            pieces = -(-(seg_end - seg_start) // max_window)  # equal windows, none a sliver
-            size = -(-(seg_end - seg_start) // pieces // step) * step
-            for a in range(seg_end, seg_start, -size):  # newest first
-                windows.append(Window(timeframe, max(seg_start, a - size), a))
+            for cell in range((seg_end - 1) // size * size, seg_start - size, -size):  # newest first
+                windows.append(Window(timeframe, cell, max(seg_start, cell), min(seg_end, cell + size)))
             newer_edge = seg_start
             if seg_start <= oldest:
                 break
@@ -104,14 +107,15 @@ class Bootstrapper:
     async def _symbol(self, info: SymbolInfo, plan: list[Window], gate: asyncio.Semaphore,
                       report: BootstrapReport) -> None:
         async with gate:
-            done = await self.sqlite.bootstrap_done(info.symbol)
-            todo = [w for w in plan if (w.timeframe, w.start) not in done]
+            covered = await self.sqlite.bootstrap_done(info.symbol)
+            todo = [w for w in plan if covered.get((w.timeframe, w.cell), w.start) < w.end]
             report.skipped += len(plan) - len(todo)
             finished = len(plan) - len(todo)
             self.progress[info.symbol] = (finished, len(plan))
             for w in todo:
+                start = max(w.start, covered.get((w.timeframe, w.cell), w.start))
                 try:
-                    result = await self.fetcher.fetch_bars(info, w.timeframe, w.start, w.end)
+                    result = await self.fetcher.fetch_bars(info, w.timeframe, start, w.end, timeout_s=self.timeout_s)
                 except FetchError as exc:
                     report.failed += 1
                     log.warning("bootstrap of %s %s [%d, %d) failed: %s", info.symbol, w.timeframe, w.start, w.end,
@@ -121,7 +125,7 @@ class Bootstrapper:
                 bars = [b for b in result.bars if not b.forming and self.validator.check(b, now) is None]
                 self.sqlite.add(bars)
                 await self.sqlite.flush()  # committed before the window counts as done
-                await self.sqlite.mark_bootstrapped(info.symbol, w.timeframe, w.start)
+                await self.sqlite.mark_bootstrapped(info.symbol, w.timeframe, w.cell, w.end)
                 report.windows += 1
                 report.rows[w.timeframe] = report.rows.get(w.timeframe, 0) + len(bars)
                 finished += 1

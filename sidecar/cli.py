@@ -77,7 +77,8 @@ async def _status(sc: Any, days: float) -> dict:
         plan = sc.bootstrapper.plan(sc.settings.bootstrap_days)
         done = await sc.sqlite.bootstrap_done(info.symbol)
         out[info.symbol] = {"asset_class": str(info.asset_class), "timeframes": rows,
-                            "bootstrap_windows_done": f"{sum((w.timeframe, w.start) in done for w in plan)}/{len(plan)}",
+                            "bootstrap_windows_done":
+                                f"{sum(done.get((w.timeframe, w.cell), w.start) >= w.end for w in plan)}/{len(plan)}",
                             f"missing_minutes_last_{days:g}_days": int(len(missing))}
     return out
 

@@ -209,6 +209,8 @@ class Settings(_FromEnv):
         "CYCLE_INTERVAL_S", 1.0, _float(0.05, 60), "seconds between cycles (deadline-scheduled)")
     fetch_timeout_s: float = _setting(
         "FETCH_TIMEOUT_S", 0.8, _float(0.05, 60), "per-request timeout for a source")
+    history_timeout_s: float = _setting(
+        "HISTORY_TIMEOUT_S", 30.0, _float(1, 600), "per-request timeout for bootstrap and backfill windows")
     lookback_minutes: int = _setting(
         "LOOKBACK_MINUTES", 120, _int(1, 10080),
         "how far back the first fetch of a symbol reaches after start-up")

@@ -65,9 +65,11 @@ class Sidecar:
             validator=Validator(future_tolerance_s=s.future_tolerance_s), redis=self.redis, sqlite=self.sqlite,
             metrics=self.metrics, clock=self.clock, period=s.cycle_interval_s, lookback_minutes=s.lookback_minutes)
         self.backfiller = Backfiller(sqlite=self.sqlite, fetcher=self.fetcher, validator=self.orchestrator.validator,
-                                     clock=self.clock, on_bars=self._backfilled, timeframe=TIMEFRAME)
+                                     clock=self.clock, on_bars=self._backfilled, timeframe=TIMEFRAME,
+                                     timeout_s=s.history_timeout_s)
         self.bootstrapper = Bootstrapper(sqlite=self.sqlite, fetcher=self.fetcher,
-                                         validator=self.orchestrator.validator, clock=self.clock)
+                                         validator=self.orchestrator.validator, clock=self.clock,
+                                         timeout_s=s.history_timeout_s)
         self.eod: dict[str, object] = {}
         self._backfill: asyncio.Task[None] | None = None
         self.http = HttpServer(host=s.http_host, port=s.http_port, health=self.health, metrics=self.metrics,

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 TIMEFRAME = "1m"
 REJECT_RETRIES = 3
 SETTLED_S = 3600  # a source's minute older than this no longer changes (delayed feeds included)
+CATCH_UP_S = 86400
 
 
 @dataclass(slots=True)
@@ -229,7 +230,9 @@ class Orchestrator:
                             state.info.symbol, oldest, self.fetcher.name, TIMEFRAME)
                 state.beyond_reach_logged = True
             start = oldest
-        end = min(start + self.fetcher.max_window_s, current + self.step)  # exclusive: the forming bar too
+        # exclusive end: the forming bar too. A catch-up asks for at most a day per cycle, so
+        # one lagging symbol never holds the cycle past the live timeout.
+        end = min(start + min(self.fetcher.max_window_s, CATCH_UP_S), current + self.step)
         return start, end
 
     async def _fetch(self, state: SymbolState, now: float) -> FetchResult | None:

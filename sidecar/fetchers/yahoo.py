@@ -34,9 +34,9 @@ class YahooFetcher:
     # What Yahoo serves at 1m (providers.md 1.1): 7 days per request, the last 30 days.
     max_window_s = 7 * 86400
     max_age_s = 30 * 86400 - 3600  # an hour of margin: a window that straddles the limit fails whole
-    # How far back, and how much per request, each timeframe goes: finest first.
-    reach = {"1m": (max_age_s, max_window_s), "5m": (60 * 86400 - 3600, 30 * 86400),
-             "1h": (730 * 86400 - 3600, 180 * 86400)}
+    # How far back each timeframe goes, and the history window asked for at once: finest first.
+    reach = {"1m": (max_age_s, 6 * 86400), "5m": (60 * 86400 - 3600, 15 * 86400),
+             "1h": (730 * 86400 - 3600, 90 * 86400)}
 
     def __init__(self, *, base_url: str, user_agent: str, timeout_s: float, max_connections: int) -> None:
         self.base_url = base_url.rstrip("/")
@@ -56,14 +56,17 @@ class YahooFetcher:
             await self._session.close()
             self._session = None
 
-    async def fetch_bars(self, info: SymbolInfo, timeframe: str, start: int, end: int) -> FetchResult:
-        """Bars of `timeframe` whose open lies in [start, end), the forming one included."""
+    async def fetch_bars(self, info: SymbolInfo, timeframe: str, start: int, end: int,
+                         timeout_s: float | None = None) -> FetchResult:
+        """Bars of `timeframe` whose open lies in [start, end), the forming one included;
+        `timeout_s` overrides the live timeout (history windows take longer)."""
         assert self._session is not None, "start() the fetcher first"
+        timeout = self._timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s, connect=2.0)
         url = f"{self.base_url}/v8/finance/chart/{info.yahoo}"
         params = {"interval": _INTERVALS[timeframe], "period1": str(start), "period2": str(end),
                   "includePrePost": "false", "events": "div,splits"}
         try:
-            async with self._session.get(url, params=params) as resp:
+            async with self._session.get(url, params=params, timeout=timeout) as resp:
                 body = await resp.read()
                 if resp.status == 429:
                     raise RateLimited(SOURCE, info.symbol, "HTTP 429 Too Many Requests",
@@ -72,7 +75,7 @@ class YahooFetcher:
                     raise ProviderError(SOURCE, info.symbol, f"HTTP {resp.status}: {_error_text(body)}",
                                         status=resp.status)
         except TimeoutError:
-            raise FetchTimeout(SOURCE, info.symbol, f"no answer within {self._timeout.total}s") from None
+            raise FetchTimeout(SOURCE, info.symbol, f"no answer within {timeout.total}s") from None
         except aiohttp.ClientError as exc:
             raise FetchError(SOURCE, info.symbol, f"{type(exc).__name__}: {exc}") from None
         return parse_chart(decode_json(body, SOURCE, info.symbol), info, timeframe)

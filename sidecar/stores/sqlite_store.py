@@ -39,12 +39,13 @@ CREATE TABLE IF NOT EXISTS bars (
 ) WITHOUT ROWID;
 -- Small facts the daemon keeps across restarts (e.g. when retention last ran).
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
--- Bootstrap windows whose bars are committed: a re-run skips them.
-CREATE TABLE IF NOT EXISTS bootstrap_done (
+-- How far each bootstrap grid cell is covered by committed bars: a re-run skips what is.
+CREATE TABLE IF NOT EXISTS bootstrap_cells (
     symbol    TEXT    NOT NULL,
     timeframe TEXT    NOT NULL,
-    start     INTEGER NOT NULL,
-    PRIMARY KEY (symbol, timeframe, start)
+    cell      INTEGER NOT NULL,  -- the cell's epoch-aligned start
+    covered   INTEGER NOT NULL,  -- bars before this are committed
+    PRIMARY KEY (symbol, timeframe, cell)
 ) WITHOUT ROWID;
 -- Minutes a complete answer from the source showed had no trades: not gaps.
 CREATE TABLE IF NOT EXISTS empty_minutes (
@@ -189,16 +190,19 @@ class SQLiteStore:
         ) as cur:
             return {str(r[0]): {"rows": int(r[1]), "first": int(r[2]), "last": int(r[3])} for r in await cur.fetchall()}
 
-    async def bootstrap_done(self, symbol: str) -> set[tuple[str, int]]:
-        """(timeframe, window start) of the bootstrap windows already committed for a symbol."""
+    async def bootstrap_done(self, symbol: str) -> dict[tuple[str, int], int]:
+        """(timeframe, cell) -> how far that bootstrap cell of a symbol is committed."""
         assert self._db is not None
-        async with self._db.execute("SELECT timeframe, start FROM bootstrap_done WHERE symbol = ?", (symbol,)) as cur:
-            return {(str(r[0]), int(r[1])) for r in await cur.fetchall()}
+        async with self._db.execute("SELECT timeframe, cell, covered FROM bootstrap_cells WHERE symbol = ?",
+                                    (symbol,)) as cur:
+            return {(str(r[0]), int(r[1])): int(r[2]) for r in await cur.fetchall()}
 
-    async def mark_bootstrapped(self, symbol: str, timeframe: str, start: int) -> None:
-        """Record a committed bootstrap window."""
+    async def mark_bootstrapped(self, symbol: str, timeframe: str, cell: int, covered: int) -> None:
+        """Record that a bootstrap cell's bars before `covered` are committed."""
         assert self._db is not None
-        await self._db.execute("INSERT OR IGNORE INTO bootstrap_done VALUES (?, ?, ?)", (symbol, timeframe, start))
+        await self._db.execute(
+            "INSERT INTO bootstrap_cells VALUES (?, ?, ?, ?) ON CONFLICT (symbol, timeframe, cell) "
+            "DO UPDATE SET covered = max(covered, excluded.covered)", (symbol, timeframe, cell, covered))
         await self._db.commit()
 
     async def get_meta(self, key: str) -> str | None:
