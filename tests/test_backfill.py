@@ -113,3 +113,46 @@ async def test_gaps_that_cannot_be_filled_are_reported_with_the_reason(setup: Se
     old = NOW - 35 * 86400  # older than Yahoo serves 1m bars
     report = await setup.backfiller.run([lookup("BTCUSD")], days=40)
     assert report.filled >= 1 and any(g.reason == "beyond_source_range" and g.start <= old for g in report.gaps)
+
+
+async def test_end_of_day_check_verifies_the_session_backfills_and_summarizes(
+        setup: Setup, tmp_path: Path, redis_url: str) -> None:
+    from dataclasses import replace
+
+    from sidecar.app import Sidecar
+    from sidecar.settings import Settings
+
+    setup.clock.advance(5 * 3600)  # Tuesday 01:00 UTC: Monday's session closed at 21:00
+    settings = replace(Settings(), symbols=("AAPL", "MSFT", "EURUSD"), yahoo_base_url=setup.exchange.url or "",
+                       db_path=tmp_path / "eod.db", redis_url=redis_url, bootstrap_days=0.0)
+    sc = Sidecar(settings, clock=setup.clock, handle_signals=False)
+    await sc.sqlite.start()
+    await sc.fetcher.start()
+    try:
+        open_, close = NOW - 5.5 * 3600, NOW + 3600  # Monday 14:30-21:00 UTC
+        aapl = setup.truth("AAPL", int(open_), int(close))
+        msft = setup.truth("MSFT", int(open_), int(close))
+        lost = aapl[200]
+        sc.sqlite.add([b for b in aapl if b.ts != lost.ts] + msft)
+        await sc.sqlite.flush()
+        session = len(expected_minutes(lookup("AAPL").asset_class, int(open_), int(close), 60))
+        assert session == 390
+
+        setup.exchange.outage(60)
+        await sc._end_of_day_check()  # noqa: SLF001
+        assert sc.eod["symbols"] == 2 and sc.eod["complete_share"] == 0.0  # EURUSD is not an equity
+        # what is left: the lost minute, and minutes without trades that nothing could confirm
+        assert sc.eod["missing_minutes"] == {"AAPL": session - len(aapl) + 1, "MSFT": session - len(msft)}
+
+        setup.exchange.outage(0)
+        await sc._end_of_day_check()  # noqa: SLF001 - an incomplete day is tried again
+        assert sc.eod["complete_share"] == 1.0 and sc.eod["missing_minutes"] == {}
+        assert sc.eod["session_end"] == int(close)
+        with closing(sqlite3.connect(tmp_path / "eod.db")) as db:
+            assert db.execute("SELECT close FROM bars WHERE symbol='AAPL' AND ts=?", (lost.ts,)).fetchone() == (
+                lost.close,)
+        assert sc.health()["end_of_day"]["complete_share"] == 1.0
+    finally:
+        await sc.fetcher.close()
+        await sc.sqlite.close()
+        await sc.redis.close()

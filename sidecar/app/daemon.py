@@ -160,8 +160,10 @@ class Sidecar:
         symbol's day against the calendar, backfill it, and summarize what is complete."""
         equities = [i for i in self.symbols.values() if i.asset_class in (AssetClass.EQUITY, AssetClass.INDEX)]
         start, end = regular_period(AssetClass.EQUITY, int(self.clock.time()) - 3600)
-        if not equities or end > self.clock.time() - 3600 or self.eod.get("session_end") == end:
+        if not equities or end > self.clock.time() - 3600:
             return
+        if self.eod.get("session_end") == end and self.eod.get("complete_share") == 1.0:
+            return  # done; an incomplete day is tried again at the next scan
         await self.backfiller.run_window(equities, start, end)
         left = {i.symbol: len(await self.backfiller.missing(i, start, end)) for i in equities}
         complete = sum(1 for n in left.values() if n == 0)
