@@ -19,6 +19,14 @@ class Metrics:
         self.fetch_seconds = Histogram("sidecar_fetch_seconds", "Duration of one fetch", ["source"],
                                        buckets=_FAST, registry=r)
         self.fetch_errors = Counter("sidecar_fetch_errors", "Failed fetches", ["source", "reason"], registry=r)
+        self.fetch_skipped = Counter("sidecar_fetch_skipped", "Fetches not made: breaker open or rate budget spent",
+                                     ["source", "reason"], registry=r)
+        self.fetch_retries = Counter("sidecar_fetch_retries", "Transient failures retried within a cycle",
+                                     ["source"], registry=r)
+        self.breaker_state = Gauge("sidecar_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
+                                   ["source"], registry=r)
+        self.breaker_transitions = Counter("sidecar_breaker_transitions", "Breaker state changes",
+                                           ["source", "to"], registry=r)
         self.bars_accepted = Counter("sidecar_bars_accepted", "Valid bars received", ["source", "kind"], registry=r)
         self.bars_rejected = Counter("sidecar_bars_rejected", "Invalid bars rejected, never stored",
                                      ["source", "reason"], registry=r)

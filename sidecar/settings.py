@@ -232,6 +232,16 @@ class Settings(_FromEnv):
         "Yahoo chart API base URL (the real one: https://query2.finance.yahoo.com)")
     yahoo_user_agent: str = _setting(
         "YAHOO_USER_AGENT", _BROWSER_UA, _text, "User-Agent sent to Yahoo (it refuses generic ones)")
+    yahoo_rate_per_min: int = _setting(
+        "YAHOO_RATE_PER_MIN", 0, _int(0, 10_000_000), "requests per minute to Yahoo, never exceeded (0: no limit)")
+    yahoo_rate_per_day: int = _setting(
+        "YAHOO_RATE_PER_DAY", 0, _int(0, 1_000_000_000), "requests per UTC day to Yahoo (0: no limit)")
+    breaker_threshold: int = _setting(
+        "BREAKER_THRESHOLD", 5, _int(1, 10_000), "consecutive failed fetches that open a source's circuit breaker")
+    breaker_reset_s: float = _setting(
+        "BREAKER_RESET_S", 30.0, _float(0.1, 86400), "seconds a breaker stays open before one probe is let through")
+    fetch_retries: int = _setting(
+        "FETCH_RETRIES", 3, _int(1, 10), "tries per fetch for transient errors, while the cycle's time allows")
     yahoo_max_connections: int = _setting(
         "YAHOO_MAX_CONNECTIONS", 32, _int(1, 1024), "size of the pooled HTTP connections to Yahoo")
     redis_url: str = _setting(

@@ -86,16 +86,25 @@ async def test_an_invalid_bar_is_counted_stored_nowhere_and_its_minute_fetched_a
 
 
 async def test_one_failing_symbol_never_stops_the_cycle(app: Sidecar, exchange: Exchange, settings: Settings) -> None:
-    exchange.inject("^NDX", "http_500")
-    exchange.inject("TSLA", "slow")  # longer than the fetch timeout
+    exchange.inject("^NDX", "http_500", count=10)  # fails every retry
+    exchange.inject("TSLA", "slow")  # longer than the fetch timeout, and than what is left for a retry
     report = await app.orchestrator.run_cycle()
     assert report.failed == 2 and report.fetched == len(settings.symbols) - 2
     errors = app.metrics.by_label("sidecar_fetch_errors_total", "reason")
-    assert errors == {"ProviderError": 1.0, "FetchTimeout": 1.0}
+    assert errors == {"ProviderError": 3.0, "FetchTimeout": 1.0}  # three tries for the 5xx
     assert app.orchestrator.states["NAS100"].last_error is not None
     assert app.orchestrator.states["AAPL"].cursor is not None
     health = app.health()
     assert health["sources"]["yahoo"]["state"] == "degraded"
+
+
+async def test_a_transient_error_is_retried_within_the_cycle(app: Sidecar, exchange: Exchange) -> None:
+    exchange.inject("AAPL", "http_500")
+    exchange.inject("MSFT", "malformed_json")
+    report = await app.orchestrator.run_cycle()
+    assert report.failed == 0  # both came through on their second try
+    assert app.metrics.total("sidecar_fetch_retries_total", source="yahoo") == 2
+    assert app.orchestrator.breaker.state == "closed"
 
 
 async def test_redis_down_does_not_stop_the_cycle_or_sqlite(settings: Settings, exchange: Exchange, tmp_path) -> None:  # type: ignore[no-untyped-def]

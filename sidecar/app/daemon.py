@@ -20,6 +20,7 @@ from ..features.service import FeatureService
 from ..fetchers import YahooFetcher
 from ..scanner import Scanner, parse_rules
 from ..metrics import Metrics
+from ..resilience import STATES, CircuitBreaker, RateLimiter, RetryPolicy
 from ..settings import Settings
 from ..stores import RedisStore, SQLiteStore
 from ..symbols import AssetClass, SymbolInfo, lookup, parse_symbol
@@ -59,7 +60,13 @@ class Sidecar:
         self.scanner = Scanner(symbols=s.symbols, broker_symbols=[self._broker.get(x, x) for x in s.symbols],
                                codec=self.features.codec, rules=parse_rules(s.signal_rules, self.features.book.outputs),
                                max_age_s=s.signal_max_age_s)
+        name = self.fetcher.name
+        breaker = CircuitBreaker(name, clock=self.clock, threshold=s.breaker_threshold, reset_timeout_s=s.breaker_reset_s,
+                                 on_transition=lambda _old, new: self._breaker_moved(name, new))
         self.orchestrator = Orchestrator(
+            breaker=breaker, limiter=RateLimiter(clock=self.clock, per_minute=s.yahoo_rate_per_min,
+                                                 per_day=s.yahoo_rate_per_day),
+            retry=RetryPolicy(attempts=s.fetch_retries),
             symbols=self.infos, fetcher=self.fetcher, features=self.features, scanner=self.scanner,
             on_redis_lost=self._schedule_reseed, on_recovered=self._schedule_backfill,
             validator=Validator(future_tolerance_s=s.future_tolerance_s), redis=self.redis, sqlite=self.sqlite,
@@ -110,6 +117,12 @@ class Sidecar:
         if new or gone:
             log.info("symbols now %d: added %s, removed %s", len(names), [i.symbol for i in new], gone)
         return names
+
+    def _breaker_moved(self, source: str, state: str) -> None:
+        self.metrics.breaker_state.labels(source).set(STATES.index(state))
+        self.metrics.breaker_transitions.labels(source, state).inc()
+        if state == "closed":
+            self._schedule_backfill()  # the source is back: look for what it missed
 
     def _schedule_backfill(self) -> None:
         """A source answers again: look for what it missed (unless a scan is already running)."""

@@ -37,8 +37,16 @@ def build_health(app: Sidecar) -> dict[str, object]:
         src_state = "ok"
     else:
         src_state = "down" if src.failed_last_cycle == src.tried_last_cycle else "degraded"
+    breaker, limiter = orch.breaker, orch.limiter
+    if breaker.state == "open":
+        src_state = "down"
     sources = {src.name: {
         "state": src_state,
+        "breaker": {"state": breaker.state, "consecutive_failures": breaker.failures,
+                    "transitions": breaker.transitions},
+        "rate_limit": {"per_minute": limiter.per_minute, "per_day": limiter.per_day, "used_today": limiter.used_today,
+                       "refused": limiter.refused,
+                       "blocked_for_s": round(max(0.0, limiter.blocked_until - app.clock.monotonic()), 3)},
         "base_url": app.fetcher.base_url,
         "failed_last_cycle": src.failed_last_cycle,
         "last_success_age_s": _age(now, src.last_success_at),

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 
 from ..bars import Bar, bucket_start, timeframe_seconds
 from ..clock import Clock
-from ..errors import FetchError, RedisStoreError
+from ..errors import FetchError, FetchTimeout, MalformedResponse, ProviderError, RateLimited, RedisStoreError
 from ..features.service import FeatureService
 from ..fetchers import FetchResult, YahooFetcher
 from ..metrics import Metrics
+from ..resilience import CircuitBreaker, RateLimiter, RetryPolicy
 from ..scanner import Scanner, ScanResult
 from ..stores import RedisStore, SQLiteStore
 from ..symbols import SymbolInfo
@@ -33,6 +34,14 @@ TIMEFRAME = "1m"
 REJECT_RETRIES = 3
 SETTLED_S = 3600  # a source's minute older than this no longer changes (delayed feeds included)
 CATCH_UP_S = 86400
+MIN_RETRY_S = 0.1  # a retry needs at least this much of the cycle left
+
+
+def _transient(exc: FetchError) -> bool:
+    """Worth retrying: timeouts, connection errors, 5xx, a garbled body; not a 4xx about the symbol."""
+    if isinstance(exc, ProviderError):  # an error body with no status is about the request
+        return exc.status is not None and exc.status >= 500
+    return isinstance(exc, (FetchTimeout, MalformedResponse)) or type(exc) is FetchError
 
 
 @dataclass(slots=True)
@@ -85,6 +94,9 @@ class Orchestrator:
     :param clock: wall and monotonic time.
     :param period: seconds between cycles.
     :param lookback_minutes: how far back a symbol's first fetch reaches.
+    :param breaker: the source's circuit breaker (default: threshold 5, reset 30 s).
+    :param limiter: the source's request budgets (default: none).
+    :param retry: how transient errors are retried within a cycle.
     :param features: turns bars into indicator values (None: bars only).
     :param scanner: turns the features read back from Redis into signals (None: no scan).
     :param on_redis_lost: called when a write finds that Redis lost its data (to re-seed it).
@@ -93,7 +105,9 @@ class Orchestrator:
 
     def __init__(self, *, symbols: list[SymbolInfo], fetcher: YahooFetcher, validator: Validator,
                  redis: RedisStore, sqlite: SQLiteStore, metrics: Metrics, clock: Clock,
-                 period: float, lookback_minutes: int, features: FeatureService | None = None,
+                 period: float, lookback_minutes: int, breaker: CircuitBreaker | None = None,
+                 limiter: RateLimiter | None = None, retry: RetryPolicy | None = None,
+                 features: FeatureService | None = None,
                  scanner: Scanner | None = None, on_redis_lost: Callable[[], object] | None = None,
                  on_recovered: Callable[[], object] | None = None) -> None:
         self.states = {info.symbol: SymbolState(info) for info in symbols}
@@ -106,6 +120,11 @@ class Orchestrator:
         self.clock = clock
         self.ticker = Ticker(clock, period, on_overrun=metrics.cycle_overruns.inc)
         self.lookback_s = lookback_minutes * 60
+        self.period = period
+        self.breaker = breaker or CircuitBreaker(fetcher.name, clock=clock)
+        self.limiter = limiter or RateLimiter(clock=clock)
+        self.retry = retry or RetryPolicy()
+        self._cycle_deadline = 0.0
         self.features = features
         self.scanner = scanner
         self.on_redis_lost = on_redis_lost
@@ -169,6 +188,7 @@ class Orchestrator:
     async def run_cycle(self) -> CycleReport:
         """One cycle over every symbol."""
         started = self.clock.monotonic()
+        self._cycle_deadline = started + 0.8 * self.period  # retries must leave time for the writes
         now = self.clock.time()
         states = list(self.states.values())
         results = await asyncio.gather(*(self._fetch(state, now) for state in states))
@@ -236,27 +256,59 @@ class Orchestrator:
         return start, end
 
     async def _fetch(self, state: SymbolState, now: float) -> FetchResult | None:
+        """Fetch a symbol's window through the breaker, the rate limits and the retry policy."""
         start, end = self._window(state, now)
         state.window_end = end
-        t0 = self.clock.monotonic()
-        try:
-            result = await self.fetcher.fetch_bars(state.info, TIMEFRAME, start, end)
-        except FetchError as exc:
-            self._fetch_failed(state, exc.reason, str(exc))
+        if not self.breaker.allow():
+            self.metrics.fetch_skipped.labels(self.source.name, "breaker_open").inc()
+            state.last_error = state.last_error or f"{self.source.name} circuit open"
             return None
-        except Exception as exc:  # a bug must cost one symbol one cycle, not the loop
-            log.exception("unexpected error fetching %s", state.info.symbol)
-            self._fetch_failed(state, "internal", f"{type(exc).__name__}: {exc}")
-            return None
-        finally:
-            self.metrics.fetch_seconds.labels(self.source.name).observe(self.clock.monotonic() - t0)
-        if state.last_error is not None:
-            log.info("%s recovered on %s", state.info.symbol, self.source.name)
-            if self.on_recovered is not None:
-                self.on_recovered()
-        state.last_error = None
-        state.last_update = now
-        return result
+        failures = 0
+        timeout: float | None = None  # the live timeout; a retry gets what is left of the cycle
+        while True:
+            if not self.limiter.try_acquire():
+                self.metrics.fetch_skipped.labels(self.source.name, "rate_limit").inc()
+                self.breaker.release()
+                return None
+            t0 = self.clock.monotonic()
+            try:
+                result = await self.fetcher.fetch_bars(state.info, TIMEFRAME, start, end, timeout_s=timeout)
+            except RateLimited as exc:  # the source is busy, not broken: wait as long as it says
+                self.limiter.block_for(exc.retry_after if exc.retry_after is not None else 1.0)
+                self._fetch_failed(state, exc.reason, str(exc))
+                self.breaker.release()
+                return None
+            except FetchError as exc:
+                failures += 1
+                self._fetch_failed(state, exc.reason, str(exc))
+                if not _transient(exc):  # e.g. 404 for this symbol: not the source's fault
+                    self.breaker.release()
+                    return None
+                delay = self.retry.delay(failures)
+                left = self._cycle_deadline - self.clock.monotonic() - delay
+                # A probe gets one try, and nothing is retried once the breaker has opened.
+                if self.breaker.state != "closed" or failures >= self.retry.attempts or left < MIN_RETRY_S:
+                    self.breaker.record_failure()
+                    return None
+                self.metrics.fetch_retries.labels(self.source.name).inc()
+                await self.clock.sleep(delay)
+                timeout = min(left, self.fetcher.timeout_s)
+                continue
+            except Exception as exc:  # a bug must cost one symbol one cycle, not the loop
+                log.exception("unexpected error fetching %s", state.info.symbol)
+                self._fetch_failed(state, "internal", f"{type(exc).__name__}: {exc}")
+                self.breaker.release()
+                return None
+            finally:
+                self.metrics.fetch_seconds.labels(self.source.name).observe(self.clock.monotonic() - t0)
+            self.breaker.record_success()
+            if state.last_error is not None:
+                log.info("%s recovered on %s", state.info.symbol, self.source.name)
+                if self.on_recovered is not None:
+                    self.on_recovered()
+            state.last_error = None
+            state.last_update = now
+            return result
 
     def _fetch_failed(self, state: SymbolState, reason: str, message: str) -> None:
         self.metrics.fetch_errors.labels(self.source.name, reason).inc()

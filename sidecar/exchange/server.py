@@ -34,7 +34,8 @@ BAR_FAULTS = frozenset({
     "high_below_low", "negative_price", "zero_price", "negative_volume", "misaligned_ts",
     "future_ts", "string_price", "nan_price",
 })
-RESPONSE_FAULTS = frozenset({"malformed_json", "http_500", "http_429", "slow"})
+RESPONSE_FAULTS = frozenset({"malformed_json", "http_500", "http_429", "http_429_retry_after", "slow"})
+RETRY_AFTER_S = 2  # what the http_429_retry_after fault asks the client to wait
 FAULT_KINDS = BAR_FAULTS | RESPONSE_FAULTS
 _NAN_MARK = 987654321.125  # a value no bar has; replaced by a bare NaN token in the body
 
@@ -74,6 +75,7 @@ class Exchange:
         self.fault_log: list[dict[str, object]] = []
         self.requests: collections.Counter[str] = collections.Counter()
         self.chart_log: list[tuple[str, int, int]] = []  # (symbol, start, end) of each chart answer
+        self.request_times: list[float] = []  # wall time of every chart request, answered or not
         self._faults: dict[str, collections.deque[_PendingFault]] = collections.defaultdict(collections.deque)
         self._runner: web.AppRunner | None = None
         self.url: str | None = None  # set by start()
@@ -133,6 +135,7 @@ class Exchange:
 
     async def _chart(self, request: web.Request) -> web.Response:
         self.requests["chart"] += 1
+        self.request_times.append(self.clock.time())
         symbol = request.match_info["symbol"]
         if self.clock.time() < self.down_until:
             return web.Response(status=503, text="Service Unavailable")
@@ -141,6 +144,8 @@ class Exchange:
         fault = self._take_fault(symbol, RESPONSE_FAULTS)
         if fault == "http_429":
             return web.Response(status=429, text="Too Many Requests")
+        if fault == "http_429_retry_after":
+            return web.Response(status=429, text="Too Many Requests", headers={"Retry-After": str(RETRY_AFTER_S)})
         if fault == "http_500":
             return web.Response(status=500, text="Internal Server Error")
         if fault == "slow":

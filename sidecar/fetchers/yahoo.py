@@ -41,6 +41,7 @@ class YahooFetcher:
     def __init__(self, *, base_url: str, user_agent: str, timeout_s: float, max_connections: int) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {"User-Agent": user_agent, "Accept": "application/json"}
+        self.timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 2.0))
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None

@@ -1,0 +1,91 @@
+"""A failing or rate-limiting source, through the running daemon over real HTTP: the breaker
+opens, probes once per reset timeout and closes on recovery with nothing lost; Retry-After is
+honoured; a request budget is never exceeded (counted at the exchange)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from contextlib import closing
+from dataclasses import replace
+
+from sidecar.app import Sidecar
+from sidecar.exchange import Exchange
+from sidecar.exchange.server import RETRY_AFTER_S
+from sidecar.settings import Settings
+from sidecar.symbols import lookup
+
+SYMBOLS = ("AAPL", "MSFT", "EURUSD")
+
+
+async def _running(settings: Settings, **changes: object) -> Sidecar:
+    sc = Sidecar(replace(settings, symbols=SYMBOLS, cycle_interval_s=0.25, **changes), handle_signals=False)
+    await sc.start()
+    while sc.orchestrator.last_cycle_at is None:
+        await asyncio.sleep(0.05)
+    return sc
+
+
+async def _until(predicate, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_breaker_opens_probes_once_per_reset_and_closes_with_nothing_lost(
+        settings: Settings, exchange: Exchange) -> None:
+    sc = await _running(settings, breaker_threshold=3, breaker_reset_s=1.0, flush_interval_s=0.5)
+    breaker = sc.orchestrator.breaker
+    moves: list[tuple[str, int]] = []  # (new state, requests the exchange had seen at that moment)
+    keep = breaker.on_transition
+    breaker.on_transition = lambda old, new: (moves.append((new, exchange.requests["chart"])), keep(old, new))
+    try:
+        exchange.outage(3.2)
+        await _until(lambda: breaker.state == "open", 3)
+        assert sc.health()["sources"]["yahoo"]["state"] == "down"
+        opened = exchange.requests["chart"]
+        await asyncio.sleep(0.8)  # inside the reset timeout: nothing reaches the source
+        assert exchange.requests["chart"] == opened
+        await _until(lambda: breaker.state == "closed", 6)  # probes fail until the outage ends, then close
+        states = [m[0] for m in moves]
+        assert states[0] == "open" and states[-1] == "closed" and states.count("half_open") >= 2
+        assert states == ["open"] + ["half_open", "open"] * (states.count("half_open") - 1) + ["half_open", "closed"]
+        # between opening and closing, the only requests were the probes: one per half-open
+        assert moves[-1][1] - moves[0][1] == states.count("half_open")
+        await asyncio.sleep(1.5)
+        await sc._flush()  # noqa: SLF001
+        with closing(sqlite3.connect(settings.db_path)) as db:
+            stored = {(r[0], r[1]) for r in db.execute("SELECT symbol, ts FROM bars")}
+        served = {(s, ts) for s in SYMBOLS for ts in exchange.served[lookup(s).yahoo]}
+        assert served <= stored  # the minutes of the outage came with the catch-up
+        assert sc.metrics.total("sidecar_breaker_transitions_total", source="yahoo", to="open") >= 2
+    finally:
+        await sc.close()
+
+
+async def test_retry_after_is_honoured(settings: Settings, exchange: Exchange) -> None:
+    sc = await _running(settings)
+    try:
+        exchange.inject("MSFT", "http_429_retry_after")
+        await _until(lambda: sc.orchestrator.limiter.blocked_until > 0, 3)
+        hit = time.time()
+        await asyncio.sleep(RETRY_AFTER_S + 1.0)
+        quiet = [t for t in exchange.request_times if hit + 0.05 < t < hit + RETRY_AFTER_S - 0.1]
+        assert quiet == []  # no request to the source while it asked us to wait
+        assert any(t > hit + RETRY_AFTER_S - 0.1 for t in exchange.request_times)  # and then we are back
+        assert sc.orchestrator.breaker.state == "closed"  # a 429 is not an outage
+    finally:
+        await sc.close()
+
+
+async def test_a_request_budget_is_never_exceeded(settings: Settings, exchange: Exchange) -> None:
+    sc = await _running(settings, yahoo_rate_per_min=10)
+    try:
+        await asyncio.sleep(3)  # 12 cycles x 3 symbols would be 36 requests
+        assert exchange.requests["chart"] == 10
+        assert sc.metrics.total("sidecar_fetch_skipped_total", source="yahoo", reason="rate_limit") > 0
+        assert sc.health()["sources"]["yahoo"]["rate_limit"]["used_today"] == 10
+    finally:
+        await sc.close()
