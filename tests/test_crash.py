@@ -27,6 +27,18 @@ SYMBOLS = ["AAPL", "EURUSD", "BTCUSD", "NAS100"]
 LOOKBACK_MIN = 10
 
 
+LIVE: list[asyncio.subprocess.Process] = []  # killed at the end whatever happens
+
+
+@pytest.fixture(autouse=True)
+def _no_daemon_left_behind():  # type: ignore[no-untyped-def]
+    yield
+    for proc in LIVE:
+        if proc.returncode is None:
+            proc.kill()
+    LIVE.clear()
+
+
 class Run:
     """One daemon process whose output is watched line by line."""
 
@@ -59,9 +71,11 @@ async def _start(tmp_path: Path, redis_url: str, exchange: Exchange, http_port: 
         SIDECAR_REDIS_URL=redis_url, SIDECAR_YAHOO_BASE_URL=exchange.url or "", SIDECAR_HTTP_PORT=str(http_port),
         SIDECAR_DB_PATH=str(tmp_path / "bars.db"), SIDECAR_SYMBOLS=",".join(SYMBOLS),
         SIDECAR_LOOKBACK_MINUTES=str(LOOKBACK_MIN), SIDECAR_FLUSH_INTERVAL_S="1", SIDECAR_FEATURE_WARMUP_BARS="50",
+        SIDECAR_BREAKER_RESET_S="2",  # the outage ends within the test: probe again soon
     )
     proc = await asyncio.create_subprocess_exec(sys.executable, "-u", "-m", "sidecar", "run", env=env, cwd=tmp_path,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    LIVE.append(proc)
     run = Run(proc)
     await asyncio.wait_for(run.cycling.wait(), 60)
     return run
