@@ -10,11 +10,17 @@ import time
 from contextlib import closing
 from dataclasses import replace
 
+import msgpack
+import orjson
+
 from sidecar.app import Sidecar
+from sidecar.bars import BarFlag
 from sidecar.exchange import Exchange
 from sidecar.exchange.server import RETRY_AFTER_S
 from sidecar.settings import Settings
 from sidecar.symbols import lookup
+
+from .conftest import RedisServer
 
 SYMBOLS = ("AAPL", "MSFT", "EURUSD")
 
@@ -87,5 +93,28 @@ async def test_a_request_budget_is_never_exceeded(settings: Settings, exchange: 
         assert exchange.requests["chart"] == 10
         assert sc.metrics.total("sidecar_fetch_skipped_total", source="yahoo", reason="rate_limit") > 0
         assert sc.health()["sources"]["yahoo"]["rate_limit"]["used_today"] == 10
+    finally:
+        await sc.close()
+
+
+async def test_a_failing_symbol_is_flagged_stale_and_dead_lettered_until_it_recovers(
+        settings: Settings, exchange: Exchange, redis_server: RedisServer) -> None:
+    sc = await _running(settings, stale_after_s=0.6, breaker_threshold=1000)
+    states = sc.orchestrator.states
+    try:
+        exchange.outage(2.5)
+        await _until(lambda: all(st.dead_since is not None for st in states.values()), 4)
+        with redis_server.client() as c:
+            for sym in SYMBOLS:
+                latest = msgpack.unpackb(c.get(f"sidecar:{{{sym}}}:bar:1m"))
+                assert latest["flags"] & BarFlag.STALE  # the last good bar, still readable, marked stale
+            dead = {k.decode(): orjson.loads(v) for k, v in c.hgetall("sidecar:deadletter").items()}
+        assert set(dead) == set(SYMBOLS) and all("503" in d["error"] for d in dead.values())
+        await _until(lambda: all(st.dead_since is None for st in states.values()), 8)
+        await asyncio.sleep(0.6)
+        with redis_server.client() as c:
+            assert c.hgetall("sidecar:deadletter") == {}
+            for sym in SYMBOLS:
+                assert not msgpack.unpackb(c.get(f"sidecar:{{{sym}}}:bar:1m"))["flags"] & BarFlag.STALE
     finally:
         await sc.close()

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from ..bars import Bar, bucket_start, timeframe_seconds
+from ..bars import Bar, BarFlag, bucket_start, timeframe_seconds
 from ..clock import Clock
 from ..errors import FetchError, FetchTimeout, MalformedResponse, ProviderError, RateLimited, RedisStoreError
 from ..features.service import FeatureService
@@ -56,6 +56,8 @@ class SymbolState:
     reject_attempts: dict[int, int] = field(default_factory=dict)
     beyond_reach_logged: bool = False
     window_end: int = 0  # end of the window last asked for
+    latest: Bar | None = None  # the newest bar written to Redis
+    dead_since: float | None = None  # when its fetches started failing for good (dead-letter entry)
 
 
 @dataclass(slots=True)
@@ -101,6 +103,8 @@ class Orchestrator:
     :param scanner: turns the features read back from Redis into signals (None: no scan).
     :param on_redis_lost: called when a write finds that Redis lost its data (to re-seed it).
     :param on_recovered: called when a symbol's source answers again after failing (to backfill).
+    :param stale_after_s: a symbol not refreshed for this long has its newest bar flagged STALE
+        in Redis and goes on the dead-letter hash until its source answers again.
     """
 
     def __init__(self, *, symbols: list[SymbolInfo], fetcher: YahooFetcher, validator: Validator,
@@ -109,7 +113,7 @@ class Orchestrator:
                  limiter: RateLimiter | None = None, retry: RetryPolicy | None = None,
                  features: FeatureService | None = None,
                  scanner: Scanner | None = None, on_redis_lost: Callable[[], object] | None = None,
-                 on_recovered: Callable[[], object] | None = None) -> None:
+                 on_recovered: Callable[[], object] | None = None, stale_after_s: float = 5.0) -> None:
         self.states = {info.symbol: SymbolState(info) for info in symbols}
         self.fetcher = fetcher
         self.source = SourceState(fetcher.name)
@@ -129,6 +133,7 @@ class Orchestrator:
         self.scanner = scanner
         self.on_redis_lost = on_redis_lost
         self.on_recovered = on_recovered
+        self.stale_after_s = stale_after_s
         self.last_scan: ScanResult | None = None
         self.step = timeframe_seconds(TIMEFRAME)
         self.last_cycle: CycleReport | None = None
@@ -137,6 +142,7 @@ class Orchestrator:
         self.redis_last_error: str | None = None
         self._stopping = False
         self._in_cycle = False
+        self._started_at = clock.time()
         self._task: asyncio.Task[None] | None = None
 
     def add(self, infos: list[SymbolInfo]) -> None:
@@ -205,8 +211,10 @@ class Orchestrator:
             rejected += n_rejected
             if newest is not None:
                 latest.append(newest)
+                state.latest = newest
                 state.last_bar_ts = newest.ts
                 self.metrics.last_bar_ts.labels(state.info.symbol).set(newest.ts)
+        latest += self._mark_stale(states, now)
 
         feature_rows: list[tuple[str, str, bytes]] = []
         if self.features is not None:
@@ -214,6 +222,8 @@ class Orchestrator:
             feature_rows = self.features.update(closed, [b for b in latest if b.forming])
             self.metrics.features_seconds.observe(self.clock.monotonic() - t0)
         redis_ok = await self._write_redis(latest, closed, feature_rows)
+        if redis_ok:
+            await self._update_dead_letters(states, now)
         self.sqlite.add(closed)
         if self.scanner is not None and redis_ok:
             await self._scan()
@@ -229,6 +239,39 @@ class Orchestrator:
         report = CycleReport(duration, len(states) - failed, failed, len(closed), rejected, redis_ok)
         self.last_cycle, self.last_cycle_at = report, now
         return report
+
+    def _mark_stale(self, states: list[SymbolState], now: float) -> list[Bar]:
+        """Newest bars to rewrite flagged STALE: symbols not refreshed for `stale_after_s`, once."""
+        out = []
+        for st in states:
+            bar = st.latest
+            since = st.last_update if st.last_update is not None else self._started_at
+            if bar is not None and now - since > self.stale_after_s and not bar.flags & BarFlag.STALE:
+                st.latest = replace(bar, flags=int(bar.flags) | int(BarFlag.STALE))
+                out.append(st.latest)
+        return out
+
+    async def _update_dead_letters(self, states: list[SymbolState], now: float) -> None:
+        """Symbols whose fetches fail past `stale_after_s` go on the dead-letter hash with the
+        reason; a symbol whose source answers again comes off it."""
+        add, remove = {}, []
+        for st in states:
+            since = st.last_update if st.last_update is not None else self._started_at
+            failing = st.last_error is not None and now - since > self.stale_after_s
+            if failing and st.dead_since is None:
+                st.dead_since = now
+                add[st.info.symbol] = {"reason": "every source failing", "error": st.last_error, "since": since,
+                                       "source": self.source.name}
+            elif not failing and st.dead_since is not None:
+                st.dead_since = None
+                remove.append(st.info.symbol)
+        try:
+            await self.redis.dead_letters(add, remove)
+        except RedisStoreError as exc:
+            log.warning("%s", exc)
+            for symbol in add:  # try again next cycle
+                if symbol in self.states:
+                    self.states[symbol].dead_since = None
 
     def resume(self, last_stored: dict[str, int], overlap_s: int) -> None:
         """Continue each symbol after its newest stored bar (after a restart or a crash),

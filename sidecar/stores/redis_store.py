@@ -10,6 +10,7 @@ Keys (hash-tagged by symbol, so a Redis Cluster keeps a symbol's keys on one sha
     {prefix}:symbols              set     canonical symbols written so far
     {prefix}:signals              stream  scanner signals (also PUBLISHed on the same name)
     {prefix}:alive                string  set by the first write; missing means Redis lost its data
+    {prefix}:deadletter           hash    symbol -> JSON {reason, error, since}: symbols whose source fails
 
 A cycle's writes are one script call (EVALSHA) in one pipeline: one round trip, applied
 atomically, with the per-bar work done inside Redis. Sending each ZADD/SET as its own
@@ -90,6 +91,10 @@ class RedisKeys:
     def signals(self) -> str:
         """The stream (and pub/sub channel) of scanner signals."""
         return f"{self.prefix}:signals"
+
+    def deadletter(self) -> str:
+        """Symbols whose every fetch currently fails, with the reason."""
+        return f"{self.prefix}:deadletter"
 
     def alive(self) -> str:
         """Written once per Redis lifetime: its absence means the data is gone."""
@@ -249,6 +254,21 @@ class RedisStore:
                 await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             raise RedisStoreError(f"publishing {len(signals)} signals failed: {type(exc).__name__}: {exc}") from exc
+
+    async def dead_letters(self, add: dict[str, dict[str, object]], remove: Sequence[str]) -> None:
+        """Put symbols on (with the reason) or take them off the dead-letter hash."""
+        if not add and not remove:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        if add:
+            pipe.hset(self.keys.deadletter(), mapping={s: orjson.dumps(v) for s, v in add.items()})
+        if remove:
+            pipe.hdel(self.keys.deadletter(), *remove)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise RedisStoreError(f"dead-letter update failed: {type(exc).__name__}: {exc}") from exc
 
     async def signals(self, since_ms: int, limit: int) -> list[dict[str, object]]:
         """Signals published at or after `since_ms` (epoch milliseconds), oldest first."""
