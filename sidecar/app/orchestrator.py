@@ -240,13 +240,17 @@ class Orchestrator:
         self.last_cycle, self.last_cycle_at = report, now
         return report
 
+    def _silent_since(self, st: SymbolState, now: float) -> float | None:
+        """When the symbol was last refreshed, if that is more than `stale_after_s` ago."""
+        since = st.last_update if st.last_update is not None else self._started_at
+        return since if now - since > self.stale_after_s else None
+
     def _mark_stale(self, states: list[SymbolState], now: float) -> list[Bar]:
         """Newest bars to rewrite flagged STALE: symbols not refreshed for `stale_after_s`, once."""
         out = []
         for st in states:
             bar = st.latest
-            since = st.last_update if st.last_update is not None else self._started_at
-            if bar is not None and now - since > self.stale_after_s and not bar.flags & BarFlag.STALE:
+            if bar is not None and self._silent_since(st, now) is not None and not bar.flags & BarFlag.STALE:
                 st.latest = replace(bar, flags=int(bar.flags) | int(BarFlag.STALE))
                 out.append(st.latest)
         return out
@@ -256,8 +260,8 @@ class Orchestrator:
         reason; a symbol whose source answers again comes off it."""
         add, remove = {}, []
         for st in states:
-            since = st.last_update if st.last_update is not None else self._started_at
-            failing = st.last_error is not None and now - since > self.stale_after_s
+            since = self._silent_since(st, now)
+            failing = st.last_error is not None and since is not None
             if failing and st.dead_since is None:
                 st.dead_since = now
                 add[st.info.symbol] = {"reason": "every source failing", "error": st.last_error, "since": since,
