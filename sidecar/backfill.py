@@ -147,7 +147,7 @@ class Backfiller:
             for bar in result.bars:
                 if bar.forming:
                     continue
-                if self.validator.check(bar, now) is None:
+                if self.validator.check(bar, now, info.asset_class) is None:
                     good.append(bar)
                 else:
                     rejected.add(bar.ts - bar.ts % self.step)

@@ -122,7 +122,7 @@ class Bootstrapper:
                                 exc)
                     continue
                 now = self.clock.time()
-                bars = [b for b in result.bars if not b.forming and self.validator.check(b, now) is None]
+                bars = [b for b in result.bars if not b.forming and self.validator.check(b, now, info.asset_class) is None]
                 self.sqlite.add(bars)
                 await self.sqlite.flush()  # committed before the window counts as done
                 await self.sqlite.mark_bootstrapped(info.symbol, w.timeframe, w.cell, w.end)

@@ -22,7 +22,7 @@ from dotenv import dotenv_values
 from .errors import SettingsError, SymbolError
 from .features.engine import FeatureConfig
 from .scanner import DEFAULT_RULES
-from .symbols import DEFAULT_SYMBOLS, lookup
+from .symbols import DEFAULT_SYMBOLS, AssetClass, lookup
 
 PREFIX = "SIDECAR_"
 _BROWSER_UA = (
@@ -130,6 +130,24 @@ def _feature_config(raw: str) -> FeatureConfig:
         return FeatureConfig(**kwargs)
     except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
         raise ValueError(f"expected a JSON object of indicator periods: {exc}") from None
+
+
+def _bounds(raw: str) -> tuple[tuple[str, float, float], ...]:
+    """A JSON object {asset class: [low, high]}, e.g. {"fx": [0.0001, 100000]}."""
+    if not raw.strip():
+        return ()
+    try:
+        given = orjson.loads(raw)
+        out = []
+        for name, (lo, hi) in given.items():
+            AssetClass(name)
+            if not 0 <= float(lo) < float(hi):
+                raise ValueError(f"{name}: low must be >= 0 and below high")
+            out.append((name, float(lo), float(hi)))
+        return tuple(out)
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
+        raise ValueError(f'expected {{"<asset class>": [low, high], ...}} with classes '
+                         f'{", ".join(a.value for a in AssetClass)}: {exc}') from None
 
 
 def _broker_map(raw: str) -> tuple[tuple[str, str], ...]:
@@ -272,6 +290,9 @@ class Settings(_FromEnv):
     stale_after_s: float = _setting(
         "STALE_AFTER_S", 5.0, _float(0.1, 86400),
         "a symbol not refreshed for this long is reported stale in /health")
+    price_bounds: tuple[tuple[str, float, float], ...] = _setting(
+        "PRICE_BOUNDS", (), _bounds,
+        'plausible price range per asset class as JSON, e.g. {"fx": [0.0001, 100000]} (empty: built-in)')
     future_tolerance_s: float = _setting(
         "FUTURE_TOLERANCE_S", 5.0, _float(0, 3600),
         "clock skew allowed before a bar's timestamp counts as in the future")
@@ -304,6 +325,8 @@ class Settings(_FromEnv):
             value = getattr(self, f.name)
             if f.name == "broker_symbols":
                 text = ",".join(f"{a}={b}" for a, b in value)
+            elif f.name == "price_bounds":
+                text = orjson.dumps({a: [lo, hi] for a, lo, hi in value}).decode()
             elif isinstance(value, tuple):
                 text = ",".join(value)
             else:
@@ -330,6 +353,8 @@ def _default_text(value: object) -> str:
         return ""  # empty means the defaults
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, tuple) and value and len(value[0]) == 3:  # price bounds
+        return orjson.dumps({a: [lo, hi] for a, lo, hi in value}).decode()
     if isinstance(value, tuple):
         return ",".join("=".join(v) if isinstance(v, tuple) else str(v) for v in value)
     return str(value)

@@ -4,12 +4,15 @@ counted by reason by the caller and never stored."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from .bars import Bar, timeframe_seconds
+from .symbols import AssetClass
 
 REASONS = (
     "non_finite",  # NaN, infinity, or a value that was not a number
     "non_positive_price",
+    "out_of_bounds",  # a price outside the plausible range of the symbol's asset class
     "high_below_open_close",  # high < max(open, close); also catches high < low
     "low_above_open_close",  # low > min(open, close)
     "negative_volume",
@@ -18,22 +21,39 @@ REASONS = (
 )
 
 
+DEFAULT_BOUNDS: dict[AssetClass, tuple[float, float]] = {
+    AssetClass.EQUITY: (1e-4, 1e6),
+    AssetClass.INDEX: (1.0, 1e7),
+    AssetClass.FX: (1e-5, 1e6),  # EURUSD ~1, USDJPY ~150, USDIDR ~16,000
+    AssetClass.CRYPTO: (1e-10, 1e8),  # fractions of a cent to BTC and beyond
+    AssetClass.FUTURES: (1e-4, 1e6),
+}
+
+
 class Validator:
-    """Checks each bar against the OHLCV invariants and the clock.
+    """Checks each bar against the OHLCV invariants, its asset class's price range, and the clock.
 
     :param future_tolerance_s: clock skew allowed between the source and us.
+    :param bounds: plausible (low, high) prices per asset class (DEFAULT_BOUNDS where missing).
     """
 
-    def __init__(self, *, future_tolerance_s: float) -> None:
+    def __init__(self, *, future_tolerance_s: float,
+                 bounds: Mapping[AssetClass, tuple[float, float]] | None = None) -> None:
         self.future_tolerance_s = future_tolerance_s
+        self.bounds = {**DEFAULT_BOUNDS, **(bounds or {})}
 
-    def check(self, bar: Bar, now: float) -> str | None:
-        """None if the bar is valid, else the reason (one of REASONS) it is rejected."""
+    def check(self, bar: Bar, now: float, asset_class: AssetClass | None = None) -> str | None:
+        """None if the bar is valid, else the reason (one of REASONS) it is rejected; the price
+        range is checked when the asset class is given."""
         o, h, l, c, v = bar.open, bar.high, bar.low, bar.close, bar.volume
         if not all(math.isfinite(x) for x in (o, h, l, c, v)):
             return "non_finite"
         if min(o, h, l, c) <= 0:
             return "non_positive_price"
+        if asset_class is not None:
+            lo_bound, hi_bound = self.bounds[asset_class]
+            if l < lo_bound or h > hi_bound:
+                return "out_of_bounds"
         if h < max(o, c):
             return "high_below_open_close"
         if l > min(o, c):

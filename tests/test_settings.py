@@ -44,6 +44,8 @@ def test_environment_values_are_parsed() -> None:
     ("SIDECAR_HTTP_HOST", "example.com"),
     ("SIDECAR_SQLITE_SYNCHRONOUS", "OFF"),
     ("SIDECAR_EXCHANGE_ALWAYS_OPEN", "maybe"),
+    ("SIDECAR_PRICE_BOUNDS", '{"stocks": [1, 2]}'),
+    ("SIDECAR_PRICE_BOUNDS", '{"fx": [2, 1]}'),
 ])
 def test_a_bad_value_is_refused_with_the_setting_named(env: str, value: str) -> None:
     cls = ExchangeSettings if env.startswith("SIDECAR_EXCHANGE_") else Settings
@@ -125,7 +127,14 @@ def test_bootstrap_backfill_and_status_commands_work_against_the_exchange(tmp_pa
     env = subprocess_env(SIDECAR_YAHOO_BASE_URL=f"http://127.0.0.1:{port}", SIDECAR_DB_PATH=str(tmp_path / "b.db"),
                          SIDECAR_REDIS_URL=f"unix://{tmp_path}/none.sock")
     try:
-        time.sleep(1.5)
+        deadline = time.monotonic() + 30
+        while True:  # until the exchange process accepts connections
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "exchange did not start"
+                time.sleep(0.1)
 
         def cli(*args: str) -> dict:
             done = subprocess.run([sys.executable, "-m", "sidecar", *args], env=env, capture_output=True, text=True,

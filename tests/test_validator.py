@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from sidecar.bars import Bar
+from sidecar.symbols import AssetClass
 from sidecar.validator import REASONS, Validator
 
 NOW = 1_800_000_000.0
@@ -36,3 +37,13 @@ def test_valid_bars_pass_including_flat_and_zero_volume() -> None:
     assert v.check(GOOD, NOW) is None
     assert v.check(replace(GOOD, open=10.0, high=10.0, low=10.0, close=10.0, volume=0.0), NOW) is None
     assert v.check(replace(GOOD, ts=1_800_000_000), NOW) is None  # the forming bar of this minute
+
+
+def test_prices_outside_the_asset_class_range_are_rejected() -> None:
+    v = Validator(future_tolerance_s=5, bounds={AssetClass.FX: (0.5, 2.0)})
+    assert v.check(GOOD, NOW, AssetClass.EQUITY) is None
+    assert v.check(replace(GOOD, open=1e7, high=1e7), NOW, AssetClass.EQUITY) == "out_of_bounds"
+    fx = replace(GOOD, open=1.1, high=1.2, low=1.0, close=1.15)
+    assert v.check(fx, NOW, AssetClass.FX) is None
+    assert v.check(replace(fx, high=2.5), NOW, AssetClass.FX) == "out_of_bounds"  # configured: 0.5..2
+    assert v.check(replace(GOOD, open=3e-9, high=4e-9, low=2e-9, close=3e-9), NOW, AssetClass.CRYPTO) is None

@@ -69,7 +69,9 @@ class Sidecar:
             retry=RetryPolicy(attempts=s.fetch_retries),
             symbols=self.infos, fetcher=self.fetcher, features=self.features, scanner=self.scanner,
             on_redis_lost=self._schedule_reseed, on_recovered=self._schedule_backfill, stale_after_s=s.stale_after_s,
-            validator=Validator(future_tolerance_s=s.future_tolerance_s), redis=self.redis, sqlite=self.sqlite,
+            validator=Validator(future_tolerance_s=s.future_tolerance_s,
+                                bounds={AssetClass(a): (lo, hi) for a, lo, hi in s.price_bounds}),
+            redis=self.redis, sqlite=self.sqlite,
             metrics=self.metrics, clock=self.clock, period=s.cycle_interval_s, lookback_minutes=s.lookback_minutes)
         self.backfiller = Backfiller(sqlite=self.sqlite, fetcher=self.fetcher, validator=self.orchestrator.validator,
                                      clock=self.clock, on_bars=self._backfilled, timeframe=TIMEFRAME,

@@ -372,7 +372,7 @@ class Orchestrator:
         rejected = 0
         refetch_from: int | None = None
         for bar in result.bars:
-            reason = self.validator.check(bar, now)
+            reason = self.validator.check(bar, now, state.info.asset_class)
             if reason is not None:
                 rejected += 1
                 self.metrics.bars_rejected.labels(source, reason).inc()
