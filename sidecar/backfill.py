@@ -120,7 +120,7 @@ class Backfiller:
             report.missing_minutes += len(gone)
             if len(gone):
                 await self._fill(info, gone, now, report)
-        await self.sqlite.flush()
+        # No flush here: the daemon's flush schedule persists what was filled (SIDECAR_FLUSH_INTERVAL_S).
         self.last = report
         if report.missing_minutes:
             log.info("backfill: %d missing minutes, %d filled, %d confirmed without trades, %d still missing "

@@ -95,6 +95,7 @@ async def test_a_real_missing_minute_inside_a_session_is_found_and_filled(setup:
         db.commit()
     report = await setup.backfiller.run([lookup("AAPL")], days=DAYS)
     assert report.filled == 1 and report.gaps == []
+    await setup.sqlite.flush()  # the daemon's flush schedule would do it
     assert setup.rows("AAPL")[lost.ts] == (lost.open, lost.high, lost.low, lost.close, lost.volume)
 
 
@@ -148,6 +149,7 @@ async def test_end_of_day_check_verifies_the_session_backfills_and_summarizes(
         await sc._end_of_day_check()  # noqa: SLF001 - an incomplete day is tried again
         assert sc.eod["complete_share"] == 1.0 and sc.eod["missing_minutes"] == {}
         assert sc.eod["session_end"] == int(close)
+        await sc.sqlite.flush()
         with closing(sqlite3.connect(tmp_path / "eod.db")) as db:
             assert db.execute("SELECT close FROM bars WHERE symbol='AAPL' AND ts=?", (lost.ts,)).fetchone() == (
                 lost.close,)
