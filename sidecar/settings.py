@@ -255,7 +255,8 @@ class Settings(_FromEnv):
     yahoo_rate_per_day: int = _setting(
         "YAHOO_RATE_PER_DAY", 0, _int(0, 1_000_000_000), "requests per UTC day to Yahoo (0: no limit)")
     breaker_threshold: int = _setting(
-        "BREAKER_THRESHOLD", 5, _int(1, 10_000), "consecutive failed fetches that open a source's circuit breaker")
+        "BREAKER_THRESHOLD", 5, _int(1, 10_000),
+        "consecutive cycles in which every request to a source failed that open its circuit breaker")
     breaker_reset_s: float = _setting(
         "BREAKER_RESET_S", 30.0, _float(0.1, 86400), "seconds a breaker stays open before one probe is let through")
     fetch_retries: int = _setting(

@@ -78,7 +78,7 @@ class Sidecar:
                                      timeout_s=s.history_timeout_s)
         self.bootstrapper = Bootstrapper(sqlite=self.sqlite, fetcher=self.fetcher,
                                          validator=self.orchestrator.validator, clock=self.clock,
-                                         timeout_s=s.history_timeout_s)
+                                         timeout_s=s.history_timeout_s, concurrency=2)
         self.eod: dict[str, object] = {}
         self._backfill: asyncio.Task[None] | None = None
         self.http = HttpServer(host=s.http_host, port=s.http_port, health=self.health, metrics=self.metrics,
@@ -257,6 +257,10 @@ class Sidecar:
             self._supervise(asyncio.create_task(self._bootstrap(infos), name="bootstrap"))
 
     async def _bootstrap(self, infos: list[SymbolInfo]) -> None:
+        # Live data first: history waits for a healthy cycle, then goes two symbols at a time.
+        while self.orchestrator.source.last_success_at is None:
+            await self.clock.sleep(0.5)
+        await self.clock.sleep(2.0)
         await self.bootstrapper.run(infos, self.settings.bootstrap_days)
         # Re-warm the features from the whole history: flush first and add what is still
         # buffered, so the bars the live loop committed meanwhile are part of the replay.

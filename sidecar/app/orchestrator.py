@@ -129,6 +129,7 @@ class Orchestrator:
         self.limiter = limiter or RateLimiter(clock=clock)
         self.retry = retry or RetryPolicy()
         self._cycle_deadline = 0.0
+        self._cycle_ok = self._cycle_failed = 0  # requests that succeeded / failed for good this cycle
         self.features = features
         self.scanner = scanner
         self.on_redis_lost = on_redis_lost
@@ -197,7 +198,14 @@ class Orchestrator:
         self._cycle_deadline = started + 0.8 * self.period  # retries must leave time for the writes
         now = self.clock.time()
         states = list(self.states.values())
+        self._cycle_ok = self._cycle_failed = 0
         results = await asyncio.gather(*(self._fetch(state, now) for state in states))
+        # The breaker sees cycles, not requests: with one request per symbol, "5 failed requests"
+        # is one bad second. A cycle fails for the source when every request it made failed.
+        if self._cycle_ok:
+            self.breaker.record_success()
+        elif self._cycle_failed:
+            self.breaker.record_failure()
 
         closed: list[Bar] = []
         latest: list[Bar] = []
@@ -335,7 +343,7 @@ class Orchestrator:
                 left = self._cycle_deadline - self.clock.monotonic() - delay
                 # A probe gets one try, and nothing is retried once the breaker has opened.
                 if self.breaker.state != "closed" or failures >= self.retry.attempts or left < MIN_RETRY_S:
-                    self.breaker.record_failure()
+                    self._cycle_failed += 1
                     return None
                 self.metrics.fetch_retries.labels(self.source.name).inc()
                 await self.clock.sleep(delay)
@@ -348,7 +356,7 @@ class Orchestrator:
                 return None
             finally:
                 self.metrics.fetch_seconds.labels(self.source.name).observe(self.clock.monotonic() - t0)
-            self.breaker.record_success()
+            self._cycle_ok += 1
             if state.last_error is not None:
                 log.info("%s recovered on %s", state.info.symbol, self.source.name)
                 if self.on_recovered is not None:
