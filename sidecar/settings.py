@@ -290,7 +290,7 @@ class Settings(_FromEnv):
         "HTTP_PORT", 8787, _int(0, 65535), "port of the HTTP server (0 picks a free one)")
     stale_after_s: float = _setting(
         "STALE_AFTER_S", 5.0, _float(0.1, 86400),
-        "a symbol not refreshed for this long is reported stale in /health")
+        "a symbol not refreshed for this long is stale: in /health, its Redis bar flagged, dead-lettered")
     price_bounds: tuple[tuple[str, float, float], ...] = _setting(
         "PRICE_BOUNDS", (), _bounds,
         'plausible price range per asset class as JSON, e.g. {"fx": [0.0001, 100000]} (empty: built-in)')
