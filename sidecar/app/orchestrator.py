@@ -17,11 +17,12 @@ from dataclasses import dataclass, field, replace
 
 from ..bars import Bar, BarFlag, bucket_start, timeframe_seconds
 from ..clock import Clock
-from ..errors import FetchError, FetchTimeout, MalformedResponse, ProviderError, RateLimited, RedisStoreError
+from ..errors import RedisStoreError
 from ..features.service import FeatureService
 from ..fetchers import FetchResult, YahooFetcher
 from ..metrics import Metrics
 from ..resilience import CircuitBreaker, RateLimiter, RetryPolicy
+from ..sources import GuardedSource
 from ..scanner import Scanner, ScanResult
 from ..stores import RedisStore, SQLiteStore
 from ..symbols import SymbolInfo
@@ -34,14 +35,6 @@ TIMEFRAME = "1m"
 REJECT_RETRIES = 3
 SETTLED_S = 3600  # a source's minute older than this no longer changes (delayed feeds included)
 CATCH_UP_S = 86400
-MIN_RETRY_S = 0.1  # a retry needs at least this much of the cycle left
-
-
-def _transient(exc: FetchError) -> bool:
-    """Worth retrying: timeouts, connection errors, 5xx, a garbled body; not a 4xx about the symbol."""
-    if isinstance(exc, ProviderError):  # an error body with no status is about the request
-        return exc.status is not None and exc.status >= 500
-    return isinstance(exc, (FetchTimeout, MalformedResponse)) or type(exc) is FetchError
 
 
 @dataclass(slots=True)
@@ -127,9 +120,8 @@ class Orchestrator:
         self.period = period
         self.breaker = breaker or CircuitBreaker(fetcher.name, clock=clock)
         self.limiter = limiter or RateLimiter(clock=clock)
-        self.retry = retry or RetryPolicy()
-        self._cycle_deadline = 0.0
-        self._cycle_ok = self._cycle_failed = 0  # requests that succeeded / failed for good this cycle
+        self.guarded = GuardedSource(fetcher, breaker=self.breaker, limiter=self.limiter,
+                                     retry=retry or RetryPolicy(), metrics=metrics, clock=clock)
         self.features = features
         self.scanner = scanner
         self.on_redis_lost = on_redis_lost
@@ -195,17 +187,11 @@ class Orchestrator:
     async def run_cycle(self) -> CycleReport:
         """One cycle over every symbol."""
         started = self.clock.monotonic()
-        self._cycle_deadline = started + 0.8 * self.period  # retries must leave time for the writes
+        self.guarded.begin_cycle(started + 0.8 * self.period)  # retries must leave time for the writes
         now = self.clock.time()
         states = list(self.states.values())
-        self._cycle_ok = self._cycle_failed = 0
         results = await asyncio.gather(*(self._fetch(state, now) for state in states))
-        # The breaker sees cycles, not requests: with one request per symbol, "5 failed requests"
-        # is one bad second. A cycle fails for the source when every request it made failed.
-        if self._cycle_ok:
-            self.breaker.record_success()
-        elif self._cycle_failed:
-            self.breaker.record_failure()
+        self.guarded.end_cycle()
 
         closed: list[Bar] = []
         latest: list[Bar] = []
@@ -311,59 +297,22 @@ class Orchestrator:
         return start, end
 
     async def _fetch(self, state: SymbolState, now: float) -> FetchResult | None:
-        """Fetch a symbol's window through the breaker, the rate limits and the retry policy."""
+        """Fetch a symbol's window through the source's breaker, budgets and retries."""
         start, end = self._window(state, now)
         state.window_end = end
-        if not self.breaker.allow():
-            self.metrics.fetch_skipped.labels(self.source.name, "breaker_open").inc()
-            state.last_error = state.last_error or f"{self.source.name} circuit open"
+        result = await self.guarded.fetch(state.info, TIMEFRAME, start, end,
+                                          on_error=lambda reason, message: self._fetch_failed(state, reason, message))
+        if result is None:
+            if self.breaker.state == "open":
+                state.last_error = state.last_error or f"{self.source.name} circuit open"
             return None
-        failures = 0
-        timeout: float | None = None  # the live timeout; a retry gets what is left of the cycle
-        while True:
-            if not self.limiter.try_acquire():
-                self.metrics.fetch_skipped.labels(self.source.name, "rate_limit").inc()
-                self.breaker.release()
-                return None
-            t0 = self.clock.monotonic()
-            try:
-                result = await self.fetcher.fetch_bars(state.info, TIMEFRAME, start, end, timeout_s=timeout)
-            except RateLimited as exc:  # the source is busy, not broken: wait as long as it says
-                self.limiter.block_for(exc.retry_after if exc.retry_after is not None else 1.0)
-                self._fetch_failed(state, exc.reason, str(exc))
-                self.breaker.release()
-                return None
-            except FetchError as exc:
-                failures += 1
-                self._fetch_failed(state, exc.reason, str(exc))
-                if not _transient(exc):  # e.g. 404 for this symbol: not the source's fault
-                    self.breaker.release()
-                    return None
-                delay = self.retry.delay(failures)
-                left = self._cycle_deadline - self.clock.monotonic() - delay
-                # A probe gets one try, and nothing is retried once the breaker has opened.
-                if self.breaker.state != "closed" or failures >= self.retry.attempts or left < MIN_RETRY_S:
-                    self._cycle_failed += 1
-                    return None
-                self.metrics.fetch_retries.labels(self.source.name).inc()
-                await self.clock.sleep(delay)
-                timeout = min(left, self.fetcher.timeout_s)
-                continue
-            except Exception as exc:  # a bug must cost one symbol one cycle, not the loop
-                log.exception("unexpected error fetching %s", state.info.symbol)
-                self._fetch_failed(state, "internal", f"{type(exc).__name__}: {exc}")
-                self.breaker.release()
-                return None
-            finally:
-                self.metrics.fetch_seconds.labels(self.source.name).observe(self.clock.monotonic() - t0)
-            self._cycle_ok += 1
-            if state.last_error is not None:
-                log.info("%s recovered on %s", state.info.symbol, self.source.name)
-                if self.on_recovered is not None:
-                    self.on_recovered()
-            state.last_error = None
-            state.last_update = now
-            return result
+        if state.last_error is not None:
+            log.info("%s recovered on %s", state.info.symbol, self.source.name)
+            if self.on_recovered is not None:
+                self.on_recovered()
+        state.last_error = None
+        state.last_update = now
+        return result
 
     def _fetch_failed(self, state: SymbolState, reason: str, message: str) -> None:
         self.metrics.fetch_errors.labels(self.source.name, reason).inc()

@@ -1,0 +1,110 @@
+"""A data source behind its policies: circuit breaker, request budgets, retries.
+
+The breaker sees cycles, not requests: with one request per symbol, "5 failed requests" is one
+bad second, so a cycle counts as failed for the source only when every request it made failed.
+A half-open probe gets one try; nothing is retried once the breaker is open. A 429 blocks the
+source for its Retry-After without counting as an outage, and a 4xx about one symbol neither
+retries nor counts against the source. Retries back off with full jitter, each bounded by
+what is left of the cycle, so a retry never makes the cycle overrun.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from .clock import Clock
+from .errors import FetchError, FetchTimeout, MalformedResponse, ProviderError, RateLimited
+from .fetchers import FetchResult, YahooFetcher
+from .metrics import Metrics
+from .resilience import CircuitBreaker, RateLimiter, RetryPolicy
+from .symbols import SymbolInfo
+
+log = logging.getLogger(__name__)
+
+MIN_RETRY_S = 0.1  # a retry needs at least this much of the cycle left
+
+
+def transient(exc: FetchError) -> bool:
+    """Worth retrying: timeouts, connection errors, 5xx, a garbled body; not a 4xx about the symbol."""
+    if isinstance(exc, ProviderError):  # an error body with no status is about the request
+        return exc.status is not None and exc.status >= 500
+    return isinstance(exc, (FetchTimeout, MalformedResponse)) or type(exc) is FetchError
+
+
+class GuardedSource:
+    """Fetches through a source's breaker, budgets and retry policy, one cycle at a time.
+
+    :param fetcher: the source.
+    :param breaker: its circuit breaker.
+    :param limiter: its request budgets.
+    :param retry: its retry policy.
+    :param metrics: where skips, retries and durations are counted.
+    :param clock: for deadlines and backoff.
+    """
+
+    def __init__(self, fetcher: YahooFetcher, *, breaker: CircuitBreaker, limiter: RateLimiter,
+                 retry: RetryPolicy, metrics: Metrics, clock: Clock) -> None:
+        self.fetcher, self.breaker, self.limiter, self.retry = fetcher, breaker, limiter, retry
+        self.metrics, self.clock = metrics, clock
+        self.name = fetcher.name
+        self._deadline = 0.0
+        self._ok = self._failed = 0  # requests that succeeded / failed for good this cycle
+
+    def begin_cycle(self, deadline: float) -> None:
+        """A cycle starts: retries must be done by `deadline` (monotonic)."""
+        self._deadline, self._ok, self._failed = deadline, 0, 0
+
+    def end_cycle(self) -> None:
+        """A cycle ended: tell the breaker whether the source worked at all."""
+        if self._ok:
+            self.breaker.record_success()
+        elif self._failed:
+            self.breaker.record_failure()
+
+    async def fetch(self, info: SymbolInfo, timeframe: str, start: int, end: int,
+                    on_error: Callable[[str, str], None]) -> FetchResult | None:
+        """Bars of [start, end), or None when skipped (breaker, budget) or failed; every failed
+        try is reported to `on_error(reason, message)`."""
+        if not self.breaker.allow():
+            self.metrics.fetch_skipped.labels(self.name, "breaker_open").inc()
+            return None
+        failures = 0
+        timeout: float | None = None  # the live timeout; a retry gets what is left of the cycle
+        while True:
+            if not self.limiter.try_acquire():
+                self.metrics.fetch_skipped.labels(self.name, "rate_limit").inc()
+                self.breaker.release()
+                return None
+            t0 = self.clock.monotonic()
+            try:
+                result = await self.fetcher.fetch_bars(info, timeframe, start, end, timeout_s=timeout)
+            except RateLimited as exc:  # busy, not broken: wait as long as it says
+                self.limiter.block_for(exc.retry_after if exc.retry_after is not None else 1.0)
+                on_error(exc.reason, str(exc))
+                self.breaker.release()
+                return None
+            except FetchError as exc:
+                failures += 1
+                on_error(exc.reason, str(exc))
+                if not transient(exc):  # e.g. 404 for this symbol: not the source's fault
+                    self.breaker.release()
+                    return None
+                delay = self.retry.delay(failures)
+                left = self._deadline - self.clock.monotonic() - delay
+                if self.breaker.state != "closed" or failures >= self.retry.attempts or left < MIN_RETRY_S:
+                    self._failed += 1
+                    return None
+                self.metrics.fetch_retries.labels(self.name).inc()
+                await self.clock.sleep(delay)
+                timeout = min(left, self.fetcher.timeout_s)
+                continue
+            except Exception as exc:  # a bug must cost one symbol one cycle, not the loop
+                log.exception("unexpected error fetching %s", info.symbol)
+                on_error("internal", f"{type(exc).__name__}: {exc}")
+                self.breaker.release()
+                return None
+            finally:
+                self.metrics.fetch_seconds.labels(self.name).observe(self.clock.monotonic() - t0)
+            self._ok += 1
+            return result
