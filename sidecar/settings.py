@@ -291,6 +291,9 @@ class Settings(_FromEnv):
     stale_after_s: float = _setting(
         "STALE_AFTER_S", 5.0, _float(0.1, 86400),
         "a symbol not refreshed for this long is stale: in /health, its Redis bar flagged, dead-lettered")
+    spike_atr: float = _setting(
+        "SPIKE_ATR", 15.0, _float(0, 1e6),
+        "a closed bar this many ATRs from the previous close waits for the next bar to confirm it (0: off)")
     price_bounds: tuple[tuple[str, float, float], ...] = _setting(
         "PRICE_BOUNDS", (), _bounds,
         'plausible price range per asset class as JSON, e.g. {"fx": [0.0001, 100000]} (empty: built-in)')

@@ -69,6 +69,7 @@ class Sidecar:
             retry=RetryPolicy(attempts=s.fetch_retries),
             symbols=self.infos, fetcher=self.fetcher, features=self.features, scanner=self.scanner,
             on_redis_lost=self._schedule_reseed, on_recovered=self._schedule_backfill, stale_after_s=s.stale_after_s,
+            spike_atr=s.spike_atr,
             validator=Validator(future_tolerance_s=s.future_tolerance_s,
                                 bounds={AssetClass(a): (lo, hi) for a, lo, hi in s.price_bounds}),
             redis=self.redis, sqlite=self.sqlite,

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from ..bars import Bar, BarFlag, bucket_start, timeframe_seconds
+from ..calendars import session_day
 from ..clock import Clock
 from ..errors import RedisStoreError
 from ..features.service import FeatureService
@@ -50,6 +54,8 @@ class SymbolState:
     beyond_reach_logged: bool = False
     window_end: int = 0  # end of the window last asked for
     latest: Bar | None = None  # the newest bar written to Redis
+    last_closed: Bar | None = None  # the newest closed bar accepted (the spike filter's reference)
+    pending: Bar | None = None  # a closed bar that jumped: held until the next bar confirms it
     dead_since: float | None = None  # when its fetches started failing for good (dead-letter entry)
 
 
@@ -98,6 +104,9 @@ class Orchestrator:
     :param on_recovered: called when a symbol's source answers again after failing (to backfill).
     :param stale_after_s: a symbol not refreshed for this long has its newest bar flagged STALE
         in Redis and goes on the dead-letter hash until its source answers again.
+    :param spike_atr: a closed bar further than this many ATRs from the previous close is held
+        until the next bar: stored if the next confirms the level, quarantined if it reverts
+        (0: no spike filter).
     """
 
     def __init__(self, *, symbols: list[SymbolInfo], fetcher: YahooFetcher, validator: Validator,
@@ -106,7 +115,8 @@ class Orchestrator:
                  limiter: RateLimiter | None = None, retry: RetryPolicy | None = None,
                  features: FeatureService | None = None,
                  scanner: Scanner | None = None, on_redis_lost: Callable[[], object] | None = None,
-                 on_recovered: Callable[[], object] | None = None, stale_after_s: float = 5.0) -> None:
+                 on_recovered: Callable[[], object] | None = None, stale_after_s: float = 5.0,
+                 spike_atr: float = 0.0) -> None:
         self.states = {info.symbol: SymbolState(info) for info in symbols}
         self.fetcher = fetcher
         self.source = SourceState(fetcher.name)
@@ -127,6 +137,8 @@ class Orchestrator:
         self.on_redis_lost = on_redis_lost
         self.on_recovered = on_recovered
         self.stale_after_s = stale_after_s
+        self.spike_atr = spike_atr
+        self._quarantine: list[dict[str, object]] = []  # spikes of this cycle, for Redis
         self.last_scan: ScanResult | None = None
         self.step = timeframe_seconds(TIMEFRAME)
         self.last_cycle: CycleReport | None = None
@@ -218,6 +230,12 @@ class Orchestrator:
         redis_ok = await self._write_redis(latest, closed, feature_rows)
         if redis_ok:
             await self._update_dead_letters(states, now)
+            if self._quarantine:
+                try:
+                    await self.redis.quarantine(self._quarantine)
+                    self._quarantine = []
+                except RedisStoreError as exc:
+                    log.warning("%s", exc)
         self.sqlite.add(closed)
         if self.scanner is not None and redis_ok:
             await self._scan()
@@ -341,9 +359,11 @@ class Orchestrator:
                 newest = bar
                 self.metrics.bars_accepted.labels(source, "forming").inc()
             elif state.cursor is None or bar.ts > state.cursor:
-                closed.append(bar)
-                newest = bar
-                self.metrics.bars_accepted.labels(source, "closed").inc()
+                for ok in self._spike_gate(state, bar):
+                    closed.append(ok)
+                    newest = ok
+                    state.last_closed = ok
+                    self.metrics.bars_accepted.labels(source, "closed").inc()
         if closed:
             state.cursor = closed[-1].ts
         if refetch_from is None and state.window_end <= bucket_start(now, self.step) - SETTLED_S:
@@ -356,6 +376,46 @@ class Orchestrator:
             # forget attempts at minutes the cursor has passed for good
             state.reject_attempts = {t: n for t, n in state.reject_attempts.items() if t > state.cursor}
         return closed, newest, rejected
+
+    def _spike_gate(self, state: SymbolState, bar: Bar) -> list[Bar]:
+        """The closed bars to accept now, given a new one: a jump of more than `spike_atr` ATRs
+        from the previous close waits one bar; the next bar decides whether it was real."""
+        atr = self.features.book.atr(bar.symbol) if self.features is not None else math.nan
+        if not self.spike_atr or not atr > 0:
+            return [bar]
+        limit = self.spike_atr * atr
+        out: list[Bar] = []
+        held = state.pending
+        if held is not None:
+            state.pending = None
+            if bar.ts == held.ts:  # the source sent that minute again
+                if state.last_closed is None or abs(bar.close - state.last_closed.close) <= limit:
+                    self._quarantine_bar(held, state, atr, "corrected by the source")
+                    return [bar]
+                state.pending = bar
+                return []
+            if abs(bar.close - held.close) <= limit:
+                out.append(held)  # the next bar confirms the new level: the jump was real
+                self.metrics.bars_accepted.labels(held.source, "spike_confirmed").inc()
+                state.last_closed = held
+            else:
+                self._quarantine_bar(held, state, atr, "reverted by the next bar")
+        prev = state.last_closed
+        if prev is None or self._new_session(state, prev.ts, bar.ts) or abs(bar.close - prev.close) <= limit:
+            return [*out, bar]
+        state.pending = bar
+        return out
+
+    def _new_session(self, state: SymbolState, before: int, after: int) -> bool:
+        days = session_day(state.info.asset_class, np.array([before, after], dtype=np.int64))
+        return bool(days[0] != days[1])
+
+    def _quarantine_bar(self, bar: Bar, state: SymbolState, atr: float, why: str) -> None:
+        self.metrics.bars_rejected.labels(bar.source, "spike").inc()
+        prev = state.last_closed.close if state.last_closed is not None else None
+        log.warning("quarantined %s bar ts=%d close=%s (previous close %s, ATR %.6g): %s", bar.symbol, bar.ts,
+                    bar.close, prev, atr, why)
+        self._quarantine.append({**bar.as_map(), "previous_close": prev, "atr": atr, "why": why})
 
     def _refetch_point(self, state: SymbolState, bar: Bar, current: int | None) -> int | None:
         """The minute to ask for again after a closed bar was rejected, within the retry budget."""

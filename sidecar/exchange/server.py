@@ -32,7 +32,7 @@ _YAHOO_SYMBOL = re.compile(r"^\^?[A-Z0-9][A-Z0-9.\-]{0,14}(=X|=F)?$")
 
 BAR_FAULTS = frozenset({
     "high_below_low", "negative_price", "zero_price", "negative_volume", "misaligned_ts",
-    "future_ts", "string_price", "nan_price",
+    "future_ts", "string_price", "nan_price", "spike",
 })
 RESPONSE_FAULTS = frozenset({"malformed_json", "http_500", "http_429", "http_429_retry_after", "slow"})
 RETRY_AFTER_S = 2  # what the http_429_retry_after fault asks the client to wait
@@ -310,6 +310,9 @@ class Exchange:
             rows["close"][i] = "n/a"
         elif kind == "nan_price":
             rows["close"][i] = _NAN_MARK
+        elif kind == "spike":  # a valid-looking bar 50% away: only the spike filter can tell
+            rows["close"][i] *= 1.5
+            rows["high"][i] = max(rows["high"][i], rows["close"][i])
         self.fault_log.append({"symbol": symbol, "kind": kind, "ts": ts, "served_ts": rows["ts"][i],
                                "values": [rows[k][i] for k in ("open", "high", "low", "close", "volume")]})
 

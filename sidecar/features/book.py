@@ -10,6 +10,7 @@ across the symbols being added) and copying the resulting slots in.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -37,6 +38,7 @@ class FeatureBook:
         self.timeframe = timeframe
         self.bar_seconds = timeframe_seconds(timeframe)
         self.slots: dict[str, int] = {}
+        self._atr_row = self.outputs.index(f"atr_{self.config.atr}")
         self._free: list[int] = []
         self._grow_tables(capacity)
 
@@ -139,6 +141,11 @@ class FeatureBook:
         cols = np.array([self.slots[b.symbol] for b in known], dtype=np.int64)
         arrays, _, _, _ = self._arrays(known, cols, self.slot_class, self.engine.capacity, self.last_session)
         return [b.symbol for b in known], self.engine.peek(arrays)[:, cols]
+
+    def atr(self, symbol: str) -> float:
+        """The symbol's committed ATR (NaN while warming up or unknown)."""
+        slot = self.slots.get(symbol)
+        return math.nan if slot is None else float(self.engine.out[self._atr_row, slot])
 
     def values(self, symbols: Sequence[str]) -> np.ndarray:
         """The committed values of some symbols, (outputs, symbols)."""

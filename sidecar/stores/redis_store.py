@@ -11,6 +11,7 @@ Keys (hash-tagged by symbol, so a Redis Cluster keeps a symbol's keys on one sha
     {prefix}:signals              stream  scanner signals (also PUBLISHed on the same name)
     {prefix}:alive                string  set by the first write; missing means Redis lost its data
     {prefix}:deadletter           hash    symbol -> JSON {reason, error, since}: symbols whose source fails
+    {prefix}:quarantine           list    JSON of bars held out by the spike filter, newest first (1,000)
 
 A cycle's writes are one script call (EVALSHA) in one pipeline: one round trip, applied
 atomically, with the per-bar work done inside Redis. Sending each ZADD/SET as its own
@@ -95,6 +96,10 @@ class RedisKeys:
     def deadletter(self) -> str:
         """Symbols whose every fetch currently fails, with the reason."""
         return f"{self.prefix}:deadletter"
+
+    def quarantine(self) -> str:
+        """Bars the spike filter held out, newest first."""
+        return f"{self.prefix}:quarantine"
 
     def alive(self) -> str:
         """Written once per Redis lifetime: its absence means the data is gone."""
@@ -269,6 +274,17 @@ class RedisStore:
                 await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             raise RedisStoreError(f"dead-letter update failed: {type(exc).__name__}: {exc}") from exc
+
+    async def quarantine(self, entries: Sequence[dict[str, object]], keep: int = 1000) -> None:
+        """Record bars the spike filter held out (the list keeps the newest `keep`)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.lpush(self.keys.quarantine(), *[orjson.dumps(e) for e in entries])
+        pipe.ltrim(self.keys.quarantine(), 0, keep - 1)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise RedisStoreError(f"quarantine write failed: {type(exc).__name__}: {exc}") from exc
 
     async def signals(self, since_ms: int, limit: int) -> list[dict[str, object]]:
         """Signals published at or after `since_ms` (epoch milliseconds), oldest first."""
