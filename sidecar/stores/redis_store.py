@@ -187,19 +187,19 @@ class RedisStore:
         n = (len(closed_args) + len(latest_args)) // 3 + len(feature_args) // 2
         if n == 0:
             return WriteResult(0, False)
-        pipe = self.client.pipeline(transaction=False)
         # Keys travel inside ARGV: a cycle spans every symbol's slot, so a cluster deployment
         # shards symbols across processes (one slot group each) rather than across one script.
         # use_bin_type=False: Redis's cmsgpack predates msgpack's bin type; raw strings carry bytes.
-        await self._write_script(args=[self.history_len, self.keys.symbols(),
-                                       msgpack.packb(closed_args, use_bin_type=False),
-                                       msgpack.packb(latest_args, use_bin_type=False),
-                                       msgpack.packb(feature_args, use_bin_type=False), self.features_ttl_ms,
-                                       self.keys.alive()],
-                                 client=pipe)
         try:
-            async with asyncio.timeout(self.timeout_s):
-                (reply,) = await pipe.execute()
+            async with self.client.pipeline(transaction=False) as pipe:  # reset however it ends
+                await self._write_script(args=[self.history_len, self.keys.symbols(),
+                                               msgpack.packb(closed_args, use_bin_type=False),
+                                               msgpack.packb(latest_args, use_bin_type=False),
+                                               msgpack.packb(feature_args, use_bin_type=False), self.features_ttl_ms,
+                                               self.keys.alive()],
+                                         client=pipe)
+                async with asyncio.timeout(self.timeout_s):
+                    (reply,) = await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             raise RedisStoreError(f"writing {n} bars failed: {type(exc).__name__}: {exc}") from exc
         return WriteResult(int(reply[0]), bool(reply[1]))
@@ -248,14 +248,13 @@ class RedisStore:
         Each carries an `id` so a consumer can drop the copy a re-sent pipeline may add."""
         if not signals:
             return
-        pipe = self.client.pipeline(transaction=False)
         name = self.keys.signals()
-        for sig in signals:
-            body = orjson.dumps(sig)
-            pipe.xadd(name, {"signal": body}, maxlen=self.signals_maxlen, approximate=True)
-            pipe.publish(name, body)
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with self.client.pipeline(transaction=False) as pipe, asyncio.timeout(self.timeout_s):
+                for sig in signals:
+                    body = orjson.dumps(sig)
+                    pipe.xadd(name, {"signal": body}, maxlen=self.signals_maxlen, approximate=True)
+                    pipe.publish(name, body)
                 await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             raise RedisStoreError(f"publishing {len(signals)} signals failed: {type(exc).__name__}: {exc}") from exc
@@ -264,24 +263,22 @@ class RedisStore:
         """Put symbols on (with the reason) or take them off the dead-letter hash."""
         if not add and not remove:
             return
-        pipe = self.client.pipeline(transaction=False)
-        if add:
-            pipe.hset(self.keys.deadletter(), mapping={s: orjson.dumps(v) for s, v in add.items()})
-        if remove:
-            pipe.hdel(self.keys.deadletter(), *remove)
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with self.client.pipeline(transaction=False) as pipe, asyncio.timeout(self.timeout_s):
+                if add:
+                    pipe.hset(self.keys.deadletter(), mapping={s: orjson.dumps(v) for s, v in add.items()})
+                if remove:
+                    pipe.hdel(self.keys.deadletter(), *remove)
                 await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             raise RedisStoreError(f"dead-letter update failed: {type(exc).__name__}: {exc}") from exc
 
     async def quarantine(self, entries: Sequence[dict[str, object]], keep: int = 1000) -> None:
         """Record bars the spike filter held out (the list keeps the newest `keep`)."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.lpush(self.keys.quarantine(), *[orjson.dumps(e) for e in entries])
-        pipe.ltrim(self.keys.quarantine(), 0, keep - 1)
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with self.client.pipeline(transaction=False) as pipe, asyncio.timeout(self.timeout_s):
+                pipe.lpush(self.keys.quarantine(), *[orjson.dumps(e) for e in entries])
+                pipe.ltrim(self.keys.quarantine(), 0, keep - 1)
                 await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             raise RedisStoreError(f"quarantine write failed: {type(exc).__name__}: {exc}") from exc
