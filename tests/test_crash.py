@@ -27,15 +27,17 @@ SYMBOLS = ["AAPL", "EURUSD", "BTCUSD", "NAS100"]
 LOOKBACK_MIN = 10
 
 
-LIVE: list[asyncio.subprocess.Process] = []  # killed at the end whatever happens
+LIVE: list[Run] = []  # killed and reaped at the end whatever happens
 
 
 @pytest.fixture(autouse=True)
-def _no_daemon_left_behind():  # type: ignore[no-untyped-def]
+async def _no_daemon_left_behind():  # type: ignore[no-untyped-def]
     yield
-    for proc in LIVE:
-        if proc.returncode is None:
-            proc.kill()
+    for run in LIVE:
+        if run.proc.returncode is None:
+            run.proc.kill()
+        await asyncio.wait_for(run.proc.wait(), 20)
+        await asyncio.wait_for(run._reader, 20)  # noqa: SLF001 - its pipe closes at EOF
     LIVE.clear()
 
 
@@ -75,8 +77,8 @@ async def _start(tmp_path: Path, redis_url: str, exchange: Exchange, http_port: 
     )
     proc = await asyncio.create_subprocess_exec(sys.executable, "-u", "-m", "sidecar", "run", env=env, cwd=tmp_path,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    LIVE.append(proc)
     run = Run(proc)
+    LIVE.append(run)
     await asyncio.wait_for(run.cycling.wait(), 60)
     return run
 
@@ -101,7 +103,8 @@ async def test_sigkill_at_random_moments_and_a_source_outage_lose_nothing(
             exchange.outage(12)  # the source is down across this run and the next start
         if i % 3 == 1:  # kill exactly as a flush begins (the restart overlap always gives one)
             try:
-                await asyncio.wait_for(run.flush_begins.wait(), 15)
+                # generous: during the outage run the breaker must see the source back first
+                await asyncio.wait_for(run.flush_begins.wait(), 30)
             except TimeoutError:
                 raise AssertionError("no flush began:\n" + "".join(run.lines[-20:])) from None
             during_flush += 1
