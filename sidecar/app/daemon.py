@@ -81,7 +81,7 @@ class Sidecar:
                                          validator=self.orchestrator.validator, clock=self.clock,
                                          timeout_s=s.history_timeout_s, concurrency=2)
         self.eod: dict[str, object] = {}
-        self._backfill: asyncio.Task[None] | None = None
+        self._backfill_lock = asyncio.Lock()  # one gap scan at a time
         self.http = HttpServer(host=s.http_host, port=s.http_port, health=self.health, metrics=self.metrics,
                                redis=self.redis, symbols=self.symbols, clock=self.clock,
                                update_symbols=self.update_symbols, broker_symbols=self._broker)
@@ -129,21 +129,21 @@ class Sidecar:
 
     def _schedule_backfill(self) -> None:
         """A source answers again: look for what it missed (unless a scan is already running)."""
-        if self._backfill is None or self._backfill.done():
-            self._backfill = asyncio.create_task(self._backfill_once(), name="backfill")
-            self._supervise(self._backfill)
+        if not self._backfill_lock.locked():
+            self._supervise(asyncio.create_task(self._backfill_once(), name="backfill"))
 
     async def _backfill_once(self) -> None:
-        await self.backfiller.run(list(self.symbols.values()), self.settings.gap_scan_days)
-        await self._end_of_day_check()
+        if self._backfill_lock.locked():
+            return  # a scan is running; it covers this request too
+        async with self._backfill_lock:
+            await self.backfiller.run(list(self.symbols.values()), self.settings.gap_scan_days)
+            await self._end_of_day_check()
 
     async def _backfill_loop(self) -> None:
         """Scan for gaps shortly after start-up, then every SIDECAR_BACKFILL_INTERVAL_S."""
         await self.clock.sleep(5.0)  # let the live loop catch up first
         async for _tick in Ticker(self.clock, self.settings.backfill_interval_s):
-            if self._backfill is None or self._backfill.done():
-                self._backfill = asyncio.current_task()  # type: ignore[assignment]
-                await self._backfill_once()
+            await self._backfill_once()
 
     async def _retention_loop(self) -> None:
         """Delete bars older than SIDECAR_RETENTION_DAYS, at most once a day (across restarts too)."""
