@@ -105,10 +105,14 @@ class Backfiller:
         have = await self.sqlite.known_minutes(info.symbol, self.timeframe, start, end)
         return np.setdiff1d(expected, have, assume_unique=True)
 
+    def settled_window(self, days: float) -> tuple[int, int]:
+        """[start, end) of the settled part of the last `days`, on bar boundaries."""
+        end = (int(self.clock.time()) - SETTLED_S) // self.step * self.step
+        return end - int(days * 86400), end
+
     async def run(self, infos: Sequence[SymbolInfo], days: float) -> BackfillReport:
         """Scan the settled part of the last `days` and fill what is missing."""
-        end = (int(self.clock.time()) - SETTLED_S) // self.step * self.step
-        return await self.run_window(infos, end - int(days * 86400), end)
+        return await self.run_window(infos, *self.settled_window(days))
 
     async def run_window(self, infos: Sequence[SymbolInfo], start: int, end: int) -> BackfillReport:
         """Fill what is missing in [start, end) (its unsettled part is left to the live loop)."""

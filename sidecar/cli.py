@@ -70,17 +70,17 @@ async def _backfill(sc: Any, days: float) -> dict:
 
 async def _status(sc: Any, days: float) -> dict:
     out = {}
+    start, end = sc.backfiller.settled_window(days)  # the window `backfill` scans, so the two agree
     for info in sc.infos:
         rows = await sc.sqlite.summary(info.symbol)
-        end = int(sc.clock.time()) - 3600
-        missing = await sc.backfiller.missing(info, end - int(days * 86400), end)
+        missing = await sc.backfiller.missing(info, start, end)
         plan = sc.bootstrapper.plan(sc.settings.bootstrap_days)
         done = await sc.sqlite.bootstrap_done(info.symbol)
         out[info.symbol] = {"asset_class": str(info.asset_class), "timeframes": rows,
                             "bootstrap_windows_done":
                                 f"{sum(done.get((w.timeframe, w.cell), w.start) >= w.end for w in plan)}/{len(plan)}",
                             f"missing_minutes_last_{days:g}_days": int(len(missing))}
-    return out
+    return {"window": [start, end], "symbols": out}
 
 
 def main(argv: list[str] | None = None) -> int:
