@@ -5,8 +5,10 @@ Model, per symbol:
 - daily closes are a geometric random walk from a fixed epoch (2024-01-01);
 - each UTC day's 1440 minute closes are a Brownian bridge between two daily closes;
 - each minute's 60 one-second trades are a bridge from the previous minute's close to this
-  one's, so a forming bar at second s aggregates trades 0..s;
-- volume follows an intraday profile (U-shaped for equities, none for FX) with noise;
+  one's, so a forming bar at second s aggregates trades 0..s, and a quote at second s shows
+  trade s: a bar built from quotes sampled every second equals the chart's bar;
+- a minute's volume follows an intraday profile (U-shaped for equities, none for FX) with
+  noise, spread evenly over its seconds; a quote shows the UTC day's volume so far;
 - some trading minutes have no trades: Yahoo shows those as nulls or leaves them out.
 
 Noise comes from a counter-based hash (splitmix64), vectorized over any set of
@@ -15,6 +17,7 @@ Noise comes from a counter-based hash (splitmix64), vectorized over any set of
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -99,6 +102,26 @@ class MinuteBars:
         return MinuteBars(*(getattr(self, f)[mask] for f in self.__slots__))  # type: ignore[attr-defined]
 
 
+@dataclass(slots=True)
+class QuoteRows:
+    """Parallel arrays of a batch quote: last trade price, its unix second, day volume so far."""
+
+    price: np.ndarray
+    time: np.ndarray
+    day_volume: np.ndarray
+
+
+@dataclass(slots=True)
+class _QuoteTable:
+    live: np.ndarray  # the symbol trades in this minute
+    prices: np.ndarray  # (n, 60) trade price of each second
+    cumvol: np.ndarray  # (n, 60) volume of the minute up to each second
+    before: np.ndarray  # day volume before the minute
+    last_price: np.ndarray  # for the others: their last trade before the minute
+    last_time: np.ndarray
+    last_volume: np.ndarray
+
+
 class Market:
     """The simulated market for any Yahoo-style symbol, deterministic for a seed.
 
@@ -111,8 +134,12 @@ class Market:
         self.always_open = always_open
         self._daily = lru_cache(maxsize=65536)(self._daily_closes)
         self._minutes = lru_cache(maxsize=65536)(self._minute_closes)
+        self._day_volumes = lru_cache(maxsize=32768)(self._day_volume)
+        self._quote_table = lru_cache(maxsize=256)(self._minute_table)
+        self._key_cache: dict[str, tuple[int, int, int]] = {}
+        self.profile = lru_cache(maxsize=65536)(self._profile)  # type: ignore[method-assign]
 
-    def profile(self, symbol: str) -> Profile:
+    def _profile(self, symbol: str) -> Profile:
         """The walk's parameters for a symbol (derived from its name when not listed)."""
         asset_class = yahoo_asset_class(symbol)
         vol, decimals, volume, missing = _CLASS_DEFAULTS[asset_class]
@@ -138,12 +165,16 @@ class Market:
         p = self.profile(symbol)
         n = max(upto_day - EPOCH_DAY + 1, 1)
         z = normal(_key(self.seed, symbol, "day"), np.arange(n))
-        # A mild pull towards the start level keeps years-long walks in a sensible range.
+        # A mild pull towards the start level (level_i = 0.99 level_i-1 + step_i) keeps
+        # years-long walks in a sensible range; solved in closed form per block.
+        steps = z * p.daily_vol
         logp = np.empty(n)
         level = 0.0
-        for i, step in enumerate(z * p.daily_vol):  # per day, cached: cheap
-            level += step - 0.01 * level
-            logp[i] = level
+        for b in range(0, n, 256):  # blocks keep 0.99**-k far from overflow
+            chunk = steps[b:b + 256]
+            k = np.arange(1, len(chunk) + 1)
+            logp[b:b + 256] = 0.99 ** k * (level + np.cumsum(chunk * 0.99 ** -(k - 1)) / 0.99)
+            level = logp[b + len(chunk) - 1]
         return np.log(p.price) + logp
 
     def _minute_closes(self, symbol: str, day: int) -> np.ndarray:
@@ -164,50 +195,132 @@ class Market:
         The result covers every requested minute; `traded` marks the ones with trades.
         """
         ts = np.asarray(ts, dtype=np.int64)
-        p = self.profile(symbol)
         n = len(ts)
-        day, idx = ts // DAY, (ts % DAY) // 60
-        log_open, log_close = np.empty(n), np.empty(n)
-        for d in np.unique(day):
-            sel = day == d
-            mc = self._minutes(symbol, int(d))
-            log_open[sel] = mc[idx[sel]]
-            log_close[sel] = mc[idx[sel] + 1]
-        # 60 one-second trades per minute: a bridge from the previous close to this close.
-        counters = ts[:, None] + np.arange(60)[None, :]
-        sigma = p.daily_vol / np.sqrt(MINUTES * 60)
-        w = np.cumsum(normal(_key(self.seed, symbol, "sec"), counters), axis=1) * sigma
-        frac = np.arange(1, 61)[None, :] / 60.0
-        logp = log_open[:, None] + frac * (log_close - log_open)[:, None] + (w - frac * w[:, -1:])
-        prices = np.round(np.exp(logp), p.decimals)
-        vol_share = uniform(_key(self.seed, symbol, "vol"), counters) + 0.5
-        minute_volume = p.minute_volume * self._volume_profile(p, ts)
-        volumes = np.floor(vol_share * (minute_volume / 60.0)[:, None])
-
-        if upto_second is not None:
-            upto = np.asarray(upto_second, dtype=np.int64)
-            live = np.arange(60)[None, :] <= upto[:, None]
-            prices_hi = np.where(live, prices, -np.inf)
-            prices_lo = np.where(live, prices, np.inf)
-            close = prices[np.arange(n), upto]
-            volume = np.where(live, volumes, 0.0).sum(axis=1)
-        else:
-            prices_hi = prices_lo = prices
-            close = prices[:, -1]
-            volume = volumes.sum(axis=1)
-        traded = uniform(_key(self.seed, symbol, "gap"), ts) >= p.missing
+        prices, cumvol = self._seconds([symbol] * n, ts) if n else (np.empty((0, 60)), np.empty((0, 60)))
+        upto = np.full(n, 59) if upto_second is None else np.asarray(upto_second, dtype=np.int64)
+        live = np.arange(60)[None, :] <= upto[:, None]
+        rows = np.arange(n)
+        traded = self._traded(symbol, ts)
         return MinuteBars(
-            ts=ts, open=prices[:, 0], high=prices_hi.max(axis=1), low=prices_lo.min(axis=1),
-            close=close, volume=volume, traded=traded,
+            ts=ts, open=prices[:, 0], high=np.where(live, prices, -np.inf).max(axis=1, initial=-np.inf),
+            low=np.where(live, prices, np.inf).min(axis=1, initial=np.inf), close=prices[rows, upto],
+            volume=cumvol[rows, upto], traded=traded,
         )
 
-    @staticmethod
-    def _volume_profile(p: Profile, ts: np.ndarray) -> np.ndarray:
-        if p.asset_class in (AssetClass.EQUITY, AssetClass.INDEX):
-            # U shape over the 13:30-21:00 UTC window: heavy at the open and the close.
-            x = np.clip(((ts % DAY) - 13.5 * 3600) / (6.5 * 3600), 0.0, 1.0)
-            return 0.6 + 2.4 * (2.0 * x - 1.0) ** 2
-        return 0.8 + 0.4 * np.sin(2 * np.pi * (ts % DAY) / DAY)
+    def _seconds(self, symbols: list[str], ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Prices of the 60 one-second trades of minute ts[i] of symbols[i], and the volume
+        traded up to and including each second (rows: one per (symbol, minute) pair)."""
+        n = len(ts)
+        log_open, log_close, sigma, scale = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
+        key_sec = np.empty(n, dtype=np.uint64)
+        day, idx = ts // DAY, (ts % DAY) // 60
+        for symbol, rows in self._group(symbols):
+            p = self.profile(symbol)
+            sigma[rows], scale[rows] = p.daily_vol / np.sqrt(MINUTES * 60), 10.0 ** p.decimals
+            key_sec[rows] = self._keys(symbol)[0]
+            sym_days = day[rows]
+            for d in np.unique(sym_days).tolist():
+                sel = rows[sym_days == d]
+                mc = self._minutes(symbol, d)
+                log_open[sel], log_close[sel] = mc[idx[sel]], mc[idx[sel] + 1]
+        # 60 one-second trades per minute: a bridge from the previous close to this close.
+        counters = ts[:, None] + np.arange(60)[None, :]
+        w = np.cumsum(normal(key_sec[:, None], counters), axis=1) * sigma[:, None]
+        frac = np.arange(1, 61)[None, :] / 60.0
+        logp = log_open[:, None] + frac * (log_close - log_open)[:, None] + (w - frac * w[:, -1:])
+        prices = np.round(np.exp(logp) * scale[:, None]) / scale[:, None]
+        # A minute's volume is spread evenly over its seconds, so that the volume up to any
+        # second (what a quote's cumulative day volume shows) is cheap to compute.
+        cumvol = np.floor(self._minute_volume(symbols, ts)[:, None] * np.arange(1, 61)[None, :] / 60.0)
+        return prices, cumvol
+
+    def _group(self, symbols: list[str]) -> list[tuple[str, np.ndarray]]:
+        """Row indices per distinct symbol, in first-seen order."""
+        if len(set(symbols)) == 1:
+            return [(symbols[0], np.arange(len(symbols)))]
+        groups: dict[str, list[int]] = {}
+        for i, symbol in enumerate(symbols):
+            groups.setdefault(symbol, []).append(i)
+        return [(symbol, np.array(rows)) for symbol, rows in groups.items()]
+
+    def _minute_volume(self, symbols: list[str], ts: np.ndarray) -> np.ndarray:
+        """Volume of minute ts[i] of symbols[i]: one draw around the intraday profile."""
+        n = len(ts)
+        mean, key_vol, equity = np.empty(n), np.empty(n, dtype=np.uint64), np.empty(n, dtype=bool)
+        for symbol, rows in self._group(symbols):
+            p = self.profile(symbol)
+            mean[rows], key_vol[rows] = p.minute_volume, self._keys(symbol)[1]
+            equity[rows] = p.asset_class in (AssetClass.EQUITY, AssetClass.INDEX)
+        x = np.clip(((ts % DAY) - 13.5 * 3600) / (6.5 * 3600), 0.0, 1.0)
+        # U shape over the 13:30-21:00 UTC window for stocks: heavy at the open and the close.
+        shape = np.where(equity, 0.6 + 2.4 * (2.0 * x - 1.0) ** 2, 0.8 + 0.4 * np.sin(2 * np.pi * (ts % DAY) / DAY))
+        return np.floor(mean * shape * (uniform(key_vol, ts) + 0.5))
+
+    def _keys(self, symbol: str) -> tuple[int, int, int]:
+        keys = self._key_cache.get(symbol)
+        if keys is None:
+            keys = self._key_cache[symbol] = (_key(self.seed, symbol, "sec"), _key(self.seed, symbol, "vol"),
+                                              _key(self.seed, symbol, "gap"))
+        return keys
+
+    def _day_volume(self, symbol: str, day: int) -> np.ndarray:
+        """Volume traded in the UTC day before each of its 1440 minutes, and in the whole day (1441 values)."""
+        ts = day * DAY + 60 * np.arange(MINUTES, dtype=np.int64)
+        counted = np.where(self._traded(symbol, ts) & self.trading(symbol, ts), self._minute_volume([symbol] * MINUTES, ts), 0.0)
+        return np.concatenate(([0.0], np.cumsum(counted)))
+
+    def quotes(self, symbols: tuple[str, ...], now: int) -> QuoteRows:
+        """What a batch quote endpoint shows for `symbols` at second `now`: each one's last trade
+        (price and unix second) and the volume traded so far in its UTC day."""
+        minute, second = now // 60 * 60, now % 60
+        t = self._quote_table(symbols, minute)
+        return QuoteRows(
+            price=np.where(t.live, t.prices[:, second], t.last_price),
+            time=np.where(t.live, minute + second, t.last_time),
+            day_volume=np.where(t.live, t.before + t.cumvol[:, second], t.last_volume),
+        )
+
+    def _minute_table(self, symbols: tuple[str, ...], minute: int) -> _QuoteTable:
+        """Every second of one minute for a set of symbols, computed together (cached: a quote
+        poller asks for the same set every second)."""
+        names = list(symbols)
+        ts = np.full(len(names), minute, dtype=np.int64)
+        keys = np.array([self._keys(s)[2] for s in names], dtype=np.uint64)
+        missing = np.array([self.profile(s).missing for s in names])
+        live = (uniform(keys, ts) >= missing) & self._trading_many(names, minute)
+        prices, cumvol = self._seconds(names, ts)
+        day, j = minute // DAY, (minute % DAY) // 60
+        before = np.array([self._day_volumes(s, day)[j] for s in names])
+        last_price, last_time, last_volume = np.zeros(len(names)), np.zeros(len(names), dtype=np.int64), \
+            np.zeros(len(names))
+        for i in np.flatnonzero(~live).tolist():
+            last_price[i], last_time[i], last_volume[i] = self._last_trade(names[i], minute)
+        return _QuoteTable(live, prices, cumvol, before, last_price, last_time, last_volume)
+
+    def _trading_many(self, symbols: list[str], minute: int) -> np.ndarray:
+        if self.always_open:
+            return np.ones(len(symbols), dtype=bool)
+        ts = np.array([minute], dtype=np.int64)
+        by_class = {c: bool(is_trading(c, ts)[0]) for c in AssetClass}
+        return np.array([by_class[self.profile(s).asset_class] for s in symbols], dtype=bool)
+
+    def _traded(self, symbol: str, ts: np.ndarray) -> np.ndarray:
+        """Mask of minutes with trades (the market may still be closed then: see `trading`)."""
+        return uniform(self._keys(symbol)[2], ts) >= self.profile(symbol).missing
+
+    def _last_trade(self, symbol: str, before: int) -> tuple[float, int, float]:
+        """The newest trade before minute `before`: its price, second, and day volume then."""
+        for back in range(0, 7):  # a closed market: look back over a long weekend
+            day = before // DAY - back
+            ts = day * DAY + 60 * np.arange(MINUTES, dtype=np.int64)
+            ts = ts[ts < before]
+            ok = ts[self.trading(symbol, ts) & self._traded(symbol, ts)]
+            if len(ok):
+                last = int(ok[-1])
+                bar = self.minute_bars(symbol, np.array([last]))
+                volume = self._day_volumes(symbol, day)[(last % DAY) // 60 + 1]
+                return float(bar.close[0]), last + 59, float(volume)
+        return math.nan, 0, 0.0
 
     def null_style(self, symbol: str, ts: np.ndarray) -> np.ndarray:
         """For minutes without trades: True where Yahoo shows nulls, False where it omits them."""
