@@ -13,6 +13,7 @@ import asyncio
 import collections
 import datetime as dt
 import re
+import secrets
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -34,11 +35,18 @@ BAR_FAULTS = frozenset({
     "high_below_low", "negative_price", "zero_price", "negative_volume", "misaligned_ts",
     "future_ts", "string_price", "nan_price", "spike",
 })
-RESPONSE_FAULTS = frozenset({"malformed_json", "http_500", "http_429", "http_429_retry_after", "slow"})
+RESPONSE_FAULTS = frozenset({"malformed_json", "http_500", "http_429", "http_429_retry_after", "slow",
+                             "invalid_crumb"})
+QUOTE_FAULTS = frozenset({"negative_price", "zero_price", "nan_price", "stale"})
+QUOTE_ENDPOINT = "@quote"  # the fault queue of Yahoo's batch quote endpoint (response faults)
 RETRY_AFTER_S = 2  # what the http_429_retry_after fault asks the client to wait
-FAULT_KINDS = BAR_FAULTS | RESPONSE_FAULTS
+FAULT_KINDS = BAR_FAULTS | RESPONSE_FAULTS | QUOTE_FAULTS
 _NAN_MARK = 987654321.125  # a value no bar has; replaced by a bare NaN token in the body
 
+_MARKET_BY_CLASS = {
+    AssetClass.EQUITY: "us_market", AssetClass.INDEX: "us_market", AssetClass.FX: "ccy_market",
+    AssetClass.CRYPTO: "ccc_market", AssetClass.FUTURES: "us24_market",
+}
 _META_BY_CLASS = {
     AssetClass.EQUITY: ("NMS", "NasdaqGS", "EQUITY", "America/New_York"),
     AssetClass.INDEX: ("NIM", "Nasdaq GIDS", "INDEX", "America/New_York"),
@@ -81,6 +89,12 @@ class Exchange:
         self.url: str | None = None  # set by start()
         self.app = web.Application()
         self.app.router.add_get("/v8/finance/chart/{symbol}", self._chart)
+        self.app.router.add_get("/", self._cookie)  # what fc.yahoo.com does: set the A3 cookie
+        self.app.router.add_get("/v1/test/getcrumb", self._getcrumb)
+        self.app.router.add_get("/v7/finance/quote", self._quote)
+        self._cookies: dict[str, str] = {}  # A3 cookie -> its crumb
+        self._last_quote: dict[str, tuple[float, int, int]] = {}  # what a stale feed repeats
+        self.quote_log: list[tuple[float, int]] = []  # (wall time, symbols asked) of each quote request
         self.app.router.add_post("/_exchange/faults", self._post_fault)
         self.app.router.add_get("/_exchange/faults", self._get_faults)
         self.app.router.add_get("/_exchange/served", self._get_served)
@@ -315,6 +329,83 @@ class Exchange:
             rows["high"][i] = max(rows["high"][i], rows["close"][i])
         self.fault_log.append({"symbol": symbol, "kind": kind, "ts": ts, "served_ts": rows["ts"][i],
                                "values": [rows[k][i] for k in ("open", "high", "low", "close", "volume")]})
+
+    # -- Yahoo batch quote, with its cookie and crumb ----------------------------------------------
+
+    async def _cookie(self, request: web.Request) -> web.Response:
+        cookie = secrets.token_urlsafe(24)
+        self._cookies[cookie] = ""
+        response = web.Response(status=404, text="Not Found")  # fc.yahoo.com answers 404 too; the cookie is the point
+        response.set_cookie("A3", cookie, httponly=True)
+        return response
+
+    async def _getcrumb(self, request: web.Request) -> web.Response:
+        self.requests["getcrumb"] += 1
+        if self._take_fault(QUOTE_ENDPOINT, frozenset({"http_429"})):
+            return web.Response(status=429, text="Too Many Requests")
+        cookie = request.cookies.get("A3", "")
+        if cookie not in self._cookies:
+            return web.Response(status=401, text="")
+        crumb = self._cookies[cookie] = secrets.token_urlsafe(8).replace(".", "")
+        return web.Response(text=crumb, content_type="text/plain")
+
+    async def _quote(self, request: web.Request) -> web.Response:
+        self.requests["quote"] += 1
+        now = self.clock.time()
+        if now < self.down_until:
+            return web.Response(status=503, text="Service Unavailable")
+        fault = self._take_fault(QUOTE_ENDPOINT, RESPONSE_FAULTS)
+        cookie = request.cookies.get("A3", "")
+        crumb = request.query.get("crumb", "")
+        if fault == "invalid_crumb" or not crumb or self._cookies.get(cookie) != crumb:
+            body = {"finance": {"result": None, "error": {"code": "Unauthorized", "description": "Invalid Crumb"}}}
+            return web.Response(status=401, body=orjson.dumps(body), content_type="application/json")
+        if fault == "http_429":
+            return web.Response(status=429, text="Too Many Requests")
+        if fault == "http_429_retry_after":
+            return web.Response(status=429, text="Too Many Requests", headers={"Retry-After": str(RETRY_AFTER_S)})
+        if fault == "http_500":
+            return web.Response(status=500, text="Internal Server Error")
+        if fault == "slow":
+            await asyncio.sleep(self.slow_s)
+        # Unknown or malformed symbols are left out, as Yahoo does: no per-symbol error.
+        symbols = tuple(s for s in request.query.get("symbols", "").split(",") if _YAHOO_SYMBOL.fullmatch(s))
+        self.quote_log.append((now, len(symbols)))
+        body = self._quote_body(symbols, int(now))
+        if fault == "malformed_json":
+            body = body[: len(body) // 2]
+        return web.Response(body=body, content_type="application/json")
+
+    def _quote_body(self, symbols: tuple[str, ...], now: int) -> bytes:
+        q = self.market.quotes(symbols, now)
+        prices, times, volumes = q.price.tolist(), q.time.tolist(), q.day_volume.astype(np.int64).tolist()
+        result = []
+        for i, symbol in enumerate(symbols):
+            price, at, volume = prices[i], times[i], volumes[i]
+            fault = self._take_fault(symbol, QUOTE_FAULTS) if self._faults.get(symbol) else None
+            if fault == "stale":  # the feed repeats what it showed last
+                price, at, volume = self._last_quote.get(symbol, (price, at, volume))
+            else:
+                self._last_quote[symbol] = (price, at, volume)
+            if fault == "negative_price":
+                price = -price
+            elif fault == "zero_price":
+                price = 0.0
+            elif fault == "nan_price":
+                price = _NAN_MARK
+            if fault is not None:
+                self.fault_log.append({"symbol": symbol, "kind": fault, "ts": at, "served_ts": at, "endpoint": "quote"})
+            asset_class = self.market.profile(symbol).asset_class
+            exchange, full_name, quote_type, tz_name = _META_BY_CLASS[asset_class]
+            result.append({
+                "language": "en-US", "region": "US", "quoteType": quote_type, "currency": "USD",
+                "exchange": exchange, "fullExchangeName": full_name, "exchangeTimezoneName": tz_name,
+                "market": _MARKET_BY_CLASS[asset_class], "marketState": "REGULAR" if at > now - 60 else "CLOSED",
+                "regularMarketPrice": price, "regularMarketTime": at, "regularMarketVolume": volume,
+                "priceHint": self.market.profile(symbol).decimals, "symbol": symbol,
+            })
+        body = orjson.dumps({"quoteResponse": {"result": result, "error": None}})
+        return body.replace(repr(_NAN_MARK).encode(), b"NaN")
 
     # -- admin ---------------------------------------------------------------------------------
 

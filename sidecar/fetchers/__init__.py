@@ -1,6 +1,6 @@
 """Fetchers: one module per data source, each turning a provider's payload into `Bar`s."""
 
-from .base import FetchResult
+from .base import FetchResult, QuoteBatch
 from .yahoo import YahooFetcher
 
-__all__ = ["FetchResult", "YahooFetcher"]
+__all__ = ["FetchResult", "QuoteBatch", "YahooFetcher"]

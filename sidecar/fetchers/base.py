@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import orjson
 
 from ..bars import Bar
@@ -20,6 +21,21 @@ class FetchResult:
     source: str
     bars: list[Bar] = field(default_factory=list)
     ignored: int = 0  # provider rows that are not bars of the session (e.g. Yahoo's close print)
+
+
+@dataclass(slots=True)
+class QuoteBatch:
+    """Quote snapshots from one batch request: parallel arrays; `index` points into the list of
+    symbols asked for (a symbol the source left out has no row)."""
+
+    source: str
+    index: np.ndarray  # int64
+    price: np.ndarray  # last trade price
+    time: np.ndarray  # int64 unix second of the last trade
+    day_volume: np.ndarray  # volume traded so far in the symbol's day
+
+    def __len__(self) -> int:
+        return len(self.index)
 
 
 def decode_json(body: bytes, source: str, symbol: str) -> object:

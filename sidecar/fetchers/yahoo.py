@@ -1,4 +1,5 @@
-"""Yahoo Finance chart API: `GET /v8/finance/chart/{symbol}` (providers.md section 1.1).
+"""Yahoo Finance: the chart API, `GET /v8/finance/chart/{symbol}` (providers.md 1.1), and the
+batch quote, `GET /v7/finance/quote?symbols=..` (1.2) with its cookie and crumb (1.4).
 
 A row whose five values are all null is a minute without trades and is skipped. The last
 row is the forming bar unless the provider's own clock (`regularMarketTime`) has passed its
@@ -8,13 +9,20 @@ is not a bar of the session and is ignored.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import aiohttp
+import numpy as np
 
 from ..bars import Bar, BarFlag, timeframe_seconds
 from ..errors import FetchError, FetchTimeout, MalformedResponse, ProviderError, RateLimited
 from ..symbols import SymbolInfo
-from .base import FetchResult, decode_json, to_float
+from .base import FetchResult, QuoteBatch, decode_json, to_float
+
+log = logging.getLogger(__name__)
 
 SOURCE = "yahoo"
 _FORMING = int(BarFlag.FORMING)  # a plain int: IntFlag arithmetic costs ~1 us per bar downstream
@@ -38,8 +46,15 @@ class YahooFetcher:
     reach = {"1m": (max_age_s, 6 * 86400), "5m": (60 * 86400 - 3600, 15 * 86400),
              "1h": (730 * 86400 - 3600, 90 * 86400)}
 
-    def __init__(self, *, base_url: str, user_agent: str, timeout_s: float, max_connections: int) -> None:
+    def __init__(self, *, base_url: str, user_agent: str, timeout_s: float, max_connections: int,
+                 cookie_url: str = "") -> None:
         self.base_url = base_url.rstrip("/")
+        # Yahoo's quote needs a cookie from fc.yahoo.com; the local exchange sets it at its root.
+        self.cookie_url = cookie_url or ("https://fc.yahoo.com" if urlsplit(self.base_url).hostname and
+                                         urlsplit(self.base_url).hostname.endswith("yahoo.com")  # type: ignore[union-attr]
+                                         else self.base_url + "/")
+        self._crumb: str | None = None
+        self._crumb_lock = asyncio.Lock()
         self._headers = {"User-Agent": user_agent, "Accept": "application/json"}
         self.timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 2.0))
@@ -49,7 +64,9 @@ class YahooFetcher:
     async def start(self) -> None:
         """Open the pooled session."""
         connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(connector=connector, headers=self._headers, timeout=self._timeout)
+        # unsafe: also keep cookies set by an IP-addressed host (the local exchange)
+        self._session = aiohttp.ClientSession(connector=connector, headers=self._headers, timeout=self._timeout,
+                                              cookie_jar=aiohttp.CookieJar(unsafe=True))
 
     async def close(self) -> None:
         """Close the session and its connections."""
@@ -61,25 +78,85 @@ class YahooFetcher:
                          timeout_s: float | None = None) -> FetchResult:
         """Bars of `timeframe` whose open lies in [start, end), the forming one included;
         `timeout_s` overrides the live timeout (history windows take longer)."""
-        assert self._session is not None, "start() the fetcher first"
-        timeout = self._timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s, connect=2.0)
-        url = f"{self.base_url}/v8/finance/chart/{info.yahoo}"
         params = {"interval": _INTERVALS[timeframe], "period1": str(start), "period2": str(end),
                   "includePrePost": "false", "events": "div,splits"}
+        body = await self._get(f"/v8/finance/chart/{info.yahoo}", params, info.symbol, timeout_s)
+        return parse_chart(decode_json(body, SOURCE, info.symbol), info, timeframe)
+
+    async def fetch_quotes(self, infos: Sequence[SymbolInfo], timeout_s: float | None = None) -> QuoteBatch:
+        """One batch quote for `infos` (keep it to a few hundred symbols); the crumb is fetched
+        on first use and once more when Yahoo calls it invalid."""
+        label = f"{len(infos)} symbols"
+        params = {"symbols": ",".join(i.yahoo for i in infos), "formatted": "false", "lang": "en-US", "region": "US"}
+        for attempt in (1, 2):
+            crumb = await self._ensure_crumb(label, refresh=attempt == 2)
+            try:
+                body = await self._get("/v7/finance/quote", {**params, "crumb": crumb}, label, timeout_s)
+            except ProviderError as exc:
+                if exc.status == 401 and attempt == 1:
+                    continue  # the crumb expired or the cookie was dropped: once more with new ones
+                raise
+            return parse_quotes(decode_json(body, SOURCE, label), infos)
+        raise AssertionError("unreachable")
+
+    async def _ensure_crumb(self, label: str, refresh: bool) -> str:
+        async with self._crumb_lock:  # one crumb flow at a time, however many chunks wait for it
+            if self._crumb is None or refresh:
+                assert self._session is not None, "start() the fetcher first"
+                try:
+                    async with self._session.get(self.cookie_url, timeout=self._timeout) as resp:
+                        await resp.read()  # only the cookie matters, whatever the status
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    raise FetchError(SOURCE, label, f"cookie request failed: {type(exc).__name__}: {exc}") from None
+                body = await self._get("/v1/test/getcrumb", {}, label, None)
+                crumb = body.decode(errors="replace").strip()
+                if not crumb or "<" in crumb or "Too Many Requests" in crumb:
+                    raise ProviderError(SOURCE, label, f"no crumb in the getcrumb answer: {crumb[:80]!r}", status=401)
+                self._crumb = crumb
+                log.info("yahoo crumb obtained")
+            return self._crumb
+
+    async def _get(self, path: str, params: dict[str, str], label: str, timeout_s: float | None) -> bytes:
+        """GET base_url + path; the body on success, a typed FetchError otherwise."""
+        assert self._session is not None, "start() the fetcher first"
+        timeout = self._timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s, connect=2.0)
         try:
-            async with self._session.get(url, params=params, timeout=timeout) as resp:
+            async with self._session.get(self.base_url + path, params=params, timeout=timeout) as resp:
                 body = await resp.read()
                 if resp.status == 429:
-                    raise RateLimited(SOURCE, info.symbol, "HTTP 429 Too Many Requests",
+                    raise RateLimited(SOURCE, label, "HTTP 429 Too Many Requests",
                                       retry_after=_retry_after(resp.headers.get("Retry-After")))
                 if resp.status >= 400:
-                    raise ProviderError(SOURCE, info.symbol, f"HTTP {resp.status}: {_error_text(body)}",
-                                        status=resp.status)
+                    raise ProviderError(SOURCE, label, f"HTTP {resp.status}: {_error_text(body)}", status=resp.status)
+                return body
         except TimeoutError:
-            raise FetchTimeout(SOURCE, info.symbol, f"no answer within {timeout.total}s") from None
+            raise FetchTimeout(SOURCE, label, f"no answer within {timeout.total}s") from None
         except aiohttp.ClientError as exc:
-            raise FetchError(SOURCE, info.symbol, f"{type(exc).__name__}: {exc}") from None
-        return parse_chart(decode_json(body, SOURCE, info.symbol), info, timeframe)
+            raise FetchError(SOURCE, label, f"{type(exc).__name__}: {exc}") from None
+
+
+def parse_quotes(payload: object, infos: Sequence[SymbolInfo]) -> QuoteBatch:
+    """A `quoteResponse` into arrays aligned with `infos`; symbols Yahoo left out get no row."""
+    position = {info.yahoo: i for i, info in enumerate(infos)}
+    try:
+        response = payload["quoteResponse"]  # type: ignore[index]
+        if response.get("error"):
+            raise ProviderError(SOURCE, f"{len(infos)} symbols", str(response["error"]))
+        rows = response["result"] or []
+        index, price, at, volume = [], [], [], []
+        for row in rows:
+            i = position.get(row.get("symbol"))
+            if i is None:
+                continue
+            t = row.get("regularMarketTime")
+            index.append(i)
+            price.append(to_float(row.get("regularMarketPrice")))
+            at.append(t if isinstance(t, int) else -1)  # -1: the builder rejects it as not a time
+            volume.append(to_float(row.get("regularMarketVolume", 0)))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise MalformedResponse(SOURCE, f"{len(infos)} symbols", f"unexpected quote shape: {exc!r}") from None
+    return QuoteBatch(SOURCE, np.array(index, dtype=np.int64), np.array(price, dtype=np.float64),
+                      np.array(at, dtype=np.int64), np.array(volume, dtype=np.float64))
 
 
 def parse_chart(payload: object, info: SymbolInfo, timeframe: str) -> FetchResult:
@@ -128,12 +205,14 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _error_text(body: bytes) -> str:
-    """Yahoo's `chart.error.description`, or the start of a non-JSON body (its 429 is plain text)."""
+    """Yahoo's error description (chart, quote or finance), or the start of a non-JSON body
+    (its 429 is plain text)."""
     try:
         payload = decode_json(body, SOURCE, "")
-        return str(payload["chart"]["error"]["description"])  # type: ignore[index]
-    except (MalformedResponse, KeyError, TypeError):
+        top = next(iter(payload.values()))  # type: ignore[union-attr]
+        return str(top["error"]["description"])
+    except (MalformedResponse, KeyError, TypeError, AttributeError, StopIteration):
         return body[:200].decode(errors="replace").strip()
 
 
-__all__ = ["SOURCE", "YahooFetcher", "parse_chart"]
+__all__ = ["SOURCE", "YahooFetcher", "parse_chart", "parse_quotes"]

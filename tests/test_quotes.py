@@ -1,0 +1,139 @@
+"""Yahoo's batch quote over real HTTP (cookie, crumb, faults) and the bar builder against the
+exchange's ground truth, on a virtual clock so that minutes pass in milliseconds."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import numpy as np
+import pytest
+
+from sidecar.barbuilder import BarBuilder, BuildResult
+from sidecar.clock import ManualClock
+from sidecar.errors import RateLimited
+from sidecar.exchange import Exchange, Market
+from sidecar.exchange.server import QUOTE_ENDPOINT
+from sidecar.fetchers import YahooFetcher
+from sidecar.symbols import lookup
+
+from .conftest import SEED
+
+SYMBOLS = ["AAPL", "EURUSD", "BTCUSD", "MSFT", "XAUUSD"]
+START = 1_795_000_000 // 60 * 60 + 30  # a Monday afternoon in UTC; the market is open around the clock below
+
+
+@pytest.fixture
+async def manual() -> AsyncIterator[tuple[Exchange, YahooFetcher, ManualClock]]:
+    clock = ManualClock(start=START)
+    ex = Exchange(Market(SEED, always_open=True), clock=clock)
+    await ex.start()
+    f = YahooFetcher(base_url=ex.url, user_agent="test", timeout_s=2.0, max_connections=4)
+    await f.start()
+    yield ex, f, clock
+    await f.close()
+    await ex.close()
+
+
+async def _poll(f: YahooFetcher, builder: BarBuilder, label: int, infos: list) -> BuildResult:
+    batch = await f.fetch_quotes(infos)
+    return builder.update(label, batch.index, batch.price, batch.time, batch.day_volume)
+
+
+async def test_quotes_need_cookie_and_crumb_and_match_the_market(exchange: Exchange) -> None:
+    f = YahooFetcher(base_url=exchange.url, user_agent="test", timeout_s=2.0, max_connections=2)
+    await f.start()
+    try:
+        infos = [lookup(s) for s in SYMBOLS]
+        batch = await f.fetch_quotes([*infos, lookup("NOSUCH.X")])
+        # without the cookie and crumb Yahoo says 401 Invalid Crumb
+        async with aiohttp.ClientSession() as plain:
+            async with plain.get(f"{exchange.url}/v7/finance/quote", params={"symbols": "AAPL"}) as resp:
+                assert resp.status == 401 and "Invalid Crumb" in await resp.text()
+        assert sorted(batch.index.tolist()) == [0, 1, 2, 3, 4, 5]  # NOSUCH.X is served like any ticker
+        market = exchange.market
+        for row, i in enumerate(batch.index.tolist()[:5]):
+            truth = market.quotes((infos[i].yahoo,), int(batch.time[row]))
+            assert batch.price[row] == truth.price[0] and batch.day_volume[row] == truth.day_volume[0]
+        await f.fetch_quotes(infos)
+        assert exchange.requests["getcrumb"] == 1  # the crumb is reused
+
+        exchange.inject(QUOTE_ENDPOINT, "invalid_crumb")  # e.g. the crumb expired
+        again = await f.fetch_quotes(infos)
+        assert len(again) == 5 and exchange.requests["getcrumb"] == 2
+
+        exchange.inject(QUOTE_ENDPOINT, "http_429_retry_after")
+        with pytest.raises(RateLimited) as caught:
+            await f.fetch_quotes(infos)
+        assert caught.value.retry_after == 2
+    finally:
+        await f.close()
+
+
+async def test_bars_built_from_quotes_every_second_equal_the_truth(manual) -> None:
+    ex, f, clock = manual
+    infos = [lookup(s) for s in SYMBOLS]
+    builder = BarBuilder()
+    closed: list[tuple[int, int, float, float, float, float, float, bool]] = []
+    forming_seen = 0
+    for _ in range(4 * 60):
+        label = int(clock.time())
+        out = await _poll(f, builder, label, infos)
+        c = out.closed
+        closed += zip(c.slot.tolist(), c.ts.tolist(), c.open.tolist(), c.high.tolist(), c.low.tolist(),
+                      c.close.tolist(), c.volume.tolist(), c.complete.tolist(), strict=True)
+        forming_seen += len(out.forming)
+        clock.advance(1)
+    first_full = START // 60 * 60 + 60  # the poller joined half-way through the first minute
+    complete = [b for b in closed if b[7]]
+    assert {b[1] for b in closed if not b[7]} == {START // 60 * 60}  # only the joined-late minute
+    assert forming_seen >= 4 * 60 * 4  # a forming bar each second for (nearly) every symbol
+    for slot, info in enumerate(infos):
+        truth = ex.truth(info.yahoo, first_full, first_full + 180)
+        mine = [b for b in complete if b[0] == slot]
+        assert [b[1] for b in mine] == truth.ts.tolist(), info.symbol
+        assert [b[2:7] for b in mine] == list(zip(truth.open.tolist(), truth.high.tolist(), truth.low.tolist(),
+                                                   truth.close.tolist(), truth.volume.tolist(), strict=True))
+
+
+@pytest.mark.parametrize("fault", ["missed_poll", "stale", "nan_price", "negative_price"])
+async def test_a_minute_with_a_gap_in_its_samples_is_not_complete(manual, fault: str) -> None:
+    ex, f, clock = manual
+    infos = [lookup("AAPL"), lookup("EURUSD")]
+    builder = BarBuilder()
+    clock.advance(60 - START % 60)  # to a whole minute
+    target = int(clock.time()) + 60  # the second minute polled is hit by the fault at its 20th second
+    complete: dict[tuple[int, int], bool] = {}
+    rejected = 0
+    for _ in range(3 * 60 + 1):
+        label = int(clock.time())
+        if label == target + 20:
+            if fault == "missed_poll":
+                clock.advance(1)
+                continue
+            ex.inject("AAPL", fault, count=3 if fault == "stale" else 1)
+        out = await _poll(f, builder, label, infos)
+        rejected += int((out.rejected == 0).sum())
+        complete.update({(s, t): c for s, t, c in zip(out.closed.slot.tolist(), out.closed.ts.tolist(),
+                                                      out.closed.complete.tolist(), strict=True)})
+        clock.advance(1)
+    assert complete[(0, target)] is False  # AAPL's faulted minute must come from history
+    assert complete[(1, target)] is (fault != "missed_poll")  # a fault of one symbol leaves the others alone
+    assert complete[(0, target + 60)] is True  # the next minute is fine again
+    assert rejected == (1 if fault in ("nan_price", "negative_price") else 0)
+
+
+def test_day_roll_over_starts_volume_from_zero() -> None:
+    b = BarBuilder()
+    day = 1_795_000_000 // 86400 * 86400 + 86400
+    slots = np.array([0])
+    labels = list(range(day - 120, day + 61))
+    volume = 0.0
+    out = None
+    bars = []
+    for t in labels:
+        volume = volume + 10 if t < day else (t - day + 1) * 5.0  # the day volume resets at midnight
+        out = b.update(t, slots, np.array([100.0 + (t % 7)]), np.array([t]), np.array([volume]))
+        bars += list(zip(out.closed.ts.tolist(), out.closed.volume.tolist(), out.closed.complete.tolist(), strict=True))
+    assert (day - 60, 600.0, True) in bars
+    assert (day, 300.0, True) in bars  # 60 seconds x 5 after the reset, not (300 - 1200)
