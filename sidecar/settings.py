@@ -63,8 +63,10 @@ def _bool(raw: str) -> bool:
 
 
 def _choice(*options: str) -> Parser:
+    upper = all(o.isupper() for o in options)
+
     def parse(raw: str) -> str:
-        value = raw.strip().upper()
+        value = raw.strip().upper() if upper else raw.strip().lower()
         if value not in options:
             raise ValueError(f"expected one of {', '.join(options)}, got {raw!r}")
         return value
@@ -80,6 +82,10 @@ def _url(*schemes: str) -> Parser:
         return raw.strip().rstrip("/") if parts.scheme.startswith("http") else raw.strip()
 
     return parse
+
+
+def _optional_url(raw: str) -> str:
+    return _url("http", "https")(raw) if raw.strip() else ""
 
 
 def _host(raw: str) -> str:
@@ -248,6 +254,17 @@ class Settings(_FromEnv):
     yahoo_base_url: str = _setting(
         "YAHOO_BASE_URL", "http://127.0.0.1:8700", _url("http", "https"),
         "Yahoo chart API base URL (the real one: https://query2.finance.yahoo.com)")
+    yahoo_cookie_url: str = _setting(
+        "YAHOO_COOKIE_URL", "", _optional_url,
+        "where the quote endpoint's cookie comes from (empty: https://fc.yahoo.com for Yahoo, else the base URL's root)")
+    live_mode: str = _setting(
+        "LIVE_MODE", "chart", _choice("chart", "quotes"),
+        "chart: one history request per symbol per cycle; quotes: batch quotes built into bars (thousands of symbols)")
+    quote_batch: int = _setting(
+        "QUOTE_BATCH", 200, _int(1, 2000), "symbols per batch quote request (quotes mode)")
+    catchup_per_cycle: int = _setting(
+        "CATCHUP_PER_CYCLE", 200, _int(1, 100_000),
+        "quotes mode: history requests per cycle at most, for symbols whose minutes the quotes cannot vouch for")
     yahoo_user_agent: str = _setting(
         "YAHOO_USER_AGENT", _BROWSER_UA, _text, "User-Agent sent to Yahoo (it refuses generic ones)")
     yahoo_rate_per_min: int = _setting(

@@ -11,16 +11,19 @@ what is left of the cycle, so a retry never makes the cycle overrun.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from .clock import Clock
 from .errors import FetchError, FetchTimeout, MalformedResponse, ProviderError, RateLimited
-from .fetchers import FetchResult, YahooFetcher
+from .fetchers import FetchResult, QuoteBatch, YahooFetcher
 from .metrics import Metrics
 from .resilience import CircuitBreaker, RateLimiter, RetryPolicy
 from .symbols import SymbolInfo
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MIN_RETRY_S = 0.1  # a retry needs at least this much of the cycle left
 
@@ -66,6 +69,18 @@ class GuardedSource:
                     on_error: Callable[[str, str], None]) -> FetchResult | None:
         """Bars of [start, end), or None when skipped (breaker, budget) or failed; every failed
         try is reported to `on_error(reason, message)`."""
+        return await self.call(info.symbol, lambda timeout: self.fetcher.fetch_bars(
+            info, timeframe, start, end, timeout_s=timeout), on_error)
+
+    async def fetch_quotes(self, infos: Sequence[SymbolInfo],
+                           on_error: Callable[[str, str], None]) -> QuoteBatch | None:
+        """One batch quote for `infos` (one request of the budget), or None as for `fetch`."""
+        return await self.call(f"{len(infos)} symbols", lambda timeout: self.fetcher.fetch_quotes(
+            infos, timeout_s=timeout), on_error)
+
+    async def call(self, label: str, request: Callable[[float | None], Awaitable[T]],
+                   on_error: Callable[[str, str], None]) -> T | None:
+        """Run `request(timeout)` under the breaker, budgets and retries; None when skipped or failed."""
         if not self.breaker.allow():
             self.metrics.fetch_skipped.labels(self.name, "breaker_open").inc()
             return None
@@ -78,7 +93,7 @@ class GuardedSource:
                 return None
             t0 = self.clock.monotonic()
             try:
-                result = await self.fetcher.fetch_bars(info, timeframe, start, end, timeout_s=timeout)
+                result = await request(timeout)
             except RateLimited as exc:  # busy, not broken: wait as long as it says
                 self.limiter.block_for(exc.retry_after if exc.retry_after is not None else 1.0)
                 on_error(exc.reason, str(exc))
@@ -99,8 +114,8 @@ class GuardedSource:
                 await self.clock.sleep(delay)
                 timeout = min(left, self.fetcher.timeout_s)
                 continue
-            except Exception as exc:  # a bug must cost one symbol one cycle, not the loop
-                log.exception("unexpected error fetching %s", info.symbol)
+            except Exception as exc:  # a bug must cost one request one cycle, not the loop
+                log.exception("unexpected error fetching %s", label)
                 on_error("internal", f"{type(exc).__name__}: {exc}")
                 self.breaker.release()
                 return None

@@ -137,3 +137,65 @@ def test_day_roll_over_starts_volume_from_zero() -> None:
         bars += list(zip(out.closed.ts.tolist(), out.closed.volume.tolist(), out.closed.complete.tolist(), strict=True))
     assert (day - 60, 600.0, True) in bars
     assert (day, 300.0, True) in bars  # 60 seconds x 5 after the reset, not (300 - 1200)
+
+
+@pytest.fixture
+async def quotes_app(tmp_path, redis_url: str, manual) -> AsyncIterator[tuple]:
+    """A daemon in quotes mode whose cycles the test drives on the exchange's virtual clock."""
+    from dataclasses import replace
+
+    from sidecar.app import Sidecar
+    from sidecar.settings import Settings
+
+    ex, _f, clock = manual
+    settings = replace(Settings(), redis_url=redis_url, yahoo_base_url=ex.url, db_path=tmp_path / "q.db",
+                       http_port=0, lookback_minutes=10, bootstrap_days=0.0, live_mode="quotes", quote_batch=2,
+                       symbols=tuple(SYMBOLS), spike_atr=0.0)
+    sc = Sidecar(settings, clock=clock, handle_signals=False)
+    await sc.sqlite.start()
+    await sc.redis.start()
+    await sc.fetcher.start()
+    yield sc, ex, clock, settings
+    await sc.fetcher.close()
+    await sc.sqlite.close()
+    await sc.redis.close()
+
+
+async def _run_minutes(sc, clock: ManualClock, seconds: int, each=None) -> None:
+    for _ in range(seconds):
+        if each is not None:
+            each(int(clock.time()))
+        await sc.orchestrator.run_cycle()
+        clock.advance(1)
+
+
+async def test_quotes_mode_stores_exactly_the_truth_with_few_history_requests(quotes_app, redis_server) -> None:
+    import sqlite3
+
+    import msgpack
+
+    sc, ex, clock, settings = quotes_app
+    begin = int(clock.time())
+    faults = {begin + 100: ("AAPL", "stale"), begin + 130: ("BTC-USD", "nan_price"), begin + 170: ("MSFT", "negative_price")}
+    await _run_minutes(sc, clock, 5 * 60, each=lambda t: faults.get(t) and ex.inject(faults[t][0], faults[t][1],
+                                                                                       count=2))
+    await sc.sqlite.flush()
+    now = int(clock.time())
+    with sqlite3.connect(settings.db_path) as db:
+        rows = db.execute("SELECT symbol, ts, open, high, low, close, volume FROM bars").fetchall()
+    stored = {(r[0], r[1]): r[2:] for r in rows}
+    truth = {}
+    for sym in SYMBOLS:
+        t = ex.truth(lookup(sym).yahoo, begin // 60 * 60 - 600, now // 60 * 60)
+        truth.update({(sym, ts): v for ts, *v in zip(t.ts.tolist(), t.open.tolist(), t.high.tolist(), t.low.tolist(),
+                                                      t.close.tolist(), t.volume.tolist(), strict=True)})
+    assert stored == {k: tuple(v) for k, v in truth.items()}  # nothing missing, nothing extra, every value equal
+    # 6 faulted symbol-minutes, the first minute of each symbol and minutes without trades came from
+    # history; everything else from the quotes: 300 cycles x 3 chunk requests
+    assert ex.requests["quote"] == 300 * 3
+    assert ex.requests["chart"] <= 5 + 6 + 10, ex.requests
+    assert sc.metrics.by_label("sidecar_bars_rejected_total", "reason").get("bad_quote") == 4.0
+    with redis_server.client() as c:
+        for sym in SYMBOLS:
+            latest = msgpack.unpackb(c.get(f"sidecar:{{{sym}}}:bar:1m"))
+            assert latest["ts"] >= now // 60 * 60 - 60 and latest["source"] == "yahoo"

@@ -47,7 +47,8 @@ class Sidecar:
         self.handle_signals = handle_signals
         self.metrics = Metrics()
         self.fetcher = YahooFetcher(base_url=s.yahoo_base_url, user_agent=s.yahoo_user_agent,
-                                    timeout_s=s.fetch_timeout_s, max_connections=s.yahoo_max_connections)
+                                    timeout_s=s.fetch_timeout_s, max_connections=s.yahoo_max_connections,
+                                    cookie_url=s.yahoo_cookie_url)
         self.redis = RedisStore(url=s.redis_url, prefix=s.redis_prefix, max_connections=s.redis_max_connections,
                                 timeout_s=s.redis_timeout_s, history_len=s.redis_history_len,
                                 features_ttl_s=s.feature_ttl_s, signals_maxlen=s.signals_maxlen)
@@ -69,7 +70,8 @@ class Sidecar:
             retry=RetryPolicy(attempts=s.fetch_retries),
             symbols=self.infos, fetcher=self.fetcher, features=self.features, scanner=self.scanner,
             on_redis_lost=self._schedule_reseed, on_recovered=self._schedule_backfill, stale_after_s=s.stale_after_s,
-            spike_atr=s.spike_atr,
+            spike_atr=s.spike_atr, quotes=s.live_mode == "quotes", quote_batch=s.quote_batch,
+            catchup_per_cycle=s.catchup_per_cycle,
             validator=Validator(future_tolerance_s=s.future_tolerance_s,
                                 bounds={AssetClass(a): (lo, hi) for a, lo, hi in s.price_bounds}),
             redis=self.redis, sqlite=self.sqlite,

@@ -1,6 +1,12 @@
 """The per-second cycle: fetch every symbol concurrently, validate, write Redis in one
 pipeline, buffer closed bars for SQLite.
 
+Two ways to fetch. `chart`: one history request per symbol per cycle. `quotes`: a few batch
+quote requests for all symbols, turned into bars by the bar builder; a closed bar the builder
+saw completely, right after the last minute accounted for, is taken as it is, and a symbol
+whose minutes the builder cannot vouch for (start-up, a missed poll, a stale or bad quote, a
+minute without trades) is caught up from the history endpoint, a bounded number per cycle.
+
 Each symbol keeps a cursor, the open of the newest closed bar accepted, and the next fetch
 asks for bars from just after it, so a symbol's closed bars are fetched until they are
 accepted. When a closed bar is rejected, the cursor is pulled back so that minute is asked
@@ -18,6 +24,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..barbuilder import BarBuilder, BuildResult
 from ..bars import Bar, BarFlag, bucket_start, timeframe_seconds
 from ..calendars import session_day
 from ..clock import Clock
@@ -37,6 +44,7 @@ log = logging.getLogger(__name__)
 
 TIMEFRAME = "1m"
 REJECT_RETRIES = 3
+_FORMING = int(BarFlag.FORMING)
 SETTLED_S = 3600  # a source's minute older than this no longer changes (delayed feeds included)
 CATCH_UP_S = 86400
 
@@ -57,6 +65,8 @@ class SymbolState:
     last_closed: Bar | None = None  # the newest closed bar accepted (the spike filter's reference)
     pending: Bar | None = None  # a closed bar that jumped: held until the next bar confirms it
     dead_since: float | None = None  # when its fetches started failing for good (dead-letter entry)
+    slot: int = -1  # its row in the bar builder (quotes mode)
+    synced_until: int | None = None  # quotes mode: every closed minute before this is accounted for
 
 
 @dataclass(slots=True)
@@ -107,6 +117,9 @@ class Orchestrator:
     :param spike_atr: a closed bar further than this many ATRs from the previous close is held
         until the next bar: stored if the next confirms the level, quarantined if it reverts
         (0: no spike filter).
+    :param quotes: poll batch quotes and build bars from them (else one chart request per symbol).
+    :param quote_batch: symbols per batch quote request.
+    :param catchup_per_cycle: quotes mode: at most this many history requests per cycle.
     """
 
     def __init__(self, *, symbols: list[SymbolInfo], fetcher: YahooFetcher, validator: Validator,
@@ -116,8 +129,17 @@ class Orchestrator:
                  features: FeatureService | None = None,
                  scanner: Scanner | None = None, on_redis_lost: Callable[[], object] | None = None,
                  on_recovered: Callable[[], object] | None = None, stale_after_s: float = 5.0,
-                 spike_atr: float = 0.0) -> None:
-        self.states = {info.symbol: SymbolState(info) for info in symbols}
+                 spike_atr: float = 0.0, quotes: bool = False, quote_batch: int = 200,
+                 catchup_per_cycle: int = 200) -> None:
+        self.states: dict[str, SymbolState] = {}
+        self.quotes = quotes
+        self.quote_batch = quote_batch
+        self.catchup_per_cycle = catchup_per_cycle
+        self.builder = BarBuilder(timeframe_seconds(TIMEFRAME))
+        self._by_slot: dict[int, SymbolState] = {}
+        self._free_slots: list[int] = []
+        self.stages: dict[str, float] = {}  # seconds spent per stage in the last cycle
+        self.add(symbols)
         self.fetcher = fetcher
         self.source = SourceState(fetcher.name)
         self.validator = validator
@@ -153,12 +175,19 @@ class Orchestrator:
     def add(self, infos: list[SymbolInfo]) -> None:
         """Start following symbols (their first fetch reaches back `lookback_minutes`)."""
         for info in infos:
-            self.states.setdefault(info.symbol, SymbolState(info))
+            if info.symbol in self.states:
+                continue
+            slot = self._free_slots.pop() if self._free_slots else len(self._by_slot)
+            self.builder.reset(np.array([slot]))
+            self.states[info.symbol] = self._by_slot[slot] = SymbolState(info, slot=slot)
 
     def remove(self, symbols: list[str]) -> None:
         """Stop following symbols; a fetch already in flight for one is simply not used again."""
         for symbol in symbols:
-            self.states.pop(symbol, None)
+            state = self.states.pop(symbol, None)
+            if state is not None:
+                del self._by_slot[state.slot]
+                self._free_slots.append(state.slot)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -202,17 +231,27 @@ class Orchestrator:
         self.guarded.begin_cycle(started + 0.8 * self.period)  # retries must leave time for the writes
         now = self.clock.time()
         states = list(self.states.values())
-        results = await asyncio.gather(*(self._fetch(state, now) for state in states))
+        if self.quotes:
+            results, from_history = await self._poll_quotes(states, now)
+        else:
+            results = await asyncio.gather(*(self._fetch(state, now) for state in states))
+            from_history = set()
         self.guarded.end_cycle()
+        t_fetched = self.clock.monotonic()
 
         closed: list[Bar] = []
         latest: list[Bar] = []
         rejected = 0
         now = self.clock.time()  # validate against the time the answers arrived
+        current = bucket_start(now, self.step)
         for state, result in zip(states, results, strict=True):
             if result is None:
                 continue
             new_closed, newest, n_rejected = self._accept(state, result, now)
+            if state.info.symbol in from_history:  # what history vouched for, unless it must ask again
+                reached = state.window_end >= current + self.step  # a catch-up may take several windows
+                state.synced_until = current if reached and not n_rejected else (
+                    state.cursor + self.step if state.cursor is not None else None)
             closed += new_closed
             rejected += n_rejected
             if newest is not None:
@@ -222,12 +261,14 @@ class Orchestrator:
                 self.metrics.last_bar_ts.labels(state.info.symbol).set(newest.ts)
         latest += self._mark_stale(states, now)
 
+        t_validated = self.clock.monotonic()
         feature_rows: list[tuple[str, str, bytes]] = []
         if self.features is not None:
-            t0 = self.clock.monotonic()
             feature_rows = self.features.update(closed, [b for b in latest if b.forming])
-            self.metrics.features_seconds.observe(self.clock.monotonic() - t0)
+            self.metrics.features_seconds.observe(self.clock.monotonic() - t_validated)
+        t_features = self.clock.monotonic()
         redis_ok = await self._write_redis(latest, closed, feature_rows)
+        t_redis = self.clock.monotonic()
         if redis_ok:
             await self._update_dead_letters(states, now)
             if self._quarantine:
@@ -237,9 +278,14 @@ class Orchestrator:
                 except RedisStoreError as exc:
                     log.warning("%s", exc)
         self.sqlite.add(closed)
+        t_scan = self.clock.monotonic()
         if self.scanner is not None and redis_ok:
             await self._scan()
         self.metrics.sqlite_buffered.set(self.sqlite.buffered)
+        end = self.clock.monotonic()
+        self.stages = {"fetch": t_fetched - started, "validate": t_validated - t_fetched,
+                       "features": t_features - t_validated, "redis": t_redis - t_features,
+                       "sqlite_buffer": t_scan - t_redis, "scan": end - t_scan}
 
         failed = sum(r is None for r in results)
         self.source.tried_last_cycle, self.source.failed_last_cycle = len(states), failed
@@ -324,13 +370,79 @@ class Orchestrator:
             if self.breaker.state == "open":
                 state.last_error = state.last_error or f"{self.source.name} circuit open"
             return None
+        self._answered(state, now)
+        return result
+
+    def _answered(self, state: SymbolState, now: float) -> None:
         if state.last_error is not None:
             log.info("%s recovered on %s", state.info.symbol, self.source.name)
             if self.on_recovered is not None:
                 self.on_recovered()
         state.last_error = None
         state.last_update = now
-        return result
+
+    async def _poll_quotes(self, states: list[SymbolState], now: float) -> tuple[list[FetchResult | None], set[str]]:
+        """Quotes mode: batch quotes for every symbol through the bar builder, then history for
+        the symbols whose minutes the builder cannot vouch for (at most `catchup_per_cycle`)."""
+        label = int(now)
+        current = bucket_start(now, self.step)
+        chunks = [states[i:i + self.quote_batch] for i in range(0, len(states), self.quote_batch)]
+        batches = await asyncio.gather(*(self.guarded.fetch_quotes(
+            [st.info for st in chunk], on_error=lambda reason, message, chunk=chunk: [
+                self._fetch_failed(st, reason, message) for st in chunk]) for chunk in chunks))
+        slots, parts = [], []
+        for chunk, batch in zip(chunks, batches, strict=True):
+            if batch is None:
+                continue
+            chunk_slots = np.fromiter((st.slot for st in chunk), dtype=np.int64, count=len(chunk))
+            slots.append(chunk_slots[batch.index])
+            parts.append(batch)
+        results: dict[int, FetchResult] = {}
+        if parts:
+            built = self.builder.update(label, np.concatenate(slots), np.concatenate([b.price for b in parts]),
+                                        np.concatenate([b.time for b in parts]),
+                                        np.concatenate([b.day_volume for b in parts]))
+            self._take_built(built, results, now)
+        lagging = sorted((st for st in states if st.synced_until is None or st.synced_until < current),
+                         key=lambda st: st.synced_until or 0)[: self.catchup_per_cycle]
+        history = await asyncio.gather(*(self._fetch(st, now) for st in lagging))
+        fetched = set()
+        for st, result in zip(lagging, history, strict=True):
+            if result is not None:  # the source's own bars replace what the builder had
+                results[st.slot] = result
+                fetched.add(st.info.symbol)
+        return [results.get(st.slot) for st in states], fetched
+
+    def _take_built(self, built: BuildResult, results: dict[int, FetchResult], now: float) -> None:
+        """Bars from the builder, as fetch results: closed ones only where they follow the last
+        minute accounted for; forming ones always."""
+        source = self.fetcher.name
+        for slot in built.rejected.tolist():
+            st = self._by_slot.get(slot)
+            if st is not None:
+                self.metrics.bars_rejected.labels(source, "bad_quote").inc()
+        c = built.closed
+        for slot, ts, o, h, l, cl, v, ok in zip(c.slot.tolist(), c.ts.tolist(), c.open.tolist(), c.high.tolist(),
+                                               c.low.tolist(), c.close.tolist(), c.volume.tolist(),
+                                               c.complete.tolist(), strict=True):
+            st = self._by_slot.get(slot)
+            if st is None or not ok or st.synced_until != ts:
+                continue  # left to the history catch-up
+            st.synced_until = ts + self.step
+            results.setdefault(slot, FetchResult(st.info.symbol, source)).bars.append(
+                Bar(st.info.symbol, TIMEFRAME, ts, o, h, l, cl, v, source, 0))
+        f = built.forming
+        for slot, ts, o, h, l, cl, v in zip(f.slot.tolist(), f.ts.tolist(), f.open.tolist(), f.high.tolist(),
+                                           f.low.tolist(), f.close.tolist(), f.volume.tolist(), strict=True):
+            st = self._by_slot.get(slot)
+            if st is None:
+                continue
+            results.setdefault(slot, FetchResult(st.info.symbol, source)).bars.append(
+                Bar(st.info.symbol, TIMEFRAME, ts, o, h, l, cl, v, source, _FORMING))
+        for slot in set(c.slot.tolist()) | set(f.slot.tolist()):
+            st = self._by_slot.get(slot)
+            if st is not None:
+                self._answered(st, now)
 
     def _fetch_failed(self, state: SymbolState, reason: str, message: str) -> None:
         self.metrics.fetch_errors.labels(self.source.name, reason).inc()
