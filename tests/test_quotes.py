@@ -140,7 +140,7 @@ def test_day_roll_over_starts_volume_from_zero() -> None:
 
 
 @pytest.fixture
-async def quotes_app(tmp_path, redis_url: str, manual) -> AsyncIterator[tuple]:
+async def quotes_app(tmp_path, redis_url: str, manual, request) -> AsyncIterator[tuple]:
     """A daemon in quotes mode whose cycles the test drives on the exchange's virtual clock."""
     from dataclasses import replace
 
@@ -150,7 +150,7 @@ async def quotes_app(tmp_path, redis_url: str, manual) -> AsyncIterator[tuple]:
     ex, _f, clock = manual
     settings = replace(Settings(), redis_url=redis_url, yahoo_base_url=ex.url, db_path=tmp_path / "q.db",
                        http_port=0, lookback_minutes=10, bootstrap_days=0.0, live_mode="quotes", quote_batch=2,
-                       symbols=tuple(SYMBOLS), spike_atr=0.0)
+                       symbols=tuple(SYMBOLS), spike_atr=0.0, catchup_per_cycle=getattr(request, "param", 200))
     sc = Sidecar(settings, clock=clock, handle_signals=False)
     await sc.sqlite.start()
     await sc.redis.start()
@@ -199,3 +199,16 @@ async def test_quotes_mode_stores_exactly_the_truth_with_few_history_requests(qu
         for sym in SYMBOLS:
             latest = msgpack.unpackb(c.get(f"sidecar:{{{sym}}}:bar:1m"))
             assert latest["ts"] >= now // 60 * 60 - 60 and latest["source"] == "yahoo"
+
+
+@pytest.mark.parametrize("quotes_app", [1], indirect=True)
+async def test_symbols_waiting_for_their_catch_up_keep_their_lookback(quotes_app) -> None:
+    """One history request per cycle: the others show forming bars from quotes meanwhile, and
+    their first history window still starts at the lookback, not at the source's oldest bar."""
+    sc, ex, clock, settings = quotes_app
+    begin = int(clock.time())
+    await _run_minutes(sc, clock, 20)
+    assert all(st.synced_until is not None for st in sc.orchestrator.states.values())
+    assert ex.requests["chart"] == len(SYMBOLS)  # one each, one per cycle
+    assert all(end - start <= (settings.lookback_minutes + 1) * 60 for _sym, start, end in ex.chart_log)
+    assert all(start >= begin // 60 * 60 - settings.lookback_minutes * 60 for _sym, start, _end in ex.chart_log)

@@ -478,7 +478,7 @@ class Orchestrator:
                     self.metrics.bars_accepted.labels(source, "closed").inc()
         if closed:
             state.cursor = closed[-1].ts
-        if refetch_from is None and state.window_end <= bucket_start(now, self.step) - SETTLED_S:
+        if refetch_from is None and 0 < state.window_end <= bucket_start(now, self.step) - SETTLED_S:
             # A window wholly in the settled past came back complete: minutes it lacks had no
             # trades, so step over it (a catch-up would otherwise ask for an empty week forever).
             state.cursor = max(state.cursor or 0, state.window_end - self.step)
