@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import numpy as np
+
 from .bars import Bar, timeframe_seconds
 from .symbols import AssetClass
 
@@ -65,3 +67,24 @@ class Validator:
         if bar.ts % timeframe_seconds(bar.timeframe) != 0:
             return "misaligned_ts"
         return None
+
+    def check_arrays(self, step: int, ts: np.ndarray, o: np.ndarray, h: np.ndarray, l: np.ndarray,
+                     c: np.ndarray, v: np.ndarray, lo_bound: np.ndarray, hi_bound: np.ndarray,
+                     now: float) -> np.ndarray:
+        """`check` for many bars at once (the bar builder's): per bar the index of its reason in
+        REASONS, or -1 when valid; the same order of checks, so the same reason wins."""
+        reason = np.full(len(ts), -1, dtype=np.int64)
+        with np.errstate(invalid="ignore"):
+            tests = (
+                ~(np.isfinite(o) & np.isfinite(h) & np.isfinite(l) & np.isfinite(c) & np.isfinite(v)),
+                np.minimum(np.minimum(o, h), np.minimum(l, c)) <= 0,
+                (l < lo_bound) | (h > hi_bound),
+                h < np.maximum(o, c),
+                l > np.minimum(o, c),
+                v < 0,
+                ts > now + self.future_tolerance_s,
+                ts % step != 0,
+            )
+        for code in range(len(tests) - 1, -1, -1):  # the first failing test wins
+            reason[tests[code]] = code
+        return reason

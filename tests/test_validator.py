@@ -47,3 +47,42 @@ def test_prices_outside_the_asset_class_range_are_rejected() -> None:
     assert v.check(fx, NOW, AssetClass.FX) is None
     assert v.check(replace(fx, high=2.5), NOW, AssetClass.FX) == "out_of_bounds"  # configured: 0.5..2
     assert v.check(replace(GOOD, open=3e-9, high=4e-9, low=2e-9, close=3e-9), NOW, AssetClass.CRYPTO) is None
+
+
+def test_the_vectorized_check_gives_the_same_reason_as_the_scalar_one() -> None:
+    import numpy as np
+
+    from sidecar.validator import REASONS
+
+    v = Validator(future_tolerance_s=5.0)
+    now = 1_800_000_000.0
+    rng = np.random.default_rng(7)
+    rows = []
+    for i in range(2000):
+        o, c = rng.uniform(1, 100, 2)
+        h, low = max(o, c) + rng.uniform(0, 2), min(o, c) - rng.uniform(0, 0.9)
+        ts, vol = int(now) // 60 * 60 - 60 * int(rng.integers(0, 100)), float(rng.integers(0, 1000))
+        fault = i % 10
+        if fault == 1:
+            c = float("nan")
+        elif fault == 2:
+            o = -o
+        elif fault == 3:
+            h = 2e6
+        elif fault == 4:
+            h = max(o, c) - 0.5
+        elif fault == 5:
+            low = min(o, c) + 0.5
+        elif fault == 6:
+            vol = -1.0
+        elif fault == 7:
+            ts += 3600
+        elif fault == 8:
+            ts += 7
+        rows.append((ts, o, h, low, c, vol))
+    a = np.array(rows)
+    codes = v.check_arrays(60, a[:, 0].astype(np.int64), a[:, 1], a[:, 2], a[:, 3], a[:, 4], a[:, 5],
+                           np.full(len(a), 1e-4), np.full(len(a), 1e6), now)
+    scalar = [v.check(Bar("X", "1m", int(r[0]), *r[1:], "yahoo"), now, AssetClass.EQUITY) for r in rows]
+    assert [REASONS[k] if k >= 0 else None for k in codes.tolist()] == scalar
+    assert len({s for s in scalar if s}) == 8  # every reason occurs

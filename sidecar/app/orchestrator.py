@@ -21,6 +21,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ from ..sources import GuardedSource
 from ..scanner import Scanner, ScanResult
 from ..stores import RedisStore, SQLiteStore
 from ..symbols import SymbolInfo
-from ..validator import Validator
+from ..validator import REASONS, Validator
 from .ticker import Ticker
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class SymbolState:
     dead_since: float | None = None  # when its fetches started failing for good (dead-letter entry)
     slot: int = -1  # its row in the bar builder (quotes mode)
     synced_until: int | None = None  # quotes mode: every closed minute before this is accounted for
+    ts_gauge: Any = None  # its child of the last-bar-timestamp gauge
 
 
 @dataclass(slots=True)
@@ -139,10 +141,12 @@ class Orchestrator:
         self._by_slot: dict[int, SymbolState] = {}
         self._free_slots: list[int] = []
         self.stages: dict[str, float] = {}  # seconds spent per stage in the last cycle
+        self._bounds = np.zeros((64, 2))  # per builder slot: the asset class's price range
+        self._accepted_children: dict[tuple[str, str], Any] = {}
+        self.validator = validator
         self.add(symbols)
         self.fetcher = fetcher
         self.source = SourceState(fetcher.name)
-        self.validator = validator
         self.redis = redis
         self.sqlite = sqlite
         self.metrics = metrics
@@ -179,6 +183,9 @@ class Orchestrator:
                 continue
             slot = self._free_slots.pop() if self._free_slots else len(self._by_slot)
             self.builder.reset(np.array([slot]))
+            if slot >= len(self._bounds):
+                self._bounds = np.concatenate([self._bounds, np.zeros((max(slot + 1, 2 * len(self._bounds)), 2))])
+            self._bounds[slot] = self.validator.bounds[info.asset_class]
             self.states[info.symbol] = self._by_slot[slot] = SymbolState(info, slot=slot)
 
     def remove(self, symbols: list[str]) -> None:
@@ -231,8 +238,9 @@ class Orchestrator:
         self.guarded.begin_cycle(started + 0.8 * self.period)  # retries must leave time for the writes
         now = self.clock.time()
         states = list(self.states.values())
+        forming: list[tuple[SymbolState, Bar]] = []  # quotes mode: built and validated already
         if self.quotes:
-            results, from_history = await self._poll_quotes(states, now)
+            results, from_history, forming = await self._poll_quotes(states, now)
         else:
             results = await asyncio.gather(*(self._fetch(state, now) for state in states))
             from_history = set()
@@ -255,10 +263,12 @@ class Orchestrator:
             closed += new_closed
             rejected += n_rejected
             if newest is not None:
+                self._set_latest(state, newest)
                 latest.append(newest)
-                state.latest = newest
-                state.last_bar_ts = newest.ts
-                self.metrics.last_bar_ts.labels(state.info.symbol).set(newest.ts)
+        for state, bar in forming:
+            if state.info.symbol not in from_history and (state.latest is None or bar.ts >= state.latest.ts):
+                self._set_latest(state, bar)
+                latest.append(bar)
         latest += self._mark_stale(states, now)
 
         t_validated = self.clock.monotonic()
@@ -297,6 +307,20 @@ class Orchestrator:
         report = CycleReport(duration, len(states) - failed, failed, len(closed), rejected, redis_ok)
         self.last_cycle, self.last_cycle_at = report, now
         return report
+
+    def _accepted(self, source: str, kind: str) -> Any:
+        """The accepted-bars counter's child (labels() costs microseconds: looked up once)."""
+        child = self._accepted_children.get((source, kind))
+        if child is None:
+            child = self._accepted_children[(source, kind)] = self.metrics.bars_accepted.labels(source, kind)
+        return child
+
+    def _set_latest(self, state: SymbolState, bar: Bar) -> None:
+        state.latest = bar
+        state.last_bar_ts = bar.ts
+        if state.ts_gauge is None:  # labels() costs microseconds: once per symbol, not per bar
+            state.ts_gauge = self.metrics.last_bar_ts.labels(state.info.symbol)
+        state.ts_gauge.set(bar.ts)
 
     def _silent_since(self, st: SymbolState, now: float) -> float | None:
         """When the symbol was last refreshed, if that is more than `stale_after_s` ago."""
@@ -381,7 +405,8 @@ class Orchestrator:
         state.last_error = None
         state.last_update = now
 
-    async def _poll_quotes(self, states: list[SymbolState], now: float) -> tuple[list[FetchResult | None], set[str]]:
+    async def _poll_quotes(self, states: list[SymbolState], now: float) -> tuple[
+            list[FetchResult | None], set[str], list[tuple[SymbolState, Bar]]]:
         """Quotes mode: batch quotes for every symbol through the bar builder, then history for
         the symbols whose minutes the builder cannot vouch for (at most `catchup_per_cycle`)."""
         label = int(now)
@@ -398,11 +423,12 @@ class Orchestrator:
             slots.append(chunk_slots[batch.index])
             parts.append(batch)
         results: dict[int, FetchResult] = {}
+        forming: list[tuple[SymbolState, Bar]] = []
         if parts:
             built = self.builder.update(label, np.concatenate(slots), np.concatenate([b.price for b in parts]),
                                         np.concatenate([b.time for b in parts]),
                                         np.concatenate([b.day_volume for b in parts]))
-            self._take_built(built, results, now)
+            forming = self._take_built(built, results, now)
         lagging = sorted((st for st in states if st.synced_until is None or st.synced_until < current),
                          key=lambda st: st.synced_until or 0)[: self.catchup_per_cycle]
         history = await asyncio.gather(*(self._fetch(st, now) for st in lagging))
@@ -411,16 +437,16 @@ class Orchestrator:
             if result is not None:  # the source's own bars replace what the builder had
                 results[st.slot] = result
                 fetched.add(st.info.symbol)
-        return [results.get(st.slot) for st in states], fetched
+        return [results.get(st.slot) for st in states], fetched, forming
 
-    def _take_built(self, built: BuildResult, results: dict[int, FetchResult], now: float) -> None:
-        """Bars from the builder, as fetch results: closed ones only where they follow the last
-        minute accounted for; forming ones always."""
+    def _take_built(self, built: BuildResult, results: dict[int, FetchResult],
+                    now: float) -> list[tuple[SymbolState, Bar]]:
+        """Bars from the builder: closed ones, as fetch results, only where they follow the last
+        minute accounted for (they go through `_accept`: spike gate, cursor); forming ones
+        validated here in one vectorized check and returned."""
         source = self.fetcher.name
-        for slot in built.rejected.tolist():
-            st = self._by_slot.get(slot)
-            if st is not None:
-                self.metrics.bars_rejected.labels(source, "bad_quote").inc()
+        if len(built.rejected):
+            self.metrics.bars_rejected.labels(source, "bad_quote").inc(len(built.rejected))
         c = built.closed
         for slot, ts, o, h, l, cl, v, ok in zip(c.slot.tolist(), c.ts.tolist(), c.open.tolist(), c.high.tolist(),
                                                c.low.tolist(), c.close.tolist(), c.volume.tolist(),
@@ -429,20 +455,28 @@ class Orchestrator:
             if st is None or not ok or st.synced_until != ts:
                 continue  # left to the history catch-up
             st.synced_until = ts + self.step
-            results.setdefault(slot, FetchResult(st.info.symbol, source)).bars.append(
-                Bar(st.info.symbol, TIMEFRAME, ts, o, h, l, cl, v, source, 0))
+            results[slot] = FetchResult(st.info.symbol, source, [Bar(st.info.symbol, TIMEFRAME, ts, o, h, l, cl, v,
+                                                                      source, 0)])
         f = built.forming
-        for slot, ts, o, h, l, cl, v in zip(f.slot.tolist(), f.ts.tolist(), f.open.tolist(), f.high.tolist(),
-                                           f.low.tolist(), f.close.tolist(), f.volume.tolist(), strict=True):
-            st = self._by_slot.get(slot)
-            if st is None:
-                continue
-            results.setdefault(slot, FetchResult(st.info.symbol, source)).bars.append(
-                Bar(st.info.symbol, TIMEFRAME, ts, o, h, l, cl, v, source, _FORMING))
-        for slot in set(c.slot.tolist()) | set(f.slot.tolist()):
-            st = self._by_slot.get(slot)
+        reasons = self.validator.check_arrays(self.step, f.ts, f.open, f.high, f.low, f.close, f.volume,
+                                              self._bounds[f.slot, 0], self._bounds[f.slot, 1], now)
+        for code in np.unique(reasons[reasons >= 0]).tolist():
+            self.metrics.bars_rejected.labels(source, REASONS[code]).inc(int((reasons == code).sum()))
+        good = reasons < 0
+        self.metrics.bars_accepted.labels(source, "forming").inc(int(good.sum()))
+        forming = []
+        by_slot = self._by_slot
+        for slot, ts, o, h, l, cl, v in zip(f.slot[good].tolist(), f.ts[good].tolist(), f.open[good].tolist(),
+                                           f.high[good].tolist(), f.low[good].tolist(), f.close[good].tolist(),
+                                           f.volume[good].tolist(), strict=True):
+            st = by_slot.get(slot)
+            if st is not None:
+                forming.append((st, Bar(st.info.symbol, TIMEFRAME, ts, o, h, l, cl, v, source, _FORMING)))
+        for slot in np.union1d(c.slot, f.slot).tolist():
+            st = by_slot.get(slot)
             if st is not None:
                 self._answered(st, now)
+        return forming
 
     def _fetch_failed(self, state: SymbolState, reason: str, message: str) -> None:
         self.metrics.fetch_errors.labels(self.source.name, reason).inc()
@@ -469,13 +503,13 @@ class Orchestrator:
                 continue
             if bar.forming:
                 newest = bar
-                self.metrics.bars_accepted.labels(source, "forming").inc()
+                self._accepted(source, "forming").inc()
             elif state.cursor is None or bar.ts > state.cursor:
                 for ok in self._spike_gate(state, bar):
                     closed.append(ok)
                     newest = ok
                     state.last_closed = ok
-                    self.metrics.bars_accepted.labels(source, "closed").inc()
+                    self._accepted(source, "closed").inc()
         if closed:
             state.cursor = closed[-1].ts
         if refetch_from is None and 0 < state.window_end <= bucket_start(now, self.step) - SETTLED_S:
