@@ -5,7 +5,7 @@
 The local exchange runs as its own process and redis-server on a private socket; the sidecar's
 own loop runs here in quotes mode (batch quotes -> bar builder -> validator -> Redis pipeline
 -> SQLite buffer -> features -> scanner). Reported, after the warm-up in which every symbol's
-first minutes come from the chart endpoint: the time from the cycle's tick to its bars being
+first minutes (and the minute it joined half-way) come from the chart endpoint: the time from the cycle's tick to its bars being
 in Redis (p50/p95/p99/max), the whole cycle, each stage, overruns, and the error rate. Side by
 side: the same symbols polled through per-symbol chart requests (the chart mode), one cycle.
 """
@@ -53,11 +53,14 @@ async def run(settings: Settings, n: int, seconds: float, warmup_limit: float) -
     samples: list[dict[str, float]] = []
     overruns = 0
     try:
-        # warm-up: until the history catch-up has vouched for every symbol's minutes
+        # warm-up: until the history catch-up has vouched for every symbol's minutes, including
+        # the minute the poller joined half-way (it ends incomplete, so history repairs it)
+        first_minute = int(time.time()) // 60
         async for _tick in orch.ticker:
             await orch.run_cycle()
-            lagging = sum(st.synced_until is None for st in orch.states.values())
-            if not lagging or time.monotonic() - t_start > warmup_limit:
+            current = int(time.time()) // 60 * 60
+            lagging = sum(st.synced_until is None or st.synced_until < current for st in orch.states.values())
+            if (not lagging and current // 60 > first_minute) or time.monotonic() - t_start > warmup_limit:
                 break
         warmup = time.monotonic() - t_start
         errors0 = sum(sc.metrics.by_label("sidecar_fetch_errors_total", "reason").values())
