@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 TIMEFRAME = "1m"
 REJECT_RETRIES = 3
 _FORMING = int(BarFlag.FORMING)
+EARLY_WAKE_S = 0.02
 SETTLED_S = 3600  # a source's minute older than this no longer changes (delayed feeds included)
 CATCH_UP_S = 86400
 
@@ -409,8 +410,14 @@ class Orchestrator:
             list[FetchResult | None], set[str], list[tuple[SymbolState, Bar]]]:
         """Quotes mode: batch quotes for every symbol through the bar builder, then history for
         the symbols whose minutes the builder cannot vouch for (at most `catchup_per_cycle`)."""
-        label = int(now)
-        current = bucket_start(now, self.step)
+        # The poll is labelled with the second it samples. A timer may wake the loop a fraction of
+        # a millisecond before the second turns (and wall and monotonic time drift apart): such a
+        # poll belongs to the coming second, and must not reach the source before it.
+        label = math.floor(now + EARLY_WAKE_S)
+        if now < label:
+            await self.clock.sleep(label - now)
+            now = self.clock.time()
+        current = bucket_start(label, self.step)
         chunks = [states[i:i + self.quote_batch] for i in range(0, len(states), self.quote_batch)]
         batches = await asyncio.gather(*(self.guarded.fetch_quotes(
             [st.info for st in chunk], on_error=lambda reason, message, chunk=chunk: [
