@@ -31,11 +31,78 @@ class AssetClass(StrEnum):
 
 @dataclass(slots=True, frozen=True)
 class SymbolInfo:
-    """A canonical symbol with its asset class and its Yahoo symbol."""
+    """A canonical symbol with its asset class and its name at each provider (providers.md 5)."""
 
     symbol: str
     asset_class: AssetClass
     yahoo: str
+
+    @property
+    def twelvedata(self) -> str:
+        """Twelve Data's name: AAPL, EUR/USD, BTC/USD, XAU/USD, NDX."""
+        if self.symbol in _INDEX_CODES:
+            return _INDEX_CODES[self.symbol]
+        if self.asset_class in (AssetClass.FX, AssetClass.CRYPTO) or self.symbol in _METALS:
+            base, quote = _pair(self.symbol)
+            return f"{base}/{quote}"
+        return self.symbol
+
+    @property
+    def polygon(self) -> str:
+        """Polygon's ticker: AAPL, C:EURUSD, C:XAUUSD (metals trade as currencies), X:BTCUSD, I:NDX."""
+        if self.symbol in _INDEX_CODES:
+            return f"I:{_INDEX_CODES[self.symbol]}"
+        if self.asset_class is AssetClass.FX or self.symbol in _METALS:
+            return f"C:{self.symbol}"
+        if self.asset_class is AssetClass.CRYPTO:
+            return "X:" + "".join(_pair(self.symbol))
+        return self.symbol
+
+    @property
+    def alphavantage(self) -> dict[str, str] | None:
+        """Alpha Vantage's intraday function and its symbol parameters, or None where it has no
+        intraday series (indices, metals: daily only)."""
+        if self.asset_class is AssetClass.EQUITY:
+            return {"function": "TIME_SERIES_INTRADAY", "symbol": self.symbol}
+        if self.asset_class is AssetClass.FX:
+            base, quote = _pair(self.symbol)
+            return {"function": "FX_INTRADAY", "from_symbol": base, "to_symbol": quote}
+        if self.asset_class is AssetClass.CRYPTO:
+            base, quote = _pair(self.symbol)
+            return {"function": "CRYPTO_INTRADAY", "symbol": base, "market": quote}
+        return None
+
+
+_INDEX_CODES = {"NAS100": "NDX", "US30": "DJI", "SPX500": "SPX"}
+_METALS = frozenset({"XAUUSD", "XAGUSD"})
+
+
+def _pair(symbol: str) -> tuple[str, str]:
+    for quote in ("USDT", "USD", *sorted(FIAT)):
+        if symbol.endswith(quote) and len(symbol) > len(quote):
+            return symbol[: -len(quote)], quote
+    raise SymbolError(symbol, "not a currency pair")
+
+
+def from_provider(provider: str, name: str) -> SymbolInfo:
+    """The symbol behind a provider's name (the local exchange uses it to serve every provider
+    from one market); raises SymbolError for a name the mapping does not produce."""
+    raw = name
+    if provider == "polygon":
+        prefix, _, rest = name.partition(":")
+        if rest:
+            if prefix == "I":
+                raw = next((c for c, code in _INDEX_CODES.items() if code == rest), "")
+            elif prefix in ("C", "X"):
+                raw = rest
+            else:
+                raw = ""
+    elif provider == "twelvedata":
+        raw = next((c for c, code in _INDEX_CODES.items() if code == name), name.replace("/", ""))
+    info = lookup(raw) if raw else None
+    if info is None or getattr(info, provider) != name:
+        raise SymbolError(name, f"not a {provider} name this sidecar produces")
+    return info
 
 
 # The instruments whose provider names cannot be derived from the canonical name.

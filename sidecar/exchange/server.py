@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -23,7 +24,9 @@ from aiohttp import web
 
 from ..clock import Clock, SystemClock
 from ..symbols import AssetClass
+from ..symbols import lookup as lookup_symbol
 from .market import Market, MinuteBars
+from .providers import Limits, ProviderEndpoints
 
 YAHOO_INTERVALS = ("1m", "2m", "5m", "15m", "30m", "60m", "90m", "1h", "1d", "5d", "1wk", "1mo", "3mo")
 _SERVED_INTERVALS = {"1m": 60, "2m": 120, "5m": 300, "15m": 900, "30m": 1800, "60m": 3600, "90m": 5400, "1h": 3600}
@@ -38,9 +41,10 @@ BAR_FAULTS = frozenset({
 RESPONSE_FAULTS = frozenset({"malformed_json", "http_500", "http_429", "http_429_retry_after", "slow",
                              "invalid_crumb"})
 QUOTE_FAULTS = frozenset({"negative_price", "zero_price", "nan_price", "stale"})
+PROVIDER_BAR_FAULTS = frozenset({"high_below_low", "negative_price", "nan_price", "duplicate", "out_of_order"})
 QUOTE_ENDPOINT = "@quote"  # the fault queue of Yahoo's batch quote endpoint (response faults)
 RETRY_AFTER_S = 2  # what the http_429_retry_after fault asks the client to wait
-FAULT_KINDS = BAR_FAULTS | RESPONSE_FAULTS | QUOTE_FAULTS
+FAULT_KINDS = BAR_FAULTS | RESPONSE_FAULTS | QUOTE_FAULTS | PROVIDER_BAR_FAULTS
 _NAN_MARK = 987654321.125  # a value no bar has; replaced by a bare NaN token in the body
 
 _MARKET_BY_CLASS = {
@@ -73,9 +77,12 @@ class Exchange:
     :param market: the simulated market.
     :param clock: wall time decides which bars are closed and which one is forming.
     :param slow_s: how long a `slow` fault holds its response.
+    :param keys: API keys accepted per provider (default: "local" for each).
+    :param limits: each key's budget per provider (default: the free plans).
     """
 
-    def __init__(self, market: Market, *, clock: Clock | None = None, slow_s: float = 3.0) -> None:
+    def __init__(self, market: Market, *, clock: Clock | None = None, slow_s: float = 3.0,
+                 keys: dict[str, set[str]] | None = None, limits: dict[str, Limits] | None = None) -> None:
         self.market = market
         self.clock = clock or SystemClock()
         self.slow_s = slow_s
@@ -102,7 +109,8 @@ class Exchange:
         self.app.router.add_get("/_exchange/truth", self._get_truth)
         self.app.router.add_get("/_exchange/stats", self._get_stats)
         self.app.router.add_post("/_exchange/outage", self._post_outage)
-        self.down_until = 0.0  # every chart request fails with 503 until then
+        self.down_until: dict[str, float] = {}  # provider -> every request to it fails with 503 until then
+        self.providers = ProviderEndpoints(self, keys=keys, limits=limits)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on host:port (0 picks a free port); return the base URL."""
@@ -152,7 +160,7 @@ class Exchange:
         self.requests["chart"] += 1
         self.request_times.append(self.clock.time())
         symbol = request.match_info["symbol"]
-        if self.clock.time() < self.down_until:
+        if self.clock.time() < self.down_until.get("yahoo", 0.0):
             return web.Response(status=503, text="Service Unavailable")
         if not _YAHOO_SYMBOL.fullmatch(symbol):
             return _chart_error(404, "Not Found", "No data found, symbol may be delisted")
@@ -353,7 +361,7 @@ class Exchange:
     async def _quote(self, request: web.Request) -> web.Response:
         self.requests["quote"] += 1
         now = self.clock.time()
-        if now < self.down_until:
+        if now < self.down_until.get("yahoo", 0.0):
             return web.Response(status=503, text="Service Unavailable")
         fault = self._take_fault(QUOTE_ENDPOINT, RESPONSE_FAULTS)
         cookie = request.cookies.get("A3", "")
@@ -451,17 +459,54 @@ class Exchange:
         rows = np.column_stack([b.ts, b.open, b.high, b.low, b.close, b.volume]).tolist()
         return web.Response(body=orjson.dumps({"symbol": symbol, "bars": rows}), content_type="application/json")
 
-    def outage(self, seconds: float) -> None:
-        """Answer every chart request with 503 for the next `seconds` (0 ends an outage)."""
-        self.down_until = self.clock.time() + seconds
+    def outage(self, seconds: float, provider: str = "yahoo") -> None:
+        """Answer every request to `provider` with 503 for the next `seconds` (0 ends an outage)."""
+        self.down_until[provider] = self.clock.time() + seconds
 
     async def _post_outage(self, request: web.Request) -> web.Response:
         try:
-            seconds = float(orjson.loads(await request.read())["seconds"])
+            body = orjson.loads(await request.read())
+            seconds, provider = float(body["seconds"]), str(body.get("provider", "yahoo"))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise web.HTTPBadRequest(text='expected {"seconds": N}') from None
-        self.outage(seconds)
-        return web.json_response({"down_until": self.down_until})
+            raise web.HTTPBadRequest(text='expected {"seconds": N, "provider": "yahoo"}') from None
+        self.outage(seconds, provider)
+        return web.json_response({"down_until": self.down_until[provider], "provider": provider})
+
+    def apply_provider_fault(self, key: str, bars: MinuteBars) -> MinuteBars:
+        """A bar fault queued for `provider:SYMBOL`, applied to bars about to be served: the newest
+        closed bar corrupted (its truth then unserved), duplicated, or swapped with the one before."""
+        fault = self._take_fault(key, PROVIDER_BAR_FAULTS) if self._faults.get(key) else None
+        now = int(self.clock.time())
+        closed = np.flatnonzero(bars.ts + 60 <= now)
+        if fault is None:
+            return bars
+        if len(closed) < 2:
+            self._faults[key].appendleft(_PendingFault(fault, 1))  # try again on the next response
+            return bars
+        i = int(closed[-1])
+        b = MinuteBars(*(getattr(bars, f).copy() for f in MinuteBars.__slots__))  # type: ignore[attr-defined]
+        yahoo = lookup_yahoo(key.partition(":")[2])
+        if fault == "duplicate":
+            b = MinuteBars(*(np.insert(getattr(b, f), i, getattr(b, f)[i]) for f in MinuteBars.__slots__))  # type: ignore[attr-defined]
+        elif fault == "out_of_order":
+            for f in MinuteBars.__slots__:  # type: ignore[attr-defined]
+                col = getattr(b, f)
+                col[i - 1], col[i] = col[i].copy(), col[i - 1].copy()
+        else:
+            self.served[yahoo].pop(int(b.ts[i]), None)
+            if fault == "high_below_low":
+                b.high[i], b.low[i] = b.low[i] - 1.0, b.high[i] + 1.0
+            elif fault == "negative_price":
+                b.close[i] = -b.close[i]
+            elif fault == "nan_price":
+                b.close[i] = math.nan
+        self.fault_log.append({"symbol": key, "kind": fault, "ts": int(bars.ts[i]), "served_ts": int(bars.ts[i])})
+        return b
 
     async def _get_stats(self, request: web.Request) -> web.Response:
         return web.json_response({"requests": dict(self.requests)})
+
+
+def lookup_yahoo(symbol: str) -> str:
+    """The market's (Yahoo) name of a canonical symbol."""
+    return lookup_symbol(symbol).yahoo

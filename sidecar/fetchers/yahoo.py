@@ -14,28 +14,29 @@ import logging
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-import aiohttp
 import numpy as np
 
-from ..bars import Bar, BarFlag, timeframe_seconds
-from ..errors import FetchError, FetchTimeout, MalformedResponse, ProviderError, RateLimited
+from ..bars import Bar, timeframe_seconds
+from ..errors import FetchError, MalformedResponse, ProviderError, RateLimited
 from ..symbols import SymbolInfo
-from .base import FetchResult, QuoteBatch, decode_json, to_float
+from .base import FORMING, FetchResult, HttpFetcher, QuoteBatch, decode_json, retry_after, to_float
 
 log = logging.getLogger(__name__)
 
 SOURCE = "yahoo"
-_FORMING = int(BarFlag.FORMING)  # a plain int: IntFlag arithmetic costs ~1 us per bar downstream
+_FORMING = FORMING
 _INTERVALS = {"1m": "1m", "5m": "5m", "15m": "15m", "1h": "60m", "1d": "1d"}
 
 
-class YahooFetcher:
-    """A pooled aiohttp client for Yahoo's chart endpoint.
+class YahooFetcher(HttpFetcher):
+    """Yahoo's chart and batch quote endpoints over one pooled session.
 
     :param base_url: e.g. https://query2.finance.yahoo.com, or the local exchange.
     :param user_agent: Yahoo answers generic user agents with 429.
     :param timeout_s: total deadline for one request.
     :param max_connections: size of the connection pool.
+    :param cookie_url: where the quote's cookie comes from (default: fc.yahoo.com for Yahoo,
+        the base URL's root for the local exchange).
     """
 
     name = SOURCE
@@ -48,31 +49,12 @@ class YahooFetcher:
 
     def __init__(self, *, base_url: str, user_agent: str, timeout_s: float, max_connections: int,
                  cookie_url: str = "") -> None:
-        self.base_url = base_url.rstrip("/")
-        # Yahoo's quote needs a cookie from fc.yahoo.com; the local exchange sets it at its root.
-        self.cookie_url = cookie_url or ("https://fc.yahoo.com" if urlsplit(self.base_url).hostname and
-                                         urlsplit(self.base_url).hostname.endswith("yahoo.com")  # type: ignore[union-attr]
-                                         else self.base_url + "/")
+        super().__init__(base_url=base_url, timeout_s=timeout_s, max_connections=max_connections,
+                         headers={"User-Agent": user_agent})
+        host = urlsplit(self.base_url).hostname or ""
+        self.cookie_url = cookie_url or ("https://fc.yahoo.com" if host.endswith("yahoo.com") else self.base_url + "/")
         self._crumb: str | None = None
         self._crumb_lock = asyncio.Lock()
-        self._headers = {"User-Agent": user_agent, "Accept": "application/json"}
-        self.timeout_s = timeout_s
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 2.0))
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        """Open the pooled session."""
-        connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
-        # unsafe: also keep cookies set by an IP-addressed host (the local exchange)
-        self._session = aiohttp.ClientSession(connector=connector, headers=self._headers, timeout=self._timeout,
-                                              cookie_jar=aiohttp.CookieJar(unsafe=True))
-
-    async def close(self) -> None:
-        """Close the session and its connections."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def fetch_bars(self, info: SymbolInfo, timeframe: str, start: int, end: int,
                          timeout_s: float | None = None) -> FetchResult:
@@ -102,12 +84,7 @@ class YahooFetcher:
     async def _ensure_crumb(self, label: str, refresh: bool) -> str:
         async with self._crumb_lock:  # one crumb flow at a time, however many chunks wait for it
             if self._crumb is None or refresh:
-                assert self._session is not None, "start() the fetcher first"
-                try:
-                    async with self._session.get(self.cookie_url, timeout=self._timeout) as resp:
-                        await resp.read()  # only the cookie matters, whatever the status
-                except (TimeoutError, aiohttp.ClientError) as exc:
-                    raise FetchError(SOURCE, label, f"cookie request failed: {type(exc).__name__}: {exc}") from None
+                await self._request(self.cookie_url, {}, label, None)  # only the cookie matters, whatever the status
                 body = await self._get("/v1/test/getcrumb", {}, label, None)
                 crumb = body.decode(errors="replace").strip()
                 if not crumb or "<" in crumb or "Too Many Requests" in crumb:
@@ -118,21 +95,13 @@ class YahooFetcher:
 
     async def _get(self, path: str, params: dict[str, str], label: str, timeout_s: float | None) -> bytes:
         """GET base_url + path; the body on success, a typed FetchError otherwise."""
-        assert self._session is not None, "start() the fetcher first"
-        timeout = self._timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s, connect=2.0)
-        try:
-            async with self._session.get(self.base_url + path, params=params, timeout=timeout) as resp:
-                body = await resp.read()
-                if resp.status == 429:
-                    raise RateLimited(SOURCE, label, "HTTP 429 Too Many Requests",
-                                      retry_after=_retry_after(resp.headers.get("Retry-After")))
-                if resp.status >= 400:
-                    raise ProviderError(SOURCE, label, f"HTTP {resp.status}: {_error_text(body)}", status=resp.status)
-                return body
-        except TimeoutError:
-            raise FetchTimeout(SOURCE, label, f"no answer within {timeout.total}s") from None
-        except aiohttp.ClientError as exc:
-            raise FetchError(SOURCE, label, f"{type(exc).__name__}: {exc}") from None
+        status, headers, body = await self._request(self.base_url + path, params, label, timeout_s)
+        if status == 429:
+            raise RateLimited(SOURCE, label, "HTTP 429 Too Many Requests",
+                              retry_after=retry_after(headers.get("Retry-After")))
+        if status >= 400:
+            raise ProviderError(SOURCE, label, f"HTTP {status}: {_error_text(body)}", status=status)
+        return body
 
 
 def parse_quotes(payload: object, infos: Sequence[SymbolInfo]) -> QuoteBatch:
@@ -195,13 +164,6 @@ def parse_chart(payload: object, info: SymbolInfo, timeframe: str) -> FetchResul
             source=SOURCE, flags=0 if closed else _FORMING,
         ))
     return out
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
 
 
 def _error_text(body: bytes) -> str:

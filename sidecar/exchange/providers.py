@@ -1,0 +1,351 @@
+"""Alpha Vantage, Twelve Data and Polygon on the local exchange, in their own formats
+(providers.md sections 2-4), each with API keys, its own way of signalling limits, and a
+request log per key so a test can prove a client never exceeded a limit.
+
+Every provider serves the same simulated market as the Yahoo endpoints (the provider's
+symbol is mapped back through `sidecar.symbols`), so one ground truth covers them all.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import datetime as dt
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import orjson
+from aiohttp import web
+
+from ..errors import SymbolError
+from ..symbols import AssetClass, SymbolInfo, from_provider, lookup
+from .market import MinuteBars
+
+if TYPE_CHECKING:
+    from .server import Exchange
+
+PROVIDERS = ("alphavantage", "twelvedata", "polygon")
+AV_DAILY_MESSAGE = ("Thank you for using Alpha Vantage! Our standard API rate limit is {n} requests per day. "
+                    "Please subscribe to any of the premium plans at https://www.alphavantage.co/premium/ to "
+                    "instantly remove all daily rate limits.")
+AV_MINUTE_MESSAGE = ("Thank you for using Alpha Vantage! Our standard API call frequency is {n} calls per minute "
+                     "and {d} calls per day. Please visit https://www.alphavantage.co/premium/ if you would like "
+                     "to target a higher API call frequency.")
+AV_BAD_KEY = ("the parameter apikey is invalid or missing. Please claim your free API key on "
+              "(https://www.alphavantage.co/support/#api-key). It should take less than 20 seconds.")
+TD_MINUTE = ("You have run out of API credits for the current minute. {used} API credits were used, with the "
+             "current limit being {limit}. Wait for the next minute or consider switching to a higher tier plan "
+             "at https://twelvedata.com/pricing")
+TD_DAY = ("You have run out of API credits for the day. {used} API credits were used, with the current limit "
+          "being {limit}. Wait for the next day or consider switching to a higher tier plan at "
+          "https://twelvedata.com/pricing")
+TD_BAD_KEY = ("**apikey** parameter is incorrect or not specified. You can get your free API key instantly "
+              "following this link: https://twelvedata.com/pricing. If you believe that everything is correct, "
+              "you can contact us at https://twelvedata.com/contact/customer")
+PG_MINUTE = ("You've exceeded the maximum requests per minute, please wait or upgrade your subscription to "
+             "continue. https://polygon.io/pricing")
+
+
+@dataclass(slots=True)
+class Limits:
+    """A key's budget at one provider (0: unlimited); Twelve Data counts credits (one per symbol)."""
+
+    per_minute: int = 0
+    per_day: int = 0
+
+
+DEFAULT_LIMITS = {  # the free plans (providers.md)
+    "alphavantage": Limits(per_minute=0, per_day=25),
+    "twelvedata": Limits(per_minute=8, per_day=800),
+    "polygon": Limits(per_minute=5, per_day=0),
+}
+
+
+def _json(body: object, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+class ProviderEndpoints:
+    """The three providers' routes, mounted on an Exchange.
+
+    :param exchange: owns the market, the clock, the fault queues and the ground truth.
+    :param keys: accepted API keys per provider.
+    :param limits: the budget of each key per provider.
+    :param td_error_status: HTTP status of Twelve Data's error bodies (it sends 200 or the code).
+    """
+
+    def __init__(self, exchange: Exchange, *, keys: dict[str, set[str]] | None = None,
+                 limits: dict[str, Limits] | None = None, td_error_status: str = "200") -> None:
+        self.ex = exchange
+        self.keys = keys if keys is not None else {p: {"local"} for p in PROVIDERS}
+        self.limits = {**DEFAULT_LIMITS, **(limits or {})}
+        self.td_error_status = td_error_status
+        # every request that reached a provider with a valid key: (provider, key) -> [(wall time, cost)]
+        self.key_log: dict[tuple[str, str], list[tuple[float, int]]] = collections.defaultdict(list)
+        self.refused: collections.Counter[str] = collections.Counter()  # provider -> requests refused for limits
+        app = exchange.app
+        app.router.add_get("/query", self._alphavantage)
+        app.router.add_get("/time_series", self._twelvedata)
+        app.router.add_get("/v2/aggs/ticker/{ticker}/range/{mult}/{span}/{start}/{end}", self._polygon)
+
+    # -- budgets -------------------------------------------------------------------------------
+
+    def used(self, provider: str, key: str, now: float) -> tuple[int, int]:
+        """Requests (credits) of a key in the current wall-clock minute and UTC day."""
+        log = self.key_log.get((provider, key), [])
+        minute, day = now // 60 * 60, now // 86400 * 86400
+        return (sum(c for t, c in log if t >= minute), sum(c for t, c in log if t >= day))
+
+    def _admit(self, provider: str, key: str, cost: int) -> str | None:
+        """Record the request if the key's budget allows it; else which budget ('minute'/'day') is spent."""
+        now = self.ex.clock.time()
+        limits = self.limits[provider]
+        per_minute, per_day = self.used(provider, key, now)
+        if limits.per_day and per_day + cost > limits.per_day:
+            self.refused[provider] += 1
+            return "day"
+        if limits.per_minute and per_minute + cost > limits.per_minute:
+            self.refused[provider] += 1
+            return "minute"
+        self.key_log[(provider, key)].append((now, cost))
+        return None
+
+    def _common_fault(self, provider: str) -> str | None:
+        """An outage or a response fault queued for the provider's whole endpoint (`@provider`)."""
+        from .server import RESPONSE_FAULTS
+
+        if self.ex.clock.time() < self.ex.down_until.get(provider, 0.0):
+            return "outage"
+        return self.ex._take_fault(f"@{provider}", RESPONSE_FAULTS)  # noqa: SLF001 - the exchange's own queue
+
+    async def _respond_fault(self, fault: str | None) -> web.Response | None:
+        from .server import RETRY_AFTER_S
+
+        if fault == "outage":
+            return web.Response(status=503, text="Service Unavailable")
+        if fault == "http_500":
+            return web.Response(status=500, text="Internal Server Error")
+        if fault == "http_429":
+            return web.Response(status=429, text="")
+        if fault == "http_429_retry_after":
+            return web.Response(status=429, text="", headers={"Retry-After": str(RETRY_AFTER_S)})
+        if fault == "slow":
+            import asyncio
+
+            await asyncio.sleep(self.ex.slow_s)
+        return None
+
+    def _bars(self, info: SymbolInfo, start: int, end: int, *, forming: bool) -> MinuteBars:
+        """The market's bars with trades in [start, end) (the forming one too when asked), recorded as served."""
+        now = int(self.ex.clock.time())
+        m = self.ex.market
+        ts = np.arange(-(-start // 60) * 60, min(end, now + 1), 60, dtype=np.int64)
+        ts = ts[m.trading(info.yahoo, ts)]
+        if not forming:
+            ts = ts[ts + 60 <= now]
+        bars = m.minute_bars(info.yahoo, ts, upto_second=np.minimum(now - ts, 59))
+        bars = bars.select(bars.traded)
+        self.ex._record_served(info.yahoo, bars, bars.ts + 60 <= now)  # noqa: SLF001
+        return bars
+
+    # -- Alpha Vantage -------------------------------------------------------------------------
+
+    async def _alphavantage(self, request: web.Request) -> web.Response:
+        self.ex.requests["alphavantage"] += 1
+        q = request.query
+        fault = self._common_fault("alphavantage")
+        if (early := await self._respond_fault(fault)) is not None:
+            return early
+        key = q.get("apikey", "")
+        if key not in self.keys["alphavantage"]:
+            return _json({"Error Message": AV_BAD_KEY})
+        spent = self._admit("alphavantage", key, 1)
+        if spent == "day":
+            return _json({"Information": AV_DAILY_MESSAGE.format(n=self.limits["alphavantage"].per_day)})
+        if spent == "minute":
+            lim = self.limits["alphavantage"]
+            return _json({"Note": AV_MINUTE_MESSAGE.format(n=lim.per_minute, d=lim.per_day or 500)})
+        function = q.get("function", "")
+        try:
+            if function == "TIME_SERIES_INTRADAY":
+                info = lookup(q.get("symbol", ""))
+                ok = info.alphavantage == {"function": function, "symbol": info.symbol}
+            elif function == "FX_INTRADAY":
+                info = lookup(q.get("from_symbol", "") + q.get("to_symbol", ""))
+                ok = info.asset_class is AssetClass.FX
+            elif function == "CRYPTO_INTRADAY":
+                info = lookup(q.get("symbol", "") + q.get("market", ""))
+                ok = info.asset_class is AssetClass.CRYPTO
+            else:
+                ok = False
+        except SymbolError:
+            ok = False
+        interval = q.get("interval", "")
+        if not ok or interval != "1min":
+            return _json({"Error Message": "Invalid API call. Please retry or visit the documentation "
+                                           f"(https://www.alphavantage.co/documentation/) for {function or 'this API'}."})
+        now = int(self.ex.clock.time())
+        compact = q.get("outputsize", "compact") != "full"
+        start = now - (3 * 86400 if compact else 30 * 86400)
+        bars = self._bars(info, start, now, forming=False)
+        if compact:
+            bars = bars.select(np.arange(len(bars)) >= len(bars) - 100)
+        bars = self.ex.apply_provider_fault(f"alphavantage:{info.symbol}", bars)
+        zone = _local_zone(info.asset_class)
+        decimals = max(self.ex.market.profile(info.yahoo).decimals, 4)
+        series = {}
+        for i in range(len(bars) - 1, -1, -1):  # newest first
+            row = {"1. open": _fmt(bars.open[i], decimals), "2. high": _fmt(bars.high[i], decimals),
+                   "3. low": _fmt(bars.low[i], decimals), "4. close": _fmt(bars.close[i], decimals)}
+            if info.asset_class is not AssetClass.FX:  # FX has no volume
+                row["5. volume"] = str(int(bars.volume[i]))
+            series[_naive(int(bars.ts[i]), zone)] = row
+        name = {"TIME_SERIES_INTRADAY": "Time Series (1min)", "FX_INTRADAY": "Time Series FX (1min)",
+                "CRYPTO_INTRADAY": "Time Series Crypto (1min)"}[function]
+        last = next(iter(series), "")
+        meta = {"1. Information": "Intraday (1min) open, high, low, close prices and volume",
+                "2. Symbol": info.symbol, "3. Last Refreshed": last, "4. Interval": "1min",
+                "5. Output Size": "Compact" if compact else "Full size",
+                "6. Time Zone": "US/Eastern" if zone is not dt.UTC else "UTC"}
+        return _json({"Meta Data": meta, name: series})
+
+    # -- Twelve Data ---------------------------------------------------------------------------
+
+    def _td_error(self, code: int, message: str) -> web.Response:
+        status = code if self.td_error_status == "code" else 200
+        return _json({"code": code, "message": message, "status": "error"}, status=status)
+
+    async def _twelvedata(self, request: web.Request) -> web.Response:
+        self.ex.requests["twelvedata"] += 1
+        q = request.query
+        if (early := await self._respond_fault(self._common_fault("twelvedata"))) is not None:
+            return early
+        auth = request.headers.get("Authorization", "")
+        key = q.get("apikey") or (auth[len("apikey "):] if auth.startswith("apikey ") else "")
+        if key not in self.keys["twelvedata"]:
+            return self._td_error(401, TD_BAD_KEY)
+        names = [n for n in q.get("symbol", "").split(",") if n]
+        limits = self.limits["twelvedata"]
+        spent = self._admit("twelvedata", key, max(1, len(names)))
+        if spent is not None:
+            per_minute, per_day = self.used("twelvedata", key, self.ex.clock.time())
+            if spent == "day":
+                return self._td_error(429, TD_DAY.format(used=per_day + len(names), limit=limits.per_day))
+            return self._td_error(429, TD_MINUTE.format(used=per_minute + len(names), limit=limits.per_minute))
+        if q.get("interval") != "1min":
+            return self._td_error(400, "**interval** is not supported by the local exchange; use 1min")
+        utc = q.get("timezone", "Exchange").upper() == "UTC"
+        out = {}
+        for name in names:
+            out[name] = self._td_series(name, q, utc)
+        body = out[names[0]] if len(names) == 1 else out
+        if len(names) == 1 and body.get("status") == "error":
+            return self._td_error(int(body["code"]), str(body["message"]))
+        return _json(body)
+
+    def _td_series(self, name: str, q: object, utc: bool) -> dict[str, object]:
+        get = q.get  # type: ignore[attr-defined]
+        try:
+            info = from_provider("twelvedata", name)
+        except SymbolError:
+            return {"code": 404, "message": f"**symbol** not found: {name}. Please specify it correctly according "
+                                            "to API Documentation.", "status": "error"}
+        zone = dt.UTC if utc else _local_zone(info.asset_class)
+        now = int(self.ex.clock.time())
+        try:
+            start = _parse_naive(get("start_date"), zone) if get("start_date") else now - 86400
+            end = _parse_naive(get("end_date"), zone) + 1 if get("end_date") else now + 1
+        except ValueError:
+            return {"code": 400, "message": "**start_date** or **end_date** is not a date", "status": "error"}
+        bars = self._bars(info, start, end, forming=True)
+        size = int(get("outputsize", "5000" if get("start_date") else "30"))
+        bars = bars.select(np.arange(len(bars)) >= len(bars) - size)
+        bars = self.ex.apply_provider_fault(f"twelvedata:{info.symbol}", bars)
+        if not len(bars):
+            return {"code": 400, "message": "No data is available on the specified dates. Try setting different "
+                                            "start/end dates.", "status": "error"}
+        decimals = max(self.ex.market.profile(info.yahoo).decimals, 5)
+        order = range(len(bars)) if get("order", "desc").lower() == "asc" else range(len(bars) - 1, -1, -1)
+        values = []
+        for i in order:
+            row = {"datetime": _naive(int(bars.ts[i]), zone), "open": _fmt(bars.open[i], decimals),
+                   "high": _fmt(bars.high[i], decimals), "low": _fmt(bars.low[i], decimals),
+                   "close": _fmt(bars.close[i], decimals)}
+            if info.asset_class is not AssetClass.FX:
+                row["volume"] = str(int(bars.volume[i]))
+            values.append(row)
+        meta = {"symbol": name, "interval": "1min", "currency": "USD",
+                "exchange_timezone": "UTC" if zone is dt.UTC else "America/New_York", "type": "Common Stock"}
+        return {"meta": meta, "values": values, "status": "ok"}
+
+    # -- Polygon -------------------------------------------------------------------------------
+
+    async def _polygon(self, request: web.Request) -> web.Response:
+        self.ex.requests["polygon"] += 1
+        if (early := await self._respond_fault(self._common_fault("polygon"))) is not None:
+            return early
+        q = request.query
+        auth = request.headers.get("Authorization", "")
+        key = q.get("apiKey") or (auth[len("Bearer "):] if auth.startswith("Bearer ") else "")
+        if key not in self.keys["polygon"]:
+            return _json({"status": "ERROR", "request_id": "local", "error": "Unknown API Key"}, status=401)
+        if self._admit("polygon", key, 1) is not None:
+            return _json({"status": "ERROR", "request_id": "local", "error": PG_MINUTE}, status=429)
+        m = request.match_info
+        ticker = m["ticker"]
+        try:
+            info = from_provider("polygon", ticker)
+            start, end = _ms_or_date(m["start"]), _ms_or_date(m["end"], end=True)
+            if (m["mult"], m["span"]) != ("1", "minute"):
+                raise ValueError("only 1/minute is served")
+        except (SymbolError, ValueError):
+            return _json({"status": "ERROR", "request_id": "local",
+                          "error": "Could not parse the request: ticker, multiplier/timespan or from/to"}, status=400)
+        limit = min(int(q.get("limit", "5000")), 50000)
+        cursor = q.get("cursor")
+        if cursor:
+            start = int(base64.urlsafe_b64decode(cursor.encode()).decode())
+        bars = self._bars(info, start, end + 1, forming=True)  # `to` is inclusive
+        bars = self.ex.apply_provider_fault(f"polygon:{info.symbol}", bars)
+        body: dict[str, object] = {"ticker": ticker, "queryCount": len(bars), "resultsCount": min(len(bars), limit),
+                                   "adjusted": True, "status": "OK", "request_id": "local",
+                                   "count": min(len(bars), limit)}
+        if len(bars):
+            page = bars.select(np.arange(len(bars)) < limit)
+            body["results"] = [{"v": float(page.volume[i]), "o": float(page.open[i]), "c": float(page.close[i]),
+                                "h": float(page.high[i]), "l": float(page.low[i]), "t": int(page.ts[i]) * 1000,
+                                "n": 1 + int(page.volume[i]) // 100} for i in range(len(page))]
+            if len(bars) > limit:
+                nxt = int(bars.ts[limit])
+                token = base64.urlsafe_b64encode(str(nxt).encode()).decode()
+                body["next_url"] = (f"{request.scheme}://{request.host}/v2/aggs/ticker/{ticker}/range/{m['mult']}/"
+                                    f"{m['span']}/{nxt * 1000}/{m['end']}?cursor={token}&limit={limit}")
+        return _json(body)
+
+
+def _fmt(value: float, decimals: int) -> str:
+    return "NaN" if not math.isfinite(value) else f"{value:.{decimals}f}"
+
+
+def _local_zone(asset_class: AssetClass) -> dt.tzinfo:
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo("America/New_York") if asset_class in (AssetClass.EQUITY, AssetClass.INDEX) else dt.UTC
+
+
+def _naive(ts: int, zone: dt.tzinfo) -> str:
+    return dt.datetime.fromtimestamp(ts, zone).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _parse_naive(text: str, zone: dt.tzinfo) -> int:
+    return int(dt.datetime.fromisoformat(text.replace("T", " ")).replace(tzinfo=zone).timestamp())
+
+
+def _ms_or_date(text: str, end: bool = False) -> int:
+    if text.isdigit():
+        return int(text) // 1000
+    day = dt.date.fromisoformat(text)
+    start = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp())
+    return start + 86400 - 1 if end else start

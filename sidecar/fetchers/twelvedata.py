@@ -1,0 +1,77 @@
+"""Twelve Data: `GET /time_series` (providers.md section 3).
+
+Values are strings, newest first by default; asking with `timezone=UTC` makes every
+`datetime` a naive UTC string. An error is a body with `code`, `message` and
+`status: "error"`, sent with HTTP 200 or with the matching status: the body's `code` is
+authoritative. The two 429s differ by their message: "current minute" or "for the day".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from ..bars import timeframe_seconds
+from ..clock import Clock
+from ..errors import ProviderError, RateLimited
+from ..symbols import SymbolInfo
+from .base import FetchResult, HttpFetcher, bars_from_rows, decode_json, naive_to_epoch
+
+SOURCE = "twelvedata"
+_INTERVALS = {"1m": "1min", "5m": "5min", "15m": "15min", "1h": "1h"}
+MAX_OUTPUT = 5000  # bars per request
+
+
+class TwelveDataFetcher(HttpFetcher):
+    """Twelve Data over one pooled session; the key goes in the `Authorization: apikey` header.
+
+    :param api_key: the key; never logged.
+    """
+
+    name = SOURCE
+    max_window_s = MAX_OUTPUT * 60 - 60
+    max_age_s = 30 * 86400 - 3600
+    reach = {"1m": (max_age_s, 3 * 86400)}
+
+    def __init__(self, *, base_url: str, api_key: str, timeout_s: float, max_connections: int,
+                 clock: Clock | None = None) -> None:
+        super().__init__(base_url=base_url, timeout_s=timeout_s, max_connections=max_connections, clock=clock,
+                         headers={"Authorization": f"apikey {api_key}"})
+        if not api_key:
+            self.disabled_reason = "no API key (SIDECAR_TWELVEDATA_API_KEY)"
+
+    async def fetch_bars(self, info: SymbolInfo, timeframe: str, start: int, end: int,
+                         timeout_s: float | None = None) -> FetchResult:
+        """Bars in [start, end), the forming one included."""
+        step = timeframe_seconds(timeframe)
+        query = {"symbol": info.twelvedata, "interval": _INTERVALS[timeframe], "timezone": "UTC",
+                 "start_date": _utc(start), "end_date": _utc(end - 1), "outputsize": str(MAX_OUTPUT)}
+        status, headers, body = await self._request(f"{self.base_url}/time_series", query, info.symbol, timeout_s)
+        payload = decode_json(body, SOURCE, info.symbol)
+        if not isinstance(payload, dict):
+            raise ProviderError(SOURCE, info.symbol, f"HTTP {status}: unexpected body", status=status)
+        if payload.get("status") == "error":
+            code = payload.get("code")
+            message = str(payload.get("message", ""))
+            if code == 400 and message.startswith("No data is available"):
+                return FetchResult(info.symbol, SOURCE)  # an empty window, not an error
+            if code == 429:
+                wait = 86400 - self.clock.time() % 86400 if "for the day" in message else 60 - self.clock.time() % 60
+                raise RateLimited(SOURCE, info.symbol, f"{message[:100]}", retry_after=wait)
+            raise ProviderError(SOURCE, info.symbol, f"{code}: {message[:160]}",
+                                status=code if isinstance(code, int) else status)
+        values = payload.get("values")
+        if not isinstance(values, list):
+            raise ProviderError(SOURCE, info.symbol, f"HTTP {status}: no values", status=status if status >= 400 else 502)
+        rows = []
+        for row in values:
+            r = row if isinstance(row, dict) else {}
+            rows.append((naive_to_epoch(r.get("datetime", ""), dt.UTC), r.get("open"), r.get("high"), r.get("low"),
+                         r.get("close"), r.get("volume")))  # FX and some crypto have no volume
+        return bars_from_rows(info.symbol, SOURCE, timeframe, step, rows, start, end, self.clock.time())
+
+
+def _utc(ts: int) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+__all__ = ["SOURCE", "TwelveDataFetcher"]
