@@ -67,3 +67,13 @@ class Metrics:
                     key = sample.labels[label]
                     out[key] = out.get(key, 0.0) + sample.value
         return out
+
+    def by_labels(self, name: str, labels: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+        """A counter's values summed by several labels, e.g. errors by (source, reason)."""
+        out: dict[tuple[str, ...], float] = {}
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name == name and all(label in sample.labels for label in labels):
+                    key = tuple(sample.labels[label] for label in labels)
+                    out[key] = out.get(key, 0.0) + sample.value
+        return out

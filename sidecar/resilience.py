@@ -65,6 +65,14 @@ class CircuitBreaker:
         self._probing = True
         return True
 
+    def would_allow(self) -> bool:
+        """What `allow` would answer, without taking the probe or changing the state."""
+        if self.state == CLOSED:
+            return True
+        if self.state == OPEN:
+            return self.clock.monotonic() - self.opened_at >= self.reset_timeout_s
+        return not self._probing
+
     def release(self) -> None:
         """A probe ended without a verdict (rate-limited here, a 4xx about one symbol): let the
         next call be the probe, without changing the state."""
@@ -113,6 +121,17 @@ class RateLimiter:
     def block_for(self, seconds: float) -> None:
         """The source said to wait (429 with Retry-After): no request until then."""
         self.blocked_until = max(self.blocked_until, self.clock.monotonic() + seconds)
+
+    def available(self) -> bool:
+        """Whether `try_acquire` would succeed now (nothing is taken)."""
+        now = self.clock.monotonic()
+        if now < self.blocked_until:
+            return False
+        fresh_day = int(self.clock.time() // 86400) != self._day
+        if self.per_day and not fresh_day and self.used_today >= self.per_day:
+            return False
+        recent = sum(1 for t in self._recent if t > now - 60.0) if self.per_minute else 0
+        return not (self.per_minute and recent >= self.per_minute)
 
     def try_acquire(self) -> bool:
         """Take one request from the budgets, or refuse (and count) if that would exceed them."""

@@ -88,6 +88,17 @@ def _optional_url(raw: str) -> str:
     return _url("http", "https")(raw) if raw.strip() else ""
 
 
+SOURCE_NAMES = ("yahoo", "twelvedata", "polygon", "alphavantage")
+
+
+def _sources(raw: str) -> tuple[str, ...]:
+    names = tuple(n.strip().lower() for n in raw.split(",") if n.strip())
+    bad = [n for n in names if n not in SOURCE_NAMES]
+    if bad or not names or len(set(names)) != len(names):
+        raise ValueError(f"expected distinct names from {', '.join(SOURCE_NAMES)}, got {raw!r}")
+    return names
+
+
 def _host(raw: str) -> str:
     value = raw.strip()
     if value == "localhost":
@@ -271,6 +282,38 @@ class Settings(_FromEnv):
         "YAHOO_RATE_PER_MIN", 0, _int(0, 10_000_000), "requests per minute to Yahoo, never exceeded (0: no limit)")
     yahoo_rate_per_day: int = _setting(
         "YAHOO_RATE_PER_DAY", 0, _int(0, 1_000_000_000), "requests per UTC day to Yahoo (0: no limit)")
+    sources: tuple[str, ...] = _setting(
+        "SOURCES", ("yahoo", "twelvedata", "polygon", "alphavantage"), _sources,
+        "sources in order of preference; each symbol falls back down the ones that serve it "
+        "while one is failing, open or out of budget (a source without its API key is disabled)")
+    twelvedata_base_url: str = _setting(
+        "TWELVEDATA_BASE_URL", "http://127.0.0.1:8700", _url("http", "https"),
+        "Twelve Data base URL (the real one: https://api.twelvedata.com)")
+    twelvedata_api_key: str = _setting(
+        "TWELVEDATA_API_KEY", "", _text, "Twelve Data API key (empty: source disabled; never logged)")
+    twelvedata_rate_per_min: int = _setting(
+        "TWELVEDATA_RATE_PER_MIN", 8, _int(0, 10_000_000), "Twelve Data credits per minute, never exceeded (0: no limit)")
+    twelvedata_rate_per_day: int = _setting(
+        "TWELVEDATA_RATE_PER_DAY", 800, _int(0, 1_000_000_000), "Twelve Data credits per UTC day (0: no limit)")
+    polygon_base_url: str = _setting(
+        "POLYGON_BASE_URL", "http://127.0.0.1:8700", _url("http", "https"),
+        "Polygon/Massive base URL (the real one: https://api.massive.com)")
+    polygon_api_key: str = _setting(
+        "POLYGON_API_KEY", "", _text, "Polygon API key (empty: source disabled; never logged)")
+    polygon_rate_per_min: int = _setting(
+        "POLYGON_RATE_PER_MIN", 5, _int(0, 10_000_000), "Polygon requests per minute, never exceeded (0: no limit)")
+    polygon_rate_per_day: int = _setting(
+        "POLYGON_RATE_PER_DAY", 0, _int(0, 1_000_000_000), "Polygon requests per UTC day (0: no limit)")
+    alphavantage_base_url: str = _setting(
+        "ALPHAVANTAGE_BASE_URL", "http://127.0.0.1:8700", _url("http", "https"),
+        "Alpha Vantage base URL (the real one: https://www.alphavantage.co)")
+    alphavantage_api_key: str = _setting(
+        "ALPHAVANTAGE_API_KEY", "", _text, "Alpha Vantage API key (empty: source disabled; never logged)")
+    alphavantage_rate_per_min: int = _setting(
+        "ALPHAVANTAGE_RATE_PER_MIN", 5, _int(0, 10_000_000),
+        "Alpha Vantage requests per minute, never exceeded (0: no limit)")
+    alphavantage_rate_per_day: int = _setting(
+        "ALPHAVANTAGE_RATE_PER_DAY", 25, _int(0, 1_000_000_000), "Alpha Vantage requests per UTC day (0: no limit)")
     breaker_threshold: int = _setting(
         "BREAKER_THRESHOLD", 5, _int(1, 10_000),
         "consecutive cycles in which every request to a source failed that open its circuit breaker")
@@ -352,6 +395,8 @@ class Settings(_FromEnv):
                 text = ",".join(value)
             else:
                 text = str(value)
+            if f.name.endswith("_api_key"):
+                text = "<set>" if text else ""
             out[f.metadata["env"]] = redact_url(text) if f.name.endswith("_url") else text
         return out
 

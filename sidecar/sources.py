@@ -14,9 +14,11 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
+from dataclasses import dataclass
+
 from .clock import Clock
 from .errors import FetchError, FetchTimeout, MalformedResponse, ProviderError, RateLimited
-from .fetchers import FetchResult, QuoteBatch, YahooFetcher
+from .fetchers import FetchResult, HttpFetcher, QuoteBatch
 from .metrics import Metrics
 from .resilience import CircuitBreaker, RateLimiter, RetryPolicy
 from .symbols import SymbolInfo
@@ -26,6 +28,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MIN_RETRY_S = 0.1  # a retry needs at least this much of the cycle left
+
+
+@dataclass(slots=True)
+class SourceState:
+    """Health of one source as the loop saw it."""
+
+    name: str
+    last_success_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    failed_last_cycle: int = 0
+    tried_last_cycle: int = 0
+    served_last_cycle: int = 0  # symbols whose bars came from this source
 
 
 def transient(exc: FetchError) -> bool:
@@ -46,11 +61,12 @@ class GuardedSource:
     :param clock: for deadlines and backoff.
     """
 
-    def __init__(self, fetcher: YahooFetcher, *, breaker: CircuitBreaker, limiter: RateLimiter,
+    def __init__(self, fetcher: HttpFetcher, *, breaker: CircuitBreaker, limiter: RateLimiter,
                  retry: RetryPolicy, metrics: Metrics, clock: Clock) -> None:
         self.fetcher, self.breaker, self.limiter, self.retry = fetcher, breaker, limiter, retry
         self.metrics, self.clock = metrics, clock
         self.name = fetcher.name
+        self.state = SourceState(fetcher.name)
         self._deadline = 0.0
         self._ok = self._failed = 0  # requests that succeeded / failed for good this cycle
 
@@ -58,12 +74,18 @@ class GuardedSource:
         """A cycle starts: retries must be done by `deadline` (monotonic)."""
         self._deadline, self._ok, self._failed = deadline, 0, 0
 
-    def end_cycle(self) -> None:
+    def end_cycle(self, now: float) -> None:
         """A cycle ended: tell the breaker whether the source worked at all."""
         if self._ok:
             self.breaker.record_success()
+            self.state.last_success_at = now
         elif self._failed:
             self.breaker.record_failure()
+        self.state.tried_last_cycle, self.state.failed_last_cycle = self._ok + self._failed, self._failed
+
+    def usable(self) -> bool:
+        """Worth trying now: enabled, breaker letting requests through, budget left (no side effects)."""
+        return self.fetcher.disabled_reason is None and self.breaker.would_allow() and self.limiter.available()
 
     async def fetch(self, info: SymbolInfo, timeframe: str, start: int, end: int,
                     on_error: Callable[[str, str], None]) -> FetchResult | None:
@@ -75,7 +97,7 @@ class GuardedSource:
     async def fetch_quotes(self, infos: Sequence[SymbolInfo],
                            on_error: Callable[[str, str], None]) -> QuoteBatch | None:
         """One batch quote for `infos` (one request of the budget), or None as for `fetch`."""
-        return await self.call(f"{len(infos)} symbols", lambda timeout: self.fetcher.fetch_quotes(
+        return await self.call(f"{len(infos)} symbols", lambda timeout: self.fetcher.fetch_quotes(  # type: ignore[attr-defined]
             infos, timeout_s=timeout), on_error)
 
     async def call(self, label: str, request: Callable[[float | None], Awaitable[T]],
@@ -102,6 +124,7 @@ class GuardedSource:
             except FetchError as exc:
                 failures += 1
                 on_error(exc.reason, str(exc))
+                self.state.last_error, self.state.last_error_at = str(exc), self.clock.time()
                 if not transient(exc):  # e.g. 404 for this symbol: not the source's fault
                     self.breaker.release()
                     return None

@@ -73,6 +73,19 @@ def test_redacted_settings_hide_the_redis_password() -> None:
     assert "s3cret" not in text and "user:***@127.0.0.1" in text
 
 
+def test_redacted_settings_hide_the_api_keys() -> None:
+    keys = {f"SIDECAR_{p}_API_KEY": f"key-of-{p}-123" for p in ("TWELVEDATA", "POLYGON", "ALPHAVANTAGE")}
+    text = str(Settings.from_env(keys, dotenv=None).redacted())
+    assert "key-of" not in text and text.count("<set>") == 3
+
+
+def test_sources_must_be_known_and_distinct() -> None:
+    assert Settings.from_env({"SIDECAR_SOURCES": "Polygon, yahoo"}, dotenv=None).sources == ("polygon", "yahoo")
+    for bad in ("yahoo,yahoo", "yahoo,bloomberg", ""):
+        with pytest.raises(SettingsError, match="SIDECAR_SOURCES"):
+            Settings.from_env({"SIDECAR_SOURCES": bad}, dotenv=None)
+
+
 def test_env_example_lists_every_setting_with_its_default() -> None:
     text = (ROOT / ".env.example").read_text()
     assert text == render_env_example(), "regenerate: python -m sidecar settings > .env.example"

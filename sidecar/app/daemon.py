@@ -17,11 +17,12 @@ from ..calendars import regular_period
 from ..clock import Clock, SystemClock
 from ..errors import RedisStoreError, SettingsError, SQLiteStoreError
 from ..features.service import FeatureService
-from ..fetchers import YahooFetcher
+from ..fetchers import AlphaVantageFetcher, PolygonFetcher, TwelveDataFetcher, YahooFetcher
+from ..sources import GuardedSource
 from ..scanner import Scanner, parse_rules
 from ..metrics import Metrics
 from ..resilience import STATES, CircuitBreaker, RateLimiter, RetryPolicy
-from ..settings import Settings
+from ..settings import Settings, redact_url
 from ..stores import RedisStore, SQLiteStore
 from ..symbols import AssetClass, SymbolInfo, lookup, parse_symbol
 from ..validator import Validator
@@ -61,13 +62,35 @@ class Sidecar:
         self.scanner = Scanner(symbols=s.symbols, broker_symbols=[self._broker.get(x, x) for x in s.symbols],
                                codec=self.features.codec, rules=parse_rules(s.signal_rules, self.features.book.outputs),
                                max_age_s=s.signal_max_age_s)
-        name = self.fetcher.name
-        breaker = CircuitBreaker(name, clock=self.clock, threshold=s.breaker_threshold, reset_timeout_s=s.breaker_reset_s,
-                                 on_transition=lambda _old, new: self._breaker_moved(name, new))
+        self.fallbacks = [
+            TwelveDataFetcher(base_url=s.twelvedata_base_url, api_key=s.twelvedata_api_key, timeout_s=s.fetch_timeout_s,
+                              max_connections=8, clock=self.clock),
+            PolygonFetcher(base_url=s.polygon_base_url, api_key=s.polygon_api_key, timeout_s=s.fetch_timeout_s,
+                           max_connections=8, clock=self.clock),
+            AlphaVantageFetcher(base_url=s.alphavantage_base_url, api_key=s.alphavantage_api_key,
+                                timeout_s=s.fetch_timeout_s, max_connections=8, clock=self.clock),
+        ]
+        budgets = {"yahoo": (s.yahoo_rate_per_min, s.yahoo_rate_per_day),
+                   "twelvedata": (s.twelvedata_rate_per_min, s.twelvedata_rate_per_day),
+                   "polygon": (s.polygon_rate_per_min, s.polygon_rate_per_day),
+                   "alphavantage": (s.alphavantage_rate_per_min, s.alphavantage_rate_per_day)}
+        retry = RetryPolicy(attempts=s.fetch_retries)
+
+        def breaker(name: str) -> CircuitBreaker:
+            return CircuitBreaker(name, clock=self.clock, threshold=s.breaker_threshold,
+                                  reset_timeout_s=s.breaker_reset_s,
+                                  on_transition=lambda _old, new: self._breaker_moved(name, new))
+
+        def limiter(name: str) -> RateLimiter:
+            return RateLimiter(clock=self.clock, per_minute=budgets[name][0], per_day=budgets[name][1])
+
+        guarded = [GuardedSource(f, breaker=breaker(f.name), limiter=limiter(f.name), retry=retry,
+                                 metrics=self.metrics, clock=self.clock)
+                   for f in self.fallbacks if f.name in s.sources]
+        guarded.sort(key=lambda g: s.sources.index(g.name))
         self.orchestrator = Orchestrator(
-            breaker=breaker, limiter=RateLimiter(clock=self.clock, per_minute=s.yahoo_rate_per_min,
-                                                 per_day=s.yahoo_rate_per_day),
-            retry=RetryPolicy(attempts=s.fetch_retries),
+            breaker=breaker(self.fetcher.name), limiter=limiter(self.fetcher.name), retry=retry,
+            fallbacks=guarded, source_order=s.sources,
             symbols=self.infos, fetcher=self.fetcher, features=self.features, scanner=self.scanner,
             on_redis_lost=self._schedule_reseed, on_recovered=self._schedule_backfill, stale_after_s=s.stale_after_s,
             spike_atr=s.spike_atr, quotes=s.live_mode == "quotes", quote_batch=s.quote_batch,
@@ -122,6 +145,14 @@ class Sidecar:
         if new or gone:
             log.info("symbols now %d: added %s, removed %s", len(names), [i.symbol for i in new], gone)
         return names
+
+    def announce_sources(self) -> None:
+        """One log line per source: its place in the order, or why it is disabled."""
+        for g in self.orchestrator.sources:
+            if g.fetcher.disabled_reason is not None:
+                log.info("source %s disabled: %s", g.name, g.fetcher.disabled_reason)
+            else:
+                log.info("source %s enabled at %s", g.name, redact_url(g.fetcher.base_url))
 
     def _breaker_moved(self, source: str, state: str) -> None:
         self.metrics.breaker_state.labels(source).set(STATES.index(state))
@@ -238,6 +269,9 @@ class Sidecar:
         if not await self.redis.start():
             log.warning("redis is not reachable at start-up; bars go to SQLite until it is")
         await self.fetcher.start()
+        self.announce_sources()
+        for f in self.fallbacks:
+            await f.start()
         try:
             host, port = await self.http.start()
         except OSError as exc:
@@ -342,6 +376,8 @@ class Sidecar:
         # 3. Nothing else holds data: close the edges.
         await self.http.close()
         await self.fetcher.close()
+        for f in self.fallbacks:
+            await f.close()
         await self.sqlite.close()
         await self.redis.close()
         log.info("stopped")

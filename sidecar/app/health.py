@@ -30,30 +30,44 @@ def build_health(app: Sidecar) -> dict[str, object]:
         "last_cycle_age_s": _age(now, orch.last_cycle_at),
     }
 
-    src = orch.source
-    if src.tried_last_cycle == 0:
-        src_state = "down"
-    elif src.failed_last_cycle == 0:
-        src_state = "ok"
-    else:
-        src_state = "down" if src.failed_last_cycle == src.tried_last_cycle else "degraded"
-    breaker, limiter = orch.breaker, orch.limiter
-    if breaker.state == "open":
-        src_state = "down"
-    sources = {src.name: {
-        "state": src_state,
-        "breaker": {"state": breaker.state, "consecutive_failures": breaker.failures,
-                    "transitions": breaker.transitions},
-        "rate_limit": {"per_minute": limiter.per_minute, "per_day": limiter.per_day, "used_today": limiter.used_today,
-                       "refused": limiter.refused,
-                       "blocked_for_s": round(max(0.0, limiter.blocked_until - app.clock.monotonic()), 3)},
-        "base_url": app.fetcher.base_url,
-        "failed_last_cycle": src.failed_last_cycle,
-        "last_success_age_s": _age(now, src.last_success_at),
-        "last_error": src.last_error,
-        "last_error_age_s": _age(now, src.last_error_at),
-        "errors_total": metrics.by_label("sidecar_fetch_errors_total", "reason"),
-    }}
+    sources: dict[str, object] = {}
+    primary_state = "ok"
+    for g in orch.sources:
+        src = g.state
+        if g.fetcher.disabled_reason is not None:
+            sources[g.name] = {"state": "disabled", "reason": g.fetcher.disabled_reason}
+            continue
+        if src.tried_last_cycle == 0:
+            src_state = "idle" if g is not orch.guarded else "down"
+        elif src.failed_last_cycle == 0:
+            src_state = "ok"
+        else:
+            src_state = "down" if src.failed_last_cycle == src.tried_last_cycle else "degraded"
+        breaker, limiter = g.breaker, g.limiter
+        if breaker.state == "open":
+            src_state = "down"
+        if g is orch.guarded:
+            primary_state = src_state
+        sources[g.name] = {
+            "state": src_state,
+            "breaker": {"state": breaker.state, "consecutive_failures": breaker.failures,
+                        "transitions": breaker.transitions},
+            "rate_limit": {"per_minute": limiter.per_minute, "per_day": limiter.per_day,
+                           "used_today": limiter.used_today, "refused": limiter.refused,
+                           "blocked_for_s": round(max(0.0, limiter.blocked_until - app.clock.monotonic()), 3)},
+            "base_url": g.fetcher.base_url,
+            "requests_last_cycle": src.tried_last_cycle,
+            "failed_last_cycle": src.failed_last_cycle,
+            "symbols_served_last_cycle": src.served_last_cycle,
+            "last_success_age_s": _age(now, src.last_success_at),
+            "last_error": src.last_error,
+            "last_error_age_s": _age(now, src.last_error_at),
+        }
+    errors = metrics.by_labels("sidecar_fetch_errors_total", ("source", "reason"))
+    for (name, reason), n in errors.items():
+        doc = sources.get(name)
+        if isinstance(doc, dict) and "state" in doc and doc["state"] != "disabled":
+            doc.setdefault("errors_total", {})[reason] = n
 
     redis = {
         "state": {True: "ok", False: "down", None: "unknown"}[orch.redis_ok],
@@ -84,12 +98,13 @@ def build_health(app: Sidecar) -> dict[str, object]:
             "last_bar_ts": st.last_bar_ts,
             "last_update_age_s": age,
             "last_error": st.last_error,
+            "source": st.source,
         }
 
     rejected = metrics.by_label("sidecar_bars_rejected_total", "reason")
     if loop["state"] == "down" or fresh_count == 0:
         status = "down"
-    elif (fresh_count < len(orch.states) or src_state != "ok" or redis["state"] != "ok"
+    elif (fresh_count < len(orch.states) or primary_state != "ok" or redis["state"] != "ok"
           or sqlite_doc["state"] != "ok"):
         status = "degraded"
     else:

@@ -17,9 +17,10 @@ One failing symbol never stops the cycle: its error is counted and the rest go o
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -31,7 +32,7 @@ from ..calendars import session_day
 from ..clock import Clock
 from ..errors import RedisStoreError
 from ..features.service import FeatureService
-from ..fetchers import FetchResult, YahooFetcher
+from ..fetchers import FetchResult, HttpFetcher, YahooFetcher
 from ..metrics import Metrics
 from ..resilience import CircuitBreaker, RateLimiter, RetryPolicy
 from ..sources import GuardedSource
@@ -68,20 +69,10 @@ class SymbolState:
     pending: Bar | None = None  # a closed bar that jumped: held until the next bar confirms it
     dead_since: float | None = None  # when its fetches started failing for good (dead-letter entry)
     slot: int = -1  # its row in the bar builder (quotes mode)
+    sources: list[GuardedSource] = field(default_factory=list)  # the ones that serve it, in order
+    source: str | None = None  # the source of its newest bars
     synced_until: int | None = None  # quotes mode: every closed minute before this is accounted for
     ts_gauge: Any = None  # its child of the last-bar-timestamp gauge
-
-
-@dataclass(slots=True)
-class SourceState:
-    """Health of one source as the loop saw it."""
-
-    name: str
-    last_success_at: float | None = None
-    last_error: str | None = None
-    last_error_at: float | None = None
-    failed_last_cycle: int = 0
-    tried_last_cycle: int = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -123,6 +114,10 @@ class Orchestrator:
     :param quotes: poll batch quotes and build bars from them (else one chart request per symbol).
     :param quote_batch: symbols per batch quote request.
     :param catchup_per_cycle: quotes mode: at most this many history requests per cycle.
+    :param fallbacks: further sources, in order: a symbol's fetch goes down the ones that serve
+        it while the ones before are failing, open or out of budget.
+    :param source_order: names in order of preference (default: the primary, then `fallbacks`);
+        the primary (`fetcher`) also serves quotes whatever its place.
     """
 
     def __init__(self, *, symbols: list[SymbolInfo], fetcher: YahooFetcher, validator: Validator,
@@ -133,7 +128,8 @@ class Orchestrator:
                  scanner: Scanner | None = None, on_redis_lost: Callable[[], object] | None = None,
                  on_recovered: Callable[[], object] | None = None, stale_after_s: float = 5.0,
                  spike_atr: float = 0.0, quotes: bool = False, quote_batch: int = 200,
-                 catchup_per_cycle: int = 200) -> None:
+                 catchup_per_cycle: int = 200, fallbacks: Sequence[GuardedSource] = (),
+                 source_order: Sequence[str] | None = None) -> None:
         self.states: dict[str, SymbolState] = {}
         self.quotes = quotes
         self.quote_batch = quote_batch
@@ -145,9 +141,7 @@ class Orchestrator:
         self._bounds = np.zeros((64, 2))  # per builder slot: the asset class's price range
         self._accepted_children: dict[tuple[str, str], Any] = {}
         self.validator = validator
-        self.add(symbols)
         self.fetcher = fetcher
-        self.source = SourceState(fetcher.name)
         self.redis = redis
         self.sqlite = sqlite
         self.metrics = metrics
@@ -159,6 +153,11 @@ class Orchestrator:
         self.limiter = limiter or RateLimiter(clock=clock)
         self.guarded = GuardedSource(fetcher, breaker=self.breaker, limiter=self.limiter,
                                      retry=retry or RetryPolicy(), metrics=metrics, clock=clock)
+        self.sources = [self.guarded, *fallbacks]  # in order of preference
+        if source_order is not None:  # the primary too may be placed later, or left out of fallback
+            self.sources = sorted((g for g in self.sources if g.name in source_order),
+                                  key=lambda g: source_order.index(g.name))
+        self.source = self.guarded.state  # the primary's health
         self.features = features
         self.scanner = scanner
         self.on_redis_lost = on_redis_lost
@@ -176,6 +175,7 @@ class Orchestrator:
         self._in_cycle = False
         self._started_at = clock.time()
         self._task: asyncio.Task[None] | None = None
+        self.add(symbols)
 
     def add(self, infos: list[SymbolInfo]) -> None:
         """Start following symbols (their first fetch reaches back `lookback_minutes`)."""
@@ -187,7 +187,8 @@ class Orchestrator:
             if slot >= len(self._bounds):
                 self._bounds = np.concatenate([self._bounds, np.zeros((max(slot + 1, 2 * len(self._bounds)), 2))])
             self._bounds[slot] = self.validator.bounds[info.asset_class]
-            self.states[info.symbol] = self._by_slot[slot] = SymbolState(info, slot=slot)
+            sources = [g for g in self.sources if g.fetcher.disabled_reason is None and g.fetcher.serves(info)]
+            self.states[info.symbol] = self._by_slot[slot] = SymbolState(info, slot=slot, sources=sources)
 
     def remove(self, symbols: list[str]) -> None:
         """Stop following symbols; a fetch already in flight for one is simply not used again."""
@@ -236,7 +237,8 @@ class Orchestrator:
     async def run_cycle(self) -> CycleReport:
         """One cycle over every symbol."""
         started = self.clock.monotonic()
-        self.guarded.begin_cycle(started + 0.8 * self.period)  # retries must leave time for the writes
+        for g in self.sources:
+            g.begin_cycle(started + 0.8 * self.period)  # retries must leave time for the writes
         now = self.clock.time()
         states = list(self.states.values())
         forming: list[tuple[SymbolState, Bar]] = []  # quotes mode: built and validated already
@@ -245,7 +247,8 @@ class Orchestrator:
         else:
             results = await asyncio.gather(*(self._fetch(state, now) for state in states))
             from_history = set()
-        self.guarded.end_cycle()
+        for g in self.sources:
+            g.end_cycle(now)
         t_fetched = self.clock.monotonic()
 
         closed: list[Bar] = []
@@ -299,9 +302,9 @@ class Orchestrator:
                        "sqlite_buffer": t_scan - t_redis, "scan": end - t_scan}
 
         failed = sum(r is None for r in results)
-        self.source.tried_last_cycle, self.source.failed_last_cycle = len(states), failed
-        if failed < len(states):
-            self.source.last_success_at = now
+        served = collections.Counter(st.source for st, r in zip(states, results, strict=True) if r is not None)
+        for g in self.sources:
+            g.state.served_last_cycle = served.get(g.name, 0)
         duration = self.clock.monotonic() - started
         self.metrics.cycles.inc()
         self.metrics.cycle_seconds.observe(duration)
@@ -348,7 +351,7 @@ class Orchestrator:
             if failing and st.dead_since is None:
                 st.dead_since = now
                 add[st.info.symbol] = {"reason": "every source failing", "error": st.last_error, "since": since,
-                                       "source": self.source.name}
+                                       "sources": [g.name for g in st.sources]}
             elif not failing and st.dead_since is not None:
                 st.dead_since = None
                 remove.append(st.info.symbol)
@@ -368,39 +371,46 @@ class Orchestrator:
             if symbol in self.states:
                 self.states[symbol].cursor = ts - overlap_s
 
-    def _window(self, state: SymbolState, now: float) -> tuple[int, int]:
-        """The bars to ask for: after the cursor (or `lookback` back), within what the source
+    def _window(self, state: SymbolState, now: float, fetcher: HttpFetcher) -> tuple[int, int]:
+        """The bars to ask `fetcher` for: after the cursor (or `lookback` back), within what it
         serves at this timeframe; a long gap is caught up one window per cycle."""
         current = bucket_start(now, self.step)
         start = state.cursor + self.step if state.cursor is not None else current - self.lookback_s
-        oldest = current - self.fetcher.max_age_s
+        oldest = current - fetcher.max_age_s
         if start < oldest:
             if not state.beyond_reach_logged:
                 log.warning("%s: bars before %d are older than %s serves at %s; bootstrap fills them coarser",
-                            state.info.symbol, oldest, self.fetcher.name, TIMEFRAME)
+                            state.info.symbol, oldest, fetcher.name, TIMEFRAME)
                 state.beyond_reach_logged = True
             start = oldest
         # exclusive end: the forming bar too. A catch-up asks for at most a day per cycle, so
         # one lagging symbol never holds the cycle past the live timeout.
-        end = min(start + min(self.fetcher.max_window_s, CATCH_UP_S), current + self.step)
+        end = min(start + min(fetcher.max_window_s, CATCH_UP_S), current + self.step)
         return start, end
 
     async def _fetch(self, state: SymbolState, now: float) -> FetchResult | None:
-        """Fetch a symbol's window through the source's breaker, budgets and retries."""
-        start, end = self._window(state, now)
-        state.window_end = end
-        result = await self.guarded.fetch(state.info, TIMEFRAME, start, end,
-                                          on_error=lambda reason, message: self._fetch_failed(state, reason, message))
-        if result is None:
-            if self.breaker.state == "open":
-                state.last_error = state.last_error or f"{self.source.name} circuit open"
-            return None
-        self._answered(state, now)
-        return result
+        """A symbol's window from the first of its sources that is usable and answers: each
+        behind its breaker, budgets and retries; a failing one passes the symbol to the next."""
+        for g in state.sources:
+            if not g.usable() and g is not state.sources[-1]:
+                continue  # open, out of budget: the next source, without waiting for this one
+            start, end = self._window(state, now, g.fetcher)
+            state.window_end = end
+            result = await g.fetch(state.info, TIMEFRAME, start, end,
+                                   on_error=lambda reason, message, g=g: self._fetch_failed(state, g, reason, message))
+            if result is not None:
+                if state.source != g.name and state.source is not None:
+                    log.info("%s now from %s (was %s)", state.info.symbol, g.name, state.source)
+                state.source = g.name
+                self._answered(state, now)
+                return result
+        if state.sources and state.sources[0].breaker.state == "open":
+            state.last_error = state.last_error or f"{state.sources[0].name} circuit open"
+        return None
 
     def _answered(self, state: SymbolState, now: float) -> None:
         if state.last_error is not None:
-            log.info("%s recovered on %s", state.info.symbol, self.source.name)
+            log.info("%s recovered on %s", state.info.symbol, state.source)
             if self.on_recovered is not None:
                 self.on_recovered()
         state.last_error = None
@@ -421,7 +431,7 @@ class Orchestrator:
         chunks = [states[i:i + self.quote_batch] for i in range(0, len(states), self.quote_batch)]
         batches = await asyncio.gather(*(self.guarded.fetch_quotes(
             [st.info for st in chunk], on_error=lambda reason, message, chunk=chunk: [
-                self._fetch_failed(st, reason, message) for st in chunk]) for chunk in chunks))
+                self._fetch_failed(st, self.guarded, reason, message) for st in chunk]) for chunk in chunks))
         slots, parts = [], []
         for chunk, batch in zip(chunks, batches, strict=True):
             if batch is None:
@@ -482,15 +492,16 @@ class Orchestrator:
         for slot in np.union1d(c.slot, f.slot).tolist():
             st = by_slot.get(slot)
             if st is not None:
+                st.source = source
                 self._answered(st, now)
         return forming
 
-    def _fetch_failed(self, state: SymbolState, reason: str, message: str) -> None:
-        self.metrics.fetch_errors.labels(self.source.name, reason).inc()
+    def _fetch_failed(self, state: SymbolState, source: GuardedSource, reason: str, message: str) -> None:
+        self.metrics.fetch_errors.labels(source.name, reason).inc()
         if state.last_error is None:  # log transitions, not every second of an outage
             log.warning("fetch failed: %s", message)
         state.last_error = message
-        self.source.last_error, self.source.last_error_at = message, self.clock.time()
+        source.state.last_error, source.state.last_error_at = message, self.clock.time()
 
     def _accept(self, state: SymbolState, result: FetchResult, now: float) -> tuple[list[Bar], Bar | None, int]:
         """Validate a result: (new closed bars, newest bar, number rejected); move the cursor."""
