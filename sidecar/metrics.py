@@ -30,6 +30,8 @@ class Metrics:
         self.bars_accepted = Counter("sidecar_bars_accepted", "Valid bars received", ["source", "kind"], registry=r)
         self.bars_rejected = Counter("sidecar_bars_rejected", "Invalid bars rejected, never stored",
                                      ["source", "reason"], registry=r)
+        self.synthetic_bars = Counter("sidecar_synthetic_bars", "Flat bars written to Redis history for trading "
+                                      "minutes without trades (flag SYNTHETIC)", registry=r)
         self.redis_write_seconds = Histogram("sidecar_redis_write_seconds", "Duration of a cycle's pipeline",
                                              buckets=_FAST, registry=r)
         self.redis_errors = Counter("sidecar_redis_errors", "Failed Redis pipelines", registry=r)

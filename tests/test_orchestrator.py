@@ -170,3 +170,31 @@ def test_the_next_bar_decides_whether_a_jump_was_real(settings: Settings) -> Non
     assert orch._spike_gate(state, back) == [back]  # noqa: SLF001 - the spike stays out
     assert sc.metrics.by_label("sidecar_bars_rejected_total", "reason") == {"spike": 1.0}
     assert sc.metrics.by_label("sidecar_bars_accepted_total", "kind") == {"spike_confirmed": 1.0}
+
+
+def test_missing_minutes_inside_a_session_are_filled_flat_and_flagged_never_across_a_close(app: Sidecar) -> None:
+    import datetime as dt
+
+    from sidecar.bars import BarFlag
+
+    orch = app.orchestrator
+    aapl = orch.states["AAPL"]
+
+    def at(text: str) -> int:  # New York wall time on Monday 2026-11-23
+        return int(dt.datetime.fromisoformat(f"2026-11-23 {text}-05:00").timestamp())
+
+    def bar(ts: int, close: float) -> Bar:
+        return Bar("AAPL", "1m", ts, close, close + 1, close - 1, close, 10.0, "yahoo")
+
+    inside = orch._fill_gaps(aapl, [bar(at("10:00"), 100.0), bar(at("10:03"), 101.0), bar(at("10:04"), 102.0)])  # noqa: SLF001
+    assert [(b.ts, b.open, b.high, b.low, b.close, b.volume) for b in inside] == [
+        (at("10:01"), 100.0, 100.0, 100.0, 100.0, 0.0), (at("10:02"), 100.0, 100.0, 100.0, 100.0, 0.0)]
+    assert all(b.flags & BarFlag.SYNTHETIC and not b.forming for b in inside)
+    # Friday's last minute to Monday's open, and Monday's close to Tuesday: the market was closed
+    friday_close = at("15:59") - 3 * 86400
+    assert orch._fill_gaps(aapl, [bar(friday_close, 100.0), bar(at("09:30"), 101.0)]) == []  # noqa: SLF001
+    assert orch._fill_gaps(aapl, [bar(at("15:58"), 100.0), bar(at("09:31") + 86400, 101.0)]) == []  # noqa: SLF001
+    # Thanksgiving's early close (13:00 on Friday 2026-11-27): nothing after it
+    early = int(dt.datetime.fromisoformat("2026-11-27 12:58-05:00").timestamp())
+    assert orch._fill_gaps(aapl, [bar(early, 100.0), bar(early + 86400 * 3 + 9000, 101.0)]) == []  # noqa: SLF001
+    assert app.metrics.total("sidecar_synthetic_bars_total") == 2

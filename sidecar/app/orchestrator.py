@@ -28,7 +28,7 @@ import numpy as np
 
 from ..barbuilder import BarBuilder, BuildResult
 from ..bars import Bar, BarFlag, bucket_start, timeframe_seconds
-from ..calendars import session_day
+from ..calendars import is_trading, session_day
 from ..clock import Clock
 from ..errors import RedisStoreError
 from ..features.service import FeatureService
@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 TIMEFRAME = "1m"
 REJECT_RETRIES = 3
 _FORMING = int(BarFlag.FORMING)
+_SYNTHETIC = int(BarFlag.SYNTHETIC)
+MAX_FILL_S = 6 * 3600  # a longer silence inside a session is an outage to report, not minutes to fill
 EARLY_WAKE_S = 0.02
 SETTLED_S = 3600  # a source's minute older than this no longer changes (delayed feeds included)
 CATCH_UP_S = 86400
@@ -256,10 +258,14 @@ class Orchestrator:
         rejected = 0
         now = self.clock.time()  # validate against the time the answers arrived
         current = bucket_start(now, self.step)
+        synthetic: list[Bar] = []
         for state, result in zip(states, results, strict=True):
             if result is None:
                 continue
+            before = state.last_closed
             new_closed, newest, n_rejected = self._accept(state, result, now)
+            if new_closed and before is not None:
+                synthetic += self._fill_gaps(state, [before, *new_closed])
             if state.info.symbol in from_history:  # what history vouched for, unless it must ask again
                 reached = state.window_end >= current + self.step  # a catch-up may take several windows
                 state.synced_until = current if reached and not n_rejected else (
@@ -281,7 +287,7 @@ class Orchestrator:
             feature_rows = self.features.update(closed, [b for b in latest if b.forming])
             self.metrics.features_seconds.observe(self.clock.monotonic() - t_validated)
         t_features = self.clock.monotonic()
-        redis_ok = await self._write_redis(latest, closed, feature_rows)
+        redis_ok = await self._write_redis(latest, closed + synthetic, feature_rows)
         t_redis = self.clock.monotonic()
         if redis_ok:
             await self._update_dead_letters(states, now)
@@ -540,6 +546,26 @@ class Orchestrator:
             # forget attempts at minutes the cursor has passed for good
             state.reject_attempts = {t: n for t, n in state.reject_attempts.items() if t > state.cursor}
         return closed, newest, rejected
+
+    def _fill_gaps(self, state: SymbolState, bars: list[Bar]) -> list[Bar]:
+        """Flat bars at the previous close, volume 0, flagged SYNTHETIC, for the minutes between
+        consecutive accepted closed bars in which the symbol's market was open (within one
+        session, never across a close) and the source showed no trade. They go to Redis's
+        history only: SQLite keeps what sources served, and the indicators see real bars."""
+        out: list[Bar] = []
+        asset_class = state.info.asset_class
+        for a, b in zip(bars, bars[1:]):
+            if b.ts - a.ts <= self.step or b.ts - a.ts > MAX_FILL_S:
+                continue
+            minutes = np.arange(a.ts + self.step, b.ts, self.step, dtype=np.int64)
+            days = session_day(asset_class, np.concatenate(([a.ts, b.ts], minutes)))
+            keep = is_trading(asset_class, minutes) & (days[2:] == days[0]) & (days[0] == days[1])
+            for ts in minutes[keep].tolist():
+                out.append(Bar(a.symbol, a.timeframe, ts, a.close, a.close, a.close, a.close, 0.0, a.source,
+                               _SYNTHETIC))
+        if out:
+            self.metrics.synthetic_bars.inc(len(out))
+        return out
 
     def _spike_gate(self, state: SymbolState, bar: Bar) -> list[Bar]:
         """The closed bars to accept now, given a new one: a jump of more than `spike_atr` ATRs
