@@ -11,6 +11,12 @@ if [ -f .env ]; then set -a; . ./.env; set +a; fi
 REDIS_URL="${SIDECAR_REDIS_URL:-redis://127.0.0.1:6379/0}"
 EXCHANGE_PORT="${SIDECAR_EXCHANGE_PORT:-8700}"
 export SIDECAR_YAHOO_BASE_URL="${SIDECAR_YAHOO_BASE_URL:-http://127.0.0.1:${EXCHANGE_PORT}}"
+# The exchange also plays Twelve Data, Polygon and Alpha Vantage, and accepts the key "local":
+# the fallbacks are live out of the box (each at its free plan's budget).
+for p in TWELVEDATA POLYGON ALPHAVANTAGE; do
+  url="SIDECAR_${p}_BASE_URL" key="SIDECAR_${p}_API_KEY"
+  export "$url=${!url:-http://127.0.0.1:${EXCHANGE_PORT}}" "$key=${!key-local}"
+done
 
 redis_up() { "$PY" -c 'import redis, sys; redis.Redis.from_url(sys.argv[1], socket_timeout=1).ping()' "$REDIS_URL" >/dev/null 2>&1; }
 

@@ -151,3 +151,29 @@ async def test_a_source_without_a_key_is_disabled_with_one_log_line(tmp_path, re
     assert sum(line.startswith("source yahoo enabled") for line in lines) == 1
     assert sc.health()["sources"]["polygon"] == {"state": "disabled",
                                                  "reason": "no API key (SIDECAR_POLYGON_API_KEY)"}
+
+
+async def test_a_symbol_is_dead_lettered_only_when_every_source_fails(rig, redis_server: RedisServer) -> None:
+    import orjson
+
+    from sidecar.bars import BarFlag
+
+    sc, ex, clock = rig
+    await _cycles(sc, clock, 5)
+    ex.outage(30, "yahoo")
+    await _cycles(sc, clock, 10)  # Twelve Data serves: nothing stale, nothing dead
+    with redis_server.client() as c:
+        assert c.hgetall("sidecar:deadletter") == {}
+    for provider in ("twelvedata", "polygon"):
+        ex.outage(20, provider)
+    await _cycles(sc, clock, 10)
+    with redis_server.client() as c:
+        dead = {k.decode(): orjson.loads(v) for k, v in c.hgetall("sidecar:deadletter").items()}
+        stale = [msgpack.unpackb(c.get(f"sidecar:{{{s}}}:bar:1m"))["flags"] & BarFlag.STALE for s in SYMBOLS]
+    assert set(dead) == set(SYMBOLS) and all(stale)  # the last good bars stay readable, marked stale
+    assert all(d["reason"] == "every source failing" and d["sources"] == ["yahoo", "twelvedata", "polygon"]
+               and sorted(d["errors"]) == ["polygon", "twelvedata", "yahoo"]
+               and all("HTTP 503" in e or "circuit open" in e for e in d["errors"].values()) for d in dead.values())
+    await _cycles(sc, clock, 15)  # Twelve Data and Polygon are back
+    with redis_server.client() as c:
+        assert c.hgetall("sidecar:deadletter") == {}

@@ -73,6 +73,7 @@ class SymbolState:
     slot: int = -1  # its row in the bar builder (quotes mode)
     sources: list[GuardedSource] = field(default_factory=list)  # the ones that serve it, in order
     source: str | None = None  # the source of its newest bars
+    errors: dict[str, str] = field(default_factory=dict)  # the last error of each source that failed it
     synced_until: int | None = None  # quotes mode: every closed minute before this is accounted for
     ts_gauge: Any = None  # its child of the last-bar-timestamp gauge
 
@@ -357,7 +358,7 @@ class Orchestrator:
             if failing and st.dead_since is None:
                 st.dead_since = now
                 add[st.info.symbol] = {"reason": "every source failing", "error": st.last_error, "since": since,
-                                       "sources": [g.name for g in st.sources]}
+                                       "sources": [g.name for g in st.sources], "errors": dict(st.errors)}
             elif not failing and st.dead_since is not None:
                 st.dead_since = None
                 remove.append(st.info.symbol)
@@ -399,7 +400,10 @@ class Orchestrator:
         behind its breaker, budgets and retries; a failing one passes the symbol to the next."""
         for g in state.sources:
             if not g.usable() and g is not state.sources[-1]:
-                continue  # open, out of budget: the next source, without waiting for this one
+                # open, out of budget: the next source, without waiting for this one
+                state.errors.setdefault(g.name, f"{g.name} {state.info.symbol}: " + (
+                    "circuit open" if not g.breaker.would_allow() else "rate budget spent"))
+                continue
             start, end = self._window(state, now, g.fetcher)
             state.window_end = end
             result = await g.fetch(state.info, TIMEFRAME, start, end,
@@ -420,6 +424,7 @@ class Orchestrator:
             if self.on_recovered is not None:
                 self.on_recovered()
         state.last_error = None
+        state.errors.clear()
         state.last_update = now
 
     async def _poll_quotes(self, states: list[SymbolState], now: float) -> tuple[
@@ -507,6 +512,7 @@ class Orchestrator:
         if state.last_error is None:  # log transitions, not every second of an outage
             log.warning("fetch failed: %s", message)
         state.last_error = message
+        state.errors[source.name] = message
         source.state.last_error, source.state.last_error_at = message, self.clock.time()
 
     def _accept(self, state: SymbolState, result: FetchResult, now: float) -> tuple[list[Bar], Bar | None, int]:

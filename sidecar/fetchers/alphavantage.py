@@ -13,7 +13,7 @@ from ..bars import timeframe_seconds
 from ..clock import Clock
 from ..errors import ProviderError, RateLimited
 from ..symbols import SymbolInfo
-from .base import FetchResult, HttpFetcher, bars_from_rows, decode_json, local_time_zone, naive_to_epoch
+from .base import FetchResult, HttpFetcher, raise_for_server_error, bars_from_rows, decode_json, local_time_zone, naive_to_epoch
 
 SOURCE = "alphavantage"
 _INTERVALS = {"1m": "1min", "5m": "5min", "15m": "15min", "1h": "60min"}
@@ -54,6 +54,7 @@ class AlphaVantageFetcher(HttpFetcher):
         query = {**params, "interval": _INTERVALS[timeframe], "outputsize": size, "datatype": "json",
                  "apikey": self._key}
         status, _headers, body = await self._request(f"{self.base_url}/query", query, info.symbol, timeout_s)
+        raise_for_server_error(SOURCE, info.symbol, status, body)
         payload = decode_json(body, SOURCE, info.symbol)
         if not isinstance(payload, dict):
             raise ProviderError(SOURCE, info.symbol, f"HTTP {status}: unexpected body", status=status)

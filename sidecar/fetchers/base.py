@@ -15,7 +15,7 @@ import orjson
 
 from ..bars import Bar, BarFlag
 from ..clock import Clock, SystemClock
-from ..errors import FetchError, FetchTimeout, MalformedResponse
+from ..errors import FetchError, FetchTimeout, MalformedResponse, ProviderError
 from ..symbols import AssetClass, SymbolInfo
 
 FORMING = int(BarFlag.FORMING)  # a plain int: IntFlag arithmetic costs ~1 us per bar downstream
@@ -127,6 +127,14 @@ class HttpFetcher:
             raise FetchTimeout(self.name, label, f"no answer within {timeout.total}s") from None
         except aiohttp.ClientError as exc:
             raise FetchError(self.name, label, f"{type(exc).__name__}: {exc}") from None
+
+
+def raise_for_server_error(source: str, symbol: str, status: int, body: bytes) -> None:
+    """A 5xx (its body is often a plain-text page, not the provider's JSON) as a ProviderError
+    with its status, so it counts as transient and is retried."""
+    if status >= 500:
+        text = body[:120].decode(errors="replace").strip()
+        raise ProviderError(source, symbol, f"HTTP {status}: {text}", status=status)
 
 
 def retry_after(value: str | None) -> float | None:

@@ -12,7 +12,7 @@ from ..bars import timeframe_seconds
 from ..clock import Clock
 from ..errors import MalformedResponse, ProviderError, RateLimited
 from ..symbols import SymbolInfo
-from .base import FetchResult, HttpFetcher, bars_from_rows, decode_json, retry_after
+from .base import FetchResult, HttpFetcher, raise_for_server_error, bars_from_rows, decode_json, retry_after
 
 SOURCE = "polygon"
 _SPANS = {"1m": "1/minute", "5m": "5/minute", "15m": "15/minute", "1h": "1/hour"}
@@ -48,6 +48,7 @@ class PolygonFetcher(HttpFetcher):
         rows = []
         for _page in range(MAX_PAGES):
             status, headers, body = await self._request(url, params, info.symbol, timeout_s)
+            raise_for_server_error(SOURCE, info.symbol, status, body)
             payload = decode_json(body, SOURCE, info.symbol) if body.strip() else {}
             if status == 429:
                 raise RateLimited(SOURCE, info.symbol, f"HTTP 429: {_message(payload)}",

@@ -14,7 +14,7 @@ from ..bars import timeframe_seconds
 from ..clock import Clock
 from ..errors import ProviderError, RateLimited
 from ..symbols import SymbolInfo
-from .base import FetchResult, HttpFetcher, bars_from_rows, decode_json, naive_to_epoch
+from .base import FetchResult, HttpFetcher, raise_for_server_error, bars_from_rows, decode_json, naive_to_epoch
 
 SOURCE = "twelvedata"
 _INTERVALS = {"1m": "1min", "5m": "5min", "15m": "15min", "1h": "1h"}
@@ -46,6 +46,7 @@ class TwelveDataFetcher(HttpFetcher):
         query = {"symbol": info.twelvedata, "interval": _INTERVALS[timeframe], "timezone": "UTC",
                  "start_date": _utc(start), "end_date": _utc(end - 1), "outputsize": str(MAX_OUTPUT)}
         status, headers, body = await self._request(f"{self.base_url}/time_series", query, info.symbol, timeout_s)
+        raise_for_server_error(SOURCE, info.symbol, status, body)
         payload = decode_json(body, SOURCE, info.symbol)
         if not isinstance(payload, dict):
             raise ProviderError(SOURCE, info.symbol, f"HTTP {status}: unexpected body", status=status)
