@@ -122,32 +122,33 @@ class RateLimiter:
         """The source said to wait (429 with Retry-After): no request until then."""
         self.blocked_until = max(self.blocked_until, self.clock.monotonic() + seconds)
 
-    def available(self) -> bool:
-        """Whether `try_acquire` would succeed now (nothing is taken)."""
+    def available(self, n: int = 1) -> bool:
+        """Whether `try_acquire(n)` would succeed now (nothing is taken)."""
         now = self.clock.monotonic()
         if now < self.blocked_until:
             return False
         fresh_day = int(self.clock.time() // 86400) != self._day
-        if self.per_day and not fresh_day and self.used_today >= self.per_day:
+        if self.per_day and (0 if fresh_day else self.used_today) + n > self.per_day:
             return False
         recent = sum(1 for t in self._recent if t > now - 60.0) if self.per_minute else 0
-        return not (self.per_minute and recent >= self.per_minute)
+        return not (self.per_minute and recent + n > self.per_minute)
 
-    def try_acquire(self) -> bool:
-        """Take one request from the budgets, or refuse (and count) if that would exceed them."""
+    def try_acquire(self, n: int = 1) -> bool:
+        """Take `n` requests (or credits) from the budgets, or refuse (and count) if that would
+        exceed them."""
         now = self.clock.monotonic()
         day = int(self.clock.time() // 86400)
         if day != self._day:
             self._day, self.used_today = day, 0
         while self._recent and self._recent[0] <= now - 60.0:
             self._recent.popleft()
-        if now < self.blocked_until or (self.per_day and self.used_today >= self.per_day) or (
-                self.per_minute and len(self._recent) >= self.per_minute):
+        if now < self.blocked_until or (self.per_day and self.used_today + n > self.per_day) or (
+                self.per_minute and len(self._recent) + n > self.per_minute):
             self.refused += 1
             return False
         if self.per_minute:
-            self._recent.append(now)
-        self.used_today += 1
+            self._recent.extend([now] * n)
+        self.used_today += n
         return True
 
 

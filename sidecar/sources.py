@@ -83,9 +83,15 @@ class GuardedSource:
             self.breaker.record_failure()
         self.state.tried_last_cycle, self.state.failed_last_cycle = self._ok + self._failed, self._failed
 
-    def usable(self) -> bool:
+    def usable(self, cost: int = 1) -> bool:
         """Worth trying now: enabled, breaker letting requests through, budget left (no side effects)."""
-        return self.fetcher.disabled_reason is None and self.breaker.would_allow() and self.limiter.available()
+        return (self.fetcher.disabled_reason is None and self.breaker.would_allow()
+                and self.limiter.available(cost))
+
+    @property
+    def quotes(self) -> bool:
+        """Whether the source has a batch quote endpoint."""
+        return hasattr(self.fetcher, "fetch_quotes")
 
     async def fetch(self, info: SymbolInfo, timeframe: str, start: int, end: int,
                     on_error: Callable[[str, str], None]) -> FetchResult | None:
@@ -96,20 +102,22 @@ class GuardedSource:
 
     async def fetch_quotes(self, infos: Sequence[SymbolInfo],
                            on_error: Callable[[str, str], None]) -> QuoteBatch | None:
-        """One batch quote for `infos` (one request of the budget), or None as for `fetch`."""
+        """One batch quote for `infos` (charged what it costs at the provider: requests or
+        credits), or None as for `fetch`."""
         return await self.call(f"{len(infos)} symbols", lambda timeout: self.fetcher.fetch_quotes(  # type: ignore[attr-defined]
-            infos, timeout_s=timeout), on_error)
+            infos, timeout_s=timeout), on_error, cost=self.fetcher.quote_cost(infos))  # type: ignore[attr-defined]
 
     async def call(self, label: str, request: Callable[[float | None], Awaitable[T]],
-                   on_error: Callable[[str, str], None]) -> T | None:
-        """Run `request(timeout)` under the breaker, budgets and retries; None when skipped or failed."""
+                   on_error: Callable[[str, str], None], cost: int = 1) -> T | None:
+        """Run `request(timeout)` under the breaker, budgets (`cost` per try) and retries; None
+        when skipped or failed."""
         if not self.breaker.allow():
             self.metrics.fetch_skipped.labels(self.name, "breaker_open").inc()
             return None
         failures = 0
         timeout: float | None = None  # the live timeout; a retry gets what is left of the cycle
         while True:
-            if not self.limiter.try_acquire():
+            if not self.limiter.try_acquire(cost):
                 self.metrics.fetch_skipped.labels(self.name, "rate_limit").inc()
                 self.breaker.release()
                 return None

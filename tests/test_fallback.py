@@ -174,6 +174,36 @@ async def test_a_symbol_is_dead_lettered_only_when_every_source_fails(rig, redis
     assert all(d["reason"] == "every source failing" and d["sources"] == ["yahoo", "twelvedata", "polygon"]
                and sorted(d["errors"]) == ["polygon", "twelvedata", "yahoo"]
                and all("HTTP 503" in e or "circuit open" in e for e in d["errors"].values()) for d in dead.values())
-    await _cycles(sc, clock, 15)  # Twelve Data and Polygon are back
+    # The outages end 10 s from here; each breaker then lets its probe through within its reset timeout
+    await _cycles(sc, clock, 10 + int(sc.settings.breaker_reset_s) + 3)
     with redis_server.client() as c:
         assert c.hgetall("sidecar:deadletter") == {}
+
+
+async def test_quotes_fall_back_to_polygons_snapshot_while_yahoo_is_down(rig) -> None:
+    sc, ex, clock = rig
+    orch = sc.orchestrator
+    orch.quotes = True
+    ex.providers.limits["polygon"] = Limits(per_minute=600)
+    for g in orch.sources:
+        if g.name == "polygon":
+            g.limiter.per_minute = 600
+        if g.name == "twelvedata":  # a batch quote of 3 symbols costs 3 credits: more than it has
+            g.limiter.per_minute = 2
+    await _cycles(sc, clock, 70)
+    assert {st.source for st in orch.states.values()} == {"yahoo"}
+    before = ex.requests["polygon_snapshot"]
+    ex.outage(130, "yahoo")
+    await _cycles(sc, clock, 125)
+    assert {st.source for st in orch.states.values()} == {"polygon"}
+    assert ex.providers.key_log.get(("twelvedata", "local"), []) == []  # never asked beyond its budget
+    assert ex.requests["polygon_snapshot"] - before >= 100  # one per chunk per second
+    await sc.sqlite.flush()
+    with sqlite3.connect(sc.settings.db_path) as db:
+        rows = db.execute("SELECT symbol, ts, open, high, low, close, volume, source FROM bars").fetchall()
+    now = int(clock.time()) // 60 * 60
+    built = {(r[0], r[1]): r[2:7] for r in rows if r[7] == "polygon" and r[1] < now}
+    assert len(built) >= 3  # minutes built from Polygon's quotes, each equal to the truth
+    for (sym, ts), values in built.items():
+        t = ex.truth(lookup(sym).yahoo, ts, ts + 60)
+        assert values == (t.open[0], t.high[0], t.low[0], t.close[0], t.volume[0]), (sym, ts)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import numpy as np
 import pytest
 
 from sidecar.clock import ManualClock
@@ -145,3 +146,27 @@ async def test_bar_faults_arrive_as_bars_the_validator_or_the_parser_handles(mar
     good = {b.ts: (b.open, b.high, b.low, b.close) for b in result.bars if b not in bad}
     assert all(good[t] == (o, h, lo, c) for t, o, h, lo, c in zip(truth.ts.tolist(), truth.open.tolist(),
                truth.high.tolist(), truth.low.tolist(), truth.close.tolist(), strict=True) if t in good)
+
+
+@pytest.mark.parametrize("kind", ["twelvedata", "polygon"])
+async def test_batch_quotes_match_the_market_and_cost_what_the_provider_charges(market_open, kind: str) -> None:
+    ex, clock = market_open
+    f = _make(kind, ex.url, clock)
+    infos = [lookup(s) for s in ("AAPL", "EURUSD", "BTCUSD", "NAS100", "MSFT")]
+    await f.start()
+    try:
+        batch = await f.fetch_quotes(infos)
+    finally:
+        await f.close()
+    served = sorted(batch.index.tolist())
+    # Polygon's snapshot covers stocks, forex and crypto (indices have their own API); Twelve Data all
+    assert served == ([0, 1, 2, 4] if kind == "polygon" else [0, 1, 2, 3, 4])
+    truth = ex.market.quotes(tuple(infos[i].yahoo for i in served), int(clock.time()))
+    order = np.argsort(batch.index)
+    assert batch.price[order].tolist() == truth.price.tolist()
+    assert batch.time[order].tolist() == truth.time.tolist()
+    if kind == "polygon":
+        assert batch.day_volume[order].tolist() == truth.day_volume.tolist()
+    cost = f.quote_cost(infos)
+    assert cost == (3 if kind == "polygon" else 5)  # requests per market / credits per symbol
+    assert ex.providers.used(kind, "local", clock.time())[0] == cost

@@ -32,7 +32,7 @@ from ..calendars import is_trading, session_day
 from ..clock import Clock
 from ..errors import RedisStoreError
 from ..features.service import FeatureService
-from ..fetchers import FetchResult, HttpFetcher, YahooFetcher
+from ..fetchers import FetchResult, HttpFetcher, QuoteBatch, YahooFetcher
 from ..metrics import Metrics
 from ..resilience import CircuitBreaker, RateLimiter, RetryPolicy
 from ..sources import GuardedSource
@@ -143,6 +143,7 @@ class Orchestrator:
         self.stages: dict[str, float] = {}  # seconds spent per stage in the last cycle
         self._bounds = np.zeros((64, 2))  # per builder slot: the asset class's price range
         self._accepted_children: dict[tuple[str, str], Any] = {}
+        self._slot_source: dict[int, str] = {}  # quotes mode: slots whose quotes came from a fallback this poll
         self.validator = validator
         self.fetcher = fetcher
         self.redis = redis
@@ -440,16 +441,17 @@ class Orchestrator:
             now = self.clock.time()
         current = bucket_start(label, self.step)
         chunks = [states[i:i + self.quote_batch] for i in range(0, len(states), self.quote_batch)]
-        batches = await asyncio.gather(*(self.guarded.fetch_quotes(
-            [st.info for st in chunk], on_error=lambda reason, message, chunk=chunk: [
-                self._fetch_failed(st, self.guarded, reason, message) for st in chunk]) for chunk in chunks))
+        batches = await asyncio.gather(*(self._quote_chunk(chunk) for chunk in chunks))
         slots, parts = [], []
+        self._slot_source = {}
         for chunk, batch in zip(chunks, batches, strict=True):
             if batch is None:
                 continue
             chunk_slots = np.fromiter((st.slot for st in chunk), dtype=np.int64, count=len(chunk))
             slots.append(chunk_slots[batch.index])
             parts.append(batch)
+            if batch.source != self.fetcher.name:
+                self._slot_source.update(dict.fromkeys(chunk_slots.tolist(), batch.source))
         results: dict[int, FetchResult] = {}
         forming: list[tuple[SymbolState, Bar]] = []
         if parts:
@@ -467,6 +469,19 @@ class Orchestrator:
                 fetched.add(st.info.symbol)
         return [results.get(st.slot) for st in states], fetched, forming
 
+    async def _quote_chunk(self, chunk: list[SymbolState]) -> QuoteBatch | None:
+        """One chunk's batch quote from the first quote source that is usable and answers."""
+        infos = [st.info for st in chunk]
+        sources = [g for g in self.sources if g.quotes and g.fetcher.disabled_reason is None]
+        for g in sources:
+            if not g.usable(g.fetcher.quote_cost(infos)) and g is not sources[-1]:  # type: ignore[attr-defined]
+                continue
+            batch = await g.fetch_quotes(infos, on_error=lambda reason, message, g=g: [
+                self._fetch_failed(st, g, reason, message) for st in chunk])
+            if batch is not None:
+                return batch
+        return None
+
     def _take_built(self, built: BuildResult, results: dict[int, FetchResult],
                     now: float) -> list[tuple[SymbolState, Bar]]:
         """Bars from the builder: closed ones, as fetch results, only where they follow the last
@@ -483,8 +498,9 @@ class Orchestrator:
             if st is None or not ok or st.synced_until != ts:
                 continue  # left to the history catch-up
             st.synced_until = ts + self.step
-            results[slot] = FetchResult(st.info.symbol, source, [Bar(st.info.symbol, TIMEFRAME, ts, o, h, l, cl, v,
-                                                                      source, 0)])
+            src = self._slot_source.get(slot, source)
+            results[slot] = FetchResult(st.info.symbol, src, [Bar(st.info.symbol, TIMEFRAME, ts, o, h, l, cl, v,
+                                                                   src, 0)])
         f = built.forming
         reasons = self.validator.check_arrays(self.step, f.ts, f.open, f.high, f.low, f.close, f.volume,
                                               self._bounds[f.slot, 0], self._bounds[f.slot, 1], now)
@@ -499,11 +515,12 @@ class Orchestrator:
                                            f.volume[good].tolist(), strict=True):
             st = by_slot.get(slot)
             if st is not None:
-                forming.append((st, Bar(st.info.symbol, TIMEFRAME, ts, o, h, l, cl, v, source, _FORMING)))
+                forming.append((st, Bar(st.info.symbol, TIMEFRAME, ts, o, h, l, cl, v,
+                                        self._slot_source.get(slot, source), _FORMING)))
         for slot in np.union1d(c.slot, f.slot).tolist():
             st = by_slot.get(slot)
             if st is not None:
-                st.source = source
+                st.source = self._slot_source.get(slot, source)
                 self._answered(st, now)
         return forming
 

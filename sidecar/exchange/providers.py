@@ -89,6 +89,8 @@ class ProviderEndpoints:
         app.router.add_get("/query", self._alphavantage)
         app.router.add_get("/time_series", self._twelvedata)
         app.router.add_get("/v2/aggs/ticker/{ticker}/range/{mult}/{span}/{start}/{end}", self._polygon)
+        app.router.add_get("/v2/snapshot/locale/{locale}/markets/{market}/tickers", self._polygon_snapshot)
+        app.router.add_get("/quote", self._twelvedata_quote)
 
     # -- budgets -------------------------------------------------------------------------------
 
@@ -213,6 +215,17 @@ class ProviderEndpoints:
 
     # -- Twelve Data ---------------------------------------------------------------------------
 
+    def _td_admit(self, key: str, names: list[str]) -> web.Response | None:
+        """Charge one credit per symbol, or the 429 body saying which budget is spent."""
+        limits = self.limits["twelvedata"]
+        spent = self._admit("twelvedata", key, max(1, len(names)))
+        if spent is None:
+            return None
+        per_minute, per_day = self.used("twelvedata", key, self.ex.clock.time())
+        if spent == "day":
+            return self._td_error(429, TD_DAY.format(used=per_day + len(names), limit=limits.per_day))
+        return self._td_error(429, TD_MINUTE.format(used=per_minute + len(names), limit=limits.per_minute))
+
     def _td_error(self, code: int, message: str) -> web.Response:
         status = code if self.td_error_status == "code" else 200
         return _json({"code": code, "message": message, "status": "error"}, status=status)
@@ -222,18 +235,12 @@ class ProviderEndpoints:
         q = request.query
         if (early := await self._respond_fault(self._common_fault("twelvedata"))) is not None:
             return early
-        auth = request.headers.get("Authorization", "")
-        key = q.get("apikey") or (auth[len("apikey "):] if auth.startswith("apikey ") else "")
+        key = self._twelvedata_key(request)
         if key not in self.keys["twelvedata"]:
             return self._td_error(401, TD_BAD_KEY)
         names = [n for n in q.get("symbol", "").split(",") if n]
-        limits = self.limits["twelvedata"]
-        spent = self._admit("twelvedata", key, max(1, len(names)))
-        if spent is not None:
-            per_minute, per_day = self.used("twelvedata", key, self.ex.clock.time())
-            if spent == "day":
-                return self._td_error(429, TD_DAY.format(used=per_day + len(names), limit=limits.per_day))
-            return self._td_error(429, TD_MINUTE.format(used=per_minute + len(names), limit=limits.per_minute))
+        if (refused := self._td_admit(key, names)) is not None:
+            return refused
         if q.get("interval") != "1min":
             return self._td_error(400, "**interval** is not supported by the local exchange; use 1min")
         utc = q.get("timezone", "Exchange").upper() == "UTC"
@@ -280,6 +287,72 @@ class ProviderEndpoints:
                 "exchange_timezone": "UTC" if zone is dt.UTC else "America/New_York", "type": "Common Stock"}
         return {"meta": meta, "values": values, "status": "ok"}
 
+    # -- batch quotes: Polygon's snapshot, Twelve Data's /quote ------------------------------------
+
+    async def _polygon_snapshot(self, request: web.Request) -> web.Response:
+        """`GET /v2/snapshot/locale/{us|global}/markets/{stocks|forex|crypto}/tickers?tickers=..`: one
+        request of the budget for any number of tickers; unknown ones are left out."""
+        self.ex.requests["polygon_snapshot"] += 1
+        if (early := await self._respond_fault(self._common_fault("polygon"))) is not None:
+            return early
+        key = self._polygon_key(request)
+        if key not in self.keys["polygon"]:
+            return _json({"status": "ERROR", "request_id": "local", "error": "Unknown API Key"}, status=401)
+        if self._admit("polygon", key, 1) is not None:
+            return _json({"status": "ERROR", "request_id": "local", "error": PG_MINUTE}, status=429)
+        prefix = _SNAPSHOT_MARKETS.get((request.match_info["locale"], request.match_info["market"]))
+        if prefix is None:
+            return _json({"status": "ERROR", "request_id": "local", "error": "unknown market"}, status=404)
+        infos = []
+        for name in request.query.get("tickers", "").split(","):
+            try:
+                info = from_provider("polygon", name)
+            except SymbolError:
+                continue
+            if name.startswith(prefix) and (prefix or ":" not in name):
+                infos.append(info)
+        tickers = []
+        for info, (price, at, volume) in zip(infos, _quotes(self.ex, infos), strict=True):
+            tickers.append({"ticker": info.polygon, "updated": at * 1_000_000_000,
+                            "day": {"c": price, "v": volume},
+                            "lastTrade": {"p": price, "s": 1, "t": at * 1_000_000_000, "x": 4},
+                            "min": {"av": volume, "t": at // 60 * 60_000, "c": price}})
+        return _json({"count": len(tickers), "status": "OK", "tickers": tickers})
+
+    async def _twelvedata_quote(self, request: web.Request) -> web.Response:
+        """`GET /quote?symbol=A,B`: one credit per symbol, keyed by symbol when more than one."""
+        self.ex.requests["twelvedata_quote"] += 1
+        if (early := await self._respond_fault(self._common_fault("twelvedata"))) is not None:
+            return early
+        key = self._twelvedata_key(request)
+        if key not in self.keys["twelvedata"]:
+            return self._td_error(401, TD_BAD_KEY)
+        names = [n for n in request.query.get("symbol", "").split(",") if n]
+        if (refused := self._td_admit(key, names)) is not None:
+            return refused
+        out: dict[str, object] = {}
+        known = []
+        for name in names:
+            try:
+                known.append((name, from_provider("twelvedata", name)))
+            except SymbolError:
+                out[name] = {"code": 404, "message": f"**symbol** not found: {name}. Please specify it correctly "
+                                                     "according to API Documentation.", "status": "error"}
+        for (name, info), (price, at, volume) in zip(known, _quotes(self.ex, [i for _, i in known]), strict=True):
+            decimals = max(self.ex.market.profile(info.yahoo).decimals, 5)
+            out[name] = {"symbol": name, "datetime": _naive(at, dt.UTC)[:10], "timestamp": at,
+                         "close": _fmt(price, decimals), "volume": str(volume), "is_market_open": True}
+        body = out[names[0]] if len(names) == 1 else out
+        return _json(body)
+
+    def _polygon_key(self, request: web.Request) -> str:
+        auth = request.headers.get("Authorization", "")
+        return request.query.get("apiKey") or (auth[len("Bearer "):] if auth.startswith("Bearer ") else "")
+
+    def _twelvedata_key(self, request: web.Request) -> str:
+        auth = request.headers.get("Authorization", "")
+        return request.query.get("apikey") or (auth[len("apikey "):] if auth.startswith("apikey ") else "")
+
     # -- Polygon -------------------------------------------------------------------------------
 
     async def _polygon(self, request: web.Request) -> web.Response:
@@ -287,8 +360,7 @@ class ProviderEndpoints:
         if (early := await self._respond_fault(self._common_fault("polygon"))) is not None:
             return early
         q = request.query
-        auth = request.headers.get("Authorization", "")
-        key = q.get("apiKey") or (auth[len("Bearer "):] if auth.startswith("Bearer ") else "")
+        key = self._polygon_key(request)
         if key not in self.keys["polygon"]:
             return _json({"status": "ERROR", "request_id": "local", "error": "Unknown API Key"}, status=401)
         if self._admit("polygon", key, 1) is not None:
@@ -323,6 +395,17 @@ class ProviderEndpoints:
                 body["next_url"] = (f"{request.scheme}://{request.host}/v2/aggs/ticker/{ticker}/range/{m['mult']}/"
                                     f"{m['span']}/{nxt * 1000}/{m['end']}?cursor={token}&limit={limit}")
         return _json(body)
+
+
+def _quotes(ex: Exchange, infos: list[SymbolInfo]) -> list[tuple[float, int, int]]:
+    """(price, unix second, day volume) of each symbol's last trade, from the market's quote table."""
+    if not infos:
+        return []
+    q = ex.market.quotes(tuple(i.yahoo for i in infos), int(ex.clock.time()))
+    return list(zip(q.price.tolist(), q.time.tolist(), q.day_volume.astype(np.int64).tolist(), strict=True))
+
+
+_SNAPSHOT_MARKETS = {("us", "stocks"): "", ("global", "forex"): "C:", ("global", "crypto"): "X:"}
 
 
 def _fmt(value: float, decimals: int) -> str:

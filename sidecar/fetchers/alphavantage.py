@@ -13,7 +13,8 @@ from ..bars import timeframe_seconds
 from ..clock import Clock
 from ..errors import ProviderError, RateLimited
 from ..symbols import SymbolInfo
-from .base import FetchResult, HttpFetcher, raise_for_server_error, bars_from_rows, decode_json, local_time_zone, naive_to_epoch
+from .base import (FetchResult, HttpFetcher, bars_from_rows, decode_json, local_time_zone, naive_to_epoch,
+                   raise_for_server_error)
 
 SOURCE = "alphavantage"
 _INTERVALS = {"1m": "1min", "5m": "5min", "15m": "15min", "1h": "60min"}

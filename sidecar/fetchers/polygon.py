@@ -8,11 +8,16 @@ Errors: 429 (per-minute limit), 401 (unknown key), 403 (not entitled), with the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
+
 from ..bars import timeframe_seconds
 from ..clock import Clock
 from ..errors import MalformedResponse, ProviderError, RateLimited
 from ..symbols import SymbolInfo
-from .base import FetchResult, HttpFetcher, raise_for_server_error, bars_from_rows, decode_json, retry_after
+from .base import (FetchResult, HttpFetcher, QuoteBatch, bars_from_rows, decode_json, raise_for_server_error,
+                   retry_after, to_float)
 
 SOURCE = "polygon"
 _SPANS = {"1m": "1/minute", "5m": "5/minute", "15m": "15/minute", "1h": "1/hour"}
@@ -68,6 +73,51 @@ class PolygonFetcher(HttpFetcher):
         else:
             raise ProviderError(SOURCE, info.symbol, f"more than {MAX_PAGES} pages", status=None)
         return bars_from_rows(info.symbol, SOURCE, timeframe, step, rows, start, end, self.clock.time())
+
+
+    def quote_cost(self, infos: Sequence[SymbolInfo]) -> int:
+        """Requests one `fetch_quotes` makes: one snapshot per market among the symbols."""
+        return len({_snapshot_market(i) for i in infos} - {None}) or 1
+
+    async def fetch_quotes(self, infos: Sequence[SymbolInfo], timeout_s: float | None = None) -> QuoteBatch:
+        """The snapshot of all `infos` (one request per market: stocks, forex, crypto; indices
+        have no snapshot here and get no row): last trade price and second, day volume."""
+        label = f"{len(infos)} symbols"
+        by_market: dict[str, list[int]] = {}
+        for i, info in enumerate(infos):
+            market = _snapshot_market(info)
+            if market is not None:
+                by_market.setdefault(market, []).append(i)
+        index, price, at, volume = [], [], [], []
+        for market, rows in by_market.items():
+            url = f"{self.base_url}/v2/snapshot/locale/{market}/tickers"
+            status, headers, body = await self._request(
+                url, {"tickers": ",".join(infos[i].polygon for i in rows)}, label, timeout_s)
+            raise_for_server_error(SOURCE, label, status, body)
+            payload = decode_json(body, SOURCE, label) if body.strip() else {}
+            if status == 429:
+                raise RateLimited(SOURCE, label, f"HTTP 429: {_message(payload)}",
+                                  retry_after=retry_after(headers.get("Retry-After")) or 60 - self.clock.time() % 60)
+            if status >= 400 or not isinstance(payload, dict) or payload.get("status") != "OK":
+                raise ProviderError(SOURCE, label, f"HTTP {status}: {_message(payload)}", status=status)
+            position = {infos[i].polygon: i for i in rows}
+            for t in payload.get("tickers") or []:
+                i = position.get(t.get("ticker")) if isinstance(t, dict) else None
+                if i is None:
+                    continue
+                trade, day = t.get("lastTrade") or {}, t.get("day") or {}
+                ns = trade.get("t")
+                index.append(i)
+                price.append(to_float(trade.get("p")))
+                at.append(ns // 1_000_000_000 if isinstance(ns, int) else -1)  # nanoseconds
+                volume.append(to_float(day.get("v", 0)))
+        return QuoteBatch(SOURCE, np.array(index, dtype=np.int64), np.array(price, dtype=np.float64),
+                          np.array(at, dtype=np.int64), np.array(volume, dtype=np.float64))
+
+
+def _snapshot_market(info: SymbolInfo) -> str | None:
+    prefix = info.polygon.partition(":")[0] if ":" in info.polygon else ""
+    return {"": "us/markets/stocks", "C": "global/markets/forex", "X": "global/markets/crypto"}.get(prefix)
 
 
 def _message(payload: object) -> str:

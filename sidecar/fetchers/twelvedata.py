@@ -9,12 +9,16 @@ authoritative. The two 429s differ by their message: "current minute" or "for th
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
+
+import numpy as np
 
 from ..bars import timeframe_seconds
 from ..clock import Clock
 from ..errors import ProviderError, RateLimited
 from ..symbols import SymbolInfo
-from .base import FetchResult, HttpFetcher, raise_for_server_error, bars_from_rows, decode_json, naive_to_epoch
+from .base import (FetchResult, HttpFetcher, QuoteBatch, bars_from_rows, decode_json, naive_to_epoch,
+                   raise_for_server_error, to_float)
 
 SOURCE = "twelvedata"
 _INTERVALS = {"1m": "1min", "5m": "5min", "15m": "15min", "1h": "1h"}
@@ -51,15 +55,9 @@ class TwelveDataFetcher(HttpFetcher):
         if not isinstance(payload, dict):
             raise ProviderError(SOURCE, info.symbol, f"HTTP {status}: unexpected body", status=status)
         if payload.get("status") == "error":
-            code = payload.get("code")
-            message = str(payload.get("message", ""))
-            if code == 400 and message.startswith("No data is available"):
+            if payload.get("code") == 400 and str(payload.get("message", "")).startswith("No data is available"):
                 return FetchResult(info.symbol, SOURCE)  # an empty window, not an error
-            if code == 429:
-                wait = 86400 - self.clock.time() % 86400 if "for the day" in message else 60 - self.clock.time() % 60
-                raise RateLimited(SOURCE, info.symbol, f"{message[:100]}", retry_after=wait)
-            raise ProviderError(SOURCE, info.symbol, f"{code}: {message[:160]}",
-                                status=code if isinstance(code, int) else status)
+            self._raise_error(payload, info.symbol, status)
         values = payload.get("values")
         if not isinstance(values, list):
             raise ProviderError(SOURCE, info.symbol, f"HTTP {status}: no values", status=status if status >= 400 else 502)
@@ -69,6 +67,45 @@ class TwelveDataFetcher(HttpFetcher):
             rows.append((naive_to_epoch(r.get("datetime", ""), dt.UTC), r.get("open"), r.get("high"), r.get("low"),
                          r.get("close"), r.get("volume")))  # FX and some crypto have no volume
         return bars_from_rows(info.symbol, SOURCE, timeframe, step, rows, start, end, self.clock.time())
+
+
+    def quote_cost(self, infos: Sequence[SymbolInfo]) -> int:
+        """Credits one `fetch_quotes` costs: one per symbol."""
+        return len(infos)
+
+    async def fetch_quotes(self, infos: Sequence[SymbolInfo], timeout_s: float | None = None) -> QuoteBatch:
+        """`/quote` for all `infos` in one request: latest price (`close`), its time (`timestamp`)
+        and the day's volume; a symbol with its own error entry gets no row."""
+        label = f"{len(infos)} symbols"
+        status, _headers, body = await self._request(
+            f"{self.base_url}/quote", {"symbol": ",".join(i.twelvedata for i in infos)}, label, timeout_s)
+        raise_for_server_error(SOURCE, label, status, body)
+        payload = decode_json(body, SOURCE, label)
+        if not isinstance(payload, dict):
+            raise ProviderError(SOURCE, label, f"HTTP {status}: unexpected body", status=status)
+        if payload.get("status") == "error":
+            self._raise_error(payload, label, status)
+        entries = {infos[0].twelvedata: payload} if len(infos) == 1 else payload
+        index, price, at, volume = [], [], [], []
+        for i, info in enumerate(infos):
+            entry = entries.get(info.twelvedata)
+            if not isinstance(entry, dict) or entry.get("status") == "error":
+                continue
+            t = entry.get("timestamp")
+            index.append(i)
+            price.append(to_float(entry.get("close")))
+            at.append(t if isinstance(t, int) else -1)
+            volume.append(to_float(entry.get("volume", 0)))
+        return QuoteBatch(SOURCE, np.array(index, dtype=np.int64), np.array(price, dtype=np.float64),
+                          np.array(at, dtype=np.int64), np.array(volume, dtype=np.float64))
+
+    def _raise_error(self, payload: dict, label: str, status: int) -> None:
+        code = payload.get("code")
+        message = str(payload.get("message", ""))
+        if code == 429:
+            wait = 86400 - self.clock.time() % 86400 if "for the day" in message else 60 - self.clock.time() % 60
+            raise RateLimited(SOURCE, label, message[:100], retry_after=wait)
+        raise ProviderError(SOURCE, label, f"{code}: {message[:160]}", status=code if isinstance(code, int) else status)
 
 
 def _utc(ts: int) -> str:

@@ -65,6 +65,10 @@ class YahooFetcher(HttpFetcher):
         body = await self._get(f"/v8/finance/chart/{info.yahoo}", params, info.symbol, timeout_s)
         return parse_chart(decode_json(body, SOURCE, info.symbol), info, timeframe)
 
+    def quote_cost(self, infos: Sequence[SymbolInfo]) -> int:
+        """Requests one `fetch_quotes` makes (a crumb refresh aside)."""
+        return 1
+
     async def fetch_quotes(self, infos: Sequence[SymbolInfo], timeout_s: float | None = None) -> QuoteBatch:
         """One batch quote for `infos` (keep it to a few hundred symbols); the crumb is fetched
         on first use and once more when Yahoo calls it invalid."""
