@@ -207,3 +207,54 @@ async def test_quotes_fall_back_to_polygons_snapshot_while_yahoo_is_down(rig) ->
     for (sym, ts), values in built.items():
         t = ex.truth(lookup(sym).yahoo, ts, ts + 60)
         assert values == (t.open[0], t.high[0], t.low[0], t.close[0], t.volume[0]), (sym, ts)
+
+
+@pytest.mark.parametrize("provider", ["twelvedata", "polygon", "alphavantage"])
+@pytest.mark.parametrize("fault", ["high_below_low", "nan_price", "negative_price", "duplicate", "out_of_order"])
+async def test_bad_bars_from_any_provider_are_never_stored(tmp_path, redis_url: str, provider: str, fault: str) -> None:
+    """The daemon on one provider alone, with a fault in its answer about AAPL: what SQLite holds
+    is exactly the truth (the bad copy rejected and its minute fetched again; duplicates and
+    out-of-order rows stored once)."""
+    clock = ManualClock(start=START)
+    ex = Exchange(Market(SEED, always_open=True), clock=clock,
+                  limits={p: Limits() for p in ("twelvedata", "polygon", "alphavantage")})
+    await ex.start()
+    s = replace(Settings(), redis_url=redis_url, db_path=tmp_path / "p.db", http_port=0, lookback_minutes=10,
+                bootstrap_days=0.0, symbols=("AAPL", "BTCUSD"), sources=(provider,), spike_atr=0.0,
+                yahoo_base_url=ex.url, twelvedata_base_url=ex.url, polygon_base_url=ex.url,
+                alphavantage_base_url=ex.url, twelvedata_api_key="local", polygon_api_key="local",
+                alphavantage_api_key="local", twelvedata_rate_per_min=0, twelvedata_rate_per_day=0,
+                polygon_rate_per_min=0, alphavantage_rate_per_min=0, alphavantage_rate_per_day=0)
+    sc = Sidecar(s, clock=clock, handle_signals=False)
+    await sc.sqlite.start()
+    await sc.redis.start()
+    for f in sc.fallbacks:
+        await f.start()
+    try:
+        await _cycles(sc, clock, 70)
+        while int(clock.time()) % 60:  # a minute has just closed: its bar is new to the daemon
+            await _cycles(sc, clock, 1)
+        ex.inject(f"{provider}:AAPL", fault)
+        await _cycles(sc, clock, 70)
+        await sc.sqlite.flush()
+    finally:
+        for f in sc.fallbacks:
+            await f.close()
+        await sc.sqlite.close()
+        await sc.redis.close()
+        await ex.close()
+    assert [f["kind"] for f in ex.fault_log] == [fault]
+    with sqlite3.connect(s.db_path) as db:
+        rows = db.execute("SELECT symbol, ts, open, high, low, close, source FROM bars").fetchall()
+    assert {r[6] for r in rows} == {provider}
+    now = int(clock.time()) // 60 * 60
+    for sym in ("AAPL", "BTCUSD"):
+        t = ex.truth(lookup(sym).yahoo, START // 60 * 60 - 600, now)
+        truth = {ts: v for ts, *v in zip(t.ts.tolist(), t.open.tolist(), t.high.tolist(), t.low.tolist(),
+                                         t.close.tolist(), strict=True)}
+        mine = {r[1]: r[2:6] for r in rows if r[0] == sym and r[1] < now - 60}
+        assert mine == {ts: tuple(v) for ts, v in truth.items() if ts < now - 60}, sym
+    rejected = sc.metrics.by_label("sidecar_bars_rejected_total", "reason")
+    expected = {"high_below_low": "high_below_open_close", "nan_price": "non_finite",
+                "negative_price": "non_positive_price"}.get(fault)
+    assert (rejected.get(expected, 0) >= 1) if expected else not rejected, (rejected, ex.fault_log)

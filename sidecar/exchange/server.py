@@ -480,7 +480,7 @@ class Exchange:
         closed = np.flatnonzero(bars.ts + 60 <= now)
         if fault is None:
             return bars
-        if len(closed) < 2:
+        if not len(closed) or len(bars) < 2:
             self._faults[key].appendleft(_PendingFault(fault, 1))  # try again on the next response
             return bars
         i = int(closed[-1])
@@ -489,9 +489,10 @@ class Exchange:
         if fault == "duplicate":
             b = MinuteBars(*(np.insert(getattr(b, f), i, getattr(b, f)[i]) for f in MinuteBars.__slots__))  # type: ignore[attr-defined]
         elif fault == "out_of_order":
+            j = i - 1 if i > 0 else i + 1  # the neighbour: the bar before, or the forming one after
             for f in MinuteBars.__slots__:  # type: ignore[attr-defined]
                 col = getattr(b, f)
-                col[i - 1], col[i] = col[i].copy(), col[i - 1].copy()
+                col[j], col[i] = col[i].copy(), col[j].copy()
         else:
             self.served[yahoo].pop(int(b.ts[i]), None)
             if fault == "high_below_low":
