@@ -56,6 +56,7 @@ exchange: venv
 bench: venv system-deps
 	$(PY) -m bench.pipeline
 	$(PY) -m bench.features
+	$(PY) -m bench.quotes --symbols 5000 --seconds 60
 
 clean:
 	rm -rf $(VENV) var .pytest_cache node_modules

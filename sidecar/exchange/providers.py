@@ -123,21 +123,9 @@ class ProviderEndpoints:
         return self.ex._take_fault(f"@{provider}", RESPONSE_FAULTS)  # noqa: SLF001 - the exchange's own queue
 
     async def _respond_fault(self, fault: str | None) -> web.Response | None:
-        from .server import RETRY_AFTER_S
-
         if fault == "outage":
             return web.Response(status=503, text="Service Unavailable")
-        if fault == "http_500":
-            return web.Response(status=500, text="Internal Server Error")
-        if fault == "http_429":
-            return web.Response(status=429, text="")
-        if fault == "http_429_retry_after":
-            return web.Response(status=429, text="", headers={"Retry-After": str(RETRY_AFTER_S)})
-        if fault == "slow":
-            import asyncio
-
-            await asyncio.sleep(self.ex.slow_s)
-        return None
+        return await self.ex.fault_response(fault, text_429="")
 
     def _bars(self, info: SymbolInfo, start: int, end: int, *, forming: bool) -> MinuteBars:
         """The market's bars with trades in [start, end) (the forming one too when asked), recorded as served."""

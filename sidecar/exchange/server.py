@@ -136,6 +136,19 @@ class Exchange:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
         self._faults[symbol].append(_PendingFault(kind, count))
 
+    async def fault_response(self, fault: str | None, text_429: str = "Too Many Requests") -> web.Response | None:
+        """The answer a response fault makes (a `slow` one only delays), or None to answer normally;
+        Yahoo's 429 is the plain text `Too Many Requests`, other providers' may be empty."""
+        if fault == "http_429":
+            return web.Response(status=429, text=text_429)
+        if fault == "http_429_retry_after":
+            return web.Response(status=429, text=text_429, headers={"Retry-After": str(RETRY_AFTER_S)})
+        if fault == "http_500":
+            return web.Response(status=500, text="Internal Server Error")
+        if fault == "slow":
+            await asyncio.sleep(self.slow_s)
+        return None
+
     def _take_fault(self, symbol: str, kinds: frozenset[str]) -> str | None:
         queue = self._faults.get(symbol)
         if not queue or queue[0].kind not in kinds:
@@ -165,14 +178,8 @@ class Exchange:
         if not _YAHOO_SYMBOL.fullmatch(symbol):
             return _chart_error(404, "Not Found", "No data found, symbol may be delisted")
         fault = self._take_fault(symbol, RESPONSE_FAULTS)
-        if fault == "http_429":
-            return web.Response(status=429, text="Too Many Requests")
-        if fault == "http_429_retry_after":
-            return web.Response(status=429, text="Too Many Requests", headers={"Retry-After": str(RETRY_AFTER_S)})
-        if fault == "http_500":
-            return web.Response(status=500, text="Internal Server Error")
-        if fault == "slow":
-            await asyncio.sleep(self.slow_s)
+        if (faulted := await self.fault_response(fault)) is not None:
+            return faulted
 
         q = request.query
         interval = q.get("interval", "1m")
@@ -369,14 +376,8 @@ class Exchange:
         if fault == "invalid_crumb" or not crumb or self._cookies.get(cookie) != crumb:
             body = {"finance": {"result": None, "error": {"code": "Unauthorized", "description": "Invalid Crumb"}}}
             return web.Response(status=401, body=orjson.dumps(body), content_type="application/json")
-        if fault == "http_429":
-            return web.Response(status=429, text="Too Many Requests")
-        if fault == "http_429_retry_after":
-            return web.Response(status=429, text="Too Many Requests", headers={"Retry-After": str(RETRY_AFTER_S)})
-        if fault == "http_500":
-            return web.Response(status=500, text="Internal Server Error")
-        if fault == "slow":
-            await asyncio.sleep(self.slow_s)
+        if (faulted := await self.fault_response(fault)) is not None:
+            return faulted
         # Unknown or malformed symbols are left out, as Yahoo does: no per-symbol error.
         symbols = tuple(s for s in request.query.get("symbols", "").split(",") if _YAHOO_SYMBOL.fullmatch(s))
         self.quote_log.append((now, len(symbols)))
