@@ -170,3 +170,20 @@ async def test_batch_quotes_match_the_market_and_cost_what_the_provider_charges(
     cost = f.quote_cost(infos)
     assert cost == (3 if kind == "polygon" else 5)  # requests per market / credits per symbol
     assert ex.providers.used(kind, "local", clock.time())[0] == cost
+
+
+@pytest.mark.parametrize("kind", ["alphavantage", "twelvedata", "polygon"])
+async def test_a_garbled_body_is_a_malformed_response(market_open, kind: str) -> None:
+    from sidecar.errors import MalformedResponse
+
+    ex, clock = market_open
+    ex.inject(f"@{kind}", "malformed_json")
+    f = _make(kind, ex.url, clock)
+    await f.start()
+    try:
+        with pytest.raises(MalformedResponse):
+            await f.fetch_bars(lookup("AAPL"), "1m", START - 600, START)
+        again = await f.fetch_bars(lookup("AAPL"), "1m", START - 600, START)  # the next answer is whole
+    finally:
+        await f.close()
+    assert len(again.bars) >= 5  # ten minutes, a few of them without trades

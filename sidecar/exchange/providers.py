@@ -122,9 +122,11 @@ class ProviderEndpoints:
             return "outage"
         return self.ex._take_fault(f"@{provider}", RESPONSE_FAULTS)  # noqa: SLF001 - the exchange's own queue
 
-    async def _respond_fault(self, fault: str | None) -> web.Response | None:
+    async def _respond_fault(self, fault: str | None, request: web.Request) -> web.Response | None:
         if fault == "outage":
             return web.Response(status=503, text="Service Unavailable")
+        if fault == "malformed_json":
+            self.ex.garble.add(id(request))  # the exchange's middleware cuts the answer in half
         return await self.ex.fault_response(fault, text_429="")
 
     def _bars(self, info: SymbolInfo, start: int, end: int, *, forming: bool) -> MinuteBars:
@@ -145,8 +147,7 @@ class ProviderEndpoints:
     async def _alphavantage(self, request: web.Request) -> web.Response:
         self.ex.requests["alphavantage"] += 1
         q = request.query
-        fault = self._common_fault("alphavantage")
-        if (early := await self._respond_fault(fault)) is not None:
+        if (early := await self._respond_fault(self._common_fault("alphavantage"), request)) is not None:
             return early
         key = q.get("apikey", "")
         if key not in self.keys["alphavantage"]:
@@ -221,7 +222,7 @@ class ProviderEndpoints:
     async def _twelvedata(self, request: web.Request) -> web.Response:
         self.ex.requests["twelvedata"] += 1
         q = request.query
-        if (early := await self._respond_fault(self._common_fault("twelvedata"))) is not None:
+        if (early := await self._respond_fault(self._common_fault("twelvedata"), request)) is not None:
             return early
         key = self._twelvedata_key(request)
         if key not in self.keys["twelvedata"]:
@@ -281,7 +282,7 @@ class ProviderEndpoints:
         """`GET /v2/snapshot/locale/{us|global}/markets/{stocks|forex|crypto}/tickers?tickers=..`: one
         request of the budget for any number of tickers; unknown ones are left out."""
         self.ex.requests["polygon_snapshot"] += 1
-        if (early := await self._respond_fault(self._common_fault("polygon"))) is not None:
+        if (early := await self._respond_fault(self._common_fault("polygon"), request)) is not None:
             return early
         key = self._polygon_key(request)
         if key not in self.keys["polygon"]:
@@ -310,7 +311,7 @@ class ProviderEndpoints:
     async def _twelvedata_quote(self, request: web.Request) -> web.Response:
         """`GET /quote?symbol=A,B`: one credit per symbol, keyed by symbol when more than one."""
         self.ex.requests["twelvedata_quote"] += 1
-        if (early := await self._respond_fault(self._common_fault("twelvedata"))) is not None:
+        if (early := await self._respond_fault(self._common_fault("twelvedata"), request)) is not None:
             return early
         key = self._twelvedata_key(request)
         if key not in self.keys["twelvedata"]:
@@ -345,7 +346,7 @@ class ProviderEndpoints:
 
     async def _polygon(self, request: web.Request) -> web.Response:
         self.ex.requests["polygon"] += 1
-        if (early := await self._respond_fault(self._common_fault("polygon"))) is not None:
+        if (early := await self._respond_fault(self._common_fault("polygon"), request)) is not None:
             return early
         q = request.query
         key = self._polygon_key(request)

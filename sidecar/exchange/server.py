@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Awaitable, Callable
 import datetime as dt
 import math
 import re
@@ -94,7 +95,8 @@ class Exchange:
         self._faults: dict[str, collections.deque[_PendingFault]] = collections.defaultdict(collections.deque)
         self._runner: web.AppRunner | None = None
         self.url: str | None = None  # set by start()
-        self.app = web.Application()
+        self.garble: set[int] = set()  # id() of requests whose answer a malformed_json fault cuts in half
+        self.app = web.Application(middlewares=[self._malformed])
         self.app.router.add_get("/v8/finance/chart/{symbol}", self._chart)
         self.app.router.add_get("/", self._cookie)  # what fc.yahoo.com does: set the A3 cookie
         self.app.router.add_get("/v1/test/getcrumb", self._getcrumb)
@@ -135,6 +137,18 @@ class Exchange:
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
         self._faults[symbol].append(_PendingFault(kind, count))
+
+    @web.middleware
+    async def _malformed(self, request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        """A `malformed_json` fault on a provider endpoint: half of the body it was going to send."""
+        response = await handler(request)
+        if id(request) in self.garble:
+            self.garble.discard(id(request))
+            if isinstance(response, web.Response) and response.body:
+                body = bytes(response.body)  # type: ignore[arg-type]
+                response.body = body[: len(body) // 2]
+        return response
 
     async def fault_response(self, fault: str | None, text_429: str = "Too Many Requests") -> web.Response | None:
         """The answer a response fault makes (a `slow` one only delays), or None to answer normally;
