@@ -336,6 +336,9 @@ class Settings(_FromEnv):
         "REDIS_HISTORY_LEN", 5000, _int(1, 1_000_000), "closed bars kept per symbol and timeframe")
     db_path: Path = _setting(
         "DB_PATH", Path("var/sidecar.db"), lambda raw: Path(raw.strip()), "SQLite database file")
+    cycle_trace: str = _setting(
+        "CYCLE_TRACE", "", _text,
+        "file to append one JSON line per cycle to (time, duration, stage times, bars), for soak runs (empty: off)")
     flush_interval_s: float = _setting(
         "FLUSH_INTERVAL_S", 10.0, _float(0.1, 86400), "seconds between SQLite flushes")
     sqlite_buffer_max: int = _setting(

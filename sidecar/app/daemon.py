@@ -8,7 +8,10 @@ import asyncio
 import logging
 import signal
 import sqlite3
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
 
 from ..backfill import Backfiller
 from ..bootstrap import Bootstrapper
@@ -90,7 +93,7 @@ class Sidecar:
         guarded.sort(key=lambda g: s.sources.index(g.name))
         self.orchestrator = Orchestrator(
             breaker=breaker(self.fetcher.name), limiter=limiter(self.fetcher.name), retry=retry,
-            fallbacks=guarded, source_order=s.sources,
+            fallbacks=guarded, source_order=s.sources, trace=self._trace_cycle if s.cycle_trace else None,
             symbols=self.infos, fetcher=self.fetcher, features=self.features, scanner=self.scanner,
             on_redis_lost=self._schedule_reseed, on_recovered=self._schedule_backfill, stale_after_s=s.stale_after_s,
             spike_atr=s.spike_atr, quotes=s.live_mode == "quotes", quote_batch=s.quote_batch,
@@ -117,6 +120,7 @@ class Sidecar:
         self._reseed: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._trace_file: BinaryIO | None = None
 
     def health(self) -> dict[str, Any]:
         """The /health document."""
@@ -145,6 +149,15 @@ class Sidecar:
         if new or gone:
             log.info("symbols now %d: added %s, removed %s", len(names), [i.symbol for i in new], gone)
         return names
+
+    def _trace_cycle(self, record: dict[str, object]) -> None:
+        """Append a cycle's record to SIDECAR_CYCLE_TRACE (a line a second: cheap enough inline)."""
+        if self._trace_file is None:
+            path = Path(self.settings.cycle_trace)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._trace_file = path.open("ab")
+        self._trace_file.write(orjson.dumps(record) + b"\n")
+        self._trace_file.flush()
 
     def announce_sources(self) -> None:
         """One log line per source: its place in the order, or why it is disabled."""
@@ -380,4 +393,6 @@ class Sidecar:
             await f.close()
         await self.sqlite.close()
         await self.redis.close()
+        if self._trace_file is not None:
+            self._trace_file.close()
         log.info("stopped")

@@ -121,6 +121,7 @@ class Orchestrator:
         it while the ones before are failing, open or out of budget.
     :param source_order: names in order of preference (default: the primary, then `fallbacks`);
         the primary (`fetcher`) also serves quotes whatever its place.
+    :param trace: called after each cycle with its record (time, duration, stages, counts).
     """
 
     def __init__(self, *, symbols: list[SymbolInfo], fetcher: YahooFetcher, validator: Validator,
@@ -132,7 +133,8 @@ class Orchestrator:
                  on_recovered: Callable[[], object] | None = None, stale_after_s: float = 5.0,
                  spike_atr: float = 0.0, quotes: bool = False, quote_batch: int = 200,
                  catchup_per_cycle: int = 200, fallbacks: Sequence[GuardedSource] = (),
-                 source_order: Sequence[str] | None = None) -> None:
+                 source_order: Sequence[str] | None = None, trace: Callable[[dict[str, object]], None] | None = None
+                 ) -> None:
         self.states: dict[str, SymbolState] = {}
         self.quotes = quotes
         self.quote_batch = quote_batch
@@ -144,6 +146,7 @@ class Orchestrator:
         self._bounds = np.zeros((64, 2))  # per builder slot: the asset class's price range
         self._accepted_children: dict[tuple[str, str], Any] = {}
         self._slot_source: dict[int, str] = {}  # quotes mode: slots whose quotes came from a fallback this poll
+        self.trace = trace
         self.validator = validator
         self.fetcher = fetcher
         self.redis = redis
@@ -318,6 +321,11 @@ class Orchestrator:
         self.metrics.cycle_seconds.observe(duration)
         report = CycleReport(duration, len(states) - failed, failed, len(closed), rejected, redis_ok)
         self.last_cycle, self.last_cycle_at = report, now
+        if self.trace is not None:
+            self.trace({"t": round(now, 3), "cycle_s": round(duration, 6),
+                        **{k: round(v, 6) for k, v in self.stages.items()}, "symbols": len(states),
+                        "fetched": report.fetched, "closed": report.closed, "rejected": rejected,
+                        "history_requests": len(from_history), "overruns": self.ticker.overruns})
         return report
 
     def _accepted(self, source: str, kind: str) -> Any:

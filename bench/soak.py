@@ -1,0 +1,346 @@
+"""End-to-end soak: the exchange, redis-server and the sidecar daemon as separate processes, the
+daemon in quotes mode on a named universe, measured the way a user runs it.
+
+    .venv/bin/python -m bench.soak --symbols 5000 --minutes 10          (the soak)
+    .venv/bin/python -m bench.soak --quick                              (5,000 symbols for 60 s)
+    .venv/bin/python -m bench.soak --scaling 100,1000,5000,20000 --seconds 60
+
+The daemon writes one JSON line per cycle (SIDECAR_CYCLE_TRACE); this harness samples each
+process's CPU and RSS from /proc and Redis's INFO once a second, reads the daemon's /metrics at
+the end, and writes a report (`bench/results/<date>-<host>.md`) with PNG plots: cycle time over
+the run with its p99, per-stage stacked time, RSS over time, and the scaling curve. Beside it,
+in the same run: `redis-benchmark` with pipelining (the machine's Redis rate) and SQLite
+`executemany` into an empty table (its insert rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+import redis
+
+from .quotes import universe
+from .servers import ROOT, free_port, redis_server
+
+STAGES = ("fetch", "validate", "features", "redis", "sqlite_buffer", "scan")
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(slots=True)
+class Sample:
+    """One second of the run: wall time, per-process CPU seconds and RSS bytes, Redis counters."""
+
+    t: float
+    cpu: dict[str, float]
+    rss: dict[str, int]
+    redis_commands: int
+
+
+@dataclass(slots=True)
+class Run:
+    """What one soak measured."""
+
+    symbols: int
+    seconds: float
+    warmup_s: float
+    cycles: list[dict[str, float]] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def ms(self, key: str) -> np.ndarray:
+        """A per-cycle field in milliseconds."""
+        return np.array([c[key] for c in self.cycles]) * 1000.0 if self.cycles else np.zeros(0)
+
+
+def _proc_stats(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system) and RSS bytes of a process."""
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    with open(f"/proc/{pid}/statm") as f:
+        rss_pages = int(f.read().split()[1])
+    return (int(parts[11]) + int(parts[12])) / TICKS, rss_pages * PAGE
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback only
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _metrics(port: int) -> dict[str, float]:
+    """The daemon's Prometheus samples without labels worth keeping, as name -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        name, value = line.rsplit(" ", 1)
+        with contextlib.suppress(ValueError):
+            out[name] = out.get(name, 0.0) + float(value) if "{" in name else float(value)
+    return out
+
+
+def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0) -> Run:
+    """Run exchange + daemon on `n` symbols; measure `seconds` after the warm-up."""
+    with redis_server(work) as redis_url:
+        redis_pid = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
+        ex_port, http_port = free_port(), free_port()
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        exchange = subprocess.Popen([sys.executable, "-m", "sidecar.exchange", "--always-open", "--port", str(ex_port)],
+                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        trace = work / f"trace-{n}.jsonl"
+        daemon_env = {**env, "SIDECAR_SYMBOLS": ",".join(universe(n)), "SIDECAR_LIVE_MODE": "quotes",
+                      "SIDECAR_QUOTE_BATCH": "500", "SIDECAR_CATCHUP_PER_CYCLE": "250",
+                      "SIDECAR_YAHOO_BASE_URL": f"http://127.0.0.1:{ex_port}", "SIDECAR_REDIS_URL": redis_url,
+                      "SIDECAR_DB_PATH": str(work / f"soak-{n}.db"), "SIDECAR_HTTP_PORT": str(http_port),
+                      "SIDECAR_BOOTSTRAP_DAYS": "0", "SIDECAR_LOOKBACK_MINUTES": "5", "SIDECAR_FETCH_TIMEOUT_S": "5",
+                      "SIDECAR_CYCLE_TRACE": str(trace), "SIDECAR_LOG_LEVEL": "WARNING",
+                      "SIDECAR_GAP_SCAN_DAYS": "0.05"}
+        log = (work / f"daemon-{n}.log").open("wb")
+        daemon = subprocess.Popen([sys.executable, "-m", "sidecar", "run"], env=daemon_env, cwd=work,
+                                  stdout=log, stderr=subprocess.STDOUT)
+        r = redis.Redis.from_url(redis_url)
+        try:
+            _wait_http(f"http://127.0.0.1:{http_port}/health", 120)
+            t0 = time.time()
+            first_minute = int(t0) // 60
+            # warm-up: the chart catch-up of every symbol, and of the minute the poller joined half-way
+            while time.time() - t0 < warmup_limit:
+                time.sleep(1)
+                lines = trace.read_bytes().splitlines() if trace.exists() else []
+                if lines and int(time.time()) // 60 > first_minute + 0:
+                    last = orjson.loads(lines[-1])
+                    recent = [orjson.loads(x) for x in lines[-5:]]
+                    if int(last["t"]) // 60 > first_minute and all(c["history_requests"] == 0 for c in recent):
+                        break
+            warmup = time.time() - t0
+            start_line = len(trace.read_bytes().splitlines())
+            pids = {"sidecar": daemon.pid, "exchange": exchange.pid, "redis": redis_pid}
+            run = Run(n, seconds, warmup)
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                cpu, rss = {}, {}
+                for name, pid in pids.items():
+                    cpu[name], rss[name] = _proc_stats(pid)
+                run.samples.append(Sample(time.time(), cpu, rss, int(r.info("stats")["total_commands_processed"])))
+                time.sleep(1 - time.time() % 1 + 0.5)  # mid-second, away from the cycles' start
+            run.metrics = _metrics(http_port)
+            run.cycles = [orjson.loads(x) for x in trace.read_bytes().splitlines()[start_line:]]
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+            exchange.terminate()
+            exchange.wait()
+            log.close()
+    return run
+
+
+def redis_benchmark(work: Path) -> float:
+    """SET requests per second with 16 commands per pipeline (the machine's Redis rate)."""
+    with redis_server(work) as url:
+        out = subprocess.run(["redis-benchmark", "-s", url.removeprefix("unix://"), "-t", "set", "-n", "500000",
+                              "-P", "16", "-q", "-d", "120"], capture_output=True, text=True, timeout=300).stdout
+    # "SET: 812347.19 requests per second, p50=..."
+    return float(out.replace("\r", "\n").strip().splitlines()[-1].split(":")[1].split()[0])
+
+
+def sqlite_rate(work: Path, rows: int = 200_000) -> float:
+    """Rows per second of `executemany` into an empty bars-shaped table (one transaction)."""
+    db = sqlite3.connect(work / "rate.db")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE bars (symbol TEXT, timeframe TEXT, ts INTEGER, open REAL, high REAL, low REAL, "
+               "close REAL, volume REAL, source TEXT, flags INTEGER, PRIMARY KEY (symbol, timeframe, ts))")
+    data = [(f"S{i % 5000:05d}", "1m", 1_800_000_000 + 60 * (i // 5000), 1.0, 2.0, 0.5, 1.5, 10.0, "y", 0)
+            for i in range(rows)]
+    t0 = time.perf_counter()
+    with db:
+        db.executemany("INSERT INTO bars VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", data)
+    rate = rows / (time.perf_counter() - t0)
+    db.close()
+    return rate
+
+
+def summarize(run: Run) -> dict[str, float]:
+    """The figures of one run."""
+    out: dict[str, float] = {"symbols": run.symbols, "cycles": len(run.cycles), "warmup_s": run.warmup_s}
+    for key in ("cycle_s", *STAGES):
+        v = run.ms(key)
+        for q in (50, 95, 99):
+            out[f"{key}_p{q}"] = float(np.percentile(v, q)) if len(v) else float("nan")
+        out[f"{key}_max"] = float(v.max()) if len(v) else float("nan")
+    to_redis = sum(run.ms(k) for k in ("fetch", "validate", "features", "redis")) if run.cycles else np.zeros(0)
+    for q in (50, 95, 99):
+        out[f"to_redis_p{q}"] = float(np.percentile(to_redis, q)) if len(to_redis) else float("nan")
+    out["overruns"] = run.cycles[-1]["overruns"] - run.cycles[0]["overruns"] if run.cycles else 0
+    out["history_requests"] = sum(c["history_requests"] for c in run.cycles)
+    out["closed"] = sum(c["closed"] for c in run.cycles)
+    s0, s1 = run.samples[0], run.samples[-1]
+    span = s1.t - s0.t or 1.0
+    for name in s0.cpu:
+        out[f"cpu_{name}_pct"] = 100.0 * (s1.cpu[name] - s0.cpu[name]) / span
+        out[f"rss_{name}_start_mb"] = s0.rss[name] / 2**20
+        out[f"rss_{name}_end_mb"] = s1.rss[name] / 2**20
+    after_first_minute = [s for s in run.samples if s.t - s0.t >= 60] or run.samples
+    base = after_first_minute[0].rss["sidecar"]
+    out["rss_growth_after_1min_pct"] = 100.0 * (s1.rss["sidecar"] - base) / base
+    out["redis_commands_per_s"] = (s1.redis_commands - s0.redis_commands) / span
+    out["cpu_ms_per_symbol_s"] = 10.0 * out["cpu_sidecar_pct"] / run.symbols  # sidecar CPU ms per symbol-second
+    flush_n = run.metrics.get("sidecar_sqlite_flush_seconds_count", 0.0)
+    out["sqlite_flushes"] = flush_n
+    out["sqlite_flush_ms_mean"] = 1000.0 * run.metrics.get("sidecar_sqlite_flush_seconds_sum", 0.0) / max(flush_n, 1)
+    rows = run.metrics.get("sidecar_sqlite_rows_written_total", 0.0)
+    out["sqlite_rows_per_s_of_flush"] = rows / max(run.metrics.get("sidecar_sqlite_flush_seconds_sum", 0.0), 1e-9)
+    return out
+
+
+def plots(runs: list[Run], scaling: list[dict[str, float]], out_dir: Path, stem: str) -> list[str]:
+    """PNG plots next to the report; returns their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    main = max(runs, key=lambda r: (r.symbols == 5000, r.seconds))
+    t = np.array([c["t"] for c in main.cycles]) - main.cycles[0]["t"]
+    cycle = main.ms("cycle_s")
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.plot(t, cycle, lw=0.6, label="cycle")
+    ax.axhline(np.percentile(cycle, 99), color="red", ls="--", label=f"p99 {np.percentile(cycle, 99):.0f} ms")
+    ax.set(xlabel="s", ylabel="ms", title=f"cycle time, {main.symbols} symbols")
+    ax.legend()
+    names.append(f"{stem}-cycle.png")
+    fig.savefig(out_dir / names[-1], dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.stackplot(t, *[main.ms(s) for s in STAGES], labels=STAGES, lw=0)
+    ax.set(xlabel="s", ylabel="ms", title="time per stage (stacked)")
+    ax.legend(loc="upper left", fontsize=8)
+    names.append(f"{stem}-stages.png")
+    fig.savefig(out_dir / names[-1], dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ts = np.array([s.t for s in main.samples]) - main.samples[0].t
+    for name in main.samples[0].rss:
+        ax.plot(ts, [s.rss[name] / 2**20 for s in main.samples], label=name)
+    ax.set(xlabel="s", ylabel="MiB", title="RSS over the run")
+    ax.legend()
+    names.append(f"{stem}-rss.png")
+    fig.savefig(out_dir / names[-1], dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    if len(scaling) > 1:
+        fig, ax1 = plt.subplots(figsize=(8, 4))
+        xs = [s["symbols"] for s in scaling]
+        ax1.plot(xs, [s["cycle_s_p99"] for s in scaling], "o-", label="cycle p99 (ms)")
+        ax1.plot(xs, [s["cycle_s_p50"] for s in scaling], "o--", label="cycle p50 (ms)")
+        ax1.set(xscale="log", yscale="log", xlabel="symbols", ylabel="ms", title="scaling")
+        ax2 = ax1.twinx()
+        ax2.plot(xs, [s["cpu_ms_per_symbol_s"] for s in scaling], "s:", color="gray", label="CPU ms / symbol / s")
+        ax2.set_ylabel("CPU ms per symbol-second")
+        ax1.legend(loc="upper left")
+        ax2.legend(loc="lower right")
+        names.append(f"{stem}-scaling.png")
+        fig.savefig(out_dir / names[-1], dpi=110, bbox_inches="tight")
+        plt.close(fig)
+    return names
+
+
+def report(summaries: list[dict[str, float]], extra: dict[str, float], images: list[str], args: str) -> str:
+    """The markdown report."""
+    main = max(summaries, key=lambda s: (s["symbols"] == 5000, s["cycles"]))
+    lines = [f"# Soak report {dt.date.today()} on {socket.gethostname()} ({os.cpu_count()} cores)", "",
+             f"Command: `python -m bench.soak {args}`. The exchange, redis-server and the daemon (quotes mode, "
+             "500 symbols per batch quote) are separate processes on this machine; times are from the daemon's "
+             "cycle trace, CPU and RSS from /proc, Redis commands from INFO.", "",
+             "| symbols | cycles | warm-up s | tick→Redis p50 / p99 ms | cycle p50 / p95 / p99 / max ms | overruns "
+             "| chart requests | sidecar CPU % | CPU ms per symbol-s | RSS start→end MiB | RSS growth after 1 min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        lines.append(
+            f"| {s['symbols']:.0f} | {s['cycles']:.0f} | {s['warmup_s']:.0f} | {s['to_redis_p50']:.1f} / "
+            f"{s['to_redis_p99']:.1f} | {s['cycle_s_p50']:.1f} / {s['cycle_s_p95']:.1f} / {s['cycle_s_p99']:.1f} / "
+            f"{s['cycle_s_max']:.1f} | {s['overruns']:.0f} | {s['history_requests']:.0f} | "
+            f"{s['cpu_sidecar_pct']:.0f} | {s['cpu_ms_per_symbol_s']:.4f} | {s['rss_sidecar_start_mb']:.0f} → "
+            f"{s['rss_sidecar_end_mb']:.0f} | {s['rss_growth_after_1min_pct']:+.1f}% |")
+    lines += ["", f"## {main['symbols']:.0f} symbols: stages (ms)", "", "| stage | p50 | p95 | p99 | max |",
+              "|---|---|---|---|---|"]
+    for key in STAGES:
+        lines.append(f"| {key} | {main[f'{key}_p50']:.1f} | {main[f'{key}_p95']:.1f} | {main[f'{key}_p99']:.1f} | "
+                     f"{main[f'{key}_max']:.1f} |")
+    redis_rate = main["redis_commands_per_s"]
+    lines += ["", "## Against the machine's parts and the targets", "",
+              f"- CPU: sidecar {main['cpu_sidecar_pct']:.0f}%, exchange {main['cpu_exchange_pct']:.0f}%, "
+              f"redis-server {main['cpu_redis_pct']:.0f}% (of one core each).",
+              f"- Redis: {redis_rate:,.0f} commands/s from the daemon (one script call per cycle; a call counts "
+              f"once) vs `redis-benchmark -P 16` SET {extra['redis_benchmark_set_per_s']:,.0f}/s.",
+              f"- SQLite: {main['sqlite_flushes']:.0f} flushes, mean {main['sqlite_flush_ms_mean']:.1f} ms, "
+              f"{main['sqlite_rows_per_s_of_flush']:,.0f} rows/s while flushing vs `executemany` into an empty "
+              f"table {extra['sqlite_executemany_rows_per_s']:,.0f} rows/s.",
+              f"- Targets (5,000 symbols): p99 cycle ≤ 150 ms → {main['cycle_s_p99']:.0f} ms; zero overruns → "
+              f"{main['overruns']:.0f}; RSS growth ≤ 5% after the first minute → "
+              f"{main['rss_growth_after_1min_pct']:+.1f}%.", ""]
+    lines += [f"![{name}]({name})" for name in images]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Parse the flags, run the soaks and baselines, write the report."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--symbols", type=int, default=5000)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--quick", action="store_true", help="5,000 symbols for 60 s")
+    parser.add_argument("--scaling", default="", help="symbol counts for the scaling curve, e.g. 100,1000,5000,20000")
+    parser.add_argument("--seconds", type=float, default=60.0, help="measured seconds per scaling point")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = parser.parse_args()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        runs = []
+        if args.scaling:
+            for n in (int(x) for x in args.scaling.split(",")):
+                runs.append(soak(n, args.seconds, work))
+                print(f"{n} symbols: {summarize(runs[-1])['cycle_s_p99']:.1f} ms p99", flush=True)
+        else:
+            runs.append(soak(args.symbols, 60.0 if args.quick else args.minutes * 60, work))
+        extra = {"redis_benchmark_set_per_s": redis_benchmark(work), "sqlite_executemany_rows_per_s": sqlite_rate(work)}
+    summaries = [summarize(r) for r in runs]
+    stem = f"{dt.date.today()}-{socket.gethostname()}" + ("-scaling" if args.scaling else "-quick" if args.quick else "")
+    images = plots(runs, summaries, out_dir, stem)
+    text = report(summaries, extra, images, " ".join(sys.argv[1:]))
+    (out_dir / f"{stem}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
