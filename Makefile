@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 
 PM2    := node_modules/.bin/pm2
 
-.PHONY: run test bench exchange system-deps venv pm2 clean
+.PHONY: bench-quick run test bench exchange system-deps venv pm2 clean
 
 venv: $(STAMP)
 
@@ -54,9 +54,16 @@ exchange: venv
 	$(PY) -m sidecar.exchange --always-open
 
 bench: venv system-deps
+	$(PY) -m pip install -q -r bench/requirements.txt
 	$(PY) -m bench.pipeline
 	$(PY) -m bench.features
 	$(PY) -m bench.quotes --symbols 5000 --seconds 60
+	$(PY) -m bench.soak --symbols 5000 --minutes 10
+	$(PY) -m bench.soak --scaling 100,1000,5000,20000 --seconds 60
+
+bench-quick: venv system-deps
+	$(PY) -m pip install -q -r bench/requirements.txt
+	$(PY) -m bench.soak --quick
 
 clean:
 	rm -rf $(VENV) var .pytest_cache node_modules

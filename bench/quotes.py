@@ -48,6 +48,8 @@ async def run(settings: Settings, n: int, seconds: float, warmup_limit: float) -
     await sc.sqlite.start()
     await sc.redis.start()
     await sc.fetcher.start()
+    sc.features.book.engine.prepare()
+    sc.features.warm(sc.infos, {})  # as the daemon's start: every symbol in the indicator book
     orch = sc.orchestrator
     orch.on_recovered = None  # the live path only: gap scans (their own loop in the daemon) are not measured
     t_start = time.monotonic()

@@ -118,7 +118,7 @@ def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0) -> Run
                       "SIDECAR_DB_PATH": str(work / f"soak-{n}.db"), "SIDECAR_HTTP_PORT": str(http_port),
                       "SIDECAR_BOOTSTRAP_DAYS": "0", "SIDECAR_LOOKBACK_MINUTES": "5", "SIDECAR_FETCH_TIMEOUT_S": "5",
                       "SIDECAR_CYCLE_TRACE": str(trace), "SIDECAR_LOG_LEVEL": "WARNING",
-                      "SIDECAR_GAP_SCAN_DAYS": "0.05"}
+                      "SIDECAR_GAP_SCAN_DAYS": "0"}  # a first gap scan of the hour before start would land inside short runs
         log = (work / f"daemon-{n}.log").open("wb")
         daemon = subprocess.Popen([sys.executable, "-m", "sidecar", "run"], env=daemon_env, cwd=work,
                                   stdout=log, stderr=subprocess.STDOUT)
@@ -209,6 +209,8 @@ def summarize(run: Run) -> dict[str, float]:
     after_first_minute = [s for s in run.samples if s.t - s0.t >= 60] or run.samples
     base = after_first_minute[0].rss["sidecar"]
     out["rss_growth_after_1min_pct"] = 100.0 * (s1.rss["sidecar"] - base) / base
+    half = run.samples[len(run.samples) // 2].rss["sidecar"]  # after one-off events such as the first gap scan
+    out["rss_growth_second_half_pct"] = 100.0 * (s1.rss["sidecar"] - half) / half
     out["redis_commands_per_s"] = (s1.redis_commands - s0.redis_commands) / span
     out["cpu_ms_per_symbol_s"] = 10.0 * out["cpu_sidecar_pct"] / run.symbols  # sidecar CPU ms per symbol-second
     flush_n = run.metrics.get("sidecar_sqlite_flush_seconds_count", 0.0)
@@ -307,7 +309,8 @@ def report(summaries: list[dict[str, float]], extra: dict[str, float], images: l
               f"table {extra['sqlite_executemany_rows_per_s']:,.0f} rows/s.",
               f"- Targets (5,000 symbols): p99 cycle ≤ 150 ms → {main['cycle_s_p99']:.0f} ms; zero overruns → "
               f"{main['overruns']:.0f}; RSS growth ≤ 5% after the first minute → "
-              f"{main['rss_growth_after_1min_pct']:+.1f}%.", ""]
+              f"{main['rss_growth_after_1min_pct']:+.1f}% (over the second half of the run: "
+              f"{main['rss_growth_second_half_pct']:+.1f}%).", ""]
     lines += [f"![{name}]({name})" for name in images]
     return "\n".join(lines) + "\n"
 

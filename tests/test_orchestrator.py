@@ -198,3 +198,22 @@ def test_missing_minutes_inside_a_session_are_filled_flat_and_flagged_never_acro
     early = int(dt.datetime.fromisoformat("2026-11-27 12:58-05:00").timestamp())
     assert orch._fill_gaps(aapl, [bar(early, 100.0), bar(early + 86400 * 3 + 9000, 101.0)]) == []  # noqa: SLF001
     assert app.metrics.total("sidecar_synthetic_bars_total") == 2
+
+
+async def test_the_cycle_trace_gets_one_line_per_cycle(settings: Settings, tmp_path) -> None:
+    trace = tmp_path / "trace" / "cycles.jsonl"
+    sc = Sidecar(replace(settings, cycle_trace=str(trace)), handle_signals=False)
+    await sc.sqlite.start()
+    await sc.redis.start()
+    await sc.fetcher.start()
+    try:
+        for _ in range(3):
+            await sc.orchestrator.run_cycle()
+    finally:
+        await sc.fetcher.close()
+        await sc.sqlite.close()
+        await sc.redis.close()
+    records = [orjson.loads(line) for line in trace.read_bytes().splitlines()]
+    assert len(records) == 3
+    assert records[0]["closed"] >= 25 * len(settings.symbols) and records[1]["fetched"] == len(settings.symbols)
+    assert all(r["cycle_s"] >= r["fetch"] + r["redis"] > 0 and r["symbols"] == len(settings.symbols) for r in records)

@@ -161,7 +161,9 @@ class FeatureBook:
         classes = codes[cols]
         for code in np.unique(classes):
             sel = classes == code
-            sessions[sel] = session_day(_CLASSES[code], ts[sel])
+            # a cycle's bars share a handful of opens: the calendar is asked once per distinct one
+            opens, back = np.unique(ts[sel], return_inverse=True)
+            sessions[sel] = session_day(_CLASSES[code], opens)[back]
         full = np.full((5, width), np.nan)
         full[:, cols] = values[:, :5].T
         start = np.zeros(width, dtype=bool)
