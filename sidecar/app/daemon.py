@@ -241,9 +241,12 @@ class Sidecar:
             self._supervise(self._reseed)
 
     async def reseed_redis(self) -> None:
-        """Write every symbol's history back into Redis from SQLite and the unflushed buffer.
-        The newest bars and the features come back with the next cycle by themselves."""
+        """Write every symbol's newest bar and history back into Redis, from the loop's state,
+        SQLite and the unflushed buffer; the features come back with the next cycle."""
         t0, total = self.clock.monotonic(), 0
+        # A symbol without a new bar this minute (no trades yet) would otherwise stay missing.
+        newest = [st.latest for st in self.orchestrator.states.values() if st.latest is not None]
+        await self.redis.write_cycle(newest, [])
         symbols = list(self.symbols)
         for i in range(0, len(symbols), 100):
             chunk = symbols[i:i + 100]

@@ -312,8 +312,10 @@ class Orchestrator:
                        "features": t_features - t_validated, "redis": t_redis - t_features,
                        "sqlite_buffer": t_scan - t_redis, "scan": end - t_scan}
 
-        failed = sum(r is None for r in results)
-        served = collections.Counter(st.source for st, r in zip(states, results, strict=True) if r is not None)
+        with_forming = {id(st) for st, _bar in forming}  # quotes mode: answered without a fetch result
+        answered = [st for st, r in zip(states, results, strict=True) if r is not None or id(st) in with_forming]
+        failed = len(states) - len(answered)
+        served = collections.Counter(st.source for st in answered)
         for g in self.sources:
             g.state.served_last_cycle = served.get(g.name, 0)
         duration = self.clock.monotonic() - started
