@@ -37,7 +37,7 @@ import redis
 from .quotes import universe
 from .servers import ROOT, free_port, redis_server
 
-STAGES = ("fetch", "validate", "features", "redis", "sqlite_buffer", "scan")
+STAGES = ("fetch", "parse", "build", "validate", "features", "redis", "sqlite_buffer", "scan")
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -65,8 +65,8 @@ class Run:
     reads: list[float] = field(default_factory=list)  # seconds per consumer read (bar + features)
 
     def ms(self, key: str) -> np.ndarray:
-        """A per-cycle field in milliseconds."""
-        return np.array([c[key] for c in self.cycles]) * 1000.0 if self.cycles else np.zeros(0)
+        """A per-cycle field in milliseconds (0 where a trace predates the field)."""
+        return np.array([c.get(key, 0.0) for c in self.cycles]) * 1000.0 if self.cycles else np.zeros(0)
 
 
 def _proc_stats(pid: int) -> tuple[float, int]:
@@ -79,15 +79,16 @@ def _proc_stats(pid: int) -> tuple[float, int]:
 
 
 def _wait_http(url: str, timeout: float) -> None:
+    """Until `url` answers; a daemon starting 20,000 symbols answers slowly for a while."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback only
+            with urllib.request.urlopen(url, timeout=10):  # noqa: S310 - loopback only
                 return
         except OSError:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.2)
+            time.sleep(0.5)
 
 
 def _metrics(port: int) -> dict[str, float]:
@@ -125,7 +126,7 @@ def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0) -> Run
                                   stdout=log, stderr=subprocess.STDOUT)
         r = redis.Redis.from_url(redis_url)
         try:
-            _wait_http(f"http://127.0.0.1:{http_port}/health", 120)
+            _wait_http(f"http://127.0.0.1:{http_port}/health", 600)
             t0 = time.time()
             first_minute = int(t0) // 60
             # warm-up: the chart catch-up of every symbol, and of the minute the poller joined half-way
@@ -243,7 +244,8 @@ def summarize(run: Run) -> dict[str, float]:
         for q in (50, 95, 99):
             out[f"{key}_p{q}"] = float(np.percentile(v, q)) if len(v) else float("nan")
         out[f"{key}_max"] = float(v.max()) if len(v) else float("nan")
-    to_redis = sum(run.ms(k) for k in ("fetch", "validate", "features", "redis")) if run.cycles else np.zeros(0)
+    to_redis = sum(run.ms(k) for k in ("fetch", "parse", "build", "validate", "features", "redis")) \
+        if run.cycles else np.zeros(0)
     for q in (50, 95, 99):
         out[f"to_redis_p{q}"] = float(np.percentile(to_redis, q)) if len(to_redis) else float("nan")
     out["read_p50_ms"] = float(np.percentile(run.reads, 50)) * 1000 if run.reads else float("nan")
@@ -414,7 +416,11 @@ def main() -> None:
         print(f"{args.symbols} symbols: {summarize(runs[0])['cycle_s_p99']:.1f} ms p99", flush=True)
         if args.scaling and not args.quick:
             for n in (int(x) for x in args.scaling.split(",")):
-                runs.append(soak(n, args.seconds, work))
+                try:
+                    runs.append(soak(n, args.seconds, work))
+                except (OSError, subprocess.SubprocessError) as exc:  # a point that fails is reported, not fatal
+                    print(f"{n} symbols: failed: {exc!r}", flush=True)
+                    continue
                 print(f"{n} symbols: {summarize(runs[-1])['cycle_s_p99']:.1f} ms p99", flush=True)
         extra = {"redis_benchmark_set_per_s": redis_benchmark(work), "sqlite_executemany_rows_per_s": sqlite_rate(work)}
         extra.update(naive_cycle_ms(args.symbols, work))

@@ -195,6 +195,9 @@ async def test_quotes_mode_stores_exactly_the_truth_with_few_history_requests(qu
     assert ex.requests["quote"] == 300 * 3
     assert ex.requests["chart"] <= 5 + 6 + 10, ex.requests
     assert sc.metrics.by_label("sidecar_bars_rejected_total", "reason").get("bad_quote") == 4.0
+    stages = sc.orchestrator.stages  # the quote path's own stages (all 0 on this virtual clock; bench/ times them)
+    assert {"fetch", "parse", "build", "validate", "features", "redis", "scan"} <= set(stages)
+    assert all(v >= 0 for v in stages.values()), stages
     with redis_server.client() as c:
         for sym in SYMBOLS:
             latest = msgpack.unpackb(c.get(f"sidecar:{{{sym}}}:bar:1m"))

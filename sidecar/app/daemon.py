@@ -52,7 +52,7 @@ class Sidecar:
         self.metrics = Metrics()
         self.fetcher = YahooFetcher(base_url=s.yahoo_base_url, user_agent=s.yahoo_user_agent,
                                     timeout_s=s.fetch_timeout_s, max_connections=s.yahoo_max_connections,
-                                    cookie_url=s.yahoo_cookie_url)
+                                    cookie_url=s.yahoo_cookie_url, clock=self.clock)
         self.redis = RedisStore(url=s.redis_url, prefix=s.redis_prefix, max_connections=s.redis_max_connections,
                                 timeout_s=s.redis_timeout_s, history_len=s.redis_history_len,
                                 features_ttl_s=s.feature_ttl_s, signals_maxlen=s.signals_maxlen)

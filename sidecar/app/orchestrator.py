@@ -147,6 +147,7 @@ class Orchestrator:
         self._accepted_children: dict[tuple[str, str], Any] = {}
         self._slot_source: dict[int, str] = {}  # quotes mode: slots whose quotes came from a fallback this poll
         self.trace = trace
+        self._parse_s = self._build_s = 0.0  # quotes mode: this cycle's parse and bar-builder time
         self.validator = validator
         self.fetcher = fetcher
         self.redis = redis
@@ -308,7 +309,9 @@ class Orchestrator:
             await self._scan()
         self.metrics.sqlite_buffered.set(self.sqlite.buffered)
         end = self.clock.monotonic()
-        self.stages = {"fetch": t_fetched - started, "validate": t_validated - t_fetched,
+        parse, build = (self._parse_s, self._build_s) if self.quotes else (0.0, 0.0)
+        self.stages = {"fetch": t_fetched - started - parse - build, "parse": parse, "build": build,
+                       "validate": t_validated - t_fetched,
                        "features": t_features - t_validated, "redis": t_redis - t_features,
                        "sqlite_buffer": t_scan - t_redis, "scan": end - t_scan}
 
@@ -451,7 +454,11 @@ class Orchestrator:
             now = self.clock.time()
         current = bucket_start(label, self.step)
         chunks = [states[i:i + self.quote_batch] for i in range(0, len(states), self.quote_batch)]
+        for g in self.sources:
+            g.fetcher.parse_s = 0.0
         batches = await asyncio.gather(*(self._quote_chunk(chunk) for chunk in chunks))
+        self._parse_s = sum(g.fetcher.parse_s for g in self.sources)
+        t_build = self.clock.monotonic()
         slots, parts = [], []
         self._slot_source = {}
         for chunk, batch in zip(chunks, batches, strict=True):
@@ -469,6 +476,7 @@ class Orchestrator:
                                         np.concatenate([b.time for b in parts]),
                                         np.concatenate([b.day_volume for b in parts]))
             forming = self._take_built(built, results, now)
+        self._build_s = self.clock.monotonic() - t_build
         lagging = sorted((st for st in states if st.synced_until is None or st.synced_until < current),
                          key=lambda st: st.synced_until or 0)[: self.catchup_per_cycle]
         history = await asyncio.gather(*(self._fetch(st, now) for st in lagging))

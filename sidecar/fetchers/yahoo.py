@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from ..bars import Bar, timeframe_seconds
+from ..clock import Clock
 from ..errors import FetchError, MalformedResponse, ProviderError, RateLimited
 from ..symbols import SymbolInfo
 from .base import FORMING, FetchResult, HttpFetcher, QuoteBatch, decode_json, retry_after, to_float
@@ -48,9 +49,9 @@ class YahooFetcher(HttpFetcher):
              "1h": (730 * 86400 - 3600, 90 * 86400)}
 
     def __init__(self, *, base_url: str, user_agent: str, timeout_s: float, max_connections: int,
-                 cookie_url: str = "") -> None:
+                 cookie_url: str = "", clock: Clock | None = None) -> None:
         super().__init__(base_url=base_url, timeout_s=timeout_s, max_connections=max_connections,
-                         headers={"User-Agent": user_agent})
+                         headers={"User-Agent": user_agent}, clock=clock)
         host = urlsplit(self.base_url).hostname or ""
         self.cookie_url = cookie_url or ("https://fc.yahoo.com" if host.endswith("yahoo.com") else self.base_url + "/")
         self._crumb: str | None = None
@@ -82,7 +83,11 @@ class YahooFetcher(HttpFetcher):
                 if exc.status == 401 and attempt == 1:
                     continue  # the crumb expired or the cookie was dropped: once more with new ones
                 raise
-            return parse_quotes(decode_json(body, SOURCE, label), infos)
+            t0 = self.clock.monotonic()
+            try:
+                return parse_quotes(decode_json(body, SOURCE, label), infos)
+            finally:
+                self.parse_s += self.clock.monotonic() - t0
         raise AssertionError("unreachable")
 
     async def _ensure_crumb(self, label: str, refresh: bool) -> str:
