@@ -46,6 +46,12 @@ class QuoteBatch:
     def __len__(self) -> int:
         return len(self.index)
 
+    @classmethod
+    def of(cls, source: str, index: list[int], price: list[float], time: list[int], volume: list[float]) -> QuoteBatch:
+        """A batch from the row lists a parser collected."""
+        return cls(source, np.array(index, dtype=np.int64), np.array(price, dtype=np.float64),
+                   np.array(time, dtype=np.int64), np.array(volume, dtype=np.float64))
+
 
 def decode_json(body: bytes, source: str, symbol: str) -> object:
     """Parse a JSON body with orjson; fall back to the stdlib for bare NaN/Infinity tokens,

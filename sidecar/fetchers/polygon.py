@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from ..bars import timeframe_seconds
 from ..clock import Clock
 from ..errors import MalformedResponse, ProviderError, RateLimited
@@ -52,14 +50,7 @@ class PolygonFetcher(HttpFetcher):
         params: dict[str, str] = {"adjusted": "true", "sort": "asc", "limit": str(self.page_limit)}
         rows = []
         for _page in range(MAX_PAGES):
-            status, headers, body = await self._request(url, params, info.symbol, timeout_s)
-            raise_for_server_error(SOURCE, info.symbol, status, body)
-            payload = decode_json(body, SOURCE, info.symbol) if body.strip() else {}
-            if status == 429:
-                raise RateLimited(SOURCE, info.symbol, f"HTTP 429: {_message(payload)}",
-                                  retry_after=retry_after(headers.get("Retry-After")) or 60 - self.clock.time() % 60)
-            if status >= 400 or not isinstance(payload, dict) or payload.get("status") not in ("OK", "DELAYED"):
-                raise ProviderError(SOURCE, info.symbol, f"HTTP {status}: {_message(payload)}", status=status)
+            payload = await self._get(url, params, info.symbol, timeout_s, ok=("OK", "DELAYED"))
             for r in payload.get("results") or []:  # absent when empty
                 if not isinstance(r, dict):
                     raise MalformedResponse(SOURCE, info.symbol, "a result that is not an object")
@@ -91,15 +82,8 @@ class PolygonFetcher(HttpFetcher):
         index, price, at, volume = [], [], [], []
         for market, rows in by_market.items():
             url = f"{self.base_url}/v2/snapshot/locale/{market}/tickers"
-            status, headers, body = await self._request(
-                url, {"tickers": ",".join(infos[i].polygon for i in rows)}, label, timeout_s)
-            raise_for_server_error(SOURCE, label, status, body)
-            payload = decode_json(body, SOURCE, label) if body.strip() else {}
-            if status == 429:
-                raise RateLimited(SOURCE, label, f"HTTP 429: {_message(payload)}",
-                                  retry_after=retry_after(headers.get("Retry-After")) or 60 - self.clock.time() % 60)
-            if status >= 400 or not isinstance(payload, dict) or payload.get("status") != "OK":
-                raise ProviderError(SOURCE, label, f"HTTP {status}: {_message(payload)}", status=status)
+            payload = await self._get(url, {"tickers": ",".join(infos[i].polygon for i in rows)}, label, timeout_s,
+                                      ok=("OK",))
             position = {infos[i].polygon: i for i in rows}
             for t in payload.get("tickers") or []:
                 i = position.get(t.get("ticker")) if isinstance(t, dict) else None
@@ -111,8 +95,20 @@ class PolygonFetcher(HttpFetcher):
                 price.append(to_float(trade.get("p")))
                 at.append(ns // 1_000_000_000 if isinstance(ns, int) else -1)  # nanoseconds
                 volume.append(to_float(day.get("v", 0)))
-        return QuoteBatch(SOURCE, np.array(index, dtype=np.int64), np.array(price, dtype=np.float64),
-                          np.array(at, dtype=np.int64), np.array(volume, dtype=np.float64))
+        return QuoteBatch.of(SOURCE, index, price, at, volume)
+
+    async def _get(self, url: str, params: dict[str, str], label: str, timeout_s: float | None,
+                   ok: tuple[str, ...]) -> dict:
+        """A JSON answer whose `status` is one of `ok`; Polygon's 429 and error bodies as typed errors."""
+        status, headers, body = await self._request(url, params, label, timeout_s)
+        raise_for_server_error(SOURCE, label, status, body)
+        payload = decode_json(body, SOURCE, label) if body.strip() else {}
+        if status == 429:
+            raise RateLimited(SOURCE, label, f"HTTP 429: {_message(payload)}",
+                              retry_after=retry_after(headers.get("Retry-After")) or 60 - self.clock.time() % 60)
+        if status >= 400 or not isinstance(payload, dict) or payload.get("status") not in ok:
+            raise ProviderError(SOURCE, label, f"HTTP {status}: {_message(payload)}", status=status)
+        return payload
 
 
 def _snapshot_market(info: SymbolInfo) -> str | None:

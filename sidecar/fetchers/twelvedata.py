@@ -11,8 +11,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-import numpy as np
-
 from ..bars import timeframe_seconds
 from ..clock import Clock
 from ..errors import ProviderError, RateLimited
@@ -96,8 +94,7 @@ class TwelveDataFetcher(HttpFetcher):
             price.append(to_float(entry.get("close")))
             at.append(t if isinstance(t, int) else -1)
             volume.append(to_float(entry.get("volume", 0)))
-        return QuoteBatch(SOURCE, np.array(index, dtype=np.int64), np.array(price, dtype=np.float64),
-                          np.array(at, dtype=np.int64), np.array(volume, dtype=np.float64))
+        return QuoteBatch.of(SOURCE, index, price, at, volume)
 
     def _raise_error(self, payload: dict, label: str, status: int) -> None:
         code = payload.get("code")

@@ -14,8 +14,6 @@ import logging
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-import numpy as np
-
 from ..bars import Bar, timeframe_seconds
 from ..clock import Clock
 from ..errors import FetchError, MalformedResponse, ProviderError, RateLimited
@@ -133,8 +131,7 @@ def parse_quotes(payload: object, infos: Sequence[SymbolInfo]) -> QuoteBatch:
             volume.append(to_float(row.get("regularMarketVolume", 0)))
     except (KeyError, TypeError, AttributeError) as exc:
         raise MalformedResponse(SOURCE, f"{len(infos)} symbols", f"unexpected quote shape: {exc!r}") from None
-    return QuoteBatch(SOURCE, np.array(index, dtype=np.int64), np.array(price, dtype=np.float64),
-                      np.array(at, dtype=np.int64), np.array(volume, dtype=np.float64))
+    return QuoteBatch.of(SOURCE, index, price, at, volume)
 
 
 def parse_chart(payload: object, info: SymbolInfo, timeframe: str) -> FetchResult:
