@@ -290,7 +290,10 @@ class Orchestrator:
         t_validated = self.clock.monotonic()
         feature_rows: list[tuple[str, str, bytes]] = []
         if self.features is not None:
-            feature_rows = self.features.update(closed, [b for b in latest if b.forming])
+            fresh = {b.symbol for b in latest}
+            unchanged = [st.last_closed for st, r in zip(states, results, strict=True)
+                         if r is not None and st.last_closed is not None and st.info.symbol not in fresh]
+            feature_rows = self.features.update(closed, [b for b in latest if b.forming], unchanged)
             self.metrics.features_seconds.observe(self.clock.monotonic() - t_validated)
         t_features = self.clock.monotonic()
         redis_ok = await self._write_redis(latest, closed + synthetic, feature_rows)

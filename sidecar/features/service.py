@@ -32,17 +32,21 @@ class FeatureService:
         """Build symbols' state from their stored closed bars (oldest first)."""
         self.book.add(infos, histories)
 
-    def update(self, closed: Sequence[Bar], forming: Sequence[Bar]) -> list[tuple[str, str, bytes]]:
+    def update(self, closed: Sequence[Bar], forming: Sequence[Bar],
+               unchanged: Sequence[Bar] = ()) -> list[tuple[str, str, bytes]]:
         """Commit a cycle's closed bars, evaluate its forming bars, and return (symbol,
-        timeframe, value) for every symbol updated: provisional where a bar is forming."""
+        timeframe, value) for every symbol updated: provisional where a bar is forming. Symbols
+        in `unchanged` (the newest closed bar of a symbol whose source answered with nothing new,
+        e.g. a minute without trades) get their committed values again, so they do not expire."""
         committed = self.book.commit(closed)
         peeked, values = self.book.peek(forming)
         forming_bars = {b.symbol: b for b in forming}
         newest_closed: dict[str, Bar] = {}
-        for bar in closed:
+        for bar in [*unchanged, *closed]:
             if bar.symbol not in newest_closed or bar.ts > newest_closed[bar.symbol].ts:
                 newest_closed[bar.symbol] = bar
-        only_closed = [s for s in committed if s not in forming_bars]
+        refreshed = [b.symbol for b in unchanged if b.symbol not in forming_bars and b.symbol in self.book.slots]
+        only_closed = list(dict.fromkeys(s for s in [*committed, *refreshed] if s not in forming_bars))
         symbols = peeked + only_closed
         if not symbols:
             return []
