@@ -13,6 +13,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from sidecar.exchange import Exchange
@@ -118,6 +119,15 @@ async def test_sigkill_at_random_moments_and_a_source_outage_lose_nothing(
         await asyncio.sleep(0.5)
     await asyncio.sleep(3)
     period_end = (int(time.time()) // 60) * 60  # exclusive: bars closed before the current minute
+    # A loaded machine can hold the restarted daemon's first cycles back: stop it only once it has
+    # written a bar of the current minute for every symbol (its window then held the last closed one).
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/health") as resp:
+            fresh = (await resp.json())["freshness"]
+        if all((fresh[s]["last_bar_ts"] or 0) >= period_end for s in SYMBOLS):
+            break
+        await asyncio.sleep(0.5)
     assert await run.stop(signal.SIGTERM) == 0, "".join(run.lines[-30:])
 
     stored, dupes, integrity = _stored(tmp_path / "bars.db")
