@@ -92,11 +92,19 @@ def _stored(db: Path) -> tuple[dict[tuple[str, int], tuple], int, str]:
     return {(r[0], r[1]): tuple(r[2:]) for r in rows}, dupes, integrity
 
 
+def _explain(missing: set, extra: set, period_start: int, period_end: int) -> str:
+    """What a failure needs for a diagnosis: the keys and every daemon's log around them."""
+    logs = "".join(f"--- run {i} ---\n" + "".join(r.lines) for i, r in enumerate(LIVE))
+    return f"missing {sorted(missing)[:8]} extra {sorted(extra)[:8]} period [{period_start}, {period_end})\n{logs}"
+
+
 async def test_sigkill_at_random_moments_and_a_source_outage_lose_nothing(
         tmp_path: Path, redis_url: str, exchange: Exchange) -> None:
     rng = random.Random(20261123)
     port = _free_port()
-    period_start = (int(time.time()) // 60) * 60 - LOOKBACK_MIN * 60  # the first start reaches back this far
+    # The first start reaches back LOOKBACK_MIN minutes from the minute of its first cycle, which
+    # may be the next one when the test begins in a minute's last seconds: one minute less is sure.
+    period_start = (int(time.time()) // 60) * 60 - (LOOKBACK_MIN - 1) * 60
     kills = during_flush = 0
     for i in range(10):
         run = await _start(tmp_path, redis_url, exchange, port)
@@ -143,5 +151,5 @@ async def test_sigkill_at_random_moments_and_a_source_outage_lose_nothing(
     differing = [k for k in truth.keys() & in_period.keys() if truth[k] != in_period[k]]
     assert kills == 10 and during_flush >= 3
     assert integrity == "ok" and dupes == 0
-    assert (len(missing), len(extra), len(differing)) == (0, 0, 0), (sorted(missing)[:5], sorted(extra)[:5])
+    assert (len(missing), len(extra), len(differing)) == (0, 0, 0), _explain(missing, extra, period_start, period_end)
     assert len(truth) >= len(SYMBOLS) * LOOKBACK_MIN  # the comparison covered a real period
