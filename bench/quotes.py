@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import uvloop
 
-from sidecar.app import Sidecar
+from sidecar.app import Sidecar, tune_gc
 from sidecar.settings import Settings
 from sidecar.symbols import CRYPTO, FIAT
 
@@ -52,6 +52,7 @@ async def run(settings: Settings, n: int, seconds: float, warmup_limit: float) -
     sc.features.warm(sc.infos, {})  # as the daemon's start: every symbol in the indicator book
     orch = sc.orchestrator
     orch.on_recovered = None  # the live path only: gap scans (their own loop in the daemon) are not measured
+    tune_gc(settings.gc_gen0_threshold)  # as the daemon does once started
     t_start = time.monotonic()
     samples: list[dict[str, float]] = []
     overruns = 0
@@ -91,7 +92,8 @@ async def run(settings: Settings, n: int, seconds: float, warmup_limit: float) -
             "requests": requests, "errors": errors, "closed": sum(s["closed"] for s in samples),
             **{f"{k}_p{q}": _pct(v, q) for k, v in ms.items() for q in (50, 95, 99)},
             **{f"{k}_max": max(v) if v else float("nan") for k, v in ms.items()},
-            **{f"{k}_mean": statistics.fmean(v) if v else float("nan") for k, v in ms.items()}}
+            **{f"{k}_mean": statistics.fmean(v) if v else float("nan") for k, v in ms.items()},
+            "slowest": sorted(samples, key=lambda s: -s["cycle"])[:3]}
 
 
 async def chart_cycle(settings: Settings, n: int) -> float:
@@ -126,6 +128,9 @@ async def main(n: int, seconds: float, batch: int) -> None:
                       ("features", "  features"), ("redis", "  Redis pipeline"), ("scan", "  scan")):
         print(f"{name:<34} {r[f'{key}_p50']:>8.1f} {r[f'{key}_p95']:>8.1f} {r[f'{key}_p99']:>8.1f} "
               f"{r[f'{key}_max']:>8.1f}")
+    for s in r["slowest"]:  # type: ignore[attr-defined]
+        print(f"slow cycle {s['cycle'] * 1000:.0f} ms ({s['closed']} closed bars): " + ", ".join(
+            f"{k} {s[k] * 1000:.0f}" for k in ("fetch", "parse", "build", "validate", "features", "redis", "scan")))
     quote_requests = r["cycles"] * -(-n // batch)
     print(f"overruns {r['overruns']}, requests {r['requests']:.0f} ({quote_requests} quote, "
           f"{r['requests'] - quote_requests:.0f} chart: minutes the quotes could not vouch for), errors {r['errors']:.0f} "

@@ -339,6 +339,10 @@ class Settings(_FromEnv):
     cycle_trace: str = _setting(
         "CYCLE_TRACE", "", _text,
         "file to append one JSON line per cycle to (time, duration, stage times, bars), for soak runs (empty: off)")
+    gc_gen0_threshold: int = _setting(
+        "GC_GEN0_THRESHOLD", 20_000, _int(0, 10_000_000),
+        "allocations between young-generation collections; start-up state is also frozen out of the "
+        "collector (0: the interpreter's defaults)")
     flush_interval_s: float = _setting(
         "FLUSH_INTERVAL_S", 10.0, _float(0.1, 86400), "seconds between SQLite flushes")
     sqlite_buffer_max: int = _setting(

@@ -140,6 +140,8 @@ async def test_daemon_stores_exactly_what_the_exchange_served_and_flushes_on_sig
         assert f["tf"] == "1m" and f["ts"] >= boundary - 60 and f["rsi_14"] is not None, sym
     assert status == 200 and health["status"] == "ok"
     assert all(f["fresh"] for f in health["freshness"].values())
+    # the daemon process runs with its collector tuned: start-up state frozen, young collections rarer
+    assert health["gc"]["threshold"][0] == 20_000 and health["gc"]["frozen_objects"] > 10_000
 
 
 async def test_sigint_from_pm2_also_flushes_and_exits_0(tmp_path: Path, redis_url: str, exchange: Exchange) -> None:

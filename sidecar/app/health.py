@@ -6,6 +6,7 @@ component or symbol is unhealthy; `ok` otherwise.
 
 from __future__ import annotations
 
+import gc
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -123,5 +124,7 @@ def build_health(app: Sidecar) -> dict[str, object]:
                       "progress": {sym: {"windows_done": d, "windows": t}
                                    for sym, (d, t) in app.bootstrapper.progress.items()}},
         "end_of_day": app.eod,
+        "gc": {"threshold": list(gc.get_threshold()), "frozen_objects": gc.get_freeze_count(),
+               "collections": [g["collections"] for g in gc.get_stats()]},
         "freshness": freshness,
     }
