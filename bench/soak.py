@@ -63,6 +63,8 @@ class Run:
     samples: list[Sample] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     reads: list[float] = field(default_factory=list)  # seconds per consumer read (bar + features)
+    value_bytes: list[int] = field(default_factory=list)  # sizes of the values those reads returned
+    script_ms: float = float("nan")  # Redis's own time per cycle's write script (INFO commandstats)
 
     def ms(self, key: str) -> np.ndarray:
         """A per-cycle field in milliseconds (0 where a trace predates the field)."""
@@ -141,6 +143,7 @@ def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0) -> Run
             warmup = time.time() - t0
             start_line = len(trace.read_bytes().splitlines())
             pids = {"sidecar": daemon.pid, "exchange": exchange.pid, "redis": redis_pid}
+            r.config_resetstat()  # the script's time per call over the measured part only
             run = Run(n, seconds, warmup)
             end = time.monotonic() + seconds
             names = universe(n)
@@ -152,10 +155,12 @@ def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0) -> Run
                 run.samples.append(Sample(time.time(), cpu, rss, int(r.info("stats")["total_commands_processed"])))
                 for sym in rng.choice(names, 10):  # a consumer reading a symbol's newest bar and features
                     t_read = time.perf_counter()
-                    r.get(f"sidecar:{{{sym}}}:bar:1m"), r.get(f"sidecar:{{{sym}}}:features:1m")
+                    values = r.get(f"sidecar:{{{sym}}}:bar:1m"), r.get(f"sidecar:{{{sym}}}:features:1m")
                     run.reads.append(time.perf_counter() - t_read)
+                    run.value_bytes += [len(v) for v in values if v]
                 time.sleep((0.5 - time.time() % 1) % 1 or 1.0)  # to the next mid-second, away from cycle starts
             run.metrics = _metrics(http_port)
+            run.script_ms = float(r.info("commandstats").get("cmdstat_evalsha", {}).get("usec_per_call", "nan")) / 1000
             run.cycles = [orjson.loads(x) for x in trace.read_bytes().splitlines()[start_line:]]
         finally:
             daemon.send_signal(signal.SIGTERM)
@@ -169,11 +174,13 @@ def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0) -> Run
     return run
 
 
-def redis_benchmark(work: Path) -> float:
-    """SET requests per second with 16 commands per pipeline (the machine's Redis rate)."""
+def redis_benchmark(work: Path, value_bytes: int) -> float:
+    """SET requests per second with 16 commands per pipeline and values of the daemon's mean
+    size (the machine's Redis rate)."""
     with redis_server(work) as url:
         out = subprocess.run(["redis-benchmark", "-s", url.removeprefix("unix://"), "-t", "set", "-n", "500000",
-                              "-P", "16", "-q", "-d", "120"], capture_output=True, text=True, timeout=300).stdout
+                              "-P", "16", "-q", "-d", str(value_bytes)], capture_output=True, text=True,
+                             timeout=300).stdout
     # "SET: 812347.19 requests per second, p50=..."
     return float(out.replace("\r", "\n").strip().splitlines()[-1].split(":")[1].split()[0])
 
@@ -250,6 +257,8 @@ def summarize(run: Run) -> dict[str, float]:
         out[f"to_redis_p{q}"] = float(np.percentile(to_redis, q)) if len(to_redis) else float("nan")
     out["read_p50_ms"] = float(np.percentile(run.reads, 50)) * 1000 if run.reads else float("nan")
     out["read_p99_ms"] = float(np.percentile(run.reads, 99)) * 1000 if run.reads else float("nan")
+    out["script_ms"] = run.script_ms
+    out["value_bytes_mean"] = float(np.mean(run.value_bytes)) if run.value_bytes else 120.0
     out["overruns"] = run.cycles[-1]["overruns"] - run.cycles[0]["overruns"] if run.cycles else 0
     out["history_requests"] = sum(c["history_requests"] for c in run.cycles)
     out["closed"] = sum(c["closed"] for c in run.cycles)
@@ -376,9 +385,12 @@ def report(summaries: list[dict[str, float]], extra: dict[str, float], images: l
               f"- Redis: {redis_rate:,.0f} commands/s on average from the daemon (INFO); during its Redis stage "
               f"the daemon writes {2 * main['symbols']:,.0f} values (newest bar and features per symbol) in "
               f"{main['redis_p50']:.1f} ms (p50): {2 * main['symbols'] / main['redis_p50'] * 1000:,.0f} writes/s vs "
-              f"`redis-benchmark -P 16` SET {extra['redis_benchmark_set_per_s']:,.0f}/s "
+              f"`redis-benchmark -P 16 -d {extra['value_bytes']}` (the mean size of those values) SET "
+              f"{extra['redis_benchmark_set_per_s']:,.0f}/s "
               f"({extra['redis_benchmark_set_per_s'] / (2 * main['symbols'] / main['redis_p50'] * 1000):.1f}x "
-              f"faster; the difference is the client: packing and sending from Python, one script call).",
+              f"faster). Of the {main['redis_p50']:.1f} ms, Redis itself spends {main['script_ms']:.1f} ms per "
+              f"script call (INFO commandstats: unpacking the values and one call per key); the rest is the "
+              f"client packing in Python and the transfer.",
               f"- SQLite: {main['sqlite_flushes']:.0f} flushes, mean {main['sqlite_flush_ms_mean']:.1f} ms, "
               f"{main['sqlite_rows_per_s_of_flush']:,.0f} rows/s while flushing vs `executemany` into an empty "
               f"table {extra['sqlite_executemany_rows_per_s']:,.0f} rows/s.",
@@ -422,7 +434,9 @@ def main() -> None:
                     print(f"{n} symbols: failed: {exc!r}", flush=True)
                     continue
                 print(f"{n} symbols: {summarize(runs[-1])['cycle_s_p99']:.1f} ms p99", flush=True)
-        extra = {"redis_benchmark_set_per_s": redis_benchmark(work), "sqlite_executemany_rows_per_s": sqlite_rate(work)}
+        value_bytes = int(summarize(runs[0])["value_bytes_mean"])
+        extra = {"redis_benchmark_set_per_s": redis_benchmark(work, value_bytes), "value_bytes": value_bytes,
+                 "sqlite_executemany_rows_per_s": sqlite_rate(work)}
         extra.update(naive_cycle_ms(args.symbols, work))
     summaries = sorted((summarize(r) for r in runs), key=lambda x: x["symbols"])
     stem = f"{dt.date.today()}-{socket.gethostname()}" + ("-quick" if args.quick else "")

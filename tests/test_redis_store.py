@@ -100,3 +100,21 @@ async def test_redis_down_is_a_store_error_within_the_timeout(tmp_path) -> None:
         await s.write_cycle([_bar(1)], [_bar(1)])
     assert time.monotonic() - t0 < 2.0
     await s.close()
+
+
+async def test_thousands_of_symbols_in_one_cycle_all_land_and_features_expire(
+        store: RedisStore, redis_server: RedisServer) -> None:
+    # more than one chunk of the script's variadic MSET and SADD (1,000 pairs / 1,000 names each)
+    names = [f"S{i:04d}" for i in range(2_345)]
+    latest = [_bar(1, symbol=s, flags=BarFlag.FORMING) for s in names]
+    features = [(s, "1m", s.encode()) for s in names]
+    result = await store.write_cycle(latest, [], features)
+    assert result.written == 2 * len(names)
+    with redis_server.client() as c:
+        assert c.smembers("t:symbols") == {s.encode() for s in names}
+        bars = c.mget([f"t:{{{s}}}:bar:1m" for s in names])
+        assert [msgpack.unpackb(b)["symbol"] for b in bars] == names
+        assert c.mget([f"t:{{{s}}}:features:1m" for s in names]) == [s.encode() for s in names]
+        ttls = {c.pttl(f"t:{{{s}}}:features:1m") for s in names}
+        assert all(0 < t <= 2000 for t in ttls)
+        assert c.pttl(f"t:{{{names[0]}}}:bar:1m") == -1  # bars do not expire

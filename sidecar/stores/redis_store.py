@@ -56,12 +56,24 @@ end
 for key in pairs(touched) do
   redis.call('ZREMRANGEBYRANK', key, 0, -cap - 1)
 end
+-- Variadic MSET and SADD in chunks (Lua's unpack() has a stack limit): one call per chunk
+-- rather than per key, which was most of Redis's time at thousands of symbols.
+local pairs_, names = {}, {}
 for j = 1, #latest, 3 do
-  redis.call('SET', latest[j], latest[j + 1])
-  redis.call('SADD', symbols, latest[j + 2])
+  pairs_[#pairs_ + 1], pairs_[#pairs_ + 2] = latest[j], latest[j + 1]
+  names[#names + 1] = latest[j + 2]
+end
+for c = 1, #pairs_, 2000 do
+  redis.call('MSET', unpack(pairs_, c, math.min(c + 1999, #pairs_)))
+end
+for c = 1, #names, 1000 do
+  redis.call('SADD', symbols, unpack(names, c, math.min(c + 999, #names)))
+end
+for c = 1, #features, 2000 do
+  redis.call('MSET', unpack(features, c, math.min(c + 1999, #features)))
 end
 for f = 1, #features, 2 do
-  redis.call('SET', features[f], features[f + 1], 'PX', ARGV[6])
+  redis.call('PEXPIRE', features[f], ARGV[6])
 end
 return {(#closed + #latest) / 3 + #features / 2, fresh}
 """
