@@ -58,8 +58,7 @@ bench: venv system-deps
 	$(PY) -m bench.pipeline
 	$(PY) -m bench.features
 	$(PY) -m bench.quotes --symbols 5000 --seconds 60
-	$(PY) -m bench.soak --symbols 5000 --minutes 10
-	$(PY) -m bench.soak --scaling 100,1000,5000,20000 --seconds 60
+	$(PY) -m bench.soak --symbols 5000 --minutes 10 --scaling 100,1000,20000 --seconds 60
 
 bench-quick: venv system-deps
 	$(PY) -m pip install -q -r bench/requirements.txt
