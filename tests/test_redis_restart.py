@@ -72,3 +72,27 @@ async def test_redis_restart_while_running(tmp_path: Path, settings: Settings) -
         await sc.close()
         server.process.terminate()
         server.process.wait(timeout=10)
+
+
+async def test_a_reseed_that_times_out_is_retried_and_never_stops_the_daemon(
+        tmp_path: Path, settings: Settings) -> None:
+    server = start_redis(tmp_path / "redis")
+    sc = Sidecar(replace(settings, redis_url=server.url, redis_timeout_s=0.3), handle_signals=False)
+    await sc.start()
+    try:
+        while sc.reseeds < 1:  # the first start's seed
+            await asyncio.sleep(0.2)
+        with server.client() as c:
+            c.flushall()
+            c.client_pause(1500, all=False)  # writes (scripts included) wait 1.5 s: longer than the timeout
+            sc._schedule_reseed()  # noqa: SLF001 - as when Redis comes back empty
+            t0 = time.monotonic()
+            while sc.reseeds < 2 and time.monotonic() - t0 < 15:
+                await asyncio.sleep(0.1)
+            assert sc.reseeds == 2, "the re-seed was not retried after Redis was too slow"
+            assert sc.failure is None and not sc.stopping  # a slow Redis did not take the daemon down
+            assert all(c.exists(f"sidecar:{{{s}}}:bar:1m") for s in settings.symbols)
+    finally:
+        await sc.close()
+        server.process.terminate()
+        server.process.wait(timeout=10)

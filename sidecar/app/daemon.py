@@ -37,6 +37,8 @@ from .ticker import Ticker
 
 log = logging.getLogger(__name__)
 
+RESEED_CHUNK = 2_000  # bars per script call when re-seeding Redis: well inside its timeout under load
+
 
 def tune_gc(gen0_threshold: int) -> None:
     """Freeze what start-up built out of the cyclic collector and collect the young generation
@@ -253,8 +255,21 @@ class Sidecar:
     def _schedule_reseed(self) -> None:
         """Redis came back empty (restart, flush, first start): re-seed it in the background."""
         if self._reseed is None or self._reseed.done():
-            self._reseed = asyncio.create_task(self.reseed_redis(), name="redis-reseed")
+            self._reseed = asyncio.create_task(self._reseed_until_done(), name="redis-reseed")
             self._supervise(self._reseed)
+
+    async def _reseed_until_done(self) -> None:
+        """Re-seed, and again after a growing pause while Redis fails or is too slow for a write:
+        a busy Redis must not stop the daemon (the loop and SQLite carry on without it)."""
+        delay = 1.0
+        while True:
+            try:
+                await self.reseed_redis()
+                return
+            except RedisStoreError as exc:
+                log.warning("redis re-seed failed, trying again in %.0fs: %s", delay, exc)
+                await self.clock.sleep(delay)
+                delay = min(2 * delay, 30.0)
 
     async def reseed_redis(self) -> None:
         """Write every symbol's newest bar and history back into Redis, from the loop's state,
@@ -262,14 +277,16 @@ class Sidecar:
         t0, total = self.clock.monotonic(), 0
         # A symbol without a new bar this minute (no trades yet) would otherwise stay missing.
         newest = [st.latest for st in self.orchestrator.states.values() if st.latest is not None]
-        await self.redis.write_cycle(newest, [])
+        # In chunks, like the history below: one call for 20,000 symbols outlasted SIDECAR_REDIS_TIMEOUT_S.
+        for i in range(0, len(newest), RESEED_CHUNK):
+            await self.redis.write_cycle(newest[i:i + RESEED_CHUNK], [])
         symbols = list(self.symbols)
         for i in range(0, len(symbols), 100):
             chunk = symbols[i:i + 100]
             stored = await self.sqlite.recent(chunk, TIMEFRAME, self.settings.redis_history_len)
             bars = [b for sym in chunk for b in stored[sym]] + self.sqlite.buffered_bars(set(chunk))
-            for j in range(0, len(bars), 20_000):
-                await self.redis.write_cycle([], bars[j:j + 20_000])
+            for j in range(0, len(bars), RESEED_CHUNK):
+                await self.redis.write_cycle([], bars[j:j + RESEED_CHUNK])
             total += len(bars)
         self.reseeds += 1
         self.reseeded_at = self.clock.time()
