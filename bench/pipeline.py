@@ -26,6 +26,7 @@ from sidecar.settings import Settings
 from sidecar.stores import RedisStore, SQLiteStore
 from sidecar.stores.redis_store import pack
 
+from .quotes import live_path_only
 from .servers import exchange_process, redis_server
 T0 = 1_800_000_000 // 60 * 60
 
@@ -111,6 +112,7 @@ async def bench_cycle(settings: Settings, n: int, cycles: int) -> tuple[float, f
     p50 and max of our concurrent cycle, and the p50 of the same fetches awaited one by one."""
     symbols = ",".join(f"S{i:05d}" for i in range(n))
     sc = Sidecar(settings.with_overrides(symbols=symbols), handle_signals=False)
+    live_path_only(sc)
     await sc.sqlite.start()
     await sc.fetcher.start()
     orch = sc.orchestrator

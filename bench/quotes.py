@@ -42,6 +42,13 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def live_path_only(sc: Sidecar) -> None:
+    """Measure the loop alone: no gap scans or Redis re-seeds started from its callbacks (the
+    daemon runs them as tasks of their own, and they would outlive the stores closed here)."""
+    sc.orchestrator.on_recovered = None
+    sc.orchestrator.on_redis_lost = None
+
+
 async def run(settings: Settings, n: int, seconds: float, warmup_limit: float) -> dict[str, object]:
     """Run the loop for `seconds` after every symbol is synced; return the measurements."""
     sc = Sidecar(settings.with_overrides(symbols=",".join(universe(n))), handle_signals=False)
@@ -51,7 +58,7 @@ async def run(settings: Settings, n: int, seconds: float, warmup_limit: float) -
     sc.features.book.engine.prepare()
     sc.features.warm(sc.infos, {})  # as the daemon's start: every symbol in the indicator book
     orch = sc.orchestrator
-    orch.on_recovered = None  # the live path only: gap scans (their own loop in the daemon) are not measured
+    live_path_only(sc)
     tune_gc(settings.gc_gen0_threshold)  # as the daemon does once started
     t_start = time.monotonic()
     samples: list[dict[str, float]] = []
@@ -99,6 +106,7 @@ async def run(settings: Settings, n: int, seconds: float, warmup_limit: float) -
 async def chart_cycle(settings: Settings, n: int) -> float:
     """The baseline: one steady-state cycle of per-symbol chart requests for the same symbols (ms)."""
     sc = Sidecar(settings.with_overrides(symbols=",".join(universe(n))), handle_signals=False)
+    live_path_only(sc)
     await sc.sqlite.start()
     await sc.redis.start()
     await sc.fetcher.start()

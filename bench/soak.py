@@ -213,12 +213,14 @@ def naive_cycle_ms(n: int, work: Path) -> dict[str, float]:
 
     from .features import bench_talib_batch, market
     from .pipeline import bench_redis
+    from .quotes import live_path_only
     from .servers import exchange_process
 
     async def fetch_and_redis(exchange: str, redis_url: str) -> tuple[float, float]:
         s = replace(Settings(), redis_url=redis_url, yahoo_base_url=exchange, db_path=work / "naive.db",
                     lookback_minutes=1, fetch_timeout_s=10.0, bootstrap_days=0.0)
         sc = Sidecar(s.with_overrides(symbols=",".join(universe(n))), handle_signals=False)
+        live_path_only(sc)
         await sc.sqlite.start()
         await sc.redis.start()
         await sc.fetcher.start()
