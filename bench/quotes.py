@@ -103,21 +103,25 @@ async def run(settings: Settings, n: int, seconds: float, warmup_limit: float) -
             "slowest": sorted(samples, key=lambda s: -s["cycle"])[:3]}
 
 
-async def chart_cycle(settings: Settings, n: int) -> float:
-    """The baseline: one steady-state cycle of per-symbol chart requests for the same symbols (ms)."""
-    sc = Sidecar(settings.with_overrides(symbols=",".join(universe(n))), handle_signals=False)
+async def chart_cycles(settings: Settings, n: int, repeat: int = 3) -> list[dict[str, float]]:
+    """The baseline: steady-state cycles of per-symbol chart requests for the same symbols (after
+    the one that fetches the lookback); each cycle's duration and stages in ms."""
+    sc = Sidecar(settings.with_overrides(symbols=",".join(universe(n)), live_mode="chart"), handle_signals=False)
     live_path_only(sc)
     await sc.sqlite.start()
     await sc.redis.start()
     await sc.fetcher.start()
     try:
         await sc.orchestrator.run_cycle()  # the lookback
-        times = [(await sc.orchestrator.run_cycle()).duration_s * 1000 for _ in range(3)]
+        out = []
+        for _ in range(repeat):
+            report = await sc.orchestrator.run_cycle()
+            out.append({"cycle": report.duration_s * 1000, **{k: v * 1000 for k, v in sc.orchestrator.stages.items()}})
     finally:
         await sc.fetcher.close()
         await sc.sqlite.close()
         await sc.redis.close()
-    return statistics.median(times)
+    return out
 
 
 async def main(n: int, seconds: float, batch: int) -> None:
@@ -126,7 +130,7 @@ async def main(n: int, seconds: float, batch: int) -> None:
                        lookback_minutes=5, fetch_timeout_s=5.0, live_mode="quotes", quote_batch=batch,
                        catchup_per_cycle=250, bootstrap_days=0.0, flush_interval_s=10.0)
         r = await run(base, n, seconds, warmup_limit=120.0)
-        chart_ms = await chart_cycle(replace(base, live_mode="chart", db_path=Path(tmp) / "c.db"), n)
+        chart_ms = statistics.median(c["cycle"] for c in await chart_cycles(replace(base, db_path=Path(tmp) / "c.db"), n))
     print(f"\nquotes mode, {n} symbols, {r['cycles']} cycles after a {r['warmup_s']:.1f}s warm-up "
           f"(batch {batch} symbols/request)")
     print(f"{'':<34} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}   (ms)")

@@ -208,32 +208,17 @@ def naive_cycle_ms(n: int, work: Path) -> dict[str, float]:
     import asyncio
     from dataclasses import replace
 
-    from sidecar.app import Sidecar
     from sidecar.settings import Settings
 
     from .features import bench_talib_batch, market
     from .pipeline import bench_redis
-    from .quotes import live_path_only
+    from .quotes import chart_cycles
     from .servers import exchange_process
 
     async def fetch_and_redis(exchange: str, redis_url: str) -> tuple[float, float]:
         s = replace(Settings(), redis_url=redis_url, yahoo_base_url=exchange, db_path=work / "naive.db",
                     lookback_minutes=1, fetch_timeout_s=10.0, bootstrap_days=0.0)
-        sc = Sidecar(s.with_overrides(symbols=",".join(universe(n))), handle_signals=False)
-        live_path_only(sc)
-        await sc.sqlite.start()
-        await sc.redis.start()
-        await sc.fetcher.start()
-        try:
-            await sc.orchestrator.run_cycle()
-            fetches = []
-            for _ in range(3):
-                await sc.orchestrator.run_cycle()
-                fetches.append(sc.orchestrator.stages["fetch"] * 1000)
-        finally:
-            await sc.fetcher.close()
-            await sc.sqlite.close()
-            await sc.redis.close()
+        fetches = [c["fetch"] for c in await chart_cycles(s, n)]
         _ours, _pipelined, per_command = await bench_redis(redis_url, n, 3)
         return float(np.median(fetches)), per_command
 
