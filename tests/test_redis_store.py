@@ -104,7 +104,7 @@ async def test_redis_down_is_a_store_error_within_the_timeout(tmp_path) -> None:
 
 async def test_thousands_of_symbols_in_one_cycle_all_land_and_features_expire(
         store: RedisStore, redis_server: RedisServer) -> None:
-    # more than one chunk of the script's variadic MSET and SADD (1,000 pairs / 1,000 names each)
+    # more than one chunk of the script's variadic MSET and SADD (2,000 list elements each)
     names = [f"S{i:04d}" for i in range(2_345)]
     latest = [_bar(1, symbol=s, flags=BarFlag.FORMING) for s in names]
     features = [(s, "1m", s.encode()) for s in names]

@@ -38,14 +38,15 @@ from ..bars import Bar
 from ..errors import RedisStoreError
 
 # ARGV[1] history length, ARGV[2] the symbols set key, ARGV[3] a msgpack array of
-# (history key, ts, member) per closed bar, ARGV[4] of (latest key, member, symbol) per newest
-# bar, ARGV[5] of (features key, value) per updated symbol, ARGV[6] the features' TTL in ms,
-# ARGV[7] the alive key. Values are packed by Python and pass through as opaque strings.
+# (history key, ts, member) per closed bar, ARGV[4] of (latest key, member) per newest bar,
+# ARGV[5] of (features key, value) per updated symbol, ARGV[6] the features' TTL in ms,
+# ARGV[7] the alive key, ARGV[8] the newest bars' symbols. Values are packed by Python and pass through as opaque strings.
 # Returns {values written, 1 if the alive key was missing (a new or emptied Redis) else 0}.
 _WRITE_CYCLE = """
 local fresh = redis.call('SET', ARGV[7], '1', 'NX') and 1 or 0
 local cap, symbols = tonumber(ARGV[1]), ARGV[2]
 local closed, latest, features = cmsgpack.unpack(ARGV[3]), cmsgpack.unpack(ARGV[4]), cmsgpack.unpack(ARGV[5])
+local names = cmsgpack.unpack(ARGV[8])
 local touched = {}
 for i = 1, #closed, 3 do
   local key, ts = closed[i], closed[i + 1]
@@ -56,26 +57,20 @@ end
 for key in pairs(touched) do
   redis.call('ZREMRANGEBYRANK', key, 0, -cap - 1)
 end
--- Variadic MSET and SADD in chunks (Lua's unpack() has a stack limit): one call per chunk
--- rather than per key, which was most of Redis's time at thousands of symbols.
-local pairs_, names = {}, {}
-for j = 1, #latest, 3 do
-  pairs_[#pairs_ + 1], pairs_[#pairs_ + 2] = latest[j], latest[j + 1]
-  names[#names + 1] = latest[j + 2]
+-- Variadic MSET and SADD, a chunk per call (Lua's unpack() has a stack limit), rather than a
+-- call per key, which was most of Redis's time at thousands of symbols.
+local function chunked(list, call)
+  for c = 1, #list, 2000 do
+    call(unpack(list, c, math.min(c + 1999, #list)))
+  end
 end
-for c = 1, #pairs_, 2000 do
-  redis.call('MSET', unpack(pairs_, c, math.min(c + 1999, #pairs_)))
-end
-for c = 1, #names, 1000 do
-  redis.call('SADD', symbols, unpack(names, c, math.min(c + 999, #names)))
-end
-for c = 1, #features, 2000 do
-  redis.call('MSET', unpack(features, c, math.min(c + 1999, #features)))
-end
+chunked(latest, function(...) redis.call('MSET', ...) end)
+chunked(names, function(...) redis.call('SADD', symbols, ...) end)
+chunked(features, function(...) redis.call('MSET', ...) end)
 for f = 1, #features, 2 do
   redis.call('PEXPIRE', features[f], ARGV[6])
 end
-return {(#closed + #latest) / 3 + #features / 2, fresh}
+return {#closed / 3 + (#latest + #features) / 2, fresh}
 """
 
 
@@ -191,12 +186,14 @@ class RedisStore:
         for bar in closed:
             closed_args += (self.keys.history(bar.symbol, bar.timeframe), bar.ts, pack(bar))
         latest_args: list[object] = []
+        names: list[str] = []
         for bar in latest:
-            latest_args += (self.keys.latest(bar.symbol, bar.timeframe), pack(bar), bar.symbol)
+            latest_args += (self.keys.latest(bar.symbol, bar.timeframe), pack(bar))
+            names.append(bar.symbol)
         feature_args: list[object] = []
         for symbol, timeframe, value in features:
             feature_args += (self.keys.features(symbol, timeframe), value)
-        n = (len(closed_args) + len(latest_args)) // 3 + len(feature_args) // 2
+        n = len(closed_args) // 3 + (len(latest_args) + len(feature_args)) // 2
         if n == 0:
             return WriteResult(0, False)
         # Keys travel inside ARGV: a cycle spans every symbol's slot, so a cluster deployment
@@ -208,7 +205,7 @@ class RedisStore:
                                                msgpack.packb(closed_args, use_bin_type=False),
                                                msgpack.packb(latest_args, use_bin_type=False),
                                                msgpack.packb(feature_args, use_bin_type=False), self.features_ttl_ms,
-                                               self.keys.alive()],
+                                               self.keys.alive(), msgpack.packb(names, use_bin_type=False)],
                                          client=pipe)
                 async with asyncio.timeout(self.timeout_s):
                     (reply,) = await pipe.execute()
