@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 
 PM2    := node_modules/.bin/pm2
 
-.PHONY: bench-quick run test bench exchange system-deps venv pm2 clean
+.PHONY: bench-quick run test lint bench exchange system-deps venv pm2 clean
 
 venv: $(STAMP)
 
@@ -44,8 +44,13 @@ $(PM2): package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
 	touch $(PM2)
 
-test: venv system-deps pm2
+test: venv system-deps pm2 lint
 	$(PY) -m pytest
+
+# ruff (lint and import order) and mypy (types of sidecar/): part of `make test`, so CI runs them.
+lint: venv
+	$(VENV)/bin/ruff check sidecar tests bench scripts
+	$(VENV)/bin/mypy
 
 run: venv system-deps
 	scripts/run-local.sh

@@ -28,6 +28,7 @@ from sidecar.stores.redis_store import pack
 
 from .quotes import live_path_only
 from .servers import exchange_process, redis_server
+
 T0 = 1_800_000_000 // 60 * 60
 
 

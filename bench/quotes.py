@@ -13,7 +13,6 @@ side: the same symbols polled through per-symbol chart requests (the chart mode)
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import tempfile
 import time

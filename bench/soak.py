@@ -397,7 +397,8 @@ def report(summaries: list[dict[str, float]], extra: dict[str, float], images: l
               f"{main['redis_p50']:.1f} ms (p50): {writes_per_s:,.0f} writes/s vs "
               f"`redis-benchmark -P 16 -d {extra['value_bytes']}` (the mean size of those values) SET "
               f"{extra['redis_benchmark_set_per_s']:,.0f}/s "
-              f"({redis_ratio:.1f}x faster). Of the {main['redis_p50']:.1f} ms, Redis itself spends {main['script_ms']:.1f} ms per "
+              f"({redis_ratio:.1f}x faster). Of the {main['redis_p50']:.1f} ms, Redis itself spends "
+              f"{main['script_ms']:.1f} ms per "
               f"script call (INFO commandstats: unpacking the values, the MSETs, one PEXPIRE per feature key); the rest is the "
               f"client packing in Python and the transfer.",
               f"- SQLite: {main['sqlite_flushes']:.0f} flushes, mean {main['sqlite_flush_ms_mean']:.1f} ms, "

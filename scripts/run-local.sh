@@ -18,6 +18,17 @@ for p in TWELVEDATA POLYGON ALPHAVANTAGE; do
   export "$url=${!url:-http://127.0.0.1:${EXCHANGE_PORT}}" "$key=${!key-local}"
 done
 
+started_redis=""  # the pid of a redis-server this script started, stopped again on the way out
+cleanup() {
+  if [ -n "${exchange_pid:-}" ]; then kill "$exchange_pid" 2>/dev/null || true; wait "$exchange_pid" 2>/dev/null || true; fi
+  if [ -n "$started_redis" ]; then
+    kill "$started_redis" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$started_redis" 2>/dev/null || break; sleep 0.1; done
+    echo "stopped the redis-server this script started (pid $started_redis)"
+  fi
+}
+trap cleanup EXIT
+
 redis_up() { "$PY" -c 'import redis, sys; redis.Redis.from_url(sys.argv[1], socket_timeout=1).ping()' "$REDIS_URL" >/dev/null 2>&1; }
 
 if ! redis_up; then
@@ -27,14 +38,14 @@ if ! redis_up; then
       echo "starting redis-server on 127.0.0.1:${port} (data in var/redis)"
       redis-server --bind 127.0.0.1 --port "$port" --daemonize yes --dir "$PWD/var/redis" \
         --logfile "$PWD/var/log/redis.log" --pidfile "$PWD/var/redis/redis.pid" --save "" --appendonly no
-      for _ in $(seq 50); do redis_up && break; sleep 0.1; done ;;
+      for _ in $(seq 50); do redis_up && break; sleep 0.1; done
+      started_redis=$(cat "$PWD/var/redis/redis.pid") ;;
     *) echo "Redis at $REDIS_URL does not answer; start it or set SIDECAR_REDIS_URL" >&2; exit 1 ;;
   esac
 fi
 
 "$PY" -u -m sidecar.exchange --always-open --port "$EXCHANGE_PORT" >var/log/exchange.log 2>&1 &
 exchange_pid=$!
-trap 'kill "$exchange_pid" 2>/dev/null || true; wait "$exchange_pid" 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
   curl -fsS "http://127.0.0.1:${EXCHANGE_PORT}/_exchange/stats" >/dev/null 2>&1 && break
   kill -0 "$exchange_pid" 2>/dev/null || { cat var/log/exchange.log >&2; exit 1; }

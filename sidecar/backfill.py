@@ -7,6 +7,12 @@ Gaps are fetched again, grouped into windows the source serves; a minute that a 
 answer shows had no trades is recorded as empty, so it is neither reported nor asked for
 again. What cannot be filled (the source failed, rejected the bar, or no longer serves that
 far back at this resolution) is reported with its reason.
+
+Every window fetched is also a verification: a stored bar whose values differ from what the
+source serves now (settled) is corrected in SQLite and Redis and counted as a revision. The
+end-of-day check does this once per symbol and trading day for the whole session, one request
+each. Requests go through the symbol's configured sources in order, each behind its breaker
+and budgets (`sources.fetch_history`): history never bypasses the live loop's gate.
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .bars import Bar, timeframe_seconds
-from .calendars import is_trading
+from .calendars import is_trading, last_settled_session
 from .clock import Clock
-from .errors import FetchError
-from .fetchers import YahooFetcher
+from .errors import BeyondReach, FetchError
+from .fetchers import FetchResult
+from .metrics import Metrics
+from .sources import GuardedSource, fetch_history
 from .stores import SQLiteStore
 from .symbols import SymbolInfo
 from .validator import Validator
@@ -55,6 +63,7 @@ class BackfillReport:
     window: tuple[int, int]
     missing_minutes: int = 0
     filled: int = 0
+    revised: int = 0  # stored bars corrected to the source's settled values
     confirmed_empty: int = 0
     requests: int = 0
     gaps: list[Gap] = field(default_factory=list)
@@ -75,27 +84,36 @@ def runs(minutes: np.ndarray, step: int) -> list[tuple[int, int]]:
 
 
 class Backfiller:
-    """Finds and fills gaps for a set of symbols.
+    """Finds and fills gaps for a set of symbols, and verifies stored values.
 
     :param sqlite: where bars are and go.
-    :param fetcher: the source asked again.
+    :param sources: the configured sources of a symbol, in order (each behind its gate).
     :param validator: backfilled bars pass the same checks as live ones.
     :param clock: what "settled" is measured against.
-    :param on_bars: also awaited with every batch of backfilled bars (the daemon writes them to
-        Redis's history).
+    :param metrics: revisions are counted here.
+    :param on_bars: also awaited with every batch of new or corrected bars (the daemon writes
+        them to Redis's history).
+    :param on_revised: called with the symbols whose stored bars were corrected (their
+        features are rebuilt).
     :param timeframe: the bars' timeframe.
     :param timeout_s: deadline of one history request.
+    :param max_window_s: the longest window one request asks for.
     """
 
-    def __init__(self, *, sqlite: SQLiteStore, fetcher: YahooFetcher, validator: Validator, clock: Clock,
+    def __init__(self, *, sqlite: SQLiteStore, sources: Callable[[SymbolInfo], Sequence[GuardedSource]],
+                 validator: Validator, clock: Clock, metrics: Metrics,
                  on_bars: Callable[[list[Bar]], Awaitable[object]] | None = None,
-                 timeframe: str = "1m", timeout_s: float = 30.0) -> None:
-        self.sqlite, self.fetcher, self.validator, self.clock = sqlite, fetcher, validator, clock
+                 on_revised: Callable[[set[str]], object] | None = None,
+                 timeframe: str = "1m", timeout_s: float = 30.0, max_window_s: int = 7 * 86400) -> None:
+        self.sqlite, self.sources, self.validator, self.clock = sqlite, sources, validator, clock
+        self.metrics = metrics
         self.timeout_s = timeout_s
-        self.on_bars = on_bars
+        self.on_bars, self.on_revised = on_bars, on_revised
         self.timeframe = timeframe
         self.step = timeframe_seconds(timeframe)
+        self.max_window_s = max_window_s
         self.last: BackfillReport | None = None
+        self.eod: dict[str, object] = {}
 
     async def missing(self, info: SymbolInfo, start: int, end: int) -> np.ndarray:
         """Trading minutes in [start, end) with neither a stored bar nor a confirmed-empty mark."""
@@ -122,51 +140,95 @@ class Backfiller:
         for info in infos:
             gone = await self.missing(info, start, end)
             report.missing_minutes += len(gone)
-            if len(gone):
-                await self._fill(info, gone, now, report)
+            for a, b in self._windows(runs(gone, self.step)):
+                await self.verify(info, a, b, gone[(gone >= a) & (gone < b)], report)
         # No flush here: the daemon's flush schedule persists what was filled (SIDECAR_FLUSH_INTERVAL_S).
         self.last = report
-        if report.missing_minutes:
-            log.info("backfill: %d missing minutes, %d filled, %d confirmed without trades, %d still missing "
-                     "in %d requests", report.missing_minutes, report.filled, report.confirmed_empty,
-                     sum(g.minutes for g in report.gaps), report.requests)
+        if report.missing_minutes or report.revised:
+            log.info("backfill: %d missing minutes, %d filled, %d revised, %d confirmed without trades, "
+                     "%d still missing in %d requests", report.missing_minutes, report.filled, report.revised,
+                     report.confirmed_empty, sum(g.minutes for g in report.gaps), report.requests)
         return report
 
-    async def _fill(self, info: SymbolInfo, gone: np.ndarray, now: int, report: BackfillReport) -> None:
-        oldest = now - self.fetcher.max_age_s
-        for start, end in self._windows(runs(gone, self.step)):
-            want = gone[(gone >= start) & (gone < end)]
-            if start < oldest:
-                report.gaps.append(Gap(info.symbol, start, end, len(want), "beyond_source_range"))
-                continue
+    async def verify(self, info: SymbolInfo, start: int, end: int, want: np.ndarray,
+                     report: BackfillReport, stage: str = "gap_scan") -> bool:
+        """Fetch [start, end) once, store what is missing, correct stored bars whose values
+        differ from the source's, and confirm the minutes of `want` it shows without trades.
+        False when the source could not be asked (the gaps are reported with the reason)."""
+        try:
             report.requests += 1
-            try:
-                result = await self.fetcher.fetch_bars(info, self.timeframe, start, end, timeout_s=self.timeout_s)
-            except FetchError as exc:
-                report.gaps += [Gap(info.symbol, a, b, (b - a) // self.step, "fetch_failed")
-                                for a, b in runs(want, self.step)]
-                log.warning("backfill of %s [%d, %d) failed: %s", info.symbol, start, end, exc)
+            result = await fetch_history(self.sources(info), info, self.timeframe, start, end,
+                                         timeout_s=self.timeout_s, now=self.clock.time())
+        except FetchError as exc:
+            report.requests -= isinstance(exc, BeyondReach)  # refused before any request was made
+            reason = "beyond_source_range" if isinstance(exc, BeyondReach) else "fetch_failed"
+            report.gaps += [Gap(info.symbol, a, b, (b - a) // self.step, reason) for a, b in runs(want, self.step)]
+            log.warning("history of %s [%d, %d) not fetched: %s", info.symbol, start, end, exc)
+            return False
+        good, rejected = self._checked(result, info)
+        stored = await self.sqlite.values_in(info.symbol, self.timeframe, start, end)
+        new = [b for b in good if b.ts not in stored]
+        changed = [b for b in good if b.ts in stored and stored[b.ts] != (b.open, b.high, b.low, b.close, b.volume)]
+        got = {b.ts for b in good}
+        wanted = set(want.tolist())
+        empty = [t for t in wanted if t not in got and t not in rejected]
+        self.sqlite.add(new + changed)
+        if self.on_bars is not None and (new or changed):
+            await self.on_bars(new + changed)
+        await self.sqlite.mark_empty(info.symbol, self.timeframe, empty)
+        if changed:
+            self.metrics.bars_revised.labels(result.source, stage).inc(len(changed))
+            log.warning("%s: %d stored bars differed from %s's settled values in [%d, %d); corrected", info.symbol,
+                        len(changed), result.source, start, end)
+            if self.on_revised is not None:
+                self.on_revised({info.symbol})
+        report.filled += sum(1 for b in new if b.ts in wanted)
+        report.revised += len(changed)
+        report.confirmed_empty += len(empty)
+        report.gaps += [Gap(info.symbol, a, b, (b - a) // self.step, "rejected")
+                        for a, b in runs(np.array(sorted(rejected & wanted), dtype=np.int64), self.step)]
+        return True
+
+    def _checked(self, result: FetchResult, info: SymbolInfo) -> tuple[list[Bar], set[int]]:
+        """The closed bars that pass validation, and the minutes of those that did not."""
+        now = self.clock.time()
+        good, rejected = [], set()
+        for bar in result.bars:
+            if bar.forming:
                 continue
-            good, rejected = [], set()
-            for bar in result.bars:
-                if bar.forming:
-                    continue
-                if self.validator.check(bar, now, info.asset_class) is None:
-                    good.append(bar)
-                else:
-                    rejected.add(bar.ts - bar.ts % self.step)
-            got = {b.ts for b in good}
-            filled = [b for b in good if b.ts in set(want.tolist())]
-            empty = [int(t) for t in want if int(t) not in got and int(t) not in rejected]
-            self.sqlite.add(good)
-            if self.on_bars is not None and good:
-                await self.on_bars(good)
-            await self.sqlite.mark_empty(info.symbol, self.timeframe, empty)
-            report.filled += len(filled)
-            report.confirmed_empty += len(empty)
-            report.gaps += [Gap(info.symbol, a, b, (b - a) // self.step, "rejected")
-                            for a, b in runs(np.array(sorted(rejected & set(want.tolist())), dtype=np.int64),
-                                             self.step)]
+            if self.validator.check(bar, now, info.asset_class) is None:
+                good.append(bar)
+            else:
+                rejected.add(bar.ts - bar.ts % self.step)
+        return good, rejected
+
+    async def end_of_day(self, infos: Sequence[SymbolInfo]) -> dict[str, object]:
+        """Verify each symbol's newest settled trading day once (one request per symbol and day,
+        remembered across restarts): fill what is missing, correct what differs, and summarize
+        per asset class what is complete. A symbol whose request failed is tried again at the
+        next call."""
+        report = BackfillReport(self.clock.time(), (0, 0))
+        sessions: dict[str, tuple[int, int]] = {}
+        left: dict[str, int] = {}
+        for info in infos:
+            start, end = last_settled_session(info.asset_class, self.clock.time(), SETTLED_S)
+            sessions[info.symbol] = (start, end)
+            key = f"verified:{self.timeframe}:{info.symbol}"
+            done = await self.sqlite.get_meta(key)
+            if done is None or int(done) < end:
+                if await self.verify(info, start, end, await self.missing(info, start, end), report, "end_of_day"):
+                    await self.sqlite.set_meta(key, str(end))
+            left[info.symbol] = len(await self.missing(info, start, end))
+        complete = sum(1 for n in left.values() if n == 0)
+        self.eod = {"checked_at": self.clock.time(), "symbols": len(infos),
+                    "complete_share": round(complete / len(infos), 4) if infos else 1.0,
+                    "requests": report.requests, "revised": report.revised, "filled": report.filled,
+                    "sessions": {s: list(b) for s, b in sessions.items()},
+                    "missing_minutes": {s: n for s, n in left.items() if n}}
+        if report.requests:
+            log.info("end-of-day check: %d/%d symbols complete, %d bars filled, %d revised, missing %s", complete,
+                     len(infos), report.filled, report.revised, self.eod["missing_minutes"])
+        return self.eod
 
     def summary(self) -> dict[str, object]:
         """The last pass, for /health: counts, and the gaps left per symbol (first 20 each)."""
@@ -178,14 +240,16 @@ class Backfiller:
             if len(left.setdefault(gap.symbol, [])) < 20:
                 left[gap.symbol].append(gap.as_map())
         return {"last_run": r.started_at, "window": list(r.window), "missing_minutes": r.missing_minutes,
-                "filled": r.filled, "confirmed_empty": r.confirmed_empty, "requests": r.requests,
+                "filled": r.filled, "revised": r.revised, "confirmed_empty": r.confirmed_empty, "requests": r.requests,
                 "minutes_left": sum(g.minutes for g in r.gaps), "gaps": left}
 
     def _windows(self, gaps: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Merge nearby gaps into requests no longer than the source serves at once."""
         out: list[tuple[int, int]] = []
-        for start, end in gaps:
-            if out and start - out[-1][1] < MERGE_S and end - out[-1][0] <= self.fetcher.max_window_s:
+        pieces = [(a, min(a + self.max_window_s, end)) for start, end in gaps
+                  for a in range(start, end, self.max_window_s)]  # a gap longer than one request: split
+        for start, end in pieces:
+            if out and start - out[-1][1] < MERGE_S and end - out[-1][0] <= self.max_window_s:
                 out[-1] = (out[-1][0], end)
             else:
                 out.append((start, end))

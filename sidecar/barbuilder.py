@@ -58,6 +58,18 @@ class BarBuilder:
 
     _INT_FIELDS = ("bucket", "last_time", "last_label", "run_start", "dense_start")
     _FLOAT_FIELDS = ("o", "h", "l", "c", "base_vol", "last_vol")
+    # per-slot state, one array per field (made by __init__ from the two lists above)
+    bucket: np.ndarray
+    last_time: np.ndarray
+    last_label: np.ndarray
+    run_start: np.ndarray
+    dense_start: np.ndarray
+    o: np.ndarray
+    h: np.ndarray
+    l: np.ndarray
+    c: np.ndarray
+    base_vol: np.ndarray
+    last_vol: np.ndarray
 
     def __init__(self, step: int = 60, capacity: int = 64) -> None:
         self.step = step

@@ -6,6 +6,10 @@ plans the same windows, whatever the time), each no larger than the source accep
 request. A window is recorded with how far it is covered only after its bars are committed,
 so a bootstrap that is killed resumes where it stopped: a covered window is never fetched
 again, and the newest one only from where it was covered to now.
+
+Every window is fetched through the symbol's configured sources in order, each behind the
+live loop's breaker and budgets (history takes only what the live loop leaves), so a
+bootstrap never bursts past a provider's limits.
 """
 
 from __future__ import annotations
@@ -13,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .bars import timeframe_seconds
 from .clock import Clock
 from .errors import FetchError
-from .fetchers import YahooFetcher
+from .sources import GuardedSource, fetch_history
 from .stores import SQLiteStore
 from .symbols import SymbolInfo
 from .validator import Validator
@@ -53,16 +57,19 @@ class Bootstrapper:
     """Fetches a symbol's history window by window.
 
     :param sqlite: where bars and progress go.
-    :param fetcher: the source; its `reach` says how far back each timeframe goes.
+    :param sources: the configured sources of a symbol, in order (each behind its gate).
+    :param reach: per timeframe, how far back the primary source goes and the window it serves
+        at once (the plan's grid).
     :param validator: history passes the same checks as live bars.
     :param clock: now.
     :param concurrency: symbols fetched at once.
     :param timeout_s: deadline of one history request.
     """
 
-    def __init__(self, *, sqlite: SQLiteStore, fetcher: YahooFetcher, validator: Validator, clock: Clock,
+    def __init__(self, *, sqlite: SQLiteStore, sources: Callable[[SymbolInfo], Sequence[GuardedSource]],
+                 reach: dict[str, tuple[int, int]], validator: Validator, clock: Clock,
                  concurrency: int = 8, timeout_s: float = 30.0) -> None:
-        self.sqlite, self.fetcher, self.validator, self.clock = sqlite, fetcher, validator, clock
+        self.sqlite, self.sources, self.reach, self.validator, self.clock = sqlite, sources, reach, validator, clock
         self.timeout_s = timeout_s
         self.concurrency = concurrency
         self.progress: dict[str, tuple[int, int]] = {}  # symbol -> (windows done, windows planned)
@@ -74,7 +81,7 @@ class Bootstrapper:
         oldest = now - int(days * 86400)
         windows: list[Window] = []
         newer_edge = now + 60  # exclusive end of the finest segment: includes the current minute
-        for timeframe, (max_age, size) in self.fetcher.reach.items():
+        for timeframe, (max_age, size) in self.reach.items():
             step = timeframe_seconds(timeframe)
             seg_start = max(oldest, now - max_age) // step * step
             seg_end = -(-newer_edge // step) * step
@@ -115,7 +122,8 @@ class Bootstrapper:
             for w in todo:
                 start = max(w.start, covered.get((w.timeframe, w.cell), w.start))
                 try:
-                    result = await self.fetcher.fetch_bars(info, w.timeframe, start, w.end, timeout_s=self.timeout_s)
+                    result = await fetch_history(self.sources(info), info, w.timeframe, start, w.end,
+                                                 timeout_s=self.timeout_s, now=self.clock.time())
                 except FetchError as exc:
                     report.failed += 1
                     log.warning("bootstrap of %s %s [%d, %d) failed: %s", info.symbol, w.timeframe, w.start, w.end,

@@ -105,6 +105,33 @@ def regular_period(asset_class: AssetClass, now: int) -> tuple[int, int]:
     return (start, start + DAY)
 
 
+def session_bounds(asset_class: AssetClass, ts: int) -> tuple[int, int]:
+    """[start, end) of the trading day `ts` belongs to, as `session_day` counts days: the NYSE
+    regular session for equities and indices (empty on a day without one), 17:00 to 17:00 New
+    York for FX and futures, the UTC day for crypto."""
+    if asset_class in (AssetClass.EQUITY, AssetClass.INDEX):
+        bounds = _xnys_sessions().get(ts // DAY)
+        return bounds if bounds is not None else (ts // DAY * DAY, ts // DAY * DAY)
+    if asset_class is AssetClass.CRYPTO:
+        return ts // DAY * DAY, ts // DAY * DAY + DAY
+    day = int(session_day(asset_class, ts)[0])  # the New York date whose session ends at its 17:00
+    end = dt.datetime.combine(dt.date(1970, 1, 1) + dt.timedelta(days=day), dt.time(17), tzinfo=NEW_YORK)
+    start = dt.datetime.combine(end.date() - dt.timedelta(days=1), dt.time(17), tzinfo=NEW_YORK)
+    return int(start.timestamp()), int(end.timestamp())
+
+
+def last_settled_session(asset_class: AssetClass, now: float, settle_s: int) -> tuple[int, int]:
+    """The newest trading day with trading minutes that ended at least `settle_s` before `now`
+    (searching back over weekends and holidays)."""
+    ts = int(now) - settle_s
+    for _ in range(15):
+        start, end = session_bounds(asset_class, ts)
+        if start < end <= int(now) - settle_s and is_trading(asset_class, np.arange(start, end, 60)).any():
+            return start, end
+        ts = min(start, ts // DAY * DAY) - 1  # the day before (an equity day's session may start after ts)
+    return ts, ts
+
+
 # Hours in a trading day and trading days in a year, per asset class: the annualization of
 # historical volatility (sqrt of bars per year) and the length of a session.
 _YEAR = {

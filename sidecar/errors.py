@@ -34,7 +34,8 @@ class SymbolError(SidecarError, ValueError):
     """A symbol is malformed or not known to the symbol table."""
 
     def __init__(self, symbol: str, message: str) -> None:
-        super().__init__(f"symbol {symbol!r}: {message}")
+        shown = symbol if len(symbol) <= 40 else symbol[:40] + "..."  # a hostile 10 kB name stays out of logs
+        super().__init__(f"symbol {shown!r}: {message}")
         self.symbol = symbol
 
 
@@ -70,6 +71,14 @@ class ProviderError(FetchError):
 
 class MalformedResponse(FetchError):
     """The body was not the JSON shape the provider documents."""
+
+
+class CircuitOpen(FetchError):
+    """The source is not asked: its breaker is open or it is disabled."""
+
+
+class BeyondReach(FetchError):
+    """No configured source serves the timeframe that far back."""
 
 
 class StoreError(SidecarError):

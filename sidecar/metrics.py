@@ -30,6 +30,9 @@ class Metrics:
         self.bars_accepted = Counter("sidecar_bars_accepted", "Valid bars received", ["source", "kind"], registry=r)
         self.bars_rejected = Counter("sidecar_bars_rejected", "Invalid bars rejected, never stored",
                                      ["source", "reason"], registry=r)
+        self.bars_revised = Counter("sidecar_bars_revised", "Stored closed bars corrected to what the source "
+                                    "serves once settled (stage: live re-fetch, gap scan or end-of-day check)",
+                                    ["source", "stage"], registry=r)
         self.synthetic_bars = Counter("sidecar_synthetic_bars", "Flat bars written to Redis history for trading "
                                       "minutes without trades (flag SYNTHETIC)", registry=r)
         self.redis_write_seconds = Histogram("sidecar_redis_write_seconds", "Duration of a cycle's pipeline",
@@ -39,8 +42,8 @@ class Metrics:
                                               buckets=_FAST, registry=r)
         self.sqlite_rows = Counter("sidecar_sqlite_rows_written", "Rows upserted into SQLite", registry=r)
         self.sqlite_errors = Counter("sidecar_sqlite_errors", "Failed SQLite flushes", registry=r)
-        self.sqlite_dropped = Gauge("sidecar_sqlite_dropped_bars", "Bars dropped from a full buffer (all time)",
-                                    registry=r)
+        self.sqlite_dropped = Counter("sidecar_sqlite_dropped_bars", "Bars dropped from a full buffer",
+                                      registry=r)
         self.sqlite_buffered = Gauge("sidecar_sqlite_buffered_bars", "Bars waiting for the next flush", registry=r)
         self.features_seconds = Histogram("sidecar_features_seconds", "Feature commit + forming-bar evaluation",
                                           buckets=_FAST, registry=r)

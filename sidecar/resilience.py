@@ -107,14 +107,24 @@ class RateLimiter:
     window ever holds more than `per_minute`: a token bucket would allow a burst on top of its
     refill); the day budget resets at 00:00 UTC. 0 means no limit.
 
+    Live requests come first; history requests (bootstrap, gap scans, end-of-day checks) take
+    what is left: within any minute they may use `per_minute` less what the live loop used in
+    the last minute and a margin (so the live loop's next minute still fits), and at most
+    `history_day_share` of the day budget.
+
     :param clock: wall time for the day, monotonic time for the bucket.
+    :param history_day_share: the share of `per_day` history requests may take.
     """
 
-    def __init__(self, *, clock: Clock, per_minute: int = 0, per_day: int = 0) -> None:
+    def __init__(self, *, clock: Clock, per_minute: int = 0, per_day: int = 0,
+                 history_day_share: float = 0.5) -> None:
         self.clock, self.per_minute, self.per_day = clock, per_minute, per_day
+        self.history_day_share = history_day_share
         self._recent: collections.deque[float] = collections.deque()
+        self._history: collections.deque[float] = collections.deque()  # the history requests among them
         self._day = int(clock.time() // 86400)
         self.used_today = 0
+        self.history_today = 0
         self.blocked_until = 0.0  # monotonic
         self.refused = 0
 
@@ -122,34 +132,65 @@ class RateLimiter:
         """The source said to wait (429 with Retry-After): no request until then."""
         self.blocked_until = max(self.blocked_until, self.clock.monotonic() + seconds)
 
-    def available(self, n: int = 1) -> bool:
-        """Whether `try_acquire(n)` would succeed now (nothing is taken)."""
-        now = self.clock.monotonic()
-        if now < self.blocked_until:
-            return False
-        fresh_day = int(self.clock.time() // 86400) != self._day
-        if self.per_day and (0 if fresh_day else self.used_today) + n > self.per_day:
-            return False
-        recent = sum(1 for t in self._recent if t > now - 60.0) if self.per_minute else 0
-        return not (self.per_minute and recent + n > self.per_minute)
-
-    def try_acquire(self, n: int = 1) -> bool:
-        """Take `n` requests (or credits) from the budgets, or refuse (and count) if that would
-        exceed them."""
-        now = self.clock.monotonic()
+    def _roll(self, now: float) -> None:
         day = int(self.clock.time() // 86400)
         if day != self._day:
-            self._day, self.used_today = day, 0
-        while self._recent and self._recent[0] <= now - 60.0:
-            self._recent.popleft()
-        if now < self.blocked_until or (self.per_day and self.used_today + n > self.per_day) or (
-                self.per_minute and len(self._recent) + n > self.per_minute):
-            self.refused += 1
+            self._day, self.used_today, self.history_today = day, 0, 0
+        for log in (self._recent, self._history):
+            while log and log[0] <= now - 60.0:
+                log.popleft()
+
+    def _room(self, n: int, history: bool) -> bool:
+        """Whether `n` more requests fit now (the logs rolled forward already)."""
+        if self.clock.monotonic() < self.blocked_until:
+            return False
+        if self.per_day and self.used_today + n > self.per_day:
+            return False
+        if self.per_minute and len(self._recent) + n > self.per_minute:
+            return False
+        if history:
+            if self.per_day and self.history_today + n > int(self.per_day * self.history_day_share):
+                return False
+            if self.per_minute:
+                live = len(self._recent) - len(self._history)
+                if len(self._history) + n > self.per_minute - live - max(1, live // 10):
+                    return False
+        return True
+
+    def available(self, n: int = 1, history: bool = False) -> bool:
+        """Whether `try_acquire(n, history)` would succeed now (nothing is taken)."""
+        self._roll(self.clock.monotonic())
+        return self._room(n, history)
+
+    def try_acquire(self, n: int = 1, history: bool = False) -> bool:
+        """Take `n` requests (or credits) from the budgets, or refuse (and count) if that would
+        exceed them; `history` requests only take what the live loop leaves."""
+        now = self.clock.monotonic()
+        self._roll(now)
+        if not self._room(n, history):
+            self.refused += not history  # a history request waits for room: not a refusal
             return False
         if self.per_minute:
             self._recent.extend([now] * n)
+            if history:
+                self._history.extend([now] * n)
         self.used_today += n
+        self.history_today += n if history else 0
         return True
+
+    def history_wait_s(self, n: int = 1) -> float:
+        """How long until a history request of `n` could fit, at the soonest (0: now)."""
+        now = self.clock.monotonic()
+        self._roll(now)
+        if self._room(n, True):
+            return 0.0
+        waits = [self.blocked_until - now]
+        if self._recent:
+            waits.append(self._recent[0] + 60.0 - now)
+        if self.per_day and (self.used_today + n > self.per_day
+                             or self.history_today + n > int(self.per_day * self.history_day_share)):
+            waits.append(86400 - self.clock.time() % 86400)
+        return max(0.05, min(w for w in waits if w > 0) if any(w > 0 for w in waits) else 1.0)
 
 
 @dataclass(slots=True, frozen=True)

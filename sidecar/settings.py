@@ -143,7 +143,7 @@ def _feature_config(raw: str) -> FeatureConfig:
         fields_ = orjson.loads(raw)
         if not isinstance(fields_, dict):
             raise TypeError("not an object")
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in fields_.items()}
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in fields_.items()}
         return FeatureConfig(**kwargs)
     except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
         raise ValueError(f"expected a JSON object of indicator periods: {exc}") from None
@@ -249,6 +249,10 @@ class Settings(_FromEnv):
     lookback_minutes: int = _setting(
         "LOOKBACK_MINUTES", 120, _int(1, 10080),
         "how far back the first fetch of a symbol reaches after start-up")
+    settle_s: float = _setting(
+        "SETTLE_S", 5.0, _float(0, 3600),
+        "a closed bar that ended less than this before the source's clock is fetched again once settled, "
+        "and corrected if it moved")
     restart_overlap_minutes: int = _setting(
         "RESTART_OVERLAP_MINUTES", 5, _int(0, 1440),
         "after a restart, minutes before the last stored bar fetched again (repairs revised bars)")

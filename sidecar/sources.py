@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
-from dataclasses import dataclass
-
 from .clock import Clock
-from .errors import FetchError, FetchTimeout, MalformedResponse, ProviderError, RateLimited
+from .errors import BeyondReach, CircuitOpen, FetchError, FetchTimeout, MalformedResponse, ProviderError, RateLimited
 from .fetchers import FetchResult, HttpFetcher, QuoteBatch
 from .metrics import Metrics
 from .resilience import CircuitBreaker, RateLimiter, RetryPolicy
@@ -28,6 +27,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MIN_RETRY_S = 0.1  # a retry needs at least this much of the cycle left
+REACH_SLACK_S = 1800
+HISTORY_MAX_WAIT_S = 600.0  # a history request waits this long for budget at most, then tries the next source
 
 
 @dataclass(slots=True)
@@ -69,6 +70,16 @@ class GuardedSource:
         self.state = SourceState(fetcher.name)
         self._deadline = 0.0
         self._ok = self._failed = 0  # requests that succeeded / failed for good this cycle
+
+    @classmethod
+    def build(cls, fetcher: HttpFetcher, *, clock: Clock, metrics: Metrics | None = None, per_minute: int = 0,
+              per_day: int = 0, retry: RetryPolicy | None = None, threshold: int = 5, reset_timeout_s: float = 30.0,
+              on_transition: Callable[[str, str], object] | None = None) -> GuardedSource:
+        """A source with its own breaker and budgets (0: no limit)."""
+        return cls(fetcher, breaker=CircuitBreaker(fetcher.name, clock=clock, threshold=threshold,
+                                                   reset_timeout_s=reset_timeout_s, on_transition=on_transition),
+                   limiter=RateLimiter(clock=clock, per_minute=per_minute, per_day=per_day),
+                   retry=retry or RetryPolicy(), metrics=metrics or Metrics(), clock=clock)
 
     def begin_cycle(self, deadline: float) -> None:
         """A cycle starts: retries must be done by `deadline` (monotonic)."""
@@ -154,3 +165,82 @@ class GuardedSource:
                 self.metrics.fetch_seconds.labels(self.name).observe(self.clock.monotonic() - t0)
             self._ok += 1
             return result
+
+    def reaches(self, timeframe: str, start: int, now: float) -> bool:
+        """Whether the source serves `timeframe` bars from `start` on (its reach per timeframe)."""
+        reach = self.fetcher.reach.get(timeframe)
+        # Each reach keeps an hour of margin below the provider's limit; half of it absorbs the
+        # plan's rounding to the timeframe's grid and the time a long bootstrap takes.
+        return reach is not None and start >= now - reach[0] - REACH_SLACK_S
+
+    async def fetch_history(self, info: SymbolInfo, timeframe: str, start: int, end: int, *,
+                            timeout_s: float, max_wait_s: float = HISTORY_MAX_WAIT_S) -> FetchResult:
+        """History through the same gate as the live loop: the breaker, the budgets (taking only
+        what the live loop leaves, waiting for room), Retry-After and the retry policy. Raises
+        the FetchError that ended it (CircuitOpen when the source is not asked), so the caller
+        can fall back to the next source."""
+        label = info.symbol
+        waited = 0.0
+        failures = 0
+        while True:
+            if self.fetcher.disabled_reason is not None:
+                raise CircuitOpen(self.name, label, f"disabled: {self.fetcher.disabled_reason}")
+            wait = self.limiter.history_wait_s()
+            if wait > 0:
+                if waited + wait > max_wait_s:
+                    raise RateLimited(self.name, label, f"no history budget within {max_wait_s:.0f}s")
+                await self.clock.sleep(wait)
+                waited += wait
+                continue
+            if not self.breaker.allow():
+                raise CircuitOpen(self.name, label, "circuit open")
+            if not self.limiter.try_acquire(history=True):  # taken by the live loop meanwhile
+                self.breaker.release()
+                continue
+            t0 = self.clock.monotonic()
+            try:
+                result = await self.fetcher.fetch_bars(info, timeframe, start, end, timeout_s=timeout_s)
+            except RateLimited as exc:
+                self.limiter.block_for(exc.retry_after if exc.retry_after is not None else 1.0)
+                self.breaker.release()
+                self.metrics.fetch_errors.labels(self.name, exc.reason).inc()
+                continue  # wait as long as it says, then ask again
+            except FetchError as exc:
+                failures += 1
+                self.metrics.fetch_errors.labels(self.name, exc.reason).inc()
+                self.state.last_error, self.state.last_error_at = str(exc), self.clock.time()
+                if not transient(exc):
+                    self.breaker.release()
+                    raise
+                if failures >= self.retry.attempts or self.breaker.state != "closed":
+                    self.breaker.record_failure()  # one failed request, however many tries it took
+                    raise
+                self.metrics.fetch_retries.labels(self.name).inc()
+                await self.clock.sleep(self.retry.delay(failures))
+                continue
+            finally:
+                self.metrics.fetch_seconds.labels(self.name).observe(self.clock.monotonic() - t0)
+            self.breaker.record_success()
+            return result
+
+
+async def fetch_history(sources: Sequence[GuardedSource], info: SymbolInfo, timeframe: str, start: int, end: int,
+                        *, timeout_s: float, now: float) -> FetchResult:
+    """History of [start, end) from the first of `sources` (the configured ones that serve the
+    symbol, in SIDECAR_SOURCES order) that reaches that far back at `timeframe` and answers;
+    a failing or open source passes the request to the next. Raises the last FetchError, or a
+    FetchError saying that no source reaches the window."""
+    error: FetchError | None = None
+    for g in sources:
+        if g.fetcher.disabled_reason is not None or not g.reaches(timeframe, start, now):
+            continue
+        try:
+            return await g.fetch_history(info, timeframe, start, end, timeout_s=timeout_s)
+        except FetchError as exc:
+            error = exc
+            if isinstance(exc, ProviderError) and exc.status is not None and 400 <= exc.status < 500 \
+                    and exc.status not in (401, 403):
+                raise  # about this request (e.g. 422 beyond reach): another source would not help either
+    if error is not None:
+        raise error
+    raise BeyondReach("none", info.symbol, f"no configured source serves {timeframe} bars from {start}")

@@ -17,6 +17,8 @@ from sidecar.calendars import is_trading
 from sidecar.clock import ManualClock
 from sidecar.exchange import Exchange, Market
 from sidecar.fetchers import YahooFetcher
+from sidecar.metrics import Metrics
+from sidecar.sources import GuardedSource
 from sidecar.stores import SQLiteStore
 from sidecar.symbols import lookup
 from sidecar.validator import Validator
@@ -33,8 +35,9 @@ class Setup:
 
     def __init__(self, exchange: Exchange, sqlite: SQLiteStore, fetcher: YahooFetcher, clock: ManualClock) -> None:
         self.exchange, self.sqlite, self.fetcher, self.clock = exchange, sqlite, fetcher, clock
-        self.backfiller = Backfiller(sqlite=sqlite, fetcher=fetcher, validator=Validator(future_tolerance_s=5),
-                                     clock=clock)
+        self.source = GuardedSource.build(fetcher, clock=clock)
+        self.backfiller = Backfiller(sqlite=sqlite, sources=lambda info: [self.source],
+                                     validator=Validator(future_tolerance_s=5), clock=clock, metrics=Metrics())
 
     def truth(self, symbol: str, start: int, end: int) -> list[Bar]:
         t = self.exchange.truth(lookup(symbol).yahoo, start, end)
@@ -110,7 +113,9 @@ async def test_gaps_that_cannot_be_filled_are_reported_with_the_reason(setup: Se
     assert [(g.symbol, g.start, g.minutes, g.reason) for g in report.gaps
             if g.start == lost.ts] == [("BTCUSD", lost.ts, 1, "fetch_failed")]
 
+    assert setup.source.breaker.state == "open"  # history fails through the live loop's breaker too
     setup.exchange.outage(0)
+    setup.clock.advance(setup.source.breaker.reset_timeout_s)  # the breaker lets a probe through again
     old = NOW - 35 * 86400  # older than Yahoo serves 1m bars
     report = await setup.backfiller.run([lookup("BTCUSD")], days=40)
     assert report.filled >= 1 and any(g.reason == "beyond_source_range" and g.start <= old for g in report.gaps)
@@ -141,14 +146,23 @@ async def test_end_of_day_check_verifies_the_session_backfills_and_summarizes(
 
         setup.exchange.outage(60)
         await sc._end_of_day_check()  # noqa: SLF001
-        assert sc.eod["symbols"] == 2 and sc.eod["complete_share"] == 0.0  # EURUSD is not an equity
+        eod = sc.backfiller.eod
+        assert eod["symbols"] == 3 and eod["complete_share"] == 0.0
+        fx_start, fx_end = NOW + 2 * 3600 - 86400, NOW + 2 * 3600  # Sunday 17:00 to Monday 17:00 New York
+        assert eod["sessions"] == {"AAPL": [int(open_), int(close)], "MSFT": [int(open_), int(close)],
+                                   "EURUSD": [fx_start, fx_end]}
+        fx_session = len(expected_minutes(lookup("EURUSD").asset_class, fx_start, fx_end, 60))
         # what is left: the lost minute, and minutes without trades that nothing could confirm
-        assert sc.eod["missing_minutes"] == {"AAPL": session - len(aapl) + 1, "MSFT": session - len(msft)}
+        assert eod["missing_minutes"] == {"AAPL": session - len(aapl) + 1, "MSFT": session - len(msft),
+                                          "EURUSD": fx_session}
 
         setup.exchange.outage(0)
+        requests = setup.exchange.requests["chart"]
         await sc._end_of_day_check()  # noqa: SLF001 - an incomplete day is tried again
-        assert sc.eod["complete_share"] == 1.0 and sc.eod["missing_minutes"] == {}
-        assert sc.eod["session_end"] == int(close)
+        assert sc.backfiller.eod["complete_share"] == 1.0 and sc.backfiller.eod["missing_minutes"] == {}
+        assert setup.exchange.requests["chart"] - requests == 3  # one request per symbol and day
+        await sc._end_of_day_check()  # noqa: SLF001 - a verified day is not asked for again
+        assert setup.exchange.requests["chart"] - requests == 3
         await sc.sqlite.flush()
         with closing(sqlite3.connect(tmp_path / "eod.db")) as db:
             assert db.execute("SELECT close FROM bars WHERE symbol='AAPL' AND ts=?", (lost.ts,)).fetchone() == (

@@ -17,6 +17,7 @@ from sidecar.bootstrap import Bootstrapper
 from sidecar.clock import ManualClock, SystemClock
 from sidecar.exchange import Exchange
 from sidecar.fetchers import YahooFetcher
+from sidecar.sources import GuardedSource
 from sidecar.stores import SQLiteStore
 from sidecar.symbols import lookup
 from sidecar.validator import Validator
@@ -30,8 +31,9 @@ async def parts(tmp_path: Path, exchange: Exchange) -> AsyncIterator[tuple[Boots
     await sqlite.start()
     fetcher = YahooFetcher(base_url=exchange.url or "", user_agent="t", timeout_s=60, max_connections=4)
     await fetcher.start()
-    yield Bootstrapper(sqlite=sqlite, fetcher=fetcher, validator=Validator(future_tolerance_s=5),
-                       clock=SystemClock(), concurrency=2), sqlite
+    source = GuardedSource.build(fetcher, clock=SystemClock())
+    yield Bootstrapper(sqlite=sqlite, sources=lambda info: [source], reach=fetcher.reach,
+                       validator=Validator(future_tolerance_s=5), clock=SystemClock(), concurrency=2), sqlite
     await fetcher.close()
     await sqlite.close()
 
@@ -76,13 +78,13 @@ async def test_a_bootstrap_cut_off_half_way_resumes_without_refetching(parts, ex
         await task
     done_before = {(s, tf, cell): covered for s in SYMBOLS for (tf, cell), covered in (await sqlite.bootstrap_done(s)).items()}
     # Resumed two minutes later: the plan's grid is the same, only its newest edge moved.
-    later = Bootstrapper(sqlite=sqlite, fetcher=boot.fetcher, validator=boot.validator,
+    later = Bootstrapper(sqlite=sqlite, sources=boot.sources, reach=boot.reach, validator=boot.validator,
                          clock=ManualClock(start=time.time() + 120), concurrency=2)
     assert [w.cell for w in later.plan(90)][1:] == [w.cell for w in boot.plan(90)][1:]
     report = await later.run(infos, days=90)
     assert report.failed == 0
     requests = collections.Counter((y, a) for y, a, _ in exchange.chart_log)
-    for (sym, tf, cell), covered in done_before.items():
+    for sym, tf, cell in done_before:
         window = next(w for w in boot.plan(90) if (w.timeframe, w.cell) == (tf, cell))
         # a covered window is never asked for again from its start; the newest only from where it stopped
         assert requests[(lookup(sym).yahoo, window.start)] == 1

@@ -167,7 +167,8 @@ def test_bootstrap_backfill_and_status_commands_work_against_the_exchange(tmp_pa
             if status["window"] == fill["window"]:
                 break
         assert fill["minutes_left"] == 0 and fill["filled"] == 0
-        assert status["symbols"]["AAPL"]["timeframes"]["1m"]["rows"] > 1000 and status["symbols"]["AAPL"]["missing_minutes_last_1_days"] == 0
+        aapl = status["symbols"]["AAPL"]
+        assert aapl["timeframes"]["1m"]["rows"] > 1000 and aapl["missing_minutes_last_1_days"] == 0
     finally:
         exchange.terminate()
         exchange.wait(timeout=10)

@@ -15,18 +15,17 @@ from typing import Any
 import orjson
 
 from ..backfill import Backfiller
-from ..bootstrap import Bootstrapper
 from ..bars import Bar
-from ..calendars import regular_period
+from ..bootstrap import Bootstrapper
 from ..clock import Clock, SystemClock
 from ..errors import RedisStoreError, SettingsError, SQLiteStoreError
 from ..features.service import FeatureService
 from ..fetchers import AlphaVantageFetcher, PolygonFetcher, TwelveDataFetcher, YahooFetcher
-from ..sources import GuardedSource
-from ..scanner import Scanner, parse_rules
 from ..metrics import Metrics
 from ..resilience import STATES, CircuitBreaker, RateLimiter, RetryPolicy
+from ..scanner import Scanner, parse_rules
 from ..settings import Settings, redact_url
+from ..sources import GuardedSource
 from ..stores import RedisStore, SQLiteStore
 from ..symbols import AssetClass, SymbolInfo, lookup, parse_symbol
 from ..validator import Validator
@@ -119,14 +118,17 @@ class Sidecar:
             validator=Validator(future_tolerance_s=s.future_tolerance_s,
                                 bounds={AssetClass(a): (lo, hi) for a, lo, hi in s.price_bounds}),
             redis=self.redis, sqlite=self.sqlite,
-            metrics=self.metrics, clock=self.clock, period=s.cycle_interval_s, lookback_minutes=s.lookback_minutes)
-        self.backfiller = Backfiller(sqlite=self.sqlite, fetcher=self.fetcher, validator=self.orchestrator.validator,
-                                     clock=self.clock, on_bars=self._backfilled, timeframe=TIMEFRAME,
-                                     timeout_s=s.history_timeout_s)
-        self.bootstrapper = Bootstrapper(sqlite=self.sqlite, fetcher=self.fetcher,
-                                         validator=self.orchestrator.validator, clock=self.clock,
+            metrics=self.metrics, clock=self.clock, period=s.cycle_interval_s, lookback_minutes=s.lookback_minutes,
+            settle_s=s.settle_s, on_rewarm=self.rewarm)
+        primary = self.orchestrator.sources[0].fetcher  # history's grid follows the first configured source
+        self.backfiller = Backfiller(sqlite=self.sqlite, sources=self.orchestrator.sources_for,
+                                     validator=self.orchestrator.validator, clock=self.clock, metrics=self.metrics,
+                                     on_bars=self._backfilled, on_revised=self.orchestrator.request_rewarm,
+                                     timeframe=TIMEFRAME, timeout_s=s.history_timeout_s,
+                                     max_window_s=primary.max_window_s)
+        self.bootstrapper = Bootstrapper(sqlite=self.sqlite, sources=self.orchestrator.sources_for,
+                                         reach=primary.reach, validator=self.orchestrator.validator, clock=self.clock,
                                          timeout_s=s.history_timeout_s, concurrency=2)
-        self.eod: dict[str, object] = {}
         self._backfill_lock = asyncio.Lock()  # one gap scan at a time
         self.http = HttpServer(host=s.http_host, port=s.http_port, health=self.health, metrics=self.metrics,
                                redis=self.redis, symbols=self.symbols, clock=self.clock,
@@ -235,22 +237,8 @@ class Sidecar:
             log.warning("backfilled bars not written to redis: %s", exc)
 
     async def _end_of_day_check(self) -> None:
-        """After each NYSE session (plus an hour, so it is settled), verify every equity and index
-        symbol's day against the calendar, backfill it, and summarize what is complete."""
-        equities = [i for i in self.symbols.values() if i.asset_class in (AssetClass.EQUITY, AssetClass.INDEX)]
-        start, end = regular_period(AssetClass.EQUITY, int(self.clock.time()) - 3600)
-        if not equities or end > self.clock.time() - 3600:
-            return
-        if self.eod.get("session_end") == end and self.eod.get("complete_share") == 1.0:
-            return  # done; an incomplete day is tried again at the next scan
-        await self.backfiller.run_window(equities, start, end)
-        left = {i.symbol: len(await self.backfiller.missing(i, start, end)) for i in equities}
-        complete = sum(1 for n in left.values() if n == 0)
-        self.eod = {"session_start": start, "session_end": end, "symbols": len(equities),
-                    "complete_share": round(complete / len(equities), 4),
-                    "missing_minutes": {s: n for s, n in left.items() if n}}
-        log.info("end-of-day check for the session ending %d: %d/%d equity symbols complete, missing %s",
-                 end, complete, len(equities), self.eod["missing_minutes"])
+        """Verify every symbol's newest settled trading day once (values and completeness)."""
+        await self.backfiller.end_of_day(list(self.symbols.values()))
 
     def _schedule_reseed(self) -> None:
         """Redis came back empty (restart, flush, first start): re-seed it in the background."""
@@ -343,20 +331,28 @@ class Sidecar:
 
     async def _bootstrap(self, infos: list[SymbolInfo]) -> None:
         # Live data first: history waits for a healthy cycle, then goes two symbols at a time.
-        while self.orchestrator.source.last_success_at is None:
+        while all(g.state.last_success_at is None for g in self.orchestrator.sources):
             await self.clock.sleep(0.5)
         await self.clock.sleep(2.0)
         await self.bootstrapper.run(infos, self.settings.bootstrap_days)
-        # Re-warm the features from the whole history: flush first and add what is still
-        # buffered, so the bars the live loop committed meanwhile are part of the replay.
-        await self._flush()
-        names = [i.symbol for i in infos if i.symbol in self.symbols]
+        # Re-warm the features from the whole history, in the loop's next cycle (so the bars it
+        # commits meanwhile are part of the replay), and Redis's history too.
+        self.orchestrator.request_rewarm({i.symbol for i in infos if i.symbol in self.symbols})
+        self._schedule_reseed()
+
+    async def rewarm(self, symbols: set[str]) -> None:
+        """Rebuild symbols' features from their newest stored bars, the unflushed buffer's
+        copies winning (they are newer: a revision, or bars not yet flushed)."""
+        names = [s for s in symbols if s in self.symbols]
         stored = await self.sqlite.recent(names, TIMEFRAME, self.settings.feature_warmup_bars)
+        merged = {n: {b.ts: b for b in stored[n]} for n in names}
         for bar in self.sqlite.buffered_bars(set(names)):
-            if bar.timeframe == TIMEFRAME and (not stored[bar.symbol] or bar.ts > stored[bar.symbol][-1].ts):
-                stored[bar.symbol].append(bar)
-        self.features.warm([self.symbols[n] for n in names], stored)
-        self._schedule_reseed()  # Redis's history too
+            if bar.timeframe == TIMEFRAME:
+                merged[bar.symbol][bar.ts] = bar
+        histories = {n: [bars[t] for t in sorted(bars)][-self.settings.feature_warmup_bars:]
+                     for n, bars in merged.items()}
+        self.features.warm([self.symbols[n] for n in names], histories)
+        log.info("features of %d symbols rebuilt from their stored history", len(names))
 
     async def run(self) -> int:
         """Start, wait for a stop request, close; return the process exit code."""

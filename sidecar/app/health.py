@@ -123,7 +123,7 @@ def build_health(app: Sidecar) -> dict[str, object]:
         "bootstrap": {"running": app.bootstrapper.running,
                       "progress": {sym: {"windows_done": d, "windows": t}
                                    for sym, (d, t) in app.bootstrapper.progress.items()}},
-        "end_of_day": app.eod,
+        "end_of_day": app.backfiller.eod,
         "gc": {"threshold": list(gc.get_threshold()), "frozen_objects": gc.get_freeze_count(),
                "collections": [g["collections"] for g in gc.get_stats()]},
         "freshness": freshness,

@@ -9,12 +9,14 @@
     GET /symbols                   the symbols followed, with asset class and provider names
     POST /symbols                  {"add": [...], "remove": [...]}: change them while running
 
-A malformed symbol or parameter gets 400 with a message; a symbol the daemon does not
-follow gets 404.
+A malformed symbol or parameter gets 400 with a one-line JSON message, a symbol the daemon
+does not follow 404, a body over 256 kB 413, an unknown path 404 and a wrong method 405, all as
+JSON `{"error": ...}`; an unexpected error is logged and answered 500 without a traceback.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -24,14 +26,19 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..bars import TIMEFRAMES
 from ..clock import Clock
-from ..features.codec import FeatureCodec
 from ..errors import RedisStoreError, SymbolError
+from ..features.codec import FeatureCodec
 from ..metrics import Metrics
 from ..settings import parse_number
 from ..stores import RedisStore
 from ..symbols import SymbolInfo, parse_symbol
 
+log = logging.getLogger(__name__)
+
 MAX_LIMIT = 5000
+MAX_BODY = 256 * 1024  # a POST /symbols of 10,000 symbols fits; more is refused with 413
+MAX_LINE = 32 * 1024  # request lines and headers up to this reach the handlers (which answer in JSON)
+FUTURE_SLACK_S = 86400  # a `since` further ahead than this is a mistake, not a query
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -44,6 +51,26 @@ def _error(cls: type[web.HTTPClientError], message: str) -> web.HTTPClientError:
 
 def _bad_request(message: str) -> web.HTTPClientError:
     return _error(web.HTTPBadRequest, message)
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(s, str) for s in value)
+
+
+@web.middleware
+async def _json_errors(request: web.Request,
+                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Every error as a one-line JSON body: aiohttp's own (404, 405, 413) and unexpected ones."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json" or exc.status < 400:
+            raise
+        return _json({"error": exc.reason if exc.status != 413 else f"body over {MAX_BODY} bytes"},
+                     status=exc.status)
+    except Exception:
+        log.exception("internal error serving %s", request.path[:200])
+        return _json({"error": "internal error"}, status=500)
 
 
 class HttpServer:
@@ -68,7 +95,7 @@ class HttpServer:
         self._update_symbols, self._broker = update_symbols, broker_symbols
         self._health, self._metrics, self._redis, self._symbols = health, metrics, redis, symbols
         self._runner: web.AppRunner | None = None
-        self.app = web.Application()
+        self.app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_errors])
         self.app.router.add_get("/health", self._get_health)
         self.app.router.add_get("/metrics", self._get_metrics)
         self.app.router.add_get("/bars/{symbol}", self._get_bars)
@@ -80,7 +107,10 @@ class HttpServer:
 
     async def start(self) -> tuple[str, int]:
         """Listen; return the bound (host, port)."""
-        self._runner = web.AppRunner(self.app, access_log=None)
+        # Longer lines than aiohttp's default (8 kB) reach the handlers, so a hostile 10 kB
+        # symbol gets the JSON 400 every other bad input gets instead of a bare parser error.
+        self._runner = web.AppRunner(self.app, access_log=None,
+                                     handler_args={"max_line_size": MAX_LINE, "max_field_size": MAX_LINE})
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
         host, port = self._runner.addresses[0][:2]
@@ -163,10 +193,11 @@ class HttpServer:
 
     async def _get_signals(self, request: web.Request) -> web.Response:
         raw = request.query.get("since")
+        now = self.clock.time()
         try:
-            since = float(parse_number(raw, float, 0, 2**41)) if raw is not None else self.clock.time() - 3600
+            since = float(parse_number(raw, float, 0, now + FUTURE_SLACK_S)) if raw is not None else now - 3600
         except ValueError as exc:
-            raise _bad_request(f"since: {exc}") from None
+            raise _bad_request(f"since (epoch seconds, not in the future): {exc}") from None
         limit = self._int_param(request, "limit", 1000, 1, 10_000)
         try:
             signals = await self._redis.signals(int(since * 1000), limit)
@@ -184,10 +215,11 @@ class HttpServer:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
             body = None
-        lists = [body.get(k, []) for k in ("add", "remove")] if isinstance(body, dict) else [None]
-        if not all(isinstance(x, list) and all(isinstance(s, str) for s in x) for x in lists):
+        add = body.get("add", []) if isinstance(body, dict) else None
+        remove = body.get("remove", []) if isinstance(body, dict) else None
+        if not (_strings(add) and _strings(remove)):
             raise _bad_request('expected {"add": [symbols], "remove": [symbols]}')
-        add, remove = lists
+        assert isinstance(add, list) and isinstance(remove, list)
         if len(add) > 10_000 or len(remove) > 10_000:
             raise _bad_request("at most 10000 symbols per request")
         try:

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
+import itertools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -35,8 +37,8 @@ from ..features.service import FeatureService
 from ..fetchers import FetchResult, HttpFetcher, QuoteBatch, YahooFetcher
 from ..metrics import Metrics
 from ..resilience import CircuitBreaker, RateLimiter, RetryPolicy
-from ..sources import GuardedSource
 from ..scanner import Scanner, ScanResult
+from ..sources import GuardedSource
 from ..stores import RedisStore, SQLiteStore
 from ..symbols import SymbolInfo
 from ..validator import REASONS, Validator
@@ -75,7 +77,12 @@ class SymbolState:
     source: str | None = None  # the source of its newest bars
     errors: dict[str, str] = field(default_factory=dict)  # the last error of each source that failed it
     synced_until: int | None = None  # quotes mode: every closed minute before this is accounted for
+    unsettled: dict[int, Bar] = field(default_factory=dict)  # closed bars stored while they could still change
     ts_gauge: Any = None  # its child of the last-bar-timestamp gauge
+
+
+def _values(bar: Bar) -> tuple[float, float, float, float, float]:
+    return (bar.open, bar.high, bar.low, bar.close, bar.volume)
 
 
 @dataclass(slots=True, frozen=True)
@@ -122,6 +129,11 @@ class Orchestrator:
     :param source_order: names in order of preference (default: the primary, then `fallbacks`);
         the primary (`fetcher`) also serves quotes whatever its place.
     :param trace: called after each cycle with its record (time, duration, stages, counts).
+    :param settle_s: a closed bar that ended less than this before the provider's clock when
+        fetched could still change (late trades): it is stored, fetched again once settled, and
+        corrected (a revision) if the source's values moved.
+    :param on_rewarm: awaited at the end of a cycle with the symbols whose committed bars were
+        revised, to rebuild their features from the corrected history.
     """
 
     def __init__(self, *, symbols: list[SymbolInfo], fetcher: YahooFetcher, validator: Validator,
@@ -133,8 +145,8 @@ class Orchestrator:
                  on_recovered: Callable[[], object] | None = None, stale_after_s: float = 5.0,
                  spike_atr: float = 0.0, quotes: bool = False, quote_batch: int = 200,
                  catchup_per_cycle: int = 200, fallbacks: Sequence[GuardedSource] = (),
-                 source_order: Sequence[str] | None = None, trace: Callable[[dict[str, object]], None] | None = None
-                 ) -> None:
+                 source_order: Sequence[str] | None = None, trace: Callable[[dict[str, object]], None] | None = None,
+                 settle_s: float = 5.0, on_rewarm: Callable[[set[str]], Awaitable[object]] | None = None) -> None:
         self.states: dict[str, SymbolState] = {}
         self.quotes = quotes
         self.quote_batch = quote_batch
@@ -147,6 +159,10 @@ class Orchestrator:
         self._accepted_children: dict[tuple[str, str], Any] = {}
         self._slot_source: dict[int, str] = {}  # quotes mode: slots whose quotes came from a fallback this poll
         self.trace = trace
+        self.settle_s = settle_s
+        self.on_rewarm = on_rewarm
+        self._rewarm: set[str] = set()  # symbols whose features are rebuilt at the end of the cycle
+        self._recovered = False  # a symbol's source answered again this cycle (one event, not one per symbol)
         self._parse_s = self._build_s = 0.0  # quotes mode: this cycle's parse and bar-builder time
         self.validator = validator
         self.fetcher = fetcher
@@ -195,8 +211,21 @@ class Orchestrator:
             if slot >= len(self._bounds):
                 self._bounds = np.concatenate([self._bounds, np.zeros((max(slot + 1, 2 * len(self._bounds)), 2))])
             self._bounds[slot] = self.validator.bounds[info.asset_class]
-            sources = [g for g in self.sources if g.fetcher.disabled_reason is None and g.fetcher.serves(info)]
-            self.states[info.symbol] = self._by_slot[slot] = SymbolState(info, slot=slot, sources=sources)
+            self.states[info.symbol] = self._by_slot[slot] = SymbolState(info, slot=slot,
+                                                                         sources=self.sources_for(info))
+
+    def sources_for(self, info: SymbolInfo) -> list[GuardedSource]:
+        """The configured, enabled sources that serve a symbol, in SIDECAR_SOURCES order: what
+        live fetches and history work (bootstrap, gap scans, end-of-day checks) go down."""
+        state = self.states.get(info.symbol)
+        if state is not None:
+            return state.sources
+        return [g for g in self.sources if g.fetcher.disabled_reason is None and g.fetcher.serves(info)]
+
+    def request_rewarm(self, symbols: set[str]) -> None:
+        """Rebuild these symbols' features from their stored history at the end of the next
+        cycle (in the cycle, so no cycle's commit falls between the read and the rebuild)."""
+        self._rewarm |= symbols
 
     def remove(self, symbols: list[str]) -> None:
         """Stop following symbols; a fetch already in flight for one is simply not used again."""
@@ -265,11 +294,13 @@ class Orchestrator:
         now = self.clock.time()  # validate against the time the answers arrived
         current = bucket_start(now, self.step)
         synthetic: list[Bar] = []
+        revised: list[Bar] = []
         for state, result in zip(states, results, strict=True):
             if result is None:
                 continue
             before = state.last_closed
-            new_closed, newest, n_rejected = self._accept(state, result, now)
+            new_closed, newest, n_rejected, corrected = self._accept(state, result, now)
+            revised += corrected
             if new_closed and before is not None:
                 synthetic += self._fill_gaps(state, [before, *new_closed])
             if state.info.symbol in from_history:  # what history vouched for, unless it must ask again
@@ -296,7 +327,7 @@ class Orchestrator:
             feature_rows = self.features.update(closed, [b for b in latest if b.forming], unchanged)
             self.metrics.features_seconds.observe(self.clock.monotonic() - t_validated)
         t_features = self.clock.monotonic()
-        redis_ok = await self._write_redis(latest, closed + synthetic, feature_rows)
+        redis_ok = await self._write_redis(latest, closed + synthetic + revised, feature_rows)
         t_redis = self.clock.monotonic()
         if redis_ok:
             await self._update_dead_letters(states, now)
@@ -306,7 +337,15 @@ class Orchestrator:
                     self._quarantine = []
                 except RedisStoreError as exc:
                     log.warning("%s", exc)
-        self.sqlite.add(closed)
+        self.sqlite.add(closed + revised)
+        if revised:
+            self.request_rewarm({b.symbol for b in revised})
+        if self._rewarm and self.on_rewarm is not None:
+            symbols, self._rewarm = self._rewarm, set()
+            await self.on_rewarm(symbols)
+        if self._recovered and self.on_recovered is not None:
+            self.on_recovered()
+        self._recovered = False
         t_scan = self.clock.monotonic()
         if self.scanner is not None and redis_ok:
             await self._scan()
@@ -368,7 +407,8 @@ class Orchestrator:
     async def _update_dead_letters(self, states: list[SymbolState], now: float) -> None:
         """Symbols whose fetches fail past `stale_after_s` go on the dead-letter hash with the
         reason; a symbol whose source answers again comes off it."""
-        add, remove = {}, []
+        add: dict[str, dict[str, object]] = {}
+        remove: list[str] = []
         for st in states:
             since = self._silent_since(st, now)
             failing = st.last_error is not None and since is not None
@@ -400,6 +440,8 @@ class Orchestrator:
         serves at this timeframe; a long gap is caught up one window per cycle."""
         current = bucket_start(now, self.step)
         start = state.cursor + self.step if state.cursor is not None else current - self.lookback_s
+        if state.unsettled:  # closed bars stored while they could still change: ask for them again
+            start = min(start, min(state.unsettled))
         oldest = current - fetcher.max_age_s
         if start < oldest:
             if not state.beyond_reach_logged:
@@ -424,7 +466,7 @@ class Orchestrator:
             start, end = self._window(state, now, g.fetcher)
             state.window_end = end
             result = await g.fetch(state.info, TIMEFRAME, start, end,
-                                   on_error=lambda reason, message, g=g: self._fetch_failed(state, g, reason, message))
+                                   on_error=functools.partial(self._fetch_failed, state, g))
             if result is not None:
                 if state.source != g.name and state.source is not None:
                     log.info("%s now from %s (was %s)", state.info.symbol, g.name, state.source)
@@ -438,8 +480,7 @@ class Orchestrator:
     def _answered(self, state: SymbolState, now: float) -> None:
         if state.last_error is not None:
             log.info("%s recovered on %s", state.info.symbol, state.source)
-            if self.on_recovered is not None:
-                self.on_recovered()
+            self._recovered = True
         state.last_error = None
         state.errors.clear()
         state.last_update = now
@@ -480,7 +521,9 @@ class Orchestrator:
                                         np.concatenate([b.day_volume for b in parts]))
             forming = self._take_built(built, results, now)
         self._build_s = self.clock.monotonic() - t_build
-        lagging = sorted((st for st in states if st.synced_until is None or st.synced_until < current),
+        due = now - self.step - self.settle_s  # an unsettled bar opening before this can be asked again
+        lagging = sorted((st for st in states if st.synced_until is None or st.synced_until < current
+                          or (st.unsettled and min(st.unsettled) <= due)),
                          key=lambda st: st.synced_until or 0)[: self.catchup_per_cycle]
         history = await asyncio.gather(*(self._fetch(st, now) for st in lagging))
         fetched = set()
@@ -497,8 +540,7 @@ class Orchestrator:
         for g in sources:
             if not g.usable(g.fetcher.quote_cost(infos)) and g is not sources[-1]:  # type: ignore[attr-defined]
                 continue
-            batch = await g.fetch_quotes(infos, on_error=lambda reason, message, g=g: [
-                self._fetch_failed(st, g, reason, message) for st in chunk])
+            batch = await g.fetch_quotes(infos, on_error=functools.partial(self._chunk_failed, chunk, g))
             if batch is not None:
                 return batch
         return None
@@ -520,8 +562,9 @@ class Orchestrator:
                 continue  # left to the history catch-up
             st.synced_until = ts + self.step
             src = self._slot_source.get(slot, source)
+            # built from the quotes of every second: nothing to ask again (the end-of-day check verifies)
             results[slot] = FetchResult(st.info.symbol, src, [Bar(st.info.symbol, TIMEFRAME, ts, o, h, l, cl, v,
-                                                                   src, 0)])
+                                                                   src, 0)], provider_time=math.inf)
         f = built.forming
         reasons = self.validator.check_arrays(self.step, f.ts, f.open, f.high, f.low, f.close, f.volume,
                                               self._bounds[f.slot, 0], self._bounds[f.slot, 1], now)
@@ -545,6 +588,10 @@ class Orchestrator:
                 self._answered(st, now)
         return forming
 
+    def _chunk_failed(self, chunk: list[SymbolState], source: GuardedSource, reason: str, message: str) -> None:
+        for state in chunk:
+            self._fetch_failed(state, source, reason, message)
+
     def _fetch_failed(self, state: SymbolState, source: GuardedSource, reason: str, message: str) -> None:
         self.metrics.fetch_errors.labels(source.name, reason).inc()
         if state.last_error is None:  # log transitions, not every second of an outage
@@ -553,13 +600,17 @@ class Orchestrator:
         state.errors[source.name] = message
         source.state.last_error, source.state.last_error_at = message, self.clock.time()
 
-    def _accept(self, state: SymbolState, result: FetchResult, now: float) -> tuple[list[Bar], Bar | None, int]:
-        """Validate a result: (new closed bars, newest bar, number rejected); move the cursor."""
+    def _accept(self, state: SymbolState, result: FetchResult,
+                now: float) -> tuple[list[Bar], Bar | None, int, list[Bar]]:
+        """Validate a result: (new closed bars, newest bar, number rejected, stored bars whose
+        values the source revised); move the cursor."""
         source = result.source
         closed: list[Bar] = []
+        revised: list[Bar] = []
         newest: Bar | None = None
         rejected = 0
         refetch_from: int | None = None
+        settled_by = result.provider_time - self.settle_s  # a closed bar ending after this may still change
         for bar in result.bars:
             reason = self.validator.check(bar, now, state.info.asset_class)
             if reason is not None:
@@ -572,14 +623,30 @@ class Orchestrator:
             if bar.forming:
                 newest = bar
                 self._accepted(source, "forming").inc()
+            elif bar.ts in state.unsettled:
+                if _values(bar) != _values(state.unsettled[bar.ts]):
+                    revised.append(bar)
+                    self.metrics.bars_revised.labels(source, "live").inc()
+                    state.unsettled[bar.ts] = bar
+                    if state.last_closed is not None and state.last_closed.ts == bar.ts:
+                        state.last_closed = bar
+                    if state.latest is not None and state.latest.ts == bar.ts:
+                        newest = bar
+                if bar.ts + self.step <= settled_by:
+                    del state.unsettled[bar.ts]  # settled: no need to ask again
             elif state.cursor is None or bar.ts > state.cursor:
                 for ok in self._spike_gate(state, bar):
                     closed.append(ok)
                     newest = ok
                     state.last_closed = ok
                     self._accepted(source, "closed").inc()
+                    if ok.ts + self.step > settled_by:
+                        state.unsettled[ok.ts] = ok
         if closed:
             state.cursor = closed[-1].ts
+        if state.unsettled:  # never asked again for an hour (the source moved on): the end-of-day check verifies
+            horizon = bucket_start(now, self.step) - SETTLED_S
+            state.unsettled = {t: b for t, b in state.unsettled.items() if t > horizon}
         if refetch_from is None and 0 < state.window_end <= bucket_start(now, self.step) - SETTLED_S:
             # A window wholly in the settled past came back complete: minutes it lacks had no
             # trades, so step over it (a catch-up would otherwise ask for an empty week forever).
@@ -589,7 +656,7 @@ class Orchestrator:
         if state.cursor is not None and state.reject_attempts:
             # forget attempts at minutes the cursor has passed for good
             state.reject_attempts = {t: n for t, n in state.reject_attempts.items() if t > state.cursor}
-        return closed, newest, rejected
+        return closed, newest, rejected, revised
 
     def _fill_gaps(self, state: SymbolState, bars: list[Bar]) -> list[Bar]:
         """Flat bars at the previous close, volume 0, flagged SYNTHETIC, for the minutes between
@@ -598,7 +665,7 @@ class Orchestrator:
         history only: SQLite keeps what sources served, and the indicators see real bars."""
         out: list[Bar] = []
         asset_class = state.info.asset_class
-        for a, b in zip(bars, bars[1:]):
+        for a, b in itertools.pairwise(bars):
             if b.ts - a.ts <= self.step or b.ts - a.ts > MAX_FILL_S:
                 continue
             minutes = np.arange(a.ts + self.step, b.ts, self.step, dtype=np.int64)

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from ..calendars import DAY, is_trading, regular_period
 from ..symbols import AssetClass, yahoo_asset_class
+from . import sessions
+from .sessions import DAY
 
 EPOCH_DAY = 19723  # 2024-01-01, the first day of every daily walk
 MINUTES = 1440
@@ -64,14 +66,14 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def uniform(key: int, counter: np.ndarray) -> np.ndarray:
+def uniform(key: int | np.ndarray, counter: np.ndarray) -> np.ndarray:
     """Uniform [0, 1) numbers, one per counter, fixed for a key."""
     c = np.asarray(counter, dtype=np.int64).astype(np.uint64)
     h = _splitmix(_splitmix(c) ^ np.uint64(key))
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
 
 
-def normal(key: int, counter: np.ndarray) -> np.ndarray:
+def normal(key: int | np.ndarray, counter: np.ndarray) -> np.ndarray:
     """Standard normal numbers (Box-Muller), one per counter, fixed for a key."""
     u1 = uniform(key, counter)
     u2 = uniform(key ^ 0x5DEECE66D, counter)
@@ -99,7 +101,7 @@ class MinuteBars:
 
     def select(self, mask: np.ndarray) -> MinuteBars:
         """The bars where `mask` is True."""
-        return MinuteBars(*(getattr(self, f)[mask] for f in self.__slots__))  # type: ignore[attr-defined]
+        return MinuteBars(*(getattr(self, f)[mask] for f in self.__slots__))
 
 
 @dataclass(slots=True)
@@ -127,17 +129,21 @@ class Market:
 
     :param seed: fixes every path.
     :param always_open: every symbol trades every minute, regardless of its calendar.
+    :param day_offset_s: per asset class, where its 24-hour day (Yahoo's regular period, ending
+        at 23:59) starts, from its usual midnight; tests move a day's end into their run.
     """
 
-    def __init__(self, seed: int = 42, *, always_open: bool = False) -> None:
+    def __init__(self, seed: int = 42, *, always_open: bool = False,
+                 day_offset_s: Mapping[AssetClass, int] | None = None) -> None:
         self.seed = seed
         self.always_open = always_open
+        self.day_offset_s = dict(day_offset_s or {})
         self._daily = lru_cache(maxsize=65536)(self._daily_closes)
         self._minutes = lru_cache(maxsize=65536)(self._minute_closes)
         self._day_volumes = lru_cache(maxsize=32768)(self._day_volume)
         self._quote_table = lru_cache(maxsize=256)(self._minute_table)
         self._key_cache: dict[str, tuple[int, int, int]] = {}
-        self.profile = lru_cache(maxsize=65536)(self._profile)  # type: ignore[method-assign]
+        self.profile = lru_cache(maxsize=65536)(self._profile)
 
     def _profile(self, symbol: str) -> Profile:
         """The walk's parameters for a symbol (derived from its name when not listed)."""
@@ -152,14 +158,12 @@ class Market:
         """Mask of minutes (bar opens) in which the symbol's market is open."""
         if self.always_open:
             return np.ones(np.shape(ts), dtype=bool)
-        return is_trading(self.profile(symbol).asset_class, ts)
+        return sessions.trading(self.profile(symbol).asset_class, ts)
 
     def regular_period(self, symbol: str, now: int) -> tuple[int, int]:
         """The current (or last) regular session, as Yahoo's `currentTradingPeriod.regular`."""
-        if self.always_open:
-            start = now // DAY * DAY
-            return (start, start + DAY)
-        return regular_period(self.profile(symbol).asset_class, now)
+        asset_class = self.profile(symbol).asset_class
+        return sessions.regular_period(asset_class, now, self.day_offset_s.get(asset_class, 0), self.always_open)
 
     def _daily_closes(self, symbol: str, upto_day: int) -> np.ndarray:
         p = self.profile(symbol)
@@ -301,7 +305,7 @@ class Market:
         if self.always_open:
             return np.ones(len(symbols), dtype=bool)
         ts = np.array([minute], dtype=np.int64)
-        by_class = {c: bool(is_trading(c, ts)[0]) for c in AssetClass}
+        by_class = {c: bool(sessions.trading(c, ts)[0]) for c in AssetClass}
         return np.array([by_class[self.profile(s).asset_class] for s in symbols], dtype=bool)
 
     def _traded(self, symbol: str, ts: np.ndarray) -> np.ndarray:

@@ -236,10 +236,9 @@ class ProviderEndpoints:
         out = {}
         for name in names:
             out[name] = self._td_series(name, q, utc)
-        body = out[names[0]] if len(names) == 1 else out
-        if len(names) == 1 and body.get("status") == "error":
-            return self._td_error(int(body["code"]), str(body["message"]))
-        return _json(body)
+        if len(names) == 1 and out[names[0]].get("status") == "error":
+            return self._td_error(int(str(out[names[0]]["code"])), str(out[names[0]]["message"]))
+        return _json(out[names[0]] if len(names) == 1 else out)
 
     def _td_series(self, name: str, q: object, utc: bool) -> dict[str, object]:
         get = q.get  # type: ignore[attr-defined]

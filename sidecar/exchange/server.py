@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable
 import datetime as dt
 import math
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -41,11 +41,12 @@ BAR_FAULTS = frozenset({
 })
 RESPONSE_FAULTS = frozenset({"malformed_json", "http_500", "http_429", "http_429_retry_after", "slow",
                              "invalid_crumb"})
+META_FAULTS = frozenset({"bare_meta"})  # a chart body without the optional meta (period bounds, market time)
 QUOTE_FAULTS = frozenset({"negative_price", "zero_price", "nan_price", "stale"})
 PROVIDER_BAR_FAULTS = frozenset({"high_below_low", "negative_price", "nan_price", "duplicate", "out_of_order"})
 QUOTE_ENDPOINT = "@quote"  # the fault queue of Yahoo's batch quote endpoint (response faults)
 RETRY_AFTER_S = 2  # what the http_429_retry_after fault asks the client to wait
-FAULT_KINDS = BAR_FAULTS | RESPONSE_FAULTS | QUOTE_FAULTS | PROVIDER_BAR_FAULTS
+FAULT_KINDS = BAR_FAULTS | RESPONSE_FAULTS | QUOTE_FAULTS | PROVIDER_BAR_FAULTS | META_FAULTS
 _NAN_MARK = 987654321.125  # a value no bar has; replaced by a bare NaN token in the body
 
 _MARKET_BY_CLASS = {
@@ -112,6 +113,7 @@ class Exchange:
         self.app.router.add_get("/_exchange/stats", self._get_stats)
         self.app.router.add_post("/_exchange/outage", self._post_outage)
         self.down_until: dict[str, float] = {}  # provider -> every request to it fails with 503 until then
+        self.revisions: dict[tuple[str, int], float] = {}  # (Yahoo symbol, minute) -> price factor
         self.providers = ProviderEndpoints(self, keys=keys, limits=limits)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -178,8 +180,27 @@ class Exchange:
         first = -(-start // 60) * 60
         ts = np.arange(first, end, 60, dtype=np.int64)
         ts = ts[(ts + 60 <= int(self.clock.time())) & self.market.trading(symbol, ts)]
-        bars = self.market.minute_bars(symbol, ts)
+        bars = self._revised(symbol, self.market.minute_bars(symbol, ts))
         return bars.select(bars.traded)
+
+    def revise(self, symbol: str, ts: int, factor: float = 1.001) -> None:
+        """Change a Yahoo symbol's bar of minute `ts` from now on, as a provider correcting a
+        settled bar does (late prints): prices scaled by `factor`, volume up by one share. The
+        truth and every later chart answer show the new values."""
+        self.revisions[(symbol, ts)] = factor
+
+    def _revised(self, symbol: str, bars: MinuteBars) -> MinuteBars:
+        """`bars` with the revisions of `symbol` applied (minutes that have ended only)."""
+        if not self.revisions:
+            return bars
+        now = int(self.clock.time())
+        for i, ts in enumerate(bars.ts.tolist()):
+            factor = self.revisions.get((symbol, ts))
+            if factor is not None and ts + 60 <= now:
+                for name in ("open", "high", "low", "close"):
+                    getattr(bars, name)[i] = round(float(getattr(bars, name)[i]) * factor, 6)
+                bars.volume[i] += 1
+        return bars
 
     # -- Yahoo chart --------------------------------------------------------------------------
 
@@ -218,7 +239,9 @@ class Exchange:
             return _chart_error(422, "Unprocessable Entity",
                                 f"{interval} data not available for startTime={start} and endTime={end}. "
                                 f"The requested range must be within the last {days_back} days.")
-        body = self._chart_body(symbol, interval, step, start, end, now, range_name, fault=self._take_fault(symbol, BAR_FAULTS))
+        bare = self._take_fault(symbol, META_FAULTS) is not None
+        body = self._chart_body(symbol, interval, step, start, end, now, range_name,
+                                fault=self._take_fault(symbol, BAR_FAULTS), bare=bare)
         if fault == "malformed_json":
             body = body[: len(body) // 2]
         return web.Response(body=body, content_type="application/json")
@@ -240,13 +263,13 @@ class Exchange:
         return now - int(match[1]) * _RANGE_UNITS[match[2]], now + 1, rng
 
     def _chart_body(self, symbol: str, interval: str, step: int, start: int, end: int, now: int,
-                    range_name: str, fault: str | None) -> bytes:
+                    range_name: str, fault: str | None, bare: bool = False) -> bytes:
         m = self.market
         profile = m.profile(symbol)
         ts = np.arange(-(-start // 60) * 60, end, 60, dtype=np.int64)
         ts = ts[(ts <= now) & m.trading(symbol, ts)]
         upto = np.minimum(now - ts, 59)
-        bars = m.minute_bars(symbol, ts, upto_second=upto)
+        bars = self._revised(symbol, m.minute_bars(symbol, ts, upto_second=upto))
         closed = ts + 60 <= now
         if step == 60:
             self._record_served(symbol, bars, closed)
@@ -269,9 +292,17 @@ class Exchange:
         tz = ZoneInfo(tz_name)
         offset = int(dt.datetime.fromtimestamp(now, tz).utcoffset().total_seconds())  # type: ignore[union-attr]
         tz_abbr = dt.datetime.fromtimestamp(now, tz).tzname()
-        market_time = min(now, session_end) if not m.always_open else now
         traded_closes = bars.close[bars.traded]
         period = {"timezone": tz_abbr, "gmtoffset": offset}
+        if m.always_open or profile.asset_class not in (AssetClass.EQUITY, AssetClass.INDEX):
+            # 24-hour markets (providers.md 8.1): the regular period ends at 23:59 while trades go
+            # on through that minute, so the provider's clock passes the period's end; pre and
+            # post are empty.
+            market_time = now
+            pre, post = (session_start, session_start), (session_end, session_end)
+        else:
+            market_time = min(now, session_end)
+            pre, post = (session_start - 19800, session_start), (session_end, session_end + 14400)
         meta = {
             "currency": "USD", "symbol": symbol, "exchangeName": exchange_name, "fullExchangeName": full_name,
             "instrumentType": instrument, "firstTradeDate": 345479400, "regularMarketTime": market_time,
@@ -280,13 +311,15 @@ class Exchange:
             "regularMarketPrice": float(traded_closes[-1]) if len(traded_closes) else None,
             "priceHint": profile.decimals, "scale": 3,
             "currentTradingPeriod": {
-                "pre": {**period, "start": session_start - 19800, "end": session_start},
+                "pre": {**period, "start": pre[0], "end": pre[1]},
                 "regular": {**period, "start": session_start, "end": session_end},
-                "post": {**period, "start": session_end, "end": session_end + 14400},
+                "post": {**period, "start": post[0], "end": post[1]},
             },
             "dataGranularity": interval, "range": range_name,
             "validRanges": ["1d", "5d", "1mo", "3mo", "6mo", "1y", "2y", "5y", "10y", "ytd", "max"],
         }
+        if bare:  # optional fields a real answer may lack
+            del meta["currentTradingPeriod"], meta["regularMarketTime"]
         result: dict[str, object] = {"meta": meta}
         if rows["ts"]:
             result["timestamp"] = rows.pop("ts")
@@ -388,8 +421,8 @@ class Exchange:
         cookie = request.cookies.get("A3", "")
         crumb = request.query.get("crumb", "")
         if fault == "invalid_crumb" or not crumb or self._cookies.get(cookie) != crumb:
-            body = {"finance": {"result": None, "error": {"code": "Unauthorized", "description": "Invalid Crumb"}}}
-            return web.Response(status=401, body=orjson.dumps(body), content_type="application/json")
+            error = {"finance": {"result": None, "error": {"code": "Unauthorized", "description": "Invalid Crumb"}}}
+            return web.Response(status=401, body=orjson.dumps(error), content_type="application/json")
         if (faulted := await self.fault_response(fault)) is not None:
             return faulted
         # Unknown or malformed symbols are left out, as Yahoo does: no per-symbol error.
@@ -499,13 +532,13 @@ class Exchange:
             self._faults[key].appendleft(_PendingFault(fault, 1))  # try again on the next response
             return bars
         i = int(closed[-1])
-        b = MinuteBars(*(getattr(bars, f).copy() for f in MinuteBars.__slots__))  # type: ignore[attr-defined]
+        b = MinuteBars(*(getattr(bars, f).copy() for f in MinuteBars.__slots__))
         yahoo = lookup_yahoo(key.partition(":")[2])
         if fault == "duplicate":
-            b = MinuteBars(*(np.insert(getattr(b, f), i, getattr(b, f)[i]) for f in MinuteBars.__slots__))  # type: ignore[attr-defined]
+            b = MinuteBars(*(np.insert(getattr(b, f), i, getattr(b, f)[i]) for f in MinuteBars.__slots__))
         elif fault == "out_of_order":
             j = i - 1 if i > 0 else i + 1  # the neighbour: the bar before, or the forming one after
-            for f in MinuteBars.__slots__:  # type: ignore[attr-defined]
+            for f in MinuteBars.__slots__:
                 col = getattr(b, f)
                 col[j], col[i] = col[i].copy(), col[j].copy()
         else:

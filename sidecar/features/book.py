@@ -46,7 +46,7 @@ class FeatureBook:
         """Per-slot bookkeeping sized to the engine, keeping existing slots' entries."""
 
         def grown(old: np.ndarray | None, fill: int, dtype: type) -> np.ndarray:
-            new = np.full(capacity, fill, dtype=dtype)
+            new: np.ndarray = np.full(capacity, fill, dtype=dtype)
             if old is not None:
                 new[: len(old)] = old
             return new

@@ -55,6 +55,7 @@ class FeatureCodec:
         for name in ("close", "updated", *self.outputs):
             fields += [(f"k_{name}", f"S{len(_key(name))}"), (f"m_{name}", "u1"), (f"v_{name}", ">f8")]
         self.dtype = np.dtype(fields)
+        self._at = {name: int(spec[1]) for name, spec in (self.dtype.fields or {}).items()}  # field -> byte offset
         self.n_fields = 5 + len(self.outputs)
         template = np.zeros(1, dtype=self.dtype)
         template["hdr"], template["count"] = _MAP16, self.n_fields
@@ -86,7 +87,7 @@ class FeatureCodec:
         for i, name in enumerate(("close", *self.outputs)):
             null = np.isnan(close) if i == 0 else nulls[:, i - 1]
             if null.any():
-                marker = self.dtype.fields[f"m_{name}"][1]
+                marker = self._at[f"m_{name}"]
                 grid[null, marker] = _NIL
                 keep[null, marker + 1:marker + 9] = False
         raw = grid[keep].tobytes()
@@ -125,24 +126,24 @@ class FeatureCodec:
         rows at once (a nil moves the later fields 8 bytes back); any row that does not check
         out is decoded by msgpack instead."""
         parts = [raws[j] for j in picked]
-        lengths = np.array([len(r) for r in parts], dtype=np.int64)  # type: ignore[arg-type]
-        buf = np.frombuffer(b"".join(parts) + bytes(16), dtype=np.uint8)  # type: ignore[arg-type]
+        lengths = np.array([len(r) for r in parts], dtype=np.int64)
+        buf = np.frombuffer(b"".join(parts) + bytes(16), dtype=np.uint8)
         start = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-        f = self.dtype.fields
-        ok = (lengths >= 3) & (buf[start] == _MAP16) & (buf[start + f["m_ts"][1]] == _UINT64)
+        f = self._at
+        ok = (lengths >= 3) & (buf[start] == _MAP16) & (buf[start + f["m_ts"]] == _UINT64)
         ok &= (buf[start + 1].astype(np.int64) << 8 | buf[start + 2]) == self.n_fields
         eight = np.arange(8)
 
         def float_at(pos: np.ndarray) -> np.ndarray:
             return buf[pos[:, None] + eight].copy().view(">f8").ravel()
 
-        ts = buf[start[:, None] + f["ts"][1] + eight].copy().view(">u8").ravel()
-        provisional = buf[start + f["provisional"][1]] == _TRUE
+        ts = buf[start[:, None] + f["ts"] + eight].copy().view(">u8").ravel()
+        provisional = buf[start + f["provisional"]] == _TRUE
         shift = np.zeros(len(picked), dtype=np.int64)
         decoded = {}
         for name in ("close", "updated", *self.outputs):
-            key_at = start + f[f"k_{name}"][1] - shift
-            marker_at = start + f[f"m_{name}"][1] - shift
+            key_at = start + f[f"k_{name}"] - shift
+            marker_at = start + f[f"m_{name}"] - shift
             ok &= buf[key_at] == self._template[f"k_{name}"][0][0]  # the key's fixstr header
             nil = buf[marker_at] == _NIL
             ok &= nil | (buf[marker_at] == _FLOAT)
@@ -156,7 +157,7 @@ class FeatureCodec:
         for i, name in enumerate(self.outputs):
             frame.values[i, good] = decoded[name][ok]
         for j in bad.tolist():
-            m = self.to_map(raws[j])  # type: ignore[arg-type]
+            m = self.to_map(raws[j])
             frame.present[j] = True
             frame.ts[j], frame.provisional[j] = int(m["ts"]), bool(m["provisional"])
             frame.updated[j] = float(m["updated"])

@@ -30,7 +30,6 @@ import numpy as np
 from . import kernel as K
 
 
-
 @dataclass(frozen=True, slots=True)
 class FeatureConfig:
     """Indicator periods (TA-Lib's common defaults) and engine housekeeping."""

@@ -85,7 +85,7 @@ def step_kernel(commit: bool, mask: np.ndarray, h: np.ndarray, l: np.ndarray, c:
     n_sma, n_ema = sma_p.shape[0], ema_p.shape[0]
     rsi_p, fast, slow, sig = ip[I_RSI], ip[I_FAST], ip[I_SLOW], ip[I_SIG]
     k_p, sk_p, sd_p, cci_p, willr_p, atr_p = ip[I_K], ip[I_SK], ip[I_SD], ip[I_CCI], ip[I_WILLR], ip[I_ATR]
-    bb_p, hv_p, vma_p, rvol_p, adx_p, mfi_p, mom_p, roc_p = (
+    bb_p, hv_p, vma_p, rvol_p, adx_p, _mfi_p, mom_p, roc_p = (  # MFI's period is its ring's width
         ip[I_BB], ip[I_HV], ip[I_VOLMA], ip[I_RVOL], ip[I_ADX], ip[I_MFI], ip[I_MOM], ip[I_ROC])
     rc, rv = r_close.shape[1], r_vol.shape[1]
     warm_at = lookback.max()

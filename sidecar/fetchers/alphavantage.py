@@ -13,8 +13,15 @@ from ..bars import timeframe_seconds
 from ..clock import Clock
 from ..errors import ProviderError, RateLimited
 from ..symbols import SymbolInfo
-from .base import (FetchResult, HttpFetcher, bars_from_rows, decode_json, local_time_zone, naive_to_epoch,
-                   raise_for_server_error)
+from .base import (
+    FetchResult,
+    HttpFetcher,
+    bars_from_rows,
+    decode_json,
+    local_time_zone,
+    naive_to_epoch,
+    raise_for_server_error,
+)
 
 SOURCE = "alphavantage"
 _INTERVALS = {"1m": "1min", "5m": "5min", "15m": "15min", "1h": "60min"}

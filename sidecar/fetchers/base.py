@@ -30,6 +30,9 @@ class FetchResult:
     source: str
     bars: list[Bar] = field(default_factory=list)
     ignored: int = 0  # provider rows that are not bars of the session (e.g. Yahoo's close print)
+    # The provider's clock when it answered (the local clock where it does not say): a closed bar
+    # that ended just before it may still change. Infinite: the closed bars are final.
+    provider_time: float = math.inf
 
 
 @dataclass(slots=True)
@@ -118,6 +121,12 @@ class HttpFetcher:
             await self._session.close()
             self._session = None
 
+    async def fetch_bars(self, info: SymbolInfo, timeframe: str, start: int, end: int,
+                         timeout_s: float | None = None) -> FetchResult:
+        """Bars of `timeframe` whose open lies in [start, end), oldest first, the forming one
+        flagged; `timeout_s` overrides the live timeout. Each provider implements it."""
+        raise NotImplementedError
+
     def serves(self, info: SymbolInfo) -> bool:
         """Whether the provider has intraday bars for this symbol."""
         return True
@@ -171,7 +180,7 @@ def bars_from_rows(symbol: str, source: str, timeframe: str, step: int, rows: li
                    object, object]], start: int, end: int, now: float) -> FetchResult:
     """Rows (ts, o, h, l, c, v) in any order into a result: oldest first, within [start, end),
     one bar per ts (the last copy wins), the bar whose minute is still running flagged forming."""
-    out = FetchResult(symbol, source)
+    out = FetchResult(symbol, source, provider_time=now)
     seen: dict[int, Bar] = {}
     for ts, o, h, l, c, v in rows:
         if ts != -1 and not start <= ts < end:

@@ -14,8 +14,16 @@ from ..bars import timeframe_seconds
 from ..clock import Clock
 from ..errors import MalformedResponse, ProviderError, RateLimited
 from ..symbols import SymbolInfo
-from .base import (FetchResult, HttpFetcher, QuoteBatch, bars_from_rows, decode_json, raise_for_server_error,
-                   retry_after, to_float)
+from .base import (
+    FetchResult,
+    HttpFetcher,
+    QuoteBatch,
+    bars_from_rows,
+    decode_json,
+    raise_for_server_error,
+    retry_after,
+    to_float,
+)
 
 SOURCE = "polygon"
 _SPANS = {"1m": "1/minute", "5m": "5/minute", "15m": "15/minute", "1h": "1/hour"}
@@ -86,12 +94,12 @@ class PolygonFetcher(HttpFetcher):
                                       ok=("OK",))
             position = {infos[i].polygon: i for i in rows}
             for t in payload.get("tickers") or []:
-                i = position.get(t.get("ticker")) if isinstance(t, dict) else None
-                if i is None:
+                row = position.get(str(t.get("ticker"))) if isinstance(t, dict) else None
+                if row is None:
                     continue
                 trade, day = t.get("lastTrade") or {}, t.get("day") or {}
                 ns = trade.get("t")
-                index.append(i)
+                index.append(row)
                 price.append(to_float(trade.get("p")))
                 at.append(ns // 1_000_000_000 if isinstance(ns, int) else -1)  # nanoseconds
                 volume.append(to_float(day.get("v", 0)))

@@ -15,8 +15,16 @@ from ..bars import timeframe_seconds
 from ..clock import Clock
 from ..errors import ProviderError, RateLimited
 from ..symbols import SymbolInfo
-from .base import (FetchResult, HttpFetcher, QuoteBatch, bars_from_rows, decode_json, naive_to_epoch,
-                   raise_for_server_error, to_float)
+from .base import (
+    FetchResult,
+    HttpFetcher,
+    QuoteBatch,
+    bars_from_rows,
+    decode_json,
+    naive_to_epoch,
+    raise_for_server_error,
+    to_float,
+)
 
 SOURCE = "twelvedata"
 _INTERVALS = {"1m": "1min", "5m": "5min", "15m": "15min", "1h": "1h"}
@@ -54,7 +62,7 @@ class TwelveDataFetcher(HttpFetcher):
             raise ProviderError(SOURCE, info.symbol, f"HTTP {status}: unexpected body", status=status)
         if payload.get("status") == "error":
             if payload.get("code") == 400 and str(payload.get("message", "")).startswith("No data is available"):
-                return FetchResult(info.symbol, SOURCE)  # an empty window, not an error
+                return FetchResult(info.symbol, SOURCE, provider_time=self.clock.time())  # an empty window, not an error
             self._raise_error(payload, info.symbol, status)
         values = payload.get("values")
         if not isinstance(values, list):

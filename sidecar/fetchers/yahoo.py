@@ -3,8 +3,8 @@ batch quote, `GET /v7/finance/quote?symbols=..` (1.2) with its cookie and crumb 
 
 A row whose five values are all null is a minute without trades and is skipped. The last
 row is the forming bar unless the provider's own clock (`regularMarketTime`) has passed its
-end or the regular session is over. The zero-volume print Yahoo stamps at the session close
-is not a bar of the session and is ignored.
+end. The zero-volume print Yahoo stamps at the session close is not a bar of the session and
+is ignored.
 """
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ from urllib.parse import urlsplit
 
 from ..bars import Bar, timeframe_seconds
 from ..clock import Clock
-from ..errors import FetchError, MalformedResponse, ProviderError, RateLimited
+from ..errors import MalformedResponse, ProviderError, RateLimited
 from ..symbols import SymbolInfo
 from .base import FORMING, FetchResult, HttpFetcher, QuoteBatch, decode_json, retry_after, to_float
 
 log = logging.getLogger(__name__)
 
 SOURCE = "yahoo"
-_FORMING = FORMING
 _INTERVALS = {"1m": "1m", "5m": "5m", "15m": "15m", "1h": "60m", "1d": "1d"}
 
 
@@ -62,7 +61,7 @@ class YahooFetcher(HttpFetcher):
         params = {"interval": _INTERVALS[timeframe], "period1": str(start), "period2": str(end),
                   "includePrePost": "false", "events": "div,splits"}
         body = await self._get(f"/v8/finance/chart/{info.yahoo}", params, info.symbol, timeout_s)
-        return parse_chart(decode_json(body, SOURCE, info.symbol), info, timeframe)
+        return parse_chart(decode_json(body, SOURCE, info.symbol), info, timeframe, self.clock.time())
 
     def quote_cost(self, infos: Sequence[SymbolInfo]) -> int:
         """Requests one `fetch_quotes` makes (a crumb refresh aside)."""
@@ -134,42 +133,54 @@ def parse_quotes(payload: object, infos: Sequence[SymbolInfo]) -> QuoteBatch:
     return QuoteBatch.of(SOURCE, index, price, at, volume)
 
 
-def parse_chart(payload: object, info: SymbolInfo, timeframe: str) -> FetchResult:
-    """Turn a chart payload into bars; raise MalformedResponse when the shape is wrong."""
+def parse_chart(payload: object, info: SymbolInfo, timeframe: str, now: float) -> FetchResult:
+    """Turn a chart payload into bars; raise MalformedResponse when the shape is wrong.
+
+    A bar is closed when a later row exists or the provider's clock (`regularMarketTime`) has
+    passed its end; never by the session metadata alone: for the 24-hour markets Yahoo's
+    regular period ends at 23:59 while that minute is still trading (providers.md 8.1). The
+    session's end only identifies the close print. Optional meta fields may be missing: then
+    the provider's clock is `now` (the local clock) and no row is taken for a close print.
+    """
     step = timeframe_seconds(timeframe)
-    out = FetchResult(info.symbol, SOURCE)
     try:
         chart = payload["chart"]  # type: ignore[index]
         if chart.get("error"):
             raise ProviderError(SOURCE, info.symbol, str(chart["error"].get("description")))
         result = chart["result"][0]
-        meta = result["meta"]
+        meta = result.get("meta") or {}
         stamps = result.get("timestamp") or []  # absent on a day without trading
-        quote = result["indicators"]["quote"][0]
-        columns = [quote.get(k) or [None] * len(stamps) for k in ("open", "high", "low", "close", "volume")]
-        market_time = int(meta.get("regularMarketTime") or 0)
-        session_end = int(meta["currentTradingPeriod"]["regular"]["end"])
+        quote = (result.get("indicators") or {}).get("quote") or [{}]
+        columns = [quote[0].get(k) or [None] * len(stamps) for k in ("open", "high", "low", "close", "volume")]
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
         raise MalformedResponse(SOURCE, info.symbol, f"unexpected chart shape: {exc!r}") from None
     if any(len(c) != len(stamps) for c in columns):
         raise MalformedResponse(SOURCE, info.symbol, "quote arrays and timestamp differ in length")
-
-    session_over = market_time >= session_end
+    market_time = _meta_int(meta, "regularMarketTime")
+    provider_time = float(market_time) if market_time is not None else now
+    session_end = _meta_int((meta.get("currentTradingPeriod") or {}).get("regular") or {}, "end")
+    out = FetchResult(info.symbol, SOURCE, provider_time=provider_time)
     last = len(stamps) - 1
     for i, (ts, o, h, l, c, v) in enumerate(zip(stamps, *columns, strict=True)):
         if o is None and h is None and l is None and c is None and v is None:
             continue  # a minute without trades
-        if ts >= session_end and v == 0 and o == h == l == c:
+        if session_end is not None and ts >= session_end and v == 0 and o == h == l == c:
             out.ignored += 1  # the close print, stamped at the session's end
             continue
-        closed = i < last or session_over or ts + step <= market_time
+        closed = i < last or ts + step <= provider_time
         out.bars.append(Bar(
             # A timestamp that is not an integer gets -1, which the validator rejects as misaligned.
             symbol=info.symbol, timeframe=timeframe, ts=ts if isinstance(ts, int) else -1,
             open=to_float(o), high=to_float(h), low=to_float(l), close=to_float(c), volume=to_float(v),
-            source=SOURCE, flags=0 if closed else _FORMING,
+            source=SOURCE, flags=0 if closed else FORMING,
         ))
     return out
+
+
+def _meta_int(meta: object, name: str) -> int | None:
+    """An integer field of a meta object, or None when it is missing or not an integer."""
+    value = meta.get(name) if isinstance(meta, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _error_text(body: bytes) -> str:
@@ -177,7 +188,7 @@ def _error_text(body: bytes) -> str:
     (its 429 is plain text)."""
     try:
         payload = decode_json(body, SOURCE, "")
-        top = next(iter(payload.values()))  # type: ignore[union-attr]
+        top = next(iter(payload.values())) if isinstance(payload, dict) else {}
         return str(top["error"]["description"])
     except (MalformedResponse, KeyError, TypeError, AttributeError, StopIteration):
         return body[:200].decode(errors="replace").strip()

@@ -16,9 +16,9 @@ Keys (hash-tagged by symbol, so a Redis Cluster keeps a symbol's keys on one sha
 A cycle's writes are one script call (EVALSHA) in one pipeline: one round trip, applied
 atomically, with the per-bar work done inside Redis. Sending each ZADD/SET as its own
 pipelined command cost ~25 us per command in redis-py's Python packing and reply parsing;
-the bars travel instead as two msgpack blobs that the script unpacks (bench/pipeline.py). Every write is an idempotent overwrite keyed
-by (symbol, timeframe, ts), because redis-py re-sends a whole pipeline when a connection
-drops mid-way (reliability.md B.1).
+the bars travel instead as two msgpack blobs that the script unpacks (bench/pipeline.py).
+Every write is an idempotent overwrite keyed by (symbol, timeframe, ts), because redis-py
+re-sends a whole pipeline when a connection drops mid-way (reliability.md B.1).
 """
 
 from __future__ import annotations
@@ -297,7 +297,7 @@ class RedisStore:
         entries = await self._read(self.client.xrange(self.keys.signals(), min=f"{since_ms}-0", count=limit))
         return [{"stream_id": sid.decode(), **orjson.loads(fields[b"signal"])} for sid, fields in entries]
 
-    async def _read(self, call):  # type: ignore[no-untyped-def]
+    async def _read(self, call):  # noqa: ANN001, ANN202 - any awaitable's result
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await call

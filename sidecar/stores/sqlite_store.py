@@ -174,6 +174,20 @@ class SQLiteStore:
         buffered = [b.ts for b in self._buffer.values() if b.symbol == symbol and start <= b.ts < end]
         return np.unique(np.array(stored + buffered, dtype=np.int64))
 
+    async def values_in(self, symbol: str, timeframe: str, start: int, end: int) -> dict[int, tuple[float, ...]]:
+        """Stored (and buffered, which is newer) bars opening in [start, end): ts -> (open, high,
+        low, close, volume), what a verification compares with the source."""
+        assert self._db is not None
+        async with self._db.execute(
+            "SELECT ts, open, high, low, close, volume FROM bars WHERE symbol = ? AND timeframe = ? AND ts >= ? "
+            "AND ts < ?", (symbol, timeframe, start, end),
+        ) as cur:
+            out = {int(r[0]): tuple(r[1:]) for r in await cur.fetchall()}
+        for b in self._buffer.values():
+            if b.symbol == symbol and b.timeframe == timeframe and start <= b.ts < end:
+                out[b.ts] = (b.open, b.high, b.low, b.close, b.volume)
+        return out
+
     async def mark_empty(self, symbol: str, timeframe: str, minutes: list[int]) -> None:
         """Record minutes that had no trades, so gap scans skip them."""
         if not minutes or self._db is None:
@@ -268,5 +282,5 @@ class SQLiteStore:
             ) as cur:
                 rows = await cur.fetchall()
             out[symbol] = [Bar(symbol, timeframe, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
-                           for r in reversed(rows)]
+                           for r in reversed(list(rows))]
         return out
