@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,8 +109,9 @@ class RateLimiter:
     refill); the day budget resets at 00:00 UTC. 0 means no limit.
 
     Live requests come first; history requests (bootstrap, gap scans, end-of-day checks) take
-    what is left: within any minute they may use `per_minute` less what the live loop used in
-    the last minute and a margin (so the live loop's next minute still fits), and at most
+    what is left: within any minute they may use `per_minute` less the live loop's demand (the
+    larger of what it used in the last minute and its recent per-cycle rate, which it reports
+    each cycle, so the first minute is covered too) and a margin, and at most
     `history_day_share` of the day budget.
 
     :param clock: wall time for the day, monotonic time for the bucket.
@@ -127,6 +129,12 @@ class RateLimiter:
         self.history_today = 0
         self.blocked_until = 0.0  # monotonic
         self.refused = 0
+        self.live_per_minute = 0.0  # the live loop's demand: rises at once, decays slowly
+
+    def note_live_cycle(self, taken: int, period_s: float) -> None:
+        """A live cycle took `taken` requests (or credits); cycles come every `period_s`."""
+        rate = taken * 60.0 / period_s
+        self.live_per_minute = max(rate, 0.95 * self.live_per_minute)
 
     def block_for(self, seconds: float) -> None:
         """The source said to wait (429 with Retry-After): no request until then."""
@@ -152,7 +160,7 @@ class RateLimiter:
             if self.per_day and self.history_today + n > int(self.per_day * self.history_day_share):
                 return False
             if self.per_minute:
-                live = len(self._recent) - len(self._history)
+                live = max(len(self._recent) - len(self._history), math.ceil(self.live_per_minute))
                 if len(self._history) + n > self.per_minute - live - max(1, live // 10):
                     return False
         return True

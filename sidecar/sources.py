@@ -70,6 +70,7 @@ class GuardedSource:
         self.state = SourceState(fetcher.name)
         self._deadline = 0.0
         self._ok = self._failed = 0  # requests that succeeded / failed for good this cycle
+        self._taken = 0  # requests (or credits) taken from the budget this cycle
 
     @classmethod
     def build(cls, fetcher: HttpFetcher, *, clock: Clock, metrics: Metrics | None = None, per_minute: int = 0,
@@ -83,10 +84,12 @@ class GuardedSource:
 
     def begin_cycle(self, deadline: float) -> None:
         """A cycle starts: retries must be done by `deadline` (monotonic)."""
-        self._deadline, self._ok, self._failed = deadline, 0, 0
+        self._deadline, self._ok, self._failed, self._taken = deadline, 0, 0, 0
 
-    def end_cycle(self, now: float) -> None:
-        """A cycle ended: tell the breaker whether the source worked at all."""
+    def end_cycle(self, now: float, period_s: float) -> None:
+        """A cycle ended: tell the breaker whether the source worked at all, and the budget what
+        the live loop needs (history takes only what is left)."""
+        self.limiter.note_live_cycle(self._taken, period_s)
         if self._ok:
             self.breaker.record_success()
             self.state.last_success_at = now
@@ -132,6 +135,7 @@ class GuardedSource:
                 self.metrics.fetch_skipped.labels(self.name, "rate_limit").inc()
                 self.breaker.release()
                 return None
+            self._taken += cost
             t0 = self.clock.monotonic()
             try:
                 result = await request(timeout)
@@ -234,8 +238,14 @@ async def fetch_history(sources: Sequence[GuardedSource], info: SymbolInfo, time
     for g in sources:
         if g.fetcher.disabled_reason is not None or not g.reaches(timeframe, start, now):
             continue
+        size = g.fetcher.reach[timeframe][1]  # a window longer than this source serves at once: in pieces
         try:
-            return await g.fetch_history(info, timeframe, start, end, timeout_s=timeout_s)
+            parts = [await g.fetch_history(info, timeframe, a, min(a + size, end), timeout_s=timeout_s)
+                     for a in range(start, end, size)]
+            if len(parts) == 1:
+                return parts[0]
+            return FetchResult(info.symbol, g.name, [b for p in parts for b in p.bars],
+                               provider_time=min(p.provider_time for p in parts))
         except FetchError as exc:
             error = exc
             if isinstance(exc, ProviderError) and exc.status is not None and 400 <= exc.status < 500 \

@@ -207,6 +207,7 @@ class Sidecar:
     async def _backfill_loop(self) -> None:
         """Scan for gaps shortly after start-up, then every SIDECAR_BACKFILL_INTERVAL_S."""
         await self.clock.sleep(5.0)  # let the live loop catch up first
+        await self._backfill_once()  # at start-up: the ticker's first deadline is the next whole period
         async for _tick in Ticker(self.clock, self.settings.backfill_interval_s):
             await self._backfill_once()
 

@@ -285,7 +285,7 @@ class Orchestrator:
             results = await asyncio.gather(*(self._fetch(state, now) for state in states))
             from_history = set()
         for g in self.sources:
-            g.end_cycle(now)
+            g.end_cycle(now, self.period)
         t_fetched = self.clock.monotonic()
 
         closed: list[Bar] = []
