@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from .bars import timeframe_seconds
 from .clock import Clock
-from .errors import FetchError
+from .errors import FetchError, SQLiteStoreError
 from .sources import GuardedSource, fetch_history
 from .stores import SQLiteStore
 from .symbols import SymbolInfo
@@ -132,8 +132,14 @@ class Bootstrapper:
                 now = self.clock.time()
                 bars = [b for b in result.bars if not b.forming and self.validator.check(b, now, info.asset_class) is None]
                 self.sqlite.add(bars)
-                await self.sqlite.flush()  # committed before the window counts as done
-                await self.sqlite.mark_bootstrapped(info.symbol, w.timeframe, w.cell, w.end)
+                try:
+                    await self.sqlite.flush()  # committed before the window counts as done
+                    await self.sqlite.mark_bootstrapped(info.symbol, w.timeframe, w.cell, w.end)
+                except SQLiteStoreError as exc:  # the bars stay buffered; the window is fetched again next run
+                    report.failed += 1
+                    log.error("bootstrap of %s %s [%d, %d) not recorded: %s", info.symbol, w.timeframe, w.start,
+                              w.end, exc)
+                    continue
                 report.windows += 1
                 report.rows[w.timeframe] = report.rows.get(w.timeframe, 0) + len(bars)
                 finished += 1

@@ -136,6 +136,7 @@ class Sidecar:
         self.stopping = False
         self.failure: BaseException | None = None
         self.reseeds = 0
+        self._dropped_counted = 0
         self.reseeded_at: float | None = None
         self._reseed: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -201,8 +202,11 @@ class Sidecar:
         if self._backfill_lock.locked():
             return  # a scan is running; it covers this request too
         async with self._backfill_lock:
-            await self.backfiller.run(list(self.symbols.values()), self.settings.gap_scan_days)
-            await self._end_of_day_check()
+            try:
+                await self.backfiller.run(list(self.symbols.values()), self.settings.gap_scan_days)
+                await self._end_of_day_check()
+            except SQLiteStoreError as exc:  # a full disk, say: the next scan tries again
+                log.error("gap scan stopped: %s", exc)
 
     async def _backfill_loop(self) -> None:
         """Scan for gaps shortly after start-up, then every SIDECAR_BACKFILL_INTERVAL_S."""
@@ -215,7 +219,10 @@ class Sidecar:
         """Delete bars older than SIDECAR_RETENTION_DAYS, at most once a day (across restarts too)."""
         await self.clock.sleep(30.0)  # not during start-up's catch-up
         async for _tick in Ticker(self.clock, 3600):
-            await self.apply_retention()
+            try:
+                await self.apply_retention()
+            except SQLiteStoreError as exc:
+                log.error("retention stopped, tried again in an hour: %s", exc)
 
     async def apply_retention(self, force: bool = False) -> int:
         """One retention pass, unless one ran in the last 24 hours; returns rows deleted."""
@@ -393,6 +400,9 @@ class Sidecar:
             return 0
         finally:
             self.metrics.sqlite_buffered.set(self.sqlite.buffered)
+            if self.sqlite.dropped > self._dropped_counted:  # the buffer's bound: counted, never silent
+                self.metrics.sqlite_dropped.inc(self.sqlite.dropped - self._dropped_counted)
+                self._dropped_counted = self.sqlite.dropped
         if rows:
             self.metrics.sqlite_flush_seconds.observe(self.clock.monotonic() - t0)
             self.metrics.sqlite_rows.inc(rows)

@@ -103,15 +103,20 @@ def build_health(app: Sidecar) -> dict[str, object]:
         }
 
     rejected = metrics.by_label("sidecar_bars_rejected_total", "reason")
+    reasons = [why for bad, why in (
+        (loop["state"] == "down", "loop: not cycling"),
+        (fresh_count < len(orch.states), f"freshness: {len(orch.states) - fresh_count} symbols stale"),
+        (primary_state != "ok", f"source {orch.guarded.name}: {primary_state}"),
+        (redis["state"] != "ok", f"redis: {orch.redis_last_error or redis['state']}"),
+        (sqlite_doc["state"] != "ok", f"sqlite: {sqlite.last_error} ({sqlite.buffered} bars buffered)"),
+    ) if bad]
     if loop["state"] == "down" or fresh_count == 0:
         status = "down"
-    elif (fresh_count < len(orch.states) or primary_state != "ok" or redis["state"] != "ok"
-          or sqlite_doc["state"] != "ok"):
-        status = "degraded"
     else:
-        status = "ok"
+        status = "degraded" if reasons else "ok"
     return {
         "status": status,
+        "reasons": reasons,
         "ready": orch.last_cycle_at is not None,
         "time": now,
         "loop": loop,

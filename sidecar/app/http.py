@@ -95,7 +95,10 @@ class HttpServer:
         self._update_symbols, self._broker = update_symbols, broker_symbols
         self._health, self._metrics, self._redis, self._symbols = health, metrics, redis, symbols
         self._runner: web.AppRunner | None = None
-        self.app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_errors])
+        # Longer lines than aiohttp's default (8 kB) reach the handlers, so a hostile 10 kB
+        # symbol gets the JSON 400 every other bad input gets instead of a bare parser error.
+        self.app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_errors],
+                                   handler_args={"max_line_size": MAX_LINE, "max_field_size": MAX_LINE})
         self.app.router.add_get("/health", self._get_health)
         self.app.router.add_get("/metrics", self._get_metrics)
         self.app.router.add_get("/bars/{symbol}", self._get_bars)
@@ -107,10 +110,7 @@ class HttpServer:
 
     async def start(self) -> tuple[str, int]:
         """Listen; return the bound (host, port)."""
-        # Longer lines than aiohttp's default (8 kB) reach the handlers, so a hostile 10 kB
-        # symbol gets the JSON 400 every other bad input gets instead of a bare parser error.
-        self._runner = web.AppRunner(self.app, access_log=None,
-                                     handler_args={"max_line_size": MAX_LINE, "max_field_size": MAX_LINE})
+        self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
         host, port = self._runner.addresses[0][:2]

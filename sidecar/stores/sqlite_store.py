@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -148,10 +149,7 @@ class SQLiteStore:
                 batch.update(self._buffer)
                 self._buffer = batch
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                try:
-                    await self._db.rollback()
-                except Exception:  # noqa: BLE001 - the connection may be unusable; the error above matters
-                    pass
+                await self._rollback()
                 raise SQLiteStoreError(f"flush of {len(rows)} bars failed: {self.last_error}") from exc
             log.info("sqlite flush committed rows=%d", len(rows))
             self.last_error = None
@@ -192,9 +190,8 @@ class SQLiteStore:
         """Record minutes that had no trades, so gap scans skip them."""
         if not minutes or self._db is None:
             return
-        await self._db.executemany("INSERT OR IGNORE INTO empty_minutes VALUES (?, ?, ?)",
-                                   [(symbol, timeframe, ts) for ts in minutes])
-        await self._db.commit()
+        await self._write("INSERT OR IGNORE INTO empty_minutes VALUES (?, ?, ?)",
+                          [(symbol, timeframe, ts) for ts in minutes])
 
     async def summary(self, symbol: str) -> dict[str, dict[str, int]]:
         """Rows, first and last bar open per timeframe of a symbol."""
@@ -213,11 +210,8 @@ class SQLiteStore:
 
     async def mark_bootstrapped(self, symbol: str, timeframe: str, cell: int, covered: int) -> None:
         """Record that a bootstrap cell's bars before `covered` are committed."""
-        assert self._db is not None
-        await self._db.execute(
-            "INSERT INTO bootstrap_cells VALUES (?, ?, ?, ?) ON CONFLICT (symbol, timeframe, cell) "
-            "DO UPDATE SET covered = max(covered, excluded.covered)", (symbol, timeframe, cell, covered))
-        await self._db.commit()
+        await self._write("INSERT INTO bootstrap_cells VALUES (?, ?, ?, ?) ON CONFLICT (symbol, timeframe, cell) "
+                          "DO UPDATE SET covered = max(covered, excluded.covered)", [(symbol, timeframe, cell, covered)])
 
     async def get_meta(self, key: str) -> str | None:
         """A value of the meta table."""
@@ -228,10 +222,27 @@ class SQLiteStore:
 
     async def set_meta(self, key: str, value: str) -> None:
         """Set a value of the meta table."""
+        await self._write("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                          [(key, value)])
+
+    async def _write(self, sql: str, rows: list[tuple[object, ...]]) -> None:
+        """One small write in its own transaction, never inside a flush's; a failure (a full
+        disk, say) is rolled back and raised as SQLiteStoreError."""
         assert self._db is not None
-        await self._db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                               (key, value))
-        await self._db.commit()
+        async with self._lock:
+            try:
+                await self._db.executemany(sql, rows)
+                await self._db.commit()
+            except sqlite3.Error as exc:
+                await self._rollback()
+                raise SQLiteStoreError(f"{sql.split('(')[0].strip()}: {type(exc).__name__}: {exc}") from exc
+
+    async def _rollback(self) -> None:
+        assert self._db is not None
+        try:
+            await self._db.rollback()
+        except sqlite3.Error:  # the connection may be unusable; the error that led here matters
+            pass
 
     async def delete_older(self, cutoff: int, batch_rows: int = 5000) -> int:
         """Delete bars (and empty-minute marks) opening before `cutoff`, one symbol and timeframe
@@ -245,15 +256,19 @@ class SQLiteStore:
             for symbol, timeframe in series:
                 while True:
                     async with self._lock:  # never inside a flush's transaction
-                        cur = await self._db.execute(
-                            f"DELETE FROM {table} WHERE symbol = ? AND timeframe = ? AND ts < ? AND ts IN "  # noqa: S608 - fixed table names
-                            f"(SELECT ts FROM {table} WHERE symbol = ? AND timeframe = ? AND ts < ? LIMIT ?)",
-                            (symbol, timeframe, cutoff, symbol, timeframe, cutoff, batch_rows))
-                        n = cur.rowcount
-                        pending += n
-                        if pending >= batch_rows or n < batch_rows:
-                            await self._db.commit()
-                            pending = 0
+                        try:
+                            cur = await self._db.execute(
+                                f"DELETE FROM {table} WHERE symbol = ? AND timeframe = ? AND ts < ? AND ts IN "  # noqa: S608
+                                f"(SELECT ts FROM {table} WHERE symbol = ? AND timeframe = ? AND ts < ? LIMIT ?)",
+                                (symbol, timeframe, cutoff, symbol, timeframe, cutoff, batch_rows))
+                            n = cur.rowcount
+                            pending += n
+                            if pending >= batch_rows or n < batch_rows:
+                                await self._db.commit()
+                                pending = 0
+                        except sqlite3.Error as exc:
+                            await self._rollback()
+                            raise SQLiteStoreError(f"retention delete failed: {type(exc).__name__}: {exc}") from exc
                     deleted += n if table == "bars" else 0
                     if n < batch_rows:
                         break

@@ -1,0 +1,82 @@
+"""Redis hung, not down: redis-server stopped with SIGSTOP for 20 s (connections stay open, no
+answer comes) while the daemon runs as a subprocess. The loop never stalls, SQLite keeps
+flushing, /health says degraded, and within 2 s of SIGCONT Redis holds every symbol's newest
+bar again."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from sidecar.exchange import Exchange
+
+from .conftest import start_redis
+from .helpers import DaemonProcess, stored_bars, wait_until
+
+pytestmark = pytest.mark.e2e
+
+SYMBOLS = ("AAPL", "EURUSD", "BTCUSD", "MSFT")
+HANG_S = 20.0
+
+
+async def test_a_hung_redis_never_stalls_the_loop_and_is_current_within_2s_of_waking(
+        tmp_path: Path, exchange: Exchange) -> None:
+    server = start_redis(tmp_path / "redis")
+    db = tmp_path / "bars.db"
+    daemon = await DaemonProcess.start(
+        tmp_path, SIDECAR_REDIS_URL=server.url, SIDECAR_YAHOO_BASE_URL=exchange.url or "", SIDECAR_DB_PATH=str(db),
+        SIDECAR_SYMBOLS=",".join(SYMBOLS), SIDECAR_LOOKBACK_MINUTES="10", SIDECAR_BOOTSTRAP_DAYS="0",
+        SIDECAR_FLUSH_INTERVAL_S="1")
+    stopped = False
+    try:
+        await daemon.wait_ready()
+        with server.client() as c:
+            await wait_until(lambda: all(c.exists(f"sidecar:{{{s}}}:bar:1m") for s in SYMBOLS), 10, "first bars")
+        # Hang across a minute boundary, so closed bars must reach SQLite while Redis is hung.
+        boundary = (int(time.time()) // 60 + 1) * 60
+        if boundary - time.time() < 4:
+            boundary += 60
+        await wait_until(lambda: time.time() >= boundary - 14, 75, "shortly before a minute boundary", every=0.2)
+        before = await daemon.health()
+        server.process.send_signal(signal.SIGSTOP)
+        stopped, t_stop = True, time.monotonic()
+        seen: list[dict] = []
+        while time.monotonic() - t_stop < HANG_S:
+            t0 = time.monotonic()
+            doc = await daemon.health()
+            assert doc, f"/health did not answer while Redis hung:\n{daemon.text()[-3000:]}"
+            assert time.monotonic() - t0 < 2.0, "/health was held up by the hung Redis"
+            seen.append(doc)
+            await wait_until(lambda t0=t0: time.monotonic() - t0 >= 0.5, 1, "the next poll")  # noqa: B023
+        flushed_during_hang = {ts for (_, ts) in stored_bars(db)}
+        server.process.send_signal(signal.SIGCONT)
+        stopped, t_cont = False, time.monotonic()
+        minute = int(time.time()) // 60 * 60
+        with server.client() as c:
+            def current() -> bool:
+                raws = c.mget([f"sidecar:{{{s}}}:bar:1m" for s in SYMBOLS])
+                return all(r is not None and msgpack.unpackb(r)["ts"] >= minute for r in raws)
+
+            woke_s = await wait_until(current, 10, "every symbol's newest bar in Redis", every=0.02)
+        after = await daemon.health()
+        assert await daemon.stop(signal.SIGTERM) == 0, daemon.text()
+    finally:
+        if stopped:
+            server.process.send_signal(signal.SIGCONT)
+        await daemon.kill()
+        server.process.terminate()
+        server.process.wait(timeout=10)
+    print(f"\nredis hang: {len(seen)} health polls, every symbol current {woke_s:.2f}s after SIGCONT")
+    # The loop never stalled: a cycle every second all through the hang, none overran for long.
+    cycles = [d["loop"]["cycles"] for d in seen]
+    assert cycles[-1] - before["loop"]["cycles"] >= HANG_S - 4
+    assert all(d["loop"]["state"] == "ok" for d in seen)
+    assert any(d["status"] == "degraded" and d["redis"]["state"] == "down" for d in seen)
+    assert any(r.startswith("redis:") for d in seen for r in d["reasons"])
+    assert boundary - 60 in flushed_during_hang  # the minute that closed during the hang reached SQLite
+    assert woke_s <= 2.0
+    assert after["redis"]["state"] == "ok" and after["loop"]["overruns"] <= before["loop"]["overruns"] + 3
