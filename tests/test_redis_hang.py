@@ -54,7 +54,7 @@ async def test_a_hung_redis_never_stalls_the_loop_and_is_current_within_2s_of_wa
             await wait_until(lambda t0=t0: time.monotonic() - t0 >= 0.5, 1, "the next poll")  # noqa: B023
         flushed_during_hang = {ts for (_, ts) in stored_bars(db)}
         server.process.send_signal(signal.SIGCONT)
-        stopped, t_cont = False, time.monotonic()
+        stopped = False
         minute = int(time.time()) // 60 * 60
         with server.client() as c:
             def current() -> bool:
