@@ -262,7 +262,8 @@ class Settings(_FromEnv):
     retention_days: int = _setting(
         "RETENTION_DAYS", 90, _int(1, 36500), "bars older than this are deleted (in small batches, once a day)")
     gap_scan_days: float = _setting(
-        "GAP_SCAN_DAYS", 2.0, _float(0, 90), "days back each gap scan compares stored bars with the calendar")
+        "GAP_SCAN_DAYS", 2.0, _float(0, 90),
+        "days back each gap scan compares stored bars with the calendar (0: no gap scans nor end-of-day checks)")
     backfill_interval_s: float = _setting(
         "BACKFILL_INTERVAL_S", 900.0, _float(10, 86400),
         "seconds between gap scans (also run at start-up and when a source recovers)")

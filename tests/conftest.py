@@ -108,4 +108,5 @@ def settings(tmp_path: Path, redis_url: str, exchange: Exchange) -> Settings:
         flush_interval_s=3600.0,
         shutdown_timeout_s=5.0,
         bootstrap_days=0.0,  # tests that need history bootstrap it themselves
+        gap_scan_days=0.0,  # likewise gap scans and end-of-day checks
     )

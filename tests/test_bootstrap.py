@@ -22,6 +22,8 @@ from sidecar.stores import SQLiteStore
 from sidecar.symbols import lookup
 from sidecar.validator import Validator
 
+from .helpers import wait_until
+
 SYMBOLS = ["AAPL", "BTCUSD"]
 
 
@@ -71,8 +73,10 @@ async def test_a_bootstrap_cut_off_half_way_resumes_without_refetching(parts, ex
     boot, sqlite = parts
     infos = [lookup(s) for s in SYMBOLS]
     task = asyncio.create_task(boot.run(infos, days=90))
-    while sum([len(await sqlite.bootstrap_done(s)) for s in SYMBOLS]) < 4:
-        await asyncio.sleep(0.05)
+    async def four_windows_done() -> bool:
+        return sum([len(await sqlite.bootstrap_done(s)) for s in SYMBOLS]) >= 4
+
+    await wait_until(four_windows_done, 60, "four windows committed", every=0.01)
     task.cancel()  # as if killed: what was committed and marked stays
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -20,6 +20,7 @@ from sidecar.exchange import Exchange
 from sidecar.symbols import lookup
 
 from .conftest import subprocess_env
+from .helpers import wait_until
 from .test_e2e import _free_port
 
 pytestmark = pytest.mark.e2e
@@ -123,19 +124,21 @@ async def test_sigkill_at_random_moments_and_a_source_outage_lose_nothing(
         kills += 1
     # The last run is stopped cleanly, well inside a minute so the last closed bar was fetched.
     run = await _start(tmp_path, redis_url, exchange, port)
-    while not 8 <= time.time() % 60 <= 50:
-        await asyncio.sleep(0.5)
-    await asyncio.sleep(3)
+    await wait_until(lambda: 11 <= time.time() % 60 <= 50, 70, "well inside a minute", every=0.2)
     period_end = (int(time.time()) // 60) * 60  # exclusive: bars closed before the current minute
+
     # A loaded machine can hold the restarted daemon's first cycles back: stop it only once it has
     # written a bar of the current minute for every symbol (its window then held the last closed one).
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/health") as resp:
-            fresh = (await resp.json())["freshness"]
-        if all((fresh[s]["last_bar_ts"] or 0) >= period_end for s in SYMBOLS):
-            break
-        await asyncio.sleep(0.5)
+    async def current() -> bool:
+        try:
+            async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/health") as resp:
+                fresh = (await resp.json())["freshness"]
+        except aiohttp.ClientError:
+            return False
+        return all((fresh[s]["last_bar_ts"] or 0) >= period_end for s in SYMBOLS)
+
+    await wait_until(current, 45, "every symbol's bar of the current minute", every=0.5,
+                     detail=lambda: "".join(run.lines[-30:]))
     assert await run.stop(signal.SIGTERM) == 0, "".join(run.lines[-30:])
 
     stored, dupes, integrity = _stored(tmp_path / "bars.db")

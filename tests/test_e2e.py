@@ -19,6 +19,7 @@ from sidecar.exchange import Exchange
 from sidecar.symbols import DEFAULT_SYMBOLS, lookup
 
 from .conftest import RedisServer, subprocess_env
+from .helpers import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -94,8 +95,12 @@ async def test_daemon_stores_exactly_what_the_exchange_served_and_flushes_on_sig
     await daemon.wait_ready()
     # Run across a minute boundary, so forming bars become closed bars while we watch.
     boundary = (int(time.time()) // 60 + 1) * 60
-    while time.time() < boundary + 2.5:
-        await asyncio.sleep(0.25)
+
+    async def past_boundary() -> bool:  # every symbol's newest bar is of the new minute
+        _, doc = await daemon.get("/health")
+        return isinstance(doc, dict) and all((f["last_bar_ts"] or 0) >= boundary for f in doc["freshness"].values())
+
+    await wait_until(past_boundary, 100, "every symbol past the minute boundary", every=0.25, detail=daemon.log.read_text)
     status, health = await daemon.get("/health")
     _, metrics = await daemon.get("/metrics")
     with redis_server.client() as c:  # features of every symbol, fresh, before they expire
@@ -147,7 +152,12 @@ async def test_daemon_stores_exactly_what_the_exchange_served_and_flushes_on_sig
 async def test_sigint_from_pm2_also_flushes_and_exits_0(tmp_path: Path, redis_url: str, exchange: Exchange) -> None:
     daemon = await _start(tmp_path, redis_url, exchange)
     await daemon.wait_ready()
-    await asyncio.sleep(1.5)
+
+    async def cycles(n: int) -> bool:
+        _, doc = await daemon.get("/health")
+        return isinstance(doc, dict) and doc["loop"]["cycles"] >= n
+
+    await wait_until(lambda: cycles(2), 30, "two cycles")
     assert _sqlite(tmp_path / "bars.db") == {}
     assert await daemon.stop(signal.SIGINT) == 0, daemon.log.read_text()
     rows = _sqlite(tmp_path / "bars.db")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -13,14 +12,13 @@ from sidecar.app import Sidecar
 from sidecar.features import OUTPUTS
 from sidecar.settings import Settings
 
+from .helpers import wait_until
+
 
 async def _running(settings: Settings) -> Sidecar:
     sc = Sidecar(settings, handle_signals=False)
     await sc.start()
-    for _ in range(100):
-        if sc.orchestrator.last_cycle_at is not None:
-            break
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: sc.orchestrator.last_cycle_at is not None, 30, "a first cycle")
     return sc
 
 
@@ -127,14 +125,11 @@ async def test_symbols_are_added_and_removed_while_the_daemon_runs(client) -> No
         assert r.status == 200
         followed = (await r.json())["symbols"]
     assert "NVDA" in followed and "GBPUSD" in followed and "MSFT" not in followed
-    for _ in range(40):  # a few cycles, until the new symbol's features are in Redis
-        await asyncio.sleep(0.1)
+    async def nvda_features() -> bool:  # a few cycles, until the new symbol's features are in Redis
         async with session.get(f"{base}/features/NVDA") as r:
-            if r.status == 200:
-                assert (await r.json())["ema_9"] is not None
-                break
-    else:
-        raise AssertionError("NVDA's features never appeared")
+            return r.status == 200 and (await r.json())["ema_9"] is not None
+
+    await wait_until(nvda_features, 30, "NVDA's features in Redis")
     health = sc.health()
     assert health["freshness"]["NVDA"]["fresh"] and "MSFT" not in health["freshness"]
     async with session.get(f"{base}/bars/MSFT/latest") as r:
@@ -158,18 +153,13 @@ async def test_an_empty_store_is_bootstrapped_in_the_background_and_features_rew
     sc = await _running(replace(settings, bootstrap_days=1.0, symbols=("AAPL", "BTCUSD"), cycle_interval_s=0.5))
     try:
         assert sc.health()["ready"]  # live before the history is in
-        for _ in range(200):
-            if not sc.bootstrapper.running and sc.bootstrapper.progress:
-                break
-            await asyncio.sleep(0.1)
+        await wait_until(lambda: not sc.bootstrapper.running and sc.bootstrapper.progress, 60, "the bootstrap")
         progress = sc.health()["bootstrap"]["progress"]
         assert progress["AAPL"]["windows_done"] == progress["AAPL"]["windows"] > 0
-        for _ in range(50):  # the re-warm, then the next cycle's features
+        async def rewarmed() -> bool:  # the re-warm, then the next cycle's features
             raw = (await sc.redis.features(["AAPL"], "1m"))[0]
-            if raw is not None and sc.features.codec.to_map(raw)["sma_200"] is not None:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("features not re-warmed from the bootstrapped day")
+            return raw is not None and sc.features.codec.to_map(raw)["sma_200"] is not None
+
+        await wait_until(rewarmed, 30, "features re-warmed from the bootstrapped day")
     finally:
         await sc.close()

@@ -21,6 +21,7 @@ from sidecar.settings import Settings
 from sidecar.symbols import lookup
 
 from .conftest import RedisServer
+from .helpers import wait_until
 
 SYMBOLS = ("AAPL", "MSFT", "EURUSD")
 
@@ -28,16 +29,8 @@ SYMBOLS = ("AAPL", "MSFT", "EURUSD")
 async def _running(settings: Settings, **changes: object) -> Sidecar:
     sc = Sidecar(replace(settings, symbols=SYMBOLS, cycle_interval_s=0.25, **changes), handle_signals=False)
     await sc.start()
-    while sc.orchestrator.last_cycle_at is None:
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: sc.orchestrator.last_cycle_at is not None, 30, "a first cycle")
     return sc
-
-
-async def _until(predicate, timeout: float) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_breaker_opens_probes_once_per_reset_and_closes_with_nothing_lost(
@@ -48,24 +41,27 @@ async def test_breaker_opens_probes_once_per_reset_and_closes_with_nothing_lost(
     keep = breaker.on_transition
     breaker.on_transition = lambda old, new: (moves.append((new, exchange.requests["chart"])), keep(old, new))
     try:
-        exchange.outage(3.2)
-        await _until(lambda: breaker.state == "open", 3)
+        exchange.outage(5.0)
+        await wait_until(lambda: breaker.state == "open", 15, "the breaker open")
         assert sc.health()["sources"]["yahoo"]["state"] == "down"
         opened = exchange.requests["chart"]
-        await asyncio.sleep(0.8)  # inside the reset timeout: nothing reaches the source
+        # Watching for absence takes a window: inside the reset timeout nothing reaches the source.
+        await asyncio.sleep(0.8)
         assert exchange.requests["chart"] == opened
-        await _until(lambda: breaker.state == "closed", 6)  # probes fail until the outage ends, then close
+        # probes fail until the outage ends, then close
+        await wait_until(lambda: breaker.state == "closed", 30, "the breaker closed")
         states = [m[0] for m in moves]
         assert states[0] == "open" and states[-1] == "closed" and states.count("half_open") >= 2
         assert states == ["open"] + ["half_open", "open"] * (states.count("half_open") - 1) + ["half_open", "closed"]
         # between opening and closing, the only requests were the probes: one per half-open
         assert moves[-1][1] - moves[0][1] == states.count("half_open")
-        await asyncio.sleep(1.5)
-        await sc._flush()  # noqa: SLF001
-        with closing(sqlite3.connect(settings.db_path)) as db:
-            stored = {(r[0], r[1]) for r in db.execute("SELECT symbol, ts FROM bars")}
-        served = {(s, ts) for s in SYMBOLS for ts in exchange.served[lookup(s).yahoo]}
-        assert served <= stored  # the minutes of the outage came with the catch-up
+        async def caught_up() -> bool:  # the minutes of the outage came with the catch-up
+            await sc._flush()  # noqa: SLF001
+            with closing(sqlite3.connect(settings.db_path)) as db:
+                stored = {(r[0], r[1]) for r in db.execute("SELECT symbol, ts FROM bars")}
+            return {(s, ts) for s in SYMBOLS for ts in exchange.served[lookup(s).yahoo]} <= stored
+
+        await wait_until(caught_up, 30, "every served bar stored", every=0.25)
         assert sc.metrics.total("sidecar_breaker_transitions_total", source="yahoo", to="open") >= 2
     finally:
         await sc.close()
@@ -75,9 +71,10 @@ async def test_retry_after_is_honoured(settings: Settings, exchange: Exchange) -
     sc = await _running(settings)
     try:
         exchange.inject("MSFT", "http_429_retry_after")
-        await _until(lambda: sc.orchestrator.limiter.blocked_until > 0, 3)
+        await wait_until(lambda: sc.orchestrator.limiter.blocked_until > 0, 15, "the source blocked")
         hit = time.time()
-        await asyncio.sleep(RETRY_AFTER_S + 1.0)
+        await wait_until(lambda: any(t > hit + RETRY_AFTER_S - 0.1 for t in exchange.request_times), 30,
+                         "requests again after Retry-After")
         quiet = [t for t in exchange.request_times if hit + 0.05 < t < hit + RETRY_AFTER_S - 0.1]
         assert quiet == []  # no request to the source while it asked us to wait
         assert any(t > hit + RETRY_AFTER_S - 0.1 for t in exchange.request_times)  # and then we are back
@@ -89,7 +86,9 @@ async def test_retry_after_is_honoured(settings: Settings, exchange: Exchange) -
 async def test_a_request_budget_is_never_exceeded(settings: Settings, exchange: Exchange) -> None:
     sc = await _running(settings, yahoo_rate_per_min=10)
     try:
-        await asyncio.sleep(3)  # 12 cycles x 3 symbols would be 36 requests
+        await wait_until(lambda: exchange.requests["chart"] >= 10, 15, "the budget used")
+        # Watching for absence takes a window: 12 more cycles x 3 symbols would be 36 requests.
+        await wait_until(lambda: sc.metrics.total("sidecar_cycles_total") >= 12, 30, "12 cycles")
         assert exchange.requests["chart"] == 10
         assert sc.metrics.total("sidecar_fetch_skipped_total", source="yahoo", reason="rate_limit") > 0
         assert sc.health()["sources"]["yahoo"]["rate_limit"]["used_today"] == 10
@@ -102,19 +101,20 @@ async def test_a_failing_symbol_is_flagged_stale_and_dead_lettered_until_it_reco
     sc = await _running(settings, stale_after_s=0.6, breaker_threshold=1000)
     states = sc.orchestrator.states
     try:
-        exchange.outage(2.5)
-        await _until(lambda: all(st.dead_since is not None for st in states.values()), 4)
+        exchange.outage(4.0)
+        await wait_until(lambda: all(st.dead_since is not None for st in states.values()), 15, "all dead-lettered")
         with redis_server.client() as c:
+            # the last good bar, still readable, marked stale; the hash written in the same cycle
+            await wait_until(lambda: len(c.hgetall("sidecar:deadletter")) == len(SYMBOLS), 5, "the dead-letter hash")
             for sym in SYMBOLS:
                 latest = msgpack.unpackb(c.get(f"sidecar:{{{sym}}}:bar:1m"))
-                assert latest["flags"] & BarFlag.STALE  # the last good bar, still readable, marked stale
+                assert latest["flags"] & BarFlag.STALE
             dead = {k.decode(): orjson.loads(v) for k, v in c.hgetall("sidecar:deadletter").items()}
         assert set(dead) == set(SYMBOLS) and all("503" in d["error"] for d in dead.values())
-        await _until(lambda: all(st.dead_since is None for st in states.values()), 8)
-        await asyncio.sleep(0.6)
+        await wait_until(lambda: all(st.dead_since is None for st in states.values()), 30, "all recovered")
         with redis_server.client() as c:
-            assert c.hgetall("sidecar:deadletter") == {}
-            for sym in SYMBOLS:
-                assert not msgpack.unpackb(c.get(f"sidecar:{{{sym}}}:bar:1m"))["flags"] & BarFlag.STALE
+            await wait_until(lambda: c.hgetall("sidecar:deadletter") == {} and not any(
+                msgpack.unpackb(c.get(f"sidecar:{{{sym}}}:bar:1m"))["flags"] & BarFlag.STALE for sym in SYMBOLS),
+                15, "dead letters cleared and fresh bars in Redis")
     finally:
         await sc.close()

@@ -195,7 +195,7 @@ class Sidecar:
 
     def _schedule_backfill(self) -> None:
         """A source answers again: look for what it missed (unless a scan is already running)."""
-        if not self._backfill_lock.locked():
+        if not self._backfill_lock.locked() and self.settings.gap_scan_days > 0 and not self.stopping:
             self._supervise(asyncio.create_task(self._backfill_once(), name="backfill"))
 
     async def _backfill_once(self) -> None:
@@ -210,6 +210,8 @@ class Sidecar:
 
     async def _backfill_loop(self) -> None:
         """Scan for gaps shortly after start-up, then every SIDECAR_BACKFILL_INTERVAL_S."""
+        if self.settings.gap_scan_days <= 0:
+            return
         await self.clock.sleep(5.0)  # let the live loop catch up first
         await self._backfill_once()  # at start-up: the ticker's first deadline is the next whole period
         async for _tick in Ticker(self.clock, self.settings.backfill_interval_s):
