@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import time
@@ -71,6 +72,31 @@ def test_make_run_is_healthy_within_15_seconds_and_ctrl_c_stops_everything(tmp_p
         assert db.execute("SELECT count(DISTINCT symbol) FROM bars").fetchone()[0] == len(DEFAULT_SYMBOLS)
     with pytest.raises(OSError):  # the exchange went down with it
         _get_json(f"http://127.0.0.1:{exchange_port}/_exchange/stats")
+    import redis as redis_client
+
+    with redis_client.Redis.from_url(redis_url) as c:  # a Redis it did not start is left running
+        assert c.ping()
+
+
+def test_make_run_stops_the_redis_server_it_started(tmp_path: Path) -> None:
+    http_port, exchange_port, redis_port = _free_port(), _free_port(), _free_port()
+    env = subprocess_env(SIDECAR_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", SIDECAR_HTTP_PORT=str(http_port),
+                         SIDECAR_EXCHANGE_PORT=str(exchange_port), SIDECAR_DB_PATH=str(tmp_path / "bars.db"))
+    log = tmp_path / "make-run.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_healthy(http_port, 30)
+        with socket.create_connection(("127.0.0.1", redis_port), timeout=2):
+            pass  # the redis-server make run started
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        proc.wait(timeout=30)
+    text = log.read_text()
+    assert f"starting redis-server on 127.0.0.1:{redis_port}" in text and "stopped the redis-server" in text, text
+    with pytest.raises(OSError):  # and it is gone
+        socket.create_connection(("127.0.0.1", redis_port), timeout=2).close()
 
 
 @pytest.mark.skipif(not (ROOT / "node_modules/.bin/pm2").exists(), reason="PM2 not installed: run `make pm2`")
