@@ -41,17 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _with_parts(settings: Settings, work: Callable[[Any], Awaitable[dict]]) -> dict:
-    """Open SQLite and the fetcher (no loop, no Redis, no HTTP), run `work`, close them."""
+    """Open SQLite and the fetchers (no loop, no Redis, no HTTP), run `work`, close them. The
+    work goes through the same guarded sources as the daemon's (SIDECAR_SOURCES, budgets)."""
     from .app.daemon import Sidecar
 
     sc = Sidecar(settings, handle_signals=False)
     await sc.sqlite.start()
-    await sc.fetcher.start()
+    for fetcher in (sc.fetcher, *sc.fallbacks):
+        await fetcher.start()
     try:
         return await work(sc)
     finally:
         await sc.sqlite.flush()
-        await sc.fetcher.close()
+        for fetcher in (sc.fetcher, *sc.fallbacks):
+            await fetcher.close()
         await sc.sqlite.close()
         await sc.redis.close()
 

@@ -172,3 +172,23 @@ async def test_end_of_day_check_verifies_the_session_backfills_and_summarizes(
         await sc.fetcher.close()
         await sc.sqlite.close()
         await sc.redis.close()
+
+
+async def test_a_bar_revised_after_it_settled_is_repaired_by_the_next_verification(setup: Setup) -> None:
+    """The source corrects a bar long after it settled: the end-of-day check (one request per
+    symbol and day) finds the stored values differ, stores the source's, and counts it."""
+    friday_open, friday_close = int(dt.datetime(2026, 11, 27, 14, 30, tzinfo=dt.UTC).timestamp()), \
+        int(dt.datetime(2026, 11, 27, 18, 0, tzinfo=dt.UTC).timestamp())  # the early close after Thanksgiving
+    before = setup.truth("AAPL", friday_open, friday_close)[42]
+    setup.exchange.revise("AAPL", before.ts)
+    after = setup.truth("AAPL", friday_open, friday_close)[42]
+    assert after.ts == before.ts and after.close != before.close
+    requests = setup.exchange.requests["chart"]
+    eod = await setup.backfiller.end_of_day([lookup("AAPL")])
+    assert eod["sessions"] == {"AAPL": [friday_open, friday_close]} and eod["revised"] == 1
+    assert setup.exchange.requests["chart"] - requests == 1
+    await setup.sqlite.flush()
+    assert setup.rows("AAPL")[before.ts] == (after.open, after.high, after.low, after.close, after.volume)
+    assert setup.backfiller.metrics.total("sidecar_bars_revised_total", source="yahoo", stage="end_of_day") == 1
+    again = await setup.backfiller.end_of_day([lookup("AAPL")])
+    assert again["requests"] == 0 and setup.exchange.requests["chart"] - requests == 1  # once per day
