@@ -52,7 +52,7 @@ async def test_the_last_minute_of_the_day_is_stored_final_and_a_revised_bar_is_c
     await exchange.start("127.0.0.1", 0)
     settings = replace(Settings(), redis_url=redis_url, yahoo_base_url=exchange.url or "", http_port=0,
                        db_path=tmp_path / "bars.db", symbols=SYMBOLS, lookback_minutes=5, bootstrap_days=0.0,
-                       flush_interval_s=3600.0, settle_s=8.0, shutdown_timeout_s=5.0)
+                       flush_interval_s=3600.0, settle_s=8.0, shutdown_timeout_s=5.0, gap_scan_days=0.0)
     sc = Sidecar(settings, handle_signals=False)
     states = sc.orchestrator.states
     try:
