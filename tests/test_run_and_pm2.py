@@ -17,6 +17,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+import redis
 
 from sidecar.symbols import DEFAULT_SYMBOLS, lookup
 
@@ -52,7 +53,8 @@ def _wait_healthy(port: int, timeout: float) -> tuple[dict, float]:
     raise AssertionError(f"not healthy within {timeout}s: {last}")
 
 
-def test_make_run_is_healthy_within_15_seconds_and_ctrl_c_stops_everything(tmp_path: Path, redis_url: str) -> None:
+def _make_run(tmp_path: Path, redis_url: str) -> tuple[subprocess.Popen[bytes], int, int, Path]:
+    """`make run` in its own session, as from a terminal: (process, HTTP port, exchange port, log)."""
     http_port, exchange_port = _free_port(), _free_port()
     env = subprocess_env(SIDECAR_REDIS_URL=redis_url, SIDECAR_HTTP_PORT=str(http_port),
                          SIDECAR_EXCHANGE_PORT=str(exchange_port), SIDECAR_DB_PATH=str(tmp_path / "bars.db"))
@@ -60,39 +62,40 @@ def test_make_run_is_healthy_within_15_seconds_and_ctrl_c_stops_everything(tmp_p
     with log.open("wb") as out:
         proc = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, http_port, exchange_port, log
+
+
+def _ctrl_c(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    proc.wait(timeout=30)
+
+
+def test_make_run_is_healthy_within_15_seconds_and_ctrl_c_stops_everything(tmp_path: Path, redis_url: str) -> None:
+    proc, http_port, exchange_port, log = _make_run(tmp_path, redis_url)
     try:
         doc, took = _wait_healthy(http_port, 15)
         assert set(doc["freshness"]) == set(DEFAULT_SYMBOLS) and took < 15
     finally:
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        proc.wait(timeout=30)
+        _ctrl_c(proc)
     text = log.read_text()
     assert "persisted_through" in text and "stopped" in text, text
     with sqlite3.connect(tmp_path / "bars.db") as db:
         assert db.execute("SELECT count(DISTINCT symbol) FROM bars").fetchone()[0] == len(DEFAULT_SYMBOLS)
     with pytest.raises(OSError):  # the exchange went down with it
         _get_json(f"http://127.0.0.1:{exchange_port}/_exchange/stats")
-    import redis as redis_client
-
-    with redis_client.Redis.from_url(redis_url) as c:  # a Redis it did not start is left running
+    with redis.Redis.from_url(redis_url) as c:  # a Redis it did not start is left running
         assert c.ping()
 
 
 def test_make_run_stops_the_redis_server_it_started(tmp_path: Path) -> None:
-    http_port, exchange_port, redis_port = _free_port(), _free_port(), _free_port()
-    env = subprocess_env(SIDECAR_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", SIDECAR_HTTP_PORT=str(http_port),
-                         SIDECAR_EXCHANGE_PORT=str(exchange_port), SIDECAR_DB_PATH=str(tmp_path / "bars.db"))
-    log = tmp_path / "make-run.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    redis_port = _free_port()
+    proc, http_port, _, log = _make_run(tmp_path, f"redis://127.0.0.1:{redis_port}/0")
     try:
         _wait_healthy(http_port, 30)
         with socket.create_connection(("127.0.0.1", redis_port), timeout=2):
             pass  # the redis-server make run started
     finally:
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        proc.wait(timeout=30)
+        _ctrl_c(proc)
     text = log.read_text()
     assert f"starting redis-server on 127.0.0.1:{redis_port}" in text and "stopped the redis-server" in text, text
     with pytest.raises(OSError):  # and it is gone
