@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .bars import Bar, timeframe_seconds
+from .bars import SETTLED_S, Bar, timeframe_seconds
 from .calendars import is_trading, last_settled_session
 from .clock import Clock
 from .errors import BeyondReach, FetchError
@@ -36,7 +36,6 @@ from .validator import Validator
 
 log = logging.getLogger(__name__)
 
-SETTLED_S = 3600
 MERGE_S = 6 * 3600  # gaps closer than this are fetched in one request
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..barbuilder import BarBuilder, BuildResult
-from ..bars import Bar, BarFlag, bucket_start, timeframe_seconds
+from ..bars import FORMING, SETTLED_S, SYNTHETIC, Bar, BarFlag, bucket_start, timeframe_seconds
 from ..calendars import is_trading, session_day
 from ..clock import Clock
 from ..errors import RedisStoreError
@@ -48,11 +48,8 @@ log = logging.getLogger(__name__)
 
 TIMEFRAME = "1m"
 REJECT_RETRIES = 3
-_FORMING = int(BarFlag.FORMING)
-_SYNTHETIC = int(BarFlag.SYNTHETIC)
 MAX_FILL_S = 6 * 3600  # a longer silence inside a session is an outage to report, not minutes to fill
 EARLY_WAKE_S = 0.02
-SETTLED_S = 3600  # a source's minute older than this no longer changes (delayed feeds included)
 CATCH_UP_S = 86400
 
 
@@ -580,7 +577,7 @@ class Orchestrator:
             st = by_slot.get(slot)
             if st is not None:
                 forming.append((st, Bar(st.info.symbol, TIMEFRAME, ts, o, h, l, cl, v,
-                                        self._slot_source.get(slot, source), _FORMING)))
+                                        self._slot_source.get(slot, source), FORMING)))
         for slot in np.union1d(c.slot, f.slot).tolist():
             st = by_slot.get(slot)
             if st is not None:
@@ -673,7 +670,7 @@ class Orchestrator:
             keep = is_trading(asset_class, minutes) & (days[2:] == days[0]) & (days[0] == days[1])
             for ts in minutes[keep].tolist():
                 out.append(Bar(a.symbol, a.timeframe, ts, a.close, a.close, a.close, a.close, 0.0, a.source,
-                               _SYNTHETIC))
+                               SYNTHETIC))
         if out:
             self.metrics.synthetic_bars.inc(len(out))
         return out

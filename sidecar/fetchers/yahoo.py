@@ -14,11 +14,11 @@ import logging
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from ..bars import Bar, timeframe_seconds
+from ..bars import FORMING, Bar, timeframe_seconds
 from ..clock import Clock
 from ..errors import MalformedResponse, ProviderError, RateLimited
 from ..symbols import SymbolInfo
-from .base import FORMING, FetchResult, HttpFetcher, QuoteBatch, decode_json, retry_after, to_float
+from .base import FetchResult, HttpFetcher, QuoteBatch, decode_json, retry_after, to_float
 
 log = logging.getLogger(__name__)
 
