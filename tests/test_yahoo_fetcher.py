@@ -88,3 +88,37 @@ async def test_an_unknown_symbol_is_a_provider_error_with_yahoos_description(
     with pytest.raises(ProviderError, match="symbol may be delisted") as err:
         await fetcher.fetch_bars(bad, "1m", 0, 60)
     assert err.value.status == 404
+
+
+def _chart(stamps: list[int], closes: list[float], volumes: list[float], meta: dict) -> dict:
+    return {"chart": {"error": None, "result": [{"meta": meta, "timestamp": stamps, "indicators": {"quote": [
+        {"open": closes, "high": closes, "low": closes, "close": closes, "volume": volumes}]}}]}}
+
+
+# Real bounds (providers.md 8.1): BTC-USD's regular period ends at 23:59 UTC, AAPL's at 16:00 New York.
+BTC_DAY = {"start": 1711929600, "end": 1712015940}
+AAPL_DAY = {"start": 1714743000, "end": 1714766400}
+
+
+@pytest.mark.parametrize("meta", [
+    {"regularMarketTime": 1712015945, "currentTradingPeriod": {"pre": BTC_DAY, "regular": BTC_DAY, "post": BTC_DAY}},
+    {},  # the optional fields missing: the local clock (23:59:05 too) decides
+], ids=["with-meta", "bare-meta"])
+def test_the_23_59_bar_of_a_24_hour_market_is_forming_until_its_minute_ends(meta: dict) -> None:
+    from sidecar.fetchers.yahoo import parse_chart
+
+    payload = _chart([1712015880, 1712015940], [70001.0, 70002.0], [5.0, 0.0], meta)
+    bars = parse_chart(payload, lookup("BTCUSD"), "1m", now=1712015945.0).bars
+    assert [(b.ts, b.forming) for b in bars] == [(1712015880, False), (1712015940, True)]
+    later = parse_chart({**payload}, lookup("BTCUSD"), "1m", now=1712016000.0)
+    if not meta:  # the minute has ended on the local clock
+        assert [b.forming for b in later.bars] == [False, False]
+
+
+def test_the_close_print_is_ignored_and_the_last_minute_of_the_session_is_closed() -> None:
+    from sidecar.fetchers.yahoo import parse_chart
+
+    meta = {"regularMarketTime": AAPL_DAY["end"], "currentTradingPeriod": {"regular": AAPL_DAY}}
+    payload = _chart([AAPL_DAY["end"] - 60, AAPL_DAY["end"]], [180.0, 180.5], [1200.0, 0.0], meta)
+    result = parse_chart(payload, lookup("AAPL"), "1m", now=AAPL_DAY["end"] + 30.0)
+    assert [(b.ts, b.forming) for b in result.bars] == [(AAPL_DAY["end"] - 60, False)] and result.ignored == 1

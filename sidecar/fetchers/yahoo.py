@@ -23,6 +23,7 @@ from .base import FetchResult, HttpFetcher, QuoteBatch, decode_json, retry_after
 log = logging.getLogger(__name__)
 
 SOURCE = "yahoo"
+FULL_DAY_S = 86400 - 60  # the regular period of a 24-hour market (providers.md 8.1)
 _INTERVALS = {"1m": "1m", "5m": "5m", "15m": "15m", "1h": "60m", "1d": "1d"}
 
 
@@ -158,7 +159,12 @@ def parse_chart(payload: object, info: SymbolInfo, timeframe: str, now: float) -
         raise MalformedResponse(SOURCE, info.symbol, "quote arrays and timestamp differ in length")
     market_time = _meta_int(meta, "regularMarketTime")
     provider_time = float(market_time) if market_time is not None else now
-    session_end = _meta_int((meta.get("currentTradingPeriod") or {}).get("regular") or {}, "end")
+    regular = (meta.get("currentTradingPeriod") or {}).get("regular") or {}
+    session_start, session_end = _meta_int(regular, "start"), _meta_int(regular, "end")
+    # Only a session that closes has a close print: a 24-hour market's period ends at 23:59 and
+    # its 23:59 bar (flat and without volume a few seconds in, or always for FX) is a real bar.
+    if session_start is None or session_end is None or session_end - session_start >= FULL_DAY_S:
+        session_end = None
     out = FetchResult(info.symbol, SOURCE, provider_time=provider_time)
     last = len(stamps) - 1
     for i, (ts, o, h, l, c, v) in enumerate(zip(stamps, *columns, strict=True)):
