@@ -140,8 +140,9 @@ def parse_chart(payload: object, info: SymbolInfo, timeframe: str, now: float) -
     A bar is closed when a later row exists or the provider's clock (`regularMarketTime`) has
     passed its end; never by the session metadata alone: for the 24-hour markets Yahoo's
     regular period ends at 23:59 while that minute is still trading (providers.md 8.1). The
-    session's end only identifies the close print. Optional meta fields may be missing: then
-    the provider's clock is `now` (the local clock) and no row is taken for a close print.
+    session's end only identifies the close print, and only for a session that closes (not a
+    24-hour market's 23:59). Optional meta fields may be missing: then the provider's clock is
+    `now` (the local clock) and no row is taken for a close print.
     """
     step = timeframe_seconds(timeframe)
     try:
