@@ -167,3 +167,29 @@ async def test_admin_api_injects_faults_and_reports_what_was_served(exchange: Ex
     assert fault["kind"] == "high_below_low" and fault["values"][1] < fault["values"][2]
     assert fault["ts"] not in served  # the corrupted minute is not counted as served truth
     assert min(h for h in q["high"] if h is not None) > 0
+
+
+def test_the_exchange_reads_provider_names_its_own_way_and_agrees_with_the_daemon() -> None:
+    """The exchange resolves Twelve Data, Polygon and Alpha Vantage names without the daemon's
+    symbols module (providers.md 5), so a wrong name in the daemon would be 'not found' there."""
+    from sidecar.exchange import names
+    from sidecar.symbols import DEFAULT_SYMBOLS, lookup
+
+    spelled = {("twelvedata", "EUR/USD"): "EURUSD=X", ("twelvedata", "BTC/USD"): "BTC-USD",
+               ("twelvedata", "XAU/USD"): "GC=F", ("twelvedata", "NDX"): "^NDX", ("twelvedata", "AAPL"): "AAPL",
+               ("polygon", "C:EURUSD"): "EURUSD=X", ("polygon", "X:BTCUSD"): "BTC-USD", ("polygon", "C:XAUUSD"): "GC=F",
+               ("polygon", "I:NDX"): "^NDX", ("polygon", "BRK.B"): "BRK-B"}
+    for (provider, name), yahoo in spelled.items():
+        found = getattr(names, provider)(name)
+        assert found is not None and found.yahoo == yahoo, (provider, name, found)
+    for provider, name in (("twelvedata", "EURUSD/"), ("twelvedata", "EUR/EUR"), ("polygon", "C:BTCUSD"),
+                           ("polygon", "X:EURUSD"), ("polygon", "I:NOPE"), ("polygon", "Q:AAPL")):
+        assert getattr(names, provider)(name) is None, (provider, name)
+    assert names.alphavantage({"function": "FX_INTRADAY", "from_symbol": "EUR", "to_symbol": "USD"}).yahoo == "EURUSD=X"
+    assert names.alphavantage({"function": "CRYPTO_INTRADAY", "symbol": "BTC", "market": "USD"}).yahoo == "BTC-USD"
+    for sym in DEFAULT_SYMBOLS:
+        info = lookup(sym)
+        assert names.twelvedata(info.twelvedata).yahoo == info.yahoo, sym
+        assert names.polygon(info.polygon).yahoo == info.yahoo, sym
+        if info.alphavantage is not None:
+            assert names.alphavantage(info.alphavantage).yahoo == info.yahoo, sym

@@ -25,8 +25,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..symbols import AssetClass, yahoo_asset_class
+from ..symbols import AssetClass
 from . import sessions
+from .names import asset_class_of
 from .sessions import DAY
 
 EPOCH_DAY = 19723  # 2024-01-01, the first day of every daily walk
@@ -147,7 +148,7 @@ class Market:
 
     def _profile(self, symbol: str) -> Profile:
         """The walk's parameters for a symbol (derived from its name when not listed)."""
-        asset_class = yahoo_asset_class(symbol)
+        asset_class = asset_class_of(symbol)
         vol, decimals, volume, missing = _CLASS_DEFAULTS[asset_class]
         price = _KNOWN_PRICES.get(symbol)
         if price is None:

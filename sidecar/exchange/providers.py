@@ -19,9 +19,10 @@ import numpy as np
 import orjson
 from aiohttp import web
 
-from ..errors import SymbolError
-from ..symbols import AssetClass, SymbolInfo, from_provider, lookup
+from ..symbols import AssetClass
+from . import names
 from .market import MinuteBars
+from .names import Instrument
 
 if TYPE_CHECKING:
     from .server import Exchange
@@ -129,7 +130,7 @@ class ProviderEndpoints:
             self.ex.garble.add(id(request))  # the exchange's middleware cuts the answer in half
         return await self.ex.fault_response(fault, text_429="")
 
-    def _bars(self, info: SymbolInfo, start: int, end: int, *, forming: bool) -> MinuteBars:
+    def _bars(self, info: Instrument, start: int, end: int, *, forming: bool) -> MinuteBars:
         """The market's bars with trades in [start, end) (the forming one too when asked), recorded as served."""
         now = int(self.ex.clock.time())
         m = self.ex.market
@@ -159,22 +160,9 @@ class ProviderEndpoints:
             lim = self.limits["alphavantage"]
             return _json({"Note": AV_MINUTE_MESSAGE.format(n=lim.per_minute, d=lim.per_day or 500)})
         function = q.get("function", "")
-        try:
-            if function == "TIME_SERIES_INTRADAY":
-                info = lookup(q.get("symbol", ""))
-                ok = info.alphavantage == {"function": function, "symbol": info.symbol}
-            elif function == "FX_INTRADAY":
-                info = lookup(q.get("from_symbol", "") + q.get("to_symbol", ""))
-                ok = info.asset_class is AssetClass.FX
-            elif function == "CRYPTO_INTRADAY":
-                info = lookup(q.get("symbol", "") + q.get("market", ""))
-                ok = info.asset_class is AssetClass.CRYPTO
-            else:
-                ok = False
-        except SymbolError:
-            ok = False
+        info = names.alphavantage(q)
         interval = q.get("interval", "")
-        if not ok or interval != "1min":
+        if info is None or interval != "1min":
             return _json({"Error Message": "Invalid API call. Please retry or visit the documentation "
                                            f"(https://www.alphavantage.co/documentation/) for {function or 'this API'}."})
         now = int(self.ex.clock.time())
@@ -183,7 +171,7 @@ class ProviderEndpoints:
         bars = self._bars(info, start, now, forming=False)
         if compact:
             bars = bars.select(np.arange(len(bars)) >= len(bars) - 100)
-        bars = self.ex.apply_provider_fault(f"alphavantage:{info.symbol}", bars)
+        bars = self.ex.apply_provider_fault(f"alphavantage:{info.name}", info.yahoo, bars)
         zone = _local_zone(info.asset_class)
         decimals = max(self.ex.market.profile(info.yahoo).decimals, 4)
         series = {}
@@ -197,23 +185,23 @@ class ProviderEndpoints:
                 "CRYPTO_INTRADAY": "Time Series Crypto (1min)"}[function]
         last = next(iter(series), "")
         meta = {"1. Information": "Intraday (1min) open, high, low, close prices and volume",
-                "2. Symbol": info.symbol, "3. Last Refreshed": last, "4. Interval": "1min",
+                "2. Symbol": info.name, "3. Last Refreshed": last, "4. Interval": "1min",
                 "5. Output Size": "Compact" if compact else "Full size",
                 "6. Time Zone": "US/Eastern" if zone is not dt.UTC else "UTC"}
         return _json({"Meta Data": meta, name: series})
 
     # -- Twelve Data ---------------------------------------------------------------------------
 
-    def _td_admit(self, key: str, names: list[str]) -> web.Response | None:
+    def _td_admit(self, key: str, requested: list[str]) -> web.Response | None:
         """Charge one credit per symbol, or the 429 body saying which budget is spent."""
         limits = self.limits["twelvedata"]
-        spent = self._admit("twelvedata", key, max(1, len(names)))
+        spent = self._admit("twelvedata", key, max(1, len(requested)))
         if spent is None:
             return None
         per_minute, per_day = self.used("twelvedata", key, self.ex.clock.time())
         if spent == "day":
-            return self._td_error(429, TD_DAY.format(used=per_day + len(names), limit=limits.per_day))
-        return self._td_error(429, TD_MINUTE.format(used=per_minute + len(names), limit=limits.per_minute))
+            return self._td_error(429, TD_DAY.format(used=per_day + len(requested), limit=limits.per_day))
+        return self._td_error(429, TD_MINUTE.format(used=per_minute + len(requested), limit=limits.per_minute))
 
     def _td_error(self, code: int, message: str) -> web.Response:
         status = code if self.td_error_status == "code" else 200
@@ -227,24 +215,23 @@ class ProviderEndpoints:
         key = self._twelvedata_key(request)
         if key not in self.keys["twelvedata"]:
             return self._td_error(401, TD_BAD_KEY)
-        names = [n for n in q.get("symbol", "").split(",") if n]
-        if (refused := self._td_admit(key, names)) is not None:
+        requested = [n for n in q.get("symbol", "").split(",") if n]
+        if (refused := self._td_admit(key, requested)) is not None:
             return refused
         if q.get("interval") != "1min":
             return self._td_error(400, "**interval** is not supported by the local exchange; use 1min")
         utc = q.get("timezone", "Exchange").upper() == "UTC"
         out = {}
-        for name in names:
+        for name in requested:
             out[name] = self._td_series(name, q, utc)
-        if len(names) == 1 and out[names[0]].get("status") == "error":
-            return self._td_error(int(str(out[names[0]]["code"])), str(out[names[0]]["message"]))
-        return _json(out[names[0]] if len(names) == 1 else out)
+        if len(requested) == 1 and out[requested[0]].get("status") == "error":
+            return self._td_error(int(str(out[requested[0]]["code"])), str(out[requested[0]]["message"]))
+        return _json(out[requested[0]] if len(requested) == 1 else out)
 
     def _td_series(self, name: str, q: object, utc: bool) -> dict[str, object]:
         get = q.get  # type: ignore[attr-defined]
-        try:
-            info = from_provider("twelvedata", name)
-        except SymbolError:
+        info = names.twelvedata(name)
+        if info is None:
             return {"code": 404, "message": f"**symbol** not found: {name}. Please specify it correctly according "
                                             "to API Documentation.", "status": "error"}
         zone = dt.UTC if utc else _local_zone(info.asset_class)
@@ -257,7 +244,7 @@ class ProviderEndpoints:
         bars = self._bars(info, start, end, forming=True)
         size = int(get("outputsize", "5000" if get("start_date") else "30"))
         bars = bars.select(np.arange(len(bars)) >= len(bars) - size)
-        bars = self.ex.apply_provider_fault(f"twelvedata:{info.symbol}", bars)
+        bars = self.ex.apply_provider_fault(f"twelvedata:{info.name}", info.yahoo, bars)
         if not len(bars):
             return {"code": 400, "message": "No data is available on the specified dates. Try setting different "
                                             "start/end dates.", "status": "error"}
@@ -293,15 +280,12 @@ class ProviderEndpoints:
             return _json({"status": "ERROR", "request_id": "local", "error": "unknown market"}, status=404)
         infos = []
         for name in request.query.get("tickers", "").split(","):
-            try:
-                info = from_provider("polygon", name)
-            except SymbolError:
-                continue
-            if name.startswith(prefix) and (prefix or ":" not in name):
+            info = names.polygon(name)
+            if info is not None and name.startswith(prefix) and (prefix or ":" not in name):
                 infos.append(info)
         tickers = []
         for info, (price, at, volume) in zip(infos, _quotes(self.ex, infos), strict=True):
-            tickers.append({"ticker": info.polygon, "updated": at * 1_000_000_000,
+            tickers.append({"ticker": info.name, "updated": at * 1_000_000_000,
                             "day": {"c": price, "v": volume},
                             "lastTrade": {"p": price, "s": 1, "t": at * 1_000_000_000, "x": 4},
                             "min": {"av": volume, "t": at // 60 * 60_000, "c": price}})
@@ -315,22 +299,22 @@ class ProviderEndpoints:
         key = self._twelvedata_key(request)
         if key not in self.keys["twelvedata"]:
             return self._td_error(401, TD_BAD_KEY)
-        names = [n for n in request.query.get("symbol", "").split(",") if n]
-        if (refused := self._td_admit(key, names)) is not None:
+        requested = [n for n in request.query.get("symbol", "").split(",") if n]
+        if (refused := self._td_admit(key, requested)) is not None:
             return refused
         out: dict[str, object] = {}
         known = []
-        for name in names:
-            try:
-                known.append((name, from_provider("twelvedata", name)))
-            except SymbolError:
+        for name in requested:
+            if (info := names.twelvedata(name)) is not None:
+                known.append((name, info))
+            else:
                 out[name] = {"code": 404, "message": f"**symbol** not found: {name}. Please specify it correctly "
                                                      "according to API Documentation.", "status": "error"}
         for (name, info), (price, at, volume) in zip(known, _quotes(self.ex, [i for _, i in known]), strict=True):
             decimals = max(self.ex.market.profile(info.yahoo).decimals, 5)
             out[name] = {"symbol": name, "datetime": _naive(at, dt.UTC)[:10], "timestamp": at,
                          "close": _fmt(price, decimals), "volume": str(volume), "is_market_open": True}
-        body = out[names[0]] if len(names) == 1 else out
+        body = out[requested[0]] if len(requested) == 1 else out
         return _json(body)
 
     def _polygon_key(self, request: web.Request) -> str:
@@ -356,11 +340,11 @@ class ProviderEndpoints:
         m = request.match_info
         ticker = m["ticker"]
         try:
-            info = from_provider("polygon", ticker)
+            info = names.polygon(ticker)
             start, end = _ms_or_date(m["start"]), _ms_or_date(m["end"], end=True)
-            if (m["mult"], m["span"]) != ("1", "minute"):
-                raise ValueError("only 1/minute is served")
-        except (SymbolError, ValueError):
+            if info is None or (m["mult"], m["span"]) != ("1", "minute"):
+                raise ValueError("an unknown ticker, or not 1/minute")
+        except ValueError:
             return _json({"status": "ERROR", "request_id": "local",
                           "error": "Could not parse the request: ticker, multiplier/timespan or from/to"}, status=400)
         limit = min(int(q.get("limit", "5000")), 50000)
@@ -368,7 +352,7 @@ class ProviderEndpoints:
         if cursor:
             start = int(base64.urlsafe_b64decode(cursor.encode()).decode())
         bars = self._bars(info, start, end + 1, forming=True)  # `to` is inclusive
-        bars = self.ex.apply_provider_fault(f"polygon:{info.symbol}", bars)
+        bars = self.ex.apply_provider_fault(f"polygon:{info.name}", info.yahoo, bars)
         body: dict[str, object] = {"ticker": ticker, "queryCount": len(bars), "resultsCount": min(len(bars), limit),
                                    "adjusted": True, "status": "OK", "request_id": "local",
                                    "count": min(len(bars), limit)}
@@ -385,7 +369,7 @@ class ProviderEndpoints:
         return _json(body)
 
 
-def _quotes(ex: Exchange, infos: list[SymbolInfo]) -> list[tuple[float, int, int]]:
+def _quotes(ex: Exchange, infos: list[Instrument]) -> list[tuple[float, int, int]]:
     """(price, unix second, day volume) of each symbol's last trade, from the market's quote table."""
     if not infos:
         return []

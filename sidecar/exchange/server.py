@@ -25,7 +25,6 @@ from aiohttp import web
 
 from ..clock import Clock, SystemClock
 from ..symbols import AssetClass
-from ..symbols import lookup as lookup_symbol
 from .market import Market, MinuteBars
 from .providers import Limits, ProviderEndpoints
 
@@ -520,9 +519,10 @@ class Exchange:
         self.outage(seconds, provider)
         return web.json_response({"down_until": self.down_until[provider], "provider": provider})
 
-    def apply_provider_fault(self, key: str, bars: MinuteBars) -> MinuteBars:
-        """A bar fault queued for `provider:SYMBOL`, applied to bars about to be served: the newest
-        closed bar corrupted (its truth then unserved), duplicated, or swapped with the one before."""
+    def apply_provider_fault(self, key: str, yahoo: str, bars: MinuteBars) -> MinuteBars:
+        """A bar fault queued for `provider:NAME` (the provider's own name), applied to bars of the
+        market's `yahoo` symbol about to be served: the newest closed bar corrupted (its truth then
+        unserved), duplicated, or swapped with the one before."""
         fault = self._take_fault(key, PROVIDER_BAR_FAULTS) if self._faults.get(key) else None
         now = int(self.clock.time())
         closed = np.flatnonzero(bars.ts + 60 <= now)
@@ -533,7 +533,6 @@ class Exchange:
             return bars
         i = int(closed[-1])
         b = MinuteBars(*(getattr(bars, f).copy() for f in MinuteBars.__slots__))
-        yahoo = lookup_yahoo(key.partition(":")[2])
         if fault == "duplicate":
             b = MinuteBars(*(np.insert(getattr(b, f), i, getattr(b, f)[i]) for f in MinuteBars.__slots__))
         elif fault == "out_of_order":
@@ -554,8 +553,3 @@ class Exchange:
 
     async def _get_stats(self, request: web.Request) -> web.Response:
         return web.json_response({"requests": dict(self.requests)})
-
-
-def lookup_yahoo(symbol: str) -> str:
-    """The market's (Yahoo) name of a canonical symbol."""
-    return lookup_symbol(symbol).yahoo
