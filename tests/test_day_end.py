@@ -42,6 +42,7 @@ def _day_offsets(day_end: int) -> dict[AssetClass, int]:
     return out
 
 
+@pytest.mark.timeout(360)  # up to two minutes of waiting for the day to end, more on a busy machine
 async def test_the_last_minute_of_the_day_is_stored_final_and_a_revised_bar_is_corrected(
         tmp_path: Path, redis_url: str) -> None:
     now = time.time()
