@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 
 PM2    := node_modules/.bin/pm2
 
-.PHONY: bench-quick run test lint bench exchange system-deps venv pm2 clean
+.PHONY: bench-quick bench-micro run test lint bench exchange system-deps venv pm2 clean
 
 venv: $(STAMP)
 
@@ -64,6 +64,11 @@ bench: venv system-deps
 	$(PY) -m bench.features
 	$(PY) -m bench.quotes --symbols 5000 --seconds 60
 	$(PY) -m bench.soak --symbols 5000 --minutes 10 --scaling 100,1000,20000 --seconds 60
+
+# One benchmark per stage at 5,000 symbols, compared with the previous saved run (not part of CI).
+bench-micro: venv system-deps
+	$(PY) -m pytest bench --benchmark-only --benchmark-autosave --benchmark-compare \
+		-W ignore::pytest_benchmark.logger.PytestBenchmarkWarning -p no:cacheprovider
 
 bench-quick: venv system-deps
 	$(PY) -m pip install -q -r bench/requirements.txt
