@@ -167,7 +167,7 @@ class Backfiller:
         good, rejected = self._checked(result, info)
         stored = await self.sqlite.values_in(info.symbol, self.timeframe, start, end)
         new = [b for b in good if b.ts not in stored]
-        changed = [b for b in good if b.ts in stored and stored[b.ts] != (b.open, b.high, b.low, b.close, b.volume)]
+        changed = [b for b in good if b.ts in stored and stored[b.ts] != b.values]
         got = {b.ts for b in good}
         wanted = set(want.tolist())
         empty = [t for t in wanted if t not in got and t not in rejected]

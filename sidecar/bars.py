@@ -47,6 +47,11 @@ class Bar:
         return bool(int.__and__(self.flags, FORMING))  # int's &, not IntFlag's (1 us per call)
 
     @property
+    def values(self) -> tuple[float, float, float, float, float]:
+        """(open, high, low, close, volume): what a revision compares."""
+        return (self.open, self.high, self.low, self.close, self.volume)
+
+    @property
     def key(self) -> tuple[str, str, int]:
         """The identity of a bar in every store: (symbol, timeframe, ts)."""
         return (self.symbol, self.timeframe, self.ts)

@@ -13,6 +13,7 @@ import pytest
 from sidecar.app import Sidecar
 from sidecar.bars import Bar
 from sidecar.exchange import Exchange
+from sidecar.fetchers import FetchResult
 from sidecar.settings import Settings
 from sidecar.symbols import lookup
 
@@ -129,6 +130,7 @@ async def test_a_one_off_spike_is_held_quarantined_and_the_true_bar_stored(
         app: Sidecar, exchange: Exchange, settings: Settings, redis_server: RedisServer) -> None:
     orch = app.orchestrator
     orch.spike_atr = 15.0
+    orch.settle_s = 0  # the faulted minute is then a new closed bar, not a revision of an unsettled one
     app.features.warm(app.infos, {})  # what start() does (this fixture drives the parts by hand)
     await orch.run_cycle()  # 30 minutes of bars: the ATR is known from here on
     state = orch.states["AAPL"]
@@ -217,3 +219,29 @@ async def test_the_cycle_trace_gets_one_line_per_cycle(settings: Settings, tmp_p
     assert len(records) == 3
     assert records[0]["closed"] >= 25 * len(settings.symbols) and records[1]["fetched"] == len(settings.symbols)
     assert all(r["cycle_s"] >= r["fetch"] + r["redis"] > 0 and r["symbols"] == len(settings.symbols) for r in records)
+
+
+def test_a_revision_that_jumps_is_quarantined_and_one_that_does_not_is_stored(settings: Settings) -> None:
+    """A bar stored while unsettled and then sent again with other values: a small change is a
+    revision, a jump past the spike filter is quarantined like any spike, never stored."""
+    sc = Sidecar(replace(settings, spike_atr=10.0), handle_signals=False)
+    orch = sc.orchestrator
+    t0 = 1_795_400_000 // 60 * 60
+    history = [Bar("BTCUSD", "1m", t0 + 60 * i, 100.0, 100.1, 99.9, 100.0 + (i % 2) * 0.05, 1.0, "t")
+               for i in range(50)]
+    sc.features.warm([lookup("BTCUSD")], {"BTCUSD": history})
+    state = orch.states["BTCUSD"]
+    state.last_closed, state.cursor = history[-1], history[-1].ts
+    state.unsettled = {history[-1].ts: history[-1]}
+    now = history[-1].ts + 62.0  # fetched 2 s after the bar ended: still unsettling
+
+    def answer(close: float) -> FetchResult:
+        last = history[-1]
+        return FetchResult("BTCUSD", "t", [Bar("BTCUSD", "1m", last.ts, last.open, max(last.high, close),
+                                               min(last.low, close), close, 2.0, "t")], provider_time=now)
+
+    _, _, _, revised = orch._accept(state, answer(150.0), now)  # noqa: SLF001 - 200 ATRs away
+    assert revised == [] and sc.metrics.by_label("sidecar_bars_rejected_total", "reason") == {"spike": 1.0}
+    assert state.unsettled[history[-1].ts] == history[-1]  # the stored copy stands, asked for again
+    _, _, _, revised = orch._accept(state, answer(100.06), now)  # noqa: SLF001 - a late print
+    assert [b.close for b in revised] == [100.06] and state.last_closed.close == 100.06

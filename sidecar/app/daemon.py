@@ -20,9 +20,9 @@ from ..bootstrap import Bootstrapper
 from ..clock import Clock, SystemClock
 from ..errors import RedisStoreError, SettingsError, SQLiteStoreError
 from ..features.service import FeatureService
-from ..fetchers import AlphaVantageFetcher, PolygonFetcher, TwelveDataFetcher, YahooFetcher
+from ..fetchers import AlphaVantageFetcher, HttpFetcher, PolygonFetcher, TwelveDataFetcher, YahooFetcher
 from ..metrics import Metrics
-from ..resilience import STATES, CircuitBreaker, RateLimiter, RetryPolicy
+from ..resilience import STATES, RetryPolicy
 from ..scanner import Scanner, parse_rules
 from ..settings import Settings, redact_url
 from ..sources import GuardedSource
@@ -96,20 +96,16 @@ class Sidecar:
                    "alphavantage": (s.alphavantage_rate_per_min, s.alphavantage_rate_per_day)}
         retry = RetryPolicy(attempts=s.fetch_retries)
 
-        def breaker(name: str) -> CircuitBreaker:
-            return CircuitBreaker(name, clock=self.clock, threshold=s.breaker_threshold,
-                                  reset_timeout_s=s.breaker_reset_s,
-                                  on_transition=lambda _old, new: self._breaker_moved(name, new))
+        def guard(f: HttpFetcher) -> GuardedSource:
+            return GuardedSource.build(f, clock=self.clock, metrics=self.metrics, per_minute=budgets[f.name][0],
+                                       per_day=budgets[f.name][1], retry=retry, threshold=s.breaker_threshold,
+                                       reset_timeout_s=s.breaker_reset_s,
+                                       on_transition=lambda _old, new: self._breaker_moved(f.name, new))
 
-        def limiter(name: str) -> RateLimiter:
-            return RateLimiter(clock=self.clock, per_minute=budgets[name][0], per_day=budgets[name][1])
-
-        guarded = [GuardedSource(f, breaker=breaker(f.name), limiter=limiter(f.name), retry=retry,
-                                 metrics=self.metrics, clock=self.clock)
-                   for f in self.fallbacks if f.name in s.sources]
+        guarded = [guard(f) for f in self.fallbacks if f.name in s.sources]
         guarded.sort(key=lambda g: s.sources.index(g.name))
         self.orchestrator = Orchestrator(
-            breaker=breaker(self.fetcher.name), limiter=limiter(self.fetcher.name), retry=retry,
+            primary=guard(self.fetcher),
             fallbacks=guarded, source_order=s.sources, trace=self._trace_cycle if s.cycle_trace else None,
             symbols=self.infos, fetcher=self.fetcher, features=self.features, scanner=self.scanner,
             on_redis_lost=self._schedule_reseed, on_recovered=self._schedule_backfill, stale_after_s=s.stale_after_s,

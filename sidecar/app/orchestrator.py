@@ -78,10 +78,6 @@ class SymbolState:
     ts_gauge: Any = None  # its child of the last-bar-timestamp gauge
 
 
-def _values(bar: Bar) -> tuple[float, float, float, float, float]:
-    return (bar.open, bar.high, bar.low, bar.close, bar.volume)
-
-
 @dataclass(slots=True, frozen=True)
 class CycleReport:
     """What one cycle did."""
@@ -131,6 +127,8 @@ class Orchestrator:
         corrected (a revision) if the source's values moved.
     :param on_rewarm: awaited at the end of a cycle with the symbols whose committed bars were
         revised, to rebuild their features from the corrected history.
+    :param primary: `fetcher` behind its gate, built by the caller (instead of `breaker`,
+        `limiter` and `retry`).
     """
 
     def __init__(self, *, symbols: list[SymbolInfo], fetcher: YahooFetcher, validator: Validator,
@@ -143,7 +141,8 @@ class Orchestrator:
                  spike_atr: float = 0.0, quotes: bool = False, quote_batch: int = 200,
                  catchup_per_cycle: int = 200, fallbacks: Sequence[GuardedSource] = (),
                  source_order: Sequence[str] | None = None, trace: Callable[[dict[str, object]], None] | None = None,
-                 settle_s: float = 5.0, on_rewarm: Callable[[set[str]], Awaitable[object]] | None = None) -> None:
+                 settle_s: float = 5.0, on_rewarm: Callable[[set[str]], Awaitable[object]] | None = None,
+                 primary: GuardedSource | None = None) -> None:
         self.states: dict[str, SymbolState] = {}
         self.quotes = quotes
         self.quote_batch = quote_batch
@@ -170,10 +169,10 @@ class Orchestrator:
         self.ticker = Ticker(clock, period, on_overrun=metrics.cycle_overruns.inc)
         self.lookback_s = lookback_minutes * 60
         self.period = period
-        self.breaker = breaker or CircuitBreaker(fetcher.name, clock=clock)
-        self.limiter = limiter or RateLimiter(clock=clock)
-        self.guarded = GuardedSource(fetcher, breaker=self.breaker, limiter=self.limiter,
-                                     retry=retry or RetryPolicy(), metrics=metrics, clock=clock)
+        self.guarded = primary or GuardedSource(
+            fetcher, breaker=breaker or CircuitBreaker(fetcher.name, clock=clock),
+            limiter=limiter or RateLimiter(clock=clock), retry=retry or RetryPolicy(), metrics=metrics, clock=clock)
+        self.breaker, self.limiter = self.guarded.breaker, self.guarded.limiter
         self.sources = [self.guarded, *fallbacks]  # in order of preference
         if source_order is not None:  # the primary too may be placed later, or left out of fallback
             self.sources = sorted((g for g in self.sources if g.name in source_order),
@@ -621,7 +620,12 @@ class Orchestrator:
                 newest = bar
                 self._accepted(source, "forming").inc()
             elif bar.ts in state.unsettled:
-                if _values(bar) != _values(state.unsettled[bar.ts]):
+                stored = state.unsettled[bar.ts]
+                limit = self._spike_limit(bar.symbol)
+                if bar.values != stored.values and abs(bar.close - stored.close) > limit:
+                    # the spike filter holds for revisions too: a jump is quarantined, never stored
+                    self._quarantine_bar(bar, state, limit / self.spike_atr, "a revision that jumped")
+                elif bar.values != stored.values:
                     revised.append(bar)
                     self.metrics.bars_revised.labels(source, "live").inc()
                     state.unsettled[bar.ts] = bar
@@ -675,13 +679,19 @@ class Orchestrator:
             self.metrics.synthetic_bars.inc(len(out))
         return out
 
+    def _spike_limit(self, symbol: str) -> float:
+        """How far a closed bar's close may move without being held as a spike (inf: no filter,
+        or no ATR yet)."""
+        atr = self.features.book.atr(symbol) if self.features is not None else math.nan
+        return self.spike_atr * atr if self.spike_atr and atr > 0 else math.inf
+
     def _spike_gate(self, state: SymbolState, bar: Bar) -> list[Bar]:
         """The closed bars to accept now, given a new one: a jump of more than `spike_atr` ATRs
         from the previous close waits one bar; the next bar decides whether it was real."""
-        atr = self.features.book.atr(bar.symbol) if self.features is not None else math.nan
-        if not self.spike_atr or not atr > 0:
+        limit = self._spike_limit(bar.symbol)
+        if limit == math.inf:
             return [bar]
-        limit = self.spike_atr * atr
+        atr = limit / self.spike_atr
         out: list[Bar] = []
         held = state.pending
         if held is not None:

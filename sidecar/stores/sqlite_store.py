@@ -183,7 +183,7 @@ class SQLiteStore:
             out = {int(r[0]): tuple(r[1:]) for r in await cur.fetchall()}
         for b in self._buffer.values():
             if b.symbol == symbol and b.timeframe == timeframe and start <= b.ts < end:
-                out[b.ts] = (b.open, b.high, b.low, b.close, b.volume)
+                out[b.ts] = b.values
         return out
 
     async def mark_empty(self, symbol: str, timeframe: str, minutes: list[int]) -> None:
