@@ -169,9 +169,7 @@ async def test_end_of_day_check_verifies_the_session_backfills_and_summarizes(
                 lost.close,)
         assert sc.health()["end_of_day"]["complete_share"] == 1.0
     finally:
-        await sc.fetcher.close()
-        await sc.sqlite.close()
-        await sc.redis.close()
+        await sc.close()
 
 
 async def test_a_bar_revised_after_it_settled_is_repaired_by_the_next_verification(setup: Setup) -> None:

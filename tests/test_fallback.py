@@ -46,11 +46,7 @@ async def rig(tmp_path, redis_url: str) -> AsyncIterator[tuple[Sidecar, Exchange
     for f in sc.fallbacks:
         await f.start()
     yield sc, ex, clock
-    for f in sc.fallbacks:
-        await f.close()
-    await sc.fetcher.close()
-    await sc.sqlite.close()
-    await sc.redis.close()
+    await sc.close()  # the daemon's own order: background tasks stop before the stores close
     await ex.close()
 
 
@@ -244,10 +240,7 @@ async def test_bad_bars_from_any_provider_are_never_stored(tmp_path, redis_url: 
         await _cycles(sc, clock, 70)
         await sc.sqlite.flush()
     finally:
-        for f in sc.fallbacks:
-            await f.close()
-        await sc.sqlite.close()
-        await sc.redis.close()
+        await sc.close()
         await ex.close()
     assert [f["kind"] for f in ex.fault_log] == [fault]
     with sqlite3.connect(s.db_path) as db:

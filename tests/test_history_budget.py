@@ -67,9 +67,7 @@ async def test_history_falls_back_down_the_configured_sources_only(settings: Set
         await sc.sqlite.flush()
         scan = await sc.backfiller.run(infos, days=0.5)
     finally:
-        for f in sc.fallbacks:
-            await f.close()
-        await sc.sqlite.close()
+        await sc.close()
     assert boot.failed == 0 and boot.rows["1m"] > 4 * 1440
     assert scan.gaps == [] and scan.missing_minutes == scan.confirmed_empty
     assert exchange.requests["chart"] == 0  # Yahoo is not configured: never asked

@@ -28,9 +28,7 @@ async def app(settings: Settings) -> AsyncIterator[Sidecar]:
     await sc.redis.start()
     await sc.fetcher.start()
     yield sc
-    await sc.fetcher.close()
-    await sc.sqlite.close()
-    await sc.redis.close()
+    await sc.close()  # the daemon's own order: background tasks stop before the stores close
 
 
 def _db_rows(settings: Settings) -> dict[tuple[str, int], tuple]:
@@ -121,9 +119,7 @@ async def test_redis_down_does_not_stop_the_cycle_or_sqlite(settings: Settings, 
         assert await sc.sqlite.flush() == report.closed > 0
         assert sc.metrics.total("sidecar_redis_errors_total") == 1
     finally:
-        await sc.fetcher.close()
-        await sc.sqlite.close()
-        await sc.redis.close()
+        await sc.close()
 
 
 async def test_a_one_off_spike_is_held_quarantined_and_the_true_bar_stored(
@@ -212,9 +208,7 @@ async def test_the_cycle_trace_gets_one_line_per_cycle(settings: Settings, tmp_p
         for _ in range(3):
             await sc.orchestrator.run_cycle()
     finally:
-        await sc.fetcher.close()
-        await sc.sqlite.close()
-        await sc.redis.close()
+        await sc.close()
     records = [orjson.loads(line) for line in trace.read_bytes().splitlines()]
     assert len(records) == 3
     assert records[0]["closed"] >= 25 * len(settings.symbols) and records[1]["fetched"] == len(settings.symbols)

@@ -156,9 +156,7 @@ async def quotes_app(tmp_path, redis_url: str, manual, request) -> AsyncIterator
     await sc.redis.start()
     await sc.fetcher.start()
     yield sc, ex, clock, settings
-    await sc.fetcher.close()
-    await sc.sqlite.close()
-    await sc.redis.close()
+    await sc.close()  # the daemon's own order: background tasks stop before the stores close
 
 
 async def _run_minutes(sc, clock: ManualClock, seconds: int, each=None) -> None:

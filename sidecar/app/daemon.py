@@ -248,7 +248,7 @@ class Sidecar:
 
     def _schedule_reseed(self) -> None:
         """Redis came back empty (restart, flush, first start): re-seed it in the background."""
-        if self._reseed is None or self._reseed.done():
+        if not self.stopping and (self._reseed is None or self._reseed.done()):
             self._reseed = asyncio.create_task(self._reseed_until_done(), name="redis-reseed")
             self._supervise(self._reseed)
 
