@@ -171,7 +171,7 @@ async def bench_scanner(symbols: int, repeat: int) -> dict[str, tuple[float, flo
     ours, naive = [], []
     with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as url:
         store = RedisStore(url=url, prefix="b", max_connections=4, timeout_s=10, history_len=10, features_ttl_s=3600)
-        await store.write_cycle([], [], [(s, "1m", r) for s, r in zip(names, rows, strict=True)])
+        await store.write_cycle("1m", features=(names, rows))
         for _ in range(repeat):
             t0 = time.perf_counter()
             scanner.evaluate(codec.decode(await store.features(names, "1m")), time.time())

@@ -46,12 +46,13 @@ async def _median_ms(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
 
 
 async def bench_redis(url: str, n: int, repeat: int) -> tuple[float, float, float]:
-    """Our script call vs the same commands in one plain pipeline vs one round trip per command."""
+    """Our round trip (pre-packed RESP, the histories in one EVAL) vs the same commands in one plain
+    pipeline vs one round trip per command."""
     store = RedisStore(url=url, prefix="bench", max_connections=4, timeout_s=5, history_len=5000)
     closed, latest = _bars(n), _bars(n, BarFlag.FORMING)
 
     async def ours() -> None:
-        await store.write_cycle(latest, closed)
+        await store.write_bars(latest, closed)
 
     async def pipelined() -> None:
         pipe = store.client.pipeline(transaction=False)

@@ -4,10 +4,11 @@ slows a stage shows as a ratio against the last saved run before it shows in the
     make bench-micro     (pytest bench --benchmark-only --benchmark-autosave --benchmark-compare)
 
 Stages, in the cycle's order: parse (ten 500-symbol batch quote bodies), build (bar builder),
-validate (the vectorized check of forming bars, the scalar check of a minute's closed bars),
-features (commit of a minute's closed bars, evaluation of every forming bar), encode (feature
-values to Redis values), Redis write (one script call, a real redis-server), scan (decode and
-rules). Not part of CI's pass/fail: timings on a shared machine are for comparing, not asserting.
+validate and gate (the acceptance stage over every forming bar, and over a minute's closed bars
+with the spike gate on), features (commit of a minute's closed bars, evaluation of every forming
+bar), encode (feature values, and bars, to Redis values), Redis write (a second's and a
+minute-closing round trip, a real redis-server), scan (decode and rules). Not part of CI's
+pass/fail: timings on a shared machine are for comparing, not asserting.
 """
 
 from __future__ import annotations
@@ -24,10 +25,15 @@ import pytest
 from sidecar.barbuilder import BarBuilder
 from sidecar.bars import FORMING, Bar
 from sidecar.clock import ManualClock
+from sidecar.cycle.acceptance import Acceptance
+from sidecar.cycle.batch import Batch
+from sidecar.cycle.encode import BarEncoder
+from sidecar.cycle.table import SymbolTable
 from sidecar.features.engine import FeatureConfig
 from sidecar.features.service import FeatureService
 from sidecar.fetchers.base import decode_json
 from sidecar.fetchers.yahoo import parse_quotes
+from sidecar.metrics import Metrics
 from sidecar.scanner import DEFAULT_RULES, Scanner, parse_rules
 from sidecar.stores import RedisStore
 from sidecar.symbols import lookup
@@ -49,6 +55,13 @@ def _bars(minute: int, flags: int = 0) -> list[Bar]:
             for j, s in enumerate(SYMBOLS)]
 
 
+def _batch(minute: int, flags: int = 0) -> Batch:
+    """Every symbol's bar of a minute, as the cycle carries it (slot j = symbol j)."""
+    c = PRICE[minute]
+    return Batch(np.arange(N), np.full(N, T0 + 60 * minute, dtype=np.int64), c, c * 1.001, c * 0.999, c,
+                 np.full(N, 1000.0), np.full(N, flags, dtype=np.int64), np.zeros(N, dtype=np.int16), np.full(N, np.inf))
+
+
 @pytest.fixture(scope="module")
 def features() -> FeatureService:
     """A feature service holding every symbol, warmed from 500 minutes."""
@@ -60,6 +73,12 @@ def features() -> FeatureService:
             histories[bar.symbol].append(bar)
     service.warm(INFOS, histories)
     return service
+
+
+def _update(features: FeatureService, closed: Batch, forming: Batch) -> tuple[np.ndarray, list[bytes]]:
+    cols = features.columns(SYMBOLS, 0)
+    ref_ts = np.full(N, T0 + 60 * 500, dtype=np.int64)
+    return features.update_batch(closed, forming, np.zeros(0, dtype=np.int64), ref_ts, PRICE[499], cols)
 
 
 def test_parse(benchmark) -> None:  # type: ignore[no-untyped-def]
@@ -87,34 +106,55 @@ def test_build(benchmark) -> None:  # type: ignore[no-untyped-def]
     benchmark(build)
 
 
-def test_validate_forming_arrays(benchmark) -> None:  # type: ignore[no-untyped-def]
-    validator = Validator(future_tolerance_s=5)
-    c = PRICE[1]
-    ts = np.full(N, T0 + 60, dtype=np.int64)
-    benchmark(validator.check_arrays, 60, ts, c, c * 1.001, c * 0.999, c, np.full(N, 1000.0),
-              np.full(N, 1e-4), np.full(N, 1e6), T0 + 90.0)
+def _acceptance(spike_atr: float) -> tuple[Acceptance, SymbolTable]:
+    table = SymbolTable({info.asset_class: (1e-4, 1e6) for info in INFOS}, ["yahoo"], capacity=N)
+    for info in INFOS:
+        table.add(info, [])
+    atr = np.full(N, 0.5)
+    return Acceptance(table=table, validator=Validator(future_tolerance_s=5), metrics=Metrics(), step=60, settle_s=5,
+                      spike_atr=spike_atr, atr=lambda slots: atr[slots]), table
 
 
-def test_validate_closed_bars(benchmark) -> None:  # type: ignore[no-untyped-def]
-    validator = Validator(future_tolerance_s=5)
-    bars = _bars(1)
-    benchmark(lambda: [validator.check(b, T0 + 130.0, INFOS[0].asset_class) for b in bars])
+def test_validate_and_gate_forming(benchmark) -> None:  # type: ignore[no-untyped-def]
+    acceptance, table = _acceptance(15.0)
+    batch, answered = _batch(1, FORMING), np.arange(N)
+    benchmark(acceptance.run, batch, answered, T0 + 90.0)
+
+
+def test_validate_and_gate_closed(benchmark) -> None:  # type: ignore[no-untyped-def]
+    """A minute's closed bars: validated, through the cursor and the spike gate (the reference is
+    the previous minute's close), in arrays."""
+    acceptance, table = _acceptance(15.0)
+    minutes = iter(range(1, 600))
+
+    def accept() -> None:
+        m = next(minutes)
+        table.cursor[:N] = T0 + 60 * (m - 1)
+        table.ref_close[:N] = PRICE[m - 1]
+        acceptance.run(_batch(m), np.arange(N), T0 + 60 * m + 70.0)
+
+    benchmark.pedantic(accept, rounds=100, iterations=1)
 
 
 def test_features_commit_a_minute(benchmark, features: FeatureService) -> None:  # type: ignore[no-untyped-def]
     minutes = iter(range(500, 600))
-    benchmark.pedantic(lambda: features.update(_bars(next(minutes)), []), rounds=50, iterations=1)
+    empty = Batch.empty()
+    benchmark.pedantic(lambda: _update(features, _batch(next(minutes)), empty), rounds=50, iterations=1)
 
 
 def test_features_forming(benchmark, features: FeatureService) -> None:  # type: ignore[no-untyped-def]
-    forming = _bars(599, FORMING)
-    benchmark(features.update, [], forming)
+    benchmark(_update, features, Batch.empty(), _batch(599, FORMING))
 
 
-def test_encode(benchmark, features: FeatureService) -> None:  # type: ignore[no-untyped-def]
+def test_encode_features(benchmark, features: FeatureService) -> None:  # type: ignore[no-untyped-def]
     values = features.book.values(SYMBOLS)
     benchmark(features.codec.encode, ts=np.full(N, T0, dtype=np.int64), close=PRICE[0],
               provisional=np.ones(N, dtype=bool), updated=float(T0), values=values)
+
+
+def test_encode_bars(benchmark) -> None:  # type: ignore[no-untyped-def]
+    encoder = BarEncoder("1m")
+    benchmark(encoder.encode, _batch(599, FORMING), SYMBOLS, ["yahoo"])
 
 
 @pytest.fixture(scope="module")
@@ -123,21 +163,31 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
-def test_redis_write(benchmark, redis_url: str, features: FeatureService) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("closing", [False, True], ids=["second", "minute_close"])
+def test_redis_write(benchmark, redis_url: str, features: FeatureService, closing: bool) -> None:  # type: ignore[no-untyped-def]
+    """A second's write (newest bar and features of every symbol), and a minute-closing one
+    (also every symbol's closed bar into its history)."""
     loop = asyncio.new_event_loop()
     store = RedisStore(url=redis_url, prefix="bench", max_connections=4, timeout_s=5, history_len=500)
-    latest, closed = _bars(599, FORMING), _bars(598)
-    rows = features.update([], latest)
+    encoder = BarEncoder("1m")
+    latest = encoder.encode(_batch(599, FORMING), SYMBOLS, ["yahoo"])
+    closed = encoder.encode(_batch(598), SYMBOLS, ["yahoo"]) if closing else []
+    _slots, rows = _update(features, Batch.empty(), _batch(599, FORMING))
+    history = (SYMBOLS, [T0 + 60 * 598] * N, closed) if closing else ((), (), ())
+
+    def write() -> None:
+        loop.run_until_complete(store.write_cycle("1m", latest=(SYMBOLS, latest), features=(SYMBOLS, rows),
+                                                  history=history, now=float(T0)))
+
     try:
-        benchmark(lambda: loop.run_until_complete(store.write_cycle(latest, closed, rows)))
+        benchmark(write)
     finally:
         loop.run_until_complete(store.close())
         loop.close()
 
 
 def test_scan(benchmark, features: FeatureService) -> None:  # type: ignore[no-untyped-def]
-    rows = features.update([], _bars(599, FORMING))
-    raws = [value for _, _, value in rows]
+    _slots, raws = _update(features, Batch.empty(), _batch(599, FORMING))
     scanner = Scanner(symbols=SYMBOLS, broker_symbols=SYMBOLS, codec=features.codec,
                       rules=parse_rules(DEFAULT_RULES, features.book.outputs), max_age_s=1e9)
     benchmark(lambda: scanner.evaluate(features.codec.decode(raws), float(T0)))

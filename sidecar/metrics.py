@@ -52,8 +52,6 @@ class Metrics:
         self.signals = Counter("sidecar_signals", "Signals published", ["rule"], registry=r)
         self.features_stale = Gauge("sidecar_features_stale", "Symbols whose features were stale at the last scan",
                                     registry=r)
-        self.last_bar_ts = Gauge("sidecar_symbol_last_bar_timestamp_seconds", "Open of the newest bar",
-                                 ["symbol"], registry=r)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -182,7 +182,7 @@ async def test_a_symbol_is_dead_lettered_only_when_every_source_fails(rig, redis
 async def test_quotes_fall_back_to_polygons_snapshot_while_yahoo_is_down(rig) -> None:
     sc, ex, clock = rig
     orch = sc.orchestrator
-    orch.quotes = True
+    orch.sourcing.quotes = True
     ex.providers.limits["polygon"] = Limits(per_minute=600)
     for g in orch.sources:
         if g.name == "polygon":

@@ -46,7 +46,7 @@ async def test_bootstrap_gap_scan_and_live_loop_share_one_budget(settings: Setti
     # The live loop ran every cycle and was never refused a request; history waited instead.
     assert cycles >= elapsed // 15
     assert sc.metrics.total("sidecar_fetch_skipped_total", source="yahoo", reason="rate_limit") == 0
-    assert sc.orchestrator.limiter.refused == 0
+    assert sc.orchestrator.guarded.limiter.refused == 0
     # History did go through this budget: the windows it fetched are in the exchange's log.
     history = [(sym, a, b) for sym, a, b in exchange.chart_log if b - a > 3600]
     assert len(history) >= 3 and sc.backfiller.last is not None

@@ -7,13 +7,16 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import msgpack
+import numpy as np
 import orjson
 import pytest
 
 from sidecar.app import Sidecar
 from sidecar.bars import Bar
+from sidecar.cycle.acceptance import Accepted
+from sidecar.cycle.batch import Batch
+from sidecar.cycle.gapfill import fill_gaps
 from sidecar.exchange import Exchange
-from sidecar.fetchers import FetchResult
 from sidecar.settings import Settings
 from sidecar.symbols import lookup
 
@@ -105,7 +108,7 @@ async def test_a_transient_error_is_retried_within_the_cycle(app: Sidecar, excha
     report = await app.orchestrator.run_cycle()
     assert report.failed == 0  # both came through on their second try
     assert app.metrics.total("sidecar_fetch_retries_total", source="yahoo") == 2
-    assert app.orchestrator.breaker.state == "closed"
+    assert app.orchestrator.guarded.breaker.state == "closed"
 
 
 async def test_redis_down_does_not_stop_the_cycle_or_sqlite(settings: Settings, exchange: Exchange, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -125,8 +128,8 @@ async def test_redis_down_does_not_stop_the_cycle_or_sqlite(settings: Settings, 
 async def test_a_one_off_spike_is_held_quarantined_and_the_true_bar_stored(
         app: Sidecar, exchange: Exchange, settings: Settings, redis_server: RedisServer) -> None:
     orch = app.orchestrator
-    orch.spike_atr = 15.0
-    orch.settle_s = 0  # the faulted minute is then a new closed bar, not a revision of an unsettled one
+    orch.acceptance.spike_atr = 15.0
+    orch.acceptance.settle_s = 0  # the faulted minute is then a new closed bar, not a revision of an unsettled one
     app.features.warm(app.infos, {})  # what start() does (this fixture drives the parts by hand)
     await orch.run_cycle()  # 30 minutes of bars: the ATR is known from here on
     state = orch.states["AAPL"]
@@ -145,29 +148,49 @@ async def test_a_one_off_spike_is_held_quarantined_and_the_true_bar_stored(
     assert entry["ts"] == fault["ts"] and entry["close"] == fault["values"][3] and "corrected" in entry["why"]
 
 
+def _accept(sc: Sidecar, bars: list[Bar], known_at: float = float("inf")) -> Accepted:
+    """One symbol's bars through the acceptance stage, as a cycle would pass them."""
+    table = sc.orchestrator.table
+    slot = table.slot_of[bars[0].symbol]
+    batch = Batch.concat([Batch.from_bars([b], slot, table.source_code(b.source), known_at) for b in bars])
+    now = max(b.ts for b in bars) + 120.0
+    return sc.orchestrator.acceptance.run(batch.sorted(), np.array([slot]), now)
+
+
+def _closes(accepted: Accepted) -> list[float]:
+    return accepted.closed.close.tolist()
+
+
+def _reference(sc: Sidecar, bar: Bar) -> None:
+    """The symbol's newest accepted closed bar is `bar` (what earlier cycles left)."""
+    table = sc.orchestrator.table
+    slot = table.slot_of[bar.symbol]
+    table.cursor[slot], table.ref_ts[slot], table.ref_close[slot] = bar.ts, bar.ts, bar.close
+
+
 def test_the_next_bar_decides_whether_a_jump_was_real(settings: Settings) -> None:
     sc = Sidecar(replace(settings, spike_atr=10.0), handle_signals=False)
-    orch = sc.orchestrator
     t0 = 1_795_400_000 // 60 * 60
     history = [Bar("BTCUSD", "1m", t0 + 60 * i, 100.0, 100.1, 99.9, 100.0 + (i % 2) * 0.05, 1.0, "t")
                for i in range(50)]
     sc.features.warm([lookup("BTCUSD")], {"BTCUSD": history})
-    state = orch.states["BTCUSD"]
-    state.last_closed = history[-1]
+    _reference(sc, history[-1])
     atr = sc.features.book.atr("BTCUSD")
     assert 0.1 < atr < 0.3
 
     def bar(i: int, close: float) -> Bar:
         return Bar("BTCUSD", "1m", t0 + 60 * (50 + i), close, close + 0.05, close - 0.05, close, 1.0, "t")
 
+    state = sc.orchestrator.states["BTCUSD"]
     jump, stays = bar(0, 110.0), bar(1, 110.2)  # +50 ATR, and the market stays there: real
-    assert orch._spike_gate(state, jump) == []  # noqa: SLF001 - held
-    assert orch._spike_gate(state, stays) == [jump, stays]  # noqa: SLF001 - confirmed, in order
+    assert _closes(_accept(sc, [jump])) == [] and state.pending == jump  # held
+    assert _closes(_accept(sc, [stays])) == [110.0, 110.2]  # confirmed, in order
     spike, back = bar(2, 150.0), bar(3, 110.1)  # a lone print 200 ATR away, then back: a spike
-    assert orch._spike_gate(state, spike) == []  # noqa: SLF001
-    assert orch._spike_gate(state, back) == [back]  # noqa: SLF001 - the spike stays out
+    assert _closes(_accept(sc, [spike])) == []
+    out = _accept(sc, [back])
+    assert _closes(out) == [110.1] and out.quarantine[0]["close"] == 150.0  # the spike stays out
     assert sc.metrics.by_label("sidecar_bars_rejected_total", "reason") == {"spike": 1.0}
-    assert sc.metrics.by_label("sidecar_bars_accepted_total", "kind") == {"spike_confirmed": 1.0}
+    assert sc.metrics.by_label("sidecar_bars_accepted_total", "kind") == {"spike_confirmed": 1.0, "closed": 3.0}
 
 
 def test_missing_minutes_inside_a_session_are_filled_flat_and_flagged_never_across_a_close(app: Sidecar) -> None:
@@ -175,27 +198,31 @@ def test_missing_minutes_inside_a_session_are_filled_flat_and_flagged_never_acro
 
     from sidecar.bars import BarFlag
 
-    orch = app.orchestrator
-    aapl = orch.states["AAPL"]
+    table = app.orchestrator.table
 
     def at(text: str) -> int:  # New York wall time on Monday 2026-11-23
         return int(dt.datetime.fromisoformat(f"2026-11-23 {text}-05:00").timestamp())
 
-    def bar(ts: int, close: float) -> Bar:
-        return Bar("AAPL", "1m", ts, close, close + 1, close - 1, close, 10.0, "yahoo")
+    def fill(bars: list[tuple[int, float]]) -> list[Bar]:
+        """Gap fill between consecutive bars of AAPL: the first is the one before the cycle."""
+        slot = table.slot_of["AAPL"]
+        before_ts, before_close = np.full(len(table.active), -1, dtype=np.int64), np.full(len(table.active), np.nan)
+        before_ts[slot], before_close[slot] = bars[0]
+        rows = Batch.concat([Batch.from_bars([Bar("AAPL", "1m", ts, c, c + 1, c - 1, c, 10.0, "yahoo")], slot, 0, 0.0)
+                             for ts, c in bars[1:]])
+        return fill_gaps(rows, before_ts, before_close, table.asset_class, 60).bars(table.symbols, table.source_names)
 
-    inside = orch._fill_gaps(aapl, [bar(at("10:00"), 100.0), bar(at("10:03"), 101.0), bar(at("10:04"), 102.0)])  # noqa: SLF001
+    inside = fill([(at("10:00"), 100.0), (at("10:03"), 101.0), (at("10:04"), 102.0)])
     assert [(b.ts, b.open, b.high, b.low, b.close, b.volume) for b in inside] == [
         (at("10:01"), 100.0, 100.0, 100.0, 100.0, 0.0), (at("10:02"), 100.0, 100.0, 100.0, 100.0, 0.0)]
     assert all(b.flags & BarFlag.SYNTHETIC and not b.forming for b in inside)
     # Friday's last minute to Monday's open, and Monday's close to Tuesday: the market was closed
     friday_close = at("15:59") - 3 * 86400
-    assert orch._fill_gaps(aapl, [bar(friday_close, 100.0), bar(at("09:30"), 101.0)]) == []  # noqa: SLF001
-    assert orch._fill_gaps(aapl, [bar(at("15:58"), 100.0), bar(at("09:31") + 86400, 101.0)]) == []  # noqa: SLF001
+    assert fill([(friday_close, 100.0), (at("09:30"), 101.0)]) == []
+    assert fill([(at("15:58"), 100.0), (at("09:31") + 86400, 101.0)]) == []
     # Thanksgiving's early close (13:00 on Friday 2026-11-27): nothing after it
     early = int(dt.datetime.fromisoformat("2026-11-27 12:58-05:00").timestamp())
-    assert orch._fill_gaps(aapl, [bar(early, 100.0), bar(early + 86400 * 3 + 9000, 101.0)]) == []  # noqa: SLF001
-    assert app.metrics.total("sidecar_synthetic_bars_total") == 2
+    assert fill([(early, 100.0), (early + 86400 * 3 + 9000, 101.0)]) == []
 
 
 async def test_the_cycle_trace_gets_one_line_per_cycle(settings: Settings, tmp_path) -> None:
@@ -219,23 +246,21 @@ def test_a_revision_that_jumps_is_quarantined_and_one_that_does_not_is_stored(se
     """A bar stored while unsettled and then sent again with other values: a small change is a
     revision, a jump past the spike filter is quarantined like any spike, never stored."""
     sc = Sidecar(replace(settings, spike_atr=10.0), handle_signals=False)
-    orch = sc.orchestrator
     t0 = 1_795_400_000 // 60 * 60
     history = [Bar("BTCUSD", "1m", t0 + 60 * i, 100.0, 100.1, 99.9, 100.0 + (i % 2) * 0.05, 1.0, "t")
                for i in range(50)]
     sc.features.warm([lookup("BTCUSD")], {"BTCUSD": history})
-    state = orch.states["BTCUSD"]
-    state.last_closed, state.cursor = history[-1], history[-1].ts
+    _reference(sc, history[-1])
+    state = sc.orchestrator.states["BTCUSD"]
     state.unsettled = {history[-1].ts: history[-1]}
     now = history[-1].ts + 62.0  # fetched 2 s after the bar ended: still unsettling
 
-    def answer(close: float) -> FetchResult:
+    def answer(close: float) -> Bar:
         last = history[-1]
-        return FetchResult("BTCUSD", "t", [Bar("BTCUSD", "1m", last.ts, last.open, max(last.high, close),
-                                               min(last.low, close), close, 2.0, "t")], provider_time=now)
+        return Bar("BTCUSD", "1m", last.ts, last.open, max(last.high, close), min(last.low, close), close, 2.0, "t")
 
-    _, _, _, revised = orch._accept(state, answer(150.0), now)  # noqa: SLF001 - 200 ATRs away
-    assert revised == [] and sc.metrics.by_label("sidecar_bars_rejected_total", "reason") == {"spike": 1.0}
+    out = _accept(sc, [answer(150.0)], known_at=now)  # 200 ATRs away
+    assert out.revised == [] and sc.metrics.by_label("sidecar_bars_rejected_total", "reason") == {"spike": 1.0}
     assert state.unsettled[history[-1].ts] == history[-1]  # the stored copy stands, asked for again
-    _, _, _, revised = orch._accept(state, answer(100.06), now)  # noqa: SLF001 - a late print
-    assert [b.close for b in revised] == [100.06] and state.last_closed.close == 100.06
+    out = _accept(sc, [answer(100.06)], known_at=now)  # a late print
+    assert [b.close for b in out.revised] == [100.06] and state.last_closed_close == 100.06

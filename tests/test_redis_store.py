@@ -36,7 +36,7 @@ async def test_latest_and_history_are_msgpack_maps_under_documented_keys(
         store: RedisStore, redis_server: RedisServer) -> None:
     closed = [_bar(i) for i in range(3)]
     forming = _bar(3, flags=BarFlag.FORMING)
-    await store.write_cycle([forming], closed)
+    await store.write_bars([forming], closed)
     with redis_server.client() as c:
         raw_latest = msgpack.unpackb(c.get("t:{AAPL}:bar:1m"))
         members = c.zrange("t:{AAPL}:bars:1m", 0, -1, withscores=True)
@@ -49,7 +49,7 @@ async def test_latest_and_history_are_msgpack_maps_under_documented_keys(
 
 
 async def test_history_is_range_queryable_by_time_and_capped(store: RedisStore) -> None:
-    await store.write_cycle([], [_bar(i) for i in range(80)])
+    await store.write_bars([], [_bar(i) for i in range(80)])
     got = await store.history("AAPL", "1m", T0 + 60 * 40, T0 + 60 * 44, limit=100)
     assert [b.ts for b in got] == [T0 + 60 * i for i in range(40, 45)]
     everything = await store.history("AAPL", "1m", 0, 2**40, limit=1000)
@@ -60,35 +60,41 @@ async def test_history_is_range_queryable_by_time_and_capped(store: RedisStore) 
 
 async def test_rewrites_are_idempotent_and_a_revised_bar_replaces_the_old_copy(store: RedisStore) -> None:
     bars = [_bar(i) for i in range(5)]
-    await store.write_cycle([bars[-1]], bars)
-    await store.write_cycle([bars[-1]], bars)  # what redis-py does when it re-sends a pipeline
+    await store.write_bars([bars[-1]], bars)
+    await store.write_bars([bars[-1]], bars)  # what redis-py does when it re-sends a pipeline
     revised = replace(bars[2], close=10.0)
-    await store.write_cycle([], [revised])
+    await store.write_bars([], [revised])
     got = await store.history("AAPL", "1m", 0, 2**40, limit=100)
     assert [b.ts for b in got] == [b.ts for b in bars]
     assert got[2] == revised
 
 
-async def test_a_cycle_for_many_symbols_is_one_script_call(store: RedisStore, redis_server: RedisServer) -> None:
+async def test_a_cycle_for_many_symbols_is_one_round_trip_and_one_history_call(
+        store: RedisStore, redis_server: RedisServer) -> None:
     symbols = [f"S{i}" for i in range(300)]
-    await store.write_cycle([_bar(0, s) for s in symbols], [_bar(0, s) for s in symbols])  # loads the script
+    await store.write_bars([_bar(0, s) for s in symbols], [_bar(0, s) for s in symbols])
 
-    def evalsha_calls(c: redis.Redis) -> int:
-        return c.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    def calls(c: redis.Redis) -> dict[str, int]:
+        return {k: v["calls"] for k, v in c.info("commandstats").items()}
 
     with redis_server.client() as c:
-        before = evalsha_calls(c)
-        result = await store.write_cycle([_bar(1, s) for s in symbols], [_bar(1, s) for s in symbols])
-        assert result.written == 600 and evalsha_calls(c) == before + 1
+        before = calls(c)
+        result = await store.write_bars([_bar(1, s) for s in symbols], [_bar(1, s) for s in symbols])
+        after = calls(c)
+        assert result.written == 600
+        # the newest bars in one MSET, the histories in one EVAL, the symbols set not again
+        assert after["cmdstat_mset"] - before["cmdstat_mset"] == 1
+        assert after["cmdstat_eval"] - before.get("cmdstat_eval", 0) == 1
+        assert after["cmdstat_sadd"] == before["cmdstat_sadd"]
         assert c.zcard("t:{S299}:bars:1m") == 2 and c.scard("t:symbols") == 300
 
 
 async def test_a_write_tells_when_redis_lost_its_data(store: RedisStore, redis_server: RedisServer) -> None:
-    assert (await store.write_cycle([_bar(1)], [])).fresh  # the first write into this (flushed) Redis
-    assert not (await store.write_cycle([_bar(2)], [])).fresh
+    assert (await store.write_bars([_bar(1)], [])).fresh  # the first write into this (flushed) Redis
+    assert not (await store.write_bars([_bar(2)], [])).fresh
     with redis_server.client() as c:
         c.flushall()  # what a restart without persistence looks like
-    assert (await store.write_cycle([_bar(3)], [])).fresh
+    assert (await store.write_bars([_bar(3)], [])).fresh
 
 
 async def test_redis_down_is_a_store_error_within_the_timeout(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -97,24 +103,26 @@ async def test_redis_down_is_a_store_error_within_the_timeout(tmp_path) -> None:
     assert not await s.start()
     t0 = time.monotonic()
     with pytest.raises(RedisStoreError):
-        await s.write_cycle([_bar(1)], [_bar(1)])
+        await s.write_bars([_bar(1)], [_bar(1)])
     assert time.monotonic() - t0 < 2.0
     await s.close()
 
 
-async def test_thousands_of_symbols_in_one_cycle_all_land_and_features_expire(
+async def test_thousands_of_symbols_in_one_cycle_all_land_and_the_heartbeat_expires(
         store: RedisStore, redis_server: RedisServer) -> None:
-    # more than one chunk of the script's variadic MSET and SADD (2,000 list elements each)
     names = [f"S{i:04d}" for i in range(2_345)]
     latest = [_bar(1, symbol=s, flags=BarFlag.FORMING) for s in names]
-    features = [(s, "1m", s.encode()) for s in names]
-    result = await store.write_cycle(latest, [], features)
-    assert result.written == 2 * len(names)
+    await store.write_bars(latest, [])
+    result = await store.write_cycle("1m", features=(names, [s.encode() for s in names]), now=123.5,
+                                     quiet=["S0001"])
+    assert result.written == len(names)
     with redis_server.client() as c:
         assert c.smembers("t:symbols") == {s.encode() for s in names}
         bars = c.mget([f"t:{{{s}}}:bar:1m" for s in names])
         assert [msgpack.unpackb(b)["symbol"] for b in bars] == names
-        assert c.mget([f"t:{{{s}}}:features:1m" for s in names]) == [s.encode() for s in names]
-        ttls = {c.pttl(f"t:{{{s}}}:features:1m") for s in names}
-        assert all(0 < t <= 2000 for t in ttls)
-        assert c.pttl(f"t:{{{names[0]}}}:bar:1m") == -1  # bars do not expire
+        # a quiet symbol's features are removed in the same write
+        assert c.mget([f"t:{{{s}}}:features:1m" for s in names]) == [
+            None if s == "S0001" else s.encode() for s in names]
+        # freshness: each value carries its `updated` time; the heartbeat says the writer lives
+        assert c.get("t:heartbeat") == b"123.500" and 0 < c.pttl("t:heartbeat") <= 2000
+        assert c.pttl(f"t:{{{names[0]}}}:bar:1m") == -1 and c.pttl(f"t:{{{names[0]}}}:features:1m") == -1

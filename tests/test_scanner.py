@@ -46,13 +46,13 @@ class Harness:
             for name, x in {**NEUTRAL, **fields}.items():
                 if name != "close":  # the bar's close travels beside the outputs
                     values[OUTPUTS.index(name), j] = x
-        writes = []
+        writes: list[bytes] = []
         for j, sym in enumerate(rows):
             stamp = (updated or {}).get(sym, now)
             (row,) = self.codec.encode(np.array([1_799_999_940]), np.array([rows[sym].get("close", close)]),
                                        np.array([True]), stamp, values[:, j:j + 1])
-            writes.append((sym, "1m", row))
-        await self.store.write_cycle([], [], writes)
+            writes.append(row)
+        await self.store.write_cycle("1m", features=(list(rows), writes), now=now)
         frame = self.codec.decode(await self.store.features(SYMBOLS, "1m"))
         result = self.scanner.evaluate(frame, now)
         signals = [s.as_map() for s in result.signals]

@@ -35,7 +35,7 @@ async def _running(settings: Settings, **changes: object) -> Sidecar:
 async def test_breaker_opens_probes_once_per_reset_and_closes_with_nothing_lost(
         settings: Settings, exchange: Exchange) -> None:
     sc = await _running(settings, breaker_threshold=3, breaker_reset_s=1.0, flush_interval_s=0.5)
-    breaker = sc.orchestrator.breaker
+    breaker = sc.orchestrator.guarded.breaker
     moves: list[tuple[str, int]] = []  # (new state, requests the exchange had seen at that moment)
     keep = breaker.on_transition
     breaker.on_transition = lambda old, new: (moves.append((new, exchange.requests["chart"])), keep(old, new))
@@ -70,14 +70,14 @@ async def test_retry_after_is_honoured(settings: Settings, exchange: Exchange) -
     sc = await _running(settings)
     try:
         exchange.inject("MSFT", "http_429_retry_after")
-        await wait_until(lambda: sc.orchestrator.limiter.blocked_until > 0, 15, "the source blocked")
+        await wait_until(lambda: sc.orchestrator.guarded.limiter.blocked_until > 0, 15, "the source blocked")
         hit = time.time()
         await wait_until(lambda: any(t > hit + RETRY_AFTER_S - 0.1 for t in exchange.request_times), 30,
                          "requests again after Retry-After")
         quiet = [t for t in exchange.request_times if hit + 0.05 < t < hit + RETRY_AFTER_S - 0.1]
         assert quiet == []  # no request to the source while it asked us to wait
         assert any(t > hit + RETRY_AFTER_S - 0.1 for t in exchange.request_times)  # and then we are back
-        assert sc.orchestrator.breaker.state == "closed"  # a 429 is not an outage
+        assert sc.orchestrator.guarded.breaker.state == "closed"  # a 429 is not an outage
     finally:
         await sc.close()
 

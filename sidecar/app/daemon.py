@@ -107,7 +107,7 @@ class Sidecar:
         self.orchestrator = Orchestrator(
             primary=guard(self.fetcher),
             fallbacks=guarded, source_order=s.sources, trace=self._trace_cycle if s.cycle_trace else None,
-            symbols=self.infos, fetcher=self.fetcher, features=self.features, scanner=self.scanner,
+            symbols=self.infos, features=self.features, scanner=self.scanner,
             on_redis_lost=self._schedule_reseed, on_recovered=self._schedule_backfill, stale_after_s=s.stale_after_s,
             spike_atr=s.spike_atr, quotes=s.live_mode == "quotes", quote_batch=s.quote_batch,
             catchup_per_cycle=s.catchup_per_cycle,
@@ -238,7 +238,7 @@ class Sidecar:
     async def _backfilled(self, bars: list[Bar]) -> None:
         """Backfilled bars also go into Redis's history (best effort: SQLite has them)."""
         try:
-            await self.redis.write_cycle([], bars)
+            await self.redis.write_bars(closed=bars)
         except RedisStoreError as exc:
             log.warning("backfilled bars not written to redis: %s", exc)
 
@@ -270,17 +270,17 @@ class Sidecar:
         SQLite and the unflushed buffer; the features come back with the next cycle."""
         t0, total = self.clock.monotonic(), 0
         # A symbol without a new bar this minute (no trades yet) would otherwise stay missing.
-        newest = [st.latest for st in self.orchestrator.states.values() if st.latest is not None]
+        newest = self.orchestrator.latest_bars()
         # In chunks, like the history below: one call for 20,000 symbols outlasted SIDECAR_REDIS_TIMEOUT_S.
         for i in range(0, len(newest), RESEED_CHUNK):
-            await self.redis.write_cycle(newest[i:i + RESEED_CHUNK], [])
+            await self.redis.write_bars(latest=newest[i:i + RESEED_CHUNK])
         symbols = list(self.symbols)
         for i in range(0, len(symbols), 100):
             chunk = symbols[i:i + 100]
             stored = await self.sqlite.recent(chunk, TIMEFRAME, self.settings.redis_history_len)
             bars = [b for sym in chunk for b in stored[sym]] + self.sqlite.buffered_bars(set(chunk))
             for j in range(0, len(bars), RESEED_CHUNK):
-                await self.redis.write_cycle([], bars[j:j + RESEED_CHUNK])
+                await self.redis.write_bars(closed=bars[j:j + RESEED_CHUNK])
             total += len(bars)
         self.reseeds += 1
         self.reseeded_at = self.clock.time()

@@ -38,6 +38,7 @@ class FeatureBook:
         self.timeframe = timeframe
         self.bar_seconds = timeframe_seconds(timeframe)
         self.slots: dict[str, int] = {}
+        self.version = 0  # changes whenever a symbol is added, re-warmed or removed
         self._atr_row = self.outputs.index(f"atr_{self.config.atr}")
         self._free: list[int] = []
         self._grow_tables(capacity)
@@ -80,13 +81,14 @@ class FeatureBook:
             # right-aligned: every symbol's newest bar lands on the last step
             present = [(j, s[len(s) - depth + k]) for j, s in enumerate(series) if len(s) - depth + k >= 0]
             cols = np.array([j for j, _ in present], dtype=np.int64)
-            bars = [b for _, b in present]
-            arrays, mask, ts, sessions = self._arrays(bars, cols, codes, len(infos), last_session)
+            arrays, mask, ts, sessions = self._inputs(cols, _columns([b for _, b in present]), codes, len(infos),
+                                                      last_session)
             scratch.step(arrays, mask)
             last_ts[cols], last_session[cols] = ts, sessions
         slots = np.array([self._slot_for(i) for i in infos], dtype=np.int64)
         self.engine.copy_slots(scratch, np.arange(len(infos)), slots)
         self.last_ts[slots], self.last_session[slots], self.slot_class[slots] = last_ts, last_session, codes
+        self.version += 1
 
     def remove(self, symbol: str) -> None:
         """Forget a symbol and free its slot."""
@@ -94,6 +96,7 @@ class FeatureBook:
         self.engine.reset(np.array([slot]))
         self.last_ts[slot] = self.last_session[slot] = -1
         self._free.append(slot)
+        self.version += 1
 
     def _slot_for(self, info: SymbolInfo) -> int:
         if info.symbol in self.slots:
@@ -115,32 +118,45 @@ class FeatureBook:
 
     def commit(self, bars: Iterable[Bar]) -> list[str]:
         """Commit closed bars (any order, any symbols in the book); return the symbols updated."""
-        per_symbol: dict[str, list[Bar]] = {}
-        for bar in bars:
-            slot = self.slots.get(bar.symbol)
-            if slot is not None and bar.ts > self.last_ts[slot]:
-                per_symbol.setdefault(bar.symbol, []).append(bar)
-        if not per_symbol:
-            return []
-        queues = [(self.slots[sym], sorted(bs, key=lambda b: b.ts)) for sym, bs in per_symbol.items()]
-        depth = max(len(q) for _, q in queues)
-        for k in range(depth):
-            present = [(slot, q[k]) for slot, q in queues if len(q) > k]
-            cols = np.array([slot for slot, _ in present], dtype=np.int64)
-            arrays, mask, ts, sessions = self._arrays([b for _, b in present], cols, self.slot_class,
-                                                      self.engine.capacity, self.last_session)
+        known = [b for b in bars if b.symbol in self.slots]
+        cols = np.array([self.slots[b.symbol] for b in known], dtype=np.int64)
+        done = set(self.commit_columns(cols, _columns(known)).tolist())
+        return list(dict.fromkeys(b.symbol for b in known if self.slots[b.symbol] in done))
+
+    def commit_columns(self, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Commit closed bars given as slots and a (6, n) array of open, high, low, close,
+        volume, ts (any order); a bar at or before its slot's last committed bar is skipped.
+        Returns the slots updated. One engine step per bar depth, masked to the slots that have
+        a bar at that depth."""
+        new = values[5].astype(np.int64) > self.last_ts[cols]
+        cols, values = cols[new], values[:, new]
+        if not len(cols):
+            return cols
+        order = np.lexsort((values[5], cols))
+        cols, values = cols[order], values[:, order]
+        first = np.flatnonzero(np.append(True, cols[1:] != cols[:-1]))
+        depth = np.arange(len(cols)) - np.repeat(first, np.diff(np.append(first, len(cols))))
+        for k in range(int(depth.max()) + 1):
+            at = depth == k
+            arrays, mask, ts, sessions = self._inputs(cols[at], values[:, at], self.slot_class, self.engine.capacity,
+                                                      self.last_session)
             self.engine.step(arrays, mask)
-            self.last_ts[cols], self.last_session[cols] = ts, sessions
-        return list(per_symbol)
+            self.last_ts[cols[at]], self.last_session[cols[at]] = ts, sessions
+        return cols[first]
 
     def peek(self, bars: Sequence[Bar]) -> tuple[list[str], np.ndarray]:
         """Provisional values for forming bars (one per symbol): (symbols, (outputs, symbols))."""
         known = [b for b in bars if b.symbol in self.slots]
-        if not known:
-            return [], np.empty((len(self.outputs), 0))
         cols = np.array([self.slots[b.symbol] for b in known], dtype=np.int64)
-        arrays, _, _, _ = self._arrays(known, cols, self.slot_class, self.engine.capacity, self.last_session)
-        return [b.symbol for b in known], self.engine.peek(arrays)[:, cols]
+        return [b.symbol for b in known], self.peek_columns(cols, _columns(known))
+
+    def peek_columns(self, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Provisional values (outputs, n) for forming bars at distinct slots, given as for
+        `commit_columns`; nothing is committed."""
+        if not len(cols):
+            return np.empty((len(self.outputs), 0))
+        arrays, _, _, _ = self._inputs(cols, values, self.slot_class, self.engine.capacity, self.last_session)
+        return self.engine.peek(arrays)[:, cols]
 
     def atr(self, symbol: str) -> float:
         """The symbol's committed ATR (NaN while warming up or unknown)."""
@@ -151,13 +167,17 @@ class FeatureBook:
         """The committed values of some symbols, (outputs, symbols)."""
         return self.engine.out[:, [self.slots[s] for s in symbols]]
 
-    def _arrays(self, bars: Sequence[Bar], cols: np.ndarray, codes: np.ndarray, width: int,
+    def atr_columns(self, cols: np.ndarray) -> np.ndarray:
+        """The committed ATR of some slots (NaN while warming up; -1: no slot, NaN)."""
+        atr = self.engine.out[self._atr_row, np.maximum(cols, 0)]
+        return np.where(cols >= 0, atr, np.nan)
+
+    def _inputs(self, cols: np.ndarray, values: np.ndarray, codes: np.ndarray, width: int,
                 last_session: np.ndarray) -> tuple[Bars, np.ndarray, np.ndarray, np.ndarray]:
-        """Full-width engine inputs with `bars` placed at `cols`; also the mask, the bars'
-        opens and their session days."""
-        values = np.array([(b.open, b.high, b.low, b.close, b.volume, b.ts) for b in bars], dtype=np.float64)
-        ts = values[:, 5].astype(np.int64)
-        sessions = np.empty(len(bars), dtype=np.int64)
+        """Full-width engine inputs with the bars (`values`, (6, n) as for `commit_columns`)
+        placed at `cols`; also the mask, the bars' opens and their session days."""
+        ts = values[5].astype(np.int64)
+        sessions = np.empty(len(ts), dtype=np.int64)
         classes = codes[cols]
         for code in np.unique(classes):
             sel = classes == code
@@ -165,9 +185,14 @@ class FeatureBook:
             opens, back = np.unique(ts[sel], return_inverse=True)
             sessions[sel] = session_day(_CLASSES[code], opens)[back]
         full = np.full((5, width), np.nan)
-        full[:, cols] = values[:, :5].T
+        full[:, cols] = values[:5]
         start = np.zeros(width, dtype=bool)
         start[cols] = sessions != last_session[cols]
         mask = np.zeros(width, dtype=bool)
         mask[cols] = True
         return Bars(full[0], full[1], full[2], full[3], full[4], start), mask, ts, sessions
+
+
+def _columns(bars: Sequence[Bar]) -> np.ndarray:
+    """Bars as the (6, n) array the book takes: open, high, low, close, volume, ts."""
+    return np.array([(b.open, b.high, b.low, b.close, b.volume, b.ts) for b in bars], dtype=np.float64).reshape(-1, 6).T

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..bars import Bar
 from ..clock import Clock
+from ..cycle.batch import Batch
 from ..symbols import SymbolInfo
 from .book import FeatureBook
 from .codec import FeatureCodec
@@ -16,6 +17,9 @@ from .engine import FeatureConfig
 
 class FeatureService:
     """Keeps the book in step with the bars and turns its values into Redis values.
+
+    The cycle addresses symbols by their symbol-table slot, the book by its own; `columns`
+    maps one to the other, rebuilt only when either side's membership changes.
 
     :param config: indicator periods.
     :param timeframe: the bars' timeframe.
@@ -27,35 +31,69 @@ class FeatureService:
         self.codec = FeatureCodec(self.book.outputs, timeframe)
         self.timeframe = timeframe
         self.clock = clock
+        self._map: tuple[tuple[int, int], np.ndarray] | None = None
 
     def warm(self, infos: Sequence[SymbolInfo], histories: Mapping[str, Sequence[Bar]]) -> None:
         """Build symbols' state from their stored closed bars (oldest first)."""
         self.book.add(infos, histories)
 
+    def columns(self, symbols: Sequence[str], version: int) -> np.ndarray:
+        """Per symbol-table slot (`symbols` by slot, `version` the table's), its book column or -1."""
+        key = (version, self.book.version)
+        if self._map is None or self._map[0] != key:
+            slots = self.book.slots
+            self._map = (key, np.array([slots.get(s, -1) for s in symbols], dtype=np.int64))
+        return self._map[1]
+
+    def update_batch(self, closed: Batch, forming: Batch, refresh: np.ndarray, ref_ts: np.ndarray,
+                     ref_close: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, list[bytes]]:
+        """Commit a cycle's closed rows and evaluate its forming rows (one per slot); return the
+        slots written and their encoded values: provisional where a bar is forming, else the
+        committed values at the slot's newest closed bar (`ref_ts`/`ref_close`, by slot). Slots
+        in `refresh` (their source answered with nothing new, e.g. a minute without trades) get
+        their committed values again. `cols` maps slots to book columns (`columns`)."""
+        c_cols = cols[closed.slot]
+        known = c_cols >= 0
+        done = self.book.commit_columns(c_cols[known], _values(closed, known))
+        committed = closed.slot[known][np.isin(c_cols[known], done)]
+        f_cols = cols[forming.slot]
+        f_known = f_cols >= 0
+        f_slots = forming.slot[f_known]
+        peeked = self.book.peek_columns(f_cols[f_known], _values(forming, f_known))
+        only = np.setdiff1d(np.union1d(committed, refresh[(cols[refresh] >= 0) & (ref_ts[refresh] >= 0)]), f_slots)
+        slots = np.concatenate([f_slots, only])
+        if not len(slots):
+            return slots, []
+        values = np.hstack([peeked, self.book.engine.out[:, cols[only]]])
+        rows = self.codec.encode(ts=np.concatenate([forming.ts[f_known], ref_ts[only]]),
+                                 close=np.concatenate([forming.close[f_known], ref_close[only]]),
+                                 provisional=np.arange(len(slots)) < len(f_slots), updated=self.clock.time(),
+                                 values=values)
+        return slots, rows
+
     def update(self, closed: Sequence[Bar], forming: Sequence[Bar],
                unchanged: Sequence[Bar] = ()) -> list[tuple[str, str, bytes]]:
-        """Commit a cycle's closed bars, evaluate its forming bars, and return (symbol,
-        timeframe, value) for every symbol updated: provisional where a bar is forming. Symbols
-        in `unchanged` (the newest closed bar of a symbol whose source answered with nothing new,
-        e.g. a minute without trades) get their committed values again, so they do not expire."""
-        committed = self.book.commit(closed)
-        peeked, values = self.book.peek(forming)
-        forming_bars = {b.symbol: b for b in forming}
-        newest_closed: dict[str, Bar] = {}
+        """`update_batch` for Bars (tests, benchmarks): (symbol, timeframe, value) per symbol
+        updated; `unchanged` are the newest closed bars of symbols to refresh."""
+        symbols = list(dict.fromkeys(b.symbol for b in (*closed, *forming, *unchanged)))
+        at = {s: i for i, s in enumerate(symbols)}
+        newest: dict[str, Bar] = {}
         for bar in [*unchanged, *closed]:
-            if bar.symbol not in newest_closed or bar.ts > newest_closed[bar.symbol].ts:
-                newest_closed[bar.symbol] = bar
-        refreshed = [b.symbol for b in unchanged if b.symbol not in forming_bars and b.symbol in self.book.slots]
-        only_closed = list(dict.fromkeys(s for s in [*committed, *refreshed] if s not in forming_bars))
-        symbols = peeked + only_closed
-        if not symbols:
-            return []
-        if only_closed:
-            values = np.hstack([values, self.book.values(only_closed)])
-        source = [forming_bars[s] for s in peeked] + [newest_closed[s] for s in only_closed]
-        rows = self.codec.encode(
-            ts=np.array([b.ts for b in source], dtype=np.int64),
-            close=np.array([b.close for b in source]),
-            provisional=np.array([b.forming for b in source]),
-            updated=self.clock.time(), values=values)
-        return [(s, self.timeframe, row) for s, row in zip(symbols, rows, strict=True)]
+            if bar.symbol not in newest or bar.ts > newest[bar.symbol].ts:
+                newest[bar.symbol] = bar
+        ref_ts = np.array([newest[s].ts if s in newest else -1 for s in symbols], dtype=np.int64)
+        ref_close = np.array([newest[s].close if s in newest else np.nan for s in symbols])
+
+        def batch(bars: Sequence[Bar]) -> Batch:
+            return Batch.concat([Batch.from_bars([b], at[b.symbol], 0, np.inf) for b in bars])
+
+        cols = np.array([self.book.slots.get(s, -1) for s in symbols], dtype=np.int64)
+        refresh = np.array([at[b.symbol] for b in unchanged], dtype=np.int64)
+        slots, rows = self.update_batch(batch(closed), batch(forming), refresh, ref_ts, ref_close, cols)
+        return [(symbols[s], self.timeframe, row) for s, row in zip(slots.tolist(), rows, strict=True)]
+
+
+def _values(rows: Batch, keep: np.ndarray) -> np.ndarray:
+    """The (6, n) array the book takes, for the kept rows."""
+    return np.vstack([rows.open[keep], rows.high[keep], rows.low[keep], rows.close[keep], rows.volume[keep],
+                      rows.ts[keep].astype(np.float64)])

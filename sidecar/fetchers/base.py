@@ -43,6 +43,7 @@ class QuoteBatch:
     price: np.ndarray  # last trade price
     time: np.ndarray  # int64 unix second of the last trade
     day_volume: np.ndarray  # volume traded so far in the symbol's day
+    parse_s: float = 0.0  # seconds spent turning the body into these arrays
 
     def __len__(self) -> int:
         return len(self.index)
@@ -91,7 +92,6 @@ class HttpFetcher:
 
     name = "http"
     disabled_reason: str | None = None  # set when the source cannot be used (e.g. no API key)
-    parse_s = 0.0  # seconds spent turning batch quote bodies into arrays (the cycle reads and resets it)
     max_window_s = 7 * 86400  # the longest window one request may ask for
     max_age_s = 30 * 86400 - 3600  # how far back the finest timeframe goes (an hour of margin)
     reach: dict[str, tuple[int, int]] = {"1m": (max_age_s, 6 * 86400)}  # per timeframe: how far back, window size

@@ -82,10 +82,9 @@ class YahooFetcher(HttpFetcher):
                     continue  # the crumb expired or the cookie was dropped: once more with new ones
                 raise
             t0 = self.clock.monotonic()
-            try:
-                return parse_quotes(decode_json(body, SOURCE, label), infos)
-            finally:
-                self.parse_s += self.clock.monotonic() - t0
+            batch = parse_quotes(decode_json(body, SOURCE, label), infos)
+            batch.parse_s = self.clock.monotonic() - t0
+            return batch
         raise AssertionError("unreachable")
 
     async def _ensure_crumb(self, label: str, refresh: bool) -> str:

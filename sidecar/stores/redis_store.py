@@ -1,24 +1,28 @@
-"""Redis knowledge base: the latest bar per symbol and timeframe, and a capped, time-indexed
-history, written in one pipeline per cycle.
+"""Redis knowledge base: the latest bar per symbol and timeframe, the newest features, and a
+capped, time-indexed history, written in one round trip per cycle.
 
 Keys (hash-tagged by symbol, so a Redis Cluster keeps a symbol's keys on one shard):
 
     {prefix}:{SYMBOL}:bar:{tf}    string  msgpack map of the newest bar (forming or closed)
     {prefix}:{SYMBOL}:bars:{tf}   zset    score = bar open (epoch s), member = msgpack map;
                                           closed bars only, the newest `history_len` kept
-    {prefix}:{SYMBOL}:features:{tf}  string  msgpack map of the newest features, TTL 2 s
+    {prefix}:{SYMBOL}:features:{tf}  string  msgpack map of the newest features; its `updated`
+                                          field says when; removed when the symbol goes quiet
     {prefix}:symbols              set     canonical symbols written so far
     {prefix}:signals              stream  scanner signals (also PUBLISHed on the same name)
     {prefix}:alive                string  set by the first write; missing means Redis lost its data
+    {prefix}:heartbeat            string  wall time of the writer's last cycle; expires after
+                                          SIDECAR_FEATURE_TTL_S (2 s) when the writer stops
     {prefix}:deadletter           hash    symbol -> JSON {reason, error, since}: symbols whose source fails
     {prefix}:quarantine           list    JSON of bars held out by the spike filter, newest first (1,000)
 
-A cycle's writes are one script call (EVALSHA) in one pipeline: one round trip, applied
-atomically, with the per-bar work done inside Redis. Sending each ZADD/SET as its own
-pipelined command cost ~25 us per command in redis-py's Python packing and reply parsing;
-the bars travel instead as two msgpack blobs that the script unpacks (bench/pipeline.py).
-Every write is an idempotent overwrite keyed by (symbol, timeframe, ts), because redis-py
-re-sends a whole pipeline when a connection drops mid-way (reliability.md B.1).
+A cycle's writes are pre-packed RESP sent on one connection: MSETs of the newest bars and
+features (values packed from arrays by the cycle), one EVAL that adds the closed bars to the
+histories, the heartbeat. Sending each SET through redis-py's pipeline cost ~25 us per command
+in Python packing and reply parsing, and a Lua script unpacking msgpack blobs and PEXPIREing each
+features key cost Redis itself ~30 ms a cycle at 5,000 symbols (bench/redis_ttl.py). Every
+write is an idempotent overwrite keyed by (symbol, timeframe, ts): sending a cycle again after a
+dropped connection changes nothing (reliability.md B.1).
 """
 
 from __future__ import annotations
@@ -37,41 +41,36 @@ from redis.exceptions import RedisError
 from ..bars import Bar
 from ..errors import RedisStoreError
 
-# ARGV[1] history length, ARGV[2] the symbols set key, ARGV[3] a msgpack array of
-# (history key, ts, member) per closed bar, ARGV[4] of (latest key, member) per newest bar,
-# ARGV[5] of (features key, value) per updated symbol, ARGV[6] the features' TTL in ms,
-# ARGV[7] the alive key, ARGV[8] the newest bars' symbols. Values are packed by Python and pass through as opaque strings.
-# Returns {values written, 1 if the alive key was missing (a new or emptied Redis) else 0}.
-_WRITE_CYCLE = """
-local fresh = redis.call('SET', ARGV[7], '1', 'NX') and 1 or 0
-local cap, symbols = tonumber(ARGV[1]), ARGV[2]
-local closed, latest, features = cmsgpack.unpack(ARGV[3]), cmsgpack.unpack(ARGV[4]), cmsgpack.unpack(ARGV[5])
-local names = cmsgpack.unpack(ARGV[8])
-local touched = {}
-for i = 1, #closed, 3 do
-  local key, ts = closed[i], closed[i + 1]
-  redis.call('ZREMRANGEBYSCORE', key, ts, ts)  -- a revised bar replaces its older copy
-  redis.call('ZADD', key, ts, closed[i + 2])
-  touched[key] = true
+# ARGV[1] history length, then (history key, ts, member, mode) per closed bar. Mode bit 1: the
+# bar may have an older copy at the same open (a revision, a re-sent or re-fetched bar), removed
+# first; bit 2: cap the history after adding. The live loop sets neither for a bar newer than any
+# it wrote (most bars): a remove and a cap per bar were two thirds of the script's time.
+_WRITE_HISTORY = """
+local cap, trim = tonumber(ARGV[1]), {}
+for i = 2, #ARGV, 4 do
+  local key, ts, mode = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 3])
+  if mode % 2 == 1 then redis.call('ZREMRANGEBYSCORE', key, ts, ts) end
+  redis.call('ZADD', key, ts, ARGV[i + 2])
+  if mode >= 2 then trim[key] = true end
 end
-for key in pairs(touched) do
+for key in pairs(trim) do
   redis.call('ZREMRANGEBYRANK', key, 0, -cap - 1)
 end
--- Variadic MSET and SADD, a chunk per call (Lua's unpack() has a stack limit), rather than a
--- call per key, which was most of Redis's time at thousands of symbols.
-local function chunked(list, call)
-  for c = 1, #list, 2000 do
-    call(unpack(list, c, math.min(c + 1999, #list)))
-  end
-end
-chunked(latest, function(...) redis.call('MSET', ...) end)
-chunked(names, function(...) redis.call('SADD', symbols, ...) end)
-chunked(features, function(...) redis.call('MSET', ...) end)
-for f = 1, #features, 2 do
-  redis.call('PEXPIRE', features[f], ARGV[6])
-end
-return {#closed / 3 + (#latest + #features) / 2, fresh}
+return (#ARGV - 1) / 4
 """
+
+REPLACE, TRIM = 1, 2
+"""History write modes (bits): remove an older copy at the same open first; cap the history."""
+
+
+def _bulk(value: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _command(*parts: bytes) -> bytes:
+    """One RESP command."""
+    return b"*%d\r\n" % len(parts) + b"".join(_bulk(p) for p in parts)
 
 
 @dataclass(slots=True, frozen=True)
@@ -111,6 +110,10 @@ class RedisKeys:
     def alive(self) -> str:
         """Written once per Redis lifetime: its absence means the data is gone."""
         return f"{self.prefix}:alive"
+
+    def heartbeat(self) -> str:
+        """The writer's last cycle time; expires when the daemon stops writing."""
+        return f"{self.prefix}:heartbeat"
 
 
 @dataclass(slots=True, frozen=True)
@@ -157,8 +160,9 @@ class RedisStore:
             retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.2), retries=2),
         )
         self.client = Redis(connection_pool=self._pool)
-        self._write_script = self.client.register_script(_WRITE_CYCLE)
-        self._mget_cache: tuple[tuple[tuple[str, ...], str], list[bytes]] | None = None
+        self._mget_cache: tuple[tuple[tuple[str, ...], str], bytes] | None = None
+        self._key_heads: dict[tuple[str, str, str], bytes] = {}  # (kind, symbol, tf) -> the key as RESP
+        self._listed: set[str] = set()  # symbols this Redis has in its symbols set
 
     async def start(self) -> bool:
         """Check the connection; False (not an exception) when Redis is down, so the loop
@@ -178,40 +182,97 @@ class RedisStore:
         except (RedisError, OSError, TimeoutError):
             return False
 
-    async def write_cycle(self, latest: Iterable[Bar], closed: Iterable[Bar],
-                          features: Iterable[tuple[str, str, bytes]] = ()) -> WriteResult:
-        """Write a cycle's newest bars, new closed bars and (symbol, timeframe, value) features
-        in one round trip; also tell whether this Redis had lost its data (restart, flush)."""
-        closed_args: list[object] = []
-        for bar in closed:
-            closed_args += (self.keys.history(bar.symbol, bar.timeframe), bar.ts, pack(bar))
-        latest_args: list[object] = []
-        names: list[str] = []
-        for bar in latest:
-            latest_args += (self.keys.latest(bar.symbol, bar.timeframe), pack(bar))
-            names.append(bar.symbol)
-        feature_args: list[object] = []
-        for symbol, timeframe, value in features:
-            feature_args += (self.keys.features(symbol, timeframe), value)
-        n = len(closed_args) // 3 + (len(latest_args) + len(feature_args)) // 2
-        if n == 0:
-            return WriteResult(0, False)
-        # Keys travel inside ARGV: a cycle spans every symbol's slot, so a cluster deployment
-        # shards symbols across processes (one slot group each) rather than across one script.
-        # use_bin_type=False: Redis's cmsgpack predates msgpack's bin type; raw strings carry bytes.
+    def _key(self, kind: str, symbol: str, timeframe: str) -> bytes:
+        """A key of a symbol as a RESP bulk string (made once)."""
+        head = self._key_heads.get((kind, symbol, timeframe))
+        if head is None:
+            key = getattr(self.keys, kind)(symbol, timeframe).encode()
+            head = self._key_heads[(kind, symbol, timeframe)] = _bulk(key)
+        return head
+
+    def _mset(self, kind: str, timeframe: str, symbols: Sequence[str], values: Sequence[bytes]) -> bytes:
+        key = self._key
+        return b"".join([b"*%d\r\n$4\r\nMSET\r\n" % (2 * len(symbols) + 1),
+                         *[b"%s$%d\r\n%s\r\n" % (key(kind, s, timeframe), len(v), v)
+                           for s, v in zip(symbols, values, strict=True)]])
+
+    async def write_cycle(self, timeframe: str, *, latest: tuple[Sequence[str], Sequence[bytes]] = ((), ()),
+                          history: tuple[Sequence[str], Sequence[int], Sequence[bytes], Sequence[int]] = (
+                              (), (), (), ()),
+                          features: tuple[Sequence[str], Sequence[bytes]] = ((), ()),
+                          quiet: Sequence[str] = (), now: float = 0.0) -> WriteResult:
+        """Write a cycle in one round trip: the newest bar of some symbols (symbols, values),
+        closed bars for the histories (symbols, opens, values), feature values (symbols, values),
+        with a mode each (REPLACE | TRIM bits), and remove the features of `quiet` symbols (their
+        source went silent). Also tells whether
+        this Redis had lost its data (restart, flush).
+
+        Sent as raw RESP on one connection: MSETs for the values that are overwritten every
+        second (no per-key TTL: a value carries its own `updated` time, and
+        bench/redis_ttl.py measured a PEXPIRE per key at 6x Redis's time for the MSET), one
+        EVAL for the histories, and the heartbeat, whose TTL says the writer is alive.
+        """
+        parts = [_command(b"SET", self.keys.alive().encode(), b"1", b"NX"),
+                 _command(b"SET", self.keys.heartbeat().encode(), b"%.3f" % now, b"PX", b"%d" % self.features_ttl_ms)]
+        names = [s for s in latest[0] if s not in self._listed]
+        if names:
+            parts.append(_command(b"SADD", self.keys.symbols().encode(), *(s.encode() for s in names)))
+        if latest[0]:
+            parts.append(self._mset("latest", timeframe, latest[0], latest[1]))
+        if features[0]:
+            parts.append(self._mset("features", timeframe, features[0], features[1]))
+        if quiet:
+            parts.append(b"*%d\r\n$6\r\nUNLINK\r\n" % (len(quiet) + 1)
+                         + b"".join(self._key("features", s, timeframe) for s in quiet))
+        symbols, opens, members, modes = history
+        if symbols:
+            key = self._key
+            parts.append(b"".join([b"*%d\r\n$4\r\nEVAL\r\n" % (4 * len(symbols) + 4), _bulk(_WRITE_HISTORY.encode()),
+                                   b"$1\r\n0\r\n", _bulk(b"%d" % self.history_len),
+                                   *[b"%s%s%s$1\r\n%d\r\n" % (key("history", s, timeframe), _bulk(b"%d" % ts), _bulk(m), mode)
+                                     for s, ts, m, mode in zip(symbols, opens, members, modes, strict=True)]]))
+        replies = await self._send(b"".join(parts), len(parts), f"writing {len(latest[0]) + len(symbols)} bars")
+        fresh = replies[0] is not None
+        if fresh:  # a new or emptied Redis: only what this write added is in its set
+            self._listed = set(names)
+        else:
+            self._listed.update(names)
+        return WriteResult(len(latest[0]) + len(features[0]) + len(symbols), fresh)
+
+    async def write_bars(self, latest: Iterable[Bar] = (), closed: Iterable[Bar] = ()) -> WriteResult:
+        """`write_cycle` for Bars (re-seeding, backfill): newest bars and closed bars."""
+        latest, closed = list(latest), list(closed)
+        out = WriteResult(0, False)
+        for timeframe in sorted({b.timeframe for b in (*latest, *closed)}):
+            new = [b for b in latest if b.timeframe == timeframe]
+            old = [b for b in closed if b.timeframe == timeframe]
+            done = await self.write_cycle(timeframe, latest=([b.symbol for b in new], [pack(b) for b in new]),
+                                          history=([b.symbol for b in old], [b.ts for b in old],
+                                                   [pack(b) for b in old], [REPLACE | TRIM] * len(old)))
+            out = WriteResult(out.written + done.written, out.fresh or done.fresh)
+        return out
+
+    async def _send(self, packed: bytes, replies: int, what: str) -> list[object]:
+        """Send pre-packed commands on one pooled connection and read their replies; a
+        connection that failed mid-way is closed, never returned with replies pending."""
+        pool = self._pool
         try:
-            async with self.client.pipeline(transaction=False) as pipe:  # reset however it ends
-                await self._write_script(args=[self.history_len, self.keys.symbols(),
-                                               msgpack.packb(closed_args, use_bin_type=False),
-                                               msgpack.packb(latest_args, use_bin_type=False),
-                                               msgpack.packb(feature_args, use_bin_type=False), self.features_ttl_ms,
-                                               self.keys.alive(), msgpack.packb(names, use_bin_type=False)],
-                                         client=pipe)
-                async with asyncio.timeout(self.timeout_s):
-                    (reply,) = await pipe.execute()
+            async with asyncio.timeout(self.timeout_s):
+                conn = await pool.get_connection()
+                try:
+                    await conn.send_packed_command(packed)
+                    out = [await conn.read_response() for _ in range(replies)]
+                except BaseException:
+                    await conn.disconnect()
+                    raise
+                finally:
+                    await pool.release(conn)
         except (RedisError, OSError, TimeoutError) as exc:
-            raise RedisStoreError(f"writing {n} bars failed: {type(exc).__name__}: {exc}") from exc
-        return WriteResult(int(reply[0]), bool(reply[1]))
+            raise RedisStoreError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+        errors = [r for r in out if isinstance(r, RedisError)]
+        if errors:
+            raise RedisStoreError(f"{what} failed: {errors[0]}")
+        return out
 
     async def latest(self, symbol: str, timeframe: str) -> Bar | None:
         """The newest bar of a symbol, or None."""
@@ -234,23 +295,10 @@ class RedisStore:
             return []
         cache_key = (tuple(symbols), timeframe)
         if self._mget_cache is None or self._mget_cache[0] != cache_key:
-            conn = self._pool.make_connection()
-            self._mget_cache = (cache_key, conn.pack_command("MGET", *(self.keys.features(s, timeframe)
-                                                                       for s in symbols)))
-        packed = self._mget_cache[1]
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                conn = await self._pool.get_connection()
-                try:
-                    await conn.send_packed_command(packed)
-                    reply = await conn.read_response()
-                finally:
-                    await self._pool.release(conn)
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise RedisStoreError(f"reading features failed: {type(exc).__name__}: {exc}") from exc
-        if isinstance(reply, RedisError):
-            raise RedisStoreError(f"reading features failed: {reply}")
-        return reply
+            self._mget_cache = (cache_key, _command(b"MGET", *(self.keys.features(s, timeframe).encode()
+                                                                 for s in symbols)))
+        (reply,) = await self._send(self._mget_cache[1], 1, "reading features")
+        return reply  # type: ignore[return-value]
 
     async def publish_signals(self, signals: Sequence[dict[str, object]]) -> None:
         """Append signals to the stream and publish each on the channel, in one pipeline.

@@ -1,0 +1,260 @@
+"""Sourcing: where each symbol's bars come from this cycle, fetched and parsed into one batch.
+
+Two ways to fetch. `chart`: one history request per symbol per cycle, for the bars after its
+cursor. `quotes`: a few batch quote requests for all symbols, turned into bars by the bar
+builder; a closed bar the builder saw completely, right after the last minute accounted for
+(`synced_until`), is taken as it is, and a symbol whose minutes the builder cannot vouch for
+(start-up, a missed poll, a stale or bad quote, a minute without trades, a bar still
+unsettled) is caught up from the history endpoint, at most `catchup_per_cycle` per cycle.
+
+Each request goes down the symbol's sources in the configured order: a source whose breaker is
+open or whose budget is spent passes the symbol to the next without waiting, and a failing one
+reports its error (counted, logged on the transition) before the next is tried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..barbuilder import BarBuilder
+from ..bars import FORMING, bucket_start
+from ..clock import Clock
+from ..fetchers import FetchResult, HttpFetcher, QuoteBatch
+from ..metrics import Metrics
+from ..sources import GuardedSource
+from ..symbols import SymbolInfo
+from .batch import Batch
+from .table import SymbolTable
+
+log = logging.getLogger(__name__)
+
+TIMEFRAME = "1m"
+EARLY_WAKE_S = 0.02
+CATCH_UP_S = 86400
+
+
+@dataclass(slots=True)
+class Fetched:
+    """One cycle's answers."""
+
+    batch: Batch  # every bar received, sorted by (slot, ts)
+    answered: np.ndarray  # slots whose source answered (with or without bars)
+    from_history: np.ndarray  # quotes mode: slots caught up from the history endpoint
+    parse_s: float = 0.0  # quotes mode: turning bodies into arrays
+    build_s: float = 0.0  # quotes mode: the bar builder
+
+
+class Sourcing:
+    """Source selection, windows, fallback, and the quote poller.
+
+    :param table: the symbol table.
+    :param sources: every configured source, in order of preference.
+    :param primary: the source that names quotes (its name labels built bars).
+    :param metrics: fetch error counters.
+    :param clock: wall and monotonic time.
+    :param lookback_s: how far back a symbol's first fetch reaches.
+    :param quotes: poll batch quotes (else one chart request per symbol).
+    :param quote_batch: symbols per batch quote request.
+    :param catchup_per_cycle: quotes mode: at most this many history requests per cycle.
+    :param settle_s: an unsettled bar is asked for again once this has passed after its end.
+    """
+
+    def __init__(self, *, table: SymbolTable, sources: Sequence[GuardedSource], primary: GuardedSource,
+                 metrics: Metrics, clock: Clock, lookback_s: int, quotes: bool, quote_batch: int,
+                 catchup_per_cycle: int, settle_s: float) -> None:
+        self.table = table
+        self.sources = list(sources)
+        self.primary = primary
+        self.metrics = metrics
+        self.clock = clock
+        self.lookback_s = lookback_s
+        self.quotes = quotes
+        self.quote_batch = quote_batch
+        self.catchup_per_cycle = catchup_per_cycle
+        self.settle_s = settle_s
+        self.step = 60
+        self.builder = BarBuilder(self.step)
+        self.recovered = False  # a symbol's source answered again this cycle (one event, not one per symbol)
+
+    def serving(self, info: SymbolInfo) -> list[GuardedSource]:
+        """The configured, enabled sources that serve a symbol, in order."""
+        return [g for g in self.sources if g.fetcher.disabled_reason is None and g.fetcher.serves(info)]
+
+    async def fetch(self, now: float) -> Fetched:
+        """This cycle's bars for every symbol."""
+        slots = self.table.slots()
+        if self.quotes:
+            return await self._poll_quotes(slots, now)
+        results = await asyncio.gather(*(self._fetch(slot, now) for slot in slots.tolist()))
+        got = [(slot, r) for slot, r in zip(slots.tolist(), results, strict=True) if r is not None]
+        return Fetched(self._batch(got), np.array([s for s, _ in got], dtype=np.int64), np.zeros(0, dtype=np.int64))
+
+    def _batch(self, results: list[tuple[int, FetchResult]]) -> Batch:
+        t = self.table
+        return Batch.concat([Batch.from_bars(r.bars, slot, t.source_code(r.source), r.provider_time)
+                             for slot, r in results]).sorted()
+
+    # -- one symbol's history request --------------------------------------------------------------
+
+    def _window(self, slot: int, now: float, fetcher: HttpFetcher) -> tuple[int, int]:
+        """The bars to ask `fetcher` for: after the cursor (or `lookback` back), within what it
+        serves at this timeframe; a long gap is caught up one window per cycle."""
+        t = self.table
+        current = bucket_start(now, self.step)
+        cursor = int(t.cursor[slot])
+        start = cursor + self.step if cursor >= 0 else current - self.lookback_s
+        unsettled = t.unsettled.get(slot)
+        if unsettled:  # closed bars stored while they could still change: ask for them again
+            start = min(start, min(unsettled))
+        oldest = current - fetcher.max_age_s
+        if start < oldest:
+            if slot not in t.beyond_reach_logged:
+                log.warning("%s: bars before %d are older than %s serves at %s; bootstrap fills them coarser",
+                            t.symbols[slot], oldest, fetcher.name, TIMEFRAME)
+                t.beyond_reach_logged.add(slot)
+            start = oldest
+        # exclusive end: the forming bar too. A catch-up asks for at most a day per cycle, so
+        # one lagging symbol never holds the cycle past the live timeout.
+        end = min(start + min(fetcher.max_window_s, CATCH_UP_S), current + self.step)
+        return start, end
+
+    async def _fetch(self, slot: int, now: float) -> FetchResult | None:
+        """A symbol's window from the first of its sources that is usable and answers."""
+        t = self.table
+        info, sources = t.info(slot), t.sources[slot]
+        for g in sources:
+            if not g.usable() and g is not sources[-1]:
+                # open, out of budget: the next source, without waiting for this one
+                t.errors.setdefault(slot, {}).setdefault(g.name, f"{g.name} {info.symbol}: " + (
+                    "circuit open" if not g.breaker.would_allow() else "rate budget spent"))
+                continue
+            start, end = self._window(slot, now, g.fetcher)
+            t.window_end[slot] = end
+            result = await g.fetch(info, TIMEFRAME, start, end,
+                                   on_error=functools.partial(self._failed, [slot], g))
+            if result is not None:
+                code = t.source_code(g.name)
+                if t.source[slot] >= 0 and t.source[slot] != code:
+                    log.info("%s now from %s (was %s)", info.symbol, g.name, t.source_names[t.source[slot]])
+                t.source[slot] = code
+                self._answered(np.array([slot]), now)
+                return result
+        if sources and sources[0].breaker.state == "open" and slot not in t.last_error:
+            t.last_error[slot] = f"{sources[0].name} circuit open"
+        return None
+
+    def _failed(self, slots: list[int], source: GuardedSource, reason: str, message: str) -> None:
+        t = self.table
+        self.metrics.fetch_errors.labels(source.name, reason).inc(len(slots))
+        for slot in slots:
+            if slot not in t.last_error:  # log transitions, not every second of an outage
+                log.warning("fetch failed: %s", message)
+            t.last_error[slot] = message
+            t.errors.setdefault(slot, {})[source.name] = message
+        source.state.last_error, source.state.last_error_at = message, self.clock.time()
+
+    def _answered(self, slots: np.ndarray, now: float) -> None:
+        t = self.table
+        t.last_update[slots] = now
+        if t.last_error or t.errors:
+            heard = set(slots.tolist())
+            for slot in [s for s in t.last_error if s in heard]:
+                log.info("%s recovered on %s", t.symbols[slot], t.source_names[t.source[slot]])
+                self.recovered = True
+                del t.last_error[slot]
+            for slot in [s for s in t.errors if s in heard]:
+                del t.errors[slot]
+
+    # -- quotes mode ----------------------------------------------------------------------------
+
+    async def _poll_quotes(self, slots: np.ndarray, now: float) -> Fetched:
+        """Batch quotes for every symbol through the bar builder, then history for the symbols
+        whose minutes the builder cannot vouch for."""
+        t = self.table
+        # The poll is labelled with the second it samples. A timer may wake the loop a fraction of
+        # a millisecond before the second turns (and wall and monotonic time drift apart): such a
+        # poll belongs to the coming second, and must not reach the source before it.
+        label = math.floor(now + EARLY_WAKE_S)
+        if now < label:
+            await self.clock.sleep(label - now)
+            now = self.clock.time()
+        current = bucket_start(label, self.step)
+        chunks = [slots[i:i + self.quote_batch] for i in range(0, len(slots), self.quote_batch)]
+        batches = await asyncio.gather(*(self._quote_chunk(chunk) for chunk in chunks))
+        t_build = self.clock.monotonic()
+        got = [(chunk[b.index], b) for chunk, b in zip(chunks, batches, strict=True) if b is not None]
+        built = Batch.empty()
+        if got:
+            rows = np.concatenate([s for s, _ in got])
+            source = np.concatenate([np.full(len(s), t.source_code(b.source), dtype=np.int16) for s, b in got])
+            result = self.builder.update(label, rows, np.concatenate([b.price for _, b in got]),
+                                         np.concatenate([b.time for _, b in got]),
+                                         np.concatenate([b.day_volume for _, b in got]))
+            by_slot = np.full(len(t.active), -1, dtype=np.int16)
+            by_slot[rows] = source
+            if len(result.rejected):
+                self.metrics.bars_rejected.labels(self.primary.name, "bad_quote").inc(len(result.rejected))
+            c, f = result.closed, result.forming
+            # a closed bar is taken only where it follows the last minute accounted for
+            take = c.complete & (t.synced_until[c.slot] == c.ts) & t.active[c.slot]
+            t.synced_until[c.slot[take]] = c.ts[take] + self.step
+            live = t.active[f.slot]
+            n_c, n_f = int(take.sum()), int(live.sum())
+            built = Batch.concat([
+                Batch(c.slot[take], c.ts[take], c.open[take], c.high[take], c.low[take], c.close[take],
+                      c.volume[take], np.zeros(n_c, dtype=np.int64), by_slot[c.slot[take]], np.full(n_c, np.inf)),
+                Batch(f.slot[live], f.ts[live], f.open[live], f.high[live], f.low[live], f.close[live],
+                      f.volume[live], np.full(n_f, FORMING, dtype=np.int64), by_slot[f.slot[live]],
+                      np.full(n_f, np.inf))])
+            heard = np.union1d(c.slot, f.slot)
+            heard = heard[t.active[heard]]
+            t.source[heard] = by_slot[heard]
+            self._answered(heard, now)
+        build_s = self.clock.monotonic() - t_build
+        history, fetched = await self._catch_up(slots, current, now)
+        if len(fetched):  # the source's own bars replace what the builder had
+            built = built.take(~np.isin(built.slot, fetched))
+        batch = Batch.concat([built, history]).sorted()
+        answered = np.union1d(np.unique(built.slot), fetched)
+        return Fetched(batch, answered, fetched, sum(b.parse_s for _, b in got), build_s)
+
+    async def _catch_up(self, slots: np.ndarray, current: int, now: float) -> tuple[Batch, np.ndarray]:
+        """History for the symbols the builder cannot vouch for, the longest-lagging first."""
+        t = self.table
+        lag = t.synced_until[slots] < current
+        if t.unsettled:
+            due = now - self.step - self.settle_s  # an unsettled bar opening before this can be asked again
+            lag |= np.isin(slots, [s for s, bars in t.unsettled.items() if min(bars) <= due])
+        lagging = slots[lag]
+        order = np.argsort(np.maximum(t.synced_until[lagging], 0), kind="stable")
+        lagging = lagging[order][: self.catchup_per_cycle].tolist()
+        results = await asyncio.gather(*(self._fetch(slot, now) for slot in lagging))
+        got = [(slot, r) for slot, r in zip(lagging, results, strict=True) if r is not None]
+        return self._batch(got), np.array(sorted(s for s, _ in got), dtype=np.int64)
+
+    def settle_history(self, fetched: np.ndarray, rejected_slots: np.ndarray, now: float) -> None:
+        """After acceptance: what a history answer vouched for, unless it must be asked again."""
+        t = self.table
+        current = bucket_start(now, self.step)
+        reached = (t.window_end[fetched] >= current + self.step) & ~np.isin(fetched, rejected_slots)
+        cursor = t.cursor[fetched]
+        t.synced_until[fetched] = np.where(reached, current, np.where(cursor >= 0, cursor + self.step, -1))
+
+    async def _quote_chunk(self, chunk: np.ndarray) -> QuoteBatch | None:
+        """One chunk's batch quote from the first quote source that is usable and answers."""
+        infos = [self.table.info(s) for s in chunk.tolist()]
+        sources = [g for g in self.sources if g.quotes and g.fetcher.disabled_reason is None]
+        for g in sources:
+            if not g.usable(g.fetcher.quote_cost(infos)) and g is not sources[-1]:  # type: ignore[attr-defined]
+                continue
+            batch = await g.fetch_quotes(infos, on_error=functools.partial(self._failed, chunk.tolist(), g))
+            if batch is not None:
+                return batch
+        return None
