@@ -63,14 +63,17 @@ async def run(settings: Settings, n: int, seconds: float, warmup_limit: float) -
     samples: list[dict[str, float]] = []
     overruns = 0
     try:
-        # warm-up: until the history catch-up has vouched for every symbol's minutes, including
-        # the minute the poller joined half-way (it ends incomplete, so history repairs it)
-        first_minute = int(time.time()) // 60
+        # warm-up: until the history catch-up has vouched for every symbol's minutes for a whole
+        # minute boundary (the minute the poller joined half-way ends incomplete, and history
+        # repairs it for every symbol: that catch-up belongs to the warm-up, not the measurement)
+        clean_since: float | None = None
         async for _tick in orch.ticker:
             await orch.run_cycle()
             current = int(time.time()) // 60 * 60
-            lagging = sum(st.synced_until is None or st.synced_until < current for st in orch.states.values())
-            if (not lagging and current // 60 > first_minute) or time.monotonic() - t_start > warmup_limit:
+            lagging = int((orch.table.synced_until[orch.table.slots()] < current).sum())
+            clean_since = None if lagging else (clean_since or time.monotonic())
+            if (clean_since is not None and time.monotonic() - clean_since > 61) or \
+                    time.monotonic() - t_start > warmup_limit:
                 break
         warmup = time.monotonic() - t_start
         errors0 = sum(sc.metrics.by_label("sidecar_fetch_errors_total", "reason").values())

@@ -173,7 +173,7 @@ def test_redis_write(benchmark, redis_url: str, features: FeatureService, closin
     latest = encoder.encode(_batch(599, FORMING), SYMBOLS, ["yahoo"])
     closed = encoder.encode(_batch(598), SYMBOLS, ["yahoo"]) if closing else []
     _slots, rows = _update(features, Batch.empty(), _batch(599, FORMING))
-    history = (SYMBOLS, [T0 + 60 * 598] * N, closed) if closing else ((), (), ())
+    history = (SYMBOLS, [T0 + 60 * 598] * N, closed, [0] * N) if closing else ((), (), (), ())
 
     def write() -> None:
         loop.run_until_complete(store.write_cycle("1m", latest=(SYMBOLS, latest), features=(SYMBOLS, rows),

@@ -131,6 +131,9 @@ class Scanner:
         self.rules = tuple(rules)
         self.max_age_s = max_age_s
         self._row = {name: i for i, name in enumerate(codec.outputs)}
+        terms = [t for rule in self.rules for cond in (rule.condition, rule.filter) if cond is not None
+                 for t in (cond.left, cond.right)]
+        self.fields = {t for t in terms if isinstance(t, str) and t != "close"}  # what a scan decodes
         self._state = np.full((len(self.rules), len(self.symbols)), -1, dtype=np.int8)  # -1 unknown
 
     def set_symbols(self, symbols: Sequence[str], broker_symbols: Sequence[str]) -> None:

@@ -382,7 +382,8 @@ class Settings(_FromEnv):
         "FEATURE_WARMUP_BARS", 600, _int(0, 100_000),
         "stored closed bars replayed per symbol at start-up (>= 500 for 1e-9 ADX agreement)")
     feature_ttl_s: float = _setting(
-        "FEATURE_TTL_S", 2.0, _float(0.1, 3600), "lifetime of a features value in Redis unless refreshed")
+        "FEATURE_TTL_S", 2.0, _float(0.1, 3600),
+        "lifetime of the `heartbeat` key: how long after the last cycle a reader may trust the values")
     signal_rules: str = _setting(
         "SIGNAL_RULES", DEFAULT_RULES, _text, "scanner rules: 'name: A op B [when C op D]; ...'")
     signal_max_age_s: float = _setting(

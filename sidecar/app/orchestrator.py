@@ -339,7 +339,7 @@ class Orchestrator:
         t0 = self.clock.monotonic()
         try:
             raws = await self.redis.features(self.scanner.symbols, TIMEFRAME)
-            result = self.scanner.evaluate(self.features.codec.decode(raws), self.clock.time())
+            result = self.scanner.evaluate(self.features.codec.decode(raws, self.scanner.fields), self.clock.time())
             await self.redis.publish_signals([
                 {"id": f"{s.symbol}:{s.rule}:{s.ts}:{int(s.time * 1000)}", **s.as_map()} for s in result.signals])
         except RedisStoreError as exc:

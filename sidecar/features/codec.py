@@ -14,7 +14,7 @@ decoded by msgpack itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import msgpack
@@ -94,8 +94,10 @@ class FeatureCodec:
         ends = np.cumsum(keep.sum(axis=1)).tolist()
         return [raw[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
-    def decode(self, raws: Sequence[bytes | None]) -> FeatureFrame:
-        """Decode rows as returned by MGET (None for a missing key)."""
+    def decode(self, raws: Sequence[bytes | None], fields: Collection[str] | None = None) -> FeatureFrame:
+        """Decode rows as returned by MGET (None for a missing key); with `fields`, only those
+        outputs' values (the others stay NaN: what a scan does not read, it does not decode)."""
+        wanted = [(i, name) for i, name in enumerate(self.outputs) if fields is None or name in fields]
         n = len(raws)
         frame = FeatureFrame(present=np.zeros(n, dtype=bool), ts=np.full(n, -1, dtype=np.int64),
                              updated=np.full(n, np.nan), provisional=np.zeros(n, dtype=bool),
@@ -113,15 +115,16 @@ class FeatureCodec:
             frame.ts[:] = rows["ts"]
             frame.provisional[:] = rows["provisional"] == _TRUE
             frame.updated[:], frame.close[:] = rows["v_updated"], rows["v_close"]
-            for i, name in enumerate(self.outputs):
+            for i, name in wanted:
                 frame.values[i] = rows[f"v_{name}"]
             return frame
         picked = [j for j, r in enumerate(raws) if r is not None]
         if picked:
-            self._decode_with_nils(raws, np.array(picked), frame)
+            self._decode_with_nils(raws, np.array(picked), frame, {name for _, name in wanted})
         return frame
 
-    def _decode_with_nils(self, raws: Sequence[bytes | None], picked: np.ndarray, frame: FeatureFrame) -> None:
+    def _decode_with_nils(self, raws: Sequence[bytes | None], picked: np.ndarray, frame: FeatureFrame,
+                          wanted: set[str]) -> None:
         """Rows in our layout where some values are nil, parsed field by field across all
         rows at once (a nil moves the later fields 8 bytes back); any row that does not check
         out is decoded by msgpack instead."""
@@ -147,7 +150,8 @@ class FeatureCodec:
             ok &= buf[key_at] == self._template[f"k_{name}"][0][0]  # the key's fixstr header
             nil = buf[marker_at] == _NIL
             ok &= nil | (buf[marker_at] == _FLOAT)
-            decoded[name] = np.where(nil, np.nan, float_at(marker_at + 1))
+            if name in ("close", "updated") or name in wanted:
+                decoded[name] = np.where(nil, np.nan, float_at(marker_at + 1))
             shift += 8 * nil
         ok &= lengths == self.dtype.itemsize - shift
         good, bad = picked[ok], picked[~ok]
@@ -155,7 +159,8 @@ class FeatureCodec:
         frame.ts[good], frame.provisional[good] = ts[ok], provisional[ok]
         frame.close[good], frame.updated[good] = decoded["close"][ok], decoded["updated"][ok]
         for i, name in enumerate(self.outputs):
-            frame.values[i, good] = decoded[name][ok]
+            if name in decoded:
+                frame.values[i, good] = decoded[name][ok]
         for j in bad.tolist():
             m = self.to_map(raws[j])
             frame.present[j] = True

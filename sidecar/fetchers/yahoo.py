@@ -14,6 +14,8 @@ import logging
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+import numpy as np
+
 from ..bars import FORMING, Bar, timeframe_seconds
 from ..clock import Clock
 from ..errors import MalformedResponse, ProviderError, RateLimited
@@ -111,26 +113,35 @@ class YahooFetcher(HttpFetcher):
 
 
 def parse_quotes(payload: object, infos: Sequence[SymbolInfo]) -> QuoteBatch:
-    """A `quoteResponse` into arrays aligned with `infos`; symbols Yahoo left out get no row."""
+    """A `quoteResponse` into arrays aligned with `infos`; symbols Yahoo left out get no row.
+
+    Each field is read across all rows in one list comprehension and converted by NumPy in one
+    call; a value NumPy cannot take as a number (a string that is not one, a bool, a nested
+    object) sends that column through `to_float` one by one instead."""
     position = {info.yahoo: i for i, info in enumerate(infos)}
     try:
         response = payload["quoteResponse"]  # type: ignore[index]
         if response.get("error"):
             raise ProviderError(SOURCE, f"{len(infos)} symbols", str(response["error"]))
-        rows = response["result"] or []
-        index, price, at, volume = [], [], [], []
-        for row in rows:
-            i = position.get(row.get("symbol"))
-            if i is None:
-                continue
-            t = row.get("regularMarketTime")
-            index.append(i)
-            price.append(to_float(row.get("regularMarketPrice")))
-            at.append(t if isinstance(t, int) else -1)  # -1: the builder rejects it as not a time
-            volume.append(to_float(row.get("regularMarketVolume", 0)))
+        rows = [row for row in response["result"] or [] if row.get("symbol") in position]
+        index = [position[row["symbol"]] for row in rows]
+        price = _numbers([row.get("regularMarketPrice") for row in rows])
+        volume = _numbers([row.get("regularMarketVolume", 0) for row in rows])
+        at = [row.get("regularMarketTime") for row in rows]
     except (KeyError, TypeError, AttributeError) as exc:
         raise MalformedResponse(SOURCE, f"{len(infos)} symbols", f"unexpected quote shape: {exc!r}") from None
-    return QuoteBatch.of(SOURCE, index, price, at, volume)
+    try:
+        times = np.array(at, dtype=np.int64)  # unix seconds, as `formatted=false` sends them
+    except (TypeError, ValueError, OverflowError):
+        times = np.array([t if type(t) is int else -1 for t in at], dtype=np.int64)  # -1: the builder rejects it
+    return QuoteBatch(SOURCE, np.array(index, dtype=np.int64), price, times, volume)
+
+
+def _numbers(values: list[object]) -> np.ndarray:
+    """Provider numbers as float64, anything that is not a number as NaN (what `to_float` does)."""
+    if all(type(v) is float or type(v) is int for v in values):
+        return np.array(values, dtype=np.float64)
+    return np.array([to_float(v) for v in values], dtype=np.float64)
 
 
 def parse_chart(payload: object, info: SymbolInfo, timeframe: str, now: float) -> FetchResult:

@@ -301,20 +301,18 @@ class RedisStore:
         return reply  # type: ignore[return-value]
 
     async def publish_signals(self, signals: Sequence[dict[str, object]]) -> None:
-        """Append signals to the stream and publish each on the channel, in one pipeline.
+        """Append signals to the stream and publish each on the channel, in one round trip.
         Each carries an `id` so a consumer can drop the copy a re-sent pipeline may add."""
         if not signals:
             return
-        name = self.keys.signals()
-        try:
-            async with self.client.pipeline(transaction=False) as pipe, asyncio.timeout(self.timeout_s):
-                for sig in signals:
-                    body = orjson.dumps(sig)
-                    pipe.xadd(name, {"signal": body}, maxlen=self.signals_maxlen, approximate=True)
-                    pipe.publish(name, body)
-                await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise RedisStoreError(f"publishing {len(signals)} signals failed: {type(exc).__name__}: {exc}") from exc
+        name = self.keys.signals().encode()
+        maxlen = b"%d" % self.signals_maxlen
+        packed = []
+        for sig in signals:
+            body = orjson.dumps(sig)
+            packed += (_command(b"XADD", name, b"MAXLEN", b"~", maxlen, b"*", b"signal", body),
+                       _command(b"PUBLISH", name, body))
+        await self._send(b"".join(packed), len(packed), f"publishing {len(signals)} signals")
 
     async def dead_letters(self, add: dict[str, dict[str, object]], remove: Sequence[str]) -> None:
         """Put symbols on (with the reason) or take them off the dead-letter hash."""
