@@ -229,8 +229,8 @@ class Backfiller:
                      len(infos), report.filled, report.revised, self.eod["missing_minutes"])
         return self.eod
 
-    def summary(self) -> dict[str, object]:
-        """The last pass, for /health: counts, and the gaps left per symbol (first 20 each)."""
+    def health(self) -> dict[str, object]:
+        """The last pass: counts, and the gaps left per symbol (first 20 each)."""
         r = self.last
         if r is None:
             return {"last_run": None}

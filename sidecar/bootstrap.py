@@ -94,6 +94,11 @@ class Bootstrapper:
                 break
         return windows
 
+    def health(self) -> dict[str, object]:
+        """Whether a bootstrap runs, and each symbol's windows done of planned."""
+        return {"running": self.running,
+                "progress": {sym: {"windows_done": d, "windows": n} for sym, (d, n) in self.progress.items()}}
+
     async def run(self, infos: Sequence[SymbolInfo], days: float) -> BootstrapReport:
         """Bootstrap these symbols (resuming any earlier run) and return what was done."""
         t0 = time.perf_counter()

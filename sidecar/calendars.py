@@ -38,6 +38,11 @@ def _xnys_sessions() -> dict[int, tuple[int, int]]:
     return {int(o) // DAY: (int(o), int(c)) for o, c in zip(opens, closes, strict=True)}
 
 
+def prepare() -> None:
+    """Load the NYSE session table now (~0.5 s), so the first cycle that needs it does not pay."""
+    _xnys_sessions()
+
+
 @lru_cache(maxsize=4096)
 def _ny_offset(day: int) -> int:
     """New York's UTC offset in seconds at noon UTC of a UTC day.

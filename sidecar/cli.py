@@ -67,7 +67,7 @@ async def _bootstrap(sc: Any, days: float) -> dict:
 
 async def _backfill(sc: Any, days: float) -> dict:
     await sc.backfiller.run(sc.infos, days)
-    return sc.backfiller.summary()
+    return sc.backfiller.health()
 
 
 async def _status(sc: Any, days: float) -> dict:

@@ -20,7 +20,7 @@ import orjson
 from dotenv import dotenv_values
 
 from .errors import SettingsError, SymbolError
-from .features.engine import FeatureConfig
+from .features.config import FeatureConfig
 from .scanner import DEFAULT_RULES
 from .symbols import DEFAULT_SYMBOLS, AssetClass, lookup
 

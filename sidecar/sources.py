@@ -97,6 +97,46 @@ class GuardedSource:
             self.breaker.record_failure()
         self.state.tried_last_cycle, self.state.failed_last_cycle = self._ok + self._failed, self._failed
 
+    def health(self) -> dict[str, object]:
+        """The source as the loop saw it last cycle: `ok`, `degraded` (some requests failed),
+        `down` (all failed, or the breaker is open), `idle` (not asked), `disabled` (with why)."""
+        f, src, breaker, limiter = self.fetcher, self.state, self.breaker, self.limiter
+        if f.disabled_reason is not None:
+            return {"state": "disabled", "reason": f.disabled_reason}
+        if breaker.state == "open":
+            state = "down"
+        elif src.tried_last_cycle == 0:
+            state = "idle"
+        elif src.failed_last_cycle == 0:
+            state = "ok"
+        else:
+            state = "down" if src.failed_last_cycle == src.tried_last_cycle else "degraded"
+        now = self.clock.time()
+
+        def age(t: float | None) -> float | None:
+            return None if t is None else round(now - t, 3)
+
+        doc: dict[str, object] = {
+            "state": state,
+            "breaker": {"state": breaker.state, "consecutive_failures": breaker.failures,
+                        "transitions": breaker.transitions},
+            "rate_limit": {"per_minute": limiter.per_minute, "per_day": limiter.per_day,
+                           "used_today": limiter.used_today, "refused": limiter.refused,
+                           "blocked_for_s": round(max(0.0, limiter.blocked_until - self.clock.monotonic()), 3)},
+            "base_url": f.base_url,
+            "requests_last_cycle": src.tried_last_cycle,
+            "failed_last_cycle": src.failed_last_cycle,
+            "symbols_served_last_cycle": src.served_last_cycle,
+            "last_success_age_s": age(src.last_success_at),
+            "last_error": src.last_error,
+            "last_error_age_s": age(src.last_error_at),
+        }
+        errors = {reason: n for (name, reason), n in
+                  self.metrics.by_labels("sidecar_fetch_errors_total", ("source", "reason")).items() if name == self.name}
+        if errors:
+            doc["errors_total"] = errors
+        return doc
+
     def usable(self, cost: int = 1) -> bool:
         """Worth trying now: enabled, breaker letting requests through, budget left (no side effects)."""
         return (self.fetcher.disabled_reason is None and self.breaker.would_allow()

@@ -193,3 +193,16 @@ def test_the_exchange_reads_provider_names_its_own_way_and_agrees_with_the_daemo
         assert names.polygon(info.polygon).yahoo == info.yahoo, sym
         if info.alphavantage is not None:
             assert names.alphavantage(info.alphavantage).yahoo == info.yahoo, sym
+
+
+def test_the_exchange_starts_without_the_indicator_engine() -> None:
+    """The exchange imports the settings, not the features' compiled kernel (numba costs it
+    seconds of start-up and memory it never uses)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, sidecar.exchange.__main__; "
+            "loaded = [m for m in sys.modules if m == 'numba' or m.startswith('sidecar.features.engine')]; "
+            "print(loaded); sys.exit(1 if loaded else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr

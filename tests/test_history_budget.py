@@ -37,7 +37,7 @@ async def test_bootstrap_gap_scan_and_live_loop_share_one_budget(settings: Setti
         await wait_until(lambda: sc.backfiller.last is not None and not sc.bootstrapper.running
                          and sc.bootstrapper.progress and all(d == t for d, t in sc.bootstrapper.progress.values()),
                          150, "bootstrap and a gap scan done",
-                         detail=lambda: f"bootstrap {sc.bootstrapper.progress}, scan {sc.backfiller.summary()}")
+                         detail=lambda: f"bootstrap {sc.bootstrapper.progress}, scan {sc.backfiller.health()}")
         cycles = sc.metrics.total("sidecar_cycles_total")
         elapsed = time.monotonic() - began
     finally:
@@ -50,7 +50,7 @@ async def test_bootstrap_gap_scan_and_live_loop_share_one_budget(settings: Setti
     # History did go through this budget: the windows it fetched are in the exchange's log.
     history = [(sym, a, b) for sym, a, b in exchange.chart_log if b - a > 3600]
     assert len(history) >= 3 and sc.backfiller.last is not None
-    assert sc.backfiller.summary()["minutes_left"] == 0
+    assert sc.backfiller.health()["minutes_left"] == 0
 
 
 async def test_history_falls_back_down_the_configured_sources_only(settings: Settings, exchange: Exchange) -> None:

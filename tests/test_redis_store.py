@@ -27,9 +27,12 @@ def _bar(i: int, symbol: str = "AAPL", **changes: object) -> Bar:
 @pytest.fixture
 async def store(redis_url: str) -> AsyncIterator[RedisStore]:
     s = RedisStore(url=redis_url, prefix="t", max_connections=4, timeout_s=0.5, history_len=50)
-    assert await s.start()
-    yield s
-    await s.close()
+    await s.start()
+    try:
+        assert s.health() == {"state": "ok", "last_error": None}
+        yield s
+    finally:
+        await s.close()
 
 
 async def test_latest_and_history_are_msgpack_maps_under_documented_keys(
@@ -100,7 +103,8 @@ async def test_a_write_tells_when_redis_lost_its_data(store: RedisStore, redis_s
 async def test_redis_down_is_a_store_error_within_the_timeout(tmp_path) -> None:  # type: ignore[no-untyped-def]
     s = RedisStore(url=f"unix://{tmp_path}/nothing.sock", prefix="t", max_connections=2, timeout_s=0.3,
                    history_len=10)
-    assert not await s.start()
+    await s.start()  # Redis being down is not an error at start: health says so
+    assert s.health()["state"] == "down" and "ping failed" in str(s.health()["last_error"])
     t0 = time.monotonic()
     with pytest.raises(RedisStoreError):
         await s.write_bars([_bar(1)], [_bar(1)])

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from .. import calendars
 from ..backfill import Backfiller
 from ..bars import Bar
 from ..bootstrap import Bootstrapper
@@ -29,7 +30,7 @@ from ..sources import GuardedSource
 from ..stores import RedisStore, SQLiteStore
 from ..symbols import AssetClass, SymbolInfo, lookup, parse_symbol
 from ..validator import Validator
-from .health import build_health
+from .health import compose
 from .http import HttpServer
 from .orchestrator import TIMEFRAME, Orchestrator
 from .ticker import Ticker
@@ -139,8 +140,19 @@ class Sidecar:
         self._tasks: list[asyncio.Task[None]] = []
 
     def health(self) -> dict[str, Any]:
-        """The /health document."""
-        return build_health(self)
+        """The /health document, composed from each component's own snapshot."""
+        orch = self.orchestrator
+        loop = orch.health()
+        if self.stopping:
+            loop["state"] = "down"
+        redis = {**self.redis.health(), "errors_total": int(self.metrics.total("sidecar_redis_errors_total")),
+                 "reseeds": self.reseeds,
+                 "last_reseed_age_s": None if self.reseeded_at is None else round(self.clock.time() - self.reseeded_at, 3)}
+        return compose(now=self.clock.time(), loop=loop, sources={g.name: g.health() for g in orch.sources},
+                       primary=orch.guarded.name, redis=redis, sqlite=self.sqlite.health(), sections={
+                           "validator": {"rejected": self.metrics.by_label("sidecar_bars_rejected_total", "reason")},
+                           "backfill": self.backfiller.health(), "bootstrap": self.bootstrapper.health(),
+                           "end_of_day": self.backfiller.eod, "http": self.http.health()})
 
     async def update_symbols(self, add: list[str], remove: list[str]) -> list[str]:
         """Follow more or fewer symbols while running: new ones are warmed from their stored
@@ -304,26 +316,26 @@ class Sidecar:
         log.info("resuming %d symbols after their last stored bar", len(last))
         t0 = self.clock.monotonic()
         self.features.book.engine.prepare()
+        calendars.prepare()  # loaded once here, not inside the first cycle
         histories = await self.sqlite.recent(list(s.symbols), TIMEFRAME, s.feature_warmup_bars)
         self.features.warm(self.infos, histories)
         log.info("features warmed from %d stored bars in %.2fs", sum(map(len, histories.values())),
                  self.clock.monotonic() - t0)
-        if not await self.redis.start():
-            log.warning("redis is not reachable at start-up; bars go to SQLite until it is")
+        await self.redis.start()
         await self.fetcher.start()
         self.announce_sources()
         for f in self.fallbacks:
             await f.start()
         try:
-            host, port = await self.http.start()
+            await self.http.start()
         except OSError as exc:
             raise SettingsError("SIDECAR_HTTP_PORT", f"cannot listen on {s.http_host}:{s.http_port}: {exc}") from exc
-        log.info("http listening on http://%s:%d", host, port)
+        log.info("http listening on http://%s:%d", self.http.host, self.http.port)
         if self.handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):  # PM2 stops with SIGINT, systemd with SIGTERM
                 loop.add_signal_handler(sig, self.request_stop)
-        self._supervise(self.orchestrator.start())
+        self._supervise(await self.orchestrator.start())
         self._supervise(asyncio.create_task(self._flush_loop(), name="sqlite-flush"))
         self._supervise(asyncio.create_task(self._backfill_loop(), name="backfill-loop"))
         self._supervise(asyncio.create_task(self._retention_loop(), name="retention"))
@@ -416,7 +428,7 @@ class Sidecar:
         budget = self.settings.shutdown_timeout_s
         log.info("stopping: finishing the cycle in flight")
         # 1. No new cycles; a cycle in flight finishes, so what it fetched gets buffered.
-        await self.orchestrator.stop(timeout=budget * 0.4)
+        await self.orchestrator.close(timeout=budget * 0.4)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -108,20 +108,22 @@ class HttpServer:
         self.app.router.add_get("/symbols", self._get_symbols)
         self.app.router.add_post("/symbols", self._post_symbols)
 
-    async def start(self) -> tuple[str, int]:
-        """Listen; return the bound (host, port)."""
+    async def start(self) -> None:
+        """Listen; `port` becomes the bound port (when 0 was asked for)."""
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
-        host, port = self._runner.addresses[0][:2]
-        self.port = port
-        return host, port
+        self.host, self.port = self._runner.addresses[0][:2]
 
     async def close(self) -> None:
-        """Stop listening and finish open requests."""
+        """Stop listening and finish open requests (idempotent)."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    def health(self) -> dict[str, object]:
+        """Whether it listens, and where."""
+        return {"state": "ok" if self._runner is not None else "down", "address": f"{self.host}:{self.port}"}
 
     async def _get_health(self, request: web.Request) -> web.Response:
         doc = self._health()

@@ -24,6 +24,7 @@ import collections
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -131,8 +132,7 @@ class Orchestrator:
         self.stages: dict[str, float] = {}  # seconds spent per stage in the last cycle
         self.last_cycle: CycleReport | None = None
         self.last_cycle_at: float | None = None
-        self.redis_ok: bool | None = None
-        self.redis_last_error: str | None = None
+        self._redis_failing = False  # for logging the transitions only; the store's health() says more
         self._quarantine: list[dict[str, object]] = []  # spikes not yet written to Redis
         self._rewarm: set[str] = set()  # symbols whose features are rebuilt at the end of the cycle
         self._stopping = False
@@ -187,13 +187,14 @@ class Orchestrator:
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    def start(self) -> asyncio.Task[None]:
+    async def start(self) -> asyncio.Task[None]:
         """Start the loop as a task and return it (the caller supervises it)."""
         self._task = asyncio.create_task(self._run(), name="orchestrator")
         return self._task
 
-    async def stop(self, timeout: float) -> None:
-        """Stop scheduling cycles; let a cycle in flight finish within `timeout`."""
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop scheduling cycles; let a cycle in flight finish within `timeout`, so what it
+        fetched reaches the stores (idempotent)."""
         self._stopping = True
         task = self._task
         if task is None or task.done():
@@ -279,7 +280,9 @@ class Orchestrator:
         t, newest = self.table, accepted.newest
         t0 = self.clock.monotonic()
         cols = self.features.columns(t.symbols, t.version)
-        refresh = np.setdiff1d(fetched.answered, np.union1d(newest.slot, stale))
+        skip = np.zeros(len(t.active), dtype=bool)  # masks, not set operations: ~0.3 ms each at 5,000
+        skip[newest.slot] = skip[stale] = True
+        refresh = fetched.answered[~skip[fetched.answered]]
         out = self.features.update_batch(accepted.closed, newest.take(newest.forming), refresh, t.ref_ts, t.ref_close,
                                          cols)
         self.metrics.features_seconds.observe(self.clock.monotonic() - t0)
@@ -312,15 +315,15 @@ class Orchestrator:
                 quiet=[names[s] for s in stale.tolist()])
         except RedisStoreError as exc:
             self.metrics.redis_errors.inc()
-            if self.redis_ok is not False:
+            if not self._redis_failing:
                 log.warning("redis write failed (SQLite keeps recording): %s", exc)
-            self.redis_ok, self.redis_last_error = False, str(exc)
+            self._redis_failing = True
             return False
         self.metrics.redis_write_seconds.observe(self.clock.monotonic() - t0)
         np.maximum.at(t.hist_ts, history.slot, history.ts)
-        if self.redis_ok is False:
+        if self._redis_failing:
             log.info("redis writes recovered")
-        self.redis_ok, self.redis_last_error = True, None
+        self._redis_failing = False
         if result.fresh and self.on_redis_lost is not None:
             self.on_redis_lost()
         return True
@@ -377,11 +380,25 @@ class Orchestrator:
                         "history_requests": len(fetched.from_history), "overruns": self.ticker.overruns})
         return report
 
-    def health(self) -> dict[str, object]:
-        """The loop's own state: last cycle, overruns, Redis writes."""
-        return {"last_cycle_at": self.last_cycle_at, "overruns": self.ticker.overruns,
+    def health(self) -> dict[str, Any]:
+        """The loop (cycling, last cycle, overruns) and each symbol's freshness."""
+        now, t = self.clock.time(), self.table
+        at = self.last_cycle_at
+        cycling = at is not None and now - at <= 3 * self.period + 1 and not self._stopping
+        slots = t.slots()
+        age = now - t.last_update[slots]
+        fresh = age <= self.dead.stale_after_s  # NaN (never updated) is not fresh
+        freshness = {
+            t.symbols[s]: {"fresh": bool(ok), "last_bar_ts": None if t.lt_ts[s] < 0 else int(t.lt_ts[s]),
+                           "last_update_age_s": None if a != a else round(float(a), 3),
+                           "last_error": t.last_error.get(s),
+                           "source": None if t.source[s] < 0 else t.source_names[t.source[s]]}
+            for s, ok, a in zip(slots.tolist(), fresh.tolist(), age.tolist(), strict=True)}
+        return {"state": "ok" if cycling else "down", "cycles": int(self.metrics.total("sidecar_cycles_total")),
+                "overruns": self.ticker.overruns,
                 "last_cycle_ms": round(self.last_cycle.duration_s * 1000, 2) if self.last_cycle else None,
-                "redis_ok": self.redis_ok, "redis_last_error": self.redis_last_error}
+                "last_cycle_age_s": None if at is None else round(now - at, 3),
+                "fresh_symbols": int(fresh.sum()), "symbols": len(slots), "freshness": freshness}
 
 
 def _set_latest(t: SymbolTable, rows: Batch) -> None:

@@ -97,7 +97,9 @@ class Acceptance:
         if t.pending or t.unsettled:  # a held bar or a bar that may be revised: decided bar by bar
             present = set(np.unique(batch.slot).tolist())
             slow_slots |= {s for s in (*t.pending, *t.unsettled) if s in present}
-        slow = np.isin(batch.slot, np.fromiter(slow_slots, dtype=np.int64, count=len(slow_slots)))
+        slow = np.zeros(len(batch), dtype=bool)
+        if slow_slots:
+            slow = np.isin(batch.slot, np.fromiter(slow_slots, dtype=np.int64, count=len(slow_slots)))
 
         # the fast path: every new closed bar accepted, the newest valid row published
         fast_new = new & ~slow
@@ -162,7 +164,7 @@ class Acceptance:
                 t.unsettled[slot] = kept
             else:
                 del t.unsettled[slot]  # never asked again for an hour: the end-of-day check verifies
-        plain = answered[~np.isin(answered, np.fromiter(slow, dtype=np.int64, count=len(slow)))]
+        plain = answered[~np.isin(answered, np.fromiter(slow, dtype=np.int64, count=len(slow)))] if slow else answered
         self._step_over(plain, horizon)  # the slow ones did it in _refetch
         for slot in [s for s in t.reject_attempts if s in asked]:
             cursor = int(t.cursor[slot])

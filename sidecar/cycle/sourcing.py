@@ -82,6 +82,7 @@ class Sourcing:
         self.step = 60
         self.builder = BarBuilder(self.step)
         self.recovered = False  # a symbol's source answered again this cycle (one event, not one per symbol)
+        self._chunks: tuple[int, list[tuple[np.ndarray, list[SymbolInfo]]]] = (-1, [])
 
     def serving(self, info: SymbolInfo) -> list[GuardedSource]:
         """The configured, enabled sources that serve a symbol, in order."""
@@ -186,8 +187,11 @@ class Sourcing:
             await self.clock.sleep(label - now)
             now = self.clock.time()
         current = bucket_start(label, self.step)
-        chunks = [slots[i:i + self.quote_batch] for i in range(0, len(slots), self.quote_batch)]
-        batches = await asyncio.gather(*(self._quote_chunk(chunk) for chunk in chunks))
+        if self._chunks[0] != t.version:  # the chunks and their symbols, rebuilt when membership changes
+            parts = [slots[i:i + self.quote_batch] for i in range(0, len(slots), self.quote_batch)]
+            self._chunks = (t.version, [(c, [t.info(s) for s in c.tolist()]) for c in parts])
+        chunks = [c for c, _ in self._chunks[1]]
+        batches = await asyncio.gather(*(self._quote_chunk(c, infos) for c, infos in self._chunks[1]))
         t_build = self.clock.monotonic()
         got = [(chunk[b.index], b) for chunk, b in zip(chunks, batches, strict=True) if b is not None]
         built = Batch.empty()
@@ -213,8 +217,9 @@ class Sourcing:
                 Batch(f.slot[live], f.ts[live], f.open[live], f.high[live], f.low[live], f.close[live],
                       f.volume[live], np.full(n_f, FORMING, dtype=np.int64), by_slot[f.slot[live]],
                       np.full(n_f, np.inf))])
-            heard = np.union1d(c.slot, f.slot)
-            heard = heard[t.active[heard]]
+            seen = np.zeros(len(t.active), dtype=bool)
+            seen[c.slot] = seen[f.slot] = True
+            heard = np.flatnonzero(seen & t.active)
             t.source[heard] = by_slot[heard]
             self._answered(heard, now)
         build_s = self.clock.monotonic() - t_build
@@ -222,7 +227,9 @@ class Sourcing:
         if len(fetched):  # the source's own bars replace what the builder had
             built = built.take(~np.isin(built.slot, fetched))
         batch = Batch.concat([built, history]).sorted()
-        answered = np.union1d(np.unique(built.slot), fetched)
+        seen = np.zeros(len(t.active), dtype=bool)
+        seen[built.slot] = seen[fetched] = True
+        answered = np.flatnonzero(seen)
         return Fetched(batch, answered, fetched, sum(b.parse_s for _, b in got), build_s)
 
     async def _catch_up(self, slots: np.ndarray, current: int, now: float) -> tuple[Batch, np.ndarray]:
@@ -247,9 +254,8 @@ class Sourcing:
         cursor = t.cursor[fetched]
         t.synced_until[fetched] = np.where(reached, current, np.where(cursor >= 0, cursor + self.step, -1))
 
-    async def _quote_chunk(self, chunk: np.ndarray) -> QuoteBatch | None:
+    async def _quote_chunk(self, chunk: np.ndarray, infos: list[SymbolInfo]) -> QuoteBatch | None:
         """One chunk's batch quote from the first quote source that is usable and answers."""
-        infos = [self.table.info(s) for s in chunk.tolist()]
         sources = [g for g in self.sources if g.quotes and g.fetcher.disabled_reason is None]
         for g in sources:
             if not g.usable(g.fetcher.quote_cost(infos)) and g is not sources[-1]:  # type: ignore[attr-defined]

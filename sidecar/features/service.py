@@ -60,7 +60,11 @@ class FeatureService:
         f_known = f_cols >= 0
         f_slots = forming.slot[f_known]
         peeked = self.book.peek_columns(f_cols[f_known], _values(forming, f_known))
-        only = np.setdiff1d(np.union1d(committed, refresh[(cols[refresh] >= 0) & (ref_ts[refresh] >= 0)]), f_slots)
+        mark = np.zeros(len(cols), dtype=bool)  # a mask, not set operations: ~0.3 ms each at 5,000 symbols
+        mark[committed] = True
+        mark[refresh[(cols[refresh] >= 0) & (ref_ts[refresh] >= 0)]] = True
+        mark[f_slots] = False
+        only = np.flatnonzero(mark)
         slots = np.concatenate([f_slots, only])
         if not len(slots):
             return slots, []

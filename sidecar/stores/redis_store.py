@@ -28,8 +28,10 @@ dropped connection changes nothing (reliability.md B.1).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 import orjson
@@ -40,6 +42,8 @@ from redis.exceptions import RedisError
 
 from ..bars import Bar
 from ..errors import RedisStoreError
+
+log = logging.getLogger(__name__)
 
 # ARGV[1] history length, then (history key, ts, member, mode) per closed bar. Mode bit 1: the
 # bar may have an older copy at the same open (a revision, a re-sent or re-fetched bar), removed
@@ -163,23 +167,33 @@ class RedisStore:
         self._mget_cache: tuple[tuple[tuple[str, ...], str], bytes] | None = None
         self._key_heads: dict[tuple[str, str, str], bytes] = {}  # (kind, symbol, tf) -> the key as RESP
         self._listed: set[str] = set()  # symbols this Redis has in its symbols set
+        self._closed = False
+        self.ok: bool | None = None  # did the last call succeed (None: none made yet)
+        self.last_error: str | None = None
 
-    async def start(self) -> bool:
-        """Check the connection; False (not an exception) when Redis is down, so the loop
-        still starts and SQLite keeps recording."""
-        return await self.ping()
+    async def start(self) -> None:
+        """Check the connection. Redis being down is not an error here: the loop still starts,
+        SQLite keeps recording, and `health()` says so."""
+        if not await self.ping():
+            log.warning("redis not reachable at start; the loop runs without it until it answers")
 
     async def close(self) -> None:
-        """Close the client and its pool."""
-        await self.client.aclose()
-        await self._pool.disconnect()
+        """Close the client and its pool (idempotent; nothing is held to flush)."""
+        if not self._closed:
+            self._closed = True
+            await self.client.aclose()
+            await self._pool.disconnect()
+
+    def health(self) -> dict[str, object]:
+        """`ok` / `down` by the last call (`unknown` before any), and the last error."""
+        return {"state": {True: "ok", False: "down", None: "unknown"}[self.ok], "last_error": self.last_error}
 
     async def ping(self) -> bool:
         """True if Redis answers within the timeout."""
         try:
-            async with asyncio.timeout(self.timeout_s):
-                return bool(await self.client.ping())
-        except (RedisError, OSError, TimeoutError):
+            await self._read(self.client.ping(), "ping")
+            return True
+        except RedisStoreError:
             return False
 
     def _key(self, kind: str, symbol: str, timeframe: str) -> bytes:
@@ -268,21 +282,23 @@ class RedisStore:
                 finally:
                     await pool.release(conn)
         except (RedisError, OSError, TimeoutError) as exc:
-            raise RedisStoreError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+            raise self._failed(what, exc) from exc
         errors = [r for r in out if isinstance(r, RedisError)]
         if errors:
-            raise RedisStoreError(f"{what} failed: {errors[0]}")
+            raise self._failed(what, str(errors[0]))
+        self.ok, self.last_error = True, None
         return out
 
     async def latest(self, symbol: str, timeframe: str) -> Bar | None:
         """The newest bar of a symbol, or None."""
-        raw = await self._read(self.client.get(self.keys.latest(symbol, timeframe)))
+        raw = await self._read(self.client.get(self.keys.latest(symbol, timeframe)), "reading a bar")
         return unpack(raw) if raw else None
 
     async def history(self, symbol: str, timeframe: str, start: int, end: int, limit: int) -> list[Bar]:
         """Closed bars with open in [start, end], oldest first, at most `limit` (the newest ones)."""
         key = self.keys.history(symbol, timeframe)
-        raw = await self._read(self.client.zrange(key, end, start, byscore=True, desc=True, offset=0, num=limit))
+        raw = await self._read(self.client.zrange(key, end, start, byscore=True, desc=True, offset=0, num=limit),
+                               "reading a history")
         return [unpack(m) for m in reversed(raw)]
 
     async def features(self, symbols: Sequence[str], timeframe: str) -> list[bytes | None]:
@@ -307,7 +323,7 @@ class RedisStore:
             return
         name = self.keys.signals().encode()
         maxlen = b"%d" % self.signals_maxlen
-        packed = []
+        packed: list[bytes] = []
         for sig in signals:
             body = orjson.dumps(sig)
             packed += (_command(b"XADD", name, b"MAXLEN", b"~", maxlen, b"*", b"signal", body),
@@ -316,36 +332,39 @@ class RedisStore:
 
     async def dead_letters(self, add: dict[str, dict[str, object]], remove: Sequence[str]) -> None:
         """Put symbols on (with the reason) or take them off the dead-letter hash."""
-        if not add and not remove:
-            return
-        try:
-            async with self.client.pipeline(transaction=False) as pipe, asyncio.timeout(self.timeout_s):
-                if add:
-                    pipe.hset(self.keys.deadletter(), mapping={s: orjson.dumps(v) for s, v in add.items()})
-                if remove:
-                    pipe.hdel(self.keys.deadletter(), *remove)
-                await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise RedisStoreError(f"dead-letter update failed: {type(exc).__name__}: {exc}") from exc
+        key = self.keys.deadletter().encode()
+        packed: list[bytes] = []
+        if add:
+            packed.append(_command(b"HSET", key, *(x for s, v in add.items() for x in (s.encode(), orjson.dumps(v)))))
+        if remove:
+            packed.append(_command(b"HDEL", key, *(s.encode() for s in remove)))
+        if packed:
+            await self._send(b"".join(packed), len(packed), "dead-letter update")
 
     async def quarantine(self, entries: Sequence[dict[str, object]], keep: int = 1000) -> None:
         """Record bars the spike filter held out (the list keeps the newest `keep`)."""
-        try:
-            async with self.client.pipeline(transaction=False) as pipe, asyncio.timeout(self.timeout_s):
-                pipe.lpush(self.keys.quarantine(), *[orjson.dumps(e) for e in entries])
-                pipe.ltrim(self.keys.quarantine(), 0, keep - 1)
-                await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise RedisStoreError(f"quarantine write failed: {type(exc).__name__}: {exc}") from exc
+        key = self.keys.quarantine().encode()
+        await self._send(_command(b"LPUSH", key, *(orjson.dumps(e) for e in entries))
+                         + _command(b"LTRIM", key, b"0", b"%d" % (keep - 1)), 2, "quarantine write")
 
     async def signals(self, since_ms: int, limit: int) -> list[dict[str, object]]:
         """Signals published at or after `since_ms` (epoch milliseconds), oldest first."""
-        entries = await self._read(self.client.xrange(self.keys.signals(), min=f"{since_ms}-0", count=limit))
+        entries = await self._read(self.client.xrange(self.keys.signals(), min=f"{since_ms}-0", count=limit),
+                                   "reading signals")
         return [{"stream_id": sid.decode(), **orjson.loads(fields[b"signal"])} for sid, fields in entries]
 
-    async def _read(self, call):  # noqa: ANN001, ANN202 - any awaitable's result
+    async def _read(self, call: Awaitable[Any], what: str = "read") -> Any:
+        """A redis-py call within the timeout; its failure as a RedisStoreError."""
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await call
+                out = await call
         except (RedisError, OSError, TimeoutError) as exc:
-            raise RedisStoreError(f"read failed: {type(exc).__name__}: {exc}") from exc
+            raise self._failed(what, exc) from exc
+        self.ok, self.last_error = True, None
+        return out
+
+    def _failed(self, what: str, exc: BaseException | str) -> RedisStoreError:
+        """Record a failure (for `health()`) and make its error."""
+        text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+        self.ok, self.last_error = False, f"{what} failed: {text}"
+        return RedisStoreError(self.last_error)

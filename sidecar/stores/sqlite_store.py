@@ -105,10 +105,30 @@ class SQLiteStore:
         await self._db.commit()
 
     async def close(self) -> None:
-        """Close the connection (and its worker thread). Flush first: this does not."""
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        """Flush what is buffered, then close the connection and its worker thread
+        (idempotent). A flush that fails is logged with what it leaves behind: the daemon's
+        start-up backfill recovers those bars from the sources."""
+        if self._db is None:
+            return
+        try:
+            await self.flush()
+        except SQLiteStoreError as exc:
+            log.error("closing with %d bars unflushed: %s", len(self._buffer), exc)
+        await self._db.close()
+        self._db = None
+
+    def health(self) -> dict[str, object]:
+        """Buffer, last flush and last error."""
+        return {
+            "state": "ok" if self.last_error is None else "degraded",
+            "path": str(self.path),
+            "buffered": len(self._buffer),
+            "dropped_total": self.dropped,
+            "last_flush_age_s": None if self.last_flush_at is None else round(self.clock.time() - self.last_flush_at, 3),
+            "last_flush_rows": self.last_flush_rows,
+            "last_error": self.last_error,
+            "persisted_through": dict(self.persisted_through),
+        }
 
     @property
     def buffered(self) -> int:
