@@ -63,7 +63,7 @@ bench: venv system-deps
 	$(PY) -m bench.pipeline
 	$(PY) -m bench.features
 	$(PY) -m bench.quotes --symbols 5000 --seconds 60
-	$(PY) -m bench.soak --symbols 5000 --minutes 10 --scaling 100,1000,20000 --seconds 60
+	$(PY) -m bench.soak --symbols 5000 --minutes 10 --scaling 100,1000,20000,50000 --seconds 60
 
 # One benchmark per stage at 5,000 symbols, compared with the previous saved run (not part of CI).
 bench-micro: venv system-deps

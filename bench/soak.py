@@ -116,7 +116,9 @@ def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0) -> Run
         exchange = subprocess.Popen([sys.executable, "-m", "sidecar.exchange", "--always-open", "--port", str(ex_port)],
                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         trace = work / f"trace-{n}.jsonl"
-        daemon_env = {**env, "SIDECAR_SYMBOLS": ",".join(universe(n)), "SIDECAR_LIVE_MODE": "quotes",
+        symbols_file = work / f"symbols-{n}.txt"  # 50,000 names do not fit in one environment variable
+        symbols_file.write_text("\n".join(universe(n)))
+        daemon_env = {**env, "SIDECAR_SYMBOLS": f"@{symbols_file}", "SIDECAR_LIVE_MODE": "quotes",
                       "SIDECAR_QUOTE_BATCH": "500", "SIDECAR_CATCHUP_PER_CYCLE": "250",
                       "SIDECAR_YAHOO_BASE_URL": f"http://127.0.0.1:{ex_port}", "SIDECAR_REDIS_URL": redis_url,
                       "SIDECAR_DB_PATH": str(work / f"soak-{n}.db"), "SIDECAR_HTTP_PORT": str(http_port),
@@ -476,6 +478,9 @@ def main() -> None:
     summaries = sorted((summarize(r) for r in runs), key=lambda x: x["symbols"])
     stem = f"{dt.date.today()}-{socket.gethostname()}" + ("-quick" if args.quick else "") + (
         f"-{args.name}" if args.name else "")
+    # the figures first: a failing plot must not lose a half-hour run
+    (out_dir / f"{stem}.json").write_bytes(orjson.dumps({"summaries": summaries, "extra": extra},
+                                                        option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     images = plots(runs, summaries, out_dir, stem)
     text = report(summaries, extra, images, " ".join(sys.argv[1:]), runs)
     (out_dir / f"{stem}.md").write_text(text)

@@ -257,3 +257,47 @@ async def test_bad_bars_from_any_provider_are_never_stored(tmp_path, redis_url: 
     expected = {"high_below_low": "high_below_open_close", "nan_price": "non_finite",
                 "negative_price": "non_positive_price"}.get(fault)
     assert (rejected.get(expected, 0) >= 1) if expected else not rejected, (rejected, ex.fault_log)
+
+
+async def test_closed_minutes_come_from_polygons_snapshot_without_a_request_per_symbol(tmp_path, redis_url: str) -> None:
+    """Polygon first in quotes mode: after the first catch-up, every closed minute of every symbol
+    is the snapshot's `min` bar, taken once its minute has passed plus the grace (SIDECAR_SETTLE_S),
+    equal to the truth; no aggregates request per symbol, one snapshot per market per cycle."""
+    clock = ManualClock(start=START)
+    ex = Exchange(Market(SEED, always_open=True), clock=clock, limits={"polygon": Limits(per_minute=100_000)})
+    await ex.start()
+    s = replace(Settings(), redis_url=redis_url, db_path=tmp_path / "p.db", http_port=0, lookback_minutes=10,
+                bootstrap_days=0.0, symbols=SYMBOLS, sources=("polygon", "yahoo"), yahoo_base_url=ex.url,
+                polygon_base_url=ex.url, polygon_api_key="local", polygon_rate_per_min=0, live_mode="quotes",
+                spike_atr=0.0, settle_s=3.0, gap_scan_days=0.0)
+    sc = Sidecar(s, clock=clock, handle_signals=False)
+    sc._schedule_backfill = sc.orchestrator.on_recovered = lambda: None  # type: ignore[method-assign]  # noqa: SLF001
+    await sc.sqlite.start()
+    await sc.redis.start()
+    for f in (sc.fetcher, *sc.fallbacks):
+        await f.start()
+    try:
+        while int(clock.time()) % 60 != 10:  # the catch-up of the first minutes, and of the minute joined half-way
+            await _cycles(sc, clock, 1)
+        await _cycles(sc, clock, 60)
+        aggregates, snapshots, t0 = ex.requests["polygon"], ex.requests["polygon_snapshot"], int(clock.time())
+        minute = t0 // 60 * 60  # runs now: its bar is forming, and stays forming until it ended + 3 s
+        await _cycles(sc, clock, 52)  # to 2 s after the minute ended
+        assert sc.orchestrator.states["AAPL"].cursor == minute - 60
+        await _cycles(sc, clock, 2)  # 4 s after: taken
+        assert sc.orchestrator.states["AAPL"].cursor == minute
+        await _cycles(sc, clock, 180)
+        assert ex.requests["polygon"] == aggregates  # no history request at all
+        markets = 3  # stocks, forex, crypto: one snapshot each per cycle
+        assert ex.requests["polygon_snapshot"] - snapshots == markets * 234
+        await sc.sqlite.flush()
+    finally:
+        await sc.close()
+        await ex.close()
+    with sqlite3.connect(s.db_path) as db:
+        rows = db.execute("SELECT symbol, ts, open, high, low, close, volume, source FROM bars WHERE ts >= ?",
+                          (t0 // 60 * 60,)).fetchall()
+    assert {r[7] for r in rows} == {"polygon"} and len(rows) >= 3 * 3
+    for sym, ts, *values, _src in rows:
+        t = ex.truth(lookup(sym).yahoo, ts, ts + 60)
+        assert tuple(values) == (t.open[0], t.high[0], t.low[0], t.close[0], t.volume[0]), (sym, ts)

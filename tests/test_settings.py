@@ -34,6 +34,16 @@ def test_environment_values_are_parsed() -> None:
     assert s.http_port == 9000 and s.flush_interval_s == 2.5 and s.sqlite_synchronous == "NORMAL"
 
 
+def test_symbols_can_come_from_a_file_too_large_for_the_environment(tmp_path: Path) -> None:
+    names = [f"Q{i:05d}" for i in range(50_000)]  # ~300 kB: one environment string holds 128 kB at most
+    path = tmp_path / "universe.txt"
+    path.write_text("\n".join(names[:25_000]) + "\n" + ",".join(names[25_000:]) + ",AAPL\nQ00001\n")
+    s = Settings.from_env({"SIDECAR_SYMBOLS": f"@{path}"}, dotenv=None)
+    assert s.symbols == (*names, "AAPL")  # in order, each once
+    with pytest.raises(SettingsError, match="SIDECAR_SYMBOLS: cannot read the symbols file"):
+        Settings.from_env({"SIDECAR_SYMBOLS": f"@{tmp_path / 'missing.txt'}"}, dotenv=None)
+
+
 @pytest.mark.parametrize(("env", "value"), [
     ("SIDECAR_HTTP_PORT", "abc"),
     ("SIDECAR_HTTP_PORT", "70000"),

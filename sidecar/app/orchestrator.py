@@ -148,7 +148,7 @@ class Orchestrator:
         for info in infos:
             if info.symbol not in self.table:
                 slot = self.table.add(info, self.sourcing.serving(info))
-                self.sourcing.builder.reset(np.array([slot]))
+                self.sourcing.reset(np.array([slot]))
 
     def remove(self, symbols: list[str]) -> None:
         """Stop following symbols; a fetch already in flight for one is simply not used again."""

@@ -17,12 +17,10 @@ from ..clock import Clock
 
 @dataclass(slots=True)
 class Tick:
-    """One scheduled cycle: its index, its deadline, and how late it started."""
+    """One scheduled cycle: its index and its deadline."""
 
     index: int
     deadline: float  # monotonic
-    wall: float  # wall time the deadline corresponds to
-    lag: float  # seconds between the deadline and the actual start
 
 
 class Ticker:
@@ -44,16 +42,15 @@ class Ticker:
         clock, period = self.clock, self.period
         wall_now, mono_now = clock.time(), clock.monotonic()
         to_next = period - math.fmod(wall_now, period)  # first deadline: the next whole period
-        deadline, wall = mono_now + to_next, wall_now + to_next
+        deadline = mono_now + to_next
         index = 0
         while True:
             delay = deadline - clock.monotonic()
             if delay > 0:
                 await clock.sleep(delay)
-            yield Tick(index, deadline, wall, clock.monotonic() - deadline)
+            yield Tick(index, deadline)
             index += 1
             deadline += period
-            wall += period
             behind = clock.monotonic() - deadline
             if behind > 0:
                 self.overruns += 1
@@ -62,4 +59,3 @@ class Ticker:
                 missed = int(behind // period)
                 self.skipped += missed
                 deadline += missed * period
-                wall += missed * period

@@ -126,8 +126,9 @@ class Acceptance:
             if latest is not None:
                 newest_parts.append(self._rows([latest], slot))
             self._refetch(slot, refetch, now)
-        out.closed = Batch.concat(parts).sorted()
-        newest = Batch.concat(newest_parts).sorted()
+        # the batch's rows are in (slot, ts) order, and so is what the fast path took from them
+        out.closed = Batch.concat(parts).sorted() if len(parts) > 1 else closed
+        newest = Batch.concat(newest_parts).sorted() if len(newest_parts) > 1 else newest
         newest = newest.take(_last_per_slot(newest.slot)) if len(newest) else newest
         keep = ~newest.forming | (newest.ts >= t.lt_ts[newest.slot])  # a forming bar never goes back in time
         out.newest = newest.take(keep)

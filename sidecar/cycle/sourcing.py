@@ -31,6 +31,7 @@ from ..metrics import Metrics
 from ..sources import GuardedSource
 from ..symbols import SymbolInfo
 from .batch import Batch
+from .minutes import MinuteBars
 from .table import SymbolTable
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,14 @@ class Sourcing:
         self.settle_s = settle_s
         self.step = 60
         self.builder = BarBuilder(self.step)
+        self.minutes = MinuteBars(table=table, step=self.step, grace_s=settle_s)
         self.recovered = False  # a symbol's source answered again this cycle (one event, not one per symbol)
         self._chunks: tuple[int, list[tuple[np.ndarray, list[SymbolInfo]]]] = (-1, [])
+
+    def reset(self, slots: np.ndarray) -> None:
+        """Forget what the builder and the minute bars hold for slots (a symbol added in a freed slot)."""
+        self.builder.reset(slots)
+        self.minutes.reset(slots)
 
     def serving(self, info: SymbolInfo) -> list[GuardedSource]:
         """The configured, enabled sources that serve a symbol, in order."""
@@ -194,6 +201,31 @@ class Sourcing:
         batches = await asyncio.gather(*(self._quote_chunk(c, infos) for c, infos in self._chunks[1]))
         t_build = self.clock.monotonic()
         got = [(chunk[b.index], b) for chunk, b in zip(chunks, batches, strict=True) if b is not None]
+        seen = np.zeros(len(t.active), dtype=bool)  # the slots whose source answered
+        built = self._build(label, [(s, b) for s, b in got if b.minute is None], now, seen)
+        with_bars = [(s, b, b.minute) for s, b in got if b.minute is not None]
+        if with_bars:  # the source's own minute bars (Polygon's snapshot): no bar builder, no catch-up
+            rows = np.concatenate([s for s, _, _ in with_bars])
+            source = np.concatenate([np.full(len(s), t.source_code(b.source), dtype=np.int16) for s, b, _ in with_bars])
+            minute = np.hstack([m for _, _, m in with_bars])
+            built = Batch.concat([built, self.minutes.take(rows, source, minute, now, current)])
+            live = rows[t.active[rows]]
+            t.source[live] = source[t.active[rows]]
+            self._answered(live, now)
+            seen[live] = True
+        build_s = self.clock.monotonic() - t_build
+        history, fetched = await self._catch_up(slots, current, now)
+        if len(fetched):  # the source's own bars replace what the builder had
+            built = built.take(~np.isin(built.slot, fetched))
+        batch = Batch.concat([built, history]).sorted()
+        seen[fetched] = True
+        answered = np.flatnonzero(seen)
+        return Fetched(batch, answered, fetched, sum(b.parse_s for _, b in got), build_s)
+
+    def _build(self, label: int, got: list[tuple[np.ndarray, QuoteBatch]], now: float, seen: np.ndarray) -> Batch:
+        """Quotes through the bar builder: its complete closed bars that follow the last minute
+        accounted for, and its forming bars; the slots heard are marked in `seen`."""
+        t = self.table
         built = Batch.empty()
         if got:
             rows = np.concatenate([s for s, _ in got])
@@ -217,25 +249,19 @@ class Sourcing:
                 Batch(f.slot[live], f.ts[live], f.open[live], f.high[live], f.low[live], f.close[live],
                       f.volume[live], np.full(n_f, FORMING, dtype=np.int64), by_slot[f.slot[live]],
                       np.full(n_f, np.inf))])
-            seen = np.zeros(len(t.active), dtype=bool)
-            seen[c.slot] = seen[f.slot] = True
-            heard = np.flatnonzero(seen & t.active)
-            t.source[heard] = by_slot[heard]
-            self._answered(heard, now)
-        build_s = self.clock.monotonic() - t_build
-        history, fetched = await self._catch_up(slots, current, now)
-        if len(fetched):  # the source's own bars replace what the builder had
-            built = built.take(~np.isin(built.slot, fetched))
-        batch = Batch.concat([built, history]).sorted()
-        seen = np.zeros(len(t.active), dtype=bool)
-        seen[built.slot] = seen[fetched] = True
-        answered = np.flatnonzero(seen)
-        return Fetched(batch, answered, fetched, sum(b.parse_s for _, b in got), build_s)
+            heard = np.zeros(len(t.active), dtype=bool)
+            heard[c.slot] = heard[f.slot] = True
+            live = np.flatnonzero(heard & t.active)
+            t.source[live] = by_slot[live]
+            self._answered(live, now)
+            seen[live] = True
+        return built
 
     async def _catch_up(self, slots: np.ndarray, current: int, now: float) -> tuple[Batch, np.ndarray]:
         """History for the symbols the builder cannot vouch for, the longest-lagging first."""
         t = self.table
         lag = t.synced_until[slots] < current
+        lag &= ~self.minutes.waiting(slots, now)  # the source's own bar of that minute comes within its grace
         if t.unsettled:
             due = now - self.step - self.settle_s  # an unsettled bar opening before this can be asked again
             lag |= np.isin(slots, [s for s, bars in t.unsettled.items() if min(bars) <= due])

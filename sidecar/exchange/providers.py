@@ -285,10 +285,14 @@ class ProviderEndpoints:
                 infos.append(info)
         tickers = []
         for info, (price, at, volume) in zip(infos, _quotes(self.ex, infos), strict=True):
+            # `min`: the bar of the minute of the last trade, up to that trade (it changes until the minute ends)
+            m = self.ex.market.minute_bars(info.yahoo, np.array([at // 60 * 60]), np.array([at % 60]))
             tickers.append({"ticker": info.name, "updated": at * 1_000_000_000,
                             "day": {"c": price, "v": volume},
                             "lastTrade": {"p": price, "s": 1, "t": at * 1_000_000_000, "x": 4},
-                            "min": {"av": volume, "t": at // 60 * 60_000, "c": price}})
+                            "min": {"av": volume, "t": at // 60 * 60_000, "n": 1, "o": float(m.open[0]),
+                                    "h": float(m.high[0]), "l": float(m.low[0]), "c": float(m.close[0]),
+                                    "v": float(m.volume[0]), "vw": float(m.close[0])}})
         return _json({"count": len(tickers), "status": "OK", "tickers": tickers})
 
     async def _twelvedata_quote(self, request: web.Request) -> web.Response:

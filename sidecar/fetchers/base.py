@@ -44,15 +44,20 @@ class QuoteBatch:
     time: np.ndarray  # int64 unix second of the last trade
     day_volume: np.ndarray  # volume traded so far in the symbol's day
     parse_s: float = 0.0  # seconds spent turning the body into these arrays
+    # The source's own bar of the minute of each row's last trade, (6, n): open (epoch s), open,
+    # high, low, close, volume; NaN where it sent none. None: the source has no minute bars.
+    minute: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.index)
 
     @classmethod
-    def of(cls, source: str, index: list[int], price: list[float], time: list[int], volume: list[float]) -> QuoteBatch:
+    def of(cls, source: str, index: list[int], price: list[float], time: list[int], volume: list[float],
+           minute: list[tuple[float, ...]] | None = None) -> QuoteBatch:
         """A batch from the row lists a parser collected."""
+        bars = None if minute is None else np.array(minute, dtype=np.float64).reshape(-1, 6).T
         return cls(source, np.array(index, dtype=np.int64), np.array(price, dtype=np.float64),
-                   np.array(time, dtype=np.int64), np.array(volume, dtype=np.float64))
+                   np.array(time, dtype=np.int64), np.array(volume, dtype=np.float64), minute=bars)
 
 
 def decode_json(body: bytes, source: str, symbol: str) -> object:

@@ -8,6 +8,7 @@ Errors: 429 (per-minute limit), 401 (unknown key), 403 (not entitled), with the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from ..bars import timeframe_seconds
@@ -88,6 +89,7 @@ class PolygonFetcher(HttpFetcher):
             if market is not None:
                 by_market.setdefault(market, []).append(i)
         index, price, at, volume = [], [], [], []
+        minute: list[tuple[float, ...]] = []
         for market, rows in by_market.items():
             url = f"{self.base_url}/v2/snapshot/locale/{market}/tickers"
             payload = await self._get(url, {"tickers": ",".join(infos[i].polygon for i in rows)}, label, timeout_s,
@@ -103,7 +105,8 @@ class PolygonFetcher(HttpFetcher):
                 price.append(to_float(trade.get("p")))
                 at.append(ns // 1_000_000_000 if isinstance(ns, int) else -1)  # nanoseconds
                 volume.append(to_float(day.get("v", 0)))
-        return QuoteBatch.of(SOURCE, index, price, at, volume)
+                minute.append(_minute_bar(t.get("min")))
+        return QuoteBatch.of(SOURCE, index, price, at, volume, minute)
 
     async def _get(self, url: str, params: dict[str, str], label: str, timeout_s: float | None,
                    ok: tuple[str, ...]) -> dict:
@@ -117,6 +120,15 @@ class PolygonFetcher(HttpFetcher):
         if status >= 400 or not isinstance(payload, dict) or payload.get("status") not in ok:
             raise ProviderError(SOURCE, label, f"HTTP {status}: {_message(payload)}", status=status)
         return payload
+
+
+def _minute_bar(bar: object) -> tuple[float, ...]:
+    """A snapshot's `min` (the minute of the last trade; `t` in ms at its start) as (open
+    second, o, h, l, c, v); NaNs when absent or not a whole-minute stamp."""
+    if not isinstance(bar, dict) or not isinstance(bar.get("t"), int) or bar["t"] % 60_000:
+        return (math.nan,) * 6
+    return (bar["t"] / 1000, to_float(bar.get("o")), to_float(bar.get("h")), to_float(bar.get("l")),
+            to_float(bar.get("c")), to_float(bar.get("v")))
 
 
 def _snapshot_market(info: SymbolInfo) -> str | None:
