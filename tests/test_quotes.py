@@ -13,7 +13,7 @@ from sidecar.barbuilder import BarBuilder, BuildResult
 from sidecar.clock import ManualClock
 from sidecar.errors import RateLimited
 from sidecar.exchange import Exchange, Market
-from sidecar.exchange.server import QUOTE_ENDPOINT
+from sidecar.exchange.ledger import QUOTE_ENDPOINT
 from sidecar.fetchers import YahooFetcher
 from sidecar.symbols import lookup
 

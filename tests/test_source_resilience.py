@@ -15,7 +15,7 @@ import orjson
 from sidecar.app import Sidecar
 from sidecar.bars import BarFlag
 from sidecar.exchange import Exchange
-from sidecar.exchange.server import RETRY_AFTER_S
+from sidecar.exchange.ledger import RETRY_AFTER_S
 from sidecar.settings import Settings
 from sidecar.symbols import lookup
 

@@ -13,19 +13,17 @@ import collections
 import datetime as dt
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 from aiohttp import web
 
+from ..clock import Clock
 from ..symbols import AssetClass
 from . import names
-from .market import MinuteBars
+from .ledger import RESPONSE_FAULTS, Ledger
+from .market import Market, MinuteBars
 from .names import Instrument
-
-if TYPE_CHECKING:
-    from .server import Exchange
 
 PROVIDERS = ("alphavantage", "twelvedata", "polygon")
 AV_DAILY_MESSAGE = ("Thank you for using Alpha Vantage! Our standard API rate limit is {n} requests per day. "
@@ -69,24 +67,28 @@ def _json(body: object, status: int = 200) -> web.Response:
 
 
 class ProviderEndpoints:
-    """The three providers' routes, mounted on an Exchange.
+    """The three providers' routes: answers from the market, faults and the record in the ledger.
 
-    :param exchange: owns the market, the clock, the fault queues and the ground truth.
+    :param market: the simulated market.
+    :param clock: wall time.
+    :param ledger: the fault queues, the served bars, the counters (shared with the Yahoo endpoints).
     :param keys: accepted API keys per provider.
     :param limits: the budget of each key per provider.
     :param td_error_status: HTTP status of Twelve Data's error bodies (it sends 200 or the code).
     """
 
-    def __init__(self, exchange: Exchange, *, keys: dict[str, set[str]] | None = None,
+    def __init__(self, market: Market, clock: Clock, ledger: Ledger, *, keys: dict[str, set[str]] | None = None,
                  limits: dict[str, Limits] | None = None, td_error_status: str = "200") -> None:
-        self.ex = exchange
+        self.market, self.clock, self.ledger = market, clock, ledger
         self.keys = keys if keys is not None else {p: {"local"} for p in PROVIDERS}
         self.limits = {**DEFAULT_LIMITS, **(limits or {})}
         self.td_error_status = td_error_status
         # every request that reached a provider with a valid key: (provider, key) -> [(wall time, cost)]
         self.key_log: dict[tuple[str, str], list[tuple[float, int]]] = collections.defaultdict(list)
         self.refused: collections.Counter[str] = collections.Counter()  # provider -> requests refused for limits
-        app = exchange.app
+
+    def mount(self, app: web.Application) -> None:
+        """Add the providers' routes to the exchange's application."""
         app.router.add_get("/query", self._alphavantage)
         app.router.add_get("/time_series", self._twelvedata)
         app.router.add_get("/v2/aggs/ticker/{ticker}/range/{mult}/{span}/{start}/{end}", self._polygon)
@@ -103,7 +105,7 @@ class ProviderEndpoints:
 
     def _admit(self, provider: str, key: str, cost: int) -> str | None:
         """Record the request if the key's budget allows it; else which budget ('minute'/'day') is spent."""
-        now = self.ex.clock.time()
+        now = self.clock.time()
         limits = self.limits[provider]
         per_minute, per_day = self.used(provider, key, now)
         if limits.per_day and per_day + cost > limits.per_day:
@@ -117,36 +119,35 @@ class ProviderEndpoints:
 
     def _common_fault(self, provider: str) -> str | None:
         """An outage or a response fault queued for the provider's whole endpoint (`@provider`)."""
-        from .server import RESPONSE_FAULTS
 
-        if self.ex.clock.time() < self.ex.down_until.get(provider, 0.0):
+        if self.clock.time() < self.ledger.down_until.get(provider, 0.0):
             return "outage"
-        return self.ex._take_fault(f"@{provider}", RESPONSE_FAULTS)  # noqa: SLF001 - the exchange's own queue
+        return self.ledger.take(f"@{provider}", RESPONSE_FAULTS)
 
     async def _respond_fault(self, fault: str | None, request: web.Request) -> web.Response | None:
         if fault == "outage":
             return web.Response(status=503, text="Service Unavailable")
         if fault == "malformed_json":
-            self.ex.garble.add(id(request))  # the exchange's middleware cuts the answer in half
-        return await self.ex.fault_response(fault, text_429="")
+            self.ledger.garble.add(id(request))  # the exchange's middleware cuts the answer in half
+        return await self.ledger.fault_response(fault, text_429="")
 
     def _bars(self, info: Instrument, start: int, end: int, *, forming: bool) -> MinuteBars:
         """The market's bars with trades in [start, end) (the forming one too when asked), recorded as served."""
-        now = int(self.ex.clock.time())
-        m = self.ex.market
+        now = int(self.clock.time())
+        m = self.market
         ts = np.arange(-(-start // 60) * 60, min(end, now + 1), 60, dtype=np.int64)
         ts = ts[m.trading(info.yahoo, ts)]
         if not forming:
             ts = ts[ts + 60 <= now]
         bars = m.minute_bars(info.yahoo, ts, upto_second=np.minimum(now - ts, 59))
         bars = bars.select(bars.traded)
-        self.ex._record_served(info.yahoo, bars, bars.ts + 60 <= now)  # noqa: SLF001
+        self.ledger.record_served(info.yahoo, bars, bars.ts + 60 <= now)
         return bars
 
     # -- Alpha Vantage -------------------------------------------------------------------------
 
     async def _alphavantage(self, request: web.Request) -> web.Response:
-        self.ex.requests["alphavantage"] += 1
+        self.ledger.requests["alphavantage"] += 1
         q = request.query
         if (early := await self._respond_fault(self._common_fault("alphavantage"), request)) is not None:
             return early
@@ -165,15 +166,15 @@ class ProviderEndpoints:
         if info is None or interval != "1min":
             return _json({"Error Message": "Invalid API call. Please retry or visit the documentation "
                                            f"(https://www.alphavantage.co/documentation/) for {function or 'this API'}."})
-        now = int(self.ex.clock.time())
+        now = int(self.clock.time())
         compact = q.get("outputsize", "compact") != "full"
         start = now - (3 * 86400 if compact else 30 * 86400)
         bars = self._bars(info, start, now, forming=False)
         if compact:
             bars = bars.select(np.arange(len(bars)) >= len(bars) - 100)
-        bars = self.ex.apply_provider_fault(f"alphavantage:{info.name}", info.yahoo, bars)
+        bars = self.ledger.apply_provider_fault(f"alphavantage:{info.name}", info.yahoo, bars, int(self.clock.time()))
         zone = _local_zone(info.asset_class)
-        decimals = max(self.ex.market.profile(info.yahoo).decimals, 4)
+        decimals = max(self.market.profile(info.yahoo).decimals, 4)
         series = {}
         for i in range(len(bars) - 1, -1, -1):  # newest first
             row = {"1. open": _fmt(bars.open[i], decimals), "2. high": _fmt(bars.high[i], decimals),
@@ -198,7 +199,7 @@ class ProviderEndpoints:
         spent = self._admit("twelvedata", key, max(1, len(requested)))
         if spent is None:
             return None
-        per_minute, per_day = self.used("twelvedata", key, self.ex.clock.time())
+        per_minute, per_day = self.used("twelvedata", key, self.clock.time())
         if spent == "day":
             return self._td_error(429, TD_DAY.format(used=per_day + len(requested), limit=limits.per_day))
         return self._td_error(429, TD_MINUTE.format(used=per_minute + len(requested), limit=limits.per_minute))
@@ -208,7 +209,7 @@ class ProviderEndpoints:
         return _json({"code": code, "message": message, "status": "error"}, status=status)
 
     async def _twelvedata(self, request: web.Request) -> web.Response:
-        self.ex.requests["twelvedata"] += 1
+        self.ledger.requests["twelvedata"] += 1
         q = request.query
         if (early := await self._respond_fault(self._common_fault("twelvedata"), request)) is not None:
             return early
@@ -235,7 +236,7 @@ class ProviderEndpoints:
             return {"code": 404, "message": f"**symbol** not found: {name}. Please specify it correctly according "
                                             "to API Documentation.", "status": "error"}
         zone = dt.UTC if utc else _local_zone(info.asset_class)
-        now = int(self.ex.clock.time())
+        now = int(self.clock.time())
         try:
             start = _parse_naive(get("start_date"), zone) if get("start_date") else now - 86400
             end = _parse_naive(get("end_date"), zone) + 1 if get("end_date") else now + 1
@@ -244,11 +245,11 @@ class ProviderEndpoints:
         bars = self._bars(info, start, end, forming=True)
         size = int(get("outputsize", "5000" if get("start_date") else "30"))
         bars = bars.select(np.arange(len(bars)) >= len(bars) - size)
-        bars = self.ex.apply_provider_fault(f"twelvedata:{info.name}", info.yahoo, bars)
+        bars = self.ledger.apply_provider_fault(f"twelvedata:{info.name}", info.yahoo, bars, int(self.clock.time()))
         if not len(bars):
             return {"code": 400, "message": "No data is available on the specified dates. Try setting different "
                                             "start/end dates.", "status": "error"}
-        decimals = max(self.ex.market.profile(info.yahoo).decimals, 5)
+        decimals = max(self.market.profile(info.yahoo).decimals, 5)
         order = range(len(bars)) if get("order", "desc").lower() == "asc" else range(len(bars) - 1, -1, -1)
         values = []
         for i in order:
@@ -267,7 +268,7 @@ class ProviderEndpoints:
     async def _polygon_snapshot(self, request: web.Request) -> web.Response:
         """`GET /v2/snapshot/locale/{us|global}/markets/{stocks|forex|crypto}/tickers?tickers=..`: one
         request of the budget for any number of tickers; unknown ones are left out."""
-        self.ex.requests["polygon_snapshot"] += 1
+        self.ledger.requests["polygon_snapshot"] += 1
         if (early := await self._respond_fault(self._common_fault("polygon"), request)) is not None:
             return early
         key = self._polygon_key(request)
@@ -284,9 +285,9 @@ class ProviderEndpoints:
             if info is not None and name.startswith(prefix) and (prefix or ":" not in name):
                 infos.append(info)
         tickers = []
-        for info, (price, at, volume) in zip(infos, _quotes(self.ex, infos), strict=True):
+        for info, (price, at, volume) in zip(infos, _quotes(self.market, self.clock, infos), strict=True):
             # `min`: the bar of the minute of the last trade, up to that trade (it changes until the minute ends)
-            m = self.ex.market.minute_bars(info.yahoo, np.array([at // 60 * 60]), np.array([at % 60]))
+            m = self.market.minute_bars(info.yahoo, np.array([at // 60 * 60]), np.array([at % 60]))
             tickers.append({"ticker": info.name, "updated": at * 1_000_000_000,
                             "day": {"c": price, "v": volume},
                             "lastTrade": {"p": price, "s": 1, "t": at * 1_000_000_000, "x": 4},
@@ -297,7 +298,7 @@ class ProviderEndpoints:
 
     async def _twelvedata_quote(self, request: web.Request) -> web.Response:
         """`GET /quote?symbol=A,B`: one credit per symbol, keyed by symbol when more than one."""
-        self.ex.requests["twelvedata_quote"] += 1
+        self.ledger.requests["twelvedata_quote"] += 1
         if (early := await self._respond_fault(self._common_fault("twelvedata"), request)) is not None:
             return early
         key = self._twelvedata_key(request)
@@ -314,8 +315,8 @@ class ProviderEndpoints:
             else:
                 out[name] = {"code": 404, "message": f"**symbol** not found: {name}. Please specify it correctly "
                                                      "according to API Documentation.", "status": "error"}
-        for (name, info), (price, at, volume) in zip(known, _quotes(self.ex, [i for _, i in known]), strict=True):
-            decimals = max(self.ex.market.profile(info.yahoo).decimals, 5)
+        for (name, info), (price, at, volume) in zip(known, _quotes(self.market, self.clock, [i for _, i in known]), strict=True):
+            decimals = max(self.market.profile(info.yahoo).decimals, 5)
             out[name] = {"symbol": name, "datetime": _naive(at, dt.UTC)[:10], "timestamp": at,
                          "close": _fmt(price, decimals), "volume": str(volume), "is_market_open": True}
         body = out[requested[0]] if len(requested) == 1 else out
@@ -332,7 +333,7 @@ class ProviderEndpoints:
     # -- Polygon -------------------------------------------------------------------------------
 
     async def _polygon(self, request: web.Request) -> web.Response:
-        self.ex.requests["polygon"] += 1
+        self.ledger.requests["polygon"] += 1
         if (early := await self._respond_fault(self._common_fault("polygon"), request)) is not None:
             return early
         q = request.query
@@ -356,7 +357,7 @@ class ProviderEndpoints:
         if cursor:
             start = int(base64.urlsafe_b64decode(cursor.encode()).decode())
         bars = self._bars(info, start, end + 1, forming=True)  # `to` is inclusive
-        bars = self.ex.apply_provider_fault(f"polygon:{info.name}", info.yahoo, bars)
+        bars = self.ledger.apply_provider_fault(f"polygon:{info.name}", info.yahoo, bars, int(self.clock.time()))
         body: dict[str, object] = {"ticker": ticker, "queryCount": len(bars), "resultsCount": min(len(bars), limit),
                                    "adjusted": True, "status": "OK", "request_id": "local",
                                    "count": min(len(bars), limit)}
@@ -373,11 +374,11 @@ class ProviderEndpoints:
         return _json(body)
 
 
-def _quotes(ex: Exchange, infos: list[Instrument]) -> list[tuple[float, int, int]]:
+def _quotes(market: Market, clock: Clock, infos: list[Instrument]) -> list[tuple[float, int, int]]:
     """(price, unix second, day volume) of each symbol's last trade, from the market's quote table."""
     if not infos:
         return []
-    q = ex.market.quotes(tuple(i.yahoo for i in infos), int(ex.clock.time()))
+    q = market.quotes(tuple(i.yahoo for i in infos), int(clock.time()))
     return list(zip(q.price.tolist(), q.time.tolist(), q.day_volume.astype(np.int64).tolist(), strict=True))
 
 

@@ -10,13 +10,10 @@ minutes without trades or no entry at all, the forming bar last, `chart.error` b
 from __future__ import annotations
 
 import asyncio
-import collections
 import datetime as dt
-import math
 import re
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -25,6 +22,7 @@ from aiohttp import web
 
 from ..clock import Clock, SystemClock
 from ..symbols import AssetClass
+from .ledger import BAR_FAULTS, META_FAULTS, QUOTE_ENDPOINT, QUOTE_FAULTS, RESPONSE_FAULTS, Ledger
 from .market import Market, MinuteBars
 from .providers import Limits, ProviderEndpoints
 
@@ -34,18 +32,6 @@ _HOW_FAR_BACK_DAYS = {"1m": 30, "1h": 730, "60m": 730}  # others: 60 days
 _RANGE_UNITS = {"d": 86400, "mo": 30 * 86400, "y": 365 * 86400}
 _YAHOO_SYMBOL = re.compile(r"^\^?[A-Z0-9][A-Z0-9.\-]{0,14}(=X|=F)?$")
 
-BAR_FAULTS = frozenset({
-    "high_below_low", "negative_price", "zero_price", "negative_volume", "misaligned_ts",
-    "future_ts", "string_price", "nan_price", "spike",
-})
-RESPONSE_FAULTS = frozenset({"malformed_json", "http_500", "http_429", "http_429_retry_after", "slow",
-                             "invalid_crumb"})
-META_FAULTS = frozenset({"bare_meta"})  # a chart body without the optional meta (period bounds, market time)
-QUOTE_FAULTS = frozenset({"negative_price", "zero_price", "nan_price", "stale"})
-PROVIDER_BAR_FAULTS = frozenset({"high_below_low", "negative_price", "nan_price", "duplicate", "out_of_order"})
-QUOTE_ENDPOINT = "@quote"  # the fault queue of Yahoo's batch quote endpoint (response faults)
-RETRY_AFTER_S = 2  # what the http_429_retry_after fault asks the client to wait
-FAULT_KINDS = BAR_FAULTS | RESPONSE_FAULTS | QUOTE_FAULTS | PROVIDER_BAR_FAULTS | META_FAULTS
 _NAN_MARK = 987654321.125  # a value no bar has; replaced by a bare NaN token in the body
 
 _MARKET_BY_CLASS = {
@@ -59,12 +45,6 @@ _META_BY_CLASS = {
     AssetClass.CRYPTO: ("CCC", "CCC", "CRYPTOCURRENCY", "UTC"),
     AssetClass.FUTURES: ("CMX", "COMEX", "FUTURE", "America/New_York"),
 }
-
-
-@dataclass(slots=True)
-class _PendingFault:
-    kind: str
-    remaining: int
 
 
 def _chart_error(status: int, code: str, description: str) -> web.Response:
@@ -86,16 +66,14 @@ class Exchange:
                  keys: dict[str, set[str]] | None = None, limits: dict[str, Limits] | None = None) -> None:
         self.market = market
         self.clock = clock or SystemClock()
-        self.slow_s = slow_s
-        self.served: dict[str, dict[int, tuple[float, float, float, float, float]]] = collections.defaultdict(dict)
-        self.fault_log: list[dict[str, object]] = []
-        self.requests: collections.Counter[str] = collections.Counter()
+        self.ledger = Ledger(slow_s)
+        # the ledger's records, under the names tests and the admin endpoints read
+        self.served, self.fault_log, self.requests = self.ledger.served, self.ledger.fault_log, self.ledger.requests
+        self.down_until, self.garble = self.ledger.down_until, self.ledger.garble
         self.chart_log: list[tuple[str, int, int]] = []  # (symbol, start, end) of each chart answer
         self.request_times: list[float] = []  # wall time of every chart request, answered or not
-        self._faults: dict[str, collections.deque[_PendingFault]] = collections.defaultdict(collections.deque)
         self._runner: web.AppRunner | None = None
         self.url: str | None = None  # set by start()
-        self.garble: set[int] = set()  # id() of requests whose answer a malformed_json fault cuts in half
         self.app = web.Application(middlewares=[self._malformed])
         self.app.router.add_get("/v8/finance/chart/{symbol}", self._chart)
         self.app.router.add_get("/", self._cookie)  # what fc.yahoo.com does: set the A3 cookie
@@ -111,9 +89,9 @@ class Exchange:
         self.app.router.add_get("/_exchange/truth", self._get_truth)
         self.app.router.add_get("/_exchange/stats", self._get_stats)
         self.app.router.add_post("/_exchange/outage", self._post_outage)
-        self.down_until: dict[str, float] = {}  # provider -> every request to it fails with 503 until then
         self.revisions: dict[tuple[str, int], float] = {}  # (Yahoo symbol, minute) -> price factor
-        self.providers = ProviderEndpoints(self, keys=keys, limits=limits)
+        self.providers = ProviderEndpoints(market, self.clock, self.ledger, keys=keys, limits=limits)
+        self.providers.mount(self.app)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on host:port (0 picks a free port); return the base URL."""
@@ -134,10 +112,9 @@ class Exchange:
     # -- faults and truth -------------------------------------------------------------------
 
     def inject(self, symbol: str, kind: str, count: int = 1) -> None:
-        """Queue `count` faults of `kind` for the next responses about a Yahoo symbol."""
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
-        self._faults[symbol].append(_PendingFault(kind, count))
+        """Queue `count` faults of `kind` for the next responses about a Yahoo symbol (or a
+        `provider:NAME`, `@provider`, `@quote` key)."""
+        self.ledger.inject(symbol, kind, count)
 
     @web.middleware
     async def _malformed(self, request: web.Request,
@@ -150,29 +127,6 @@ class Exchange:
                 body = bytes(response.body)  # type: ignore[arg-type]
                 response.body = body[: len(body) // 2]
         return response
-
-    async def fault_response(self, fault: str | None, text_429: str = "Too Many Requests") -> web.Response | None:
-        """The answer a response fault makes (a `slow` one only delays), or None to answer normally;
-        Yahoo's 429 is the plain text `Too Many Requests`, other providers' may be empty."""
-        if fault == "http_429":
-            return web.Response(status=429, text=text_429)
-        if fault == "http_429_retry_after":
-            return web.Response(status=429, text=text_429, headers={"Retry-After": str(RETRY_AFTER_S)})
-        if fault == "http_500":
-            return web.Response(status=500, text="Internal Server Error")
-        if fault == "slow":
-            await asyncio.sleep(self.slow_s)
-        return None
-
-    def _take_fault(self, symbol: str, kinds: frozenset[str]) -> str | None:
-        queue = self._faults.get(symbol)
-        if not queue or queue[0].kind not in kinds:
-            return None
-        fault = queue[0]
-        fault.remaining -= 1
-        if fault.remaining <= 0:
-            queue.popleft()
-        return fault.kind
 
     def truth(self, symbol: str, start: int, end: int) -> MinuteBars:
         """The closed one-minute bars with trades in [start, end), as the market made them."""
@@ -211,8 +165,8 @@ class Exchange:
             return web.Response(status=503, text="Service Unavailable")
         if not _YAHOO_SYMBOL.fullmatch(symbol):
             return _chart_error(404, "Not Found", "No data found, symbol may be delisted")
-        fault = self._take_fault(symbol, RESPONSE_FAULTS)
-        if (faulted := await self.fault_response(fault)) is not None:
+        fault = self.ledger.take(symbol, RESPONSE_FAULTS)
+        if (faulted := await self.ledger.fault_response(fault)) is not None:
             return faulted
 
         q = request.query
@@ -238,9 +192,9 @@ class Exchange:
             return _chart_error(422, "Unprocessable Entity",
                                 f"{interval} data not available for startTime={start} and endTime={end}. "
                                 f"The requested range must be within the last {days_back} days.")
-        bare = self._take_fault(symbol, META_FAULTS) is not None
+        bare = self.ledger.take(symbol, META_FAULTS) is not None
         body = self._chart_body(symbol, interval, step, start, end, now, range_name,
-                                fault=self._take_fault(symbol, BAR_FAULTS), bare=bare)
+                                fault=self.ledger.take(symbol, BAR_FAULTS), bare=bare)
         if fault == "malformed_json":
             body = body[: len(body) // 2]
         return web.Response(body=body, content_type="application/json")
@@ -271,7 +225,7 @@ class Exchange:
         bars = self._revised(symbol, m.minute_bars(symbol, ts, upto_second=upto))
         closed = ts + 60 <= now
         if step == 60:
-            self._record_served(symbol, bars, closed)
+            self.ledger.record_served(symbol, bars, closed)
             rows = self._rows_1m(symbol, bars)
         else:
             rows = self._rows_aggregated(bars, step)
@@ -354,18 +308,11 @@ class Exchange:
             "volume": np.add.reduceat(b.volume, starts).astype(np.int64).tolist() if len(b) else [],
         }
 
-    def _record_served(self, symbol: str, bars: MinuteBars, closed: np.ndarray) -> None:
-        served = self.served[symbol]
-        b = bars.select(bars.traded & closed)
-        for row in zip(b.ts.tolist(), b.open.tolist(), b.high.tolist(), b.low.tolist(),
-                       b.close.tolist(), b.volume.tolist(), strict=True):
-            served[row[0]] = row[1:]
-
     def _apply_bar_fault(self, symbol: str, rows: dict[str, list], kind: str, now: int) -> None:
         """Corrupt the newest closed bar with trades; the truth of that minute stays unserved."""
         candidates = [i for i, t in enumerate(rows["ts"]) if t + 60 <= now and rows["close"][i] is not None]
         if not candidates:
-            self._faults[symbol].appendleft(_PendingFault(kind, 1))  # try again on the next response
+            self.ledger.put_back(symbol, kind)  # try again on the next response
             return
         i = candidates[-1]
         ts = rows["ts"][i]
@@ -403,7 +350,7 @@ class Exchange:
 
     async def _getcrumb(self, request: web.Request) -> web.Response:
         self.requests["getcrumb"] += 1
-        if self._take_fault(QUOTE_ENDPOINT, frozenset({"http_429"})):
+        if self.ledger.take(QUOTE_ENDPOINT, frozenset({"http_429"})):
             return web.Response(status=429, text="Too Many Requests")
         cookie = request.cookies.get("A3", "")
         if cookie not in self._cookies:
@@ -416,13 +363,13 @@ class Exchange:
         now = self.clock.time()
         if now < self.down_until.get("yahoo", 0.0):
             return web.Response(status=503, text="Service Unavailable")
-        fault = self._take_fault(QUOTE_ENDPOINT, RESPONSE_FAULTS)
+        fault = self.ledger.take(QUOTE_ENDPOINT, RESPONSE_FAULTS)
         cookie = request.cookies.get("A3", "")
         crumb = request.query.get("crumb", "")
         if fault == "invalid_crumb" or not crumb or self._cookies.get(cookie) != crumb:
             error = {"finance": {"result": None, "error": {"code": "Unauthorized", "description": "Invalid Crumb"}}}
             return web.Response(status=401, body=orjson.dumps(error), content_type="application/json")
-        if (faulted := await self.fault_response(fault)) is not None:
+        if (faulted := await self.ledger.fault_response(fault)) is not None:
             return faulted
         # Unknown or malformed symbols are left out, as Yahoo does: no per-symbol error.
         symbols = tuple(s for s in request.query.get("symbols", "").split(",") if _YAHOO_SYMBOL.fullmatch(s))
@@ -451,7 +398,7 @@ class Exchange:
         result = []
         for i, symbol in enumerate(symbols):
             price, at, volume = prices[i], times[i], volumes[i]
-            fault = self._take_fault(symbol, QUOTE_FAULTS) if self._faults.get(symbol) else None
+            fault = self.ledger.take(symbol, QUOTE_FAULTS) if self.ledger.pending(symbol) else None
             if fault == "stale":  # the feed repeats what it showed last
                 price, at, volume = self._last_quote.get(symbol, (price, at, volume))
             else:
@@ -508,7 +455,7 @@ class Exchange:
 
     def outage(self, seconds: float, provider: str = "yahoo") -> None:
         """Answer every request to `provider` with 503 for the next `seconds` (0 ends an outage)."""
-        self.down_until[provider] = self.clock.time() + seconds
+        self.ledger.outage(provider, self.clock.time() + seconds)
 
     async def _post_outage(self, request: web.Request) -> web.Response:
         try:
@@ -518,38 +465,6 @@ class Exchange:
             raise web.HTTPBadRequest(text='expected {"seconds": N, "provider": "yahoo"}') from None
         self.outage(seconds, provider)
         return web.json_response({"down_until": self.down_until[provider], "provider": provider})
-
-    def apply_provider_fault(self, key: str, yahoo: str, bars: MinuteBars) -> MinuteBars:
-        """A bar fault queued for `provider:NAME` (the provider's own name), applied to bars of the
-        market's `yahoo` symbol about to be served: the newest closed bar corrupted (its truth then
-        unserved), duplicated, or swapped with the one before."""
-        fault = self._take_fault(key, PROVIDER_BAR_FAULTS) if self._faults.get(key) else None
-        now = int(self.clock.time())
-        closed = np.flatnonzero(bars.ts + 60 <= now)
-        if fault is None:
-            return bars
-        if not len(closed) or len(bars) < 2:
-            self._faults[key].appendleft(_PendingFault(fault, 1))  # try again on the next response
-            return bars
-        i = int(closed[-1])
-        b = MinuteBars(*(getattr(bars, f).copy() for f in MinuteBars.__slots__))
-        if fault == "duplicate":
-            b = MinuteBars(*(np.insert(getattr(b, f), i, getattr(b, f)[i]) for f in MinuteBars.__slots__))
-        elif fault == "out_of_order":
-            j = i - 1 if i > 0 else i + 1  # the neighbour: the bar before, or the forming one after
-            for f in MinuteBars.__slots__:
-                col = getattr(b, f)
-                col[j], col[i] = col[i].copy(), col[j].copy()
-        else:
-            self.served[yahoo].pop(int(b.ts[i]), None)
-            if fault == "high_below_low":
-                b.high[i], b.low[i] = b.low[i] - 1.0, b.high[i] + 1.0
-            elif fault == "negative_price":
-                b.close[i] = -b.close[i]
-            elif fault == "nan_price":
-                b.close[i] = math.nan
-        self.fault_log.append({"symbol": key, "kind": fault, "ts": int(bars.ts[i]), "served_ts": int(bars.ts[i])})
-        return b
 
     async def _get_stats(self, request: web.Request) -> web.Response:
         return web.json_response({"requests": dict(self.requests)})
