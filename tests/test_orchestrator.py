@@ -168,18 +168,25 @@ def _reference(sc: Sidecar, bar: Bar) -> None:
     table.cursor[slot], table.ref_ts[slot], table.ref_close[slot] = bar.ts, bar.ts, bar.close
 
 
-def test_the_next_bar_decides_whether_a_jump_was_real(settings: Settings) -> None:
+def _warmed(settings: Settings) -> tuple[Sidecar, list[Bar]]:
+    """A daemon with a spike filter of 10 ATRs and BTCUSD warmed from 50 calm minutes, the
+    newest of them its reference."""
     sc = Sidecar(replace(settings, spike_atr=10.0), handle_signals=False)
     t0 = 1_795_400_000 // 60 * 60
     history = [Bar("BTCUSD", "1m", t0 + 60 * i, 100.0, 100.1, 99.9, 100.0 + (i % 2) * 0.05, 1.0, "t")
                for i in range(50)]
     sc.features.warm([lookup("BTCUSD")], {"BTCUSD": history})
     _reference(sc, history[-1])
+    return sc, history
+
+
+def test_the_next_bar_decides_whether_a_jump_was_real(settings: Settings) -> None:
+    sc, history = _warmed(settings)
     atr = sc.features.book.atr("BTCUSD")
     assert 0.1 < atr < 0.3
 
     def bar(i: int, close: float) -> Bar:
-        return Bar("BTCUSD", "1m", t0 + 60 * (50 + i), close, close + 0.05, close - 0.05, close, 1.0, "t")
+        return Bar("BTCUSD", "1m", history[-1].ts + 60 * (1 + i), close, close + 0.05, close - 0.05, close, 1.0, "t")
 
     state = sc.orchestrator.states["BTCUSD"]
     jump, stays = bar(0, 110.0), bar(1, 110.2)  # +50 ATR, and the market stays there: real
@@ -245,12 +252,7 @@ async def test_the_cycle_trace_gets_one_line_per_cycle(settings: Settings, tmp_p
 def test_a_revision_that_jumps_is_quarantined_and_one_that_does_not_is_stored(settings: Settings) -> None:
     """A bar stored while unsettled and then sent again with other values: a small change is a
     revision, a jump past the spike filter is quarantined like any spike, never stored."""
-    sc = Sidecar(replace(settings, spike_atr=10.0), handle_signals=False)
-    t0 = 1_795_400_000 // 60 * 60
-    history = [Bar("BTCUSD", "1m", t0 + 60 * i, 100.0, 100.1, 99.9, 100.0 + (i % 2) * 0.05, 1.0, "t")
-               for i in range(50)]
-    sc.features.warm([lookup("BTCUSD")], {"BTCUSD": history})
-    _reference(sc, history[-1])
+    sc, history = _warmed(settings)
     state = sc.orchestrator.states["BTCUSD"]
     state.unsettled = {history[-1].ts: history[-1]}
     now = history[-1].ts + 62.0  # fetched 2 s after the bar ended: still unsettling

@@ -20,13 +20,13 @@ never stops the cycle: its error is counted and the rest go on.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from prometheus_client.core import GaugeMetricFamily
 
 from ..bars import Bar, timeframe_seconds
 from ..clock import Clock
@@ -364,9 +364,10 @@ class Orchestrator:
                        "sqlite_buffer": buffer, "scan": scan}
         t = self.table
         n = len(t)
-        served = collections.Counter(t.source[fetched.answered].tolist())
+        codes = t.source[fetched.answered].astype(np.int64)
+        served = np.bincount(codes[codes >= 0], minlength=len(t.source_names))
         for g in self.sources:
-            g.state.served_last_cycle = served.get(t.source_code(g.name), 0)
+            g.state.served_last_cycle = int(served[t.source_code(g.name)])
         duration = marks[-1] - marks[0]
         self.metrics.cycles.inc()
         self.metrics.cycle_seconds.observe(duration)
@@ -425,8 +426,6 @@ class _LastBarCollector:
         return []
 
     def collect(self):  # noqa: ANN201 - prometheus_client's collector protocol
-        from prometheus_client.core import GaugeMetricFamily
-
         family = GaugeMetricFamily("sidecar_symbol_last_bar_timestamp_seconds", "Open of the newest bar",
                                    labels=["symbol"])
         t = self.table

@@ -27,7 +27,7 @@ from ..bars import SETTLED_S, Bar, bucket_start
 from ..calendars import session_day
 from ..metrics import Metrics
 from ..validator import REASONS, Validator
-from .batch import Batch
+from .batch import Batch, previous_in_slot
 from .table import CLASSES, SymbolTable
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class Acceptance:
         new = ~bad & ~forming & (batch.ts > t.cursor[batch.slot])
         at = np.flatnonzero(new)
         # each new closed bar against the one accepted before it (the previous new row, else the reference)
-        prev = _previous_close(batch.slot[at], batch.close[at], t.ref_close)
+        prev = previous_in_slot(batch.slot[at], batch.close[at], t.ref_close)
         jump = np.abs(batch.close[at] - prev) > self._limits(batch.slot[at])  # NaN (no reference): no jump
         # a minute sent twice: the second copy may be a revision of the first (bar by bar)
         twice = np.flatnonzero((np.diff(batch.slot[at]) == 0) & (np.diff(batch.ts[at]) == 0))
@@ -158,7 +158,7 @@ class Acceptance:
         window that came back complete, forget rejected minutes the cursor has passed."""
         t, step = self.table, self.step
         horizon = bucket_start(now, step) - SETTLED_S
-        asked = set(answered.tolist())
+        asked = set(answered.tolist()) if t.unsettled or t.reject_attempts else set()
         for slot in [s for s in t.unsettled if s in asked]:
             kept = {ts: b for ts, b in t.unsettled[slot].items() if ts > horizon}
             if kept:
@@ -333,16 +333,6 @@ class Acceptance:
                         t.source_names[batch.source[row]], REASONS[reasons[row]])
         if len(rows) > LOGGED_PER_CYCLE:
             log.warning("... and %d more rejected bars this cycle", len(rows) - LOGGED_PER_CYCLE)
-
-
-def _previous_close(slot: np.ndarray, close: np.ndarray, ref_close: np.ndarray) -> np.ndarray:
-    """Per row (sorted by slot): the close of the row before it of the same slot, or the
-    slot's reference close for its first row."""
-    prev = ref_close[slot].copy()
-    if len(slot) > 1:
-        same = slot[1:] == slot[:-1]
-        prev[1:][same] = close[:-1][same]
-    return prev
 
 
 def _last_per_slot(slot: np.ndarray) -> np.ndarray:

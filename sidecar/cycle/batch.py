@@ -16,6 +16,16 @@ import numpy as np
 from ..bars import FORMING, Bar
 
 
+def previous_in_slot(slot: np.ndarray, values: np.ndarray, before: np.ndarray) -> np.ndarray:
+    """Per row (rows sorted by slot): the value of the row before it of the same slot, or for a
+    slot's first row `before[slot]` (what the slot had before this batch)."""
+    prev = before[slot].copy()
+    if len(slot) > 1:
+        same = slot[1:] == slot[:-1]
+        prev[1:][same] = values[:-1][same]
+    return prev
+
+
 @dataclass(slots=True)
 class Batch:
     """Parallel arrays, one row per bar."""

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..bars import SYNTHETIC
 from ..calendars import is_trading, session_day
-from .batch import Batch
+from .batch import Batch, previous_in_slot
 from .table import CLASSES
 
 MAX_FILL_S = 6 * 3600  # a longer silence inside a session is an outage to report, not minutes to fill
@@ -26,12 +26,8 @@ def fill_gaps(closed: Batch, before_ts: np.ndarray, before_close: np.ndarray, as
     n = len(closed)
     if n == 0:
         return Batch.empty()
-    prev_ts = before_ts[closed.slot].copy()
-    prev_close = before_close[closed.slot].copy()
-    if n > 1:
-        same = closed.slot[1:] == closed.slot[:-1]
-        prev_ts[1:][same] = closed.ts[:-1][same]
-        prev_close[1:][same] = closed.close[:-1][same]
+    prev_ts = previous_in_slot(closed.slot, closed.ts, before_ts)
+    prev_close = previous_in_slot(closed.slot, closed.close, before_close)
     gap = closed.ts - prev_ts
     rows = np.flatnonzero((prev_ts >= 0) & (gap > step) & (gap <= MAX_FILL_S))
     if not len(rows):

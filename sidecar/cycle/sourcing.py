@@ -205,8 +205,7 @@ class Sourcing:
         built = self._build(label, [(s, b) for s, b in got if b.minute is None], now, seen)
         with_bars = [(s, b, b.minute) for s, b in got if b.minute is not None]
         if with_bars:  # the source's own minute bars (Polygon's snapshot): no bar builder, no catch-up
-            rows = np.concatenate([s for s, _, _ in with_bars])
-            source = np.concatenate([np.full(len(s), t.source_code(b.source), dtype=np.int16) for s, b, _ in with_bars])
+            rows, source = self._rows([(s, b) for s, b, _ in with_bars])
             minute = np.hstack([m for _, _, m in with_bars])
             built = Batch.concat([built, self.minutes.take(rows, source, minute, now, current)])
             live = rows[t.active[rows]]
@@ -222,14 +221,19 @@ class Sourcing:
         answered = np.flatnonzero(seen)
         return Fetched(batch, answered, fetched, sum(b.parse_s for _, b in got), build_s)
 
+    def _rows(self, got: list[tuple[np.ndarray, QuoteBatch]]) -> tuple[np.ndarray, np.ndarray]:
+        """The slots of several quote batches' rows, and each row's source code."""
+        t = self.table
+        return (np.concatenate([s for s, _ in got]),
+                np.concatenate([np.full(len(s), t.source_code(b.source), dtype=np.int16) for s, b in got]))
+
     def _build(self, label: int, got: list[tuple[np.ndarray, QuoteBatch]], now: float, seen: np.ndarray) -> Batch:
         """Quotes through the bar builder: its complete closed bars that follow the last minute
         accounted for, and its forming bars; the slots heard are marked in `seen`."""
         t = self.table
         built = Batch.empty()
         if got:
-            rows = np.concatenate([s for s, _ in got])
-            source = np.concatenate([np.full(len(s), t.source_code(b.source), dtype=np.int16) for s, b in got])
+            rows, source = self._rows(got)
             result = self.builder.update(label, rows, np.concatenate([b.price for _, b in got]),
                                          np.concatenate([b.time for _, b in got]),
                                          np.concatenate([b.day_volume for _, b in got]))
