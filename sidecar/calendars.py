@@ -9,6 +9,7 @@ crypto never closes. Timestamps are UTC epoch seconds, vectorized with NumPy.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import warnings
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -36,6 +37,20 @@ def _xnys_sessions() -> dict[int, tuple[int, int]]:
     opens = cal.schedule["open"].astype("int64").to_numpy() // 10**9
     closes = cal.schedule["close"].astype("int64").to_numpy() // 10**9
     return {int(o) // DAY: (int(o), int(c)) for o, c in zip(opens, closes, strict=True)}
+
+
+def nyse_sessions(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The NYSE regular session (open, close) containing each timestamp, or (-1, -1)."""
+    sessions = _xnys_sessions()
+    opens = np.full(len(ts), -1, dtype=np.int64)
+    closes = np.full(len(ts), -1, dtype=np.int64)
+    days = ts // DAY
+    for d in np.unique(days).tolist():
+        bounds = sessions.get(d)
+        if bounds is not None:
+            sel = (days == d) & (ts >= bounds[0]) & (ts < bounds[1])
+            opens[sel], closes[sel] = bounds
+    return opens, closes
 
 
 def prepare() -> None:
@@ -71,15 +86,7 @@ def is_trading(asset_class: AssetClass, ts: np.ndarray | int) -> np.ndarray:
     if asset_class is AssetClass.CRYPTO:
         return np.ones(ts.shape, dtype=bool)
     if asset_class in (AssetClass.EQUITY, AssetClass.INDEX):
-        sessions = _xnys_sessions()
-        out = np.zeros(ts.shape, dtype=bool)
-        days = ts // DAY
-        for d in np.unique(days):
-            bounds = sessions.get(int(d))
-            if bounds is not None:
-                sel = days == d
-                out[sel] = (ts[sel] >= bounds[0]) & (ts[sel] < bounds[1])
-        return out
+        return nyse_sessions(ts)[0] >= 0
     weekday, minute = _ny_local(ts)
     five_pm = 17 * 60
     opens_sunday = five_pm if asset_class is AssetClass.FX else 18 * 60
@@ -151,7 +158,8 @@ _YEAR = {
 def bars_per_year(asset_class: AssetClass, bar_seconds: int) -> float:
     """Bars of `bar_seconds` in a trading year of the asset class (for annualizing volatility)."""
     hours, days = _YEAR[asset_class]
-    return hours * 3600 / bar_seconds * days
+    # a session's last bar may be cut short (15:30-16:00 is an hourly bar): whole bars per day
+    return math.ceil(hours * 3600 / bar_seconds) * days
 
 
 def session_day(asset_class: AssetClass, ts: np.ndarray | int) -> np.ndarray:

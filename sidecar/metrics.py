@@ -33,6 +33,9 @@ class Metrics:
         self.bars_revised = Counter("sidecar_bars_revised", "Stored closed bars corrected to what the source "
                                     "serves once settled (stage: live re-fetch, gap scan or end-of-day check)",
                                     ["source", "stage"], registry=r)
+        self.timeframe_revisions = Counter("sidecar_timeframe_revisions", "Closed higher-timeframe bars rebuilt "
+                                           "from their stored minutes and found different (a late or corrected "
+                                           "minute)", ["timeframe"], registry=r)
         self.synthetic_bars = Counter("sidecar_synthetic_bars", "Flat bars written to Redis history for trading "
                                       "minutes without trades (flag SYNTHETIC)", registry=r)
         self.redis_write_seconds = Histogram("sidecar_redis_write_seconds", "Duration of a cycle's pipeline",

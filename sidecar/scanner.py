@@ -2,9 +2,11 @@
 signal rules across all symbols at once, and publishes each new signal.
 
 Rules are declared in settings as `name: A op B [when C op D]; ...`, where A-D are feature
-names (`rsi_14`, `macd_signal`, ...), `close`, or numbers, and op is one of > >= < <=. A rule
+names (`rsi_14`, `macd_signal`, ...), `close`, or numbers, and op is one of > >= < <=. A name
+may carry a timeframe, `rsi_14@5m < 30 when close@1d > sma_200@1d`; without one it is 1m. A rule
 fires when its condition becomes true for a symbol (a crossing), never again while it holds;
-the first sight of a symbol only records its state. Defaults: RSI crossing 30/70, MACD
+the first sight of a symbol only records its state. A signal carries the timeframe of its
+condition's first named operand, and the open of that timeframe's bar. Defaults: RSI crossing 30/70, MACD
 crossing its signal, close outside the Bollinger bands, relative volume >= 3.
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 import operator
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +31,7 @@ DEFAULT_RULES = (
 )
 _OPS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
-_TERM = r"([A-Za-z_][A-Za-z0-9_]*|-?\d+(?:\.\d+)?)"
+_TERM = r"([A-Za-z_][A-Za-z0-9_]*(?:@[0-9]+[a-z])?|-?\d+(?:\.\d+)?)"
 _RULE = re.compile(rf"^\s*([a-z][a-z0-9_]*)\s*:\s*{_TERM}\s*(>=|<=|>|<)\s*{_TERM}"
                    rf"(?:\s+when\s+{_TERM}\s*(>=|<=|>|<)\s*{_TERM})?\s*$")
 
@@ -54,10 +56,34 @@ class Rule:
     condition: Condition
     filter: Condition | None = None
 
+    @property
+    def terms(self) -> list[str]:
+        """The named operands, condition first."""
+        return [t for c in (self.condition, self.filter) if c is not None for t in (c.left, c.right)
+                if isinstance(t, str)]
 
-def parse_rules(text: str, features: Sequence[str], setting: str = "SIDECAR_SIGNAL_RULES") -> tuple[Rule, ...]:
-    """Parse `name: A op B [when C op D]; ...`; an unknown feature or bad syntax raises
-    SettingsError naming the setting."""
+    @property
+    def timeframe(self) -> str:
+        """The timeframe a signal of this rule is stamped with: its first named operand's."""
+        terms = self.terms
+        return split_term(terms[0])[1] if terms else "1m"
+
+    @property
+    def timeframes(self) -> set[str]:
+        """Every timeframe the rule reads."""
+        return {split_term(t)[1] for t in self.terms}
+
+
+def split_term(term: str) -> tuple[str, str]:
+    """`rsi_14@5m` -> ("rsi_14", "5m"); a name without a timeframe is 1m."""
+    name, _, timeframe = term.partition("@")
+    return name, timeframe or "1m"
+
+
+def parse_rules(text: str, features: Sequence[str], setting: str = "SIDECAR_SIGNAL_RULES",
+                timeframes: Sequence[str] = ("1m",)) -> tuple[Rule, ...]:
+    """Parse `name: A op B [when C op D]; ...`; an unknown feature, a timeframe that is not
+    built, or bad syntax raises SettingsError naming the setting."""
     known = {*features, "close"}
     rules: list[Rule] = []
     for part in filter(str.strip, text.split(";")):
@@ -69,8 +95,12 @@ def parse_rules(text: str, features: Sequence[str], setting: str = "SIDECAR_SIGN
             if raw is None:
                 terms.append("")
             elif raw[0].isalpha() or raw[0] == "_":
-                if raw not in known:
-                    raise SettingsError(setting, f"rule {m[1]!r}: unknown feature {raw!r}")
+                name, timeframe = split_term(raw)
+                if name not in known:
+                    raise SettingsError(setting, f"rule {m[1]!r}: unknown feature {name!r}")
+                if timeframe not in timeframes:
+                    raise SettingsError(setting, f"rule {m[1]!r}: timeframe {timeframe!r} of {raw!r} is not built "
+                                                 f"(SIDECAR_TIMEFRAMES is {','.join(timeframes)})")
                 terms.append(raw)
             else:
                 terms.append(float(raw))
@@ -89,7 +119,8 @@ class Signal:
     broker_symbol: str
     rule: str
     condition: str
-    ts: int  # open of the bar the features belong to
+    timeframe: str  # the timeframe of the rule's first named operand
+    ts: int  # open of that timeframe's bar the features belong to
     time: float  # wall time of the scan
     provisional: bool  # True when it fired on a forming bar's features
     close: float
@@ -99,8 +130,8 @@ class Signal:
     def as_map(self) -> dict[str, object]:
         """Named fields, as published."""
         return {"symbol": self.symbol, "broker_symbol": self.broker_symbol, "rule": self.rule,
-                "condition": self.condition, "ts": self.ts, "time": self.time, "provisional": self.provisional,
-                "close": self.close, "left": self.left, "right": self.right}
+                "condition": self.condition, "tf": self.timeframe, "ts": self.ts, "time": self.time,
+                "provisional": self.provisional, "close": self.close, "left": self.left, "right": self.right}
 
 
 @dataclass(slots=True, frozen=True)
@@ -131,9 +162,13 @@ class Scanner:
         self.rules = tuple(rules)
         self.max_age_s = max_age_s
         self._row = {name: i for i, name in enumerate(codec.outputs)}
-        terms = [t for rule in self.rules for cond in (rule.condition, rule.filter) if cond is not None
-                 for t in (cond.left, cond.right)]
-        self.fields = {t for t in terms if isinstance(t, str) and t != "close"}  # what a scan decodes
+        self.fields: dict[str, set[str]] = {}  # per timeframe, what a scan reads and decodes
+        for rule in self.rules:
+            for term in rule.terms:
+                name, timeframe = split_term(term)
+                wanted = self.fields.setdefault(timeframe, set())
+                if name != "close":
+                    wanted.add(name)
         self._state = np.full((len(self.rules), len(self.symbols)), -1, dtype=np.int8)  # -1 unknown
 
     def set_symbols(self, symbols: Sequence[str], broker_symbols: Sequence[str]) -> None:
@@ -145,37 +180,45 @@ class Scanner:
                 state[:, j] = self._state[:, old[sym]]
         self.symbols, self.broker_symbols, self._state = list(symbols), list(broker_symbols), state
 
-    def _side(self, frame: FeatureFrame, term: str | float) -> np.ndarray:
+    def _side(self, frames: Mapping[str, FeatureFrame], term: str | float) -> np.ndarray:
         if isinstance(term, float):
             return np.full(len(self.symbols), term)
-        return frame.close if term == "close" else frame.values[self._row[term]]
+        name, timeframe = split_term(term)
+        frame = frames[timeframe]
+        return frame.close if name == "close" else frame.values[self._row[name]]
 
-    def _holds(self, frame: FeatureFrame, cond: Condition) -> tuple[np.ndarray, np.ndarray]:
-        left, right = self._side(frame, cond.left), self._side(frame, cond.right)
+    def _holds(self, frames: Mapping[str, FeatureFrame], cond: Condition) -> tuple[np.ndarray, np.ndarray]:
+        left, right = self._side(frames, cond.left), self._side(frames, cond.right)
         known = ~np.isnan(left) & ~np.isnan(right)
         with np.errstate(invalid="ignore"):
             return _OPS[cond.op](left, right), known
 
-    def evaluate(self, frame: FeatureFrame, now: float) -> ScanResult:
-        """Signals from one frame (columns in `symbols` order)."""
+    def evaluate(self, frames: Mapping[str, FeatureFrame] | FeatureFrame, now: float) -> ScanResult:
+        """Signals from one frame per timeframe read (columns in `symbols` order; a single
+        frame is the 1m one)."""
         started = time.perf_counter()
-        fresh = frame.present & (now - frame.updated <= self.max_age_s)
+        if isinstance(frames, FeatureFrame):
+            frames = {"1m": frames}
+        fresh = {tf: f.present & (now - f.updated <= self.max_age_s) for tf, f in frames.items()}
         signals: list[Signal] = []
         for r, rule in enumerate(self.rules):
-            holds, known = self._holds(frame, rule.condition)
+            holds, known = self._holds(frames, rule.condition)
             if rule.filter is not None:
-                gate, gate_known = self._holds(frame, rule.filter)
+                gate, gate_known = self._holds(frames, rule.filter)
                 holds, known = holds & gate, known & gate_known
-            known &= fresh
+            for timeframe in rule.timeframes:
+                known &= fresh[timeframe]
+            frame = frames[rule.timeframe]
             prev = self._state[r]
             fired = np.flatnonzero(known & holds & (prev == 0))
             self._state[r] = np.where(known, holds, prev)
             if len(fired):
-                left, right = self._side(frame, rule.condition.left), self._side(frame, rule.condition.right)
+                left, right = self._side(frames, rule.condition.left), self._side(frames, rule.condition.right)
                 for j in fired.tolist():
                     signals.append(Signal(
                         symbol=self.symbols[j], broker_symbol=self.broker_symbols[j], rule=rule.name,
-                        condition=str(rule.condition), ts=int(frame.ts[j]), time=now,
+                        condition=str(rule.condition), timeframe=rule.timeframe, ts=int(frame.ts[j]), time=now,
                         provisional=bool(frame.provisional[j]), close=float(frame.close[j]),
                         left=float(left[j]), right=float(right[j])))
-        return ScanResult(signals, int(fresh.sum()), int((~fresh).sum()), time.perf_counter() - started)
+        base = fresh.get("1m", next(iter(fresh.values()), np.zeros(0, dtype=bool)))
+        return ScanResult(signals, int(base.sum()), int((~base).sum()), time.perf_counter() - started)

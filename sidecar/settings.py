@@ -23,6 +23,8 @@ from .errors import SettingsError, SymbolError
 from .features.config import FeatureConfig
 from .scanner import DEFAULT_RULES
 from .symbols import DEFAULT_SYMBOLS, AssetClass, lookup
+from .timeframes import ALL as ALL_TIMEFRAMES
+from .timeframes import DayStart, day_start, parse_day_starts, parse_timeframes
 
 PREFIX = "SIDECAR_"
 _BROWSER_UA = (
@@ -381,6 +383,13 @@ class Settings(_FromEnv):
     shutdown_timeout_s: float = _setting(
         "SHUTDOWN_TIMEOUT_S", 8.0, _float(0.5, 300),
         "internal deadline for a graceful stop (keep below PM2's kill_timeout)")
+    timeframes: tuple[str, ...] = _setting(
+        "TIMEFRAMES", ALL_TIMEFRAMES, parse_timeframes,
+        "bar timeframes built live, from 1m by session rules (1m is always on)")
+    day_start: tuple[tuple[str, str], ...] = _setting(
+        "DAY_START", (), parse_day_starts,
+        "where the daily bar starts for fx, futures, crypto, e.g. fx=17:00 America/New_York "
+        "(empty: the primary source's own days: fx 00:00 London, futures 00:00 New York, crypto 00:00 UTC)")
     feature_periods: FeatureConfig = _setting(
         "FEATURE_PERIODS", FeatureConfig(), _feature_config,
         'indicator periods as JSON, e.g. {"rsi": 7, "sma": [10, 50, 200]} (empty: the defaults)')
@@ -400,6 +409,10 @@ class Settings(_FromEnv):
         "BROKER_SYMBOLS", (), _broker_map, "broker names of symbols, CANONICAL=BROKER,... (default: the same)")
     log_level: str = _setting(
         "LOG_LEVEL", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "log verbosity")
+
+    def day_starts(self) -> dict[AssetClass, DayStart]:
+        """`day_start` as the bucket rules take it."""
+        return {AssetClass(name): day_start(text) for name, text in self.day_start}
 
     def redacted(self) -> dict[str, str]:
         """The settings as strings for the start-up log line, with secrets masked."""

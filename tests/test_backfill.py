@@ -48,7 +48,7 @@ class Setup:
     def rows(self, symbol: str) -> dict[int, tuple]:
         with closing(sqlite3.connect(self.sqlite.path)) as db:
             return {r[0]: tuple(r[1:]) for r in db.execute(
-                "SELECT ts, open, high, low, close, volume FROM bars WHERE symbol = ?", (symbol,))}
+                "SELECT ts, open, high, low, close, volume FROM bars WHERE timeframe='1m' AND symbol = ?", (symbol,))}
 
 
 @pytest.fixture

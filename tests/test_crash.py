@@ -88,7 +88,7 @@ async def _start(tmp_path: Path, redis_url: str, exchange: Exchange, http_port: 
 def _stored(db: Path) -> tuple[dict[tuple[str, int], tuple], int, str]:
     with closing(sqlite3.connect(db)) as conn:
         rows = conn.execute("SELECT symbol, ts, open, high, low, close, volume FROM bars WHERE timeframe='1m'").fetchall()
-        dupes = conn.execute("SELECT count(*) - count(DISTINCT symbol || ':' || ts) FROM bars").fetchone()[0]
+        dupes = conn.execute("SELECT count(*) - count(DISTINCT symbol || ':' || ts) FROM bars WHERE timeframe='1m'").fetchone()[0]
         integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
     return {(r[0], r[1]): tuple(r[2:]) for r in rows}, dupes, integrity
 

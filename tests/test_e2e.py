@@ -79,7 +79,7 @@ def _sqlite(path: Path) -> dict[tuple[str, int], tuple]:
     if not path.exists():
         return {}
     with sqlite3.connect(path) as db:
-        rows = db.execute("SELECT symbol, ts, open, high, low, close, volume FROM bars").fetchall()
+        rows = db.execute("SELECT symbol, ts, open, high, low, close, volume FROM bars WHERE timeframe='1m'").fetchall()
     return {(r[0], r[1]): tuple(r[2:]) for r in rows}
 
 

@@ -98,7 +98,7 @@ async def test_a_yahoo_outage_falls_back_to_twelve_data_and_returns_when_yahoo_r
 
     await sc.sqlite.flush()
     with sqlite3.connect(sc.settings.db_path) as db:
-        rows = db.execute("SELECT symbol, ts, open, high, low, close, volume, source FROM bars").fetchall()
+        rows = db.execute("SELECT symbol, ts, open, high, low, close, volume, source FROM bars WHERE timeframe='1m'").fetchall()
     stored = {(r[0], r[1]): r[2:7] for r in rows}
     now = int(clock.time()) // 60 * 60
     for sym in SYMBOLS:
@@ -199,7 +199,7 @@ async def test_quotes_fall_back_to_polygons_snapshot_while_yahoo_is_down(rig) ->
     assert ex.requests["polygon_snapshot"] - before >= 100  # one per chunk per second
     await sc.sqlite.flush()
     with sqlite3.connect(sc.settings.db_path) as db:
-        rows = db.execute("SELECT symbol, ts, open, high, low, close, volume, source FROM bars").fetchall()
+        rows = db.execute("SELECT symbol, ts, open, high, low, close, volume, source FROM bars WHERE timeframe='1m'").fetchall()
     now = int(clock.time()) // 60 * 60
     built = {(r[0], r[1]): r[2:7] for r in rows if r[7] == "polygon" and r[1] < now}
     assert len(built) >= 3  # minutes built from Polygon's quotes, each equal to the truth
@@ -244,7 +244,7 @@ async def test_bad_bars_from_any_provider_are_never_stored(tmp_path, redis_url: 
         await ex.close()
     assert [f["kind"] for f in ex.fault_log] == [fault]
     with sqlite3.connect(s.db_path) as db:
-        rows = db.execute("SELECT symbol, ts, open, high, low, close, source FROM bars").fetchall()
+        rows = db.execute("SELECT symbol, ts, open, high, low, close, source FROM bars WHERE timeframe='1m'").fetchall()
     assert {r[6] for r in rows} == {provider}
     now = int(clock.time()) // 60 * 60
     for sym in ("AAPL", "BTCUSD"):
@@ -295,7 +295,7 @@ async def test_closed_minutes_come_from_polygons_snapshot_without_a_request_per_
         await sc.close()
         await ex.close()
     with sqlite3.connect(s.db_path) as db:
-        rows = db.execute("SELECT symbol, ts, open, high, low, close, volume, source FROM bars WHERE ts >= ?",
+        rows = db.execute("SELECT symbol, ts, open, high, low, close, volume, source FROM bars WHERE timeframe='1m' AND ts >= ?",
                           (t0 // 60 * 60,)).fetchall()
     assert {r[7] for r in rows} == {"polygon"} and len(rows) >= 3 * 3
     for sym, ts, *values, _src in rows:

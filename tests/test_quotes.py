@@ -180,7 +180,7 @@ async def test_quotes_mode_stores_exactly_the_truth_with_few_history_requests(qu
     await sc.sqlite.flush()
     now = int(clock.time())
     with sqlite3.connect(settings.db_path) as db:
-        rows = db.execute("SELECT symbol, ts, open, high, low, close, volume FROM bars").fetchall()
+        rows = db.execute("SELECT symbol, ts, open, high, low, close, volume FROM bars WHERE timeframe='1m'").fetchall()
     stored = {(r[0], r[1]): r[2:] for r in rows}
     truth = {}
     for sym in SYMBOLS:

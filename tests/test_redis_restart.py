@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 
 def _rows(db: Path) -> dict[str, int]:
     with closing(sqlite3.connect(db)) as conn:
-        return dict(conn.execute("SELECT symbol, count(*) FROM bars GROUP BY symbol").fetchall())
+        return dict(conn.execute("SELECT symbol, count(*) FROM bars WHERE timeframe='1m' GROUP BY symbol").fetchall())
 
 
 async def test_redis_restart_while_running(tmp_path: Path, settings: Settings) -> None:

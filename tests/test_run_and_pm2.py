@@ -131,7 +131,7 @@ def test_pm2_runs_both_apps_and_pm2_stop_flushes_before_its_sigkill(tmp_path: Pa
         run("stop", "sidecar")  # SIGINT, then SIGKILL after kill_timeout
         with closing(sqlite3.connect(db)) as conn:
             rows = {(r[0], r[1]): tuple(r[2:]) for r in conn.execute(
-                "SELECT symbol, ts, open, high, low, close, volume FROM bars")}
+                "SELECT symbol, ts, open, high, low, close, volume FROM bars WHERE timeframe='1m'")}
         served = {}
         for sym in DEFAULT_SYMBOLS:
             yahoo = urllib.parse.quote(lookup(sym).yahoo)

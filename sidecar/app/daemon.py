@@ -29,6 +29,7 @@ from ..settings import Settings, redact_url
 from ..sources import GuardedSource
 from ..stores import RedisStore, SQLiteStore
 from ..symbols import AssetClass, SymbolInfo, lookup, parse_symbol
+from ..timeframes import Buckets
 from ..validator import Validator
 from .health import compose
 from .http import HttpServer
@@ -81,7 +82,8 @@ class Sidecar:
         self.features = FeatureService(s.feature_periods, timeframe=TIMEFRAME, clock=self.clock)
         self._broker = dict(s.broker_symbols)
         self.scanner = Scanner(symbols=s.symbols, broker_symbols=[self._broker.get(x, x) for x in s.symbols],
-                               codec=self.features.codec, rules=parse_rules(s.signal_rules, self.features.book.outputs),
+                               codec=self.features.codec, rules=parse_rules(s.signal_rules, self.features.book.outputs,
+                                                                   timeframes=s.timeframes),
                                max_age_s=s.signal_max_age_s)
         self.fallbacks = [
             TwelveDataFetcher(base_url=s.twelvedata_base_url, api_key=s.twelvedata_api_key, timeout_s=s.fetch_timeout_s,
@@ -116,7 +118,8 @@ class Sidecar:
                                 bounds={AssetClass(a): (lo, hi) for a, lo, hi in s.price_bounds}),
             redis=self.redis, sqlite=self.sqlite,
             metrics=self.metrics, clock=self.clock, period=s.cycle_interval_s, lookback_minutes=s.lookback_minutes,
-            settle_s=s.settle_s, on_rewarm=self.rewarm)
+            settle_s=s.settle_s, on_rewarm=self.rewarm, timeframes=s.timeframes, buckets=Buckets(s.day_starts()),
+            warmup_bars=s.feature_warmup_bars)
         primary = self.orchestrator.sources[0].fetcher  # history's grid follows the first configured source
         self.backfiller = Backfiller(sqlite=self.sqlite, sources=self.orchestrator.sources_for,
                                      validator=self.orchestrator.validator, clock=self.clock, metrics=self.metrics,
@@ -129,7 +132,8 @@ class Sidecar:
         self._backfill_lock = asyncio.Lock()  # one gap scan at a time
         self.http = HttpServer(host=s.http_host, port=s.http_port, health=self.health, metrics=self.metrics,
                                redis=self.redis, symbols=self.symbols, clock=self.clock,
-                               update_symbols=self.update_symbols, broker_symbols=self._broker)
+                               update_symbols=self.update_symbols, broker_symbols=self._broker,
+                               timeframes=s.timeframes)
         self.stopping = False
         self.failure: BaseException | None = None
         self.reseeds = 0
@@ -166,12 +170,14 @@ class Sidecar:
                                                  self.settings.feature_warmup_bars)
             self.features.warm(new, histories)
             self.orchestrator.add(new)
+            await self.orchestrator.higher.warm({i.symbol for i in new})
             self._start_bootstrap([i for i in new if not histories[i.symbol]])
             self.symbols.update({i.symbol: i for i in new})
         for symbol in gone:
             if self.symbols.pop(symbol, None) is not None:
                 self.orchestrator.remove([symbol])
                 self.features.book.remove(symbol)
+                self.orchestrator.higher.remove(symbol)
         names = list(self.symbols)
         self.scanner.set_symbols(names, [self._broker.get(x, x) for x in names])
         if new or gone:
@@ -248,7 +254,9 @@ class Sidecar:
         return deleted
 
     async def _backfilled(self, bars: list[Bar]) -> None:
-        """Backfilled bars also go into Redis's history (best effort: SQLite has them)."""
+        """Backfilled bars also go into Redis's history (best effort: SQLite has them), and
+        their buckets in the higher timeframes are rebuilt."""
+        self.orchestrator.revise_minutes(bars)
         try:
             await self.redis.write_bars(closed=bars)
         except RedisStoreError as exc:
@@ -290,7 +298,7 @@ class Sidecar:
         for i in range(0, len(symbols), 100):
             chunk = symbols[i:i + 100]
             stored = await self.sqlite.recent(chunk, TIMEFRAME, self.settings.redis_history_len)
-            bars = [b for sym in chunk for b in stored[sym]] + self.sqlite.buffered_bars(set(chunk))
+            bars = [b for sym in chunk for b in stored[sym]]
             for j in range(0, len(bars), RESEED_CHUNK):
                 await self.redis.write_bars(closed=bars[j:j + RESEED_CHUNK])
             total += len(bars)
@@ -319,8 +327,9 @@ class Sidecar:
         calendars.prepare()  # loaded once here, not inside the first cycle
         histories = await self.sqlite.recent(list(s.symbols), TIMEFRAME, s.feature_warmup_bars)
         self.features.warm(self.infos, histories)
-        log.info("features warmed from %d stored bars in %.2fs", sum(map(len, histories.values())),
-                 self.clock.monotonic() - t0)
+        await self.orchestrator.higher.warm()
+        log.info("features warmed from %d stored 1m bars and the higher timeframes' in %.2fs",
+                 sum(map(len, histories.values())), self.clock.monotonic() - t0)
         await self.redis.start()
         await self.fetcher.start()
         self.announce_sources()
@@ -362,13 +371,7 @@ class Sidecar:
         """Rebuild symbols' features from their newest stored bars, the unflushed buffer's
         copies winning (they are newer: a revision, or bars not yet flushed)."""
         names = [s for s in symbols if s in self.symbols]
-        stored = await self.sqlite.recent(names, TIMEFRAME, self.settings.feature_warmup_bars)
-        merged = {n: {b.ts: b for b in stored[n]} for n in names}
-        for bar in self.sqlite.buffered_bars(set(names)):
-            if bar.timeframe == TIMEFRAME:
-                merged[bar.symbol][bar.ts] = bar
-        histories = {n: [bars[t] for t in sorted(bars)][-self.settings.feature_warmup_bars:]
-                     for n, bars in merged.items()}
+        histories = await self.sqlite.recent(names, TIMEFRAME, self.settings.feature_warmup_bars)
         self.features.warm([self.symbols[n] for n in names], histories)
         log.info("features of %d symbols rebuilt from their stored history", len(names))
 

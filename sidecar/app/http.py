@@ -17,14 +17,13 @@ JSON `{"error": ...}`; an unexpected error is logged and answered 500 without a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..bars import TIMEFRAMES
 from ..clock import Clock
 from ..errors import RedisStoreError, SymbolError
 from ..features.codec import FeatureCodec
@@ -85,13 +84,15 @@ class HttpServer:
     :param clock: the default `since` of /signals is an hour before now.
     :param update_symbols: adds and removes symbols; returns the list afterwards.
     :param broker_symbols: broker names by canonical symbol.
+    :param timeframes: the timeframes built; `tf` must be one of them.
     """
 
     def __init__(self, *, host: str, port: int, health: Callable[[], dict[str, Any]], metrics: Metrics,
                  redis: RedisStore, symbols: Mapping[str, SymbolInfo], clock: Clock,
                  update_symbols: Callable[[list[str], list[str]], Awaitable[list[str]]],
-                 broker_symbols: Mapping[str, str]) -> None:
+                 broker_symbols: Mapping[str, str], timeframes: Sequence[str] = ("1m",)) -> None:
         self.host, self.port, self.clock = host, port, clock
+        self.timeframes = tuple(timeframes)
         self._update_symbols, self._broker = update_symbols, broker_symbols
         self._health, self._metrics, self._redis, self._symbols = health, metrics, redis, symbols
         self._runner: web.AppRunner | None = None
@@ -143,11 +144,11 @@ class HttpServer:
             raise _error(web.HTTPNotFound, f"symbol {symbol} is not followed")
         return symbol
 
-    @staticmethod
-    def _timeframe(request: web.Request) -> str:
+    def _timeframe(self, request: web.Request) -> str:
         tf = request.query.get("tf", "1m")
-        if tf not in TIMEFRAMES:
-            raise _bad_request(f"tf must be one of {', '.join(TIMEFRAMES)}, got {tf!r}")
+        if tf not in self.timeframes:
+            raise _bad_request(f"tf must be one of {', '.join(self.timeframes)} (SIDECAR_TIMEFRAMES), "
+                               f"got {tf[:40]!r}")
         return tf
 
     @staticmethod

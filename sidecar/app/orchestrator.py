@@ -5,6 +5,8 @@
     gap fill                         sidecar/cycle/gapfill.py
     stale bars                       sidecar/cycle/deadletters.py
     features (commit, peek, encode)  sidecar/features/service.py
+    higher timeframes (aggregate,    sidecar/cycle/aggregate.py, sidecar/app/higher.py
+      their features)
     encode bars                      sidecar/cycle/encode.py
     Redis                            sidecar/stores/redis_store.py
     dead letters, quarantine         sidecar/cycle/deadletters.py
@@ -43,9 +45,11 @@ from ..metrics import Metrics
 from ..scanner import Scanner
 from ..sources import GuardedSource
 from ..stores import RedisStore, SQLiteStore
-from ..stores.redis_store import REPLACE, TRIM, pack
+from ..stores.redis_store import REPLACE, TRIM, TimeframeWrite, pack
 from ..symbols import SymbolInfo
+from ..timeframes import Buckets
 from ..validator import Validator
+from .higher import HigherTimeframes, LaneOutput
 from .ticker import Ticker
 
 log = logging.getLogger(__name__)
@@ -97,6 +101,9 @@ class Orchestrator:
         fetched could still change: it is stored, fetched again once settled, and corrected.
     :param on_rewarm: awaited at the end of a cycle with the symbols whose committed bars were
         revised, to rebuild their features from the corrected history.
+    :param timeframes: the timeframes built (those above 1m are aggregated from the minutes).
+    :param buckets: the bucket rules of the higher timeframes.
+    :param warmup_bars: stored bars replayed per symbol when a timeframe's features are rebuilt.
     """
 
     def __init__(self, *, symbols: list[SymbolInfo], primary: GuardedSource, validator: Validator,
@@ -107,7 +114,9 @@ class Orchestrator:
                  spike_atr: float = 0.0, quotes: bool = False, quote_batch: int = 200,
                  catchup_per_cycle: int = 200, fallbacks: Sequence[GuardedSource] = (),
                  source_order: Sequence[str] | None = None, trace: Callable[[dict[str, object]], None] | None = None,
-                 settle_s: float = 5.0, on_rewarm: Callable[[set[str]], Awaitable[object]] | None = None) -> None:
+                 settle_s: float = 5.0, on_rewarm: Callable[[set[str]], Awaitable[object]] | None = None,
+                 timeframes: Sequence[str] = (TIMEFRAME,), buckets: Buckets | None = None,
+                 warmup_bars: int = 600) -> None:
         self.guarded = primary
         self.sources = [primary, *fallbacks]  # in order of preference
         if source_order is not None:  # the primary too may be placed later, or left out of fallback
@@ -128,6 +137,10 @@ class Orchestrator:
                                      settle_s=settle_s, spike_atr=spike_atr, atr=self._atr)
         self.dead = DeadLetters(table=self.table, redis=redis, stale_after_s=stale_after_s, started_at=clock.time())
         self.encoder = BarEncoder(TIMEFRAME)
+        self.higher = HigherTimeframes(timeframes, table=self.table, buckets=buckets or Buckets(), sqlite=sqlite,
+                                       redis=redis, metrics=metrics, clock=clock,
+                                       features=None if features is None else features.book.config,
+                                       warmup_bars=warmup_bars)
         self.ticker = Ticker(clock, period, on_overrun=metrics.cycle_overruns.inc)
         self.stages: dict[str, float] = {}  # seconds spent per stage in the last cycle
         self.last_cycle: CycleReport | None = None
@@ -149,6 +162,7 @@ class Orchestrator:
             if info.symbol not in self.table:
                 slot = self.table.add(info, self.sourcing.serving(info))
                 self.sourcing.reset(np.array([slot]))
+                self.higher.reset(np.array([slot]), int(self.clock.time()))
 
     def remove(self, symbols: list[str]) -> None:
         """Stop following symbols; a fetch already in flight for one is simply not used again."""
@@ -174,6 +188,15 @@ class Orchestrator:
         """Rebuild these symbols' features from their stored history at the end of the next
         cycle (in the cycle, so no cycle's commit falls between the read and the rebuild)."""
         self._rewarm |= symbols
+
+    def revise_minutes(self, bars: Sequence[Bar]) -> None:
+        """Minutes stored behind the loop's back (backfill, verification): their buckets in
+        every higher timeframe are rebuilt from the store at the end of the next cycle."""
+        known = [(self.table.slot_of[b.symbol], b.ts) for b in bars
+                 if b.timeframe == TIMEFRAME and b.symbol in self.table.slot_of]
+        if known and self.higher.lanes:
+            slots, ts = np.array(known, dtype=np.int64).T
+            self.higher.revise(slots, ts)
 
     def latest_bars(self) -> list[Bar]:
         """Every symbol's newest bar written to Redis (what a re-seed writes back)."""
@@ -250,15 +273,23 @@ class Orchestrator:
 
         feature_slots, feature_rows = self._features(fetched, accepted, stale)
         marks.append(clock.monotonic())
-        redis_ok = await self._write_redis(accepted, synthetic, stale, feature_slots, feature_rows, now)
+        lanes = self.higher.step(accepted.closed, newest.take(newest.forming), now) if self.higher.lanes else []
+        marks.append(clock.monotonic())
+        redis_ok = await self._write_redis(accepted, synthetic, stale, feature_slots, feature_rows, lanes, now)
         marks.append(clock.monotonic())
         if redis_ok:
             await self.dead.update(now)
             await self._write_quarantine()
         closed_bars = accepted.closed.bars(t.symbols, t.source_names)
         self.sqlite.add(closed_bars + accepted.revised)
+        for lane in lanes:
+            if len(lane.closed):
+                self.sqlite.add(lane.closed.bars(t.symbols, t.source_names, lane.timeframe))
         if accepted.revised:
             self.request_rewarm({b.symbol for b in accepted.revised})
+            self.revise_minutes(accepted.revised)
+        if self.higher.pending:
+            await self.higher.finish(now)
         if self._rewarm and self.on_rewarm is not None:
             symbols, self._rewarm = self._rewarm, set()
             await self.on_rewarm(symbols)
@@ -289,8 +320,9 @@ class Orchestrator:
         return out
 
     async def _write_redis(self, accepted: Accepted, synthetic: Batch, stale: np.ndarray, feature_slots: np.ndarray,
-                           feature_rows: list[bytes], now: float) -> bool:
-        """The cycle's one Redis round trip: newest bars (and stale rewrites), histories, features."""
+                           feature_rows: list[bytes], lanes: list[LaneOutput], now: float) -> bool:
+        """The cycle's one Redis round trip: newest bars (and stale rewrites), histories, features,
+        of every timeframe."""
         t = self.table
         latest = accepted.newest.slot if not len(stale) else np.union1d(accepted.newest.slot, stale)
         rows = _latest_rows(t, latest)
@@ -312,7 +344,7 @@ class Orchestrator:
                          self.encoder.encode(history, names, t.source_names) + [pack(b) for b in revised],
                          modes.tolist() + [REPLACE | TRIM] * len(revised)),
                 features=([names[s] for s in feature_slots.tolist()], feature_rows),
-                quiet=[names[s] for s in stale.tolist()])
+                quiet=[names[s] for s in stale.tolist()], more=[self._lane_write(lane) for lane in lanes])
         except RedisStoreError as exc:
             self.metrics.redis_errors.inc()
             if not self._redis_failing:
@@ -328,6 +360,18 @@ class Orchestrator:
             self.on_redis_lost()
         return True
 
+    def _lane_write(self, lane: LaneOutput) -> TimeframeWrite:
+        """A higher timeframe's part of the cycle's write: newest bars, closed bars, features."""
+        t, enc = self.table, self.higher.by_name[lane.timeframe].encoder
+        names = t.symbols
+        closed = lane.closed
+        return TimeframeWrite(
+            lane.timeframe,
+            latest=([names[s] for s in lane.latest.slot.tolist()], enc.encode(lane.latest, names, t.source_names)),
+            history=([names[s] for s in closed.slot.tolist()], closed.ts.tolist(),
+                     enc.encode(closed, names, t.source_names), [REPLACE | TRIM] * len(closed)),
+            features=([names[s] for s in lane.feature_slots.tolist()], lane.feature_rows))
+
     async def _write_quarantine(self) -> None:
         if self._quarantine:
             try:
@@ -341,8 +385,9 @@ class Orchestrator:
         assert self.scanner is not None and self.features is not None
         t0 = self.clock.monotonic()
         try:
-            raws = await self.redis.features(self.scanner.symbols, TIMEFRAME)
-            result = self.scanner.evaluate(self.features.codec.decode(raws, self.scanner.fields), self.clock.time())
+            frames = {tf: self.features.codec.decode(await self.redis.features(self.scanner.symbols, tf), fields)
+                      for tf, fields in self.scanner.fields.items()}
+            result = self.scanner.evaluate(frames, self.clock.time())
             await self.redis.publish_signals([
                 {"id": f"{s.symbol}:{s.rule}:{s.ts}:{int(s.time * 1000)}", **s.as_map()} for s in result.signals])
         except RedisStoreError as exc:
@@ -351,17 +396,18 @@ class Orchestrator:
             return
         for sig in result.signals:
             self.metrics.signals.labels(sig.rule).inc()
-            log.info("signal %s %s (%s) ts=%d close=%s", sig.rule, sig.symbol, sig.broker_symbol, sig.ts, sig.close)
+            log.info("signal %s %s (%s) %s ts=%d close=%s", sig.rule, sig.symbol, sig.broker_symbol, sig.timeframe,
+                     sig.ts, sig.close)
         self.metrics.features_stale.set(result.stale)
         self.metrics.scan_seconds.observe(self.clock.monotonic() - t0)
 
     def _report(self, fetched: Fetched, accepted: Accepted, redis_ok: bool, marks: list[float],
                 now: float) -> CycleReport:
         """Stage times, per-source counts, the cycle's metrics and trace."""
-        fetch, validate, features, redis, buffer, scan = np.diff(marks).tolist()
+        fetch, validate, features, timeframes, redis, buffer, scan = np.diff(marks).tolist()
         self.stages = {"fetch": fetch - fetched.parse_s - fetched.build_s, "parse": fetched.parse_s,
-                       "build": fetched.build_s, "validate": validate, "features": features, "redis": redis,
-                       "sqlite_buffer": buffer, "scan": scan}
+                       "build": fetched.build_s, "validate": validate, "features": features,
+                       "timeframes": timeframes, "redis": redis, "sqlite_buffer": buffer, "scan": scan}
         t = self.table
         n = len(t)
         codes = t.source[fetched.answered].astype(np.int64)

@@ -63,6 +63,17 @@ end
 return (#ARGV - 1) / 4
 """
 
+@dataclass(slots=True, frozen=True)
+class TimeframeWrite:
+    """One timeframe's part of a cycle's write (see `RedisStore.write_cycle`)."""
+
+    timeframe: str
+    latest: tuple[Sequence[str], Sequence[bytes]] = ((), ())
+    history: tuple[Sequence[str], Sequence[int], Sequence[bytes], Sequence[int]] = ((), (), (), ())
+    features: tuple[Sequence[str], Sequence[bytes]] = ((), ())
+    quiet: Sequence[str] = ()
+
+
 REPLACE, TRIM = 1, 2
 """History write modes (bits): remove an older copy at the same open first; cap the history."""
 
@@ -164,7 +175,7 @@ class RedisStore:
             retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.2), retries=2),
         )
         self.client = Redis(connection_pool=self._pool)
-        self._mget_cache: tuple[tuple[tuple[str, ...], str], bytes] | None = None
+        self._mget_cache: dict[str, tuple[tuple[str, ...], bytes]] = {}  # by timeframe
         self._key_heads: dict[tuple[str, str, str], bytes] = {}  # (kind, symbol, tf) -> the key as RESP
         self._listed: set[str] = set()  # symbols this Redis has in its symbols set
         self._closed = False
@@ -214,57 +225,67 @@ class RedisStore:
                           history: tuple[Sequence[str], Sequence[int], Sequence[bytes], Sequence[int]] = (
                               (), (), (), ()),
                           features: tuple[Sequence[str], Sequence[bytes]] = ((), ()),
-                          quiet: Sequence[str] = (), now: float = 0.0) -> WriteResult:
+                          quiet: Sequence[str] = (), now: float = 0.0,
+                          more: Sequence[TimeframeWrite] = ()) -> WriteResult:
         """Write a cycle in one round trip: the newest bar of some symbols (symbols, values),
         closed bars for the histories (symbols, opens, values), feature values (symbols, values),
         with a mode each (REPLACE | TRIM bits), and remove the features of `quiet` symbols (their
-        source went silent). Also tells whether
-        this Redis had lost its data (restart, flush).
+        source went silent); `more` adds other timeframes' parts to the same trip. Also tells
+        whether this Redis had lost its data (restart, flush).
 
         Sent as raw RESP on one connection: MSETs for the values that are overwritten every
         second (no per-key TTL: a value carries its own `updated` time, and
         bench/redis_ttl.py measured a PEXPIRE per key at 6x Redis's time for the MSET), one
-        EVAL for the histories, and the heartbeat, whose TTL says the writer is alive.
+        EVAL for the histories of every timeframe, and the heartbeat, whose TTL says the writer
+        is alive.
         """
+        writes = [TimeframeWrite(timeframe, latest, history, features, quiet), *more]
         parts = [_command(b"SET", self.keys.alive().encode(), b"1", b"NX"),
                  _command(b"SET", self.keys.heartbeat().encode(), b"%.3f" % now, b"PX", b"%d" % self.features_ttl_ms)]
         names = [s for s in latest[0] if s not in self._listed]
         if names:
             parts.append(_command(b"SADD", self.keys.symbols().encode(), *(s.encode() for s in names)))
-        if latest[0]:
-            parts.append(self._mset("latest", timeframe, latest[0], latest[1]))
-        if features[0]:
-            parts.append(self._mset("features", timeframe, features[0], features[1]))
-        if quiet:
-            parts.append(b"*%d\r\n$6\r\nUNLINK\r\n" % (len(quiet) + 1)
-                         + b"".join(self._key("features", s, timeframe) for s in quiet))
-        symbols, opens, members, modes = history
-        if symbols:
-            key = self._key
-            parts.append(b"".join([b"*%d\r\n$4\r\nEVAL\r\n" % (4 * len(symbols) + 4), _bulk(_WRITE_HISTORY.encode()),
-                                   b"$1\r\n0\r\n", _bulk(b"%d" % self.history_len),
-                                   *[b"%s%s%s$1\r\n%d\r\n" % (key("history", s, timeframe), _bulk(b"%d" % ts), _bulk(m), mode)
-                                     for s, ts, m, mode in zip(symbols, opens, members, modes, strict=True)]]))
-        replies = await self._send(b"".join(parts), len(parts), f"writing {len(latest[0]) + len(symbols)} bars")
+        rows: list[bytes] = []
+        key = self._key
+        for w in writes:
+            if w.latest[0]:
+                parts.append(self._mset("latest", w.timeframe, w.latest[0], w.latest[1]))
+            if w.features[0]:
+                parts.append(self._mset("features", w.timeframe, w.features[0], w.features[1]))
+            if w.quiet:
+                parts.append(b"*%d\r\n$6\r\nUNLINK\r\n" % (len(w.quiet) + 1)
+                             + b"".join(key("features", s, w.timeframe) for s in w.quiet))
+            symbols, opens, members, modes = w.history
+            tf = w.timeframe
+            rows += [b"%s%s%s$1\r\n%d\r\n" % (key("history", s, tf), _bulk(b"%d" % ts), _bulk(m), mode)
+                     for s, ts, m, mode in zip(symbols, opens, members, modes, strict=True)]
+        if rows:
+            parts.append(b"".join([b"*%d\r\n$4\r\nEVAL\r\n" % (4 * len(rows) + 4), _bulk(_WRITE_HISTORY.encode()),
+                                   b"$1\r\n0\r\n", _bulk(b"%d" % self.history_len), *rows]))
+        written = sum(len(w.latest[0]) + len(w.features[0]) for w in writes) + len(rows)
+        replies = await self._send(b"".join(parts), len(parts), f"writing {written} values")
         fresh = replies[0] is not None
         if fresh:  # a new or emptied Redis: only what this write added is in its set
             self._listed = set(names)
         else:
             self._listed.update(names)
-        return WriteResult(len(latest[0]) + len(features[0]) + len(symbols), fresh)
+        return WriteResult(written, fresh)
 
     async def write_bars(self, latest: Iterable[Bar] = (), closed: Iterable[Bar] = ()) -> WriteResult:
-        """`write_cycle` for Bars (re-seeding, backfill): newest bars and closed bars."""
+        """`write_cycle` for Bars of any timeframes (re-seeding, backfill, revisions): newest
+        bars and closed bars, in one round trip."""
         latest, closed = list(latest), list(closed)
-        out = WriteResult(0, False)
+        writes = []
         for timeframe in sorted({b.timeframe for b in (*latest, *closed)}):
             new = [b for b in latest if b.timeframe == timeframe]
             old = [b for b in closed if b.timeframe == timeframe]
-            done = await self.write_cycle(timeframe, latest=([b.symbol for b in new], [pack(b) for b in new]),
-                                          history=([b.symbol for b in old], [b.ts for b in old],
-                                                   [pack(b) for b in old], [REPLACE | TRIM] * len(old)))
-            out = WriteResult(out.written + done.written, out.fresh or done.fresh)
-        return out
+            writes.append(TimeframeWrite(timeframe, ([b.symbol for b in new], [pack(b) for b in new]),
+                                         ([b.symbol for b in old], [b.ts for b in old], [pack(b) for b in old],
+                                          [REPLACE | TRIM] * len(old))))
+        if not writes:
+            return WriteResult(0, False)
+        first = writes[0]
+        return await self.write_cycle(first.timeframe, latest=first.latest, history=first.history, more=writes[1:])
 
     async def _send(self, packed: bytes, replies: int, what: str) -> list[object]:
         """Send pre-packed commands on one pooled connection and read their replies; a
@@ -309,11 +330,12 @@ class RedisStore:
         """
         if not symbols:
             return []
-        cache_key = (tuple(symbols), timeframe)
-        if self._mget_cache is None or self._mget_cache[0] != cache_key:
-            self._mget_cache = (cache_key, _command(b"MGET", *(self.keys.features(s, timeframe).encode()
-                                                                 for s in symbols)))
-        (reply,) = await self._send(self._mget_cache[1], 1, "reading features")
+        names = tuple(symbols)
+        cached = self._mget_cache.get(timeframe)
+        if cached is None or cached[0] != names:
+            cached = self._mget_cache[timeframe] = (names, _command(b"MGET", *(self.keys.features(s, timeframe).encode()
+                                                                               for s in symbols)))
+        (reply,) = await self._send(cached[1], 1, "reading features")
         return reply  # type: ignore[return-value]
 
     async def publish_signals(self, signals: Sequence[dict[str, object]]) -> None:

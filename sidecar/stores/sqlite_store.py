@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import aiosqlite
@@ -206,6 +206,26 @@ class SQLiteStore:
                 out[b.ts] = b.values
         return out
 
+    async def between(self, symbols: Sequence[str], timeframe: str, start: int, end: int) -> list[Bar]:
+        """Stored bars of some symbols opening in [start, end), the buffered copies winning
+        (they are newer): what a higher timeframe's bucket is rebuilt from."""
+        assert self._db is not None
+        out: dict[tuple[str, int], Bar] = {}
+        for i in range(0, len(symbols), 500):  # SQLite's bound on parameters is 32,766
+            chunk = list(symbols[i:i + 500])
+            async with self._db.execute(
+                "SELECT symbol, ts, open, high, low, close, volume, source, flags FROM bars WHERE timeframe = ? "
+                f"AND ts >= ? AND ts < ? AND symbol IN ({','.join('?' * len(chunk))})",  # noqa: S608 - placeholders
+                (timeframe, start, end, *chunk),
+            ) as cur:
+                for r in await cur.fetchall():
+                    out[(r[0], r[1])] = Bar(r[0], timeframe, r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8])
+        wanted = set(symbols)
+        for b in self._buffer.values():
+            if b.timeframe == timeframe and start <= b.ts < end and b.symbol in wanted:
+                out[(b.symbol, b.ts)] = b
+        return list(out.values())
+
     async def mark_empty(self, symbol: str, timeframe: str, minutes: list[int]) -> None:
         """Record minutes that had no trades, so gap scans skip them."""
         if not minutes or self._db is None:
@@ -307,15 +327,19 @@ class SQLiteStore:
         return last
 
     async def recent(self, symbols: list[str], timeframe: str, limit: int) -> dict[str, list[Bar]]:
-        """Each symbol's newest `limit` closed bars, oldest first (what warms the features)."""
+        """Each symbol's newest `limit` closed bars, oldest first, the buffered copies winning
+        (they are newer: a revision, or bars not yet flushed): what warms the features."""
         assert self._db is not None
-        out: dict[str, list[Bar]] = {}
+        out: dict[str, dict[int, Bar]] = {}
         for symbol in symbols:
             async with self._db.execute(
                 "SELECT ts, open, high, low, close, volume, source, flags FROM bars "
                 "WHERE symbol = ? AND timeframe = ? ORDER BY ts DESC LIMIT ?", (symbol, timeframe, limit),
             ) as cur:
                 rows = await cur.fetchall()
-            out[symbol] = [Bar(symbol, timeframe, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
-                           for r in reversed(list(rows))]
-        return out
+            out[symbol] = {r[0]: Bar(symbol, timeframe, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows}
+        if self._buffer:
+            for bar in self.buffered_bars(set(symbols)):
+                if bar.timeframe == timeframe:
+                    out[bar.symbol][bar.ts] = bar
+        return {s: [bars[t] for t in sorted(bars)][-limit:] if limit else [] for s, bars in out.items()}

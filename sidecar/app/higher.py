@@ -1,0 +1,190 @@
+"""Higher timeframes in the loop: per timeframe an aggregator, its features and its encoder,
+and the rebuilds from stored minutes that the arrays cannot answer.
+
+The loop gives every cycle's accepted minutes to `step`, which returns per timeframe the bars
+that closed (to store), the newest bar of each slot (to Redis) and the feature values
+(committed at a close, provisional while forming), exactly like the minute's own path. After
+the cycle's minutes reached the SQLite buffer, `finish` rebuilds the buckets that need it
+(late or corrected minutes, buckets begun before a restart) from the stored minutes, stores
+the closed ones that changed, counts them as revisions and rebuilds that timeframe's
+indicator state from its stored bars, so features never differ from TA-Lib over them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..clock import Clock
+from ..cycle.aggregate import Aggregator
+from ..cycle.batch import Batch
+from ..cycle.encode import BarEncoder
+from ..cycle.table import SymbolTable
+from ..errors import RedisStoreError
+from ..features.engine import FeatureConfig
+from ..features.service import FeatureService
+from ..metrics import Metrics
+from ..stores import RedisStore, SQLiteStore
+from ..timeframes import BASE, Buckets, aggregate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class LaneOutput:
+    """One timeframe's share of a cycle."""
+
+    timeframe: str
+    closed: Batch  # bars closed this cycle, to store
+    latest: Batch  # per slot its newest bar (forming, else just closed)
+    feature_slots: np.ndarray
+    feature_rows: list[bytes]
+
+
+class Lane:
+    """One timeframe: its aggregator, feature service (None: bars only) and encoder."""
+
+    def __init__(self, timeframe: str, table: SymbolTable, buckets: Buckets, features: FeatureService | None) -> None:
+        self.timeframe = timeframe
+        self.agg = Aggregator(timeframe, table, buckets)
+        self.features = features
+        self.encoder = BarEncoder(timeframe)
+        self.pending: list[np.ndarray] = []  # (slot, start, end) rows to rebuild after the cycle
+
+
+class HigherTimeframes:
+    """Every configured timeframe above 1m.
+
+    :param timeframes: the configured timeframes (1m is the loop's own and is skipped here).
+    :param table: the symbol table.
+    :param buckets: the bucket rules.
+    :param sqlite: where the minutes and the built bars are stored.
+    :param redis: where rebuilt bars are rewritten.
+    :param metrics: the revision counter.
+    :param clock: stamps feature values.
+    :param features: indicator periods (None: bars only).
+    :param warmup_bars: stored bars replayed per symbol when a timeframe's features are rebuilt.
+    """
+
+    def __init__(self, timeframes: Sequence[str], *, table: SymbolTable, buckets: Buckets, sqlite: SQLiteStore,
+                 redis: RedisStore, metrics: Metrics, clock: Clock, features: FeatureConfig | None,
+                 warmup_bars: int) -> None:
+        self.table, self.sqlite, self.redis, self.metrics = table, sqlite, redis, metrics
+        self.warmup_bars = warmup_bars
+        self.lanes = [Lane(tf, table, buckets, None if features is None else
+                           FeatureService(features, timeframe=tf, clock=clock)) for tf in timeframes if tf != BASE]
+        self.by_name = {lane.timeframe: lane for lane in self.lanes}
+
+    def reset(self, slots: np.ndarray, since: int) -> None:
+        """Newly followed slots start empty; their buckets begun before `since` come from the store."""
+        for lane in self.lanes:
+            lane.agg.reset(slots, since)
+
+    def step(self, closed: Batch, forming: Batch, now: float) -> list[LaneOutput]:
+        """Fold a cycle's accepted closed minutes (by slot, ts) and forming minutes into every
+        timeframe."""
+        t = self.table
+        out = []
+        none = np.zeros(0, dtype=np.int64)
+        for lane in self.lanes:
+            step = lane.agg.step(closed, forming, now)
+            if len(step.rebuild):
+                lane.pending.append(step.rebuild)
+            slots, rows = none, list[bytes]()
+            if lane.features is not None and (len(step.closed) or len(step.forming)):
+                cols = lane.features.columns(t.symbols, t.version)
+                slots, rows = lane.features.update_batch(step.closed, step.forming, none, lane.agg.ref_ts,
+                                                         lane.agg.ref_close, cols)
+            out.append(LaneOutput(lane.timeframe, step.closed, _newest(step.closed, step.forming), slots, rows))
+        return out
+
+    def revise(self, slots: np.ndarray, ts: np.ndarray) -> None:
+        """Minutes corrected or added behind the loop's back (verification, backfill): their
+        buckets in every timeframe are rebuilt after this cycle."""
+        for lane in self.lanes:
+            start, end = lane.agg.bounds(slots, ts)
+            lane.pending.append(np.column_stack([slots, start, end]))
+
+    @property
+    def pending(self) -> int:
+        """Buckets waiting for a rebuild."""
+        return sum(len(p) for lane in self.lanes for p in lane.pending)
+
+    async def finish(self, now: float) -> None:
+        """Rebuild the requested buckets from the stored minutes (the cycle's are buffered by now)."""
+        for lane in self.lanes:
+            if lane.pending:
+                requests, lane.pending = np.unique(np.vstack(lane.pending), axis=0), []
+                await self._rebuild(lane, requests[self.table.active[requests[:, 0]]], now)
+
+    async def _rebuild(self, lane: Lane, requests: np.ndarray, now: float) -> None:
+        t = self.table
+        parts: list[tuple[np.ndarray, list]] = []
+        pairs, which = np.unique(requests[:, 1:], axis=0, return_inverse=True)
+        for k, (start, end) in enumerate(pairs.tolist()):
+            idx = np.flatnonzero(which.ravel() == k)
+            row_of = {t.symbols[s]: i for s, i in zip(requests[idx, 0].tolist(), idx.tolist(), strict=True)}
+            minutes = await self.sqlite.between(list(row_of), BASE, start, end)
+            parts.append((np.array([row_of[b.symbol] for b in minutes], dtype=np.int64), minutes))
+        key = np.concatenate([p[0] for p in parts])
+        minutes = [b for p in parts for b in p[1]]
+        ts = np.array([b.ts for b in minutes], dtype=np.int64)
+        o, h, lo, c, v = np.array([b.values for b in minutes], dtype=np.float64).reshape(-1, 5).T
+        g = aggregate(key, ts, o, h, lo, c, v, requests[key, 1], requests[key, 2])
+        source = np.array([t.source_code(minutes[i].source) for i in g.tail.tolist()], dtype=np.int16)
+        rows = lane.agg.rebuilt(requests, g, source, now)
+        if not len(rows):
+            return
+        bars = rows.bars(t.symbols, t.source_names, lane.timeframe)
+        stored: dict[tuple[str, int], tuple[float, ...]] = {}
+        for ts_ in sorted({b.ts for b in bars}):
+            for b in await self.sqlite.between(sorted({b.symbol for b in bars if b.ts == ts_}), lane.timeframe,
+                                               ts_, ts_ + 1):
+                stored[(b.symbol, b.ts)] = b.values
+        changed = [b for b in bars if stored.get((b.symbol, b.ts)) != b.values]
+        revised = sum((b.symbol, b.ts) in stored for b in changed)
+        if revised:
+            self.metrics.timeframe_revisions.labels(lane.timeframe).inc(revised)
+            log.info("%d %s bars revised from their stored minutes", revised, lane.timeframe)
+        if not changed:
+            return
+        self.sqlite.add(changed)
+        try:
+            await self.redis.write_bars(closed=changed)
+        except RedisStoreError as exc:  # SQLite has them; a re-seed brings them back
+            log.warning("rebuilt %s bars not written to redis: %s", lane.timeframe, exc)
+        await self.rewarm(lane.timeframe, {b.symbol for b in changed})
+
+    async def rewarm(self, timeframe: str, symbols: set[str]) -> None:
+        """Rebuild some symbols' indicator state of one timeframe from its stored bars."""
+        lane = self.by_name[timeframe]
+        if lane.features is None or not symbols:
+            return
+        t = self.table
+        names = sorted(s for s in symbols if s in t.slot_of)
+        histories = await self.sqlite.recent(names, timeframe, self.warmup_bars)
+        lane.features.warm([t.infos[t.slot_of[n]] for n in names], histories)  # type: ignore[misc]
+
+    async def warm(self, symbols: set[str] | None = None) -> None:
+        """Every timeframe's features from its stored bars (at start-up: every symbol's)."""
+        for lane in self.lanes:
+            await self.rewarm(lane.timeframe, set(self.table.slot_of) if symbols is None else symbols)
+
+    def remove(self, symbol: str) -> None:
+        """Forget a symbol's indicator state in every timeframe (its slot's arrays are reset
+        when the slot is reused)."""
+        for lane in self.lanes:
+            if lane.features is not None and symbol in lane.features.book:
+                lane.features.book.remove(symbol)
+
+
+def _newest(closed: Batch, forming: Batch) -> Batch:
+    """Per slot its newest row of the two (a forming bar is newer than any closed one)."""
+    rows = Batch.concat([closed, forming])
+    if not len(rows):
+        return rows
+    rows = rows.sorted()
+    return rows.take(np.r_[rows.slot[1:] != rows.slot[:-1], True])
