@@ -319,17 +319,7 @@ class Sidecar:
             await self.sqlite.start()
         except (OSError, sqlite3.Error) as exc:
             raise SettingsError("SIDECAR_DB_PATH", f"cannot open {s.db_path}: {exc}") from exc
-        last = await self.sqlite.last_stored(TIMEFRAME)
-        self.orchestrator.resume(last, overlap_s=s.restart_overlap_minutes * 60)
-        log.info("resuming %d symbols after their last stored bar", len(last))
-        t0 = self.clock.monotonic()
-        self.features.book.engine.prepare()
-        calendars.prepare()  # loaded once here, not inside the first cycle
-        histories = await self.sqlite.recent(list(s.symbols), TIMEFRAME, s.feature_warmup_bars)
-        self.features.warm(self.infos, histories)
-        await self.orchestrator.higher.warm()
-        log.info("features warmed from %d stored 1m bars and the higher timeframes' in %.2fs",
-                 sum(map(len, histories.values())), self.clock.monotonic() - t0)
+        last = await self.resume()
         await self.redis.start()
         await self.fetcher.start()
         self.announce_sources()
@@ -350,6 +340,24 @@ class Sidecar:
         self._supervise(asyncio.create_task(self._retention_loop(), name="retention"))
         self._start_bootstrap([i for i in self.infos if i.symbol not in last])
         log.info("following %d symbols every %.2fs from %s", len(s.symbols), s.cycle_interval_s, self.fetcher.name)
+
+    async def resume(self) -> dict[str, int]:
+        """Continue after the stored bars (SQLite open): each symbol's cursor after its newest
+        minute, every timeframe's features warmed from its stored bars. Returns the newest
+        stored minute per symbol."""
+        s = self.settings
+        last = await self.sqlite.last_stored(TIMEFRAME)
+        self.orchestrator.resume(last, overlap_s=s.restart_overlap_minutes * 60)
+        log.info("resuming %d symbols after their last stored bar", len(last))
+        t0 = self.clock.monotonic()
+        self.features.book.engine.prepare()
+        calendars.prepare()  # loaded once here, not inside the first cycle
+        histories = await self.sqlite.recent(list(s.symbols), TIMEFRAME, s.feature_warmup_bars)
+        self.features.warm(self.infos, histories)
+        await self.orchestrator.higher.warm()
+        log.info("features warmed from %d stored 1m bars and the higher timeframes' in %.2fs",
+                 sum(map(len, histories.values())), self.clock.monotonic() - t0)
+        return last
 
     def _start_bootstrap(self, infos: list[SymbolInfo]) -> None:
         """Fetch the history of symbols with no stored bars, beside the live loop."""
