@@ -9,6 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
+from sidecar.errors import SettingsError
 from sidecar.features import OUTPUTS
 from sidecar.features.codec import FeatureCodec
 from sidecar.scanner import DEFAULT_RULES, Scanner, parse_rules
@@ -124,3 +125,39 @@ async def test_features_still_warming_up_give_no_signal(store: RedisStore) -> No
     h = Harness(store)
     await h.cycle({s: {"rsi_14": float("nan")} for s in SYMBOLS})
     assert await h.cycle({s: {"rsi_14": 10.0} for s in SYMBOLS}) == []  # unknown before: not a crossing
+
+
+async def test_a_multi_timeframe_rule_fires_once_per_crossing_and_carries_its_timeframe(store: RedisStore) -> None:
+    """`rsi_14@5m < 30 when close@1d > sma_200@1d`: the 5m condition crossing while the daily
+    trend filter holds fires once, stamped with the 5m bar; nothing while it holds, nothing
+    while the daily filter is off, again at the next crossing."""
+    rules = parse_rules("dip: rsi_14@5m < 30 when close@1d > sma_200@1d", OUTPUTS, timeframes=("1m", "5m", "1d"))
+    codecs = {tf: FeatureCodec(OUTPUTS, tf) for tf in ("5m", "1d")}
+    scanner = Scanner(symbols=["AAPL"], broker_symbols=["AAPL"], codec=codecs["5m"], rules=rules, max_age_s=3.0)
+    assert scanner.fields == {"5m": {"rsi_14"}, "1d": {"sma_200"}}
+    bar_ts = {"5m": 1_799_999_700, "1d": 1_799_971_200}
+
+    async def cycle(rsi_5m: float, close_1d: float, now: float) -> list[tuple[str, int]]:
+        for tf, (name, x, close) in {"5m": ("rsi_14", rsi_5m, 100.0), "1d": ("sma_200", 95.0, close_1d)}.items():
+            values = np.full((len(OUTPUTS), 1), np.nan)
+            values[OUTPUTS.index(name), 0] = x
+            rows = codecs[tf].encode(np.array([bar_ts[tf]]), np.array([close]), np.array([True]), now, values)
+            await store.write_cycle(tf, features=(["AAPL"], rows), now=now)
+        frames = {tf: codecs["5m"].decode(await store.features(["AAPL"], tf), fields)
+                  for tf, fields in scanner.fields.items()}
+        return [(s.timeframe, s.ts) for s in scanner.evaluate(frames, now).signals]
+
+    assert await cycle(40.0, 100.0, NOW) == []  # first sight
+    assert await cycle(25.0, 100.0, NOW + 1) == [("5m", bar_ts["5m"])]
+    assert await cycle(20.0, 101.0, NOW + 2) == []  # still holds
+    assert await cycle(35.0, 100.0, NOW + 3) == []
+    assert await cycle(25.0, 90.0, NOW + 4) == []  # crossed, but the daily filter is off
+    assert await cycle(26.0, 100.0, NOW + 5) == [("5m", bar_ts["5m"])]  # the filter turned on: a crossing of the whole
+    assert await cycle(26.0, 100.0, NOW + 6) == []
+
+
+def test_a_rule_on_a_timeframe_not_built_is_refused_naming_it() -> None:
+    with pytest.raises(SettingsError, match="timeframe '4h' of 'rsi_14@4h' is not built"):
+        parse_rules("x: rsi_14@4h < 30", OUTPUTS, timeframes=("1m", "5m"))
+    with pytest.raises(SettingsError, match="unknown feature 'nope'"):
+        parse_rules("x: nope@5m < 30", OUTPUTS, timeframes=("1m", "5m"))
