@@ -56,6 +56,7 @@ async def run(settings: Settings, n: int, seconds: float, warmup_limit: float) -
     await sc.fetcher.start()
     sc.features.book.engine.prepare()
     sc.features.warm(sc.infos, {})  # as the daemon's start: every symbol in the indicator book
+    await sc.orchestrator.higher.warm()  # and in every higher timeframe's
     orch = sc.orchestrator
     live_path_only(sc)
     tune_gc(settings.gc_gen0_threshold)  # as the daemon does once started
@@ -85,7 +86,7 @@ async def run(settings: Settings, n: int, seconds: float, warmup_limit: float) -
             st = orch.stages
             to_redis = sum(st[k] for k in ("fetch", "parse", "build", "validate", "features", "redis"))
             samples.append({"cycle": report.duration_s, "to_redis": to_redis, **st, "closed": report.closed,
-                            "failed": report.failed})
+                            "failed": report.failed, "t": time.time()})
             if time.monotonic() >= t_end:
                 break
         overruns = int(sc.metrics.cycle_overruns._value.get() - over0)  # noqa: SLF001
@@ -96,13 +97,13 @@ async def run(settings: Settings, n: int, seconds: float, warmup_limit: float) -
         await sc.sqlite.close()
         await sc.redis.close()
     ms = {k: [s[k] * 1000 for s in samples] for k in ("cycle", "to_redis", "fetch", "parse", "build", "validate",
-                                                       "features", "redis", "scan")}
+                                                       "features", "timeframes", "redis", "scan")}
     return {"symbols": n, "cycles": len(samples), "warmup_s": warmup, "overruns": overruns,
             "requests": requests, "errors": errors, "closed": sum(s["closed"] for s in samples),
             **{f"{k}_p{q}": _pct(v, q) for k, v in ms.items() for q in (50, 95, 99)},
             **{f"{k}_max": max(v) if v else float("nan") for k, v in ms.items()},
             **{f"{k}_mean": statistics.fmean(v) if v else float("nan") for k, v in ms.items()},
-            "slowest": sorted(samples, key=lambda s: -s["cycle"])[:3]}
+            "slowest": sorted(samples, key=lambda s: -s["cycle"])[:3], "samples": samples}
 
 
 async def chart_cycles(settings: Settings, n: int, repeat: int = 3) -> list[dict[str, float]]:

@@ -16,11 +16,13 @@ class BarFlag(IntFlag):
     FORMING = 1  # the bar's bucket has not ended yet; its values will still change
     SYNTHETIC = 2  # made by gap filling, not received from a source
     STALE = 4  # the last good value kept while every source for the symbol fails
+    UNALIGNED = 8  # a higher-timeframe bar of bucket rules no longer configured, with no finer history to rebuild it
 
 
 # The flags as plain ints: IntFlag arithmetic costs ~1 us per bar in the per-bar paths.
 FORMING = int(BarFlag.FORMING)
 SYNTHETIC = int(BarFlag.SYNTHETIC)
+UNALIGNED = int(BarFlag.UNALIGNED)
 SETTLED_S = 3600
 """A source's bar older than this no longer changes (delayed feeds included): the live loop
 owns the minutes after it, gap scans and verification the ones before."""

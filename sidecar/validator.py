@@ -10,6 +10,7 @@ import numpy as np
 
 from .bars import Bar, timeframe_seconds
 from .symbols import AssetClass
+from .timeframes import Buckets
 
 REASONS = (
     "non_finite",  # NaN, infinity, or a value that was not a number
@@ -64,7 +65,7 @@ class Validator:
             return "negative_volume"
         if bar.ts > now + self.future_tolerance_s:
             return "future_ts"
-        if bar.ts % timeframe_seconds(bar.timeframe) != 0:
+        if not _on_grid(bar, asset_class):
             return "misaligned_ts"
         return None
 
@@ -88,3 +89,15 @@ class Validator:
         for code in range(len(tests) - 1, -1, -1):  # the first failing test wins
             reason[tests[code]] = code
         return reason
+
+
+_RULES = Buckets()  # where a source's own hourly and daily bars start (the default day starts)
+
+
+def _on_grid(bar: Bar, asset_class: AssetClass | None) -> bool:
+    """Does the bar open on its timeframe's grid? Hourly and longer bars of a known asset class
+    must start a bucket of its rules (a US equity's hours start at 09:30, 10:30, ...)."""
+    step = timeframe_seconds(bar.timeframe)
+    if asset_class is None or step < 3600:
+        return bar.ts % step == 0
+    return int(_RULES.bounds(asset_class, bar.timeframe, np.array([bar.ts]))[0][0]) == bar.ts

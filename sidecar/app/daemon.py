@@ -23,6 +23,7 @@ from ..errors import RedisStoreError, SettingsError, SQLiteStoreError
 from ..features.service import FeatureService
 from ..fetchers import AlphaVantageFetcher, HttpFetcher, PolygonFetcher, TwelveDataFetcher, YahooFetcher
 from ..metrics import Metrics
+from ..reaggregate import reaggregate
 from ..resilience import STATES, RetryPolicy
 from ..scanner import Scanner, parse_rules
 from ..settings import Settings, redact_url
@@ -297,11 +298,12 @@ class Sidecar:
         symbols = list(self.symbols)
         for i in range(0, len(symbols), 100):
             chunk = symbols[i:i + 100]
-            stored = await self.sqlite.recent(chunk, TIMEFRAME, self.settings.redis_history_len)
-            bars = [b for sym in chunk for b in stored[sym]]
-            for j in range(0, len(bars), RESEED_CHUNK):
-                await self.redis.write_bars(closed=bars[j:j + RESEED_CHUNK])
-            total += len(bars)
+            for timeframe in self.settings.timeframes:
+                stored = await self.sqlite.recent(chunk, timeframe, self.settings.redis_history_len)
+                bars = [b for sym in chunk for b in stored[sym]]
+                for j in range(0, len(bars), RESEED_CHUNK):
+                    await self.redis.write_bars(closed=bars[j:j + RESEED_CHUNK])
+                total += len(bars)
         self.reseeds += 1
         self.reseeded_at = self.clock.time()
         log.info("redis re-seeded with %d bars of %d symbols in %.2fs", total, len(symbols),
@@ -339,6 +341,7 @@ class Sidecar:
         self._supervise(asyncio.create_task(self._backfill_loop(), name="backfill-loop"))
         self._supervise(asyncio.create_task(self._retention_loop(), name="retention"))
         self._start_bootstrap([i for i in self.infos if i.symbol not in last])
+        self._supervise(asyncio.create_task(self._reaggregate_at_start(last), name="reaggregate"))
         log.info("following %d symbols every %.2fs from %s", len(s.symbols), s.cycle_interval_s, self.fetcher.name)
 
     async def resume(self) -> dict[str, int]:
@@ -373,7 +376,50 @@ class Sidecar:
         # Re-warm the features from the whole history, in the loop's next cycle (so the bars it
         # commits meanwhile are part of the replay), and Redis's history too.
         self.orchestrator.request_rewarm({i.symbol for i in infos if i.symbol in self.symbols})
+        await self._reaggregate(infos, "bootstrapped")
         self._schedule_reseed()
+
+    async def _reaggregate(self, infos: list[SymbolInfo], why: str) -> None:
+        """Rebuild the higher timeframes of some symbols from their stored history, one symbol
+        at a time beside the live loop; their features are rebuilt after the next cycle."""
+        higher = self.orchestrator.higher
+        names = [lane.timeframe for lane in higher.lanes]
+        if not names or not infos:
+            return
+        t0, now = self.clock.monotonic(), int(self.clock.time())
+        totals = {tf: [0, 0, 0] for tf in names}
+        for info in infos:
+            if info.symbol in self.symbols:
+                for tf, r in (await reaggregate(self.sqlite, higher.buckets, info, names, 0, now)).items():
+                    totals[tf] = [totals[tf][0] + r.written, totals[tf][1] + r.revised, totals[tf][2] + r.unaligned]
+                    try:
+                        await self.redis.remove_history(info.symbol, tf, r.replaced)
+                    except RedisStoreError as exc:
+                        log.warning("replaced %s bars of %s stay in redis: %s", tf, info.symbol, exc)
+        higher.request_rewarm({i.symbol for i in infos})
+        log.info("higher timeframes of %d %s symbols re-aggregated in %.1fs: %s", len(infos), why,
+                 self.clock.monotonic() - t0, ", ".join(f"{tf} {w} written ({r} revised, {u} unaligned)"
+                                                        for tf, (w, r, u) in totals.items()))
+
+    async def _reaggregate_at_start(self, last: dict[str, int]) -> None:
+        """Symbols with minutes but no bars of a higher timeframe (a database from before the
+        timeframes, a newly configured one), and every symbol of an asset class whose day start
+        changed since the last run, are re-aggregated; then the day starts are remembered."""
+        higher = self.orchestrator.higher
+        days = {c.value: str(d) for c, d in higher.buckets.day_starts.items()}
+        before = orjson.loads(await self.sqlite.get_meta("day_starts") or "{}")
+        moved = {c for c, d in days.items() if before.get(c, d) != d}
+        todo: dict[str, SymbolInfo] = {}
+        for lane in higher.lanes:
+            have = await self.sqlite.last_stored(lane.timeframe)
+            todo.update({i.symbol: i for i in self.infos if i.symbol in last and i.symbol not in have})
+        todo.update({i.symbol: i for i in self.infos if i.asset_class.value in moved})
+        if moved:
+            log.warning("SIDECAR_DAY_START changed for %s: their daily bars are re-aggregated", ", ".join(sorted(moved)))
+        await self._reaggregate(list(todo.values()), "stored")
+        await self.sqlite.set_meta("day_starts", orjson.dumps(days).decode())
+        if todo:
+            self._schedule_reseed()
 
     async def rewarm(self, symbols: set[str]) -> None:
         """Rebuild symbols' features from their newest stored bars, the unflushed buffer's

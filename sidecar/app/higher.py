@@ -74,6 +74,8 @@ class HigherTimeframes:
                  warmup_bars: int) -> None:
         self.table, self.sqlite, self.redis, self.metrics = table, sqlite, redis, metrics
         self.warmup_bars = warmup_bars
+        self.buckets = buckets
+        self._rewarm: set[str] = set()  # symbols whose every timeframe is rebuilt from the store after the cycle
         self.lanes = [Lane(tf, table, buckets, None if features is None else
                            FeatureService(features, timeframe=tf, clock=clock)) for tf in timeframes if tf != BASE]
         self.by_name = {lane.timeframe: lane for lane in self.lanes}
@@ -108,17 +110,26 @@ class HigherTimeframes:
             start, end = lane.agg.bounds(slots, ts)
             lane.pending.append(np.column_stack([slots, start, end]))
 
+    def request_rewarm(self, symbols: set[str]) -> None:
+        """Rebuild these symbols' indicator state of every timeframe from the store after the
+        next cycle (history re-aggregated beside the loop)."""
+        self._rewarm |= symbols
+
     @property
     def pending(self) -> int:
-        """Buckets waiting for a rebuild."""
-        return sum(len(p) for lane in self.lanes for p in lane.pending)
+        """Buckets waiting for a rebuild, and symbols for a re-warm."""
+        return sum(len(p) for lane in self.lanes for p in lane.pending) + len(self._rewarm)
 
     async def finish(self, now: float) -> None:
-        """Rebuild the requested buckets from the stored minutes (the cycle's are buffered by now)."""
+        """Rebuild the requested buckets from the stored minutes (the cycle's are buffered by
+        now), then the requested re-warms."""
         for lane in self.lanes:
             if lane.pending:
                 requests, lane.pending = np.unique(np.vstack(lane.pending), axis=0), []
                 await self._rebuild(lane, requests[self.table.active[requests[:, 0]]], now)
+        if self._rewarm:
+            symbols, self._rewarm = self._rewarm, set()
+            await self.warm(symbols)
 
     async def _rebuild(self, lane: Lane, requests: np.ndarray, now: float) -> None:
         t = self.table

@@ -228,7 +228,7 @@ class Exchange:
             self.ledger.record_served(symbol, bars, closed)
             rows = self._rows_1m(symbol, bars)
         else:
-            rows = self._rows_aggregated(bars, step)
+            rows = self._rows_aggregated(bars, step, self._anchors(symbol, bars.ts, step))
 
         session_start, session_end = m.regular_period(symbol, now)
         if (not m.always_open and profile.asset_class is AssetClass.EQUITY and step == 60
@@ -294,9 +294,10 @@ class Exchange:
         return rows
 
     @staticmethod
-    def _rows_aggregated(bars: MinuteBars, step: int) -> dict[str, list]:
-        b = bars.select(bars.traded)
-        buckets = b.ts // step * step
+    def _rows_aggregated(bars: MinuteBars, step: int, anchors: np.ndarray) -> dict[str, list]:
+        traded = bars.traded
+        b, anchors = bars.select(traded), anchors[traded]
+        buckets = anchors + (b.ts - anchors) // step * step
         starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]]) if len(b) else np.array([], dtype=int)
         ends = np.r_[starts[1:], len(b)] if len(b) else starts
         return {
@@ -307,6 +308,18 @@ class Exchange:
             "close": b.close[ends - 1].tolist() if len(b) else [],
             "volume": np.add.reduceat(b.volume, starts).astype(np.int64).tolist() if len(b) else [],
         }
+
+    def _anchors(self, symbol: str, ts: np.ndarray, step: int) -> np.ndarray:
+        """Where each minute's bucket grid starts: Yahoo's hourly (and longer) US equity bars
+        start at the session open, 09:30, 10:30, ... (providers.md 8.2); others on the epoch grid."""
+        anchors = np.zeros(len(ts), dtype=np.int64)
+        m = self.market
+        if step < 3600 or m.always_open or m.profile(symbol).asset_class not in (AssetClass.EQUITY, AssetClass.INDEX):
+            return anchors
+        days = ts // 86400
+        for day in np.unique(days).tolist():
+            anchors[days == day] = m.regular_period(symbol, day * 86400 + 86399)[0]
+        return anchors
 
     def _apply_bar_fault(self, symbol: str, rows: dict[str, list], kind: str, now: int) -> None:
         """Corrupt the newest closed bar with trades; the truth of that minute stays unserved."""

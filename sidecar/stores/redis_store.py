@@ -287,6 +287,13 @@ class RedisStore:
         first = writes[0]
         return await self.write_cycle(first.timeframe, latest=first.latest, history=first.history, more=writes[1:])
 
+    async def remove_history(self, symbol: str, timeframe: str, opens: Sequence[int]) -> None:
+        """Remove the bars with these opens from a symbol's history (replaced under new rules)."""
+        if opens:
+            key = self.keys.history(symbol, timeframe).encode()
+            await self._send(b"".join(_command(b"ZREMRANGEBYSCORE", key, b"%d" % ts, b"%d" % ts) for ts in opens),
+                             len(opens), "removing replaced bars")
+
     async def _send(self, packed: bytes, replies: int, what: str) -> list[object]:
         """Send pre-packed commands on one pooled connection and read their replies; a
         connection that failed mid-way is closed, never returned with replies pending."""

@@ -226,6 +226,15 @@ class SQLiteStore:
                 out[(b.symbol, b.ts)] = b
         return list(out.values())
 
+    async def delete_bars(self, symbol: str, timeframe: str, opens: Sequence[int]) -> None:
+        """Remove some bars of a symbol (stored and buffered): higher-timeframe bars that a
+        re-aggregation under new bucket rules replaced."""
+        for ts in opens:
+            self._buffer.pop((symbol, timeframe, ts), None)
+        if opens and self._db is not None:
+            await self._write("DELETE FROM bars WHERE symbol = ? AND timeframe = ? AND ts = ?",
+                              [(symbol, timeframe, ts) for ts in opens])
+
     async def mark_empty(self, symbol: str, timeframe: str, minutes: list[int]) -> None:
         """Record minutes that had no trades, so gap scans skip them."""
         if not minutes or self._db is None:
