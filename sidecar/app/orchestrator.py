@@ -5,10 +5,9 @@
     gap fill                         sidecar/cycle/gapfill.py
     stale bars                       sidecar/cycle/deadletters.py
     features (commit, peek, encode)  sidecar/features/service.py
-    higher timeframes (aggregate,    sidecar/cycle/aggregate.py, sidecar/app/higher.py
+    higher timeframes (aggregate,    sidecar/cycle/aggregate.py, sidecar/cycle/higher.py
       their features)
-    encode bars                      sidecar/cycle/encode.py
-    Redis                            sidecar/stores/redis_store.py
+    encode, Redis                    sidecar/cycle/publish.py, encode.py, sidecar/stores/redis_store.py
     dead letters, quarantine         sidecar/cycle/deadletters.py
     durable buffer                   sidecar/stores/sqlite_store.py
     scan                             sidecar/scanner.py
@@ -28,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from prometheus_client.core import GaugeMetricFamily
 
 from ..bars import Bar, timeframe_seconds
 from ..clock import Clock
@@ -37,25 +35,24 @@ from ..cycle.batch import Batch
 from ..cycle.deadletters import DeadLetters
 from ..cycle.encode import BarEncoder
 from ..cycle.gapfill import fill_gaps
+from ..cycle.higher import HigherTimeframes, LaneOutput
+from ..cycle.publish import lane_write, minute_write, set_latest
 from ..cycle.sourcing import Fetched, Sourcing
-from ..cycle.table import StatesView, SymbolTable
+from ..cycle.table import LastBarCollector, StatesView, SymbolTable
 from ..errors import RedisStoreError
 from ..features.service import FeatureService
 from ..metrics import Metrics
 from ..scanner import Scanner
 from ..sources import GuardedSource
 from ..stores import RedisStore, SQLiteStore
-from ..stores.redis_store import REPLACE, TRIM, TimeframeWrite, pack
 from ..symbols import SymbolInfo
 from ..timeframes import Buckets
 from ..validator import Validator
-from .higher import HigherTimeframes, LaneOutput
 from .ticker import Ticker
 
 log = logging.getLogger(__name__)
 
 TIMEFRAME = "1m"
-TRIM_EVERY = 8  # minutes between caps of a symbol's Redis history (it holds up to this many more)
 
 
 @dataclass(slots=True, frozen=True)
@@ -151,7 +148,7 @@ class Orchestrator:
         self._stopping = False
         self._in_cycle = False
         self._task: asyncio.Task[None] | None = None
-        metrics.registry.register(_LastBarCollector(self.table))
+        metrics.registry.register(LastBarCollector(self.table))
         self.add(symbols)
 
     # -- membership ---------------------------------------------------------------------------------
@@ -267,7 +264,7 @@ class Orchestrator:
         if len(synthetic):
             self.metrics.synthetic_bars.inc(len(synthetic))
         newest = accepted.newest
-        _set_latest(t, newest)
+        set_latest(t, newest)
         stale = self.dead.mark_stale(now)
         marks.append(clock.monotonic())
 
@@ -324,27 +321,11 @@ class Orchestrator:
         """The cycle's one Redis round trip: newest bars (and stale rewrites), histories, features,
         of every timeframe."""
         t = self.table
-        latest = accepted.newest.slot if not len(stale) else np.union1d(accepted.newest.slot, stale)
-        rows = _latest_rows(t, latest)
-        history = Batch.concat([accepted.closed, synthetic])
-        revised = accepted.revised
-        names = t.symbols
-        # A bar newer than any this process wrote to the symbol's history has no older copy to
-        # replace; each history is capped every TRIM_EVERY minutes, spread over the symbols.
-        known = t.hist_ts[history.slot]
-        modes = np.where((known < 0) | (history.ts <= known), REPLACE, 0)
-        modes |= np.where((history.ts // self.step + history.slot) % TRIM_EVERY == 0, TRIM, 0)
+        minute, history = minute_write(t, self.encoder, accepted, synthetic, stale, (feature_slots, feature_rows))
+        writes = [minute, *(lane_write(t, self.higher.by_name[lane.timeframe].encoder, lane) for lane in lanes)]
         t0 = self.clock.monotonic()
         try:
-            result = await self.redis.write_cycle(
-                TIMEFRAME, now=now,
-                latest=([names[s] for s in latest.tolist()], self.encoder.encode(rows, names, t.source_names)),
-                history=([names[s] for s in history.slot.tolist()] + [b.symbol for b in revised],
-                         history.ts.tolist() + [b.ts for b in revised],
-                         self.encoder.encode(history, names, t.source_names) + [pack(b) for b in revised],
-                         modes.tolist() + [REPLACE | TRIM] * len(revised)),
-                features=([names[s] for s in feature_slots.tolist()], feature_rows),
-                quiet=[names[s] for s in stale.tolist()], more=[self._lane_write(lane) for lane in lanes])
+            result = await self.redis.write_timeframes(writes, now)
         except RedisStoreError as exc:
             self.metrics.redis_errors.inc()
             if not self._redis_failing:
@@ -359,18 +340,6 @@ class Orchestrator:
         if result.fresh and self.on_redis_lost is not None:
             self.on_redis_lost()
         return True
-
-    def _lane_write(self, lane: LaneOutput) -> TimeframeWrite:
-        """A higher timeframe's part of the cycle's write: newest bars, closed bars, features."""
-        t, enc = self.table, self.higher.by_name[lane.timeframe].encoder
-        names = t.symbols
-        closed = lane.closed
-        return TimeframeWrite(
-            lane.timeframe,
-            latest=([names[s] for s in lane.latest.slot.tolist()], enc.encode(lane.latest, names, t.source_names)),
-            history=([names[s] for s in closed.slot.tolist()], closed.ts.tolist(),
-                     enc.encode(closed, names, t.source_names), [REPLACE | TRIM] * len(closed)),
-            features=([names[s] for s in lane.feature_slots.tolist()], lane.feature_rows))
 
     async def _write_quarantine(self) -> None:
         if self._quarantine:
@@ -446,35 +415,3 @@ class Orchestrator:
                 "last_cycle_ms": round(self.last_cycle.duration_s * 1000, 2) if self.last_cycle else None,
                 "last_cycle_age_s": None if at is None else round(now - at, 3),
                 "fresh_symbols": int(fresh.sum()), "symbols": len(slots), "freshness": freshness}
-
-
-def _set_latest(t: SymbolTable, rows: Batch) -> None:
-    """The newest bar of each slot in `rows` becomes its latest."""
-    s = rows.slot
-    t.lt_ts[s], t.lt_open[s], t.lt_high[s], t.lt_low[s] = rows.ts, rows.open, rows.high, rows.low
-    t.lt_close[s], t.lt_volume[s], t.lt_flags[s], t.lt_source[s] = rows.close, rows.volume, rows.flags, rows.source
-
-
-def _latest_rows(t: SymbolTable, slots: np.ndarray) -> Batch:
-    """The latest bars of some slots, as rows."""
-    return Batch(slots, t.lt_ts[slots], t.lt_open[slots], t.lt_high[slots], t.lt_low[slots], t.lt_close[slots],
-                 t.lt_volume[slots], t.lt_flags[slots], t.lt_source[slots], np.full(len(slots), np.inf))
-
-
-class _LastBarCollector:
-    """sidecar_symbol_last_bar_timestamp_seconds from the table's arrays at scrape time (a
-    gauge child set per symbol per second cost ~2 us x every symbol, under a lock)."""
-
-    def __init__(self, table: SymbolTable) -> None:
-        self.table = table
-
-    def describe(self) -> list[object]:
-        return []
-
-    def collect(self):  # noqa: ANN201 - prometheus_client's collector protocol
-        family = GaugeMetricFamily("sidecar_symbol_last_bar_timestamp_seconds", "Open of the newest bar",
-                                   labels=["symbol"])
-        t = self.table
-        for slot in np.flatnonzero(t.active & (t.lt_ts >= 0)).tolist():
-            family.add_metric([t.symbols[slot]], float(t.lt_ts[slot]))
-        yield family

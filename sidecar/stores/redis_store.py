@@ -239,7 +239,11 @@ class RedisStore:
         EVAL for the histories of every timeframe, and the heartbeat, whose TTL says the writer
         is alive.
         """
-        writes = [TimeframeWrite(timeframe, latest, history, features, quiet), *more]
+        return await self.write_timeframes([TimeframeWrite(timeframe, latest, history, features, quiet), *more], now)
+
+    async def write_timeframes(self, writes: Sequence[TimeframeWrite], now: float) -> WriteResult:
+        """`write_cycle` for parts given per timeframe (the first one's newest bars list the symbols)."""
+        latest = writes[0].latest if writes else ((), ())
         parts = [_command(b"SET", self.keys.alive().encode(), b"1", b"NX"),
                  _command(b"SET", self.keys.heartbeat().encode(), b"%.3f" % now, b"PX", b"%d" % self.features_ttl_ms)]
         names = [s for s in latest[0] if s not in self._listed]
@@ -282,10 +286,7 @@ class RedisStore:
             writes.append(TimeframeWrite(timeframe, ([b.symbol for b in new], [pack(b) for b in new]),
                                          ([b.symbol for b in old], [b.ts for b in old], [pack(b) for b in old],
                                           [REPLACE | TRIM] * len(old))))
-        if not writes:
-            return WriteResult(0, False)
-        first = writes[0]
-        return await self.write_cycle(first.timeframe, latest=first.latest, history=first.history, more=writes[1:])
+        return await self.write_timeframes(writes, 0.0) if writes else WriteResult(0, False)
 
     async def remove_history(self, symbol: str, timeframe: str, opens: Sequence[int]) -> None:
         """Remove the bars with these opens from a symbol's history (replaced under new rules)."""

@@ -19,16 +19,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..clock import Clock
-from ..cycle.aggregate import Aggregator
-from ..cycle.batch import Batch
-from ..cycle.encode import BarEncoder
-from ..cycle.table import SymbolTable
 from ..errors import RedisStoreError
 from ..features.engine import FeatureConfig
 from ..features.service import FeatureService
 from ..metrics import Metrics
 from ..stores import RedisStore, SQLiteStore
 from ..timeframes import BASE, Buckets, aggregate
+from .aggregate import Aggregator
+from .batch import Batch
+from .encode import BarEncoder
+from .table import SymbolTable
 
 log = logging.getLogger(__name__)
 
