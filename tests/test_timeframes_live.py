@@ -124,6 +124,8 @@ async def test_hours_are_stored_published_revised_and_survive_a_restart(
         assert eod["revised"] == 1
         clock.advance(1.0)
         await sc.orchestrator.run_cycle()  # the rebuild runs at the end of the next cycle
+        clock.advance(1.0)
+        await sc.orchestrator.run_cycle()  # and Redis gets the rebuilt bars in the one after
         await sc.sqlite.flush()
         day = NOW - 5400 - 86400  # Nov 29 00:00 UTC
         day_before = _hours(exchange, day, NOW)  # the check filled the whole UTC day too

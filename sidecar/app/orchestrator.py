@@ -135,7 +135,7 @@ class Orchestrator:
         self.dead = DeadLetters(table=self.table, redis=redis, stale_after_s=stale_after_s, started_at=clock.time())
         self.encoder = BarEncoder(TIMEFRAME)
         self.higher = HigherTimeframes(timeframes, table=self.table, buckets=buckets or Buckets(), sqlite=sqlite,
-                                       redis=redis, metrics=metrics, clock=clock,
+                                       metrics=metrics, clock=clock,
                                        features=None if features is None else features.book.config,
                                        warmup_bars=warmup_bars)
         self.ticker = Ticker(clock, period, on_overrun=metrics.cycle_overruns.inc)

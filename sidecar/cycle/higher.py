@@ -6,8 +6,9 @@ that closed (to store), the newest bar of each slot (to Redis) and the feature v
 (committed at a close, provisional while forming), exactly like the minute's own path. After
 the cycle's minutes reached the SQLite buffer, `finish` rebuilds the buckets that need it
 (late or corrected minutes, buckets begun before a restart) from the stored minutes, stores
-the closed ones that changed, counts them as revisions and rebuilds that timeframe's
-indicator state from its stored bars, so features never differ from TA-Lib over them.
+the closed ones that changed (Redis gets them in the next cycle's one round trip), counts them
+as revisions and rebuilds that timeframe's indicator state from its stored bars, so features
+never differ from TA-Lib over them.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..clock import Clock
-from ..errors import RedisStoreError
 from ..features.engine import FeatureConfig
 from ..features.service import FeatureService
 from ..metrics import Metrics
-from ..stores import RedisStore, SQLiteStore
+from ..stores import SQLiteStore
 from ..timeframes import BASE, Buckets, aggregate
 from .aggregate import Aggregator
 from .batch import Batch
@@ -40,6 +40,7 @@ class LaneOutput:
     timeframe: str
     closed: Batch  # bars closed this cycle, to store
     latest: Batch  # per slot its newest bar (forming, else just closed)
+    rebuilt: Batch  # closed bars rebuilt from the store after the last cycle, to rewrite in Redis
     feature_slots: np.ndarray
     feature_rows: list[bytes]
 
@@ -53,6 +54,7 @@ class Lane:
         self.features = features
         self.encoder = BarEncoder(timeframe)
         self.pending: list[np.ndarray] = []  # (slot, start, end) rows to rebuild after the cycle
+        self.rebuilt: list[Batch] = []  # bars rebuilt after the last cycle, for this cycle's Redis write
 
 
 class HigherTimeframes:
@@ -62,7 +64,6 @@ class HigherTimeframes:
     :param table: the symbol table.
     :param buckets: the bucket rules.
     :param sqlite: where the minutes and the built bars are stored.
-    :param redis: where rebuilt bars are rewritten.
     :param metrics: the revision counter.
     :param clock: stamps feature values.
     :param features: indicator periods (None: bars only).
@@ -70,9 +71,9 @@ class HigherTimeframes:
     """
 
     def __init__(self, timeframes: Sequence[str], *, table: SymbolTable, buckets: Buckets, sqlite: SQLiteStore,
-                 redis: RedisStore, metrics: Metrics, clock: Clock, features: FeatureConfig | None,
+                 metrics: Metrics, clock: Clock, features: FeatureConfig | None,
                  warmup_bars: int) -> None:
-        self.table, self.sqlite, self.redis, self.metrics = table, sqlite, redis, metrics
+        self.table, self.sqlite, self.metrics = table, sqlite, metrics
         self.warmup_bars = warmup_bars
         self.buckets = buckets
         self._rewarm: set[str] = set()  # symbols whose every timeframe is rebuilt from the store after the cycle
@@ -100,7 +101,9 @@ class HigherTimeframes:
                 cols = lane.features.columns(t.symbols, t.version)
                 slots, rows = lane.features.update_batch(step.closed, step.forming, none, lane.agg.ref_ts,
                                                          lane.agg.ref_close, cols)
-            out.append(LaneOutput(lane.timeframe, step.closed, _newest(step.closed, step.forming), slots, rows))
+            rebuilt, lane.rebuilt = Batch.concat(lane.rebuilt), []
+            out.append(LaneOutput(lane.timeframe, step.closed, _newest(step.closed, step.forming), rebuilt, slots,
+                                  rows))
         return out
 
     def revise(self, slots: np.ndarray, ts: np.ndarray) -> None:
@@ -150,12 +153,13 @@ class HigherTimeframes:
         if not len(rows):
             return
         bars = rows.bars(t.symbols, t.source_names, lane.timeframe)
-        stored: dict[tuple[str, int], tuple[float, ...]] = {}
+        stored: dict[tuple[str, int], tuple[float, ...] | None] = {}
         for ts_ in sorted({b.ts for b in bars}):
             for b in await self.sqlite.between(sorted({b.symbol for b in bars if b.ts == ts_}), lane.timeframe,
                                                ts_, ts_ + 1):
                 stored[(b.symbol, b.ts)] = b.values
-        changed = [b for b in bars if stored.get((b.symbol, b.ts)) != b.values]
+        differs = np.array([stored.get((b.symbol, b.ts)) != b.values for b in bars], dtype=bool)
+        changed = [b for b, d in zip(bars, differs.tolist(), strict=True) if d]
         revised = sum((b.symbol, b.ts) in stored for b in changed)
         if revised:
             self.metrics.timeframe_revisions.labels(lane.timeframe).inc(revised)
@@ -163,10 +167,7 @@ class HigherTimeframes:
         if not changed:
             return
         self.sqlite.add(changed)
-        try:
-            await self.redis.write_bars(closed=changed)
-        except RedisStoreError as exc:  # SQLite has them; a re-seed brings them back
-            log.warning("rebuilt %s bars not written to redis: %s", lane.timeframe, exc)
+        lane.rebuilt.append(rows.take(differs))  # to Redis in the next cycle's one round trip
         await self.rewarm(lane.timeframe, {b.symbol for b in changed})
 
     async def rewarm(self, timeframe: str, symbols: set[str]) -> None:

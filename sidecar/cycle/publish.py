@@ -60,7 +60,7 @@ def minute_write(t: SymbolTable, encoder: BarEncoder, accepted: Accepted, synthe
 
 def lane_write(t: SymbolTable, encoder: BarEncoder, lane: LaneOutput) -> TimeframeWrite:
     """A higher timeframe's part of the cycle's write: newest bars, closed bars, features."""
-    names, closed = t.symbols, lane.closed
+    names, closed = t.symbols, Batch.concat([lane.closed, lane.rebuilt])
     return TimeframeWrite(
         lane.timeframe,
         latest=([names[s] for s in lane.latest.slot.tolist()], encoder.encode(lane.latest, names, t.source_names)),
