@@ -152,15 +152,18 @@ class Scanner:
     :param codec: decodes the features.
     :param rules: the rules.
     :param max_age_s: features written longer ago than this are stale and skipped.
+    :param higher_refresh_s: how much less often the timeframes above 1m are refreshed (their
+        forming values are spread over the cycles): added to their `max_age_s`.
     """
 
     def __init__(self, *, symbols: Sequence[str], broker_symbols: Sequence[str], codec: FeatureCodec,
-                 rules: Sequence[Rule], max_age_s: float) -> None:
+                 rules: Sequence[Rule], max_age_s: float, higher_refresh_s: float = 0.0) -> None:
         self.symbols = list(symbols)
         self.broker_symbols = list(broker_symbols)
         self.codec = codec
         self.rules = tuple(rules)
         self.max_age_s = max_age_s
+        self.higher_refresh_s = higher_refresh_s
         self._row = {name: i for i, name in enumerate(codec.outputs)}
         self.fields: dict[str, set[str]] = {}  # per timeframe, what a scan reads and decodes
         for rule in self.rules:
@@ -199,7 +202,8 @@ class Scanner:
         started = time.perf_counter()
         if isinstance(frames, FeatureFrame):
             frames = {"1m": frames}
-        fresh = {tf: f.present & (now - f.updated <= self.max_age_s) for tf, f in frames.items()}
+        fresh = {tf: f.present & (now - f.updated <= self.max_age_s + (tf != "1m") * self.higher_refresh_s)
+                 for tf, f in frames.items()}
         signals: list[Signal] = []
         for r, rule in enumerate(self.rules):
             holds, known = self._holds(frames, rule.condition)

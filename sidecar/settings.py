@@ -386,6 +386,10 @@ class Settings(_FromEnv):
     timeframes: tuple[str, ...] = _setting(
         "TIMEFRAMES", ALL_TIMEFRAMES, parse_timeframes,
         "bar timeframes built live, from 1m by session rules (1m is always on)")
+    higher_forming_s: float = _setting(
+        "HIGHER_FORMING_S", 5.0, _float(0, 3600),
+        "seconds between refreshes of a symbol's forming bar and provisional features in the timeframes above 1m "
+        "(spread over the symbols; closes are never delayed; 0 or the cycle: every cycle)")
     day_start: tuple[tuple[str, str], ...] = _setting(
         "DAY_START", (), parse_day_starts,
         "where the daily bar starts for fx, futures, crypto, e.g. fx=17:00 America/New_York "

@@ -96,6 +96,8 @@ def run_live(symbol: str, tf: str, m: MinuteBars, buckets: Buckets, seed: int) -
         step = agg.step(closed, forming, now)
         assert not len(step.rebuild)
         collect(step.closed)
+        if out:  # the newest closed bar is what its committed features are stamped with
+            assert agg.ref_ts[slot] == max(out) and agg.ref_close[slot] == out[max(out)][3]
         if len(step.forming):  # the forming bar: its bucket's minutes so far, the forming one included
             start = int(step.forming.ts[0])
             upto = m.ts[: i + 1]
@@ -185,3 +187,33 @@ def test_a_late_minute_of_a_closed_bucket_and_one_from_before_the_start_go_to_a_
     assert closed.ts.tolist() == [t0 + 300]  # closed by a minute of the next bucket
     late = agg.step(minute(t0 + 420), Batch.empty(), t0 + 662)
     assert late.rebuild.tolist() == [[slot, t0 + 300, t0 + 600]] and not len(late.closed)
+
+
+def test_forming_refreshes_are_spread_over_the_cycles_and_closes_are_never_delayed() -> None:
+    from sidecar.cycle.higher import HigherTimeframes
+    from sidecar.metrics import Metrics
+
+    table = SymbolTable({c: (0.0, np.inf) for c in AssetClass}, ["yahoo"])
+    slots = np.array([table.add(lookup(f"Q{i:03d}"), []) for i in range(20)])
+    higher = HigherTimeframes(("1m", "5m", "1h"), table=table, buckets=Buckets(), sqlite=None,  # type: ignore[arg-type]
+                              metrics=Metrics(), clock=ManualClock(), features=None, warmup_bars=0, forming_every=5)
+    higher.reset(slots, 0)
+    table.asset_class[slots] = list(AssetClass).index(AssetClass.CRYPTO)
+    t0 = _utc(2026, 1, 5, 10, 3)
+
+    def rows(ts: int, flags: int) -> Batch:
+        n = len(slots)
+        return Batch(slots, np.full(n, ts), *(np.full(n, x) for x in (1.0, 2.0, 0.5, 1.5, 10.0)), np.full(n, flags),
+                     np.zeros(n, dtype=np.int16), np.full(n, np.inf))
+
+    seen: dict[str, list[int]] = {"5m": [], "1h": []}
+    for k in range(5):
+        table.lt_ts[slots], table.lt_flags[slots] = t0, FORMING
+        for out in higher.step(rows(t0 - 60, 0), rows(t0, FORMING), t0 + k + 1):
+            seen[out.timeframe] += out.latest.slot[(out.latest.flags & FORMING) != 0].tolist()
+    for timeframe, refreshed in seen.items():
+        assert sorted(refreshed) == sorted(slots.tolist()), timeframe  # each symbol once in five cycles
+    # 10:05: every symbol's 10:00 bucket closes in the first cycle after its end, due or not
+    table.lt_ts[slots], table.lt_flags[slots] = t0 + 120, FORMING
+    out = higher.step(rows(t0 + 60, 0), rows(t0 + 120, FORMING), t0 + 121)
+    assert sorted(out[0].closed.slot.tolist()) == sorted(slots.tolist()) and set(out[0].closed.ts.tolist()) == {t0 - 180}

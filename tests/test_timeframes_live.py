@@ -40,7 +40,8 @@ async def world(tmp_path: Path, redis_url: str) -> AsyncIterator[tuple[Exchange,
     await exchange.start()
     settings = replace(Settings(), redis_url=redis_url, yahoo_base_url=exchange.url or "", db_path=tmp_path / "s.db",
                        http_port=0, symbols=(SYMBOL,), lookback_minutes=180, flush_interval_s=3600.0,
-                       bootstrap_days=0.0, gap_scan_days=0.0, settle_s=0.0, feature_warmup_bars=5000)
+                       bootstrap_days=0.0, gap_scan_days=0.0, settle_s=0.0, feature_warmup_bars=5000,
+                       higher_forming_s=0.0)  # every forming bar every cycle
     yield exchange, clock, settings
     await exchange.close()
 

@@ -85,7 +85,8 @@ class Sidecar:
         self.scanner = Scanner(symbols=s.symbols, broker_symbols=[self._broker.get(x, x) for x in s.symbols],
                                codec=self.features.codec, rules=parse_rules(s.signal_rules, self.features.book.outputs,
                                                                    timeframes=s.timeframes),
-                               max_age_s=s.signal_max_age_s)
+                               max_age_s=s.signal_max_age_s,
+                               higher_refresh_s=s.higher_forming_s)
         self.fallbacks = [
             TwelveDataFetcher(base_url=s.twelvedata_base_url, api_key=s.twelvedata_api_key, timeout_s=s.fetch_timeout_s,
                               max_connections=8, clock=self.clock),
@@ -120,7 +121,8 @@ class Sidecar:
             redis=self.redis, sqlite=self.sqlite,
             metrics=self.metrics, clock=self.clock, period=s.cycle_interval_s, lookback_minutes=s.lookback_minutes,
             settle_s=s.settle_s, on_rewarm=self.rewarm, timeframes=s.timeframes, buckets=Buckets(s.day_starts()),
-            warmup_bars=s.feature_warmup_bars)
+            warmup_bars=s.feature_warmup_bars,
+            forming_every=max(1, round(s.higher_forming_s / s.cycle_interval_s)))
         primary = self.orchestrator.sources[0].fetcher  # history's grid follows the first configured source
         self.backfiller = Backfiller(sqlite=self.sqlite, sources=self.orchestrator.sources_for,
                                      validator=self.orchestrator.validator, clock=self.clock, metrics=self.metrics,

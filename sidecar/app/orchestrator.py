@@ -101,6 +101,8 @@ class Orchestrator:
     :param timeframes: the timeframes built (those above 1m are aggregated from the minutes).
     :param buckets: the bucket rules of the higher timeframes.
     :param warmup_bars: stored bars replayed per symbol when a timeframe's features are rebuilt.
+    :param forming_every: cycles between refreshes of a symbol's forming bar and features in the
+        timeframes above 1m.
     """
 
     def __init__(self, *, symbols: list[SymbolInfo], primary: GuardedSource, validator: Validator,
@@ -113,7 +115,7 @@ class Orchestrator:
                  source_order: Sequence[str] | None = None, trace: Callable[[dict[str, object]], None] | None = None,
                  settle_s: float = 5.0, on_rewarm: Callable[[set[str]], Awaitable[object]] | None = None,
                  timeframes: Sequence[str] = (TIMEFRAME,), buckets: Buckets | None = None,
-                 warmup_bars: int = 600) -> None:
+                 warmup_bars: int = 600, forming_every: int = 1) -> None:
         self.guarded = primary
         self.sources = [primary, *fallbacks]  # in order of preference
         if source_order is not None:  # the primary too may be placed later, or left out of fallback
@@ -137,7 +139,7 @@ class Orchestrator:
         self.higher = HigherTimeframes(timeframes, table=self.table, buckets=buckets or Buckets(), sqlite=sqlite,
                                        metrics=metrics, clock=clock,
                                        features=None if features is None else features.book.config,
-                                       warmup_bars=warmup_bars)
+                                       warmup_bars=warmup_bars, forming_every=forming_every)
         self.ticker = Ticker(clock, period, on_overrun=metrics.cycle_overruns.inc)
         self.stages: dict[str, float] = {}  # seconds spent per stage in the last cycle
         self.last_cycle: CycleReport | None = None

@@ -140,6 +140,7 @@ class Aggregator:
         src = sources[g.tail]
         done = ~tails  # a later bucket of the same slot has minutes: this one is complete
         out.append(_rows(g, done, src))
+        self._closed(slot[done], g.start[done], g.end[done], g.close[done])
         last = np.flatnonzero(tails)
         sl = slot[last]
         self.start[sl], self.end[sl], self.first[sl], self.last[sl] = g.start[last], g.end[last], g.first[last], \

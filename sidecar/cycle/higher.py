@@ -68,13 +68,18 @@ class HigherTimeframes:
     :param clock: stamps feature values.
     :param features: indicator periods (None: bars only).
     :param warmup_bars: stored bars replayed per symbol when a timeframe's features are rebuilt.
+    :param forming_every: cycles between refreshes of a symbol's forming bar and provisional
+        features in each timeframe (1: every cycle); the symbols are spread over the cycles, and
+        closes are never delayed.
     """
 
     def __init__(self, timeframes: Sequence[str], *, table: SymbolTable, buckets: Buckets, sqlite: SQLiteStore,
                  metrics: Metrics, clock: Clock, features: FeatureConfig | None,
-                 warmup_bars: int) -> None:
+                 warmup_bars: int, forming_every: int = 1) -> None:
         self.table, self.sqlite, self.metrics = table, sqlite, metrics
         self.warmup_bars = warmup_bars
+        self.forming_every = max(1, forming_every)
+        self._cycle = 0
         self.buckets = buckets
         self._rewarm: set[str] = set()  # symbols whose every timeframe is rebuilt from the store after the cycle
         self.lanes = [Lane(tf, table, buckets, None if features is None else
@@ -92,8 +97,12 @@ class HigherTimeframes:
         t = self.table
         out = []
         none = np.zeros(0, dtype=np.int64)
-        for lane in self.lanes:
-            step = lane.agg.step(closed, forming, now)
+        self._cycle += 1
+        for k, lane in enumerate(self.lanes):
+            due = forming
+            if self.forming_every > 1:  # this cycle's share of the symbols, a different one per timeframe
+                due = forming.take((forming.slot + self._cycle + k) % self.forming_every == 0)
+            step = lane.agg.step(closed, due, now)
             if len(step.rebuild):
                 lane.pending.append(step.rebuild)
             slots, rows = none, list[bytes]()
