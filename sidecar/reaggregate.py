@@ -14,17 +14,23 @@ the stored bars that do not start a bucket under the current rules and cannot be
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 
 from .bars import TIMEFRAMES, UNALIGNED, Bar
-from .stores import SQLiteStore
+from .clock import Clock
+from .cycle.higher import HigherTimeframes
+from .errors import RedisStoreError
+from .stores import RedisStore, SQLiteStore
 from .symbols import SymbolInfo
 from .timeframes import Buckets, aggregate
 
 log = logging.getLogger(__name__)
+
+FLUSH_AFTER = 100_000  # buffered bars after which a re-aggregation flushes before the next symbol
 
 
 @dataclass(slots=True)
@@ -115,3 +121,60 @@ def _rebuild(buckets: Buckets, info: SymbolInfo, tf: str, stored: dict[str, list
         report.unaligned = len(marked)
         bars += marked
     return bars, report
+
+
+class Reaggregator:
+    """Runs `reaggregate` over symbols beside the live loop, one symbol at a time.
+
+    :param sqlite: the stored history (and where the rebuilt bars go).
+    :param redis: the replaced bars are removed from its histories.
+    :param higher: the loop's higher timeframes: their rules, and their re-warm after the pass.
+    :param clock: timing for the log.
+    :param flush: flushes the SQLite buffer (months of rebuilt bars never near its bound).
+    """
+
+    def __init__(self, *, sqlite: SQLiteStore, redis: RedisStore, higher: HigherTimeframes, clock: Clock,
+                 flush: Callable[[], Awaitable[int]]) -> None:
+        self.sqlite, self.redis, self.higher, self.clock, self.flush = sqlite, redis, higher, clock, flush
+
+    async def run(self, infos: Sequence[SymbolInfo], why: str) -> bool:
+        """Rebuild the higher timeframes of some symbols from their stored history; their
+        features are rebuilt after the loop's next cycle. True if there was anything to do."""
+        names = [lane.timeframe for lane in self.higher.lanes]
+        if not names or not infos:
+            return False
+        t0, now = self.clock.monotonic(), int(self.clock.time())
+        totals = {tf: [0, 0, 0] for tf in names}
+        for info in infos:
+            for tf, r in (await reaggregate(self.sqlite, self.higher.buckets, info, names, 0, now)).items():
+                totals[tf] = [totals[tf][0] + r.written, totals[tf][1] + r.revised, totals[tf][2] + r.unaligned]
+                try:
+                    await self.redis.remove_history(info.symbol, tf, r.replaced)
+                except RedisStoreError as exc:
+                    log.warning("replaced %s bars of %s stay in redis: %s", tf, info.symbol, exc)
+            if self.sqlite.buffered > FLUSH_AFTER:
+                await self.flush()
+        self.higher.request_rewarm({i.symbol for i in infos})
+        log.info("higher timeframes of %d %s symbols re-aggregated in %.1fs: %s", len(infos), why,
+                 self.clock.monotonic() - t0, ", ".join(f"{tf} {w} written ({r} revised, {u} unaligned)"
+                                                        for tf, (w, r, u) in totals.items()))
+        return True
+
+    async def at_start(self, infos: Sequence[SymbolInfo], last: dict[str, int]) -> bool:
+        """Symbols with minutes (`last`: newest stored minute per symbol) but no bars of a higher
+        timeframe (a database from before the timeframes, a newly configured one), and every
+        symbol of an asset class whose day start changed since the last run, are re-aggregated;
+        then the day starts are remembered. True if any symbol was."""
+        days = {c.value: str(d) for c, d in self.higher.buckets.day_starts.items()}
+        before = orjson.loads(await self.sqlite.get_meta("day_starts") or "{}")
+        moved = {c for c, d in days.items() if before.get(c, d) != d}
+        todo: dict[str, SymbolInfo] = {}
+        for lane in self.higher.lanes:
+            have = await self.sqlite.last_stored(lane.timeframe)
+            todo.update({i.symbol: i for i in infos if i.symbol in last and i.symbol not in have})
+        todo.update({i.symbol: i for i in infos if i.asset_class.value in moved})
+        if moved:
+            log.warning("SIDECAR_DAY_START changed for %s: their daily bars are re-aggregated", ", ".join(sorted(moved)))
+        done = await self.run(list(todo.values()), "stored")
+        await self.sqlite.set_meta("day_starts", orjson.dumps(days).decode())
+        return done

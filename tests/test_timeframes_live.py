@@ -134,6 +134,7 @@ async def test_hours_are_stored_published_revised_and_survive_a_restart(
         assert np.allclose(stored[hour], day_before[hour], rtol=1e-12) and stored[hour] != truth[hour]
         assert _same(stored, {k: v for k, v in day_before.items() if k + 3600 <= NOW})
         assert sc.metrics.total("sidecar_timeframe_revisions_total", timeframe="1h") >= 1
+        assert sc.health()["timeframes"]["1h"]["revisions"] >= 1
         with redis_server.client() as r:
             member = [msgpack.unpackb(m) for m in r.zrangebyscore(f"sidecar:{{{SYMBOL}}}:bars:1h", hour, hour)]
         assert len(member) == 1 and _same({hour: tuple(member[0][k] for k in ("open", "high", "low", "close", "volume"))},

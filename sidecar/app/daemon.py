@@ -23,7 +23,7 @@ from ..errors import RedisStoreError, SettingsError, SQLiteStoreError
 from ..features.service import FeatureService
 from ..fetchers import AlphaVantageFetcher, HttpFetcher, PolygonFetcher, TwelveDataFetcher, YahooFetcher
 from ..metrics import Metrics
-from ..reaggregate import reaggregate
+from ..reaggregate import Reaggregator
 from ..resilience import STATES, RetryPolicy
 from ..scanner import Scanner, parse_rules
 from ..settings import Settings, redact_url
@@ -35,11 +35,11 @@ from ..validator import Validator
 from .health import compose
 from .http import HttpServer
 from .orchestrator import TIMEFRAME, Orchestrator
+from .reseed import Reseeder
 from .ticker import Ticker
 
 log = logging.getLogger(__name__)
 
-RESEED_CHUNK = 2_000  # bars per script call when re-seeding Redis: well inside its timeout under load
 
 
 def tune_gc(gen0_threshold: int) -> None:
@@ -132,6 +132,11 @@ class Sidecar:
         self.bootstrapper = Bootstrapper(sqlite=self.sqlite, sources=self.orchestrator.sources_for,
                                          reach=primary.reach, validator=self.orchestrator.validator, clock=self.clock,
                                          timeout_s=s.history_timeout_s, concurrency=2)
+        self.reseeder = Reseeder(redis=self.redis, sqlite=self.sqlite, clock=self.clock,
+                                 latest_bars=self.orchestrator.latest_bars, symbols=lambda: list(self.symbols),
+                                 timeframes=s.timeframes, history_len=s.redis_history_len, supervise=self._supervise)
+        self.reaggregator = Reaggregator(sqlite=self.sqlite, redis=self.redis, higher=self.orchestrator.higher,
+                                         clock=self.clock, flush=self._flush)
         self._backfill_lock = asyncio.Lock()  # one gap scan at a time
         self.http = HttpServer(host=s.http_host, port=s.http_port, health=self.health, metrics=self.metrics,
                                redis=self.redis, symbols=self.symbols, clock=self.clock,
@@ -139,10 +144,7 @@ class Sidecar:
                                timeframes=s.timeframes)
         self.stopping = False
         self.failure: BaseException | None = None
-        self.reseeds = 0
         self._dropped_counted = 0
-        self.reseeded_at: float | None = None
-        self._reseed: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -153,13 +155,13 @@ class Sidecar:
         if self.stopping:
             loop["state"] = "down"
         redis = {**self.redis.health(), "errors_total": int(self.metrics.total("sidecar_redis_errors_total")),
-                 "reseeds": self.reseeds,
-                 "last_reseed_age_s": None if self.reseeded_at is None else round(self.clock.time() - self.reseeded_at, 3)}
+                 **self.reseeder.health()}
         return compose(now=self.clock.time(), loop=loop, sources={g.name: g.health() for g in orch.sources},
                        primary=orch.guarded.name, redis=redis, sqlite=self.sqlite.health(), sections={
                            "validator": {"rejected": self.metrics.by_label("sidecar_bars_rejected_total", "reason")},
                            "backfill": self.backfiller.health(), "bootstrap": self.bootstrapper.health(),
-                           "end_of_day": self.backfiller.eod, "http": self.http.health()})
+                           "end_of_day": self.backfiller.eod, "http": self.http.health(),
+                           "timeframes": orch.higher.health()})
 
     async def update_symbols(self, add: list[str], remove: list[str]) -> list[str]:
         """Follow more or fewer symbols while running: new ones are warmed from their stored
@@ -271,45 +273,13 @@ class Sidecar:
 
     def _schedule_reseed(self) -> None:
         """Redis came back empty (restart, flush, first start): re-seed it in the background."""
-        if not self.stopping and (self._reseed is None or self._reseed.done()):
-            self._reseed = asyncio.create_task(self._reseed_until_done(), name="redis-reseed")
-            self._supervise(self._reseed)
+        if not self.stopping:
+            self.reseeder.schedule()
 
-    async def _reseed_until_done(self) -> None:
-        """Re-seed, and again after a growing pause while Redis fails or is too slow for a write:
-        a busy Redis must not stop the daemon (the loop and SQLite carry on without it)."""
-        delay = 1.0
-        while True:
-            try:
-                await self.reseed_redis()
-                return
-            except RedisStoreError as exc:
-                log.warning("redis re-seed failed, trying again in %.0fs: %s", delay, exc)
-                await self.clock.sleep(delay)
-                delay = min(2 * delay, 30.0)
-
-    async def reseed_redis(self) -> None:
-        """Write every symbol's newest bar and history back into Redis, from the loop's state,
-        SQLite and the unflushed buffer; the features come back with the next cycle."""
-        t0, total = self.clock.monotonic(), 0
-        # A symbol without a new bar this minute (no trades yet) would otherwise stay missing.
-        newest = self.orchestrator.latest_bars()
-        # In chunks, like the history below: one call for 20,000 symbols outlasted SIDECAR_REDIS_TIMEOUT_S.
-        for i in range(0, len(newest), RESEED_CHUNK):
-            await self.redis.write_bars(latest=newest[i:i + RESEED_CHUNK])
-        symbols = list(self.symbols)
-        for i in range(0, len(symbols), 100):
-            chunk = symbols[i:i + 100]
-            for timeframe in self.settings.timeframes:
-                stored = await self.sqlite.recent(chunk, timeframe, self.settings.redis_history_len)
-                bars = [b for sym in chunk for b in stored[sym]]
-                for j in range(0, len(bars), RESEED_CHUNK):
-                    await self.redis.write_bars(closed=bars[j:j + RESEED_CHUNK])
-                total += len(bars)
-        self.reseeds += 1
-        self.reseeded_at = self.clock.time()
-        log.info("redis re-seeded with %d bars of %d symbols in %.2fs", total, len(symbols),
-                 self.clock.monotonic() - t0)
+    @property
+    def reseeds(self) -> int:
+        """Re-seeds completed."""
+        return self.reseeder.reseeds
 
     def request_stop(self) -> None:
         """Ask the daemon to shut down (what the signal handlers call)."""
@@ -346,6 +316,11 @@ class Sidecar:
         self._supervise(asyncio.create_task(self._reaggregate_at_start(last), name="reaggregate"))
         log.info("following %d symbols every %.2fs from %s", len(s.symbols), s.cycle_interval_s, self.fetcher.name)
 
+    async def _reaggregate_at_start(self, last: dict[str, int]) -> None:
+        """Bring the stored history's higher timeframes in line with the rules (Reaggregator.at_start)."""
+        if await self.reaggregator.at_start(self.infos, last):
+            self._schedule_reseed()
+
     async def resume(self) -> dict[str, int]:
         """Continue after the stored bars (SQLite open): each symbol's cursor after its newest
         minute, every timeframe's features warmed from its stored bars. Returns the newest
@@ -378,49 +353,7 @@ class Sidecar:
         # Re-warm the features from the whole history, in the loop's next cycle (so the bars it
         # commits meanwhile are part of the replay), and Redis's history too.
         self.orchestrator.request_rewarm({i.symbol for i in infos if i.symbol in self.symbols})
-        await self._reaggregate(infos, "bootstrapped")
-        self._schedule_reseed()
-
-    async def _reaggregate(self, infos: list[SymbolInfo], why: str) -> None:
-        """Rebuild the higher timeframes of some symbols from their stored history, one symbol
-        at a time beside the live loop; their features are rebuilt after the next cycle."""
-        higher = self.orchestrator.higher
-        names = [lane.timeframe for lane in higher.lanes]
-        if not names or not infos:
-            return
-        t0, now = self.clock.monotonic(), int(self.clock.time())
-        totals = {tf: [0, 0, 0] for tf in names}
-        for info in infos:
-            if info.symbol in self.symbols:
-                for tf, r in (await reaggregate(self.sqlite, higher.buckets, info, names, 0, now)).items():
-                    totals[tf] = [totals[tf][0] + r.written, totals[tf][1] + r.revised, totals[tf][2] + r.unaligned]
-                    try:
-                        await self.redis.remove_history(info.symbol, tf, r.replaced)
-                    except RedisStoreError as exc:
-                        log.warning("replaced %s bars of %s stay in redis: %s", tf, info.symbol, exc)
-        higher.request_rewarm({i.symbol for i in infos})
-        log.info("higher timeframes of %d %s symbols re-aggregated in %.1fs: %s", len(infos), why,
-                 self.clock.monotonic() - t0, ", ".join(f"{tf} {w} written ({r} revised, {u} unaligned)"
-                                                        for tf, (w, r, u) in totals.items()))
-
-    async def _reaggregate_at_start(self, last: dict[str, int]) -> None:
-        """Symbols with minutes but no bars of a higher timeframe (a database from before the
-        timeframes, a newly configured one), and every symbol of an asset class whose day start
-        changed since the last run, are re-aggregated; then the day starts are remembered."""
-        higher = self.orchestrator.higher
-        days = {c.value: str(d) for c, d in higher.buckets.day_starts.items()}
-        before = orjson.loads(await self.sqlite.get_meta("day_starts") or "{}")
-        moved = {c for c, d in days.items() if before.get(c, d) != d}
-        todo: dict[str, SymbolInfo] = {}
-        for lane in higher.lanes:
-            have = await self.sqlite.last_stored(lane.timeframe)
-            todo.update({i.symbol: i for i in self.infos if i.symbol in last and i.symbol not in have})
-        todo.update({i.symbol: i for i in self.infos if i.asset_class.value in moved})
-        if moved:
-            log.warning("SIDECAR_DAY_START changed for %s: their daily bars are re-aggregated", ", ".join(sorted(moved)))
-        await self._reaggregate(list(todo.values()), "stored")
-        await self.sqlite.set_meta("day_starts", orjson.dumps(days).decode())
-        if todo:
+        if await self.reaggregator.run([i for i in infos if i.symbol in self.symbols], "bootstrapped"):
             self._schedule_reseed()
 
     async def rewarm(self, symbols: set[str]) -> None:

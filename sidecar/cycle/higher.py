@@ -194,6 +194,14 @@ class HigherTimeframes:
         for lane in self.lanes:
             await self.rewarm(lane.timeframe, set(self.table.slot_of) if symbols is None else symbols)
 
+    def health(self) -> dict[str, object]:
+        """Per timeframe: the open buckets, the rebuilds waiting, the revisions counted."""
+        revisions = self.metrics.by_label("sidecar_timeframe_revisions_total", "timeframe")
+        return {lane.timeframe: {"open_buckets": int((lane.agg.start >= 0).sum()),
+                                 "rebuilds_pending": sum(len(p) for p in lane.pending),
+                                 "revisions": int(revisions.get(lane.timeframe, 0))}
+                for lane in self.lanes}
+
     def remove(self, symbol: str) -> None:
         """Forget a symbol's indicator state in every timeframe (its slot's arrays are reset
         when the slot is reused)."""

@@ -1,0 +1,88 @@
+"""Re-seeding Redis: after it comes back empty (a restart, a flush, the first start), every
+symbol's newest bar and every timeframe's history are written back from the loop's state and
+SQLite (with its unflushed buffer); the features come back with the next cycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+from ..bars import Bar
+from ..clock import Clock
+from ..errors import RedisStoreError
+from ..stores import RedisStore, SQLiteStore
+
+log = logging.getLogger(__name__)
+
+CHUNK = 2_000  # bars per script call when re-seeding Redis: well inside its timeout under load
+
+
+class Reseeder:
+    """One re-seed at a time, retried while Redis fails.
+
+    :param redis: the hot store to fill.
+    :param sqlite: where the histories come from.
+    :param clock: pauses between attempts, and timing.
+    :param latest_bars: every symbol's newest bar as the loop wrote it.
+    :param symbols: the symbols followed now.
+    :param timeframes: the timeframes whose histories are written.
+    :param history_len: bars per symbol and timeframe.
+    :param supervise: registers the background task (a task that dies stops the daemon).
+    """
+
+    def __init__(self, *, redis: RedisStore, sqlite: SQLiteStore, clock: Clock, latest_bars: Callable[[], list[Bar]],
+                 symbols: Callable[[], list[str]], timeframes: Sequence[str], history_len: int,
+                 supervise: Callable[[asyncio.Task[None]], None]) -> None:
+        self.redis, self.sqlite, self.clock = redis, sqlite, clock
+        self.latest_bars, self.symbols, self.timeframes = latest_bars, symbols, tuple(timeframes)
+        self.history_len, self.supervise = history_len, supervise
+        self.reseeds = 0
+        self.reseeded_at: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def health(self) -> dict[str, object]:
+        """Re-seeds done and how long ago the last one finished."""
+        return {"reseeds": self.reseeds,
+                "last_reseed_age_s": None if self.reseeded_at is None else round(self.clock.time() - self.reseeded_at, 3)}
+
+    def schedule(self) -> None:
+        """Re-seed in the background, unless a re-seed is running already."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._until_done(), name="redis-reseed")
+            self.supervise(self._task)
+
+    async def _until_done(self) -> None:
+        """Re-seed, and again after a growing pause while Redis fails or is too slow for a write:
+        a busy Redis must not stop the daemon (the loop and SQLite carry on without it)."""
+        delay = 1.0
+        while True:
+            try:
+                await self.reseed()
+                return
+            except RedisStoreError as exc:
+                log.warning("redis re-seed failed, trying again in %.0fs: %s", delay, exc)
+                await self.clock.sleep(delay)
+                delay = min(2 * delay, 30.0)
+
+    async def reseed(self) -> None:
+        """Write every symbol's newest bar and every timeframe's history back into Redis."""
+        t0, total = self.clock.monotonic(), 0
+        # A symbol without a new bar this minute (no trades yet) would otherwise stay missing.
+        newest = self.latest_bars()
+        # In chunks, like the history below: one call for 20,000 symbols outlasted SIDECAR_REDIS_TIMEOUT_S.
+        for i in range(0, len(newest), CHUNK):
+            await self.redis.write_bars(latest=newest[i:i + CHUNK])
+        symbols = self.symbols()
+        for i in range(0, len(symbols), 100):
+            chunk = symbols[i:i + 100]
+            for timeframe in self.timeframes:
+                stored = await self.sqlite.recent(chunk, timeframe, self.history_len)
+                bars = [b for sym in chunk for b in stored[sym]]
+                for j in range(0, len(bars), CHUNK):
+                    await self.redis.write_bars(closed=bars[j:j + CHUNK])
+                total += len(bars)
+        self.reseeds += 1
+        self.reseeded_at = self.clock.time()
+        log.info("redis re-seeded with %d bars of %d symbols in %.2fs", total, len(symbols),
+                 self.clock.monotonic() - t0)
