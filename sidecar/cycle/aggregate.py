@@ -122,7 +122,8 @@ class Aggregator:
         formed, more = self._forming(forming)
         requests.append(more)
         done = Batch.concat(out).sorted()
-        return Step(done, formed, np.unique(np.vstack(requests), axis=0))
+        wanted = np.vstack(requests)
+        return Step(done, formed, np.unique(wanted, axis=0) if len(wanted) else wanted)
 
     def _merge(self, g: Groups, sources: np.ndarray) -> Batch:
         """Fold groups into the open buckets; return the buckets they closed."""

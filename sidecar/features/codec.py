@@ -88,7 +88,11 @@ class FeatureCodec:
         # rows are cut as one block, with one column mask, instead of row by row.
         grid = rows.view(np.uint8).reshape(n, size)
         missing = np.column_stack([np.isnan(close), nulls])  # (n, 1 + outputs)
-        patterns, which = np.unique(np.packbits(missing, axis=1), axis=0, return_inverse=True)
+        if missing.shape[1] <= 64:  # each row's pattern as one integer: a 1-D unique, not a row sort
+            codes = (missing.astype(np.uint64) << np.arange(missing.shape[1], dtype=np.uint64)).sum(axis=1)
+            patterns, which = np.unique(codes, return_inverse=True)
+        else:
+            patterns, which = np.unique(np.packbits(missing, axis=1), axis=0, return_inverse=True)
         out: list[bytes] = [b""] * n
         markers = self._markers
         for k in range(len(patterns)):
