@@ -1,10 +1,13 @@
 """Command line:
 
-    python -m sidecar run [--symbols A,B] [--http-port N]     the daemon, until SIGINT/SIGTERM
-    python -m sidecar bootstrap [--symbols A,B] [--days N]    fetch history (resumes a cut-off run)
-    python -m sidecar backfill [--symbols A,B] [--days N]     find gaps against the calendar, fill them
-    python -m sidecar status [--symbols A,B] [--days N]       what is stored, per symbol, as JSON
-    python -m sidecar settings [--markdown]                   every setting with its default
+    python -m sidecar run [--symbols A,B] [--universe U]... [--http-port N]   the daemon, until SIGINT/SIGTERM
+    python -m sidecar bootstrap [--symbols A,B] [--universe U]... [--days N]  fetch history (resumes a cut-off run)
+    python -m sidecar backfill [--symbols A,B] [--universe U]... [--days N]   find gaps against the calendar, fill them
+    python -m sidecar status [--symbols A,B] [--universe U]... [--days N]     what is stored, per symbol, as JSON
+    python -m sidecar universes                                                every universe and its symbols, as JSON
+    python -m sidecar settings [--markdown]                                    every setting with its default
+
+`--universe` may be given several times and with `--symbols`: the daemon follows them all.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import argparse
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
 import uvloop
 
+from . import universes
 from .errors import SettingsError, SymbolError
 from .settings import Settings, render_env_example, render_markdown
 
@@ -29,15 +34,23 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon until SIGINT/SIGTERM")
     run.add_argument("--symbols", help="comma-separated symbols (overrides SIDECAR_SYMBOLS)")
     run.add_argument("--http-port", help="HTTP port (overrides SIDECAR_HTTP_PORT)")
+    _universe_flag(run)
     for name, text in (("bootstrap", "fetch history for the symbols (resumes an earlier run) and exit"),
                        ("backfill", "find gaps against the market calendar, fetch them again, and exit"),
                        ("status", "print what is stored per symbol (rows, first and last bar, gaps) as JSON")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("--symbols", help="comma-separated symbols (default: SIDECAR_SYMBOLS)")
         cmd.add_argument("--days", type=float, help="how many days back (default: the matching setting)")
+        _universe_flag(cmd)
+    sub.add_parser("universes", help="print every named universe (shipped and SIDECAR_UNIVERSES_DIR) as JSON")
     settings = sub.add_parser("settings", help="print every setting with its default (the text of .env.example)")
     settings.add_argument("--markdown", action="store_true", help="as the README's tables instead")
     return parser
+
+
+def _universe_flag(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--universe", action="append", metavar="NAME",
+                     help="a named universe to include (repeatable; overrides SIDECAR_UNIVERSE)")
 
 
 async def _with_parts(settings: Settings, work: Callable[[Any], Awaitable[dict]]) -> dict:
@@ -93,10 +106,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         settings = Settings.from_env().with_overrides(
-            symbols=args.symbols, http_port=getattr(args, "http_port", None))
+            symbols=getattr(args, "symbols", None), http_port=getattr(args, "http_port", None),
+            universe=",".join(args.universe) if getattr(args, "universe", None) else None)
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "universes":
+        user_dir = Path(settings.universes_dir) if settings.universes_dir else None
+        try:
+            listing = {name: list(universes.members(name, user_dir)) for name in universes.known(user_dir)}
+        except ValueError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
+        sys.stdout.write(orjson.dumps(listing, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
     logging.basicConfig(level=settings.log_level, stream=sys.stdout if args.command == "run" else sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from .app import Sidecar  # after logging is set up

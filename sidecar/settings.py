@@ -19,12 +19,14 @@ from urllib.parse import urlsplit
 import orjson
 from dotenv import dotenv_values
 
+from . import universes
 from .errors import SettingsError, SymbolError
 from .features.config import FeatureConfig
 from .scanner import DEFAULT_RULES
 from .symbols import DEFAULT_SYMBOLS, AssetClass, lookup
 from .timeframes import ALL as ALL_TIMEFRAMES
 from .timeframes import DayStart, day_start, parse_day_starts, parse_timeframes
+from .universes import parse_names as parse_universe_names
 
 PREFIX = "SIDECAR_"
 _BROWSER_UA = (
@@ -226,7 +228,11 @@ class _FromEnv:
                     kwargs[f.name] = f.metadata["parse"](values[env])
                 except ValueError as exc:
                     raise SettingsError(env, str(exc)) from None
-        return cls(**kwargs)
+        return cls(**kwargs)._finish(set(kwargs))
+
+    def _finish(self, given: set[str]) -> Any:
+        """Settings that depend on others, once all are read (`given`: the fields set)."""
+        return self
 
     def with_overrides(self, **raw: str | None) -> Any:
         """A copy with some fields replaced from raw strings (CLI flags), parsed like env values."""
@@ -238,7 +244,7 @@ class _FromEnv:
                     changes[name] = meta[name]["parse"](value)
                 except ValueError as exc:
                     raise SettingsError(meta[name]["env"], str(exc)) from None
-        return replace(self, **changes)  # type: ignore[type-var]
+        return replace(self, **changes)._finish(set(changes))  # type: ignore[type-var]
 
 
 @dataclass(slots=True, frozen=True)
@@ -248,6 +254,11 @@ class Settings(_FromEnv):
     symbols: tuple[str, ...] = _setting(
         "SYMBOLS", DEFAULT_SYMBOLS, _symbols,
         "comma-separated canonical symbols to follow, or @path: a file of them (commas or one per line)")
+    universe: tuple[str, ...] = _setting(
+        "UNIVERSE", (), parse_universe_names,
+        "named universes to follow, e.g. dev_top_10,dev_etfs (with SIDECAR_SYMBOLS: both; see README)")
+    universes_dir: str = _setting(
+        "UNIVERSES_DIR", "", _text, "a directory of your own universes, <name>.txt, one symbol a line")
     cycle_interval_s: float = _setting(
         "CYCLE_INTERVAL_S", 1.0, _float(0.05, 60), "seconds between cycles (deadline-scheduled)")
     fetch_timeout_s: float = _setting(
@@ -413,6 +424,18 @@ class Settings(_FromEnv):
         "BROKER_SYMBOLS", (), _broker_map, "broker names of symbols, CANONICAL=BROKER,... (default: the same)")
     log_level: str = _setting(
         "LOG_LEVEL", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "log verbosity")
+
+    def _finish(self, given: set[str]) -> Settings:
+        """A universe named in these settings brings its members into `symbols`: they replace
+        the default list, or join the symbols named beside it."""
+        if "universe" not in given or not self.universe:
+            return self
+        try:
+            members = universes.resolve(self.universe, Path(self.universes_dir) if self.universes_dir else None)
+        except (OSError, ValueError) as exc:
+            raise SettingsError(PREFIX + "UNIVERSE", str(exc)) from None
+        named = self.symbols if "symbols" in given else ()
+        return replace(self, symbols=tuple(dict.fromkeys((*named, *members))))
 
     def day_starts(self) -> dict[AssetClass, DayStart]:
         """`day_start` as the bucket rules take it."""
