@@ -17,14 +17,15 @@ and budgets (`sources.fetch_history`): history never bypasses the live loop's ga
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .bars import SETTLED_S, Bar, timeframe_seconds
-from .calendars import is_trading, last_settled_session
+from .calendars import NEW_YORK, is_trading, last_settled_session
 from .clock import Clock
 from .errors import BeyondReach, FetchError
 from .fetchers import FetchResult
@@ -253,3 +254,32 @@ class Backfiller:
             else:
                 out.append((start, end))
         return out
+
+
+def end_of_day_events(eod: dict[str, object], infos: Sequence[SymbolInfo],
+                      universes: Mapping[str, Sequence[str]]) -> list[dict[str, object]]:
+    """The end-of-day check's summary as one event per asset class and session: the session,
+    its New York (or UTC) date, how many symbols are complete, the minutes still missing, and
+    the same per universe followed, so downstream jobs start on complete data."""
+    sessions: dict[str, list[int]] = eod["sessions"]  # type: ignore[assignment]
+    missing: dict[str, int] = eod["missing_minutes"]  # type: ignore[assignment]
+    groups: dict[tuple[str, int, int], list[str]] = {}
+    for info in infos:
+        start, end = sessions[info.symbol]
+        groups.setdefault((info.asset_class.value, start, end), []).append(info.symbol)
+    events = []
+    for (asset_class, start, end), symbols in sorted(groups.items()):
+        day = dt.datetime.fromtimestamp(start, NEW_YORK if asset_class != "crypto" else dt.UTC).date()
+        if asset_class in ("fx", "futures"):  # their day ends at 17:00 New York: named by the end
+            day = dt.datetime.fromtimestamp(end, NEW_YORK).date()
+        mine = set(symbols)
+        events.append({
+            "id": f"end_of_day:{asset_class}:{end}", "type": "end_of_day", "asset_class": asset_class,
+            "date": day.isoformat(), "session": [start, end], "symbols": len(symbols),
+            "complete": sum(1 for s in symbols if not missing.get(s)),
+            "final": all(not missing.get(s) for s in symbols),
+            "missing_minutes": {s: missing[s] for s in symbols if missing.get(s)},
+            "universes": {name: {"symbols": len(mine & set(members)),
+                                 "complete": sum(1 for s in mine & set(members) if not missing.get(s))}
+                          for name, members in universes.items() if mine & set(members)}})
+    return events

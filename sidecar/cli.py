@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from typing import Any
 
 import orjson
 import uvloop
+from tqdm import tqdm
 
 from . import universes
 from .errors import SettingsError, SymbolError
@@ -73,9 +75,21 @@ async def _with_parts(settings: Settings, work: Callable[[Any], Awaitable[dict]]
 
 
 async def _bootstrap(sc: Any, days: float) -> dict:
-    report = await sc.bootstrapper.run(sc.infos, days)
+    boot = sc.bootstrapper
+    requests = sc.metrics.by_label("sidecar_fetch_seconds_count", "source")
+    task = asyncio.create_task(boot.run(sc.infos, days))
+    if sys.stderr.isatty():  # a progress bar for a person; the JSON summary stays on stdout
+        with tqdm(total=len(sc.infos) * len(boot.plan(days)), unit="window", file=sys.stderr,
+                  desc=f"bootstrap {len(sc.infos)} symbols, {days:g} days") as bar:
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.2)
+                bar.update(sum(done for done, _ in boot.progress.values()) - bar.n)
+    report = await task
+    made = {k: v - requests.get(k, 0.0) for k, v in sc.metrics.by_label("sidecar_fetch_seconds_count", "source").items()}
+    rows = sum(report.rows.values())
     return {"symbols": report.symbols, "windows_fetched": report.windows, "windows_already_done": report.skipped,
-            "windows_failed": report.failed, "rows": report.rows, "seconds": round(report.seconds, 2)}
+            "windows_failed": report.failed, "rows": report.rows, "requests": {k: int(v) for k, v in made.items() if v},
+            "seconds": round(report.seconds, 2), "rows_per_second": round(rows / max(report.seconds, 1e-9))}
 
 
 async def _backfill(sc: Any, days: float) -> dict:

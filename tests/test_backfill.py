@@ -9,7 +9,9 @@ from contextlib import closing
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
+import redis
 
 from sidecar.backfill import Backfiller, expected_minutes
 from sidecar.bars import Bar
@@ -130,7 +132,13 @@ async def test_end_of_day_check_verifies_the_session_backfills_and_summarizes(
 
     setup.clock.advance(5 * 3600)  # Tuesday 01:00 UTC: Monday's session closed at 21:00
     settings = replace(Settings(), symbols=("AAPL", "MSFT", "EURUSD"), yahoo_base_url=setup.exchange.url or "",
-                       db_path=tmp_path / "eod.db", redis_url=redis_url, bootstrap_days=0.0)
+                       db_path=tmp_path / "eod.db", redis_url=redis_url, bootstrap_days=0.0,
+                       universe=("dev_top_10", "fx_majors"))
+    stream = redis.Redis.from_url(redis_url)
+
+    def events() -> list[dict]:
+        return [orjson.loads(f[b"event"]) for _, f in stream.xrange("sidecar:signals") if b"event" in f]
+
     sc = Sidecar(settings, clock=setup.clock, handle_signals=False)
     await sc.sqlite.start()
     await sc.fetcher.start()
@@ -152,6 +160,12 @@ async def test_end_of_day_check_verifies_the_session_backfills_and_summarizes(
         assert eod["sessions"] == {"AAPL": [int(open_), int(close)], "MSFT": [int(open_), int(close)],
                                    "EURUSD": [fx_start, fx_end]}
         fx_session = len(expected_minutes(lookup("EURUSD").asset_class, fx_start, fx_end, 60))
+        first = events()  # the day's first summary, per asset class: nothing complete yet
+        assert [(e["asset_class"], e["date"], e["complete"], e["symbols"], e["final"]) for e in first] == [
+            ("equity", "2026-11-30", 0, 2, False), ("fx", "2026-11-30", 0, 1, False)]
+        assert first[0]["universes"] == {"dev_top_10": {"symbols": 2, "complete": 0}}
+        assert first[1]["session"] == [fx_start, fx_end] and first[1]["universes"] == {
+            "fx_majors": {"symbols": 1, "complete": 0}}
         # what is left: the lost minute, and minutes without trades that nothing could confirm
         assert eod["missing_minutes"] == {"AAPL": session - len(aapl) + 1, "MSFT": session - len(msft),
                                           "EURUSD": fx_session}
@@ -161,8 +175,12 @@ async def test_end_of_day_check_verifies_the_session_backfills_and_summarizes(
         await sc._end_of_day_check()  # noqa: SLF001 - an incomplete day is tried again
         assert sc.backfiller.eod["complete_share"] == 1.0 and sc.backfiller.eod["missing_minutes"] == {}
         assert setup.exchange.requests["chart"] - requests == 3  # one request per symbol and day
+        done = events()[2:]  # and again once complete, then never again
+        assert [(e["asset_class"], e["complete"], e["final"], e["missing_minutes"]) for e in done] == [
+            ("equity", 2, True, {}), ("fx", 1, True, {})]
         await sc._end_of_day_check()  # noqa: SLF001 - a verified day is not asked for again
         assert setup.exchange.requests["chart"] - requests == 3
+        assert len(events()) == 4
         await sc.sqlite.flush()
         with closing(sqlite3.connect(tmp_path / "eod.db")) as db:
             assert db.execute("SELECT close FROM bars WHERE symbol='AAPL' AND ts=?", (lost.ts,)).fetchone() == (

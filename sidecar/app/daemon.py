@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
-from .. import calendars
-from ..backfill import Backfiller
+from .. import calendars, universes
+from ..backfill import Backfiller, end_of_day_events
 from ..bars import Bar
 from ..bootstrap import Bootstrapper
 from ..clock import Clock, SystemClock
@@ -268,8 +268,26 @@ class Sidecar:
             log.warning("backfilled bars not written to redis: %s", exc)
 
     async def _end_of_day_check(self) -> None:
-        """Verify every symbol's newest settled trading day once (values and completeness)."""
-        await self.backfiller.end_of_day(list(self.symbols.values()))
+        """Verify every symbol's newest settled trading day once (values and completeness), then
+        publish each asset class's session summary: when first checked, and again once complete
+        (remembered across restarts)."""
+        infos = list(self.symbols.values())
+        eod = await self.backfiller.end_of_day(infos)
+        named = {name: universes.members(name, Path(self.settings.universes_dir) if self.settings.universes_dir
+                                         else None) for name in self.settings.universe}
+        for event in end_of_day_events(eod, infos, named):
+            # the first summary of a session, and again once it is complete
+            key, state = f"published:{event['id']}", "complete" if event["final"] else "partial"
+            if await self.sqlite.get_meta(key) in (state, "complete"):
+                continue
+            try:
+                await self.redis.publish_events([event])
+            except RedisStoreError as exc:  # published with the next check
+                log.warning("end-of-day event not published: %s", exc)
+                continue
+            await self.sqlite.set_meta(key, state)
+            log.info("end of day %s %s: %d/%d symbols complete", event["asset_class"], event["date"],
+                     event["complete"], event["symbols"])
 
     def _schedule_reseed(self) -> None:
         """Redis came back empty (restart, flush, first start): re-seed it in the background."""

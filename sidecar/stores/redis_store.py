@@ -111,8 +111,12 @@ class RedisKeys:
         return f"{self.prefix}:symbols"
 
     def signals(self) -> str:
-        """The stream (and pub/sub channel) of scanner signals."""
+        """The stream (and pub/sub channel) of scanner signals; events go to the stream too."""
         return f"{self.prefix}:signals"
+
+    def events(self) -> str:
+        """The pub/sub channel of events (end of day, earnings)."""
+        return f"{self.prefix}:events"
 
     def deadletter(self) -> str:
         """Symbols whose every fetch currently fails, with the reason."""
@@ -359,6 +363,20 @@ class RedisStore:
             packed += (_command(b"XADD", name, b"MAXLEN", b"~", maxlen, b"*", b"signal", body),
                        _command(b"PUBLISH", name, body))
         await self._send(b"".join(packed), len(packed), f"publishing {len(signals)} signals")
+
+    async def publish_events(self, events: Sequence[dict[str, object]]) -> None:
+        """Append events (end of day, earnings) to the signals stream, field `event`, and publish
+        each on the `events` channel, in one round trip; each carries an `id` like a signal."""
+        if not events:
+            return
+        stream, channel = self.keys.signals().encode(), self.keys.events().encode()
+        maxlen = b"%d" % self.signals_maxlen
+        packed: list[bytes] = []
+        for event in events:
+            body = orjson.dumps(event)
+            packed += (_command(b"XADD", stream, b"MAXLEN", b"~", maxlen, b"*", b"event", body),
+                       _command(b"PUBLISH", channel, body))
+        await self._send(b"".join(packed), len(packed), f"publishing {len(events)} events")
 
     async def dead_letters(self, add: dict[str, dict[str, object]], remove: Sequence[str]) -> None:
         """Put symbols on (with the reason) or take them off the dead-letter hash."""
