@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -85,11 +86,14 @@ async def _bootstrap(sc: Any, days: float) -> dict:
                 await asyncio.wait({task}, timeout=0.2)
                 bar.update(sum(done for done, _ in boot.progress.values()) - bar.n)
     report = await task
+    t0 = time.perf_counter()
+    await sc.reaggregator.run(sc.infos, "bootstrapped")  # the higher timeframes of what came in
     made = {k: v - requests.get(k, 0.0) for k, v in sc.metrics.by_label("sidecar_fetch_seconds_count", "source").items()}
     rows = sum(report.rows.values())
     return {"symbols": report.symbols, "windows_fetched": report.windows, "windows_already_done": report.skipped,
             "windows_failed": report.failed, "rows": report.rows, "requests": {k: int(v) for k, v in made.items() if v},
-            "seconds": round(report.seconds, 2), "rows_per_second": round(rows / max(report.seconds, 1e-9))}
+            "seconds": round(report.seconds, 2), "rows_per_second": round(rows / max(report.seconds, 1e-9)),
+            "reaggregation_seconds": round(time.perf_counter() - t0, 2)}
 
 
 async def _backfill(sc: Any, days: float) -> dict:
