@@ -353,30 +353,24 @@ class RedisStore:
     async def publish_signals(self, signals: Sequence[dict[str, object]]) -> None:
         """Append signals to the stream and publish each on the channel, in one round trip.
         Each carries an `id` so a consumer can drop the copy a re-sent pipeline may add."""
-        if not signals:
-            return
-        name = self.keys.signals().encode()
-        maxlen = b"%d" % self.signals_maxlen
-        packed: list[bytes] = []
-        for sig in signals:
-            body = orjson.dumps(sig)
-            packed += (_command(b"XADD", name, b"MAXLEN", b"~", maxlen, b"*", b"signal", body),
-                       _command(b"PUBLISH", name, body))
-        await self._send(b"".join(packed), len(packed), f"publishing {len(signals)} signals")
+        await self._append(b"signal", self.keys.signals(), signals)
 
     async def publish_events(self, events: Sequence[dict[str, object]]) -> None:
         """Append events (end of day, earnings) to the signals stream, field `event`, and publish
         each on the `events` channel, in one round trip; each carries an `id` like a signal."""
-        if not events:
+        await self._append(b"event", self.keys.events(), events)
+
+    async def _append(self, field: bytes, channel: str, items: Sequence[dict[str, object]]) -> None:
+        """Each item as JSON: XADD to the signals stream under `field`, PUBLISH on `channel`."""
+        if not items:
             return
-        stream, channel = self.keys.signals().encode(), self.keys.events().encode()
-        maxlen = b"%d" % self.signals_maxlen
+        stream, maxlen = self.keys.signals().encode(), b"%d" % self.signals_maxlen
         packed: list[bytes] = []
-        for event in events:
-            body = orjson.dumps(event)
-            packed += (_command(b"XADD", stream, b"MAXLEN", b"~", maxlen, b"*", b"event", body),
-                       _command(b"PUBLISH", channel, body))
-        await self._send(b"".join(packed), len(packed), f"publishing {len(events)} events")
+        for item in items:
+            body = orjson.dumps(item)
+            packed += (_command(b"XADD", stream, b"MAXLEN", b"~", maxlen, b"*", field, body),
+                       _command(b"PUBLISH", channel.encode(), body))
+        await self._send(b"".join(packed), len(packed), f"publishing {len(items)} {field.decode()}s")
 
     async def dead_letters(self, add: dict[str, dict[str, object]], remove: Sequence[str]) -> None:
         """Put symbols on (with the reason) or take them off the dead-letter hash."""
