@@ -171,9 +171,7 @@ class Sidecar:
         gone = [parse_symbol(raw) for raw in remove]
         new = [i for i in infos if i.symbol not in self.symbols]
         if new:
-            histories = await self.sqlite.recent([i.symbol for i in new], TIMEFRAME,
-                                                 self.settings.feature_warmup_bars)
-            self.features.warm(new, histories)
+            histories = await self.features.warm_from(self.sqlite, new, self.settings.feature_warmup_bars)
             self.orchestrator.add(new)
             await self.orchestrator.higher.warm({i.symbol for i in new})
             self._start_bootstrap([i for i in new if not histories[i.symbol]])
@@ -350,8 +348,7 @@ class Sidecar:
         t0 = self.clock.monotonic()
         self.features.book.engine.prepare()
         calendars.prepare()  # loaded once here, not inside the first cycle
-        histories = await self.sqlite.recent(list(s.symbols), TIMEFRAME, s.feature_warmup_bars)
-        self.features.warm(self.infos, histories)
+        histories = await self.features.warm_from(self.sqlite, self.infos, s.feature_warmup_bars)
         await self.orchestrator.higher.warm()
         log.info("features warmed from %d stored 1m bars and the higher timeframes' in %.2fs",
                  sum(map(len, histories.values())), self.clock.monotonic() - t0)
@@ -377,10 +374,9 @@ class Sidecar:
     async def rewarm(self, symbols: set[str]) -> None:
         """Rebuild symbols' features from their newest stored bars, the unflushed buffer's
         copies winning (they are newer: a revision, or bars not yet flushed)."""
-        names = [s for s in symbols if s in self.symbols]
-        histories = await self.sqlite.recent(names, TIMEFRAME, self.settings.feature_warmup_bars)
-        self.features.warm([self.symbols[n] for n in names], histories)
-        log.info("features of %d symbols rebuilt from their stored history", len(names))
+        infos = [self.symbols[s] for s in symbols if s in self.symbols]
+        await self.features.warm_from(self.sqlite, infos, self.settings.feature_warmup_bars)
+        log.info("features of %d symbols rebuilt from their stored history", len(infos))
 
     async def run(self) -> int:
         """Start, wait for a stop request, close; return the process exit code."""

@@ -23,7 +23,7 @@ import numpy as np
 from ..bars import FORMING
 from ..timeframes import Buckets, Groups, aggregate
 from .batch import Batch
-from .table import SymbolTable
+from .table import SymbolTable, grow_columns, reset_columns
 
 LATE_CLOSE_S = 120  # a bucket whose newest minute is still forming this long after its end closes anyway
 
@@ -64,8 +64,7 @@ class Aggregator:
 
     def __init__(self, timeframe: str, table: SymbolTable, buckets: Buckets) -> None:
         self.timeframe, self.table, self.buckets = timeframe, table, buckets
-        for name, (dtype, unset) in _STATE.items():
-            setattr(self, name, np.full(0, unset, dtype=dtype))
+        grow_columns(self, _STATE, 0)
         self.start: np.ndarray
         self.end: np.ndarray
         self.open: np.ndarray
@@ -83,19 +82,14 @@ class Aggregator:
 
     def _fit(self) -> None:
         """Grow the arrays with the table."""
-        n, old = len(self.table.active), len(self.start)
-        if n > old:
-            for name, (dtype, unset) in _STATE.items():
-                grown: np.ndarray = np.full(n, unset, dtype=dtype)
-                grown[:old] = getattr(self, name)
-                setattr(self, name, grown)
+        if len(self.table.active) > len(self.start):
+            grow_columns(self, _STATE, len(self.table.active))
 
     def reset(self, slots: np.ndarray, since: int) -> None:
         """Fresh state for newly followed slots; buckets starting before `since` are rebuilt
         from the store (the minutes before it were not seen by this process)."""
         self._fit()
-        for name, (_dtype, unset) in _STATE.items():
-            getattr(self, name)[slots] = unset
+        reset_columns(self, _STATE, slots)
         self.known_from[slots] = since
 
     def bounds(self, slot: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

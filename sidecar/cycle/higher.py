@@ -185,9 +185,8 @@ class HigherTimeframes:
         if lane.features is None or not symbols:
             return
         t = self.table
-        names = sorted(s for s in symbols if s in t.slot_of)
-        histories = await self.sqlite.recent(names, timeframe, self.warmup_bars)
-        lane.features.warm([t.infos[t.slot_of[n]] for n in names], histories)  # type: ignore[misc]
+        infos = [t.infos[t.slot_of[n]] for n in sorted(symbols) if n in t.slot_of]
+        await lane.features.warm_from(self.sqlite, infos, self.warmup_bars)  # type: ignore[arg-type]
 
     async def warm(self, symbols: set[str] | None = None) -> None:
         """Every timeframe's features from its stored bars (at start-up: every symbol's)."""

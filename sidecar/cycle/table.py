@@ -52,6 +52,27 @@ _COLUMNS: dict[str, tuple[type, float]] = {
 }
 
 
+Columns = Mapping[str, tuple[type, float]]
+"""Per-slot arrays of a component: name -> (dtype, unset value)."""
+
+
+def grow_columns(owner: object, columns: Columns, capacity: int) -> None:
+    """Grow `owner`'s per-slot arrays to `capacity` slots (creating them if absent), keeping
+    what they hold; new slots are unset."""
+    for name, (dtype, unset) in columns.items():
+        old = getattr(owner, name, None)
+        grown: np.ndarray = np.full(capacity, unset, dtype=dtype)
+        if old is not None:
+            grown[:len(old)] = old
+        setattr(owner, name, grown)
+
+
+def reset_columns(owner: object, columns: Columns, slots: np.ndarray | int) -> None:
+    """Unset some slots of `owner`'s per-slot arrays."""
+    for name, (_dtype, unset) in columns.items():
+        getattr(owner, name)[slots] = unset
+
+
 class SymbolTable:
     """Slots, per-slot arrays and the few per-slot objects.
 
@@ -71,8 +92,7 @@ class SymbolTable:
         self.active = np.zeros(0, dtype=bool)
         self._free: list[int] = []
         self.version = 0  # changes whenever a symbol is added or removed
-        for name, (dtype, unset) in _COLUMNS.items():
-            setattr(self, name, np.full(0, unset, dtype=dtype))
+        grow_columns(self, _COLUMNS, 0)
         self.cursor: np.ndarray
         self.window_end: np.ndarray
         self.synced_until: np.ndarray
@@ -106,10 +126,7 @@ class SymbolTable:
         old = len(self.active)
         if capacity <= old:
             return
-        for name, (dtype, unset) in _COLUMNS.items():
-            grown: np.ndarray = np.full(capacity, unset, dtype=dtype)
-            grown[:old] = getattr(self, name)
-            setattr(self, name, grown)
+        grow_columns(self, _COLUMNS, capacity)
         active = np.zeros(capacity, dtype=bool)
         active[:old] = self.active
         self.active = active
@@ -129,8 +146,7 @@ class SymbolTable:
         if not self._free:
             self._grow(max(64, 2 * len(self.active)))
         slot = self._free.pop()
-        for name, (_dtype, unset) in _COLUMNS.items():
-            getattr(self, name)[slot] = unset
+        reset_columns(self, _COLUMNS, slot)
         self.lo[slot], self.hi[slot] = self.bounds[info.asset_class]
         self.asset_class[slot] = CLASSES.index(info.asset_class)
         self.active[slot] = True

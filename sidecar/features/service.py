@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +14,9 @@ from ..symbols import SymbolInfo
 from .book import FeatureBook
 from .codec import FeatureCodec
 from .engine import FeatureConfig
+
+if TYPE_CHECKING:
+    from ..stores import SQLiteStore
 
 
 class FeatureService:
@@ -36,6 +40,13 @@ class FeatureService:
     def warm(self, infos: Sequence[SymbolInfo], histories: Mapping[str, Sequence[Bar]]) -> None:
         """Build symbols' state from their stored closed bars (oldest first)."""
         self.book.add(infos, histories)
+
+    async def warm_from(self, store: SQLiteStore, infos: Sequence[SymbolInfo], limit: int) -> dict[str, list[Bar]]:
+        """`warm` from each symbol's newest `limit` stored bars of this timeframe (the unflushed
+        buffer's copies winning: a revision, or bars not yet flushed); returns those bars."""
+        histories = await store.recent([i.symbol for i in infos], self.timeframe, limit)
+        self.warm(infos, histories)
+        return histories
 
     def columns(self, symbols: Sequence[str], version: int) -> np.ndarray:
         """Per symbol-table slot (`symbols` by slot, `version` the table's), its book column or -1."""
