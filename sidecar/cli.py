@@ -4,6 +4,9 @@
     python -m sidecar bootstrap [--symbols A,B] [--universe U]... [--days N]  fetch history (resumes a cut-off run)
     python -m sidecar backfill [--symbols A,B] [--universe U]... [--days N]   find gaps against the calendar, fill them
     python -m sidecar status [--symbols A,B] [--universe U]... [--days N]     what is stored, per symbol, as JSON
+    python -m sidecar symbols [--symbols A,B] [--universe U]... [--type etf] [--refresh]
+                                                                               the symbols table (type, name, fund size), as JSON
+    python -m sidecar earnings [--symbols A,B] [--universe U]... [--days N]   releases ahead (synced when due), as JSON
     python -m sidecar universes                                                every universe and its symbols, as JSON
     python -m sidecar settings [--markdown]                                    every setting with its default
 
@@ -27,6 +30,8 @@ from tqdm import tqdm
 
 from . import universes
 from .errors import SettingsError, SymbolError
+from .reference import parse_type
+from .reference.service import REFRESH_S
 from .settings import Settings, render_env_example, render_markdown
 
 
@@ -45,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--symbols", help="comma-separated symbols (default: SIDECAR_SYMBOLS)")
         cmd.add_argument("--days", type=float, help="how many days back (default: the matching setting)")
         _universe_flag(cmd)
+    symbols = sub.add_parser("symbols", help="print the symbols table for the symbols (fetched when missing or "
+                                             "a day old) as JSON")
+    symbols.add_argument("--symbols", help="comma-separated symbols (default: SIDECAR_SYMBOLS)")
+    symbols.add_argument("--type", help="only this instrument type (equity, etf, etn, fund, index, fx, crypto, future)")
+    symbols.add_argument("--refresh", action="store_true", help="fetch every symbol again first")
+    _universe_flag(symbols)
+    calendar = sub.add_parser("earnings", help="print the releases of the symbols within --days (default "
+                                               "SIDECAR_EARNINGS_DAYS) as JSON, syncing the calendar when due")
+    calendar.add_argument("--symbols", help="comma-separated symbols (default: SIDECAR_SYMBOLS)")
+    calendar.add_argument("--days", type=int, help="how many calendar days ahead")
+    _universe_flag(calendar)
     sub.add_parser("universes", help="print every named universe (shipped and SIDECAR_UNIVERSES_DIR) as JSON")
     settings = sub.add_parser("settings", help="print every setting with its default (the text of .env.example)")
     settings.add_argument("--markdown", action="store_true", help="as the README's tables instead")
@@ -116,6 +132,21 @@ async def _status(sc: Any, days: float) -> dict:
     return {"window": [start, end], "symbols": out}
 
 
+async def _symbols(sc: Any, kind: str | None, refresh: bool) -> dict:
+    await sc.reference.start()
+    await sc.reference.refresh([i for i in sc.infos if refresh or sc.reference.due(i.symbol)])
+    return {"symbols": sc.reference.listing([i.symbol for i in sc.infos], kind)}
+
+
+async def _earnings(sc: Any, days: int) -> dict:
+    ref = sc.reference
+    await ref.start()
+    synced = ref.calendar["synced_at"]
+    if synced is None or sc.clock.time() - synced >= REFRESH_S:
+        await ref.sync_earnings()
+    return {"days": days, "source": ref.calendar["source"], "earnings": ref.upcoming(days, [i.symbol for i in sc.infos])}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for a configuration error)."""
     args = build_parser().parse_args(argv)
@@ -145,12 +176,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return uvloop.run(Sidecar(settings).run())
+        if args.command in ("symbols", "earnings"):
+            if args.command == "symbols":
+                kind = parse_type(args.type) if args.type else None
+                job: Callable[[Any], Awaitable[dict]] = lambda sc: _symbols(sc, kind, args.refresh)  # noqa: E731
+            else:
+                job = lambda sc: _earnings(sc, args.days if args.days is not None else settings.earnings_days)  # noqa: E731
+            sys.stdout.write(orjson.dumps(uvloop.run(_with_parts(settings, job)), option=orjson.OPT_INDENT_2).decode()
+                             + "\n")
+            return 0
         days = args.days if args.days is not None else {
             "bootstrap": settings.bootstrap_days, "backfill": settings.gap_scan_days, "status": settings.gap_scan_days,
         }[args.command]
         work = {"bootstrap": _bootstrap, "backfill": _backfill, "status": _status}[args.command]
         result = uvloop.run(_with_parts(settings, lambda sc: work(sc, days)))
-    except (SettingsError, SymbolError) as exc:  # a setting that only fails when used: a path, a port
+    except (SettingsError, SymbolError, ValueError) as exc:  # a setting that only fails when used: a path, a port
         print(f"start-up failed: {exc}", file=sys.stderr)
         return 2
     sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -8,6 +8,11 @@ fires when its condition becomes true for a symbol (a crossing), never again whi
 the first sight of a symbol only records its state. A signal carries the timeframe of its
 condition's first named operand, and the open of that timeframe's bar. Defaults: RSI crossing 30/70, MACD
 crossing its signal, close outside the Bollinger bands, relative volume >= 3.
+
+`earnings_in_days` is the one operand that is not a feature: the calendar days until the
+symbol's next earnings release not yet out (0 on the day; infinite when none is scheduled), so
+`rsi_oversold: rsi_14 < 30 when earnings_in_days > 2` keeps out of the release. Every signal
+carries it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ DEFAULT_RULES = (
 )
 _OPS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+PER_SYMBOL = frozenset({"earnings_in_days"})  # operands that are facts about the symbol, not a timeframe's
 _TERM = r"([A-Za-z_][A-Za-z0-9_]*(?:@[0-9]+[a-z])?|-?\d+(?:\.\d+)?)"
 _RULE = re.compile(rf"^\s*([a-z][a-z0-9_]*)\s*:\s*{_TERM}\s*(>=|<=|>|<)\s*{_TERM}"
                    rf"(?:\s+when\s+{_TERM}\s*(>=|<=|>|<)\s*{_TERM})?\s*$")
@@ -65,13 +71,13 @@ class Rule:
     @property
     def timeframe(self) -> str:
         """The timeframe a signal of this rule is stamped with: its first named operand's."""
-        terms = self.terms
+        terms = [t for t in self.terms if t not in PER_SYMBOL]
         return split_term(terms[0])[1] if terms else "1m"
 
     @property
     def timeframes(self) -> set[str]:
         """Every timeframe the rule reads."""
-        return {split_term(t)[1] for t in self.terms}
+        return {split_term(t)[1] for t in self.terms if t not in PER_SYMBOL}
 
 
 def split_term(term: str) -> tuple[str, str]:
@@ -84,7 +90,7 @@ def parse_rules(text: str, features: Sequence[str], setting: str = "SIDECAR_SIGN
                 timeframes: Sequence[str] = ("1m",)) -> tuple[Rule, ...]:
     """Parse `name: A op B [when C op D]; ...`; an unknown feature, a timeframe that is not
     built, or bad syntax raises SettingsError naming the setting."""
-    known = {*features, "close"}
+    known = {*features, "close", *PER_SYMBOL}
     rules: list[Rule] = []
     for part in filter(str.strip, text.split(";")):
         m = _RULE.match(part)
@@ -98,6 +104,8 @@ def parse_rules(text: str, features: Sequence[str], setting: str = "SIDECAR_SIGN
                 name, timeframe = split_term(raw)
                 if name not in known:
                     raise SettingsError(setting, f"rule {m[1]!r}: unknown feature {name!r}")
+                if name in PER_SYMBOL and "@" in raw:
+                    raise SettingsError(setting, f"rule {m[1]!r}: {name} has no timeframe")
                 if timeframe not in timeframes:
                     raise SettingsError(setting, f"rule {m[1]!r}: timeframe {timeframe!r} of {raw!r} is not built "
                                                  f"(SIDECAR_TIMEFRAMES is {','.join(timeframes)})")
@@ -126,12 +134,14 @@ class Signal:
     close: float
     left: float
     right: float
+    earnings_in_days: float = float("inf")  # days to the next earnings release (inf: none scheduled)
 
     def as_map(self) -> dict[str, object]:
         """Named fields, as published."""
         return {"symbol": self.symbol, "broker_symbol": self.broker_symbol, "rule": self.rule,
                 "condition": self.condition, "tf": self.timeframe, "ts": self.ts, "time": self.time,
-                "provisional": self.provisional, "close": self.close, "left": self.left, "right": self.right}
+                "provisional": self.provisional, "close": self.close, "left": self.left, "right": self.right,
+                "earnings_in_days": None if self.earnings_in_days == float("inf") else int(self.earnings_in_days)}
 
 
 @dataclass(slots=True, frozen=True)
@@ -167,12 +177,22 @@ class Scanner:
         self._row = {name: i for i, name in enumerate(codec.outputs)}
         self.fields: dict[str, set[str]] = {}  # per timeframe, what a scan reads and decodes
         for rule in self.rules:
+            self.fields.setdefault(rule.timeframe, set())  # its signals are stamped with this frame's bars
             for term in rule.terms:
+                if term in PER_SYMBOL:
+                    continue
                 name, timeframe = split_term(term)
                 wanted = self.fields.setdefault(timeframe, set())
                 if name != "close":
                     wanted.add(name)
         self._state = np.full((len(self.rules), len(self.symbols)), -1, dtype=np.int8)  # -1 unknown
+        self._earnings: dict[str, float] = {}
+        self._earnings_days = np.full(len(self.symbols), np.inf)
+
+    def set_earnings(self, days: Mapping[str, float]) -> None:
+        """Each symbol's days to its next earnings release (a symbol not named: none scheduled)."""
+        self._earnings = dict(days)
+        self._earnings_days = np.array([self._earnings.get(s, np.inf) for s in self.symbols], dtype=np.float64)
 
     def set_symbols(self, symbols: Sequence[str], broker_symbols: Sequence[str]) -> None:
         """Follow a new symbol list; symbols that stay keep their crossing state."""
@@ -182,10 +202,13 @@ class Scanner:
             if sym in old:
                 state[:, j] = self._state[:, old[sym]]
         self.symbols, self.broker_symbols, self._state = list(symbols), list(broker_symbols), state
+        self.set_earnings(self._earnings)
 
     def _side(self, frames: Mapping[str, FeatureFrame], term: str | float) -> np.ndarray:
         if isinstance(term, float):
             return np.full(len(self.symbols), term)
+        if term == "earnings_in_days":
+            return self._earnings_days
         name, timeframe = split_term(term)
         frame = frames[timeframe]
         return frame.close if name == "close" else frame.values[self._row[name]]
@@ -223,6 +246,7 @@ class Scanner:
                         symbol=self.symbols[j], broker_symbol=self.broker_symbols[j], rule=rule.name,
                         condition=str(rule.condition), timeframe=rule.timeframe, ts=int(frame.ts[j]), time=now,
                         provisional=bool(frame.provisional[j]), close=float(frame.close[j]),
-                        left=float(left[j]), right=float(right[j])))
+                        left=float(left[j]), right=float(right[j]),
+                        earnings_in_days=float(self._earnings_days[j])))
         base = fresh.get("1m", next(iter(fresh.values()), np.zeros(0, dtype=bool)))
         return ScanResult(signals, int(base.sum()), int((~base).sum()), time.perf_counter() - started)

@@ -338,6 +338,11 @@ class Settings(_FromEnv):
         "Alpha Vantage requests per minute, never exceeded (0: no limit)")
     alphavantage_rate_per_day: int = _setting(
         "ALPHAVANTAGE_RATE_PER_DAY", 25, _int(0, 1_000_000_000), "Alpha Vantage requests per UTC day (0: no limit)")
+    reference_data: bool = _setting(
+        "REFERENCE_DATA", True, _bool,
+        "keep the symbols table and the earnings calendar (daily, through the sources) and the earnings flags")
+    earnings_days: int = _setting(
+        "EARNINGS_DAYS", 7, _int(0, 90), "a release this many calendar days ahead or less sets its earnings flag")
     breaker_threshold: int = _setting(
         "BREAKER_THRESHOLD", 5, _int(1, 10_000),
         "consecutive cycles in which every request to a source failed that open its circuit breaker")

@@ -219,31 +219,39 @@ class GuardedSource:
 
     async def fetch_history(self, info: SymbolInfo, timeframe: str, start: int, end: int, *,
                             timeout_s: float, max_wait_s: float = HISTORY_MAX_WAIT_S) -> FetchResult:
-        """History through the same gate as the live loop: the breaker, the budgets (taking only
-        what the live loop leaves, waiting for room), Retry-After and the retry policy. Raises
-        the FetchError that ended it (CircuitOpen when the source is not asked), so the caller
-        can fall back to the next source."""
-        label = info.symbol
+        """History through the same gate as the live loop (`background`). Raises the FetchError
+        that ended it (CircuitOpen when the source is not asked), so the caller can fall back to
+        the next source."""
+        return await self.background(info.symbol, lambda: self.fetcher.fetch_bars(
+            info, timeframe, start, end, timeout_s=timeout_s), max_wait_s=max_wait_s)
+
+    async def background(self, label: str, request: Callable[[], Awaitable[T]], *, cost: int = 1,
+                         max_wait_s: float = HISTORY_MAX_WAIT_S) -> T:
+        """A request that is not the live loop's (history, reference data, calendars), through
+        the same gate: the breaker, the budgets (`cost` requests or credits, taking only what
+        the live loop leaves, waiting up to `max_wait_s` for room), Retry-After and the retry
+        policy. Raises the FetchError that ended it (CircuitOpen when the source is not asked,
+        RateLimited when no room came in time)."""
         waited = 0.0
         failures = 0
         while True:
             if self.fetcher.disabled_reason is not None:
                 raise CircuitOpen(self.name, label, f"disabled: {self.fetcher.disabled_reason}")
-            wait = self.limiter.history_wait_s()
+            wait = self.limiter.history_wait_s(cost)
             if wait > 0:
                 if waited + wait > max_wait_s:
-                    raise RateLimited(self.name, label, f"no history budget within {max_wait_s:.0f}s")
+                    raise RateLimited(self.name, label, f"no budget for {cost} within {max_wait_s:.0f}s")
                 await self.clock.sleep(wait)
                 waited += wait
                 continue
             if not self.breaker.allow():
                 raise CircuitOpen(self.name, label, "circuit open")
-            if not self.limiter.try_acquire(history=True):  # taken by the live loop meanwhile
+            if not self.limiter.try_acquire(cost, history=True):  # taken by the live loop meanwhile
                 self.breaker.release()
                 continue
             t0 = self.clock.monotonic()
             try:
-                result = await self.fetcher.fetch_bars(info, timeframe, start, end, timeout_s=timeout_s)
+                result = await request()
             except RateLimited as exc:
                 self.limiter.block_for(exc.retry_after if exc.retry_after is not None else 1.0)
                 self.breaker.release()
@@ -266,6 +274,13 @@ class GuardedSource:
                 self.metrics.fetch_seconds.labels(self.name).observe(self.clock.monotonic() - t0)
             self.breaker.record_success()
             return result
+
+    def fits(self, cost: int) -> bool:
+        """Whether a background request of `cost` can ever fit this source's budgets (a calendar
+        of 40 credits does not fit a plan of 8 a minute)."""
+        lim = self.limiter
+        return (not lim.per_minute or cost <= lim.per_minute - 1) and (
+            not lim.per_day or cost <= int(lim.per_day * lim.history_day_share))
 
 
 async def fetch_history(sources: Sequence[GuardedSource], info: SymbolInfo, timeframe: str, start: int, end: int,

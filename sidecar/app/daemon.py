@@ -24,6 +24,7 @@ from ..features.service import FeatureService
 from ..fetchers import AlphaVantageFetcher, HttpFetcher, PolygonFetcher, TwelveDataFetcher, YahooFetcher
 from ..metrics import Metrics
 from ..reaggregate import Reaggregator
+from ..reference import ReferenceData
 from ..resilience import STATES, RetryPolicy
 from ..scanner import Scanner, parse_rules
 from ..settings import Settings, redact_url
@@ -137,11 +138,16 @@ class Sidecar:
                                  timeframes=s.timeframes, history_len=s.redis_history_len, supervise=self._supervise)
         self.reaggregator = Reaggregator(sqlite=self.sqlite, redis=self.redis, higher=self.orchestrator.higher,
                                          clock=self.clock, flush=self._flush)
+        self.reference = ReferenceData(sources={g.name: g for g in self.orchestrator.sources}, sqlite=self.sqlite,
+                                       redis=self.redis, clock=self.clock, symbols=lambda: list(self.symbols.values()),
+                                       on_earnings=self.scanner.set_earnings, horizon_days=s.earnings_days,
+                                       timeout_s=s.history_timeout_s)
         self._backfill_lock = asyncio.Lock()  # one gap scan at a time
         self.http = HttpServer(host=s.http_host, port=s.http_port, health=self.health, metrics=self.metrics,
                                redis=self.redis, symbols=self.symbols, clock=self.clock,
                                update_symbols=self.update_symbols, broker_symbols=self._broker,
-                               timeframes=s.timeframes)
+                               timeframes=s.timeframes, reference=self.reference,
+                               universe=lambda name: universes.members(name, self._universes_dir()))
         self.stopping = False
         self.failure: BaseException | None = None
         self._dropped_counted = 0
@@ -161,7 +167,7 @@ class Sidecar:
                            "validator": {"rejected": self.metrics.by_label("sidecar_bars_rejected_total", "reason")},
                            "backfill": self.backfiller.health(), "bootstrap": self.bootstrapper.health(),
                            "end_of_day": self.backfiller.eod, "http": self.http.health(),
-                           "timeframes": orch.higher.health()})
+                           "timeframes": orch.higher.health(), "reference": self.reference.health()})
 
     async def update_symbols(self, add: list[str], remove: list[str]) -> list[str]:
         """Follow more or fewer symbols while running: new ones are warmed from their stored
@@ -271,8 +277,7 @@ class Sidecar:
         (remembered across restarts)."""
         infos = list(self.symbols.values())
         eod = await self.backfiller.end_of_day(infos)
-        named = {name: universes.members(name, Path(self.settings.universes_dir) if self.settings.universes_dir
-                                         else None) for name in self.settings.universe}
+        named = {name: universes.members(name, self._universes_dir()) for name in self.settings.universe}
         for event in end_of_day_events(eod, infos, named):
             # the first summary of a session, and again once it is complete
             key, state = f"published:{event['id']}", "complete" if event["final"] else "partial"
@@ -286,6 +291,9 @@ class Sidecar:
             await self.sqlite.set_meta(key, state)
             log.info("end of day %s %s: %d/%d symbols complete", event["asset_class"], event["date"],
                      event["complete"], event["symbols"])
+
+    def _universes_dir(self) -> Path | None:
+        return Path(self.settings.universes_dir) if self.settings.universes_dir else None
 
     def _schedule_reseed(self) -> None:
         """Redis came back empty (restart, flush, first start): re-seed it in the background."""
@@ -310,6 +318,7 @@ class Sidecar:
         except (OSError, sqlite3.Error) as exc:
             raise SettingsError("SIDECAR_DB_PATH", f"cannot open {s.db_path}: {exc}") from exc
         last = await self.resume()
+        await self.reference.start()
         await self.redis.start()
         await self.fetcher.start()
         self.announce_sources()
@@ -328,6 +337,8 @@ class Sidecar:
         self._supervise(asyncio.create_task(self._flush_loop(), name="sqlite-flush"))
         self._supervise(asyncio.create_task(self._backfill_loop(), name="backfill-loop"))
         self._supervise(asyncio.create_task(self._retention_loop(), name="retention"))
+        if s.reference_data:
+            self._supervise(asyncio.create_task(self.reference.run(), name="reference"))
         self._start_bootstrap([i for i in self.infos if i.symbol not in last])
         self._supervise(asyncio.create_task(self._reaggregate_at_start(last), name="reaggregate"))
         log.info("following %d symbols every %.2fs from %s", len(s.symbols), s.cycle_interval_s, self.fetcher.name)
@@ -435,6 +446,7 @@ class Sidecar:
         log.info("stopping: finishing the cycle in flight")
         # 1. No new cycles; a cycle in flight finishes, so what it fetched gets buffered.
         await self.orchestrator.close(timeout=budget * 0.4)
+        await self.reference.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -6,7 +6,9 @@
     GET /bars/{symbol}/latest      the newest bar (forming or closed)
     GET /features/{symbol}         the newest features: ?tf=1m
     GET /signals                   signals from the stream: ?since=<epoch s>&limit=
-    GET /symbols                   the symbols followed, with asset class and provider names
+    GET /symbols                   the symbols followed, with asset class, provider names and the
+                                   symbols table's type, name, exchange, fund size: ?type=etf&universe=U
+    GET /earnings                  releases not yet out within ?days=7 (the symbols followed)
     POST /symbols                  {"add": [...], "remove": [...]}: change them while running
 
 A malformed symbol or parameter gets 400 with a one-line JSON message, a symbol the daemon
@@ -28,6 +30,7 @@ from ..clock import Clock
 from ..errors import RedisStoreError, SymbolError
 from ..features.codec import FeatureCodec
 from ..metrics import Metrics
+from ..reference import ReferenceData, parse_type
 from ..settings import parse_number
 from ..stores import RedisStore
 from ..symbols import SymbolInfo, parse_symbol
@@ -90,8 +93,11 @@ class HttpServer:
     def __init__(self, *, host: str, port: int, health: Callable[[], dict[str, Any]], metrics: Metrics,
                  redis: RedisStore, symbols: Mapping[str, SymbolInfo], clock: Clock,
                  update_symbols: Callable[[list[str], list[str]], Awaitable[list[str]]],
-                 broker_symbols: Mapping[str, str], timeframes: Sequence[str] = ("1m",)) -> None:
+                 broker_symbols: Mapping[str, str], timeframes: Sequence[str] = ("1m",),
+                 reference: ReferenceData | None = None,
+                 universe: Callable[[str], Sequence[str]] | None = None) -> None:
         self.host, self.port, self.clock = host, port, clock
+        self.reference, self._universe = reference, universe
         self.timeframes = tuple(timeframes)
         self._update_symbols, self._broker = update_symbols, broker_symbols
         self._health, self._metrics, self._redis, self._symbols = health, metrics, redis, symbols
@@ -108,6 +114,7 @@ class HttpServer:
         self.app.router.add_get("/signals", self._get_signals)
         self.app.router.add_get("/symbols", self._get_symbols)
         self.app.router.add_post("/symbols", self._post_symbols)
+        self.app.router.add_get("/earnings", self._get_earnings)
 
     async def start(self) -> None:
         """Listen; `port` becomes the bound port (when 0 was asked for)."""
@@ -209,9 +216,31 @@ class HttpServer:
         return _json({"since": since, "signals": signals})
 
     async def _get_symbols(self, request: web.Request) -> web.Response:
+        names = list(self._symbols)
+        if "universe" in request.query and self._universe is not None:
+            try:
+                members = set(self._universe(request.query["universe"][:64]))
+            except ValueError as exc:
+                raise _bad_request(str(exc)) from None
+            names = [n for n in names if n in members]
+        rows = {r["symbol"]: r for r in self.reference.listing(names)} if self.reference is not None else {}
+        kind = request.query.get("type")
+        if kind is not None:
+            try:
+                kind = parse_type(kind[:16])
+            except ValueError as exc:
+                raise _bad_request(str(exc)) from None
+            names = [n for n in names if rows.get(n, {}).get("type") == kind]
         return _json({"symbols": [
-            {"symbol": i.symbol, "asset_class": str(i.asset_class), "yahoo": i.yahoo,
-             "broker": self._broker.get(i.symbol, i.symbol)} for i in self._symbols.values()]})
+            {**rows.get(n, {}), "symbol": n, "asset_class": str(self._symbols[n].asset_class),
+             "yahoo": self._symbols[n].yahoo, "broker": self._broker.get(n, n)} for n in names]})
+
+    async def _get_earnings(self, request: web.Request) -> web.Response:
+        days = self._int_param(request, "days", 7, 0, 366)
+        if self.reference is None:
+            return _json({"error": "reference data is off (SIDECAR_REFERENCE_DATA)"}, status=503)
+        return _json({"days": days, "synced_age_s": self.reference.health()["earnings"]["synced_age_s"],  # type: ignore[index]
+                      "earnings": self.reference.upcoming(days, list(self._symbols))})
 
     async def _post_symbols(self, request: web.Request) -> web.Response:
         try:

@@ -13,6 +13,7 @@ import collections
 import datetime as dt
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
@@ -75,11 +76,16 @@ class ProviderEndpoints:
     :param keys: accepted API keys per provider.
     :param limits: the budget of each key per provider.
     :param td_error_status: HTTP status of Twelve Data's error bodies (it sends 200 or the code).
+    :param delays: seconds a provider's plan is delayed by (Polygon's delayed plans: bars up to
+        that long ago, `status: "DELAYED"`).
     """
 
     def __init__(self, market: Market, clock: Clock, ledger: Ledger, *, keys: dict[str, set[str]] | None = None,
-                 limits: dict[str, Limits] | None = None, td_error_status: str = "200") -> None:
+                 limits: dict[str, Limits] | None = None, td_error_status: str = "200",
+                 delays: dict[str, float] | None = None) -> None:
         self.market, self.clock, self.ledger = market, clock, ledger
+        self.delays = dict(delays or {})
+        self.reference: Any = None  # the reference endpoints, for Alpha Vantage's reference functions
         self.keys = keys if keys is not None else {p: {"local"} for p in PROVIDERS}
         self.limits = {**DEFAULT_LIMITS, **(limits or {})}
         self.td_error_status = td_error_status
@@ -131,9 +137,10 @@ class ProviderEndpoints:
             self.ledger.garble.add(id(request))  # the exchange's middleware cuts the answer in half
         return await self.ledger.fault_response(fault, text_429="")
 
-    def _bars(self, info: Instrument, start: int, end: int, *, forming: bool) -> MinuteBars:
-        """The market's bars with trades in [start, end) (the forming one too when asked), recorded as served."""
-        now = int(self.clock.time())
+    def _bars(self, info: Instrument, start: int, end: int, *, forming: bool, delay_s: float = 0.0) -> MinuteBars:
+        """The market's bars with trades in [start, end) (the forming one too when asked), recorded
+        as served; a delayed plan sees the market as it was `delay_s` ago."""
+        now = int(self.clock.time() - delay_s)
         m = self.market
         ts = np.arange(-(-start // 60) * 60, min(end, now + 1), 60, dtype=np.int64)
         ts = ts[m.trading(info.yahoo, ts)]
@@ -161,6 +168,8 @@ class ProviderEndpoints:
             lim = self.limits["alphavantage"]
             return _json({"Note": AV_MINUTE_MESSAGE.format(n=lim.per_minute, d=lim.per_day or 500)})
         function = q.get("function", "")
+        if function in ("ETF_PROFILE", "EARNINGS_CALENDAR") and self.reference is not None:
+            return self.reference.alphavantage(function, q)
         info = names.alphavantage(q)
         interval = q.get("interval", "")
         if info is None or interval != "1min":
@@ -356,10 +365,11 @@ class ProviderEndpoints:
         cursor = q.get("cursor")
         if cursor:
             start = int(base64.urlsafe_b64decode(cursor.encode()).decode())
-        bars = self._bars(info, start, end + 1, forming=True)  # `to` is inclusive
+        delay = self.delays.get("polygon", 0.0)
+        bars = self._bars(info, start, end + 1, forming=True, delay_s=delay)  # `to` is inclusive
         bars = self.ledger.apply_provider_fault(f"polygon:{info.name}", info.yahoo, bars, int(self.clock.time()))
         body: dict[str, object] = {"ticker": ticker, "queryCount": len(bars), "resultsCount": min(len(bars), limit),
-                                   "adjusted": True, "status": "OK", "request_id": "local",
+                                   "adjusted": True, "status": "DELAYED" if delay else "OK", "request_id": "local",
                                    "count": min(len(bars), limit)}
         if len(bars):
             page = bars.select(np.arange(len(bars)) < limit)

@@ -25,6 +25,8 @@ from ..symbols import AssetClass
 from .ledger import BAR_FAULTS, META_FAULTS, QUOTE_ENDPOINT, QUOTE_FAULTS, RESPONSE_FAULTS, Ledger
 from .market import Market, MinuteBars
 from .providers import Limits, ProviderEndpoints
+from .reference import Reference
+from .reference_api import ReferenceEndpoints
 
 YAHOO_INTERVALS = ("1m", "2m", "5m", "15m", "30m", "60m", "90m", "1h", "1d", "5d", "1wk", "1mo", "3mo")
 _SERVED_INTERVALS = {"1m": 60, "2m": 120, "5m": 300, "15m": 900, "30m": 1800, "60m": 3600, "90m": 5400, "1h": 3600}
@@ -63,7 +65,8 @@ class Exchange:
     """
 
     def __init__(self, market: Market, *, clock: Clock | None = None, slow_s: float = 3.0,
-                 keys: dict[str, set[str]] | None = None, limits: dict[str, Limits] | None = None) -> None:
+                 keys: dict[str, set[str]] | None = None, limits: dict[str, Limits] | None = None,
+                 delays: dict[str, float] | None = None) -> None:
         self.market = market
         self.clock = clock or SystemClock()
         self.ledger = Ledger(slow_s)
@@ -90,8 +93,11 @@ class Exchange:
         self.app.router.add_get("/_exchange/stats", self._get_stats)
         self.app.router.add_post("/_exchange/outage", self._post_outage)
         self.revisions: dict[tuple[str, int], float] = {}  # (Yahoo symbol, minute) -> price factor
-        self.providers = ProviderEndpoints(market, self.clock, self.ledger, keys=keys, limits=limits)
+        self.providers = ProviderEndpoints(market, self.clock, self.ledger, keys=keys, limits=limits, delays=delays)
         self.providers.mount(self.app)
+        self.reference = Reference(market.seed)
+        self.providers.reference = ReferenceEndpoints(self.reference, self.providers, self._yahoo_auth)
+        self.providers.reference.mount(self.app)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on host:port (0 picks a free port); return the base URL."""
@@ -377,9 +383,7 @@ class Exchange:
         if now < self.down_until.get("yahoo", 0.0):
             return web.Response(status=503, text="Service Unavailable")
         fault = self.ledger.take(QUOTE_ENDPOINT, RESPONSE_FAULTS)
-        cookie = request.cookies.get("A3", "")
-        crumb = request.query.get("crumb", "")
-        if fault == "invalid_crumb" or not crumb or self._cookies.get(cookie) != crumb:
+        if fault == "invalid_crumb" or not self._yahoo_auth(request):
             error = {"finance": {"result": None, "error": {"code": "Unauthorized", "description": "Invalid Crumb"}}}
             return web.Response(status=401, body=orjson.dumps(error), content_type="application/json")
         if (faulted := await self.ledger.fault_response(fault)) is not None:
@@ -392,6 +396,11 @@ class Exchange:
         if fault == "malformed_json":
             body = body[: len(body) // 2]
         return web.Response(body=body, content_type="application/json")
+
+    def _yahoo_auth(self, request: web.Request) -> bool:
+        """Whether the request carries a cookie this exchange set and that cookie's crumb."""
+        crumb = request.query.get("crumb", "")
+        return bool(crumb) and self._cookies.get(request.cookies.get("A3", "")) == crumb
 
     def _prepare_next_minute(self, symbols: tuple[str, ...], now: int) -> None:
         """Compute the next minute's quote table in a thread during the last seconds of this one,
@@ -432,6 +441,7 @@ class Exchange:
                 "market": _MARKET_BY_CLASS[asset_class], "marketState": "REGULAR" if at > now - 60 else "CLOSED",
                 "regularMarketPrice": price, "regularMarketTime": at, "regularMarketVolume": volume,
                 "priceHint": self.market.profile(symbol).decimals, "symbol": symbol,
+                **self.reference.yahoo_quote(symbol),
             })
         body = orjson.dumps({"quoteResponse": {"result": result, "error": None}})
         return body.replace(repr(_NAN_MARK).encode(), b"NaN")

@@ -80,6 +80,33 @@ class AlphaVantageFetcher(HttpFetcher):
         return bars_from_rows(info.symbol, SOURCE, timeframe, step, rows, start, end, self.clock.time())
 
 
+    async def fetch_etf_profile(self, info: SymbolInfo, timeout_s: float | None = None) -> dict:
+        """ETF_PROFILE of a fund (net assets, expense ratio as strings); a symbol that is no fund
+        (an empty object) raises ProviderError 404."""
+        payload = decode_json(await self._reference({"function": "ETF_PROFILE", "symbol": info.symbol},
+                                                    info.symbol, timeout_s), SOURCE, info.symbol)
+        if not isinstance(payload, dict) or "net_assets" not in payload:
+            raise ProviderError(SOURCE, info.symbol, "no ETF profile for this symbol", status=404)
+        return payload
+
+    async def fetch_earnings_calendar(self, horizon: str = "3month", timeout_s: float | None = None) -> str:
+        """EARNINGS_CALENDAR over `horizon` for every company: the CSV text (its limits and
+        errors come as JSON and are raised as for the series)."""
+        body = await self._reference({"function": "EARNINGS_CALENDAR", "horizon": horizon}, "earnings", timeout_s)
+        return body.decode("utf-8", errors="replace")
+
+    async def _reference(self, query: dict[str, str], label: str, timeout_s: float | None) -> bytes:
+        """A reference function's body; the JSON error and limit bodies raised."""
+        status, _headers, body = await self._request(f"{self.base_url}/query", {**query, "apikey": self._key}, label,
+                                                     timeout_s)
+        raise_for_server_error(SOURCE, label, status, body)
+        if body.lstrip().startswith(b"{"):
+            payload = decode_json(body, SOURCE, label)
+            if isinstance(payload, dict):
+                _raise_for_message(payload, label, self.clock.time())
+        return body
+
+
 def _raise_for_message(payload: dict, symbol: str, now: float) -> None:
     """Alpha Vantage's error and limit bodies, all HTTP 200, as typed errors."""
     if "Error Message" in payload:

@@ -75,6 +75,16 @@ class PolygonFetcher(HttpFetcher):
         return bars_from_rows(info.symbol, SOURCE, timeframe, step, rows, start, end, self.clock.time())
 
 
+    async def fetch_ticker(self, info: SymbolInfo, timeout_s: float | None = None) -> dict:
+        """`/v3/reference/tickers/{ticker}`'s `results` (ticker, name, market, type, primary
+        exchange, currency); a ticker Polygon does not know raises ProviderError 404."""
+        payload = await self._get(f"{self.base_url}/v3/reference/tickers/{info.polygon}", {}, info.symbol, timeout_s,
+                                  ok=("OK",))
+        results = payload.get("results")
+        if not isinstance(results, dict):
+            raise MalformedResponse(SOURCE, info.symbol, "no results object")
+        return results
+
     def quote_cost(self, infos: Sequence[SymbolInfo]) -> int:
         """Requests one `fetch_quotes` makes: one snapshot per market among the symbols."""
         return len({_snapshot_market(i) for i in infos} - {None}) or 1

@@ -29,6 +29,7 @@ from .base import (
 SOURCE = "twelvedata"
 _INTERVALS = {"1m": "1min", "5m": "5min", "15m": "15min", "1h": "1h"}
 MAX_OUTPUT = 5000  # bars per request
+EARNINGS_CREDITS = 40  # what one /earnings_calendar request costs (providers.md 8.4)
 
 
 class TwelveDataFetcher(HttpFetcher):
@@ -103,6 +104,19 @@ class TwelveDataFetcher(HttpFetcher):
             at.append(t if isinstance(t, int) else -1)
             volume.append(to_float(entry.get("volume", 0)))
         return QuoteBatch.of(SOURCE, index, price, at, volume)
+
+    async def fetch_earnings_calendar(self, start: str, end: str, timeout_s: float | None = None) -> dict:
+        """`/earnings_calendar` from `start` to `end` (YYYY-MM-DD), every company: costs
+        EARNINGS_CREDITS credits."""
+        status, _headers, body = await self._request(f"{self.base_url}/earnings_calendar",
+                                                     {"start_date": start, "end_date": end}, "earnings", timeout_s)
+        raise_for_server_error(SOURCE, "earnings", status, body)
+        payload = decode_json(body, SOURCE, "earnings")
+        if not isinstance(payload, dict):
+            raise ProviderError(SOURCE, "earnings", f"HTTP {status}: unexpected body", status=status)
+        if payload.get("status") == "error":
+            self._raise_error(payload, "earnings", status)
+        return payload
 
     def _raise_error(self, payload: dict, label: str, status: int) -> None:
         code = payload.get("code")

@@ -74,19 +74,47 @@ class YahooFetcher(HttpFetcher):
         """One batch quote for `infos` (keep it to a few hundred symbols); the crumb is fetched
         on first use and once more when Yahoo calls it invalid."""
         label = f"{len(infos)} symbols"
+        body = await self._quote_body(infos, label, timeout_s)
+        t0 = self.clock.monotonic()
+        batch = parse_quotes(decode_json(body, SOURCE, label), infos)
+        batch.parse_s = self.clock.monotonic() - t0
+        return batch
+
+    async def fetch_reference(self, infos: Sequence[SymbolInfo], timeout_s: float | None = None) -> list[dict]:
+        """The batch quote's result rows for `infos` (type, names, exchange, fund size): one
+        request; symbols Yahoo does not know are left out or say `quoteType: NONE`."""
+        label = f"{len(infos)} symbols"
+        payload = decode_json(await self._quote_body(infos, label, timeout_s), SOURCE, label)
+        try:
+            rows = payload["quoteResponse"]["result"] or []  # type: ignore[index]
+        except (KeyError, TypeError) as exc:
+            raise MalformedResponse(SOURCE, label, f"unexpected quote shape: {exc!r}") from None
+        return [r for r in rows if isinstance(r, dict)]
+
+    async def fetch_fund_profile(self, info: SymbolInfo, timeout_s: float | None = None) -> dict:
+        """`quoteSummary` modules fundProfile and defaultKeyStatistics of a fund (404: none)."""
+        params = {"modules": "fundProfile,defaultKeyStatistics", "formatted": "false"}
+        body = await self._with_crumb(f"/v10/finance/quoteSummary/{info.yahoo}", params, info.symbol, timeout_s)
+        try:
+            return dict(decode_json(body, SOURCE, info.symbol)["quoteSummary"]["result"][0])  # type: ignore[index]
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise MalformedResponse(SOURCE, info.symbol, f"unexpected quoteSummary shape: {exc!r}") from None
+
+    async def _quote_body(self, infos: Sequence[SymbolInfo], label: str, timeout_s: float | None) -> bytes:
         params = {"symbols": ",".join(i.yahoo for i in infos), "formatted": "false", "lang": "en-US", "region": "US"}
+        return await self._with_crumb("/v7/finance/quote", params, label, timeout_s)
+
+    async def _with_crumb(self, path: str, params: dict[str, str], label: str, timeout_s: float | None) -> bytes:
+        """GET an endpoint that needs the crumb: fetched on first use, and once more when Yahoo
+        calls it invalid."""
         for attempt in (1, 2):
             crumb = await self._ensure_crumb(label, refresh=attempt == 2)
             try:
-                body = await self._get("/v7/finance/quote", {**params, "crumb": crumb}, label, timeout_s)
+                return await self._get(path, {**params, "crumb": crumb}, label, timeout_s)
             except ProviderError as exc:
                 if exc.status == 401 and attempt == 1:
                     continue  # the crumb expired or the cookie was dropped: once more with new ones
                 raise
-            t0 = self.clock.monotonic()
-            batch = parse_quotes(decode_json(body, SOURCE, label), infos)
-            batch.parse_s = self.clock.monotonic() - t0
-            return batch
         raise AssertionError("unreachable")
 
     async def _ensure_crumb(self, label: str, refresh: bool) -> str:

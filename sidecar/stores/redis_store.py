@@ -118,6 +118,10 @@ class RedisKeys:
         """The pub/sub channel of events (end of day, earnings)."""
         return f"{self.prefix}:events"
 
+    def earnings(self, symbol: str) -> str:
+        """A symbol's upcoming-earnings flag (JSON; expires a day after it was last set)."""
+        return f"{self.prefix}:{{{symbol}}}:earnings"
+
     def deadletter(self) -> str:
         """Symbols whose every fetch currently fails, with the reason."""
         return f"{self.prefix}:deadletter"
@@ -371,6 +375,14 @@ class RedisStore:
             packed += (_command(b"XADD", stream, b"MAXLEN", b"~", maxlen, b"*", field, body),
                        _command(b"PUBLISH", channel.encode(), body))
         await self._send(b"".join(packed), len(packed), f"publishing {len(items)} {field.decode()}s")
+
+    async def earnings_flags(self, flags: dict[str, dict[str, object]], clear: Sequence[str], ttl_s: int) -> None:
+        """Set symbols' earnings flags (each expiring after `ttl_s`) and delete others', in one round trip."""
+        packed = [_command(b"SET", self.keys.earnings(s).encode(), orjson.dumps(v), b"EX", b"%d" % ttl_s)
+                  for s, v in flags.items()]
+        packed += [_command(b"DEL", self.keys.earnings(s).encode()) for s in clear]  # one key a command: cluster-safe
+        if packed:
+            await self._send(b"".join(packed), len(packed), "earnings flags")
 
     async def dead_letters(self, add: dict[str, dict[str, object]], remove: Sequence[str]) -> None:
         """Put symbols on (with the reason) or take them off the dead-letter hash."""

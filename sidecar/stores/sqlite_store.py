@@ -274,6 +274,23 @@ class SQLiteStore:
         await self._write("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                           [(key, value)])
 
+    async def create(self, schema: str) -> None:
+        """Create another component's tables (idempotent `CREATE ... IF NOT EXISTS` statements)."""
+        assert self._db is not None
+        async with self._lock:
+            await self._db.executescript(schema)
+            await self._db.commit()
+
+    async def execute(self, sql: str, rows: list[tuple[object, ...]]) -> None:
+        """Another component's write: `sql` for each row, in one transaction (SQLiteStoreError on failure)."""
+        await self._write(sql, rows)
+
+    async def query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        """Another component's read: every row `sql` selects."""
+        assert self._db is not None
+        async with self._db.execute(sql, params) as cur:
+            return [tuple(r) for r in await cur.fetchall()]
+
     async def _write(self, sql: str, rows: list[tuple[object, ...]]) -> None:
         """One small write in its own transaction, never inside a flush's; a failure (a full
         disk, say) is rolled back and raised as SQLiteStoreError."""
