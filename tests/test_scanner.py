@@ -161,3 +161,21 @@ def test_a_rule_on_a_timeframe_not_built_is_refused_naming_it() -> None:
         parse_rules("x: rsi_14@4h < 30", OUTPUTS, timeframes=("1m", "5m"))
     with pytest.raises(SettingsError, match="unknown feature 'nope'"):
         parse_rules("x: nope@5m < 30", OUTPUTS, timeframes=("1m", "5m"))
+
+
+async def test_an_earnings_filter_keeps_rules_out_of_a_release_and_signals_carry_the_days(store: RedisStore) -> None:
+    h = Harness(store, rules="oversold_clear: rsi_14 < 30 when earnings_in_days > 2")
+    h.scanner.set_earnings({"AAPL": 1, "MSFT": 5})  # XAUUSD, EURUSD: nothing scheduled
+    await h.cycle({s: {} for s in SYMBOLS})
+    assert await h.cycle({s: {"rsi_14": 20.0} for s in SYMBOLS}) == [
+        ("EURUSD", "oversold_clear"), ("MSFT", "oversold_clear"), ("XAUUSD", "oversold_clear")]
+    days = {s["symbol"]: s["earnings_in_days"] for s in h.published}
+    assert days == {"MSFT": 5, "XAUUSD": None, "EURUSD": None}
+    h.scanner.set_earnings({"AAPL": 3})  # AAPL's release is further out now: the gate opens
+    assert await h.cycle({s: {"rsi_14": 20.0} for s in SYMBOLS}) == [("AAPL", "oversold_clear")]
+    assert h.published[-1]["earnings_in_days"] == 3
+
+
+def test_earnings_in_days_has_no_timeframe() -> None:
+    with pytest.raises(SettingsError, match="earnings_in_days has no timeframe"):
+        parse_rules("x: rsi_14 < 30 when earnings_in_days@5m > 2", OUTPUTS, timeframes=("1m", "5m"))
