@@ -103,6 +103,23 @@ def _sources(raw: str) -> tuple[str, ...]:
     return names
 
 
+def _delays(raw: str) -> tuple[tuple[str, float], ...]:
+    """`polygon=15m,twelvedata=30s` (a number alone is seconds): each source's plan delay, at
+    most an hour (bars older than that are settled whatever the plan)."""
+    out: dict[str, float] = {}
+    for part in filter(str.strip, raw.split(",")):
+        name, sep, value = (x.strip().lower() for x in part.partition("="))
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([sm]?)", value)
+        if not sep or name not in SOURCE_NAMES or m is None:
+            raise ValueError(f"expected <source>=<seconds>[s|m] with sources {', '.join(SOURCE_NAMES)}, "
+                             f"got {part.strip()!r}")
+        seconds = float(m[1]) * (60 if m[2] == "m" else 1)
+        if seconds > 3600:
+            raise ValueError(f"{name}: a delay of at most 60m, got {value}")
+        out[name] = seconds
+    return tuple(out.items())
+
+
 def _host(raw: str) -> str:
     value = raw.strip()
     if value == "localhost":
@@ -310,6 +327,10 @@ class Settings(_FromEnv):
         "SOURCES", ("yahoo", "twelvedata", "polygon", "alphavantage"), _sources,
         "sources in order of preference; each symbol falls back down the ones that serve it "
         "while one is failing, open or out of budget (a source without its API key is disabled)")
+    source_delays: tuple[tuple[str, float], ...] = _setting(
+        "SOURCE_DELAYS", (), _delays,
+        "each source's plan delay, e.g. polygon=15m: its bars close by its delayed clock, /health shows it "
+        "(empty: all real-time)")
     twelvedata_base_url: str = _setting(
         "TWELVEDATA_BASE_URL", "http://127.0.0.1:8700", _url("http", "https"),
         "Twelve Data base URL (the real one: https://api.twelvedata.com)")
@@ -455,6 +476,8 @@ class Settings(_FromEnv):
                 text = ",".join(f"{a}={b}" for a, b in value)
             elif f.name == "price_bounds":
                 text = orjson.dumps({a: [lo, hi] for a, lo, hi in value}).decode()
+            elif f.name == "source_delays":
+                text = ",".join(f"{a}={b:g}" for a, b in value)
             elif isinstance(value, tuple):
                 text = ",".join(value)
             else:

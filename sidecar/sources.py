@@ -124,6 +124,7 @@ class GuardedSource:
                            "used_today": limiter.used_today, "refused": limiter.refused,
                            "blocked_for_s": round(max(0.0, limiter.blocked_until - self.clock.monotonic()), 3)},
             "base_url": f.base_url,
+            "delay_s": f.delay_s,  # the plan's delay: its bars are this old when they arrive, by design
             "requests_last_cycle": src.tried_last_cycle,
             "failed_last_cycle": src.failed_last_cycle,
             "symbols_served_last_cycle": src.served_last_cycle,

@@ -96,6 +96,9 @@ class Sidecar:
             AlphaVantageFetcher(base_url=s.alphavantage_base_url, api_key=s.alphavantage_api_key,
                                 timeout_s=s.fetch_timeout_s, max_connections=8, clock=self.clock),
         ]
+        delays = dict(s.source_delays)
+        for f in (self.fetcher, *self.fallbacks):
+            f.delay_s = delays.get(f.name, 0.0)
         budgets = {"yahoo": (s.yahoo_rate_per_min, s.yahoo_rate_per_day),
                    "twelvedata": (s.twelvedata_rate_per_min, s.twelvedata_rate_per_day),
                    "polygon": (s.polygon_rate_per_min, s.polygon_rate_per_day),
@@ -141,7 +144,7 @@ class Sidecar:
         self.reference = ReferenceData(sources={g.name: g for g in self.orchestrator.sources}, sqlite=self.sqlite,
                                        redis=self.redis, clock=self.clock, symbols=lambda: list(self.symbols.values()),
                                        on_earnings=self.scanner.set_earnings, horizon_days=s.earnings_days,
-                                       timeout_s=s.history_timeout_s)
+                                       timeout_s=s.history_timeout_s, live=self._live_answered)
         self._backfill_lock = asyncio.Lock()  # one gap scan at a time
         self.http = HttpServer(host=s.http_host, port=s.http_port, health=self.health, metrics=self.metrics,
                                redis=self.redis, symbols=self.symbols, clock=self.clock,
@@ -370,9 +373,13 @@ class Sidecar:
         if infos and self.settings.bootstrap_days > 0:
             self._supervise(asyncio.create_task(self._bootstrap(infos), name="bootstrap"))
 
+    def _live_answered(self) -> bool:
+        """Whether a source has answered the live loop yet (history and reference data wait for it)."""
+        return any(g.state.last_success_at is not None for g in self.orchestrator.sources)
+
     async def _bootstrap(self, infos: list[SymbolInfo]) -> None:
         # Live data first: history waits for a healthy cycle, then goes two symbols at a time.
-        while all(g.state.last_success_at is None for g in self.orchestrator.sources):
+        while not self._live_answered():
             await self.clock.sleep(0.5)
         await self.clock.sleep(2.0)
         await self.bootstrapper.run(infos, self.settings.bootstrap_days)

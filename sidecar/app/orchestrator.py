@@ -128,6 +128,8 @@ class Orchestrator:
         self.period = period
         self.step = timeframe_seconds(TIMEFRAME)
         self.table = SymbolTable(validator.bounds, [g.name for g in self.sources])
+        # each source's plan delay, by source code (the last entry: no source yet)
+        self._delays = np.array([g.fetcher.delay_s for g in self.sources] + [0.0])
         self.states = StatesView(self.table)
         self.sourcing = Sourcing(table=self.table, sources=self.sources, primary=primary, metrics=metrics, clock=clock,
                                  lookback_s=lookback_minutes * 60, quotes=quotes, quote_batch=quote_batch,
@@ -161,7 +163,8 @@ class Orchestrator:
             if info.symbol not in self.table:
                 slot = self.table.add(info, self.sourcing.serving(info))
                 self.sourcing.reset(np.array([slot]))
-                self.higher.reset(np.array([slot]), int(self.clock.time()))
+                # minutes before the sources' clock now were not seen by this process
+                self.higher.reset(np.array([slot]), int(self.clock.time() - self._delays.max()))
 
     def remove(self, symbols: list[str]) -> None:
         """Stop following symbols; a fetch already in flight for one is simply not used again."""
@@ -272,7 +275,8 @@ class Orchestrator:
 
         feature_slots, feature_rows = self._features(fetched, accepted, stale)
         marks.append(clock.monotonic())
-        lanes = self.higher.step(accepted.closed, newest.take(newest.forming), now) if self.higher.lanes else []
+        lanes = self.higher.step(accepted.closed, newest.take(newest.forming), self._source_clock(now)) \
+            if self.higher.lanes else []
         marks.append(clock.monotonic())
         redis_ok = await self._write_redis(accepted, synthetic, stale, feature_slots, feature_rows, lanes, now)
         marks.append(clock.monotonic())
@@ -288,7 +292,7 @@ class Orchestrator:
             self.request_rewarm({b.symbol for b in accepted.revised})
             self.revise_minutes(accepted.revised)
         if self.higher.pending:
-            await self.higher.finish(now)
+            await self.higher.finish(self._source_clock(now))
         if self._rewarm and self.on_rewarm is not None:
             symbols, self._rewarm = self._rewarm, set()
             await self.on_rewarm(symbols)
@@ -398,6 +402,13 @@ class Orchestrator:
                         "history_requests": len(fetched.from_history), "overruns": self.ticker.overruns})
         return report
 
+    def _source_clock(self, now: float) -> float | np.ndarray:
+        """Per slot, the clock of the source of its newest bars: a delayed plan's buckets end by
+        its delayed clock, not the local one (else each would close before its last minutes came)."""
+        if not self._delays.any():
+            return now
+        return now - self._delays[self.table.source]
+
     def health(self) -> dict[str, Any]:
         """The loop (cycling, last cycle, overruns) and each symbol's freshness."""
         now, t = self.clock.time(), self.table
@@ -410,7 +421,8 @@ class Orchestrator:
             t.symbols[s]: {"fresh": bool(ok), "last_bar_ts": None if t.lt_ts[s] < 0 else int(t.lt_ts[s]),
                            "last_update_age_s": None if a != a else round(float(a), 3),
                            "last_error": t.last_error.get(s),
-                           "source": None if t.source[s] < 0 else t.source_names[t.source[s]]}
+                           "source": None if t.source[s] < 0 else t.source_names[t.source[s]],
+                           **({"delay_s": float(self._delays[t.source[s]])} if self._delays[t.source[s]] else {})}
             for s, ok, a in zip(slots.tolist(), fresh.tolist(), age.tolist(), strict=True)}
         return {"state": "ok" if cycling else "down", "cycles": int(self.metrics.total("sidecar_cycles_total")),
                 "overruns": self.ticker.overruns,

@@ -96,9 +96,10 @@ class Aggregator:
         """The bucket of each (slot, minute)."""
         return self.buckets.bounds_by_class(self.table.asset_class[slot], self.timeframe, ts)
 
-    def step(self, closed: Batch, forming: Batch, now: float) -> Step:
+    def step(self, closed: Batch, forming: Batch, now: float | np.ndarray) -> Step:
         """Merge a cycle's closed minutes (by slot, ts; real bars only) and its forming minutes
-        (one per slot); return the bars that closed, the forming bars, and the rebuilds."""
+        (one per slot); return the bars that closed, the forming bars, and the rebuilds. `now`
+        closes the buckets that ended (per slot: the clock of its source, delayed or not)."""
         self._fit()
         out: list[Batch] = []
         start, end = self.bounds(closed.slot, closed.ts)
@@ -145,10 +146,12 @@ class Aggregator:
         self.volume[sl], self.source[sl] = g.volume[last], src[last]
         return Batch.concat(out)
 
-    def _close_due(self, now: float) -> Batch:
+    def _close_due(self, now: float | np.ndarray) -> Batch:
         """Close the open buckets that ended, unless the newest minute is still forming inside."""
         t = self.table
         n = len(self.start)
+        if isinstance(now, np.ndarray):
+            now = now[:n]
         due = (self.start >= 0) & (self.end <= now)
         forming_inside = ((t.lt_flags[:n] & FORMING) != 0) & (t.lt_ts[:n] < self.end)
         due &= ~forming_inside | (self.end + LATE_CLOSE_S <= now)
@@ -190,20 +193,22 @@ class Aggregator:
                      forming.source[take], np.full(len(sl), np.inf))
         return bars, np.column_stack([s[unknown], start[unknown], end[unknown]])
 
-    def rebuilt(self, requests: np.ndarray, g: Groups, source: np.ndarray, now: float) -> Batch:
+    def rebuilt(self, requests: np.ndarray, g: Groups, source: np.ndarray, now: float | np.ndarray) -> Batch:
         """Apply rebuilt buckets: `requests` are (slot, start, end) rows and `g` their minutes'
-        groups (`g.key` indexes `requests`). A bucket still open becomes its slot's open bucket
-        (and later minutes of it are merged); a closed one is returned as a bar to store."""
-        still = requests[:, 2] > now
+        groups (`g.key` indexes `requests`). A bucket still open by `now` (per slot: its source's
+        clock) becomes its slot's open bucket (and later minutes of it are merged); a closed one
+        is returned as a bar to store."""
+        slots = requests[g.key, 0]
+        by_request, by_group = (now[requests[:, 0]], now[slots]) if isinstance(now, np.ndarray) else (now, now)
+        still = requests[:, 2] > by_request
         sl = requests[still, 0]
         self.known_from[sl] = np.minimum(self.known_from[sl], requests[still, 1])
-        slots = requests[g.key, 0]
-        o = np.flatnonzero(g.end > now)
+        o = np.flatnonzero(g.end > by_group)
         sl = slots[o]
         self.start[sl], self.end[sl], self.first[sl], self.last[sl] = g.start[o], g.end[o], g.first[o], g.last[o]
         self.open[sl], self.high[sl], self.low[sl], self.close[sl] = g.open[o], g.high[o], g.low[o], g.close[o]
         self.volume[sl], self.source[sl] = g.volume[o], source[o]
-        done = g.end <= now
+        done = g.end <= by_group
         sl = slots[done]
         self.start[sl[self.start[sl] == g.start[done]]] = -1  # its bucket, due but not yet closed: closed now
         rows = Batch(sl, g.start[done], g.open[done], g.high[done], g.low[done], g.close[done], g.volume[done],

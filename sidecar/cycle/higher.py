@@ -91,9 +91,9 @@ class HigherTimeframes:
         for lane in self.lanes:
             lane.agg.reset(slots, since)
 
-    def step(self, closed: Batch, forming: Batch, now: float) -> list[LaneOutput]:
+    def step(self, closed: Batch, forming: Batch, now: float | np.ndarray) -> list[LaneOutput]:
         """Fold a cycle's accepted closed minutes (by slot, ts) and forming minutes into every
-        timeframe."""
+        timeframe; `now` is the clock buckets close by (per slot: its source's clock)."""
         t = self.table
         out = []
         none = np.zeros(0, dtype=np.int64)
@@ -132,9 +132,9 @@ class HigherTimeframes:
         """Buckets waiting for a rebuild, and symbols for a re-warm."""
         return sum(len(p) for lane in self.lanes for p in lane.pending) + len(self._rewarm)
 
-    async def finish(self, now: float) -> None:
+    async def finish(self, now: float | np.ndarray) -> None:
         """Rebuild the requested buckets from the stored minutes (the cycle's are buffered by
-        now), then the requested re-warms."""
+        now), then the requested re-warms; `now` as for `step`."""
         for lane in self.lanes:
             if lane.pending:
                 requests, lane.pending = np.unique(np.vstack(lane.pending), axis=0), []
@@ -143,7 +143,7 @@ class HigherTimeframes:
             symbols, self._rewarm = self._rewarm, set()
             await self.warm(symbols)
 
-    async def _rebuild(self, lane: Lane, requests: np.ndarray, now: float) -> None:
+    async def _rebuild(self, lane: Lane, requests: np.ndarray, now: float | np.ndarray) -> None:
         t = self.table
         parts: list[tuple[np.ndarray, list]] = []
         pairs, which = np.unique(requests[:, 1:], axis=0, return_inverse=True)

@@ -57,7 +57,7 @@ class AlphaVantageFetcher(HttpFetcher):
         if params is None:
             raise ProviderError(SOURCE, info.symbol, "no intraday series for this instrument", status=404)
         step = timeframe_seconds(timeframe)
-        now = self.clock.time()
+        now = self.source_time()
         size = "compact" if start >= now - COMPACT_BARS * step else "full"
         query = {**params, "interval": _INTERVALS[timeframe], "outputsize": size, "datatype": "json",
                  "apikey": self._key}
@@ -77,7 +77,7 @@ class AlphaVantageFetcher(HttpFetcher):
             r = row if isinstance(row, dict) else {}
             rows.append((naive_to_epoch(stamp, zone), r.get("1. open"), r.get("2. high"), r.get("3. low"),
                          r.get("4. close"), r.get("5. volume")))  # FX has no volume key
-        return bars_from_rows(info.symbol, SOURCE, timeframe, step, rows, start, end, self.clock.time())
+        return bars_from_rows(info.symbol, SOURCE, timeframe, step, rows, start, end, self.source_time())
 
 
     async def fetch_etf_profile(self, info: SymbolInfo, timeout_s: float | None = None) -> dict:

@@ -97,6 +97,7 @@ class HttpFetcher:
 
     name = "http"
     disabled_reason: str | None = None  # set when the source cannot be used (e.g. no API key)
+    delay_s = 0.0  # the plan's delay (SIDECAR_SOURCE_DELAYS): its bars are as of this long ago
     max_window_s = 7 * 86400  # the longest window one request may ask for
     max_age_s = 30 * 86400 - 3600  # how far back the finest timeframe goes (an hour of margin)
     reach: dict[str, tuple[int, int]] = {"1m": (max_age_s, 6 * 86400)}  # per timeframe: how far back, window size
@@ -123,6 +124,11 @@ class HttpFetcher:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def source_time(self) -> float:
+        """The source's clock: what time its data is as of (the local clock less its delay); a
+        bar that has not ended by it is still forming."""
+        return self.clock.time() - self.delay_s
 
     async def fetch_bars(self, info: SymbolInfo, timeframe: str, start: int, end: int,
                          timeout_s: float | None = None) -> FetchResult:

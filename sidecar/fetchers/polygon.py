@@ -72,7 +72,7 @@ class PolygonFetcher(HttpFetcher):
             params = {}  # next_url carries the query (but not the key: that is the header)
         else:
             raise ProviderError(SOURCE, info.symbol, f"more than {MAX_PAGES} pages", status=None)
-        return bars_from_rows(info.symbol, SOURCE, timeframe, step, rows, start, end, self.clock.time())
+        return bars_from_rows(info.symbol, SOURCE, timeframe, step, rows, start, end, self.source_time())
 
 
     async def fetch_ticker(self, info: SymbolInfo, timeout_s: float | None = None) -> dict:

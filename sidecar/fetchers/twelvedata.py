@@ -63,7 +63,7 @@ class TwelveDataFetcher(HttpFetcher):
             raise ProviderError(SOURCE, info.symbol, f"HTTP {status}: unexpected body", status=status)
         if payload.get("status") == "error":
             if payload.get("code") == 400 and str(payload.get("message", "")).startswith("No data is available"):
-                return FetchResult(info.symbol, SOURCE, provider_time=self.clock.time())  # an empty window, not an error
+                return FetchResult(info.symbol, SOURCE, provider_time=self.source_time())  # an empty window, not an error
             self._raise_error(payload, info.symbol, status)
         values = payload.get("values")
         if not isinstance(values, list):
@@ -73,7 +73,7 @@ class TwelveDataFetcher(HttpFetcher):
             r = row if isinstance(row, dict) else {}
             rows.append((naive_to_epoch(r.get("datetime", ""), dt.UTC), r.get("open"), r.get("high"), r.get("low"),
                          r.get("close"), r.get("volume")))  # FX and some crypto have no volume
-        return bars_from_rows(info.symbol, SOURCE, timeframe, step, rows, start, end, self.clock.time())
+        return bars_from_rows(info.symbol, SOURCE, timeframe, step, rows, start, end, self.source_time())
 
 
     def quote_cost(self, infos: Sequence[SymbolInfo]) -> int:

@@ -64,7 +64,7 @@ class YahooFetcher(HttpFetcher):
         params = {"interval": _INTERVALS[timeframe], "period1": str(start), "period2": str(end),
                   "includePrePost": "false", "events": "div,splits"}
         body = await self._get(f"/v8/finance/chart/{info.yahoo}", params, info.symbol, timeout_s)
-        return parse_chart(decode_json(body, SOURCE, info.symbol), info, timeframe, self.clock.time())
+        return parse_chart(decode_json(body, SOURCE, info.symbol), info, timeframe, self.source_time())
 
     def quote_cost(self, infos: Sequence[SymbolInfo]) -> int:
         """Requests one `fetch_quotes` makes (a crumb refresh aside)."""

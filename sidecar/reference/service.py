@@ -68,15 +68,18 @@ class ReferenceData:
     :param on_earnings: told each symbol's days to its next release after every update (the scanner).
     :param horizon_days: how far ahead a release sets its flag.
     :param timeout_s: per-request timeout.
+    :param live: whether the live loop has had a cycle that worked: the loop waits for it, so
+        the budgets know the live demand before reference requests take from them.
     """
 
     def __init__(self, *, sources: Mapping[str, GuardedSource], sqlite: SQLiteStore, redis: RedisStore, clock: Clock,
                  symbols: Callable[[], Sequence[SymbolInfo]],
                  on_earnings: Callable[[dict[str, float]], None] | None = None, horizon_days: int = 7,
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0, live: Callable[[], bool] = lambda: True) -> None:
         self.sources, self.sqlite, self.redis, self.clock = sources, sqlite, redis, clock
         self.symbols, self.on_earnings = symbols, on_earnings
-        self.horizon_days, self.timeout_s = horizon_days, timeout_s
+        self.horizon_days, self.timeout_s, self.live = horizon_days, timeout_s, live
+        self._failed = False  # a source failed (not "unknown symbol") during the current refresh
         self.table: dict[str, Instrument] = {}
         self.reports: dict[str, list[Report]] = {}  # symbol -> its releases not yet out, soonest first
         self.flagged: dict[str, str] = {}  # symbol -> report date of its flag
@@ -118,6 +121,9 @@ class ReferenceData:
 
     async def run(self) -> None:
         """The daemon's loop: refresh and sync when due, update the flags every minute."""
+        while not self.live():
+            await self.clock.sleep(0.5)
+        await self.clock.sleep(2.0)
         while not self._stop.is_set():
             try:
                 await self.refresh([i for i in self.symbols() if self.due(i.symbol)])
@@ -148,8 +154,10 @@ class ReferenceData:
             return await g.background(label, lambda: call(*args, timeout_s=self.timeout_s), cost=cost,
                                       max_wait_s=self.timeout_s * 4)
         except FetchError as exc:
-            if not (isinstance(exc, ProviderError) and exc.status == 404) and not isinstance(exc, CircuitOpen):
-                log.info("reference: %s %s: %s", name, label, exc)
+            if not (isinstance(exc, ProviderError) and exc.status == 404):
+                self._failed = True
+                if not isinstance(exc, CircuitOpen):
+                    log.info("reference: %s %s: %s", name, label, exc)
             return None
 
     async def refresh(self, infos: Sequence[SymbolInfo]) -> list[Instrument]:
@@ -157,6 +165,7 @@ class ReferenceData:
         if not infos:
             return []
         now = self.clock.time()
+        self._failed = False
         found: dict[str, Instrument] = {}
         for i in range(0, len(infos), QUOTE_CHUNK):
             chunk = infos[i:i + QUOTE_CHUNK]
@@ -170,7 +179,9 @@ class ReferenceData:
             if info.symbol not in found:
                 ticker = await self._ask("polygon", info.symbol, "fetch_ticker", info)
                 inst = None if ticker is None else instruments.from_polygon(ticker, info, now)
-                found[info.symbol] = inst or self.table.get(info.symbol) or instruments.by_name(info, now)
+                # the name's shape only when no source could say; after a failure, asked again soon
+                found[info.symbol] = inst or self.table.get(info.symbol) or instruments.by_name(
+                    info, now - REFRESH_S + RETRY_S if self._failed else now)
         for info in infos:
             inst = found[info.symbol]
             if inst.fund and inst.category is None:
