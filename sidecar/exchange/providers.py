@@ -137,6 +137,30 @@ class ProviderEndpoints:
             self.ledger.garble.add(id(request))  # the exchange's middleware cuts the answer in half
         return await self.ledger.fault_response(fault, text_429="")
 
+    async def polygon_gate(self, request: web.Request, counter: str) -> web.Response | None:
+        """What every Polygon route checks first (an outage or fault, the key, the minute budget):
+        the answer that ends the request, or None to serve it."""
+        self.ledger.requests[counter] += 1
+        if (early := await self._respond_fault(self._common_fault("polygon"), request)) is not None:
+            return early
+        key = self._polygon_key(request)
+        if key not in self.keys["polygon"]:
+            return _json({"status": "ERROR", "request_id": "local", "error": "Unknown API Key"}, status=401)
+        if self._admit("polygon", key, 1) is not None:
+            return _json({"status": "ERROR", "request_id": "local", "error": PG_MINUTE}, status=429)
+        return None
+
+    async def twelvedata_gate(self, request: web.Request, counter: str, credits: list[str]) -> web.Response | None:
+        """What every Twelve Data route checks first (an outage or fault, the key, the credits:
+        one per item of `credits`): the answer that ends the request, or None to serve it."""
+        self.ledger.requests[counter] += 1
+        if (early := await self._respond_fault(self._common_fault("twelvedata"), request)) is not None:
+            return early
+        key = self._twelvedata_key(request)
+        if key not in self.keys["twelvedata"]:
+            return self._td_error(401, TD_BAD_KEY)
+        return self._td_admit(key, credits)
+
     def _bars(self, info: Instrument, start: int, end: int, *, forming: bool, delay_s: float = 0.0) -> MinuteBars:
         """The market's bars with trades in [start, end) (the forming one too when asked), recorded
         as served; a delayed plan sees the market as it was `delay_s` ago."""
@@ -218,15 +242,9 @@ class ProviderEndpoints:
         return _json({"code": code, "message": message, "status": "error"}, status=status)
 
     async def _twelvedata(self, request: web.Request) -> web.Response:
-        self.ledger.requests["twelvedata"] += 1
         q = request.query
-        if (early := await self._respond_fault(self._common_fault("twelvedata"), request)) is not None:
-            return early
-        key = self._twelvedata_key(request)
-        if key not in self.keys["twelvedata"]:
-            return self._td_error(401, TD_BAD_KEY)
         requested = [n for n in q.get("symbol", "").split(",") if n]
-        if (refused := self._td_admit(key, requested)) is not None:
+        if (refused := await self.twelvedata_gate(request, "twelvedata", requested)) is not None:
             return refused
         if q.get("interval") != "1min":
             return self._td_error(400, "**interval** is not supported by the local exchange; use 1min")
@@ -277,14 +295,8 @@ class ProviderEndpoints:
     async def _polygon_snapshot(self, request: web.Request) -> web.Response:
         """`GET /v2/snapshot/locale/{us|global}/markets/{stocks|forex|crypto}/tickers?tickers=..`: one
         request of the budget for any number of tickers; unknown ones are left out."""
-        self.ledger.requests["polygon_snapshot"] += 1
-        if (early := await self._respond_fault(self._common_fault("polygon"), request)) is not None:
-            return early
-        key = self._polygon_key(request)
-        if key not in self.keys["polygon"]:
-            return _json({"status": "ERROR", "request_id": "local", "error": "Unknown API Key"}, status=401)
-        if self._admit("polygon", key, 1) is not None:
-            return _json({"status": "ERROR", "request_id": "local", "error": PG_MINUTE}, status=429)
+        if (refused := await self.polygon_gate(request, "polygon_snapshot")) is not None:
+            return refused
         prefix = _SNAPSHOT_MARKETS.get((request.match_info["locale"], request.match_info["market"]))
         if prefix is None:
             return _json({"status": "ERROR", "request_id": "local", "error": "unknown market"}, status=404)
@@ -307,14 +319,8 @@ class ProviderEndpoints:
 
     async def _twelvedata_quote(self, request: web.Request) -> web.Response:
         """`GET /quote?symbol=A,B`: one credit per symbol, keyed by symbol when more than one."""
-        self.ledger.requests["twelvedata_quote"] += 1
-        if (early := await self._respond_fault(self._common_fault("twelvedata"), request)) is not None:
-            return early
-        key = self._twelvedata_key(request)
-        if key not in self.keys["twelvedata"]:
-            return self._td_error(401, TD_BAD_KEY)
         requested = [n for n in request.query.get("symbol", "").split(",") if n]
-        if (refused := self._td_admit(key, requested)) is not None:
+        if (refused := await self.twelvedata_gate(request, "twelvedata_quote", requested)) is not None:
             return refused
         out: dict[str, object] = {}
         known = []
@@ -342,15 +348,9 @@ class ProviderEndpoints:
     # -- Polygon -------------------------------------------------------------------------------
 
     async def _polygon(self, request: web.Request) -> web.Response:
-        self.ledger.requests["polygon"] += 1
-        if (early := await self._respond_fault(self._common_fault("polygon"), request)) is not None:
-            return early
+        if (refused := await self.polygon_gate(request, "polygon")) is not None:
+            return refused
         q = request.query
-        key = self._polygon_key(request)
-        if key not in self.keys["polygon"]:
-            return _json({"status": "ERROR", "request_id": "local", "error": "Unknown API Key"}, status=401)
-        if self._admit("polygon", key, 1) is not None:
-            return _json({"status": "ERROR", "request_id": "local", "error": PG_MINUTE}, status=429)
         m = request.match_info
         ticker = m["ticker"]
         try:

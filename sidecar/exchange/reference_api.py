@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 
 from . import names
-from .providers import PG_MINUTE, TD_BAD_KEY, ProviderEndpoints
+from .providers import ProviderEndpoints
 from .reference import Reference
 
 TD_CALENDAR_CREDITS = 40
@@ -80,15 +80,8 @@ class ReferenceEndpoints:
         return _json({"quoteSummary": {"result": [result], "error": None}})
 
     async def _polygon_ticker(self, request: web.Request) -> web.Response:
-        p = self.providers
-        p.ledger.requests["polygon_reference"] += 1
-        if (early := await p._respond_fault(p._common_fault("polygon"), request)) is not None:
-            return early
-        key = p._polygon_key(request)
-        if key not in p.keys["polygon"]:
-            return _json({"status": "ERROR", "request_id": "local", "error": "Unknown API Key"}, status=401)
-        if p._admit("polygon", key, 1) is not None:
-            return _json({"status": "ERROR", "request_id": "local", "error": PG_MINUTE}, status=429)
+        if (refused := await self.providers.polygon_gate(request, "polygon_reference")) is not None:
+            return refused
         ticker = request.match_info["ticker"]
         info = names.polygon(ticker)
         doc = None if info is None else self.reference.polygon_ticker(ticker, info.yahoo)
@@ -110,13 +103,7 @@ class ReferenceEndpoints:
 
     async def _twelvedata_calendar(self, request: web.Request) -> web.Response:
         p = self.providers
-        p.ledger.requests["twelvedata_earnings"] += 1
-        if (early := await p._respond_fault(p._common_fault("twelvedata"), request)) is not None:
-            return early
-        key = p._twelvedata_key(request)
-        if key not in p.keys["twelvedata"]:
-            return p._td_error(401, TD_BAD_KEY)
-        if (refused := p._td_admit(key, ["credit"] * TD_CALENDAR_CREDITS)) is not None:
+        if (refused := await p.twelvedata_gate(request, "twelvedata_earnings", ["credit"] * TD_CALENDAR_CREDITS)):
             return refused
         q = request.query
         try:

@@ -210,27 +210,23 @@ class ReferenceData:
         """Fetch the calendar (Alpha Vantage, else Twelve Data) and store it; False when both failed."""
         now = self.clock.time()
         today = dt.datetime.fromtimestamp(now, NEW_YORK).date()
+        end = today + dt.timedelta(days=HORIZON_DAYS)
+        attempts: list[tuple[str, tuple[object, ...], int, Callable[[Any, float], earnings.Parsed]]] = [
+            ("alphavantage", (HORIZON_MONTHS,), 1, earnings.parse_alphavantage),
+            ("twelvedata", (today.isoformat(), end.isoformat()), EARNINGS_CREDITS, earnings.parse_twelvedata)]
         parsed: earnings.Parsed | None = None
-        text = await self._ask("alphavantage", "earnings", "fetch_earnings_calendar", HORIZON_MONTHS)
-        if text is not None:
-            try:
-                parsed = earnings.parse_alphavantage(text, now)
-            except FetchError as exc:
-                log.warning("earnings calendar: %s", exc)
-        if parsed is None:
-            end = today + dt.timedelta(days=HORIZON_DAYS)
-            payload = await self._ask("twelvedata", "earnings", "fetch_earnings_calendar", today.isoformat(),
-                                      end.isoformat(), cost=EARNINGS_CREDITS)
-            if payload is not None:
+        for name, args, cost, parse in attempts:  # in this order: the first that answers
+            body = await self._ask(name, "earnings", "fetch_earnings_calendar", *args, cost=cost)
+            if body is not None:
                 try:
-                    parsed = earnings.parse_twelvedata(payload, now)
+                    parsed, source = parse(body, now), name
+                    break
                 except FetchError as exc:
-                    log.warning("earnings calendar: %s", exc)
+                    log.warning("earnings calendar from %s: %s", name, exc)
         if parsed is None:
             self.calendar["last_error"] = "no source answered (alphavantage, twelvedata)"
             self.calendar["synced_at"] = now - REFRESH_S + RETRY_S  # try again in RETRY_S
             return False
-        source = parsed.reports[0].source if parsed.reports else "alphavantage" if text is not None else "twelvedata"
         upcoming = [r for r in parsed.reports if r.report_date >= today.isoformat()]
         await self.sqlite.execute("DELETE FROM earnings WHERE report_date >= ?", [(today.isoformat(),)])
         marks = ", ".join("?" * len(earnings.COLUMNS))
