@@ -326,3 +326,35 @@ async def test_the_calendar_falls_back_to_twelvedata_when_alphavantage_fails_wit
         assert ex.requests["twelvedata_earnings"] == before
     finally:
         await ex.close()
+
+
+async def test_the_symbols_and_earnings_commands_print_the_table_and_refuse_an_unknown_type(
+        exchange: Exchange, tmp_path: Path) -> None:
+    import asyncio
+    import sys
+
+    from .conftest import subprocess_env
+
+    env = subprocess_env(SIDECAR_DB_PATH=str(tmp_path / "cli.db"), SIDECAR_YAHOO_BASE_URL=exchange.url or "",
+                         SIDECAR_ALPHAVANTAGE_BASE_URL=exchange.url or "", SIDECAR_ALPHAVANTAGE_API_KEY="local")
+
+    async def run(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "sidecar", *args, cwd=tmp_path, env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    code, out, err = await run("symbols", "--universe", "dev_etfs", "--symbols", "AAPL", "--type", "ETF")
+    assert code == 0, err
+    rows = orjson.loads(out)["symbols"]
+    assert sorted(r["symbol"] for r in rows) == ["DIA", "IWM", "QQQ", "SPY", "VTI"]
+    assert all(r["net_assets"] == FUNDS[r["symbol"]].net_assets and r["source"] == "yahoo" for r in rows)
+    code, out, err = await run("symbols", "--symbols", "AAPL", "--type", "bond")
+    assert code == 2 and "unknown type 'bond'; known: equity, etf, etn" in err
+    ex_today = exchange.providers.reference.today()  # type: ignore[union-attr]
+    exchange.reference.set_report("AAPL", ex_today + dt.timedelta(days=3), "pre-market", 2.1)
+    exchange.reference.set_report("MSFT", None)  # the seeded schedule would depend on today's date
+    code, out, err = await run("earnings", "--symbols", "AAPL,MSFT", "--days", "5")
+    assert code == 0, err
+    doc = orjson.loads(out)
+    assert doc["source"] == "alphavantage" and [(e["symbol"], e["days"]) for e in doc["earnings"]] == [("AAPL", 3)]
