@@ -4,6 +4,7 @@ must not pay for numba)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -57,6 +58,31 @@ class FeatureConfig:
             *([slow + signal - 2] * 3), *([k + sk + sd - 3] * 2), self.cci - 1, self.willr - 1, self.atr,
             *([self.bb - 1] * 3), self.hv, 0, 0, self.volume_ma - 1, self.rvol, 2 * self.adx - 1,
             self.adx, self.adx, self.mfi, self.mom, self.roc,
+        )
+
+    @property
+    def warmups(self) -> tuple[int, ...]:
+        """Per output, the bars after which its value equals its long-run value to 1e-9
+        relative, whatever came before: a window's lookback, or for a recurrence its seed plus
+        the bars its memory takes to decay below 1e-9. -1 for the cumulative outputs (OBV from
+        its origin, VWAP from its session's start), which never converge."""
+        def decay(alpha: float) -> int:  # bars until (1 - alpha)^k < 1e-9
+            return math.ceil(math.log(1e-9) / math.log(1.0 - alpha))
+
+        def ema(p: int) -> int:
+            return p - 1 + decay(2.0 / (p + 1))
+
+        def wilder(p: int) -> int:
+            return p + decay(1.0 / p)
+
+        fast, slow, signal = self.macd
+        k, sk, sd = self.stoch
+        macd = ema(slow) + ema(signal)
+        return (
+            *(p - 1 for p in self.sma), *(ema(p) for p in self.ema), wilder(self.rsi),
+            macd, macd, macd, *([k + sk + sd - 3] * 2), self.cci - 1, self.willr - 1, wilder(self.atr),
+            *([self.bb - 1] * 3), self.hv, -1, -1, self.volume_ma - 1, self.rvol, 2 * wilder(self.adx),
+            wilder(self.adx), wilder(self.adx), self.mfi, self.mom, self.roc,
         )
 
 
