@@ -120,6 +120,18 @@ def _delays(raw: str) -> tuple[tuple[str, float], ...]:
     return tuple(out.items())
 
 
+def _retention(raw: str) -> tuple[tuple[str, int], ...]:
+    """`5m=730,1h=3650`: days kept per timeframe above 1m."""
+    out = {}
+    for part in filter(str.strip, raw.split(",")):
+        tf, sep, days = (x.strip() for x in part.partition("="))
+        if not sep or tf not in ALL_TIMEFRAMES or tf == "1m" or not days.isdigit() or not 1 <= int(days) <= 365_000:
+            raise ValueError(f"expected <timeframe>=<days> with timeframes {', '.join(ALL_TIMEFRAMES[1:])} "
+                             f"(1m: SIDECAR_RETENTION_DAYS), got {part.strip()!r}")
+        out[tf] = int(days)
+    return tuple(out.items())
+
+
 def _host(raw: str) -> str:
     value = raw.strip()
     if value == "localhost":
@@ -296,7 +308,10 @@ class Settings(_FromEnv):
         "BOOTSTRAP_DAYS", 90.0, _float(0, 730),
         "history fetched in the background for a symbol with no stored bars (0: none)")
     retention_days: int = _setting(
-        "RETENTION_DAYS", 90, _int(1, 36500), "bars older than this are deleted (in small batches, once a day)")
+        "RETENTION_DAYS", 90, _int(1, 36500), "1m bars older than this are deleted (in small batches, once a day)")
+    retention_higher: tuple[tuple[str, int], ...] = _setting(
+        "RETENTION_HIGHER", (("5m", 730), ("15m", 730), ("1h", 3650), ("4h", 3650), ("1d", 36500)), _retention,
+        "days each higher timeframe is kept, e.g. 5m=730,1h=3650,1d=36500 (a timeframe not named: kept forever)")
     gap_scan_days: float = _setting(
         "GAP_SCAN_DAYS", 2.0, _float(0, 90),
         "days back each gap scan compares stored bars with the calendar (0: no gap scans nor end-of-day checks)")
@@ -476,7 +491,7 @@ class Settings(_FromEnv):
                 text = ",".join(f"{a}={b}" for a, b in value)
             elif f.name == "price_bounds":
                 text = orjson.dumps({a: [lo, hi] for a, lo, hi in value}).decode()
-            elif f.name == "source_delays":
+            elif f.name in ("source_delays", "retention_higher"):
                 text = ",".join(f"{a}={b:g}" for a, b in value)
             elif isinstance(value, tuple):
                 text = ",".join(value)
@@ -509,7 +524,7 @@ def _default_text(value: object) -> str:
     if isinstance(value, tuple) and value and len(value[0]) == 3:  # price bounds
         return orjson.dumps({a: [lo, hi] for a, lo, hi in value}).decode()
     if isinstance(value, tuple):
-        return ",".join("=".join(v) if isinstance(v, tuple) else str(v) for v in value)
+        return ",".join("=".join(map(str, v)) if isinstance(v, tuple) else str(v) for v in value)
     return str(value)
 
 

@@ -110,3 +110,15 @@ async def test_retention_deletes_old_bars_in_small_batches_and_keeps_the_rest(st
     assert len(rows) == 600 and min(r[2] for r in rows) == T0
     known = await store.known_minutes("AAPL", "1m", 0, 2**40)
     assert T0 + 30 in known and T0 - 100 * 86400 + 30 not in known
+
+
+async def test_retention_is_per_timeframe_and_keeps_a_timeframe_not_named(store: SQLiteStore) -> None:
+    old = T0 - 100 * 86400
+    store.add([replace(_bar(i, "AAPL"), ts=old + 60 * i) for i in range(10)]
+              + [replace(_bar(i, "AAPL"), timeframe="1h", ts=old + 3600 * i) for i in range(10)]
+              + [replace(_bar(i, "AAPL"), timeframe="1d", ts=old + 86400 * i) for i in range(3)])
+    await store.flush()
+    deleted = await store.delete_older({"1m": T0 - 90 * 86400, "1h": T0 - 1000 * 86400})
+    assert deleted == 10
+    assert {tf: n for tf, n in ((tf, sum(1 for r in _rows(store.path) if r[1] == tf)) for tf in ("1m", "1h", "1d"))} == {
+        "1m": 0, "1h": 10, "1d": 3}

@@ -259,10 +259,10 @@ class Sidecar:
         if not force and last is not None and now - float(last) < 86400:
             return 0
         t0 = self.clock.monotonic()
-        deleted = await self.sqlite.delete_older(int(now) - self.settings.retention_days * 86400)
+        days = {TIMEFRAME: self.settings.retention_days, **dict(self.settings.retention_higher)}
+        deleted = await self.sqlite.delete_older({tf: int(now) - d * 86400 for tf, d in days.items()})
         await self.sqlite.set_meta("retention_last_run", str(now))
-        log.info("retention: deleted %d bars older than %d days in %.2fs", deleted, self.settings.retention_days,
-                 self.clock.monotonic() - t0)
+        log.info("retention: deleted %d bars (days kept: %s) in %.2fs", deleted, days, self.clock.monotonic() - t0)
         return deleted
 
     async def _backfilled(self, bars: list[Bar]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import aiosqlite
@@ -310,16 +310,21 @@ class SQLiteStore:
         except sqlite3.Error:  # the connection may be unusable; the error that led here matters
             pass
 
-    async def delete_older(self, cutoff: int, batch_rows: int = 5000) -> int:
-        """Delete bars (and empty-minute marks) opening before `cutoff`, one symbol and timeframe
-        at a time along the primary key, committing every `batch_rows` rows so the writer is
-        never held long; returns rows deleted."""
+    async def delete_older(self, cutoff: int | Mapping[str, int], batch_rows: int = 5000) -> int:
+        """Delete bars (and empty-minute marks) opening before `cutoff` (one for every timeframe,
+        or per timeframe: one not named is kept), one symbol and timeframe at a time along the
+        primary key, committing every `batch_rows` rows so the writer is never held long;
+        returns rows deleted."""
         assert self._db is not None
         async with self._db.execute("SELECT DISTINCT symbol, timeframe FROM bars") as cur:
             series = await cur.fetchall()
+        cutoffs = cutoff if isinstance(cutoff, Mapping) else {str(tf): cutoff for _, tf in series}
         deleted = pending = 0
         for table in ("bars", "empty_minutes"):
             for symbol, timeframe in series:
+                if timeframe not in cutoffs:
+                    continue
+                cutoff = cutoffs[timeframe]
                 while True:
                     async with self._lock:  # never inside a flush's transaction
                         try:
