@@ -6,9 +6,8 @@ symbol and timeframe. Columns: `ts` (timestamp, seconds, UTC: the bar's open), `
 `low`, `close`, `volume` (float64), `flags` (int32: the bar flags), `source` (string), and with
 features one float64 column per output named as in `/features` (NaN while warming up) and
 `warm` (bool: every output but the cumulative ones has had the bars it needs to equal its
-long-run value to 1e-9; `FeatureConfig.warmups`). File metadata: `sidecar.origin_ts`, the first
-stored bar the features were replayed from (OBV is a running sum from there, VWAP restarts each
-session), `sidecar.symbol`, `sidecar.timeframe`.
+long-run value to 1e-9; `FeatureConfig.warmups`), and `origin_ts`: the first stored bar the
+features were replayed from (OBV is a running sum from there, VWAP restarts each session).
 
 Features come from the daemon's own engine (`FeatureBook`), replaying each symbol's stored bars
 in time order from its first one, vectorized across symbols by bar index: never a second
@@ -120,13 +119,16 @@ class ExportReport:
 def export(db: Path, out: Path, symbols: Sequence[str], timeframes: Sequence[str], start: int, end: int, *,
            features: bool = False, config: FeatureConfig | None = None, chunk: int = 500) -> ExportReport:
     """Write the bars (and features) of [start, end) as the Parquet dataset described above;
-    features are replayed from each symbol's first stored bar, whatever `start` is."""
+    features are replayed from each symbol's first stored bar, whatever `start` is. A
+    partition written again replaces the old one."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow.dataset as ds
 
     config = config or FeatureConfig()
     report = ExportReport()
     t_all = time.perf_counter()
+    partitioning = ds.partitioning(pa.schema([("timeframe", pa.string()), ("symbol", pa.string())]), flavor="hive")
+    options = ds.ParquetFileFormat().make_write_options(compression="zstd")
     for tf in timeframes:
         if tf not in ALL_TIMEFRAMES:
             raise ValueError(f"unknown timeframe {tf!r}; known: {', '.join(ALL_TIMEFRAMES)}")
@@ -136,32 +138,33 @@ def export(db: Path, out: Path, symbols: Sequence[str], timeframes: Sequence[str
             series = load(db, symbols[i:i + chunk], tf, end)
             t1 = time.perf_counter()
             values = replay(series, tf, config) if features else None
-            warm = warm_rows(series, config) if features else None
             t2 = time.perf_counter()
-            for k, sym in enumerate(series.symbols):
-                rows = series.rows(k)
-                keep = np.flatnonzero(series.ts[rows] >= start) + rows.start
-                if not len(keep):
-                    continue
-                cols: dict[str, Any] = {"ts": pa.array(series.ts[keep], type=pa.timestamp("s", tz="UTC"))}
-                for j, name in enumerate(BAR_COLUMNS):
-                    cols[name] = series.values[j, keep]
-                cols["flags"] = series.flags[keep]
-                cols["source"] = pa.array([series.source[r] for r in keep.tolist()], type=pa.string())
-                if values is not None and warm is not None:
-                    for j, name in enumerate(config.outputs):
-                        cols[name] = values[keep, j]
-                    cols["warm"] = warm[keep]
-                table = pa.table(cols).replace_schema_metadata({
-                    "sidecar.origin_ts": str(int(series.ts[rows.start])), "sidecar.symbol": sym,
-                    "sidecar.timeframe": tf})
-                target = out / f"timeframe={tf}" / f"symbol={sym}"
-                target.mkdir(parents=True, exist_ok=True)
-                pq.write_table(table, target / "part-0.parquet", compression="zstd")
-                report.rows += len(keep)
-                report.files += 1
-                report.symbols[tf] += 1
+            keep = np.flatnonzero(series.ts >= start)
+            if not len(keep):
+                continue
+            owner = np.repeat(np.arange(len(series.symbols)), np.diff(series.offsets))[keep]
+            origin = series.ts[series.offsets[:-1]][owner]
+            names, source = np.unique(np.asarray(series.source, dtype=object)[keep], return_inverse=True)
+            cols: dict[str, Any] = {
+                "timeframe": pa.DictionaryArray.from_arrays(np.zeros(len(keep), np.int32), [tf]),
+                "symbol": pa.DictionaryArray.from_arrays(owner.astype(np.int32), series.symbols),
+                "ts": pa.array(series.ts[keep], type=pa.timestamp("s", tz="UTC")),
+                **{name: series.values[j, keep] for j, name in enumerate(BAR_COLUMNS)},
+                "flags": series.flags[keep],
+                "source": pa.DictionaryArray.from_arrays(source.astype(np.int32), names.tolist()),
+            }
+            if values is not None:
+                cols.update({name: values[keep, j] for j, name in enumerate(config.outputs)})
+                cols["warm"] = warm_rows(series, config)[keep]
+            cols["origin_ts"] = pa.array(origin, type=pa.timestamp("s", tz="UTC"))
+            ds.write_dataset(pa.table(cols), str(out), format="parquet", partitioning=partitioning,
+                             basename_template="part-{i}.parquet", file_options=options,
+                             existing_data_behavior="delete_matching", max_partitions=chunk + 1)
             t3 = time.perf_counter()
+            written = len(np.unique(owner))
+            report.rows += len(keep)
+            report.files += written
+            report.symbols[tf] += written
             report.stages["read"] += t1 - t0
             report.stages["features"] += t2 - t1
             report.stages["write"] += t3 - t2

@@ -139,7 +139,9 @@ class RateLimiter:
 
     def note_live_cycle(self, taken: int, period_s: float) -> None:
         """A live cycle took `taken` requests (or credits); cycles come every `period_s`."""
-        rate = taken * 60.0 / period_s
+        # what the live loop needs in one budget window: the cycles a window can hold, each
+        # taking as much (five 15 s cycles fit in a 61 s window, not four)
+        rate = taken * math.ceil(WINDOW_S / period_s - 1e-9)
         self.live_per_minute = max(rate, 0.95 * self.live_per_minute)
 
     def block_for(self, seconds: float) -> None:
