@@ -7,7 +7,9 @@ symbol and timeframe. Columns: `ts` (timestamp, seconds, UTC: the bar's open), `
 features one float64 column per output named as in `/features` (NaN while warming up) and
 `warm` (bool: every output but the cumulative ones has had the bars it needs to equal its
 long-run value to 1e-9; `FeatureConfig.warmups`), and `origin_ts`: the first stored bar the
-features were replayed from (OBV is a running sum from there, VWAP restarts each session).
+features were replayed from (VWAP restarts each session; OBV is a running sum from there,
+shifted onto the OBV the daemon published where the features table has it, since the daemon's
+sum may have begun later: `anchor_obv`).
 
 Features come from the daemon's own engine (`FeatureBook`), replaying each symbol's stored bars
 in time order from its first one, vectorized across symbols by bar index: never a second
@@ -91,6 +93,31 @@ def replay(series: Series, timeframe: str, config: FeatureConfig | None = None) 
     return out
 
 
+def anchor_obv(db: Path, series: Series, timeframe: str, values: np.ndarray, config: FeatureConfig) -> None:
+    """Shift each symbol's replayed OBV onto the one the daemon published (its newest row in the
+    features table, where there is one): the daemon's running sum may have begun later than the
+    first stored bar (history added afterwards), and differs from the replay's by a constant."""
+    if not series.symbols:
+        return
+    n, row = len(config.outputs), config.outputs.index("obv")
+    query = (f"SELECT symbol, MAX(ts), vals FROM features WHERE timeframe = ? AND symbol IN "
+             f"({','.join('?' * len(series.symbols))}) AND ts <= ? GROUP BY symbol")
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            rows = conn.execute(query, [timeframe, *series.symbols, int(series.ts[-1]) if len(series.ts) else 0])
+            published = {r[0]: (int(r[1]), np.frombuffer(r[2], dtype="<f8")) for r in rows}
+    except sqlite3.OperationalError:  # a database from before the features table
+        return
+    for k, sym in enumerate(series.symbols):
+        if sym not in published or len(published[sym][1]) != n + 3:
+            continue
+        ts, vals = published[sym]
+        rows_k = series.rows(k)
+        at = np.flatnonzero(series.ts[rows_k] == ts)
+        if len(at):
+            values[rows_k, row] += vals[row] - values[rows_k.start + int(at[0]), row]
+
+
 def warm_rows(series: Series, config: FeatureConfig | None = None) -> np.ndarray:
     """Per row: whether every non-cumulative output is past its warm-up (its index from the
     symbol's first bar reaches the longest one)."""
@@ -138,6 +165,8 @@ def export(db: Path, out: Path, symbols: Sequence[str], timeframes: Sequence[str
             series = load(db, symbols[i:i + chunk], tf, end)
             t1 = time.perf_counter()
             values = replay(series, tf, config) if features else None
+            if values is not None:
+                anchor_obv(db, series, tf, values, config)
             t2 = time.perf_counter()
             keep = np.flatnonzero(series.ts >= start)
             if not len(keep):

@@ -452,6 +452,10 @@ class Settings(_FromEnv):
     feature_warmup_bars: int = _setting(
         "FEATURE_WARMUP_BARS", 600, _int(0, 100_000),
         "stored closed bars replayed per symbol at start-up (>= 500 for 1e-9 ADX agreement)")
+    persist_features: bool = _setting(
+        "PERSIST_FEATURES", True, _bool,
+        "store the features at each bar's close, every timeframe, in SQLite's features table (training audits, "
+        "and OBV carried across restarts)")
     feature_ttl_s: float = _setting(
         "FEATURE_TTL_S", 2.0, _float(0.1, 3600),
         "lifetime of the `heartbeat` key: how long after the last cycle a reader may trust the values")

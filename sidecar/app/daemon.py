@@ -127,6 +127,8 @@ class Sidecar:
             settle_s=s.settle_s, on_rewarm=self.rewarm, timeframes=s.timeframes, buckets=Buckets(s.day_starts()),
             warmup_bars=s.feature_warmup_bars,
             forming_every=max(1, round(s.higher_forming_s / s.cycle_interval_s)))
+        for service in self.orchestrator.services():
+            service.record = s.persist_features
         primary = self.orchestrator.sources[0].fetcher  # history's grid follows the first configured source
         self.backfiller = Backfiller(sqlite=self.sqlite, sources=self.orchestrator.sources_for,
                                      validator=self.orchestrator.validator, clock=self.clock, metrics=self.metrics,

@@ -288,6 +288,7 @@ class Orchestrator:
         for lane in lanes:
             if len(lane.closed):
                 self.sqlite.add(lane.closed.bars(t.symbols, t.source_names, lane.timeframe))
+        self._persist_features()
         if accepted.revised:
             self.request_rewarm({b.symbol for b in accepted.revised})
             self.revise_minutes(accepted.revised)
@@ -305,6 +306,19 @@ class Orchestrator:
         self.metrics.sqlite_buffered.set(self.sqlite.buffered)
         marks.append(clock.monotonic())
         return self._report(fetched, accepted, redis_ok, marks, now)
+
+    def services(self) -> list[FeatureService]:
+        """The feature services of every timeframe."""
+        lanes = [lane.features for lane in self.higher.lanes if lane.features is not None]
+        return lanes if self.features is None else [self.features, *lanes]
+
+    def _persist_features(self) -> None:
+        """The features at each bar that closed this cycle, every timeframe, into the features
+        table with the bars (when the services record them)."""
+        for service in self.services():
+            symbols, ts, values = service.take_committed()
+            if symbols:
+                self.sqlite.add_features(service.timeframe, symbols, ts, values)
 
     def _features(self, fetched: Fetched, accepted: Accepted, stale: np.ndarray) -> tuple[np.ndarray, list[bytes]]:
         """Commit the closed bars, evaluate the forming ones, refresh the symbols that answered

@@ -123,11 +123,13 @@ class FeatureBook:
         done = set(self.commit_columns(cols, _columns(known)).tolist())
         return list(dict.fromkeys(b.symbol for b in known if self.slots[b.symbol] in done))
 
-    def commit_columns(self, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
+    def commit_columns(self, cols: np.ndarray, values: np.ndarray,
+                       record: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
         """Commit closed bars given as slots and a (6, n) array of open, high, low, close,
         volume, ts (any order); a bar at or before its slot's last committed bar is skipped.
         Returns the slots updated. One engine step per bar depth, masked to the slots that have
-        a bar at that depth."""
+        a bar at that depth; `record` gets (slots, bar opens, (outputs, slots) values) after
+        each step: the values at every bar's close."""
         new = values[5].astype(np.int64) > self.last_ts[cols]
         cols, values = cols[new], values[:, new]
         if not len(cols):
@@ -142,7 +144,21 @@ class FeatureBook:
                                                       self.last_session)
             self.engine.step(arrays, mask)
             self.last_ts[cols[at]], self.last_session[cols[at]] = ts, sessions
+            if record is not None:  # the outputs, then the running sums (fancy indexing: copies)
+                record.append((cols[at], ts, np.vstack([self.engine.out[:, cols[at]], self.engine.running(cols[at])])))
         return cols[first]
+
+    def names(self) -> list[str]:
+        """The symbol of each column ('' where free)."""
+        out = [""] * self.engine.capacity
+        for symbol, col in self.slots.items():
+            out[col] = symbol
+        return out
+
+    def set_running(self, symbol: str, sums: np.ndarray) -> None:
+        """Carry the running sums across a restart: OBV and the session's VWAP sums after the
+        symbol's last committed bar, as persisted (a replay of recent bars would restart them)."""
+        self.engine.set_running(self.slots[symbol], sums)
 
     def peek(self, bars: Sequence[Bar]) -> tuple[list[str], np.ndarray]:
         """Provisional values for forming bars (one per symbol): (symbols, (outputs, symbols))."""

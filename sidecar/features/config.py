@@ -29,7 +29,6 @@ class FeatureConfig:
     mfi: int = 14
     mom: int = 10
     roc: int = 10
-    reanchor_every: int = 1024
 
     def __post_init__(self) -> None:
         periods = [*self.sma, *self.ema, self.rsi, *self.macd, *self.stoch, self.cci, self.willr, self.atr,

@@ -8,10 +8,11 @@ first written as ~250 NumPy array operations per step; at 5,000 symbols their di
 temporaries cost 1.8 ms, the compiled loop a fraction of that (bench/features.py).
 
 Windows live in rings holding the last p-1 committed values, so the window of a new bar is
-"the ring plus the bar" and a peek needs no write. Sums over windows are kept as running
-partial sums in TA-Lib's own order (add the new value, output, subtract the trailing one)
-and re-anchored from the rings every `reanchor_every` commits, so float drift cannot build
-up over millions of updates. Variances are two-pass over the window (TA-Lib 0.8.1's are
+"the ring plus the bar" and a peek needs no write. The sum of each window's committed part is
+recomputed from its ring after every commit, oldest value first (not kept as a running total):
+a value then depends only on the bars in its window, so no float drift builds up, and the
+daemon after a restart (warmed from its newest bars) and a replay from the first stored bar
+(the training export) agree bit for bit. Variances are two-pass over the window (TA-Lib 0.8.1's are
 exact: E[x^2]-E[x]^2 cancels to nothing when the spread is 1e-9 of the price). Seeding,
 first valid bar and degenerate cases follow TA-Lib 0.8.1 (`../shared/indicators.md`), whose
 zero tests are exact: a tiny positive value is not zero. An output is NaN until its
@@ -127,6 +128,23 @@ class FeatureEngine:
             dst[dst_slots] = source[src_slots]
         self.out[:, dst_slots] = src.out[:, src_slots]
 
+    RUNNING = ("obv", "vwap_pv", "vwap_v")  # the running sums: no replay of recent bars recovers them
+
+    def running(self, slots: np.ndarray) -> np.ndarray:
+        """The running sums of some slots after their last commit, (3, slots): OBV, and the
+        session's sums of price x volume and of volume behind VWAP."""
+        e = 2 * len(self.config.ema)
+        return self.rec[slots][:, [e + K.R_OBV, e + K.R_VPV, e + K.R_VV]].T
+
+    def set_running(self, slot: int, sums: np.ndarray) -> None:
+        """Continue a slot's running sums (as `running` gave them) after a replay of recent bars
+        whose last bar is the one they were taken at."""
+        e = 2 * len(self.config.ema)
+        self.rec[slot, [e + K.R_OBV, e + K.R_VPV, e + K.R_VV]] = sums
+        self.out[self.outputs.index("obv"), slot] = sums[0]
+        if sums[2] > 0:
+            self.out[self.outputs.index("vwap"), slot] = sums[1] / sums[2]
+
     # -- the step ---------------------------------------------------------------------------------
 
     def step(self, bars: Bars, mask: np.ndarray | None = None) -> np.ndarray:
@@ -134,8 +152,6 @@ class FeatureEngine:
         (outputs, slots) array of values after the commit."""
         self._run(True, bars, self._all if mask is None else mask, self.out)
         self.commits += 1
-        if self.commits % self.config.reanchor_every == 0:
-            self.reanchor()
         return self.out
 
     def peek(self, bars: Bars, mask: np.ndarray | None = None) -> np.ndarray:
@@ -158,24 +174,3 @@ class FeatureEngine:
             self.n, self.pos, self.prev, self.sums, self.rec, self.fk, self.sk, r["close"], r["vol"], r["tp"], r["bb"],
             r["logret"], r["flow"], r["high_k"], r["low_k"], r["high_w"], r["low_w"], self.hv_scale,
             self._sma_p, self._ema_p, self._ip, float(self.config.bb_dev), self._lookback, out)
-
-    def reanchor(self) -> None:
-        """Recompute every running sum from the rings, removing accumulated float drift."""
-        c, r, sums = self.config, self.rings, self.sums
-        slots = np.arange(self.capacity)[:, None]
-
-        def window(ring: np.ndarray, width: int) -> np.ndarray:
-            """Per slot, the last `width` committed values of a ring, shape (slots, width)."""
-            back = (self.n[:, None] - np.arange(1, width + 1)[None, :]) % ring.shape[1]
-            return ring[slots, back]
-
-        for k, p in enumerate(c.sma):
-            sums[:, k] = window(r["close"], p - 1).sum(axis=1)
-        sb = len(c.sma)
-        sums[:, sb + K.S_BB] = window(r["close"], c.bb - 1).sum(axis=1)
-        sums[:, sb + K.S_TP] = r["tp"].sum(axis=1)
-        sums[:, sb + K.S_VOLMA] = window(r["vol"], c.volume_ma - 1).sum(axis=1)
-        sums[:, sb + K.S_VOLPREV] = window(r["vol"], c.rvol).sum(axis=1)
-        sums[:, sb + K.S_LR] = r["logret"].sum(axis=1)
-        sums[:, sb + K.S_POS] = np.maximum(r["flow"], 0.0).sum(axis=1)
-        sums[:, sb + K.S_NEG] = np.maximum(-r["flow"], 0.0).sum(axis=1)

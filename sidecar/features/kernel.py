@@ -48,12 +48,24 @@ def _seeded(nj: int, start: int, p: int, seed: float, x: float, recur: float) ->
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _variance(ring: np.ndarray, j: int, x: float, mean: float, p: int) -> float:
-    """Population variance of the window "ring row j + x" around `mean`, in two passes
-    (TA-Lib 0.8.1's variances are exact; E[x^2]-E[x]^2 cancels at small spreads)."""
+def _tsum(ring: np.ndarray, j: int, w: int, width: int) -> float:
+    """The sum of the last `width` values before write position w, oldest first: a sum that
+    depends only on the values, not on where the ring's rotation happens to stand."""
+    size = ring.shape[1]
     acc = 0.0
-    for r in range(ring.shape[1]):
-        d = ring[j, r] - mean
+    for lag in range(width, 0, -1):
+        acc += ring[j, _back(w, lag, size)]
+    return acc
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _variance(ring: np.ndarray, j: int, w: int, x: float, mean: float, p: int) -> float:
+    """Population variance of the window "ring row j (oldest first from w) + x" around `mean`,
+    in two passes (TA-Lib 0.8.1's variances are exact; E[x^2]-E[x]^2 cancels at small spreads)."""
+    size = ring.shape[1]
+    acc = 0.0
+    for lag in range(size, 0, -1):
+        d = ring[j, _back(w, lag, size)] - mean
         acc += d * d
     d = x - mean
     return (acc + d * d) / p
@@ -99,15 +111,11 @@ def step_kernel(commit: bool, mask: np.ndarray, h: np.ndarray, l: np.ndarray, c:
         pc, ph, pl, ptp = prev[j, P_C], prev[j, P_H], prev[j, P_L], prev[j, P_TP]
         row = 0
 
-        # SMA: TA-Lib's running total (add the new value, output, subtract the trailing one).
+        # SMA: the sum of the previous p-1 closes (kept in `sums`) plus this one.
         wc = pos[j, W_CLOSE]
         for k in range(n_sma):
-            p = sma_p[k]
-            tmp = sums[j, k] + x
-            out[row, j] = tmp / p
+            out[row, j] = (sums[j, k] + x) / sma_p[k]
             row += 1
-            if commit:
-                sums[j, k] = tmp - r_close[j, _back(wc, p - 1, rc)]
 
         # EMA, seeded with the SMA of the first p bars.
         for k in range(n_ema):
@@ -165,8 +173,9 @@ def step_kernel(commit: bool, mask: np.ndarray, h: np.ndarray, l: np.ndarray, c:
         tmp_tp = sums[j, sb + S_TP] + tp
         avg = tmp_tp / cci_p
         md = 0.0
-        for r in range(rt):
-            md += abs(r_tp[j, r] - avg)
+        wt0 = pos[j, W_TP]
+        for lag in range(rt, 0, -1):
+            md += abs(r_tp[j, _back(wt0, lag, rt)] - avg)
         md += abs(tp - avg)
         dev = tp - avg
         out[row, j] = dev / (0.015 * (md / cci_p)) if dev != 0.0 and md != 0.0 else 0.0
@@ -193,14 +202,14 @@ def step_kernel(commit: bool, mask: np.ndarray, h: np.ndarray, l: np.ndarray, c:
         # Bollinger bands: SMA middle, population stdev of the window in two passes.
         tmp_bb = sums[j, sb + S_BB] + x
         middle = tmp_bb / bb_p
-        band = bb_dev * math.sqrt(_variance(r_bb, j, x, middle, bb_p))
+        band = bb_dev * math.sqrt(_variance(r_bb, j, pos[j, W_BB], x, middle, bb_p))
         out[row, j], out[row + 1, j], out[row + 2, j] = middle + band, middle, middle - band
         row += 3
 
         # Historical volatility: stdev of the log returns (two passes), annualized.
         logret = 0.0 if first else math.log(x / pc)
         t1 = sums[j, sb + S_LR] + logret
-        out[row, j] = math.sqrt(_variance(r_lr, j, logret, t1 / hv_p, hv_p)) * hv_scale[j]
+        out[row, j] = math.sqrt(_variance(r_lr, j, pos[j, W_LR], logret, t1 / hv_p, hv_p)) * hv_scale[j]
         row += 1
 
         # OBV from volume[0].
@@ -266,7 +275,6 @@ def step_kernel(commit: bool, mask: np.ndarray, h: np.ndarray, l: np.ndarray, c:
         else:
             signed = flow if tp > ptp else -flow
         wf = pos[j, W_FLOW]
-        leaving = r_flow[j, wf]
         pos_sum = sums[j, sb + S_POS] + max(signed, 0.0)
         neg_sum = sums[j, sb + S_NEG] + max(-signed, 0.0)
         flows = pos_sum + neg_sum
@@ -295,13 +303,6 @@ def step_kernel(commit: bool, mask: np.ndarray, h: np.ndarray, l: np.ndarray, c:
         rec[j, e + R_ADX], rec[j, e + R_ADXS] = adx, adx_seed
         rec[j, e + R_OBV], rec[j, e + R_VPV], rec[j, e + R_VV] = obv, pv, vv
         wt, wb, wl, wh, ww = pos[j, W_TP], pos[j, W_BB], pos[j, W_LR], pos[j, W_HK], pos[j, W_HW]
-        sums[j, sb + S_TP] = tmp_tp - r_tp[j, wt]
-        sums[j, sb + S_BB] = tmp_bb - r_close[j, _back(wc, bb_p - 1, rc)]
-        sums[j, sb + S_LR] = t1 - r_lr[j, wl]
-        sums[j, sb + S_VOLMA] = tmp_v - r_vol[j, _back(wv, vma_p - 1, rv)]
-        sums[j, sb + S_VOLPREV] = sums[j, sb + S_VOLPREV] + vol - r_vol[j, _back(wv, rvol_p, rv)]
-        sums[j, sb + S_POS] = pos_sum - max(leaving, 0.0)
-        sums[j, sb + S_NEG] = neg_sum - max(-leaving, 0.0)
         for r in range(sk_p - 2, 0, -1):
             fk[j, r] = fk[j, r - 1]
         if sk_p > 1:
@@ -323,5 +324,24 @@ def step_kernel(commit: bool, mask: np.ndarray, h: np.ndarray, l: np.ndarray, c:
                         (W_FLOW, r_flow.shape[1]), (W_HK, r_hk.shape[1]), (W_HW, r_hw.shape[1])):
             w = pos[j, q] + 1
             pos[j, q] = 0 if w == size else w
+        # Every running sum again from its ring, oldest first: a value then depends only on the
+        # bars of its window, never on how long the slot has run or where its replay began, so
+        # the live daemon after a restart and a replay from the first stored bar agree bit for
+        # bit (train/serve parity). ~400 additions per slot and bar.
+        wc, wv, wt, wl, wf = pos[j, W_CLOSE], pos[j, W_VOL], pos[j, W_TP], pos[j, W_LR], pos[j, W_FLOW]
+        for k in range(n_sma):
+            sums[j, k] = _tsum(r_close, j, wc, sma_p[k] - 1)
+        sums[j, sb + S_BB] = _tsum(r_close, j, wc, bb_p - 1)
+        sums[j, sb + S_TP] = _tsum(r_tp, j, wt, rt)
+        sums[j, sb + S_LR] = _tsum(r_lr, j, wl, r_lr.shape[1])
+        sums[j, sb + S_VOLMA] = _tsum(r_vol, j, wv, vma_p - 1)
+        sums[j, sb + S_VOLPREV] = _tsum(r_vol, j, wv, rvol_p)
+        sf = r_flow.shape[1]
+        pos_sum = neg_sum = 0.0
+        for lag in range(sf, 0, -1):
+            f = r_flow[j, _back(wf, lag, sf)]
+            pos_sum += max(f, 0.0)
+            neg_sum += max(-f, 0.0)
+        sums[j, sb + S_POS], sums[j, sb + S_NEG] = pos_sum, neg_sum
         prev[j, P_C], prev[j, P_H], prev[j, P_L], prev[j, P_TP] = x, hi, lo, tp
         n[j] = nj + 1

@@ -36,6 +36,18 @@ class FeatureService:
         self.timeframe = timeframe
         self.clock = clock
         self._map: tuple[tuple[int, int], np.ndarray] | None = None
+        self.record = False  # keep the values at each bar's close for `take_committed` (the features table)
+        self.committed: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def take_committed(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The values at each bar's close since the last call: (symbols, bar opens, (n, outputs
+        + the three running sums))."""
+        steps, self.committed = self.committed, []
+        if not steps:
+            return [], np.zeros(0, dtype=np.int64), np.zeros((0, len(self.book.outputs)))
+        names = self.book.names()
+        return ([names[c] for s in steps for c in s[0].tolist()], np.concatenate([s[1] for s in steps]),
+                np.hstack([s[2] for s in steps]).T)
 
     def warm(self, infos: Sequence[SymbolInfo], histories: Mapping[str, Sequence[Bar]]) -> None:
         """Build symbols' state from their stored closed bars (oldest first)."""
@@ -46,6 +58,12 @@ class FeatureService:
         buffer's copies winning: a revision, or bars not yet flushed); returns those bars."""
         histories = await store.recent([i.symbol for i in infos], self.timeframe, limit)
         self.warm(infos, histories)
+        if self.record:  # carry the running sums persisted at the last bar (the replay restarts them)
+            n = len(self.book.outputs)
+            last = {s: h[-1].ts for s, h in histories.items() if h}
+            for symbol, (ts, values) in (await store.features_at(list(last), self.timeframe)).items():
+                if ts == last[symbol] and len(values) == n + 3:
+                    self.book.set_running(symbol, values[n:])
         return histories
 
     def columns(self, symbols: Sequence[str], version: int) -> np.ndarray:
@@ -65,7 +83,8 @@ class FeatureService:
         their committed values again. `cols` maps slots to book columns (`columns`)."""
         c_cols = cols[closed.slot]
         known = c_cols >= 0
-        done = self.book.commit_columns(c_cols[known], _values(closed, known))
+        done = self.book.commit_columns(c_cols[known], _values(closed, known),
+                                        self.committed if self.record else None)
         committed = closed.slot[known][np.isin(c_cols[known], done)]
         f_cols = cols[forming.slot]
         f_known = f_cols >= 0

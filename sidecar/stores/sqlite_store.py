@@ -48,6 +48,16 @@ CREATE TABLE IF NOT EXISTS bootstrap_cells (
     covered   INTEGER NOT NULL,  -- bars before this are committed
     PRIMARY KEY (symbol, timeframe, cell)
 ) WITHOUT ROWID;
+-- The features the daemon published at each bar's close: the outputs (in the order of
+-- FeatureConfig.outputs) as little-endian float64s, NaN while warming up, then three running
+-- sums (OBV, the session's price x volume and volume) that carry OBV and VWAP across restarts.
+CREATE TABLE IF NOT EXISTS features (
+    symbol    TEXT    NOT NULL,
+    timeframe TEXT    NOT NULL,
+    ts        INTEGER NOT NULL,  -- the bar's open
+    vals      BLOB    NOT NULL,
+    PRIMARY KEY (symbol, timeframe, ts)
+) WITHOUT ROWID;
 -- Minutes a complete answer from the source showed had no trades: not gaps.
 CREATE TABLE IF NOT EXISTS empty_minutes (
     symbol    TEXT    NOT NULL,
@@ -88,6 +98,7 @@ class SQLiteStore:
         self.clock = clock
         self._db: aiosqlite.Connection | None = None
         self._buffer: dict[tuple[str, str, int], Bar] = {}
+        self._features: dict[tuple[str, str, int], bytes] = {}  # flushed with the bars
         self._lock = asyncio.Lock()
         self.persisted_through: dict[str, int] = {}
         self.last_flush_at: float | None = None
@@ -151,23 +162,33 @@ class SQLiteStore:
             log.error("sqlite buffer over %d bars: dropped the %d oldest (%d in all)", self.max_buffered, over,
                       self.dropped)
 
+    def add_features(self, timeframe: str, symbols: Sequence[str], ts: np.ndarray, values: np.ndarray) -> None:
+        """Buffer the features at some bars' close ((n, outputs) values): written with the next flush."""
+        for symbol, t, row in zip(symbols, ts.tolist(), values.astype("<f8"), strict=True):
+            self._features[(symbol, timeframe, t)] = row.tobytes()
+
     async def flush(self) -> int:
-        """Write the buffer in one transaction; return rows written. On failure the rows stay
-        buffered and SQLiteStoreError is raised."""
+        """Write the buffer (bars and features) in one transaction; return bars written. On
+        failure the rows stay buffered and SQLiteStoreError is raised."""
         async with self._lock:
-            if not self._buffer or self._db is None:
+            if not (self._buffer or self._features) or self._db is None:
                 return 0
             batch, self._buffer = self._buffer, {}
+            features, self._features = self._features, {}
             rows = [(b.symbol, b.timeframe, b.ts, b.open, b.high, b.low, b.close, b.volume, b.source, b.flags)
                     for b in batch.values()]
             log.info("sqlite flush begin rows=%d", len(rows))
             try:
                 await self._db.executemany(_UPSERT, rows)
+                await self._db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?)",
+                                           [(*k, v) for k, v in features.items()])
                 await self._db.commit()
             except Exception as exc:
                 # Keep what failed, under anything buffered meanwhile (newer copies win).
                 batch.update(self._buffer)
                 self._buffer = batch
+                features.update(self._features)
+                self._features = features
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 await self._rollback()
                 raise SQLiteStoreError(f"flush of {len(rows)} bars failed: {self.last_error}") from exc
@@ -320,7 +341,7 @@ class SQLiteStore:
             series = await cur.fetchall()
         cutoffs = cutoff if isinstance(cutoff, Mapping) else {str(tf): cutoff for _, tf in series}
         deleted = pending = 0
-        for table in ("bars", "empty_minutes"):
+        for table in ("bars", "empty_minutes", "features"):
             for symbol, timeframe in series:
                 if timeframe not in cutoffs:
                     continue
@@ -344,6 +365,22 @@ class SQLiteStore:
                     if n < batch_rows:
                         break
         return deleted
+
+    async def features_at(self, symbols: Sequence[str], timeframe: str) -> dict[str, tuple[int, np.ndarray]]:
+        """Each symbol's newest persisted features (buffered ones win): (bar open, values)."""
+        assert self._db is not None
+        out: dict[str, tuple[int, np.ndarray]] = {}
+        for symbol in symbols:
+            async with self._db.execute("SELECT ts, vals FROM features WHERE symbol = ? AND timeframe = ? "
+                                        "ORDER BY ts DESC LIMIT 1", (symbol, timeframe)) as cur:
+                row = await cur.fetchone()
+            if row is not None:
+                out[symbol] = (int(row[0]), np.frombuffer(row[1], dtype="<f8"))
+        wanted = set(symbols)
+        for (symbol, tf, ts), blob in self._features.items():
+            if tf == timeframe and symbol in wanted and (symbol not in out or ts >= out[symbol][0]):
+                out[symbol] = (ts, np.frombuffer(blob, dtype="<f8"))
+        return out
 
     async def last_stored(self, timeframe: str) -> dict[str, int]:
         """Each symbol's newest stored bar open: where fetching resumes after a restart."""
