@@ -21,6 +21,7 @@ from ..symbols import AssetClass, SymbolInfo
 from .engine import Bars, FeatureConfig, FeatureEngine
 
 _CLASSES = list(AssetClass)
+ANCHOR_EVERY = 64  # running sums are recomputed at bars whose open is a multiple of 64 bars
 
 
 class FeatureBook:
@@ -206,7 +207,9 @@ class FeatureBook:
         start[cols] = sessions != last_session[cols]
         mask = np.zeros(width, dtype=bool)
         mask[cols] = True
-        return Bars(full[0], full[1], full[2], full[3], full[4], start), mask, ts, sessions
+        anchor = np.zeros(width, dtype=bool)
+        anchor[cols] = ts // self.bar_seconds % ANCHOR_EVERY == 0
+        return Bars(full[0], full[1], full[2], full[3], full[4], start, anchor), mask, ts, sessions
 
 
 def _columns(bars: Sequence[Bar]) -> np.ndarray:

@@ -8,11 +8,13 @@ first written as ~250 NumPy array operations per step; at 5,000 symbols their di
 temporaries cost 1.8 ms, the compiled loop a fraction of that (bench/features.py).
 
 Windows live in rings holding the last p-1 committed values, so the window of a new bar is
-"the ring plus the bar" and a peek needs no write. The sum of each window's committed part is
-recomputed from its ring after every commit, oldest value first (not kept as a running total):
-a value then depends only on the bars in its window, so no float drift builds up, and the
-daemon after a restart (warmed from its newest bars) and a replay from the first stored bar
-(the training export) agree bit for bit. Variances are two-pass over the window (TA-Lib 0.8.1's are
+"the ring plus the bar" and a peek needs no write. Sums over windows are kept as running
+partial sums in TA-Lib's own order (add the new value, output, subtract the trailing one) and
+recomputed from the rings, oldest value first, at anchor bars fixed by the bars' opens (every
+64th bar of the timeframe's grid): float drift cannot build up, and from an anchor on a value
+depends only on the bars since, so the daemon after a restart (warmed from its newest bars)
+and a replay from the first stored bar (the training export) agree bit for bit. Window loops
+run oldest first too, never in the ring's storage order. Variances are two-pass over the window (TA-Lib 0.8.1's are
 exact: E[x^2]-E[x]^2 cancels to nothing when the spread is 1e-9 of the price). Seeding,
 first valid bar and degenerate cases follow TA-Lib 0.8.1 (`../shared/indicators.md`), whose
 zero tests are exact: a tiny positive value is not zero. An output is NaN until its
@@ -45,6 +47,8 @@ class Bars:
     close: np.ndarray
     volume: np.ndarray
     session_start: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    # bars at which the running sums are recomputed from the rings (empty: every 1,024 bars of a slot)
+    anchor: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
 
 class FeatureEngine:
@@ -170,7 +174,7 @@ class FeatureEngine:
         r = self.rings
         K.step_kernel(
             commit, mask, b.high, b.low, b.close, b.volume,
-            b.session_start if b.session_start.size else self._no_sessions,
+            b.session_start if b.session_start.size else self._no_sessions, b.anchor,
             self.n, self.pos, self.prev, self.sums, self.rec, self.fk, self.sk, r["close"], r["vol"], r["tp"], r["bb"],
             r["logret"], r["flow"], r["high_k"], r["low_k"], r["high_w"], r["low_w"], self.hv_scale,
             self._sma_p, self._ema_p, self._ip, float(self.config.bb_dev), self._lookback, out)

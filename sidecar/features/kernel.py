@@ -64,8 +64,11 @@ def _variance(ring: np.ndarray, j: int, w: int, x: float, mean: float, p: int) -
     in two passes (TA-Lib 0.8.1's variances are exact; E[x^2]-E[x]^2 cancels at small spreads)."""
     size = ring.shape[1]
     acc = 0.0
-    for lag in range(size, 0, -1):
-        d = ring[j, _back(w, lag, size)] - mean
+    for r in range(w, size):  # the whole ring, oldest first: from w to the end, then from 0
+        d = ring[j, r] - mean
+        acc += d * d
+    for r in range(w):
+        d = ring[j, r] - mean
         acc += d * d
     d = x - mean
     return (acc + d * d) / p
@@ -85,7 +88,7 @@ def _dm_smooth(first: bool, nj: int, p: int, prev: float, x: float) -> float:
 
 @njit(cache=True, error_model="numpy")
 def step_kernel(commit: bool, mask: np.ndarray, h: np.ndarray, l: np.ndarray, c: np.ndarray, v: np.ndarray,
-                session_start: np.ndarray, n: np.ndarray, pos: np.ndarray, prev: np.ndarray, sums: np.ndarray,
+                session_start: np.ndarray, anchor: np.ndarray, n: np.ndarray, pos: np.ndarray, prev: np.ndarray, sums: np.ndarray,
                 rec: np.ndarray,
                 fk: np.ndarray, sk: np.ndarray, r_close: np.ndarray, r_vol: np.ndarray, r_tp: np.ndarray,
                 r_bb: np.ndarray, r_lr: np.ndarray, r_flow: np.ndarray, r_hk: np.ndarray, r_lk: np.ndarray,
@@ -111,11 +114,15 @@ def step_kernel(commit: bool, mask: np.ndarray, h: np.ndarray, l: np.ndarray, c:
         pc, ph, pl, ptp = prev[j, P_C], prev[j, P_H], prev[j, P_L], prev[j, P_TP]
         row = 0
 
-        # SMA: the sum of the previous p-1 closes (kept in `sums`) plus this one.
+        # SMA: TA-Lib's running total (add the new value, output, subtract the trailing one).
         wc = pos[j, W_CLOSE]
         for k in range(n_sma):
-            out[row, j] = (sums[j, k] + x) / sma_p[k]
+            p = sma_p[k]
+            tmp = sums[j, k] + x
+            out[row, j] = tmp / p
             row += 1
+            if commit:
+                sums[j, k] = tmp - r_close[j, _back(wc, p - 1, rc)]
 
         # EMA, seeded with the SMA of the first p bars.
         for k in range(n_ema):
@@ -174,8 +181,10 @@ def step_kernel(commit: bool, mask: np.ndarray, h: np.ndarray, l: np.ndarray, c:
         avg = tmp_tp / cci_p
         md = 0.0
         wt0 = pos[j, W_TP]
-        for lag in range(rt, 0, -1):
-            md += abs(r_tp[j, _back(wt0, lag, rt)] - avg)
+        for r in range(wt0, rt):  # oldest first
+            md += abs(r_tp[j, r] - avg)
+        for r in range(wt0):
+            md += abs(r_tp[j, r] - avg)
         md += abs(tp - avg)
         dev = tp - avg
         out[row, j] = dev / (0.015 * (md / cci_p)) if dev != 0.0 and md != 0.0 else 0.0
@@ -275,6 +284,7 @@ def step_kernel(commit: bool, mask: np.ndarray, h: np.ndarray, l: np.ndarray, c:
         else:
             signed = flow if tp > ptp else -flow
         wf = pos[j, W_FLOW]
+        leaving = r_flow[j, wf]
         pos_sum = sums[j, sb + S_POS] + max(signed, 0.0)
         neg_sum = sums[j, sb + S_NEG] + max(-signed, 0.0)
         flows = pos_sum + neg_sum
@@ -303,6 +313,13 @@ def step_kernel(commit: bool, mask: np.ndarray, h: np.ndarray, l: np.ndarray, c:
         rec[j, e + R_ADX], rec[j, e + R_ADXS] = adx, adx_seed
         rec[j, e + R_OBV], rec[j, e + R_VPV], rec[j, e + R_VV] = obv, pv, vv
         wt, wb, wl, wh, ww = pos[j, W_TP], pos[j, W_BB], pos[j, W_LR], pos[j, W_HK], pos[j, W_HW]
+        sums[j, sb + S_TP] = tmp_tp - r_tp[j, wt]
+        sums[j, sb + S_BB] = tmp_bb - r_close[j, _back(wc, bb_p - 1, rc)]
+        sums[j, sb + S_LR] = t1 - r_lr[j, wl]
+        sums[j, sb + S_VOLMA] = tmp_v - r_vol[j, _back(wv, vma_p - 1, rv)]
+        sums[j, sb + S_VOLPREV] = sums[j, sb + S_VOLPREV] + vol - r_vol[j, _back(wv, rvol_p, rv)]
+        sums[j, sb + S_POS] = pos_sum - max(leaving, 0.0)
+        sums[j, sb + S_NEG] = neg_sum - max(-leaving, 0.0)
         for r in range(sk_p - 2, 0, -1):
             fk[j, r] = fk[j, r - 1]
         if sk_p > 1:
@@ -324,24 +341,27 @@ def step_kernel(commit: bool, mask: np.ndarray, h: np.ndarray, l: np.ndarray, c:
                         (W_FLOW, r_flow.shape[1]), (W_HK, r_hk.shape[1]), (W_HW, r_hw.shape[1])):
             w = pos[j, q] + 1
             pos[j, q] = 0 if w == size else w
-        # Every running sum again from its ring, oldest first: a value then depends only on the
-        # bars of its window, never on how long the slot has run or where its replay began, so
-        # the live daemon after a restart and a replay from the first stored bar agree bit for
-        # bit (train/serve parity). ~400 additions per slot and bar.
-        wc, wv, wt, wl, wf = pos[j, W_CLOSE], pos[j, W_VOL], pos[j, W_TP], pos[j, W_LR], pos[j, W_FLOW]
-        for k in range(n_sma):
-            sums[j, k] = _tsum(r_close, j, wc, sma_p[k] - 1)
-        sums[j, sb + S_BB] = _tsum(r_close, j, wc, bb_p - 1)
-        sums[j, sb + S_TP] = _tsum(r_tp, j, wt, rt)
-        sums[j, sb + S_LR] = _tsum(r_lr, j, wl, r_lr.shape[1])
-        sums[j, sb + S_VOLMA] = _tsum(r_vol, j, wv, vma_p - 1)
-        sums[j, sb + S_VOLPREV] = _tsum(r_vol, j, wv, rvol_p)
-        sf = r_flow.shape[1]
-        pos_sum = neg_sum = 0.0
-        for lag in range(sf, 0, -1):
-            f = r_flow[j, _back(wf, lag, sf)]
-            pos_sum += max(f, 0.0)
-            neg_sum += max(-f, 0.0)
-        sums[j, sb + S_POS], sums[j, sb + S_NEG] = pos_sum, neg_sum
+        # At an anchor bar every running sum is recomputed from its ring, oldest first: from
+        # there on it depends only on the bars since, not on how long the slot has run or where
+        # its replay began. Anchors are fixed by the bars' opens (the caller's `anchor`), so the
+        # live daemon warmed after a restart and a replay from the first stored bar pass the
+        # same ones and agree bit for bit (train/serve parity); it also bounds float drift.
+        # Without anchors from the caller, every 1,024 bars of the slot.
+        if anchor[j] if anchor.shape[0] else nj & 1023 == 1023:  # (a mask: no division in the loop)
+            wc, wv, wt, wl, wf = pos[j, W_CLOSE], pos[j, W_VOL], pos[j, W_TP], pos[j, W_LR], pos[j, W_FLOW]
+            for k in range(n_sma):
+                sums[j, k] = _tsum(r_close, j, wc, sma_p[k] - 1)
+            sums[j, sb + S_BB] = _tsum(r_close, j, wc, bb_p - 1)
+            sums[j, sb + S_TP] = _tsum(r_tp, j, wt, rt)
+            sums[j, sb + S_LR] = _tsum(r_lr, j, wl, r_lr.shape[1])
+            sums[j, sb + S_VOLMA] = _tsum(r_vol, j, wv, vma_p - 1)
+            sums[j, sb + S_VOLPREV] = _tsum(r_vol, j, wv, rvol_p)
+            sf = r_flow.shape[1]
+            pos_sum = neg_sum = 0.0
+            for lag in range(sf, 0, -1):
+                f = r_flow[j, _back(wf, lag, sf)]
+                pos_sum += max(f, 0.0)
+                neg_sum += max(-f, 0.0)
+            sums[j, sb + S_POS], sums[j, sb + S_NEG] = pos_sum, neg_sum
         prev[j, P_C], prev[j, P_H], prev[j, P_L], prev[j, P_TP] = x, hi, lo, tp
         n[j] = nj + 1
