@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -111,3 +112,17 @@ class DaemonProcess:
         if self.proc.returncode is None:
             self.proc.kill()
         await self.proc.wait()
+
+
+async def resumed_daemon(settings: Any, clock: Any) -> Any:
+    """An in-process daemon on `clock` with its stores and fetchers open and its state resumed
+    from SQLite, but no loop or background task: the test runs the cycles itself."""
+    from sidecar.app import Sidecar
+
+    sc = Sidecar(settings, clock=clock, handle_signals=False)
+    await sc.sqlite.start()
+    await sc.redis.start()
+    for fetcher in (sc.fetcher, *sc.fallbacks):
+        await fetcher.start()
+    await sc.resume()
+    return sc

@@ -25,6 +25,7 @@ from sidecar.exchange.providers import Limits
 from sidecar.settings import Settings
 
 from .conftest import SEED
+from .helpers import resumed_daemon
 
 NOW = int(dt.datetime(2026, 11, 30, 1, 30, tzinfo=dt.UTC).timestamp())
 SYMBOL, YAHOO, DELAY = "BTCUSD", "BTC-USD", 900
@@ -62,12 +63,7 @@ async def _run(exchange: Exchange, clock: ManualClock, db: Path, redis_url: str,
                        polygon_rate_per_min=0, lookback_minutes=30, flush_interval_s=3600.0, bootstrap_days=0.0,
                        gap_scan_days=0.0, settle_s=0.0, timeframes=("1m", "5m"), higher_forming_s=0.0,
                        ).with_overrides(source_delays=delays)
-    sc = Sidecar(settings, clock=clock, handle_signals=False)
-    await sc.sqlite.start()
-    await sc.redis.start()
-    for f in (sc.fetcher, *sc.fallbacks):
-        await f.start()
-    await sc.resume()
+    sc = await resumed_daemon(settings, clock)
     for _ in range(40):  # 20 s apart: 13 minutes
         clock.advance(20.0)
         await sc.orchestrator.run_cycle()

@@ -56,7 +56,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def _fill(directory: Path) -> Path:
     """Write a file until the filesystem is full; return it (deleting it frees the space)."""
     filler = directory / "filler"
-    with filler.open("wb") as f:
+    with filler.open("wb", buffering=0) as f:  # unbuffered: closing it must not write again (and fail)
         try:
             while True:
                 f.write(b"\0" * 65536)

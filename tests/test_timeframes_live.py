@@ -27,6 +27,7 @@ from sidecar.settings import Settings
 from sidecar.symbols import lookup
 
 from .conftest import SEED, RedisServer
+from .helpers import resumed_daemon
 from .talib_oracle import talib_outputs
 
 NOW = int(dt.datetime(2026, 11, 30, 1, 30, tzinfo=dt.UTC).timestamp())  # the UTC day before is settled
@@ -47,12 +48,7 @@ async def world(tmp_path: Path, redis_url: str) -> AsyncIterator[tuple[Exchange,
 
 
 async def _daemon(settings: Settings, clock: ManualClock) -> Sidecar:
-    sc = Sidecar(settings, clock=clock, handle_signals=False)
-    await sc.sqlite.start()
-    await sc.redis.start()
-    await sc.fetcher.start()
-    await sc.resume()
-    return sc
+    return await resumed_daemon(settings, clock)  # type: ignore[no-any-return]
 
 
 def _hours(exchange: Exchange, start: int, end: int) -> dict[int, tuple]:

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from sidecar import dataset
-from sidecar.app import Sidecar
 from sidecar.clock import ManualClock
 from sidecar.exchange import Exchange, Market
 from sidecar.features import FeatureConfig
 from sidecar.settings import Settings
 
 from .conftest import SEED
+from .helpers import resumed_daemon
 from .talib_oracle import talib_outputs
 
 NOW = int(dt.datetime(2026, 11, 30, 1, 30, tzinfo=dt.UTC).timestamp())
@@ -30,11 +30,7 @@ TIMEFRAMES = ("1m", "5m", "15m", "1h")
 
 
 async def _run(settings: Settings, clock: ManualClock, cycles: int) -> None:
-    sc = Sidecar(settings, clock=clock, handle_signals=False)
-    await sc.sqlite.start()
-    await sc.redis.start()
-    await sc.fetcher.start()
-    await sc.resume()
+    sc = await resumed_daemon(settings, clock)
     try:
         for _ in range(cycles):
             await sc.orchestrator.run_cycle()
