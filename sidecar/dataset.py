@@ -46,50 +46,66 @@ class Series:
     ts: np.ndarray
     values: np.ndarray  # (5, n): open, high, low, close, volume
     flags: np.ndarray
-    source: list[str] = field(default_factory=list)
+    source: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # index into `sources`
+    sources: list[str] = field(default_factory=list)
 
     def rows(self, k: int) -> slice:
         """Symbol k's rows."""
         return slice(int(self.offsets[k]), int(self.offsets[k + 1]))
 
+    def take(self, rows: np.ndarray, counts: np.ndarray) -> Series:
+        """The given rows (in order), `counts[k]` of them for symbol k."""
+        return Series(self.symbols, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), self.ts[rows],
+                      self.values[:, rows], self.flags[rows], self.source[rows], self.sources)
+
 
 def load(db: Path, symbols: Sequence[str], timeframe: str, end: int | None = None) -> Series:
-    """Every stored bar of some symbols and one timeframe opening before `end`, oldest first."""
+    """Every stored bar of some symbols and one timeframe opening before `end`, oldest first.
+
+    Read with ADBC's SQLite driver straight into Arrow columns (the stdlib's row tuples made
+    reading most of an export's time)."""
+    import adbc_driver_sqlite.dbapi as adbc
+    import pyarrow.compute as pc
+
     names = [parse_symbol(s) for s in symbols]
     query = ("SELECT symbol, ts, open, high, low, close, volume, flags, source FROM bars WHERE timeframe = ? "
              f"AND symbol IN ({','.join('?' * len(names))})" + (" AND ts < ?" if end is not None else "")
              + " ORDER BY symbol, ts")
     params: list[object] = [timeframe, *names] + ([end] if end is not None else [])
-    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-        rows = conn.execute(query, params).fetchall()
-    order = {s: i for i, s in enumerate(names)}
-    found = sorted({r[0] for r in rows}, key=order.__getitem__)
-    counts = np.array([0] * len(found), dtype=np.int64)
-    position = {s: i for i, s in enumerate(found)}
-    for r in rows:
-        counts[position[r[0]]] += 1
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    if not rows:
-        return Series([], offsets, np.zeros(0, np.int64), np.zeros((5, 0)), np.zeros(0, np.int32))
-    cols = list(zip(*rows, strict=True))
-    return Series(found, offsets, np.array(cols[1], dtype=np.int64), np.array(cols[2:7], dtype=np.float64),
-                  np.array(cols[7], dtype=np.int32), list(cols[8]))
+    with adbc.connect(f"file:{db}?mode=ro") as conn, conn.cursor() as cur:
+        cur.execute(query, params)
+        table = cur.fetch_arrow_table()
+    if not table.num_rows:
+        return Series([], np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros((5, 0)), np.zeros(0, np.int32))
+    symbol = pc.dictionary_encode(table.column("symbol")).combine_chunks()
+    codes = symbol.indices.to_numpy()
+    heads = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    found = symbol.dictionary.to_pylist()
+    source = pc.dictionary_encode(table.column("source")).combine_chunks()
+
+    def column(name: str, dtype: type) -> np.ndarray:
+        return table.column(name).to_numpy().astype(dtype, copy=False)
+
+    return Series([found[c] for c in codes[heads]], np.r_[heads, table.num_rows].astype(np.int64),
+                  column("ts", np.int64), np.vstack([column(c, np.float64) for c in BAR_COLUMNS]),
+                  column("flags", np.int32), source.indices.to_numpy().astype(np.int32),
+                  source.dictionary.to_pylist())
 
 
 def replay(series: Series, timeframe: str, config: FeatureConfig | None = None) -> np.ndarray:
-    """The features after each bar, (rows, outputs), by the daemon's engine: every symbol from
+    """The features after each bar, (outputs, rows), by the daemon's engine: every symbol from
     its first bar, one vectorized step per bar index across the symbols."""
     book = FeatureBook(config, timeframe=timeframe, capacity=max(1, len(series.symbols)))
     book.add([lookup(s) for s in series.symbols], {})
     slots = np.array([book.slots[s] for s in series.symbols], dtype=np.int64)
     counts = np.diff(series.offsets)
-    out = np.full((len(series.ts), len(book.outputs)), np.nan)
+    out = np.empty((len(book.outputs), len(series.ts)))  # a row per output (Parquet's columns); every bar is set
     for depth in range(int(counts.max()) if len(counts) else 0):
         have = np.flatnonzero(counts > depth)
         rows = series.offsets[have] + depth
         values = np.vstack([series.values[:, rows], series.ts[rows].astype(np.float64)])
         book.commit_columns(slots[have], values)
-        out[rows] = book.engine.out[:, slots[have]].T
+        out[:, rows] = book.engine.out[:, slots[have]]
     return out
 
 
@@ -115,7 +131,7 @@ def anchor_obv(db: Path, series: Series, timeframe: str, values: np.ndarray, con
         rows_k = series.rows(k)
         at = np.flatnonzero(series.ts[rows_k] == ts)
         if len(at):
-            values[rows_k, row] += vals[row] - values[rows_k.start + int(at[0]), row]
+            values[row, rows_k] += vals[row] - values[row, rows_k.start + int(at[0])]
 
 
 def warm_rows(series: Series, config: FeatureConfig | None = None) -> np.ndarray:
@@ -144,61 +160,100 @@ class ExportReport:
 
 
 def export(db: Path, out: Path, symbols: Sequence[str], timeframes: Sequence[str], start: int, end: int, *,
-           features: bool = False, config: FeatureConfig | None = None, chunk: int = 500) -> ExportReport:
+           features: bool = False, config: FeatureConfig | None = None, chunk: int = 1000) -> ExportReport:
     """Write the bars (and features) of [start, end) as the Parquet dataset described above;
     features are replayed from each symbol's first stored bar, whatever `start` is. A
-    partition written again replaces the old one."""
-    import pyarrow as pa
-    import pyarrow.dataset as ds
+    partition written again replaces the old one.
 
-    config = config or FeatureConfig()
-    report = ExportReport()
-    t_all = time.perf_counter()
-    partitioning = ds.partitioning(pa.schema([("timeframe", pa.string()), ("symbol", pa.string())]), flavor="hive")
-    options = ds.ParquetFileFormat().make_write_options(compression="zstd")
+    `chunk` symbols at a time, as a pipeline on two threads: while one chunk's features are
+    computed, the next is read (ADBC) and the previous one written (pyarrow); both release
+    the interpreter, so the two cores overlap the three stages."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     for tf in timeframes:
         if tf not in ALL_TIMEFRAMES:
             raise ValueError(f"unknown timeframe {tf!r}; known: {', '.join(ALL_TIMEFRAMES)}")
+    config = config or FeatureConfig()
+    report = ExportReport()
+    t_all = time.perf_counter()
+    jobs = [(tf, list(symbols[i:i + chunk])) for tf in timeframes for i in range(0, len(symbols), chunk)]
+    for tf in timeframes:
         report.symbols[tf] = 0
-        for i in range(0, len(symbols), chunk):
+
+    def read(job: tuple[str, list[str]]) -> tuple[Series, float]:
+        t0 = time.perf_counter()
+        return load(db, job[1], job[0], end), time.perf_counter() - t0
+
+    def write(table: Any, tf: str, written: int) -> None:
+        t0 = time.perf_counter()
+        _write(table, out, written)
+        report.stages["write"] += time.perf_counter() - t0
+        report.symbols[tf] += written
+
+    with ThreadPoolExecutor(2) as pool:
+        pending: Future[tuple[Series, float]] | None = pool.submit(read, jobs[0]) if jobs else None
+        writing: Future[None] | None = None
+        for k, (tf, _names) in enumerate(jobs):
+            assert pending is not None
+            series, seconds = pending.result()
+            report.stages["read"] += seconds
+            pending = pool.submit(read, jobs[k + 1]) if k + 1 < len(jobs) else None
             t0 = time.perf_counter()
-            series = load(db, symbols[i:i + chunk], tf, end)
-            t1 = time.perf_counter()
-            values = replay(series, tf, config) if features else None
-            if values is not None:
-                anchor_obv(db, series, tf, values, config)
-            t2 = time.perf_counter()
-            keep = np.flatnonzero(series.ts >= start)
-            if not len(keep):
-                continue
-            owner = np.repeat(np.arange(len(series.symbols)), np.diff(series.offsets))[keep]
-            origin = series.ts[series.offsets[:-1]][owner]
-            names, source = np.unique(np.asarray(series.source, dtype=object)[keep], return_inverse=True)
-            cols: dict[str, Any] = {
-                "timeframe": pa.DictionaryArray.from_arrays(np.zeros(len(keep), np.int32), [tf]),
-                "symbol": pa.DictionaryArray.from_arrays(owner.astype(np.int32), series.symbols),
-                "ts": pa.array(series.ts[keep], type=pa.timestamp("s", tz="UTC")),
-                **{name: series.values[j, keep] for j, name in enumerate(BAR_COLUMNS)},
-                "flags": series.flags[keep],
-                "source": pa.DictionaryArray.from_arrays(source.astype(np.int32), names.tolist()),
-            }
-            if values is not None:
-                cols.update({name: values[keep, j] for j, name in enumerate(config.outputs)})
-                cols["warm"] = warm_rows(series, config)[keep]
-            cols["origin_ts"] = pa.array(origin, type=pa.timestamp("s", tz="UTC"))
-            ds.write_dataset(pa.table(cols), str(out), format="parquet", partitioning=partitioning,
-                             basename_template="part-{i}.parquet", file_options=options,
-                             existing_data_behavior="delete_matching", max_partitions=chunk + 1)
-            t3 = time.perf_counter()
-            written = len(np.unique(owner))
-            report.rows += len(keep)
+            table, written = _table(db, series, tf, start, config if features else None)
+            report.stages["features"] += time.perf_counter() - t0
+            if writing is not None:
+                writing.result()
+            writing = pool.submit(write, table, tf, written) if table is not None else None
+            report.rows += 0 if table is None else len(table)
             report.files += written
-            report.symbols[tf] += written
-            report.stages["read"] += t1 - t0
-            report.stages["features"] += t2 - t1
-            report.stages["write"] += t3 - t2
+        if writing is not None:
+            writing.result()
     report.seconds = time.perf_counter() - t_all
     return report
+
+
+def _table(db: Path, series: Series, tf: str, start: int, config: FeatureConfig | None) -> tuple[Any, int]:
+    """One chunk's rows of [start, …) as an Arrow table (features when `config`), and the
+    number of symbols in it; (None, 0) when it has none."""
+    import pyarrow as pa
+
+    keep = series.ts >= start
+    if not keep.any():
+        return None, 0
+    owner = np.repeat(np.arange(len(series.symbols), dtype=np.int32), np.diff(series.offsets))
+    cols: dict[str, Any] = {
+        "timeframe": pa.DictionaryArray.from_arrays(np.zeros(len(owner), np.int32), [tf]),
+        "symbol": pa.DictionaryArray.from_arrays(owner, series.symbols),
+        "ts": pa.array(series.ts, type=pa.timestamp("s", tz="UTC")),
+        **{name: series.values[j] for j, name in enumerate(BAR_COLUMNS)},
+        "flags": series.flags,
+        "source": pa.DictionaryArray.from_arrays(series.source, series.sources),
+    }
+    if config is not None:
+        values = replay(series, tf, config)
+        anchor_obv(db, series, tf, values, config)
+        cols.update({name: values[j] for j, name in enumerate(config.outputs)})
+        cols["warm"] = warm_rows(series, config)
+    cols["origin_ts"] = pa.array(series.ts[series.offsets[:-1]][owner], type=pa.timestamp("s", tz="UTC"))
+    table = pa.table(cols)
+    if not keep.all():
+        table = table.filter(pa.array(keep))
+    return table, len(np.unique(owner[keep]))
+
+
+def _write(table: Any, out: Path, partitions: int) -> None:
+    """A chunk's table as the dataset's partitions (each written again replaces the old one)."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    # zstd at its fastest level; dictionaries only where values repeat, statistics only for the
+    # bar open the readers filter on (both cost more than the compression on float columns)
+    options = ds.ParquetFileFormat().make_write_options(compression="zstd", compression_level=1,
+                                                        use_dictionary=["source"], write_statistics=["ts"])
+    partitioning = ds.partitioning(pa.schema([("timeframe", pa.string()), ("symbol", pa.string())]), flavor="hive")
+    ds.write_dataset(table, str(out), format="parquet", partitioning=partitioning,
+                     basename_template="part-{i}.parquet", file_options=options,
+                     existing_data_behavior="delete_matching", max_partitions=max(1, partitions) + 1)
 
 
 def read(path: Path | str, *, symbols: Sequence[str] | None = None, timeframes: Sequence[str] | None = None,
@@ -243,22 +298,20 @@ def parse_time(raw: str) -> int:
 def check_no_lookahead(series: Series, compute: Callable[[Series], np.ndarray], cuts: Sequence[int],
                        names: Sequence[str]) -> list[tuple[str, str, int]]:
     """Recompute the features on each symbol's history cut after bar `c` (for each c in
-    `cuts`, an index from its first bar) and compare that bar's values with the full
-    history's: a feature that reads a later bar differs. Returns (symbol, output, cut) of every
-    difference (bit-exact comparison; NaN equals NaN)."""
+    `cuts`, an index from its first bar; `compute` returns (outputs, rows) like `replay`) and
+    compare that bar's values with the full history's: a feature that reads a later bar
+    differs. Returns (symbol, output, cut) of every difference (bit-exact; NaN equals NaN)."""
     full = compute(series)
     bad = []
     for c in cuts:
         keep = np.concatenate([np.arange(series.offsets[k], min(series.offsets[k] + c + 1, series.offsets[k + 1]))
                                for k in range(len(series.symbols))]).astype(np.int64)
-        counts = np.minimum(np.diff(series.offsets), c + 1)
-        cut = Series(series.symbols, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), series.ts[keep],
-                     series.values[:, keep], series.flags[keep], [series.source[i] for i in keep.tolist()])
+        cut = series.take(keep, np.minimum(np.diff(series.offsets), c + 1))
         part = compute(cut)
         for k, sym in enumerate(series.symbols):
             if np.diff(series.offsets)[k] <= c:
                 continue
-            a, b = full[series.offsets[k] + c], part[cut.offsets[k] + c]
+            a, b = full[:, series.offsets[k] + c], part[:, cut.offsets[k] + c]
             same = (a == b) | (np.isnan(a) & np.isnan(b))
             bad += [(sym, names[j], c) for j in np.flatnonzero(~same).tolist()]
     return bad

@@ -104,7 +104,7 @@ def test_no_feature_reads_a_later_bar_and_a_leaking_one_is_caught(db: Path) -> N
 
     def leaking(s: dataset.Series) -> np.ndarray:  # "normalised" by the whole frame's mean close
         out = engine(s)
-        out[:, 0] = s.values[3] / np.mean(s.values[3])
+        out[0] = s.values[3] / np.mean(s.values[3])
         return out
 
     bad = dataset.check_no_lookahead(series, leaking, cuts, cfg.outputs)
