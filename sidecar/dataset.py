@@ -160,7 +160,7 @@ class ExportReport:
 
 
 def export(db: Path, out: Path, symbols: Sequence[str], timeframes: Sequence[str], start: int, end: int, *,
-           features: bool = False, config: FeatureConfig | None = None, chunk: int = 1000) -> ExportReport:
+           features: bool = False, config: FeatureConfig | None = None, chunk: int = 500) -> ExportReport:
     """Write the bars (and features) of [start, end) as the Parquet dataset described above;
     features are replayed from each symbol's first stored bar, whatever `start` is. A
     partition written again replaces the old one.
