@@ -120,7 +120,7 @@ def anchor_obv(db: Path, series: Series, timeframe: str, values: np.ndarray, con
              f"({','.join('?' * len(series.symbols))}) AND ts <= ? GROUP BY symbol")
     try:
         with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            rows = conn.execute(query, [timeframe, *series.symbols, int(series.ts[-1]) if len(series.ts) else 0])
+            rows = conn.execute(query, [timeframe, *series.symbols, int(series.ts.max()) if len(series.ts) else 0])
             published = {r[0]: (int(r[1]), np.frombuffer(r[2], dtype="<f8")) for r in rows}
     except sqlite3.OperationalError:  # a database from before the features table
         return
