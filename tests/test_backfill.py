@@ -153,7 +153,7 @@ async def test_end_of_day_check_verifies_the_session_backfills_and_summarizes(
         assert session == 390
 
         setup.exchange.outage(60)
-        await sc._end_of_day_check()  # noqa: SLF001
+        await sc.upkeep.end_of_day_check()
         eod = sc.backfiller.eod
         assert eod["symbols"] == 3 and eod["complete_share"] == 0.0
         fx_start, fx_end = NOW + 2 * 3600 - 86400, NOW + 2 * 3600  # Sunday 17:00 to Monday 17:00 New York
@@ -172,13 +172,13 @@ async def test_end_of_day_check_verifies_the_session_backfills_and_summarizes(
 
         setup.exchange.outage(0)
         requests = setup.exchange.requests["chart"]
-        await sc._end_of_day_check()  # noqa: SLF001 - an incomplete day is tried again
+        await sc.upkeep.end_of_day_check()  # an incomplete day is tried again
         assert sc.backfiller.eod["complete_share"] == 1.0 and sc.backfiller.eod["missing_minutes"] == {}
         assert setup.exchange.requests["chart"] - requests == 3  # one request per symbol and day
         done = events()[2:]  # and again once complete, then never again
         assert [(e["asset_class"], e["complete"], e["final"], e["missing_minutes"]) for e in done] == [
             ("equity", 2, True, {}), ("fx", 1, True, {})]
-        await sc._end_of_day_check()  # noqa: SLF001 - a verified day is not asked for again
+        await sc.upkeep.end_of_day_check()  # a verified day is not asked for again
         assert setup.exchange.requests["chart"] - requests == 3
         assert len(events()) == 4
         await sc.sqlite.flush()

@@ -276,7 +276,7 @@ async def test_the_daemon_on_dev_etfs_fills_the_symbols_table_flags_earnings_and
             assert sorted(e["symbol"] for e in d.events("earnings.upcoming")) == ["AAPL", "MSFT", "NVDA"]
 
             # the session closed: the end-of-day check publishes the day's summary, per universe
-            await sc._end_of_day_check()  # noqa: SLF001
+            await sc.upkeep.end_of_day_check()
             (summary,) = [e for e in d.events("end_of_day") if e["date"] == "2026-12-02"]
             assert summary["symbols"] == 8 and summary["universes"]["dev_etfs"]["symbols"] == 5
             assert summary["asset_class"] == "equity" and summary["session"][1] == int(

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from .. import calendars, universes
-from ..backfill import Backfiller, end_of_day_events
+from ..backfill import Backfiller
 from ..bars import Bar
 from ..bootstrap import Bootstrapper
 from ..clock import Clock, SystemClock
@@ -38,6 +38,7 @@ from .http import HttpServer
 from .orchestrator import TIMEFRAME, Orchestrator
 from .reseed import Reseeder
 from .ticker import Ticker
+from .upkeep import Upkeep
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +148,14 @@ class Sidecar:
                                        redis=self.redis, clock=self.clock, symbols=lambda: list(self.symbols.values()),
                                        on_earnings=self.scanner.set_earnings, horizon_days=s.earnings_days,
                                        timeout_s=s.history_timeout_s, live=self._live_answered)
-        self._backfill_lock = asyncio.Lock()  # one gap scan at a time
+        self.upkeep = Upkeep(settings=s, backfiller=self.backfiller, sqlite=self.sqlite, redis=self.redis,
+                             clock=self.clock, symbols=lambda: list(self.symbols.values()), supervise=self._supervise,
+                             stopping=lambda: self.stopping)
         self.http = HttpServer(host=s.http_host, port=s.http_port, health=self.health, metrics=self.metrics,
                                redis=self.redis, symbols=self.symbols, clock=self.clock,
                                update_symbols=self.update_symbols, broker_symbols=self._broker,
                                timeframes=s.timeframes, reference=self.reference,
-                               universe=lambda name: universes.members(name, self._universes_dir()))
+                               universe=lambda name: universes.members(name, self.upkeep.universes_dir()))
         self.stopping = False
         self.failure: BaseException | None = None
         self._dropped_counted = 0
@@ -222,50 +225,8 @@ class Sidecar:
             self._schedule_backfill()  # the source is back: look for what it missed
 
     def _schedule_backfill(self) -> None:
-        """A source answers again: look for what it missed (unless a scan is already running)."""
-        if not self._backfill_lock.locked() and self.settings.gap_scan_days > 0 and not self.stopping:
-            self._supervise(asyncio.create_task(self._backfill_once(), name="backfill"))
-
-    async def _backfill_once(self) -> None:
-        if self._backfill_lock.locked():
-            return  # a scan is running; it covers this request too
-        async with self._backfill_lock:
-            try:
-                await self.backfiller.run(list(self.symbols.values()), self.settings.gap_scan_days)
-                await self._end_of_day_check()
-            except SQLiteStoreError as exc:  # a full disk, say: the next scan tries again
-                log.error("gap scan stopped: %s", exc)
-
-    async def _backfill_loop(self) -> None:
-        """Scan for gaps shortly after start-up, then every SIDECAR_BACKFILL_INTERVAL_S."""
-        if self.settings.gap_scan_days <= 0:
-            return
-        await self.clock.sleep(5.0)  # let the live loop catch up first
-        await self._backfill_once()  # at start-up: the ticker's first deadline is the next whole period
-        async for _tick in Ticker(self.clock, self.settings.backfill_interval_s):
-            await self._backfill_once()
-
-    async def _retention_loop(self) -> None:
-        """Delete bars older than SIDECAR_RETENTION_DAYS, at most once a day (across restarts too)."""
-        await self.clock.sleep(30.0)  # not during start-up's catch-up
-        async for _tick in Ticker(self.clock, 3600):
-            try:
-                await self.apply_retention()
-            except SQLiteStoreError as exc:
-                log.error("retention stopped, tried again in an hour: %s", exc)
-
-    async def apply_retention(self, force: bool = False) -> int:
-        """One retention pass, unless one ran in the last 24 hours; returns rows deleted."""
-        now = self.clock.time()
-        last = await self.sqlite.get_meta("retention_last_run")
-        if not force and last is not None and now - float(last) < 86400:
-            return 0
-        t0 = self.clock.monotonic()
-        days = {TIMEFRAME: self.settings.retention_days, **dict(self.settings.retention_higher)}
-        deleted = await self.sqlite.delete_older({tf: int(now) - d * 86400 for tf, d in days.items()})
-        await self.sqlite.set_meta("retention_last_run", str(now))
-        log.info("retention: deleted %d bars (days kept: %s) in %.2fs", deleted, days, self.clock.monotonic() - t0)
-        return deleted
+        """A source answers again: look for what it missed."""
+        self.upkeep.schedule_backfill()
 
     async def _backfilled(self, bars: list[Bar]) -> None:
         """Backfilled bars also go into Redis's history (best effort: SQLite has them), and
@@ -275,30 +236,6 @@ class Sidecar:
             await self.redis.write_bars(closed=bars)
         except RedisStoreError as exc:
             log.warning("backfilled bars not written to redis: %s", exc)
-
-    async def _end_of_day_check(self) -> None:
-        """Verify every symbol's newest settled trading day once (values and completeness), then
-        publish each asset class's session summary: when first checked, and again once complete
-        (remembered across restarts)."""
-        infos = list(self.symbols.values())
-        eod = await self.backfiller.end_of_day(infos)
-        named = {name: universes.members(name, self._universes_dir()) for name in self.settings.universe}
-        for event in end_of_day_events(eod, infos, named):
-            # the first summary of a session, and again once it is complete
-            key, state = f"published:{event['id']}", "complete" if event["final"] else "partial"
-            if await self.sqlite.get_meta(key) in (state, "complete"):
-                continue
-            try:
-                await self.redis.publish_events([event])
-            except RedisStoreError as exc:  # published with the next check
-                log.warning("end-of-day event not published: %s", exc)
-                continue
-            await self.sqlite.set_meta(key, state)
-            log.info("end of day %s %s: %d/%d symbols complete", event["asset_class"], event["date"],
-                     event["complete"], event["symbols"])
-
-    def _universes_dir(self) -> Path | None:
-        return Path(self.settings.universes_dir) if self.settings.universes_dir else None
 
     def _schedule_reseed(self) -> None:
         """Redis came back empty (restart, flush, first start): re-seed it in the background."""
@@ -340,8 +277,8 @@ class Sidecar:
                 loop.add_signal_handler(sig, self.request_stop)
         self._supervise(await self.orchestrator.start())
         self._supervise(asyncio.create_task(self._flush_loop(), name="sqlite-flush"))
-        self._supervise(asyncio.create_task(self._backfill_loop(), name="backfill-loop"))
-        self._supervise(asyncio.create_task(self._retention_loop(), name="retention"))
+        self._supervise(asyncio.create_task(self.upkeep.backfill_loop(), name="backfill-loop"))
+        self._supervise(asyncio.create_task(self.upkeep.retention_loop(), name="retention"))
         if s.reference_data:
             self._supervise(asyncio.create_task(self.reference.run(), name="reference"))
         self._start_bootstrap([i for i in self.infos if i.symbol not in last])
