@@ -35,7 +35,6 @@ from tqdm import tqdm
 from . import universes
 from .errors import SettingsError, SymbolError
 from .reference import parse_type
-from .reference.service import REFRESH_S
 from .settings import Settings, render_env_example, render_markdown
 
 
@@ -155,9 +154,7 @@ async def _symbols(sc: Any, kind: str | None, refresh: bool) -> dict:
 async def _earnings(sc: Any, days: int) -> dict:
     ref = sc.reference
     await ref.start()
-    synced = ref.calendar["synced_at"]
-    if synced is None or sc.clock.time() - synced >= REFRESH_S:
-        await ref.sync_earnings()
+    await ref.sync_if_due()
     return {"days": days, "source": ref.calendar["source"], "earnings": ref.upcoming(days, [i.symbol for i in sc.infos])}
 
 

@@ -31,6 +31,8 @@ import numpy as np
 
 from .features.book import FeatureBook
 from .features.config import FeatureConfig
+from .features.engine import FeatureEngine
+from .stores.sqlite_store import NEWEST_FEATURES
 from .symbols import lookup, parse_symbol
 from .timeframes import ALL as ALL_TIMEFRAMES
 
@@ -116,18 +118,17 @@ def anchor_obv(db: Path, series: Series, timeframe: str, values: np.ndarray, con
     if not series.symbols:
         return
     n, row = len(config.outputs), config.outputs.index("obv")
-    query = (f"SELECT symbol, MAX(ts), vals FROM features WHERE timeframe = ? AND symbol IN "
-             f"({','.join('?' * len(series.symbols))}) AND ts <= ? GROUP BY symbol")
+    newest = int(series.ts.max())
     try:
         with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            rows = conn.execute(query, [timeframe, *series.symbols, int(series.ts.max()) if len(series.ts) else 0])
-            published = {r[0]: (int(r[1]), np.frombuffer(r[2], dtype="<f8")) for r in rows}
+            found = {sym: conn.execute(NEWEST_FEATURES, (sym, timeframe, newest)).fetchone() for sym in series.symbols}
     except sqlite3.OperationalError:  # a database from before the features table
         return
     for k, sym in enumerate(series.symbols):
-        if sym not in published or len(published[sym][1]) != n + 3:
+        published = found[sym]
+        if published is None or len(published[1]) != 8 * (n + len(FeatureEngine.RUNNING)):
             continue
-        ts, vals = published[sym]
+        ts, vals = int(published[0]), np.frombuffer(published[1], dtype="<f8")
         rows_k = series.rows(k)
         at = np.flatnonzero(series.ts[rows_k] == ts)
         if len(at):

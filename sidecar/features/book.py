@@ -42,6 +42,7 @@ class FeatureBook:
         self.version = 0  # changes whenever a symbol is added, re-warmed or removed
         self._atr_row = self.outputs.index(f"atr_{self.config.atr}")
         self._free: list[int] = []
+        self._names: tuple[int, list[str]] = (-1, [])  # (version, names()) cached
         self._grow_tables(capacity)
 
     def _grow_tables(self, capacity: int) -> None:
@@ -150,11 +151,13 @@ class FeatureBook:
         return cols[first]
 
     def names(self) -> list[str]:
-        """The symbol of each column ('' where free)."""
-        out = [""] * self.engine.capacity
-        for symbol, col in self.slots.items():
-            out[col] = symbol
-        return out
+        """The symbol of each column ('' where free); rebuilt only when membership changed."""
+        if self._names[0] != self.version:
+            out = [""] * self.engine.capacity
+            for symbol, col in self.slots.items():
+                out[col] = symbol
+            self._names = (self.version, out)
+        return self._names[1]
 
     def set_running(self, symbol: str, sums: np.ndarray) -> None:
         """Carry the running sums across a restart: OBV and the session's VWAP sums after the

@@ -134,17 +134,21 @@ class FeatureEngine:
 
     RUNNING = ("obv", "vwap_pv", "vwap_v")  # the running sums: no replay of recent bars recovers them
 
-    def running(self, slots: np.ndarray) -> np.ndarray:
-        """The running sums of some slots after their last commit, (3, slots): OBV, and the
-        session's sums of price x volume and of volume behind VWAP."""
+    @property
+    def _running_rows(self) -> list[int]:
+        """The columns of `rec` holding the RUNNING sums."""
         e = 2 * len(self.config.ema)
-        return self.rec[slots][:, [e + K.R_OBV, e + K.R_VPV, e + K.R_VV]].T
+        return [e + K.R_OBV, e + K.R_VPV, e + K.R_VV]
+
+    def running(self, slots: np.ndarray) -> np.ndarray:
+        """The running sums of some slots after their last commit, (len(RUNNING), slots): OBV,
+        and the session's sums of price x volume and of volume behind VWAP."""
+        return self.rec[slots][:, self._running_rows].T
 
     def set_running(self, slot: int, sums: np.ndarray) -> None:
         """Continue a slot's running sums (as `running` gave them) after a replay of recent bars
         whose last bar is the one they were taken at."""
-        e = 2 * len(self.config.ema)
-        self.rec[slot, [e + K.R_OBV, e + K.R_VPV, e + K.R_VV]] = sums
+        self.rec[slot, self._running_rows] = sums
         self.out[self.outputs.index("obv"), slot] = sums[0]
         if sums[2] > 0:
             self.out[self.outputs.index("vwap"), slot] = sums[1] / sums[2]

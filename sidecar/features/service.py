@@ -13,7 +13,7 @@ from ..cycle.batch import Batch
 from ..symbols import SymbolInfo
 from .book import FeatureBook
 from .codec import FeatureCodec
-from .engine import FeatureConfig
+from .engine import FeatureConfig, FeatureEngine
 
 if TYPE_CHECKING:
     from ..stores import SQLiteStore
@@ -41,7 +41,7 @@ class FeatureService:
 
     def take_committed(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """The values at each bar's close since the last call: (symbols, bar opens, (n, outputs
-        + the three running sums))."""
+        + FeatureEngine.RUNNING))."""
         steps, self.committed = self.committed, []
         if not steps:
             return [], np.zeros(0, dtype=np.int64), np.zeros((0, len(self.book.outputs)))
@@ -62,7 +62,7 @@ class FeatureService:
             n = len(self.book.outputs)
             last = {s: h[-1].ts for s, h in histories.items() if h}
             for symbol, (ts, values) in (await store.features_at(list(last), self.timeframe)).items():
-                if ts == last[symbol] and len(values) == n + 3:
+                if ts == last[symbol] and len(values) == n + len(FeatureEngine.RUNNING):
                     self.book.set_running(symbol, values[n:])
         return histories
 

@@ -59,14 +59,10 @@ class AlphaVantageFetcher(HttpFetcher):
         step = timeframe_seconds(timeframe)
         now = self.source_time()
         size = "compact" if start >= now - COMPACT_BARS * step else "full"
-        query = {**params, "interval": _INTERVALS[timeframe], "outputsize": size, "datatype": "json",
-                 "apikey": self._key}
-        status, _headers, body = await self._request(f"{self.base_url}/query", query, info.symbol, timeout_s)
-        raise_for_server_error(SOURCE, info.symbol, status, body)
-        payload = decode_json(body, SOURCE, info.symbol)
+        query = {**params, "interval": _INTERVALS[timeframe], "outputsize": size, "datatype": "json"}
+        status, payload = await self._query(query, info.symbol, timeout_s)
         if not isinstance(payload, dict):
             raise ProviderError(SOURCE, info.symbol, f"HTTP {status}: unexpected body", status=status)
-        _raise_for_message(payload, info.symbol, self.clock.time())
         series = next((v for k, v in payload.items() if k.startswith("Time Series")), None)
         if not isinstance(series, dict):
             raise ProviderError(SOURCE, info.symbol, f"HTTP {status}: no time series in {sorted(payload)[:3]}",
@@ -83,8 +79,8 @@ class AlphaVantageFetcher(HttpFetcher):
     async def fetch_etf_profile(self, info: SymbolInfo, timeout_s: float | None = None) -> dict:
         """ETF_PROFILE of a fund (net assets, expense ratio as strings); a symbol that is no fund
         (an empty object) raises ProviderError 404."""
-        payload = decode_json(await self._reference({"function": "ETF_PROFILE", "symbol": info.symbol},
-                                                    info.symbol, timeout_s), SOURCE, info.symbol)
+        _status, payload = await self._query({"function": "ETF_PROFILE", "symbol": info.symbol}, info.symbol,
+                                             timeout_s)
         if not isinstance(payload, dict) or "net_assets" not in payload:
             raise ProviderError(SOURCE, info.symbol, "no ETF profile for this symbol", status=404)
         return payload
@@ -92,19 +88,23 @@ class AlphaVantageFetcher(HttpFetcher):
     async def fetch_earnings_calendar(self, horizon: str = "3month", timeout_s: float | None = None) -> str:
         """EARNINGS_CALENDAR over `horizon` for every company: the CSV text (its limits and
         errors come as JSON and are raised as for the series)."""
-        body = await self._reference({"function": "EARNINGS_CALENDAR", "horizon": horizon}, "earnings", timeout_s)
-        return body.decode("utf-8", errors="replace")
+        _status, text = await self._query({"function": "EARNINGS_CALENDAR", "horizon": horizon}, "earnings",
+                                          timeout_s, csv=True)
+        return str(text)
 
-    async def _reference(self, query: dict[str, str], label: str, timeout_s: float | None) -> bytes:
-        """A reference function's body; the JSON error and limit bodies raised."""
+    async def _query(self, query: dict[str, str], label: str, timeout_s: float | None,
+                     csv: bool = False) -> tuple[int, object]:
+        """`GET /query` with the key: (status, the decoded JSON body, or with `csv` the body's
+        text); the error and limit bodies (JSON, HTTP 200) raised as typed errors."""
         status, _headers, body = await self._request(f"{self.base_url}/query", {**query, "apikey": self._key}, label,
                                                      timeout_s)
         raise_for_server_error(SOURCE, label, status, body)
-        if body.lstrip().startswith(b"{"):
-            payload = decode_json(body, SOURCE, label)
-            if isinstance(payload, dict):
-                _raise_for_message(payload, label, self.clock.time())
-        return body
+        if csv and not body.lstrip().startswith(b"{"):
+            return status, body.decode("utf-8", errors="replace")
+        payload = decode_json(body, SOURCE, label)
+        if isinstance(payload, dict):
+            _raise_for_message(payload, label, self.clock.time())
+        return status, body.decode("utf-8", errors="replace") if csv else payload
 
 
 def _raise_for_message(payload: dict, symbol: str, now: float) -> None:

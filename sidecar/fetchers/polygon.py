@@ -74,7 +74,6 @@ class PolygonFetcher(HttpFetcher):
             raise ProviderError(SOURCE, info.symbol, f"more than {MAX_PAGES} pages", status=None)
         return bars_from_rows(info.symbol, SOURCE, timeframe, step, rows, start, end, self.source_time())
 
-
     async def fetch_ticker(self, info: SymbolInfo, timeout_s: float | None = None) -> dict:
         """`/v3/reference/tickers/{ticker}`'s `results` (ticker, name, market, type, primary
         exchange, currency); a ticker Polygon does not know raises ProviderError 404."""

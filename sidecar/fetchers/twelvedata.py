@@ -56,15 +56,9 @@ class TwelveDataFetcher(HttpFetcher):
         step = timeframe_seconds(timeframe)
         query = {"symbol": info.twelvedata, "interval": _INTERVALS[timeframe], "timezone": "UTC",
                  "start_date": _utc(start), "end_date": _utc(end - 1), "outputsize": str(MAX_OUTPUT)}
-        status, headers, body = await self._request(f"{self.base_url}/time_series", query, info.symbol, timeout_s)
-        raise_for_server_error(SOURCE, info.symbol, status, body)
-        payload = decode_json(body, SOURCE, info.symbol)
-        if not isinstance(payload, dict):
-            raise ProviderError(SOURCE, info.symbol, f"HTTP {status}: unexpected body", status=status)
-        if payload.get("status") == "error":
-            if payload.get("code") == 400 and str(payload.get("message", "")).startswith("No data is available"):
-                return FetchResult(info.symbol, SOURCE, provider_time=self.source_time())  # an empty window, not an error
-            self._raise_error(payload, info.symbol, status)
+        status, payload = await self._get("/time_series", query, info.symbol, timeout_s, empty_ok=True)
+        if payload.get("status") == "error":  # "No data is available": an empty window, not an error
+            return FetchResult(info.symbol, SOURCE, provider_time=self.source_time())
         values = payload.get("values")
         if not isinstance(values, list):
             raise ProviderError(SOURCE, info.symbol, f"HTTP {status}: no values", status=status if status >= 400 else 502)
@@ -75,7 +69,6 @@ class TwelveDataFetcher(HttpFetcher):
                          r.get("close"), r.get("volume")))  # FX and some crypto have no volume
         return bars_from_rows(info.symbol, SOURCE, timeframe, step, rows, start, end, self.source_time())
 
-
     def quote_cost(self, infos: Sequence[SymbolInfo]) -> int:
         """Credits one `fetch_quotes` costs: one per symbol."""
         return len(infos)
@@ -84,14 +77,8 @@ class TwelveDataFetcher(HttpFetcher):
         """`/quote` for all `infos` in one request: latest price (`close`), its time (`timestamp`)
         and the day's volume; a symbol with its own error entry gets no row."""
         label = f"{len(infos)} symbols"
-        status, _headers, body = await self._request(
-            f"{self.base_url}/quote", {"symbol": ",".join(i.twelvedata for i in infos)}, label, timeout_s)
-        raise_for_server_error(SOURCE, label, status, body)
-        payload = decode_json(body, SOURCE, label)
-        if not isinstance(payload, dict):
-            raise ProviderError(SOURCE, label, f"HTTP {status}: unexpected body", status=status)
-        if payload.get("status") == "error":
-            self._raise_error(payload, label, status)
+        _status, payload = await self._get("/quote", {"symbol": ",".join(i.twelvedata for i in infos)}, label,
+                                           timeout_s)
         entries = {infos[0].twelvedata: payload} if len(infos) == 1 else payload
         index, price, at, volume = [], [], [], []
         for i, info in enumerate(infos):
@@ -108,15 +95,24 @@ class TwelveDataFetcher(HttpFetcher):
     async def fetch_earnings_calendar(self, start: str, end: str, timeout_s: float | None = None) -> dict:
         """`/earnings_calendar` from `start` to `end` (YYYY-MM-DD), every company: costs
         EARNINGS_CREDITS credits."""
-        status, _headers, body = await self._request(f"{self.base_url}/earnings_calendar",
-                                                     {"start_date": start, "end_date": end}, "earnings", timeout_s)
-        raise_for_server_error(SOURCE, "earnings", status, body)
-        payload = decode_json(body, SOURCE, "earnings")
-        if not isinstance(payload, dict):
-            raise ProviderError(SOURCE, "earnings", f"HTTP {status}: unexpected body", status=status)
-        if payload.get("status") == "error":
-            self._raise_error(payload, "earnings", status)
+        _status, payload = await self._get("/earnings_calendar", {"start_date": start, "end_date": end}, "earnings",
+                                           timeout_s)
         return payload
+
+    async def _get(self, path: str, params: dict[str, str], label: str, timeout_s: float | None,
+                   empty_ok: bool = False) -> tuple[int, dict]:
+        """GET a JSON endpoint: (status, body); an error body (sent with HTTP 200 or its code)
+        raised as a typed error, except, with `empty_ok`, "No data is available" (returned)."""
+        status, _headers, body = await self._request(f"{self.base_url}{path}", params, label, timeout_s)
+        raise_for_server_error(SOURCE, label, status, body)
+        payload = decode_json(body, SOURCE, label)
+        if not isinstance(payload, dict):
+            raise ProviderError(SOURCE, label, f"HTTP {status}: unexpected body", status=status)
+        if payload.get("status") == "error" and not (
+                empty_ok and payload.get("code") == 400
+                and str(payload.get("message", "")).startswith("No data is available")):
+            self._raise_error(payload, label, status)
+        return status, payload
 
     def _raise_error(self, payload: dict, label: str, status: int) -> None:
         code = payload.get("code")

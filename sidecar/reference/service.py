@@ -87,6 +87,7 @@ class ReferenceData:
                                          "last_error": None}
         self.refreshed_at: float | None = None
         self.requests: Counter[str] = Counter()  # per source, for the health and the bench
+        self._published: set[str] = set()  # events known to be published (no SQLite read each minute)
         self._swept = False  # whether the flags of every followed symbol were cleared once
         self._stop = asyncio.Event()
 
@@ -127,9 +128,7 @@ class ReferenceData:
         while not self._stop.is_set():
             try:
                 await self.refresh([i for i in self.symbols() if self.due(i.symbol)])
-                synced = self.calendar["synced_at"]
-                if synced is None or self.clock.time() - synced >= REFRESH_S:
-                    await self.sync_earnings()  # on failure it is due again in RETRY_S
+                await self.sync_if_due()
                 await self.update_flags()
             except (SQLiteStoreError, RedisStoreError) as exc:  # tried again next minute
                 log.warning("reference data: %s", exc)
@@ -205,6 +204,12 @@ class ReferenceData:
         return [self.table[s].doc() for s in sorted(names) if kind is None or self.table[s].type == kind]
 
     # -- earnings ------------------------------------------------------------------------------
+
+    async def sync_if_due(self) -> None:
+        """Sync the calendar unless it was synced within a day (a failed sync is due again in RETRY_S)."""
+        synced = self.calendar["synced_at"]
+        if synced is None or self.clock.time() - synced >= REFRESH_S:
+            await self.sync_earnings()
 
     async def sync_earnings(self) -> bool:
         """Fetch the calendar (Alpha Vantage, else Twelve Data) and store it; False when both failed."""
@@ -289,12 +294,14 @@ class ReferenceData:
         if self.on_earnings is not None:
             self.on_earnings(days)
         published = []
-        for event in events:
+        for event in events:  # each once: remembered here, and in SQLite across restarts
             key = f"published:{event['id']}"
-            if await self.sqlite.get_meta(key) is not None:
+            if key in self._published or await self.sqlite.get_meta(key) is not None:
+                self._published.add(key)
                 continue
             await self.redis.publish_events([event])
             await self.sqlite.set_meta(key, str(now))
+            self._published.add(key)
             published.append(event)
         return published
 

@@ -67,6 +67,9 @@ CREATE TABLE IF NOT EXISTS empty_minutes (
 ) WITHOUT ROWID;
 """
 
+# A symbol's newest features row of a timeframe at or before a bar open: one step down the primary key.
+NEWEST_FEATURES = "SELECT ts, vals FROM features WHERE symbol = ? AND timeframe = ? AND ts <= ? ORDER BY ts DESC LIMIT 1"
+
 _UPSERT = """
 INSERT INTO bars (symbol, timeframe, ts, open, high, low, close, volume, source, flags)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -371,8 +374,7 @@ class SQLiteStore:
         assert self._db is not None
         out: dict[str, tuple[int, np.ndarray]] = {}
         for symbol in symbols:
-            async with self._db.execute("SELECT ts, vals FROM features WHERE symbol = ? AND timeframe = ? "
-                                        "ORDER BY ts DESC LIMIT 1", (symbol, timeframe)) as cur:
+            async with self._db.execute(NEWEST_FEATURES, (symbol, timeframe, 2**62)) as cur:
                 row = await cur.fetchone()
             if row is not None:
                 out[symbol] = (int(row[0]), np.frombuffer(row[1], dtype="<f8"))
