@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from . import actions
 from .bars import timeframe_seconds
 from .clock import Clock
 from .errors import FetchError, SQLiteStoreError
@@ -50,6 +51,7 @@ class BootstrapReport:
     skipped: int = 0  # done by an earlier run
     failed: int = 0
     rows: dict[str, int] = field(default_factory=dict)  # by timeframe
+    actions: set[tuple[str, int, str]] = field(default_factory=set)  # dividends and splits reported with the bars
     seconds: float = 0.0
 
 
@@ -75,13 +77,17 @@ class Bootstrapper:
         self.progress: dict[str, tuple[int, int]] = {}  # symbol -> (windows done, windows planned)
         self.running = False
 
-    def plan(self, days: float) -> list[Window]:
-        """Windows covering the last `days`, newest at the finest timeframe."""
+    def plan(self, days: float, timeframes: Sequence[str] | None = None) -> list[Window]:
+        """Windows covering the last `days`: by default each age at the finest timeframe the
+        source serves there (1m for the last 30 days, 5m before, ...); with `timeframes`, each
+        of those (that the source serves) over the whole period, as far back as it reaches."""
         now = int(self.clock.time())
         oldest = now - int(days * 86400)
         windows: list[Window] = []
         newer_edge = now + 60  # exclusive end of the finest segment: includes the current minute
         for timeframe, (max_age, size) in self.reach.items():
+            if timeframes is not None and timeframe not in timeframes:
+                continue
             step = timeframe_seconds(timeframe)
             seg_start = max(oldest, now - max_age) // step * step
             seg_end = -(-newer_edge // step) * step
@@ -89,9 +95,10 @@ class Bootstrapper:
                 continue
             for cell in range((seg_end - 1) // size * size, seg_start - size, -size):  # newest first
                 windows.append(Window(timeframe, cell, max(seg_start, cell), min(seg_end, cell + size)))
-            newer_edge = seg_start
-            if seg_start <= oldest:
-                break
+            if timeframes is None:  # the next, coarser timeframe covers what is older
+                newer_edge = seg_start
+                if seg_start <= oldest:
+                    break
         return windows
 
     def health(self) -> dict[str, object]:
@@ -99,11 +106,13 @@ class Bootstrapper:
         return {"running": self.running,
                 "progress": {sym: {"windows_done": d, "windows": n} for sym, (d, n) in self.progress.items()}}
 
-    async def run(self, infos: Sequence[SymbolInfo], days: float) -> BootstrapReport:
-        """Bootstrap these symbols (resuming any earlier run) and return what was done."""
+    async def run(self, infos: Sequence[SymbolInfo], days: float,
+                  timeframes: Sequence[str] | None = None) -> BootstrapReport:
+        """Bootstrap these symbols (resuming any earlier run) and return what was done;
+        `timeframes` as for `plan`."""
         t0 = time.perf_counter()
         report = BootstrapReport(symbols=len(infos))
-        plan = self.plan(days)
+        plan = self.plan(days, timeframes)
         gate = asyncio.Semaphore(self.concurrency)
         self.running = True
         try:
@@ -138,6 +147,7 @@ class Bootstrapper:
                 bars = [b for b in result.bars if not b.forming and self.validator.check(b, now, info.asset_class) is None]
                 self.sqlite.add(bars)
                 try:
+                    await actions.store(self.sqlite, info.symbol, result.source, result.actions)
                     await self.sqlite.flush()  # committed before the window counts as done
                     await self.sqlite.mark_bootstrapped(info.symbol, w.timeframe, w.cell, w.end)
                 except SQLiteStoreError as exc:  # the bars stay buffered; the window is fetched again next run
@@ -146,6 +156,7 @@ class Bootstrapper:
                               w.end, exc)
                     continue
                 report.windows += 1
+                report.actions.update((info.symbol, ts, kind) for ts, kind, _ in result.actions)
                 report.rows[w.timeframe] = report.rows.get(w.timeframe, 0) + len(bars)
                 finished += 1
                 self.progress[info.symbol] = (finished, len(plan))

@@ -2,13 +2,16 @@
 
     python -m sidecar run [--symbols A,B] [--universe U]... [--http-port N]   the daemon, until SIGINT/SIGTERM
     python -m sidecar bootstrap [--symbols A,B] [--universe U]... [--days N]  fetch history (resumes a cut-off run)
+    python -m sidecar history [--symbols A,B] [--universe U]... [--timeframes 1d,1h,5m,1m] [--years N | --days N]
+                                                                               each timeframe as far back as its source
+                                                                               serves it, with dividends and splits
     python -m sidecar backfill [--symbols A,B] [--universe U]... [--days N]   find gaps against the calendar, fill them
     python -m sidecar status [--symbols A,B] [--universe U]... [--days N]     what is stored, per symbol, as JSON
     python -m sidecar symbols [--symbols A,B] [--universe U]... [--type etf] [--refresh]
                                                                                the symbols table (type, name, fund size), as JSON
     python -m sidecar earnings [--symbols A,B] [--universe U]... [--days N]   releases ahead (synced when due), as JSON
     python -m sidecar export --out DIR [--symbols A,B] [--universe U]... [--timeframes 1h,1d] [--start D] [--end D]
-                             [--features] [--verify-no-lookahead]             a Parquet training set, JSON summary
+                             [--features] [--adjusted] [--verify-no-lookahead]  a Parquet training set, JSON summary
     python -m sidecar universes                                                every universe and its symbols, as JSON
     python -m sidecar settings [--markdown]                                    every setting with its default
 
@@ -36,6 +39,7 @@ from . import universes
 from .errors import SettingsError, SymbolError
 from .reference import parse_type
 from .settings import Settings, render_env_example, render_markdown
+from .timeframes import parse_timeframes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--symbols", help="comma-separated symbols (default: SIDECAR_SYMBOLS)")
         cmd.add_argument("--days", type=float, help="how many days back (default: the matching setting)")
         _universe_flag(cmd)
+    hist = sub.add_parser("history", help="fetch each timeframe as far back as its source serves it (within "
+                                          "--years/--days), with dividends and splits; resumes a cut-off run")
+    hist.add_argument("--symbols", help="comma-separated symbols (default: SIDECAR_SYMBOLS)")
+    hist.add_argument("--timeframes", default="1d,1h,5m,1m", help="comma-separated timeframes (default: 1d,1h,5m,1m)")
+    span = hist.add_mutually_exclusive_group()
+    span.add_argument("--years", type=float, help="at most this many years back (default: each source's reach)")
+    span.add_argument("--days", type=float, help="at most this many days back")
+    _universe_flag(hist)
     symbols = sub.add_parser("symbols", help="print the symbols table for the symbols (fetched when missing or "
                                              "a day old) as JSON")
     symbols.add_argument("--symbols", help="comma-separated symbols (default: SIDECAR_SYMBOLS)")
@@ -71,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--start", help="first bar open, YYYY-MM-DD or ISO-8601, UTC (default: the first stored)")
     exp.add_argument("--end", help="bars opening before this, as --start (default: now)")
     exp.add_argument("--features", action="store_true", help="add every indicator output and `warm`")
+    exp.add_argument("--adjusted", action="store_true",
+                     help="add the bars adjusted for the stored dividends and splits (adj_* columns)")
     exp.add_argument("--verify-no-lookahead", action="store_true",
                      help="also prove on the first symbols that no feature reads a later bar")
     _universe_flag(exp)
@@ -104,13 +118,16 @@ async def _with_parts(settings: Settings, work: Callable[[Any], Awaitable[dict]]
         await sc.redis.close()
 
 
-async def _bootstrap(sc: Any, days: float) -> dict:
+async def _bootstrap(sc: Any, days: float, timeframes: tuple[str, ...] | None = None) -> dict:
+    """The bootstrap (or with `timeframes`, the history load): windows fetched through the
+    guarded sources, then the higher timeframes rebuilt from what came in."""
     boot = sc.bootstrapper
     requests = sc.metrics.by_label("sidecar_fetch_seconds_count", "source")
-    task = asyncio.create_task(boot.run(sc.infos, days))
+    task = asyncio.create_task(boot.run(sc.infos, days, timeframes))
     if sys.stderr.isatty():  # a progress bar for a person; the JSON summary stays on stdout
-        with tqdm(total=len(sc.infos) * len(boot.plan(days)), unit="window", file=sys.stderr,
-                  desc=f"bootstrap {len(sc.infos)} symbols, {days:g} days") as bar:
+        what = "history" if timeframes else "bootstrap"
+        with tqdm(total=len(sc.infos) * len(boot.plan(days, timeframes)), unit="window", file=sys.stderr,
+                  desc=f"{what} of {len(sc.infos)} symbols, {days:g} days") as bar:
             while not task.done():
                 await asyncio.wait({task}, timeout=0.2)
                 bar.update(sum(done for done, _ in boot.progress.values()) - bar.n)
@@ -120,9 +137,23 @@ async def _bootstrap(sc: Any, days: float) -> dict:
     made = {k: v - requests.get(k, 0.0) for k, v in sc.metrics.by_label("sidecar_fetch_seconds_count", "source").items()}
     rows = sum(report.rows.values())
     return {"symbols": report.symbols, "windows_fetched": report.windows, "windows_already_done": report.skipped,
-            "windows_failed": report.failed, "rows": report.rows, "requests": {k: int(v) for k, v in made.items() if v},
+            "windows_failed": report.failed, "rows": report.rows, "actions": len(report.actions),
+            "requests": {k: int(v) for k, v in made.items() if v},
             "seconds": round(report.seconds, 2), "rows_per_second": round(rows / max(report.seconds, 1e-9)),
             "reaggregation_seconds": round(time.perf_counter() - t0, 2)}
+
+
+async def _history(sc: Any, timeframes: tuple[str, ...], days: float | None) -> dict:
+    """Each timeframe the first source serves, as far back as it does (within `days`); the
+    others are built from finer bars afterwards."""
+    reach = sc.bootstrapper.reach
+    served = tuple(tf for tf in timeframes if tf in reach)
+    if not served:
+        raise ValueError(f"no timeframe of {','.join(timeframes)} is served as history; served: {','.join(reach)}")
+    deepest = max(reach[tf][0] for tf in served) / 86400
+    summary = await _bootstrap(sc, deepest if days is None else min(days, deepest), served)
+    return {**summary, "timeframes": list(served), "built_from_finer_bars": [tf for tf in timeframes if tf not in reach],
+            "reach_days": {tf: round(reach[tf][0] / 86400, 1) for tf in served}}
 
 
 async def _backfill(sc: Any, days: float) -> dict:
@@ -160,14 +191,13 @@ async def _earnings(sc: Any, days: int) -> dict:
 
 def _export(settings: Settings, args: argparse.Namespace) -> dict:
     from . import dataset
-    from .timeframes import parse_timeframes
 
     timeframes = parse_timeframes(args.timeframes) if args.timeframes else settings.timeframes
     start = dataset.parse_time(args.start) if args.start else 0
     end = dataset.parse_time(args.end) if args.end else int(time.time()) + 1
     bar = tqdm(total=len(timeframes), unit="timeframe", file=sys.stderr) if sys.stderr.isatty() else None
     report = dataset.export(settings.db_path, Path(args.out), settings.symbols, timeframes, start, end,
-                            features=args.features, config=settings.feature_periods)
+                            features=args.features, adjusted=args.adjusted, config=settings.feature_periods)
     if bar is not None:
         bar.update(len(timeframes))
         bar.close()
@@ -227,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
                 job = lambda sc: _earnings(sc, args.days if args.days is not None else settings.earnings_days)  # noqa: E731
             sys.stdout.write(orjson.dumps(uvloop.run(_with_parts(settings, job)), option=orjson.OPT_INDENT_2).decode()
                              + "\n")
+            return 0
+        if args.command == "history":
+            timeframes = parse_timeframes(args.timeframes, with_base=False)
+            span = args.years * 365.25 if args.years is not None else args.days
+            result = uvloop.run(_with_parts(settings, lambda sc: _history(sc, timeframes, span)))
+            sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
             return 0
         days = args.days if args.days is not None else {
             "bootstrap": settings.bootstrap_days, "backfill": settings.gap_scan_days, "status": settings.gap_scan_days,

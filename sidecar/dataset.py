@@ -9,7 +9,10 @@ features one float64 column per output named as in `/features` (NaN while warmin
 long-run value to 1e-9; `FeatureConfig.warmups`), and `origin_ts`: the first stored bar the
 features were replayed from (VWAP restarts each session; OBV is a running sum from there,
 shifted onto the OBV the daemon published where the features table has it, since the daemon's
-sum may have begun later: `anchor_obv`).
+sum may have begun later: `anchor_obv`). With the adjusted view: `adj_open`, `adj_high`,
+`adj_low`, `adj_close`, `adj_volume` and `adj_factor` (float64), the bars under the dividends
+and splits stored up to the export's end (`actions.py`); the features stay those of the bars
+as traded, which is what the daemon computes live.
 
 Features come from the daemon's own engine (`FeatureBook`), replaying each symbol's stored bars
 in time order from its first one, vectorized across symbols by bar index: never a second
@@ -29,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from . import actions
 from .features.book import FeatureBook
 from .features.config import FeatureConfig
 from .features.engine import FeatureEngine
@@ -161,16 +165,20 @@ class ExportReport:
 
 
 def export(db: Path, out: Path, symbols: Sequence[str], timeframes: Sequence[str], start: int, end: int, *,
-           features: bool = False, config: FeatureConfig | None = None, chunk: int = 500) -> ExportReport:
+           features: bool = False, adjusted: bool = False, config: FeatureConfig | None = None,
+           chunk: int = 500) -> ExportReport:
     """Write the bars (and features) of [start, end) as the Parquet dataset described above;
-    features are replayed from each symbol's first stored bar, whatever `start` is. A
-    partition written again replaces the old one.
+    features are replayed from each symbol's first stored bar, whatever `start` is. With
+    `adjusted`, the adjusted view as of `end` too (the `adj_*` columns). A partition written
+    again replaces the old one.
 
     `chunk` symbols at a time, as a pipeline on two threads: while one chunk's features are
     computed, the next is read (ADBC) and the previous one written (pyarrow); both release
     the interpreter, so the two cores overlap the three stages."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
+    if not Path(db).is_file():
+        raise ValueError(f"SIDECAR_DB_PATH: no database at {db}")
     for tf in timeframes:
         if tf not in ALL_TIMEFRAMES:
             raise ValueError(f"unknown timeframe {tf!r}; known: {', '.join(ALL_TIMEFRAMES)}")
@@ -200,7 +208,7 @@ def export(db: Path, out: Path, symbols: Sequence[str], timeframes: Sequence[str
             report.stages["read"] += seconds
             pending = pool.submit(read, jobs[k + 1]) if k + 1 < len(jobs) else None
             t0 = time.perf_counter()
-            table, written = _table(db, series, tf, start, config if features else None)
+            table, written = _table(db, series, tf, start, config if features else None, end if adjusted else None)
             report.stages["features"] += time.perf_counter() - t0
             if writing is not None:
                 writing.result()
@@ -213,9 +221,11 @@ def export(db: Path, out: Path, symbols: Sequence[str], timeframes: Sequence[str
     return report
 
 
-def _table(db: Path, series: Series, tf: str, start: int, config: FeatureConfig | None) -> tuple[Any, int]:
-    """One chunk's rows of [start, …) as an Arrow table (features when `config`), and the
-    number of symbols in it; (None, 0) when it has none."""
+def _table(db: Path, series: Series, tf: str, start: int, config: FeatureConfig | None,
+           adjusted_at: int | None = None) -> tuple[Any, int]:
+    """One chunk's rows of [start, …) as an Arrow table (features when `config`, the adjusted
+    view as of `adjusted_at` when given), and the number of symbols in it; (None, 0) when it
+    has none."""
     import pyarrow as pa
 
     keep = series.ts >= start
@@ -235,11 +245,24 @@ def _table(db: Path, series: Series, tf: str, start: int, config: FeatureConfig 
         anchor_obv(db, series, tf, values, config)
         cols.update({name: values[j] for j, name in enumerate(config.outputs)})
         cols["warm"] = warm_rows(series, config)
+    if adjusted_at is not None:
+        cols.update(_adjusted(db, series, adjusted_at))
     cols["origin_ts"] = pa.array(series.ts[series.offsets[:-1]][owner], type=pa.timestamp("s", tz="UTC"))
     table = pa.table(cols)
     if not keep.all():
         table = table.filter(pa.array(keep))
     return table, len(np.unique(owner[keep]))
+
+
+def _adjusted(db: Path, series: Series, at: int) -> dict[str, np.ndarray]:
+    """The adjusted view's columns: prices and volume under the actions dated before `at`."""
+    price, volume = np.ones(len(series.ts)), np.ones(len(series.ts))
+    stored = actions.load(db, series.symbols, at)
+    for k, sym in enumerate(series.symbols):
+        rows = series.rows(k)
+        price[rows], volume[rows] = actions.factors(series.ts[rows], series.values[3, rows], stored[sym])
+    cols = {f"adj_{name}": series.values[j] * price for j, name in enumerate(BAR_COLUMNS[:4])}
+    return {**cols, "adj_volume": series.values[4] * volume, "adj_factor": price}
 
 
 def _write(table: Any, out: Path, partitions: int) -> None:

@@ -301,7 +301,8 @@ async def fetch_history(sources: Sequence[GuardedSource], info: SymbolInfo, time
             if len(parts) == 1:
                 return parts[0]
             return FetchResult(info.symbol, g.name, [b for p in parts for b in p.bars],
-                               provider_time=min(p.provider_time for p in parts))
+                               provider_time=min(p.provider_time for p in parts),
+                               actions=sorted({a for p in parts for a in p.actions}))
         except FetchError as exc:
             error = exc
             if isinstance(exc, ProviderError) and exc.status is not None and 400 <= exc.status < 500 \

@@ -57,13 +57,14 @@ DEFAULT_DAY_STARTS: dict[AssetClass, DayStart] = {
 }
 
 
-def parse_timeframes(raw: str) -> tuple[str, ...]:
-    """`1m,5m,1h` -> the timeframes, finest first, 1m always included; ValueError otherwise."""
+def parse_timeframes(raw: str, with_base: bool = True) -> tuple[str, ...]:
+    """`1m,5m,1h` -> the timeframes, finest first, 1m included unless not `with_base`;
+    ValueError otherwise."""
     names = [n.strip() for n in raw.split(",") if n.strip()]
     bad = [n for n in names if n not in TIMEFRAMES]
-    if bad:
-        raise ValueError(f"unknown timeframe {bad[0]!r}: expected some of {', '.join(ALL)}")
-    return tuple(tf for tf in ALL if tf in names or tf == BASE)
+    if bad or not names:
+        raise ValueError(f"unknown timeframe {bad[0] if bad else raw!r}: expected some of {', '.join(ALL)}")
+    return tuple(tf for tf in ALL if tf in names or (with_base and tf == BASE))
 
 
 def parse_day_starts(raw: str) -> tuple[tuple[str, str], ...]:

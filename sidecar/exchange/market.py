@@ -2,11 +2,16 @@
 (seed, symbol, time), so any window can be recomputed exactly, and truth never drifts.
 
 Model, per symbol:
-- daily closes are a geometric random walk from a fixed epoch (2024-01-01);
+- daily closes are a geometric random walk from a fixed epoch (2024-01-01), forwards and,
+  with its own draws, backwards, so decades of daily history exist;
 - each UTC day's 1440 minute closes are a Brownian bridge between two daily closes;
-- each minute's 60 one-second trades are a bridge from the previous minute's close to this
-  one's, so a forming bar at second s aggregates trades 0..s, and a quote at second s shows
-  trade s: a bar built from quotes sampled every second equals the chart's bar;
+- each minute's 60 one-second trades follow a path from the previous minute's close to this
+  one's through two excursions (piecewise linear in log price between four knots: seconds 0,
+  a, b and 59), so a forming bar at second s aggregates trades 0..s, a quote at second s shows
+  trade s, and a bar built from quotes sampled every second equals the chart's bar. A
+  minute's high and low lie on its knots, so years of bars cost a few draws per minute;
+- a split divides every price from its ex-date on (and multiplies volume): prices are as
+  traded; dividends (`actions.py`) do not move them;
 - a minute's volume follows an intraday profile (U-shaped for equities, none for FX) with
   noise, spread evenly over its seconds; a quote shows the UTC day's volume so far;
 - some trading minutes have no trades: Yahoo shows those as nulls or leaves them out.
@@ -125,6 +130,26 @@ class _QuoteTable:
     last_volume: np.ndarray
 
 
+@dataclass(slots=True)
+class _Path:
+    """Each row's minute of trades: log prices at four knot seconds, linear between them."""
+
+    secs: np.ndarray  # (n, 4) knot seconds: 0, a, b, 59
+    vals: np.ndarray  # (n, 4) log prices at the knots
+    scale: np.ndarray  # (n,) 10 ** decimals: prices are rounded to the tick
+    volume: np.ndarray  # (n,) the minute's volume
+
+    def prices(self, s: np.ndarray) -> np.ndarray:
+        """Trade prices at seconds `s` ((n, k), or (1, k) for the same seconds in every row)."""
+        s = np.broadcast_to(s, (len(self.secs), np.shape(s)[1])).astype(np.float64)
+        logp = np.full(s.shape, np.nan)
+        for j in range(3):  # the segment between knots j and j+1 holds the seconds in [s0, s1]
+            s0, s1 = self.secs[:, j:j + 1], self.secs[:, j + 1:j + 2]
+            v0, v1 = self.vals[:, j:j + 1], self.vals[:, j + 1:j + 2]
+            logp = np.where((s >= s0) & (s <= s1), v0 + (s - s0) / (s1 - s0) * (v1 - v0), logp)
+        return np.round(np.exp(logp) * self.scale[:, None]) / self.scale[:, None]
+
+
 class Market:
     """The simulated market for any Yahoo-style symbol, deterministic for a seed.
 
@@ -139,7 +164,8 @@ class Market:
         self.seed = seed
         self.always_open = always_open
         self.day_offset_s = dict(day_offset_s or {})
-        self._daily = lru_cache(maxsize=65536)(self._daily_closes)
+        self._daily = lru_cache(maxsize=4096)(self._daily_closes)
+        self.extra_splits: dict[str, list[tuple[int, float]]] = {}  # splits set through the admin API
         self._minutes = lru_cache(maxsize=65536)(self._minute_closes)
         self._day_volumes = lru_cache(maxsize=32768)(self._day_volume)
         self._quote_table = lru_cache(maxsize=256)(self._minute_table)
@@ -166,13 +192,14 @@ class Market:
         asset_class = self.profile(symbol).asset_class
         return sessions.regular_period(asset_class, now, self.day_offset_s.get(asset_class, 0), self.always_open)
 
-    def _daily_closes(self, symbol: str, upto_day: int) -> np.ndarray:
+    def _daily_closes(self, symbol: str, upto: int, salt: str) -> np.ndarray:
+        """Log closes of the walk's first `upto` days away from the epoch, forwards ("day") or
+        backwards ("back"); the epoch day's close is the symbol's start level."""
         p = self.profile(symbol)
-        n = max(upto_day - EPOCH_DAY + 1, 1)
-        z = normal(_key(self.seed, symbol, "day"), np.arange(n))
+        n = max(upto, 1)
+        steps = normal(_key(self.seed, symbol, salt), np.arange(n)) * p.daily_vol
         # A mild pull towards the start level (level_i = 0.99 level_i-1 + step_i) keeps
         # years-long walks in a sensible range; solved in closed form per block.
-        steps = z * p.daily_vol
         logp = np.empty(n)
         level = 0.0
         for b in range(0, n, 256):  # blocks keep 0.99**-k far from overflow
@@ -182,11 +209,17 @@ class Market:
             level = logp[b + len(chunk) - 1]
         return np.log(p.price) + logp
 
+    def day_close(self, symbol: str, day: int) -> float:
+        """The log close of UTC day `day` of the walk."""
+        if day >= EPOCH_DAY:
+            k = day - EPOCH_DAY  # forwards: day EPOCH_DAY is the first step
+            return float(self._daily(symbol, (k // 256 + 1) * 256, "day")[k])
+        k = EPOCH_DAY - 1 - day  # backwards: the day before the epoch is the first step back
+        return float(self._daily(symbol, (k // 256 + 1) * 256, "back")[k])
+
     def _minute_closes(self, symbol: str, day: int) -> np.ndarray:
         """Log close of each minute of a UTC day (index 0 = 00:00-00:01), plus the day's open."""
-        daily = self._daily(symbol, (day // 256 + 1) * 256)  # cache by blocks of days
-        start = daily[day - EPOCH_DAY - 1] if day > EPOCH_DAY else daily[0]
-        end = daily[day - EPOCH_DAY]
+        start, end = self.day_close(symbol, day - 1), self.day_close(symbol, day)
         p = self.profile(symbol)
         sigma = p.daily_vol / np.sqrt(MINUTES)
         w = np.cumsum(normal(_key(self.seed, symbol, "min"), day * MINUTES + np.arange(MINUTES))) * sigma
@@ -201,43 +234,71 @@ class Market:
         """
         ts = np.asarray(ts, dtype=np.int64)
         n = len(ts)
-        prices, cumvol = self._seconds([symbol] * n, ts) if n else (np.empty((0, 60)), np.empty((0, 60)))
+        path = self._path([symbol] * n, ts)
         upto = np.full(n, 59) if upto_second is None else np.asarray(upto_second, dtype=np.int64)
-        live = np.arange(60)[None, :] <= upto[:, None]
-        rows = np.arange(n)
-        traded = self._traded(symbol, ts)
+        at = path.prices(upto[:, None])[:, 0]
+        knots = path.prices(path.secs)
+        live = path.secs <= upto[:, None]
         return MinuteBars(
-            ts=ts, open=prices[:, 0], high=np.where(live, prices, -np.inf).max(axis=1, initial=-np.inf),
-            low=np.where(live, prices, np.inf).min(axis=1, initial=np.inf), close=prices[rows, upto],
-            volume=cumvol[rows, upto], traded=traded,
+            ts=ts, open=knots[:, 0] if n else np.empty(0),
+            high=np.maximum(np.where(live, knots, -np.inf).max(axis=1, initial=-np.inf), at),
+            low=np.minimum(np.where(live, knots, np.inf).min(axis=1, initial=np.inf), at), close=at,
+            volume=np.floor(path.volume * (upto + 1) / 60.0), traded=self._traded(symbol, ts),
         )
 
-    def _seconds(self, symbols: list[str], ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Prices of the 60 one-second trades of minute ts[i] of symbols[i], and the volume
-        traded up to and including each second (rows: one per (symbol, minute) pair)."""
+    def _path(self, symbols: list[str], ts: np.ndarray) -> _Path:
+        """The trade path of minute ts[i] of symbols[i] (rows: one per (symbol, minute) pair)."""
         n = len(ts)
         log_open, log_close, sigma, scale = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
+        split = np.ones(n)
         key_sec = np.empty(n, dtype=np.uint64)
         day, idx = ts // DAY, (ts % DAY) // 60
         for symbol, rows in self._group(symbols):
             p = self.profile(symbol)
             sigma[rows], scale[rows] = p.daily_vol / np.sqrt(MINUTES * 60), 10.0 ** p.decimals
             key_sec[rows] = self._keys(symbol)[0]
+            split[rows] = self.split_factor(symbol, ts[rows])
             sym_days = day[rows]
             for d in np.unique(sym_days).tolist():
                 sel = rows[sym_days == d]
                 mc = self._minutes(symbol, d)
                 log_open[sel], log_close[sel] = mc[idx[sel]], mc[idx[sel] + 1]
-        # 60 one-second trades per minute: a bridge from the previous close to this close.
-        counters = ts[:, None] + np.arange(60)[None, :]
-        w = np.cumsum(normal(key_sec[:, None], counters), axis=1) * sigma[:, None]
-        frac = np.arange(1, 61)[None, :] / 60.0
-        logp = log_open[:, None] + frac * (log_close - log_open)[:, None] + (w - frac * w[:, -1:])
-        prices = np.round(np.exp(logp) * scale[:, None]) / scale[:, None]
-        # A minute's volume is spread evenly over its seconds, so that the volume up to any
-        # second (what a quote's cumulative day volume shows) is cheap to compute.
-        cumvol = np.floor(self._minute_volume(symbols, ts)[:, None] * np.arange(1, 61)[None, :] / 60.0)
-        return prices, cumvol
+        # Knots: the first trade one step from the last close, two excursions at seconds a (1-29)
+        # and b (30-58), scaled like a bridge's spread there, and the close at second 59.
+        z = normal(key_sec[:, None], ts[:, None] + np.arange(3)[None, :]) if n else np.empty((0, 3))
+        u = uniform(key_sec[:, None] ^ np.uint64(0x2545F4914F6CDD1D), ts[:, None] + np.arange(2)[None, :]) if n \
+            else np.empty((0, 2))
+        a, b = 1 + np.floor(u[:, 0] * 29), 30 + np.floor(u[:, 1] * 29)
+        secs = np.stack([np.zeros(n), a, b, np.full(n, 59.0)], axis=1)
+        drift = log_close - log_open
+        vals = np.stack([log_open + sigma * z[:, 0],
+                         log_open + a / 59 * drift + sigma * np.sqrt(np.minimum(a, 59 - a)) * z[:, 1],
+                         log_open + b / 59 * drift + sigma * np.sqrt(np.minimum(b, 59 - b)) * z[:, 2],
+                         log_close], axis=1) - np.log(split)[:, None]
+        return _Path(secs, vals, scale, np.floor(self._minute_volume(symbols, ts) * split))
+
+    def split_factor(self, symbol: str, ts: np.ndarray) -> np.ndarray:
+        """How many shares of each bar's time one share of the walk's start is (1 before any split)."""
+        out = np.ones(len(ts))
+        for when, ratio in self.splits(symbol):
+            out[ts >= when] *= ratio
+        return out
+
+    def splits(self, symbol: str) -> list[tuple[int, float]]:
+        """The symbol's splits: (ex-date session open, new shares per old share), oldest first.
+        One equity in twenty split once between 2015 and mid-2025 (2, 3 or 4 for 1); the admin
+        API adds more."""
+        seeded = self._seeded_split(symbol)
+        return sorted([*seeded, *self.extra_splits.get(symbol, [])])
+
+    @lru_cache(maxsize=65536)  # noqa: B019  # one Market per exchange, for its whole life
+    def _seeded_split(self, symbol: str) -> tuple[tuple[int, float], ...]:
+        if self.profile(symbol).asset_class is not AssetClass.EQUITY:
+            return ()
+        u = uniform(_key(self.seed, symbol, "split"), np.arange(3))
+        if u[0] >= 0.05:
+            return ()
+        return ((sessions.first_session_open(16436 + int(u[1] * 3800)), float(2 + int(u[2] * 3))),)
 
     def _group(self, symbols: list[str]) -> list[tuple[str, np.ndarray]]:
         """Row indices per distinct symbol, in first-seen order."""
@@ -293,13 +354,15 @@ class Market:
         keys = np.array([self._keys(s)[2] for s in names], dtype=np.uint64)
         missing = np.array([self.profile(s).missing for s in names])
         live = (uniform(keys, ts) >= missing) & self._trading_many(names, minute)
-        prices, cumvol = self._seconds(names, ts)
+        path = self._path(names, ts)
+        prices = path.prices(np.arange(60)[None, :])
+        cumvol = np.floor(path.volume[:, None] * np.arange(1, 61)[None, :] / 60.0)
         day, j = minute // DAY, (minute % DAY) // 60
         before = np.array([self._day_volumes(s, day)[j] for s in names])
         last_price, last_time, last_volume = np.zeros(len(names)), np.zeros(len(names), dtype=np.int64), \
             np.zeros(len(names))
         for i in np.flatnonzero(~live).tolist():
-            last_price[i], last_time[i], last_volume[i] = self._last_trade(names[i], minute)
+            last_price[i], last_time[i], last_volume[i] = self.last_trade(names[i], minute)
         return _QuoteTable(live, prices, cumvol, before, last_price, last_time, last_volume)
 
     def _trading_many(self, symbols: list[str], minute: int) -> np.ndarray:
@@ -313,7 +376,7 @@ class Market:
         """Mask of minutes with trades (the market may still be closed then: see `trading`)."""
         return uniform(self._keys(symbol)[2], ts) >= self.profile(symbol).missing
 
-    def _last_trade(self, symbol: str, before: int) -> tuple[float, int, float]:
+    def last_trade(self, symbol: str, before: int) -> tuple[float, int, float]:
         """The newest trade before minute `before`: its price, second, and day volume then."""
         for back in range(0, 7):  # a closed market: look back over a long weekend
             day = before // DAY - back

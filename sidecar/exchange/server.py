@@ -22,15 +22,18 @@ from aiohttp import web
 
 from ..clock import Clock, SystemClock
 from ..symbols import AssetClass
+from . import actions
 from .ledger import BAR_FAULTS, META_FAULTS, QUOTE_ENDPOINT, QUOTE_FAULTS, RESPONSE_FAULTS, Ledger
 from .market import Market, MinuteBars
 from .providers import Limits, ProviderEndpoints
 from .reference import Reference
 from .reference_api import ReferenceEndpoints
+from .sessions import DAY
 
 YAHOO_INTERVALS = ("1m", "2m", "5m", "15m", "30m", "60m", "90m", "1h", "1d", "5d", "1wk", "1mo", "3mo")
-_SERVED_INTERVALS = {"1m": 60, "2m": 120, "5m": 300, "15m": 900, "30m": 1800, "60m": 3600, "90m": 5400, "1h": 3600}
-_HOW_FAR_BACK_DAYS = {"1m": 30, "1h": 730, "60m": 730}  # others: 60 days
+_SERVED_INTERVALS = {"1m": 60, "2m": 120, "5m": 300, "15m": 900, "30m": 1800, "60m": 3600, "90m": 5400, "1h": 3600,
+                     "1d": DAY}
+_HOW_FAR_BACK_DAYS = {"1m": 30, "1h": 730, "60m": 730, "1d": 100 * 365}  # others: 60 days
 _RANGE_UNITS = {"d": 86400, "mo": 30 * 86400, "y": 365 * 86400}
 _YAHOO_SYMBOL = re.compile(r"^\^?[A-Z0-9][A-Z0-9.\-]{0,14}(=X|=F)?$")
 
@@ -98,6 +101,8 @@ class Exchange:
         self.reference = Reference(market.seed)
         self.providers.reference = ReferenceEndpoints(self.reference, self.providers, self._yahoo_auth)
         self.providers.reference.mount(self.app)
+        self.actions = actions.Actions(market, self.clock)
+        actions.mount(self.app, self.actions)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on host:port (0 picks a free port); return the base URL."""
@@ -200,7 +205,8 @@ class Exchange:
                                 f"The requested range must be within the last {days_back} days.")
         bare = self.ledger.take(symbol, META_FAULTS) is not None
         body = self._chart_body(symbol, interval, step, start, end, now, range_name,
-                                fault=self.ledger.take(symbol, BAR_FAULTS), bare=bare)
+                                fault=self.ledger.take(symbol, BAR_FAULTS), bare=bare,
+                                events=frozenset(q.get("events", "").split(",")))
         if fault == "malformed_json":
             body = body[: len(body) // 2]
         return web.Response(body=body, content_type="application/json")
@@ -222,7 +228,7 @@ class Exchange:
         return now - int(match[1]) * _RANGE_UNITS[match[2]], now + 1, rng
 
     def _chart_body(self, symbol: str, interval: str, step: int, start: int, end: int, now: int,
-                    range_name: str, fault: str | None, bare: bool = False) -> bytes:
+                    range_name: str, fault: str | None, bare: bool = False, events: frozenset[str] = frozenset()) -> bytes:
         m = self.market
         profile = m.profile(symbol)
         ts = np.arange(-(-start // 60) * 60, end, 60, dtype=np.int64)
@@ -281,10 +287,18 @@ class Exchange:
             del meta["currentTradingPeriod"], meta["regularMarketTime"]
         result: dict[str, object] = {"meta": meta}
         if rows["ts"]:
-            result["timestamp"] = rows.pop("ts")
+            stamps = rows.pop("ts")
+            result["timestamp"] = stamps
             result["indicators"] = {"quote": [rows]}
+            if step >= DAY:  # Yahoo's adjusted close comes with daily bars only
+                factor = self.actions.adjustment(symbol, np.array(stamps), now).tolist()
+                result["indicators"]["adjclose"] = [{"adjclose": [  # type: ignore[index]
+                    None if c is None else c * f for c, f in zip(rows["close"], factor, strict=True)]}]
         else:
             result["indicators"] = {"quote": [{}]}
+        happened = self.actions.events(symbol, start, min(end, now + 1)) if events & {"div", "split", "splits"} else {}
+        if happened:
+            result["events"] = {k: v for k, v in happened.items() if k[:3] in {e[:3] for e in events}}
         body = orjson.dumps({"chart": {"result": [result], "error": None}})
         return body.replace(repr(_NAN_MARK).encode(), b"NaN")
 
@@ -303,7 +317,7 @@ class Exchange:
     def _rows_aggregated(bars: MinuteBars, step: int, anchors: np.ndarray) -> dict[str, list]:
         traded = bars.traded
         b, anchors = bars.select(traded), anchors[traded]
-        buckets = anchors + (b.ts - anchors) // step * step
+        buckets = anchors if step >= DAY else anchors + (b.ts - anchors) // step * step  # a day: its start
         starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]]) if len(b) else np.array([], dtype=int)
         ends = np.r_[starts[1:], len(b)] if len(b) else starts
         return {
@@ -317,9 +331,18 @@ class Exchange:
 
     def _anchors(self, symbol: str, ts: np.ndarray, step: int) -> np.ndarray:
         """Where each minute's bucket grid starts: Yahoo's hourly (and longer) US equity bars
-        start at the session open, 09:30, 10:30, ... (providers.md 8.2); others on the epoch grid."""
+        start at the session open, 09:30, 10:30, ... (providers.md 8.2); others on the epoch grid.
+        A daily bar starts at its day's start: the session open, or for the 24-hour markets the
+        midnight of Yahoo's zone for them (FX London, futures New York, crypto UTC)."""
         anchors = np.zeros(len(ts), dtype=np.int64)
         m = self.market
+        if step >= DAY and len(ts):
+            days, first = np.unique(ts // DAY, return_index=True)  # `ts` ascends: a slice per UTC day
+            for day, a, b in zip(days.tolist(), first.tolist(), [*first[1:].tolist(), len(ts)], strict=True):
+                # at most one local day start lies inside a UTC day
+                early, late = m.regular_period(symbol, day * DAY)[0], m.regular_period(symbol, day * DAY + DAY - 1)[0]
+                anchors[a:b] = np.where(ts[a:b] >= late, late, early)
+            return anchors
         if step < 3600 or m.always_open or m.profile(symbol).asset_class not in (AssetClass.EQUITY, AssetClass.INDEX):
             return anchors
         days = ts // 86400

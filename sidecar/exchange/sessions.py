@@ -73,17 +73,20 @@ def trading(asset_class: AssetClass, ts: np.ndarray) -> np.ndarray:
     ts = np.atleast_1d(np.asarray(ts, dtype=np.int64))
     if asset_class is AssetClass.CRYPTO:
         return np.ones(ts.shape, dtype=bool)
+    if not len(ts):
+        return np.zeros(0, dtype=bool)
     days = ts // DAY
-    uniq, inv = np.unique(days, return_inverse=True)
-    info = [_local_day(int(d), NEW_YORK) for d in uniq.tolist()]
-    local = ts + np.array([i[0] for i in info], dtype=np.int64)[inv]
+    first = int(days.min())  # per-day facts by offset from the first day: no sort over years of minutes
+    offsets = np.array([_local_day(d, NEW_YORK)[0] for d in range(first, int(days.max()) + 1)], dtype=np.int64)
+    local = ts + offsets[days - first]
     minute = (local % DAY) // 60
     # the weekday and date of the local day (the UTC day's noon can be a different local day)
     local_day = local // DAY
     weekday = ((local_day + 3) % 7)  # 1970-01-01 was a Thursday
     if asset_class in (AssetClass.EQUITY, AssetClass.INDEX):
-        closes = np.array([_nyse_close_min(_iso(int(d)), int((d + 3) % 7)) for d in local_day.tolist()],
-                          dtype=np.int64) if len(ts) else np.zeros(0, dtype=np.int64)
+        low = int(local_day.min())
+        closes = np.array([_nyse_close_min(_iso(d), (d + 3) % 7) for d in range(low, int(local_day.max()) + 1)],
+                          dtype=np.int64)[local_day - low]
         return (minute >= OPEN_MIN) & (minute < closes)
     five_pm = 17 * 60
     sunday_open = five_pm if asset_class is AssetClass.FX else 18 * 60
@@ -106,6 +109,15 @@ def _local_midnight(now: int, zone: ZoneInfo) -> int:
 
 
 _DAY_ZONE = {AssetClass.CRYPTO: dt.UTC, AssetClass.FX: LONDON, AssetClass.FUTURES: NEW_YORK}
+
+
+def first_session_open(day: int) -> int:
+    """The open of the first NYSE session on or after UTC day `day`."""
+    for d in range(day, day + 15):
+        offset, weekday, date = _local_day(d, NEW_YORK)
+        if _nyse_close_min(date, weekday):
+            return _local_midnight(d * DAY + DAY // 2, NEW_YORK) + OPEN_MIN * 60
+    raise AssertionError("no session in 15 days")
 
 
 def regular_period(asset_class: AssetClass, now: int, day_offset_s: int = 0,

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from ..actions import parse_yahoo_events
 from ..bars import FORMING, Bar, timeframe_seconds
 from ..clock import Clock
 from ..errors import MalformedResponse, ProviderError, RateLimited
@@ -45,8 +46,9 @@ class YahooFetcher(HttpFetcher):
     max_window_s = 7 * 86400
     max_age_s = 30 * 86400 - 3600  # an hour of margin: a window that straddles the limit fails whole
     # How far back each timeframe goes, and the history window asked for at once: finest first.
+    # Daily bars go back decades in one request (`period1`/`period2`; `range=max` would answer monthly bars).
     reach = {"1m": (max_age_s, 6 * 86400), "5m": (60 * 86400 - 3600, 15 * 86400),
-             "1h": (730 * 86400 - 3600, 90 * 86400)}
+             "1h": (730 * 86400 - 3600, 90 * 86400), "1d": (60 * 365 * 86400, 40 * 365 * 86400)}
 
     def __init__(self, *, base_url: str, user_agent: str, timeout_s: float, max_connections: int,
                  cookie_url: str = "", clock: Clock | None = None) -> None:
@@ -205,6 +207,8 @@ def parse_chart(payload: object, info: SymbolInfo, timeframe: str, now: float) -
     if session_start is None or session_end is None or session_end - session_start >= FULL_DAY_S:
         session_end = None
     out = FetchResult(info.symbol, SOURCE, provider_time=provider_time)
+    out.actions, bad = parse_yahoo_events(result.get("events"))
+    out.ignored += bad
     last = len(stamps) - 1
     for i, (ts, o, h, l, c, v) in enumerate(zip(stamps, *columns, strict=True)):
         if o is None and h is None and l is None and c is None and v is None:
