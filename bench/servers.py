@@ -43,11 +43,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def exchange_process() -> Iterator[str]:
-    """The local exchange as its own process, open around the clock; yields its base URL."""
+def exchange_process(always_open: bool = True) -> Iterator[str]:
+    """The local exchange as its own process, open around the clock unless not
+    `always_open` (then each market keeps its hours); yields its base URL."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "sidecar.exchange", "--always-open", "--port", str(port)],
+    flags = ["--always-open"] if always_open else []
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar.exchange", *flags, "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):

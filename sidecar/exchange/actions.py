@@ -58,6 +58,10 @@ class Actions:
                         out.append((when, self._amount(symbol, when, 0.002 + 0.008 * float(u[2]))))
         return sorted(out)
 
+    def changed(self) -> None:
+        """Forget the amounts computed so far (an added split moves the closes they come from)."""
+        self._amount.cache_clear()
+
     def _seeded_amount(self, symbol: str, when: int, quarterly_yield: float) -> float:
         return round(self.close_before(symbol, when) * quarterly_yield, 2)
 
@@ -133,6 +137,7 @@ def mount(app: web.Application, actions: Actions) -> None:
             actions.extra_dividends.setdefault(symbol, []).append((when, value))
         else:
             actions.market.extra_splits.setdefault(symbol, []).append((when, value))
+        actions.changed()
         return web.json_response({"added": kind, "symbol": symbol, "date": when})
 
     app.router.add_get("/_exchange/actions", listing)
