@@ -10,7 +10,6 @@ whole command (target: under 60 s), the requests it made, the rows stored and ro
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import orjson
 
-from .servers import ROOT, exchange_process
+from .servers import ROOT, exchange_process, main_with_json
 
 RUNS = (("dev_top_10 + dev_etfs, 182 days", ["--universe", "dev_top_10", "--universe", "dev_etfs", "--days", "182"]),
         ("etf_sectors, 365 days", ["--universe", "etf_sectors", "--days", "365"]))
@@ -48,6 +47,4 @@ def main(out: Path | None) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    main(parser.parse_args().json)
+    main_with_json(__doc__, main)

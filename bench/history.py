@@ -12,7 +12,6 @@ timeframes). The report gives both wall times and their ratio.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sqlite3
@@ -27,7 +26,7 @@ import orjson
 
 from sidecar import universes
 
-from .servers import ROOT, exchange_process
+from .servers import ROOT, exchange_process, main_with_json
 
 TARGET_S = 30.0
 DAYS_5M = 59  # the 5-minute reach (60 days) less the sidecar's hour of margin, rounded down
@@ -97,6 +96,4 @@ def main(out: Path | None) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    main(parser.parse_args().json)
+    main_with_json(__doc__, main)

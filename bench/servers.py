@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis
@@ -60,3 +61,10 @@ def exchange_process(always_open: bool = True) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait()
+
+
+def main_with_json(doc: str, main: Callable[[Path | None], None]) -> None:
+    """A benchmark's command line: its docstring as help, `--json FILE` to also write the results."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    main(parser.parse_args().json)

@@ -276,6 +276,22 @@ class _FromEnv:
         return replace(self, **changes)._finish(set(changes))  # type: ignore[type-var]
 
 
+PROVIDERS = ("yahoo", "twelvedata", "polygon", "alphavantage")
+
+
+@dataclass(slots=True, frozen=True)
+class ProviderSettings:
+    """One provider's connection and plan, the same shape for all four (from its
+    SIDECAR_<PROVIDER>_* settings and SIDECAR_SOURCE_DELAYS)."""
+
+    name: str
+    base_url: str
+    api_key: str = field(repr=False)  # empty: none needed (Yahoo) or the source is disabled
+    rate_per_min: int = 0  # requests (Twelve Data: credits) per minute, never exceeded; 0: no limit
+    rate_per_day: int = 0  # per UTC day; 0: no limit
+    delay_s: float = 0.0  # the plan's delay: its bars are as of this long ago
+
+
 @dataclass(slots=True, frozen=True)
 class Settings(_FromEnv):
     """Everything the daemon can be told, with defaults that run against the local exchange."""
@@ -481,6 +497,14 @@ class Settings(_FromEnv):
             raise SettingsError(PREFIX + "UNIVERSE", str(exc)) from None
         named = self.symbols if "symbols" in given else ()
         return replace(self, symbols=tuple(dict.fromkeys((*named, *members))))
+
+    def providers(self) -> dict[str, ProviderSettings]:
+        """Each provider's settings, by name (`PROVIDERS` order)."""
+        delays = dict(self.source_delays)
+        return {name: ProviderSettings(name, getattr(self, f"{name}_base_url"), getattr(self, f"{name}_api_key", ""),
+                                       getattr(self, f"{name}_rate_per_min"), getattr(self, f"{name}_rate_per_day"),
+                                       delays.get(name, 0.0))
+                for name in PROVIDERS}
 
     def day_starts(self) -> dict[AssetClass, DayStart]:
         """`day_start` as the bucket rules take it."""

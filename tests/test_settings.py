@@ -89,6 +89,19 @@ def test_redacted_settings_hide_the_api_keys() -> None:
     assert "key-of" not in text and text.count("<set>") == 3
 
 
+def test_every_provider_has_the_same_settings_shape() -> None:
+    s = Settings.from_env({"SIDECAR_POLYGON_API_KEY": "pk-secret", "SIDECAR_POLYGON_RATE_PER_MIN": "100",
+                           "SIDECAR_TWELVEDATA_BASE_URL": "https://api.twelvedata.com",
+                           "SIDECAR_SOURCE_DELAYS": "polygon=15m"}, dotenv=None)
+    plans = s.providers()
+    assert list(plans) == ["yahoo", "twelvedata", "polygon", "alphavantage"]
+    polygon = plans["polygon"]
+    assert (polygon.api_key, polygon.rate_per_min, polygon.rate_per_day, polygon.delay_s) == ("pk-secret", 100, 0, 900.0)
+    assert plans["twelvedata"].base_url == "https://api.twelvedata.com" and plans["twelvedata"].rate_per_min == 8
+    assert plans["yahoo"].api_key == "" and plans["alphavantage"].rate_per_day == 25
+    assert "pk-secret" not in repr(plans)
+
+
 def test_sources_must_be_known_and_distinct() -> None:
     assert Settings.from_env({"SIDECAR_SOURCES": "Polygon, yahoo"}, dotenv=None).sources == ("polygon", "yahoo")
     for bad in ("yahoo,yahoo", "yahoo,bloomberg", ""):

@@ -72,7 +72,8 @@ class Sidecar:
         self.clock = clock or SystemClock()
         self.handle_signals = handle_signals
         self.metrics = Metrics()
-        self.fetcher = YahooFetcher(base_url=s.yahoo_base_url, user_agent=s.yahoo_user_agent,
+        plans = s.providers()
+        self.fetcher = YahooFetcher(base_url=plans["yahoo"].base_url, user_agent=s.yahoo_user_agent,
                                     timeout_s=s.fetch_timeout_s, max_connections=s.yahoo_max_connections,
                                     cookie_url=s.yahoo_cookie_url, clock=self.clock)
         self.redis = RedisStore(url=s.redis_url, prefix=s.redis_prefix, max_connections=s.redis_max_connections,
@@ -89,26 +90,18 @@ class Sidecar:
                                                                    timeframes=s.timeframes),
                                max_age_s=s.signal_max_age_s,
                                higher_refresh_s=s.higher_forming_s)
-        self.fallbacks = [
-            TwelveDataFetcher(base_url=s.twelvedata_base_url, api_key=s.twelvedata_api_key, timeout_s=s.fetch_timeout_s,
-                              max_connections=8, clock=self.clock),
-            PolygonFetcher(base_url=s.polygon_base_url, api_key=s.polygon_api_key, timeout_s=s.fetch_timeout_s,
-                           max_connections=8, clock=self.clock),
-            AlphaVantageFetcher(base_url=s.alphavantage_base_url, api_key=s.alphavantage_api_key,
-                                timeout_s=s.fetch_timeout_s, max_connections=8, clock=self.clock),
-        ]
-        delays = dict(s.source_delays)
+        self.fallbacks: list[HttpFetcher] = [
+            kind(base_url=plans[kind.name].base_url, api_key=plans[kind.name].api_key, timeout_s=s.fetch_timeout_s,
+                 max_connections=8, clock=self.clock)
+            for kind in (TwelveDataFetcher, PolygonFetcher, AlphaVantageFetcher)]
         for f in (self.fetcher, *self.fallbacks):
-            f.delay_s = delays.get(f.name, 0.0)
-        budgets = {"yahoo": (s.yahoo_rate_per_min, s.yahoo_rate_per_day),
-                   "twelvedata": (s.twelvedata_rate_per_min, s.twelvedata_rate_per_day),
-                   "polygon": (s.polygon_rate_per_min, s.polygon_rate_per_day),
-                   "alphavantage": (s.alphavantage_rate_per_min, s.alphavantage_rate_per_day)}
+            f.delay_s = plans[f.name].delay_s
         retry = RetryPolicy(attempts=s.fetch_retries)
 
         def guard(f: HttpFetcher) -> GuardedSource:
-            return GuardedSource.build(f, clock=self.clock, metrics=self.metrics, per_minute=budgets[f.name][0],
-                                       per_day=budgets[f.name][1], retry=retry, threshold=s.breaker_threshold,
+            plan = plans[f.name]
+            return GuardedSource.build(f, clock=self.clock, metrics=self.metrics, per_minute=plan.rate_per_min,
+                                       per_day=plan.rate_per_day, retry=retry, threshold=s.breaker_threshold,
                                        reset_timeout_s=s.breaker_reset_s,
                                        on_transition=lambda _old, new: self._breaker_moved(f.name, new))
 
