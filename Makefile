@@ -21,14 +21,18 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $(STAMP)
 
-# redis-server comes from Debian's packages; installed only when missing.
+# redis-server and prometheus (its server and promtool, for the monitoring tests) come from
+# Debian's packages; installed only when missing.
 system-deps:
-	@command -v redis-server >/dev/null 2>&1 || { \
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	[ -z "$$missing" ] || { \
 		if [ "$$(id -u)" = 0 ]; then \
-			echo "installing redis-server (Debian package)"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+			echo "installing$$missing (Debian packages)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 		else \
-			echo "redis-server is missing: run 'sudo apt-get install -y redis-server'"; exit 1; \
+			echo "missing:$$missing: run 'sudo apt-get install -y$$missing'"; exit 1; \
 		fi; }
 
 # PM2 (npm) supervises the daemon in production; the tests start it for real.

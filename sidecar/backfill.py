@@ -190,16 +190,19 @@ class Backfiller:
         return True
 
     def _checked(self, result: FetchResult, info: SymbolInfo) -> tuple[list[Bar], set[int]]:
-        """The closed bars that pass validation, and the minutes of those that did not."""
+        """The closed bars that pass validation, and the minutes of those that did not (each
+        counted by reason, as the live loop counts its rejections)."""
         now = self.clock.time()
         good, rejected = [], set()
         for bar in result.bars:
             if bar.forming:
                 continue
-            if self.validator.check(bar, now, info.asset_class) is None:
+            reason = self.validator.check(bar, now, info.asset_class)
+            if reason is None:
                 good.append(bar)
             else:
                 rejected.add(bar.ts - bar.ts % self.step)
+                self.metrics.bars_rejected.labels(result.source, reason).inc()
         return good, rejected
 
     async def end_of_day(self, infos: Sequence[SymbolInfo]) -> dict[str, object]:

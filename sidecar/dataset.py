@@ -15,8 +15,9 @@ and splits stored up to the export's end (`actions.py`); the features stay those
 as traded, which is what the daemon computes live.
 
 Features come from the daemon's own engine (`FeatureBook`), replaying each symbol's stored bars
-in time order from its first one, vectorized across symbols by bar index: never a second
-implementation. A feature at bar t therefore depends only on bars up to t, which
+in time order from its first one: the live kernel's step across the symbols, one bar index at a
+time, driven by a compiled loop (`FeatureBook.replay`, bit-identical to committing the bars one
+by one): never a second implementation. A feature at bar t therefore depends only on bars up to t, which
 `check_no_lookahead` proves by recomputing on truncated histories.
 """
 
@@ -100,19 +101,13 @@ def load(db: Path, symbols: Sequence[str], timeframe: str, end: int | None = Non
 
 def replay(series: Series, timeframe: str, config: FeatureConfig | None = None) -> np.ndarray:
     """The features after each bar, (outputs, rows), by the daemon's engine: every symbol from
-    its first bar, one vectorized step per bar index across the symbols."""
+    its first bar, one engine step per bar index across the symbols."""
     book = FeatureBook(config, timeframe=timeframe, capacity=max(1, len(series.symbols)))
     book.add([lookup(s) for s in series.symbols], {})
     slots = np.array([book.slots[s] for s in series.symbols], dtype=np.int64)
-    counts = np.diff(series.offsets)
-    out = np.empty((len(book.outputs), len(series.ts)))  # a row per output (Parquet's columns); every bar is set
-    for depth in range(int(counts.max()) if len(counts) else 0):
-        have = np.flatnonzero(counts > depth)
-        rows = series.offsets[have] + depth
-        values = np.vstack([series.values[:, rows], series.ts[rows].astype(np.float64)])
-        book.commit_columns(slots[have], values)
-        out[:, rows] = book.engine.out[:, slots[have]]
-    return out
+    if not len(series.ts):
+        return np.empty((len(book.outputs), 0))
+    return book.replay(slots, series.offsets, np.vstack([series.values, series.ts.astype(np.float64)]))
 
 
 def anchor_obv(db: Path, series: Series, timeframe: str, values: np.ndarray, config: FeatureConfig) -> None:

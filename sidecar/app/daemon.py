@@ -22,7 +22,7 @@ from ..clock import Clock, SystemClock
 from ..errors import RedisStoreError, SettingsError, SQLiteStoreError
 from ..features.service import FeatureService
 from ..fetchers import AlphaVantageFetcher, HttpFetcher, PolygonFetcher, TwelveDataFetcher, YahooFetcher
-from ..metrics import Metrics
+from ..metrics import Metrics, Snapshot
 from ..reaggregate import Reaggregator
 from ..reference import ReferenceData
 from ..resilience import STATES, RetryPolicy
@@ -33,6 +33,7 @@ from ..stores import RedisStore, SQLiteStore
 from ..symbols import AssetClass, SymbolInfo, lookup, parse_symbol
 from ..timeframes import Buckets
 from ..validator import Validator
+from .gauges import end_of_day_gauges
 from .health import compose
 from .http import HttpServer
 from .orchestrator import TIMEFRAME, Orchestrator
@@ -100,10 +101,12 @@ class Sidecar:
 
         def guard(f: HttpFetcher) -> GuardedSource:
             plan = plans[f.name]
-            return GuardedSource.build(f, clock=self.clock, metrics=self.metrics, per_minute=plan.rate_per_min,
-                                       per_day=plan.rate_per_day, retry=retry, threshold=s.breaker_threshold,
-                                       reset_timeout_s=s.breaker_reset_s,
-                                       on_transition=lambda _old, new: self._breaker_moved(f.name, new))
+            g = GuardedSource.build(f, clock=self.clock, metrics=self.metrics, per_minute=plan.rate_per_min,
+                                    per_day=plan.rate_per_day, retry=retry, threshold=s.breaker_threshold,
+                                    reset_timeout_s=s.breaker_reset_s,
+                                    on_transition=lambda _old, new: self._breaker_moved(f.name, new))
+            self.metrics.breaker_state.labels(f.name).set(STATES.index(g.breaker.state))  # shown before any change
+            return g
 
         guarded = [guard(f) for f in self.fallbacks if f.name in s.sources]
         guarded.sort(key=lambda g: s.sources.index(g.name))
@@ -129,6 +132,8 @@ class Sidecar:
                                      on_bars=self._backfilled, on_revised=self.orchestrator.request_rewarm,
                                      timeframe=TIMEFRAME, timeout_s=s.history_timeout_s,
                                      max_window_s=primary.max_window_s)
+        self.metrics.registry.register(Snapshot(lambda: end_of_day_gauges(
+            self.backfiller.eod, {sym: info.asset_class.value for sym, info in self.symbols.items()})))
         self.bootstrapper = Bootstrapper(sqlite=self.sqlite, sources=self.orchestrator.sources_for,
                                          reach=primary.reach, validator=self.orchestrator.validator, clock=self.clock,
                                          timeout_s=s.history_timeout_s, concurrency=2)

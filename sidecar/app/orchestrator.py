@@ -38,16 +38,17 @@ from ..cycle.gapfill import fill_gaps
 from ..cycle.higher import HigherTimeframes, LaneOutput
 from ..cycle.publish import lane_write, minute_write, set_latest
 from ..cycle.sourcing import Fetched, Sourcing
-from ..cycle.table import LastBarCollector, StatesView, SymbolTable
+from ..cycle.table import StatesView, SymbolTable
 from ..errors import RedisStoreError
 from ..features.service import FeatureService
-from ..metrics import Metrics
+from ..metrics import Metrics, Snapshot
 from ..scanner import Scanner
 from ..sources import GuardedSource
 from ..stores import RedisStore, SQLiteStore
 from ..symbols import SymbolInfo
 from ..timeframes import Buckets
 from ..validator import Validator
+from .gauges import loop_gauges
 from .ticker import Ticker
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ class Orchestrator:
         self._stopping = False
         self._in_cycle = False
         self._task: asyncio.Task[None] | None = None
-        metrics.registry.register(LastBarCollector(self.table))
+        metrics.registry.register(Snapshot(lambda: loop_gauges(self.table, self.sources, self.clock.time())))
         self.add(symbols)
 
     # -- membership ---------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
-from prometheus_client.core import GaugeMetricFamily
 
 from ..bars import Bar
 from ..symbols import AssetClass, SymbolInfo
@@ -306,24 +305,3 @@ class StatesView(Mapping[str, SlotView]):
 
     def __len__(self) -> int:
         return len(self.table)
-
-
-class LastBarCollector:
-    """sidecar_symbol_last_bar_timestamp_seconds from the table's arrays at scrape time (a
-    gauge child set per symbol per second cost ~2 us x every symbol, under a lock)."""
-
-    def __init__(self, table: SymbolTable) -> None:
-        self.table = table
-
-    def describe(self) -> list[object]:
-        """Nothing up front: the family is built at each scrape."""
-        return []
-
-    def collect(self):  # noqa: ANN201 - prometheus_client's collector protocol
-        """The gauge family, one sample per symbol with a bar."""
-        family = GaugeMetricFamily("sidecar_symbol_last_bar_timestamp_seconds", "Open of the newest bar",
-                                   labels=["symbol"])
-        t = self.table
-        for slot in np.flatnonzero(t.active & (t.lt_ts >= 0)).tolist():
-            family.add_metric([t.symbols[slot]], float(t.lt_ts[slot]))
-        yield family

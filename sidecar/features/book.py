@@ -192,18 +192,50 @@ class FeatureBook:
         atr = self.engine.out[self._atr_row, np.maximum(cols, 0)]
         return np.where(cols >= 0, atr, np.nan)
 
-    def _inputs(self, cols: np.ndarray, values: np.ndarray, codes: np.ndarray, width: int,
-                last_session: np.ndarray) -> tuple[Bars, np.ndarray, np.ndarray, np.ndarray]:
-        """Full-width engine inputs with the bars (`values`, (6, n) as for `commit_columns`)
-        placed at `cols`; also the mask, the bars' opens and their session days."""
+    def replay(self, cols: np.ndarray, offsets: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Commit whole histories and return the outputs after every bar, (outputs, rows):
+        slot cols[k]'s bars are values[:, offsets[k]:offsets[k + 1]] ((6, n) as for
+        `commit_columns`, ascending opens after the slot's last committed bar). The same steps
+        as `commit_columns` one depth at a time, run by the compiled `FeatureEngine.replay`."""
+        counts = np.diff(offsets)
+        depth, width = int(counts.max()) if len(counts) else 0, self.engine.capacity
+        owner = np.repeat(np.arange(len(cols)), counts)
+        at = np.arange(len(owner)) - offsets[owner]  # each row's depth
+        rows = np.full((depth, width), -1, dtype=np.int64)
+        rows[at, cols[owner]] = np.arange(len(owner))
+        mask = rows >= 0
+        bars = np.full((4, depth, width), np.nan)
+        bars[:, at, cols[owner]] = values[1:5]
         ts = values[5].astype(np.int64)
+        sessions = self._sessions(self.slot_class[cols[owner]], ts)
+        before = np.where(at > 0, np.roll(sessions, 1), self.last_session[cols[owner]])
+        starts = np.zeros((depth, width), dtype=bool)
+        starts[at, cols[owner]] = sessions != before
+        anchor = np.zeros((depth, width), dtype=bool)
+        anchor[at, cols[owner]] = ts // self.bar_seconds % ANCHOR_EVERY == 0
+        result = np.empty((len(self.outputs), len(owner)))
+        self.engine.replay(mask, bars, starts, anchor, rows, result)
+        last = offsets[1:][counts > 0] - 1
+        self.last_ts[cols[counts > 0]], self.last_session[cols[counts > 0]] = ts[last], sessions[last]
+        return result
+
+    @staticmethod
+    def _sessions(classes: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """The session day of each bar (asset class code classes[i], open ts[i])."""
         sessions = np.empty(len(ts), dtype=np.int64)
-        classes = codes[cols]
         for code in np.unique(classes):
             sel = classes == code
             # a cycle's bars share a handful of opens: the calendar is asked once per distinct one
             opens, back = np.unique(ts[sel], return_inverse=True)
             sessions[sel] = session_day(_CLASSES[code], opens)[back]
+        return sessions
+
+    def _inputs(self, cols: np.ndarray, values: np.ndarray, codes: np.ndarray, width: int,
+                last_session: np.ndarray) -> tuple[Bars, np.ndarray, np.ndarray, np.ndarray]:
+        """Full-width engine inputs with the bars (`values`, (6, n) as for `commit_columns`)
+        placed at `cols`; also the mask, the bars' opens and their session days."""
+        ts = values[5].astype(np.int64)
+        sessions = self._sessions(codes[cols], ts)
         full = np.full((5, width), np.nan)
         full[:, cols] = values[:5]
         start = np.zeros(width, dtype=bool)

@@ -174,6 +174,18 @@ class FeatureEngine:
         one = np.ones(1)
         FeatureEngine(self.config, capacity=1).peek(Bars(one, one, one, one, one))
 
+    def replay(self, mask: np.ndarray, bars: np.ndarray, session_start: np.ndarray, anchor: np.ndarray,
+               rows: np.ndarray, result: np.ndarray) -> None:
+        """Commit a series of closed bars, one (depth, slots) row at a time, in compiled code:
+        `bars` is (4, depth, slots) high, low, close, volume, `mask` marks the slots with a bar
+        at each depth; the outputs after slot j's bar at depth d go to result[:, rows[d, j]]."""
+        r = self.rings
+        state = (self.n, self.pos, self.prev, self.sums, self.rec, self.fk, self.sk, r["close"], r["vol"], r["tp"],
+                 r["bb"], r["logret"], r["flow"], r["high_k"], r["low_k"], r["high_w"], r["low_w"], self.hv_scale)
+        K.replay_kernel(mask, bars[0], bars[1], bars[2], bars[3], session_start, anchor, rows, state, self._sma_p,
+                        self._ema_p, self._ip, float(self.config.bb_dev), self._lookback, self.out, result)
+        self.commits += len(mask)
+
     def _run(self, commit: bool, b: Bars, mask: np.ndarray, out: np.ndarray) -> None:
         r = self.rings
         K.step_kernel(
