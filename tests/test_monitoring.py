@@ -78,8 +78,9 @@ async def test_every_panel_and_alert_query_returns_data_from_a_real_prometheus(
         tmp_path: Path, exchange: Exchange, redis_url: str) -> None:
     daemon = await DaemonProcess.start(
         tmp_path, SIDECAR_REDIS_URL=redis_url, SIDECAR_YAHOO_BASE_URL=exchange.url or "",
-        SIDECAR_DB_PATH=str(tmp_path / "bars.db"), SIDECAR_SYMBOLS="AAPL,MSFT,BTCUSD,EURUSD", SIDECAR_LOOKBACK_MINUTES="10", SIDECAR_BOOTSTRAP_DAYS="0",
-        SIDECAR_GAP_SCAN_DAYS="1", SIDECAR_FLUSH_INTERVAL_S="1")
+        SIDECAR_DB_PATH=str(tmp_path / "bars.db"), SIDECAR_SYMBOLS="AAPL,MSFT,BTCUSD,EURUSD",
+        SIDECAR_LOOKBACK_MINUTES="10", SIDECAR_BOOTSTRAP_DAYS="0", SIDECAR_GAP_SCAN_DAYS="1",
+        SIDECAR_FLUSH_INTERVAL_S="1")
     port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(orjson.dumps({  # JSON is YAML
