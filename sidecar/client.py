@@ -43,13 +43,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import SidecarError
 from .features.codec import FeatureCodec
-from .stores.redis_store import RedisKeys
+from .stores.redis_store import RedisKeys, command
 from .symbols import parse_symbol
 from .timeframes import ALL as TIMEFRAMES
 
 FORMING, SYNTHETIC, STALE = 1, 2, 4
 _META = ("tf", "ts", "close", "provisional", "updated")  # a features map's fields that are not outputs
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
 
 class ClientError(SidecarError):
@@ -166,6 +166,7 @@ class Client:
         self._http: aiohttp.ClientSession | None = None
         self.reads = {"redis": 0, "http": 0}
         self._codecs: dict[tuple[str, tuple[str, ...]], FeatureCodec] = {}
+        self._universe: dict[tuple[tuple[str, ...], str], tuple[list[str], bytes]] = {}
 
     async def __aenter__(self) -> Client:
         await self.start()
@@ -235,11 +236,11 @@ class Client:
                             fresh_only: bool = False) -> FeatureTable:
         """The newest features of many symbols as columns (one MGET, decoded as arrays): the
         bulk read for thousands of symbols."""
-        names = [_symbol(s) for s in ([symbols] if isinstance(symbols, str) else symbols)]
+        wanted = (symbols,) if isinstance(symbols, str) else tuple(symbols)
         tf = _timeframe(timeframe)
+        names, packed = self._universe.get((wanted, tf)) or self._remember(wanted, tf)
         try:
-            raws, beat = await self._redis.pipeline(transaction=False).mget(
-                [self.keys.features(sym, tf) for sym in names]).get(self.keys.heartbeat()).execute()
+            raws, beat = await self._send(packed, 2)
             self.reads["redis"] += 1
         except _UNREACHABLE as exc:
             self._can_fall_back(exc, names[0] if len(names) == 1 else "")
@@ -255,6 +256,32 @@ class Client:
             sym = names[int(np.flatnonzero(~table.present | table.stale)[0])]
             raise StaleError(f"no {tf} features within {self.max_age_s:g} s", sym)
         return table
+
+    def _remember(self, wanted: tuple[str, ...], tf: str) -> tuple[list[str], bytes]:
+        """A universe's validated symbols and its MGET (+ heartbeat GET) packed once: a strategy
+        asks for the same thousands of symbols every second, and validating and packing them
+        each time (redis-py encodes every argument) cost more than Redis's answer."""
+        names = [_symbol(s) for s in wanted]
+        if len(self._universe) >= 64:
+            self._universe.clear()
+        packed = command(b"MGET", *(self.keys.features(sym, tf).encode() for sym in names)) + command(
+            b"GET", self.keys.heartbeat().encode())
+        self._universe[(wanted, tf)] = entry = (names, packed)
+        return entry
+
+    async def _send(self, packed: bytes, replies: int) -> list[Any]:
+        """Pre-packed commands on one pooled connection, and their replies."""
+        pool = self._redis.connection_pool
+        async with asyncio.timeout(self.timeout_s):
+            conn = await pool.get_connection()
+            try:
+                await conn.send_packed_command(packed)
+                return [await conn.read_response() for _ in range(replies)]
+            except BaseException:
+                await conn.disconnect()  # never back in the pool with replies pending
+                raise
+            finally:
+                await pool.release(conn)
 
     def _decode(self, names: list[str], tf: str, raws: list[bytes | None], heartbeat: bool) -> FeatureTable:
         """Rows as columns, by the daemon's own codec (its outputs read off the first row)."""

@@ -83,7 +83,7 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-def _command(*parts: bytes) -> bytes:
+def command(*parts: bytes) -> bytes:
     """One RESP command."""
     return b"*%d\r\n" % len(parts) + b"".join(_bulk(p) for p in parts)
 
@@ -252,11 +252,11 @@ class RedisStore:
     async def write_timeframes(self, writes: Sequence[TimeframeWrite], now: float) -> WriteResult:
         """`write_cycle` for parts given per timeframe (the first one's newest bars list the symbols)."""
         latest = writes[0].latest if writes else ((), ())
-        parts = [_command(b"SET", self.keys.alive().encode(), b"1", b"NX"),
-                 _command(b"SET", self.keys.heartbeat().encode(), b"%.3f" % now, b"PX", b"%d" % self.features_ttl_ms)]
+        parts = [command(b"SET", self.keys.alive().encode(), b"1", b"NX"),
+                 command(b"SET", self.keys.heartbeat().encode(), b"%.3f" % now, b"PX", b"%d" % self.features_ttl_ms)]
         names = [s for s in latest[0] if s not in self._listed]
         if names:
-            parts.append(_command(b"SADD", self.keys.symbols().encode(), *(s.encode() for s in names)))
+            parts.append(command(b"SADD", self.keys.symbols().encode(), *(s.encode() for s in names)))
         rows: list[bytes] = []
         key = self._key
         for w in writes:
@@ -300,7 +300,7 @@ class RedisStore:
         """Remove the bars with these opens from a symbol's history (replaced under new rules)."""
         if opens:
             key = self.keys.history(symbol, timeframe).encode()
-            await self._send(b"".join(_command(b"ZREMRANGEBYSCORE", key, b"%d" % ts, b"%d" % ts) for ts in opens),
+            await self._send(b"".join(command(b"ZREMRANGEBYSCORE", key, b"%d" % ts, b"%d" % ts) for ts in opens),
                              len(opens), "removing replaced bars")
 
     async def _send(self, packed: bytes, replies: int, what: str) -> list[object]:
@@ -349,7 +349,7 @@ class RedisStore:
         names = tuple(symbols)
         cached = self._mget_cache.get(timeframe)
         if cached is None or cached[0] != names:
-            cached = self._mget_cache[timeframe] = (names, _command(b"MGET", *(self.keys.features(s, timeframe).encode()
+            cached = self._mget_cache[timeframe] = (names, command(b"MGET", *(self.keys.features(s, timeframe).encode()
                                                                                for s in symbols)))
         (reply,) = await self._send(cached[1], 1, "reading features")
         return reply  # type: ignore[return-value]
@@ -372,15 +372,15 @@ class RedisStore:
         packed: list[bytes] = []
         for item in items:
             body = orjson.dumps(item)
-            packed += (_command(b"XADD", stream, b"MAXLEN", b"~", maxlen, b"*", field, body),
-                       _command(b"PUBLISH", channel.encode(), body))
+            packed += (command(b"XADD", stream, b"MAXLEN", b"~", maxlen, b"*", field, body),
+                       command(b"PUBLISH", channel.encode(), body))
         await self._send(b"".join(packed), len(packed), f"publishing {len(items)} {field.decode()}s")
 
     async def earnings_flags(self, flags: dict[str, dict[str, object]], clear: Sequence[str], ttl_s: int) -> None:
         """Set symbols' earnings flags (each expiring after `ttl_s`) and delete others', in one round trip."""
-        packed = [_command(b"SET", self.keys.earnings(s).encode(), orjson.dumps(v), b"EX", b"%d" % ttl_s)
+        packed = [command(b"SET", self.keys.earnings(s).encode(), orjson.dumps(v), b"EX", b"%d" % ttl_s)
                   for s, v in flags.items()]
-        packed += [_command(b"DEL", self.keys.earnings(s).encode()) for s in clear]  # one key a command: cluster-safe
+        packed += [command(b"DEL", self.keys.earnings(s).encode()) for s in clear]  # one key a command: cluster-safe
         if packed:
             await self._send(b"".join(packed), len(packed), "earnings flags")
 
@@ -389,17 +389,17 @@ class RedisStore:
         key = self.keys.deadletter().encode()
         packed: list[bytes] = []
         if add:
-            packed.append(_command(b"HSET", key, *(x for s, v in add.items() for x in (s.encode(), orjson.dumps(v)))))
+            packed.append(command(b"HSET", key, *(x for s, v in add.items() for x in (s.encode(), orjson.dumps(v)))))
         if remove:
-            packed.append(_command(b"HDEL", key, *(s.encode() for s in remove)))
+            packed.append(command(b"HDEL", key, *(s.encode() for s in remove)))
         if packed:
             await self._send(b"".join(packed), len(packed), "dead-letter update")
 
     async def quarantine(self, entries: Sequence[dict[str, object]], keep: int = 1000) -> None:
         """Record bars the spike filter held out (the list keeps the newest `keep`)."""
         key = self.keys.quarantine().encode()
-        await self._send(_command(b"LPUSH", key, *(orjson.dumps(e) for e in entries))
-                         + _command(b"LTRIM", key, b"0", b"%d" % (keep - 1)), 2, "quarantine write")
+        await self._send(command(b"LPUSH", key, *(orjson.dumps(e) for e in entries))
+                         + command(b"LTRIM", key, b"0", b"%d" % (keep - 1)), 2, "quarantine write")
 
     async def signals(self, since_ms: int, limit: int) -> list[dict[str, object]]:
         """Signals published at or after `since_ms` (epoch milliseconds), oldest first."""
