@@ -22,6 +22,7 @@ class BarFlag(IntFlag):
 # The flags as plain ints: IntFlag arithmetic costs ~1 us per bar in the per-bar paths.
 FORMING = int(BarFlag.FORMING)
 SYNTHETIC = int(BarFlag.SYNTHETIC)
+STALE = int(BarFlag.STALE)
 UNALIGNED = int(BarFlag.UNALIGNED)
 SETTLED_S = 3600
 """A source's bar older than this no longer changes (delayed feeds included): the live loop
@@ -47,6 +48,12 @@ class Bar:
     def forming(self) -> bool:
         """True while the bar's bucket is still open."""
         return bool(int.__and__(self.flags, FORMING))  # int's &, not IntFlag's (1 us per call)
+
+    @property
+    def stale(self) -> bool:
+        """The last good value of a symbol whose sources all fail (or, read through
+        `sidecar.client`, any value while the daemon's heartbeat is missing)."""
+        return bool(int.__and__(self.flags, STALE))
 
     @property
     def values(self) -> tuple[float, float, float, float, float]:

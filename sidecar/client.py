@@ -41,13 +41,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .bars import STALE, Bar
 from .errors import SidecarError
 from .features.codec import FeatureCodec
 from .stores.redis_store import RedisKeys, command
 from .symbols import parse_symbol
 from .timeframes import ALL as TIMEFRAMES
 
-FORMING, SYNTHETIC, STALE = 1, 2, 4
 _META = ("tf", "ts", "close", "provisional", "updated")  # a features map's fields that are not outputs
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
@@ -62,28 +62,6 @@ class ClientError(SidecarError):
 
 class StaleError(ClientError):
     """A value older than the caller allows (raised with `fresh_only=True`)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Bar:
-    """One bar as the sidecar publishes it."""
-
-    symbol: str
-    timeframe: str
-    ts: int  # open, UTC epoch seconds
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float
-    source: str
-    flags: int
-    stale: bool = False  # the daemon marked it stale, or its heartbeat is missing
-
-    @property
-    def forming(self) -> bool:
-        """Still changing (the bar of the current interval)."""
-        return bool(self.flags & FORMING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,16 +128,19 @@ class Client:
     :param redis_url: the Redis the daemon writes (fast path).
     :param prefix: SIDECAR_REDIS_PREFIX of the daemon.
     :param http_url: the daemon's HTTP API, used when Redis cannot be reached (None: never).
-    :param max_age_s: features written longer ago than this are stale.
+    :param max_age_s: features written longer ago than this are stale (default: 5 s for 1m,
+        whose values are rewritten every second; 15 s above it, whose forming values the
+        daemon refreshes every SIDECAR_HIGHER_FORMING_S, 5 s by default).
     :param timeout_s: deadline of one read.
     :param clock: wall time (injected for tests).
     """
 
     def __init__(self, redis_url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "sidecar",
-                 http_url: str | None = None, max_age_s: float = 5.0, timeout_s: float = 2.0,
+                 http_url: str | None = None, max_age_s: float | None = None, timeout_s: float = 2.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.keys = RedisKeys(prefix)
-        self.max_age_s, self.timeout_s, self.clock = max_age_s, timeout_s, clock
+        self.timeout_s, self.clock = timeout_s, clock
+        self.max_age_s = {tf: max_age_s if max_age_s is not None else (5.0 if tf == "1m" else 15.0) for tf in TIMEFRAMES}
         self.http_url = http_url.rstrip("/") if http_url else None
         # Any: redis-py's asyncio annotations describe its sync client's pipelines and replies
         self._redis: Any = aioredis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
@@ -254,7 +235,7 @@ class Client:
         table = self._decode(names, tf, raws, heartbeat=beat is not None)
         if fresh_only and not (table.present & ~table.stale).all():
             sym = names[int(np.flatnonzero(~table.present | table.stale)[0])]
-            raise StaleError(f"no {tf} features within {self.max_age_s:g} s", sym)
+            raise StaleError(f"no {tf} features within {self.max_age_s[tf]:g} s", sym)
         return table
 
     def _remember(self, wanted: tuple[str, ...], tf: str) -> tuple[list[str], bytes]:
@@ -291,7 +272,7 @@ class Client:
         if codec is None:
             codec = self._codecs[(tf, outputs)] = FeatureCodec(outputs, tf)
         f = codec.decode(raws)
-        stale = ~f.present | (not heartbeat) | (self.clock() - f.updated > self.max_age_s)
+        stale = ~f.present | (not heartbeat) | (self.clock() - f.updated > self.max_age_s[tf])
         return FeatureTable(names, tf, outputs, f.present, f.ts, f.close, f.provisional, f.updated, f.values, stale)
 
     # -- signals and events ---------------------------------------------------------------------
@@ -414,9 +395,10 @@ def _timeframe(timeframe: str) -> str:
 
 
 def _bar(m: dict, stale: bool = False) -> Bar:
-    flags = int(m.get("flags", 0))
+    """A published bar map as a `Bar`; `stale` (the heartbeat is missing) sets its STALE flag."""
+    flags = int(m.get("flags", 0)) | (STALE if stale else 0)
     return Bar(str(m["symbol"]), str(m["tf"]), int(m["ts"]), float(m["open"]), float(m["high"]), float(m["low"]),
-               float(m["close"]), float(m["volume"]), str(m.get("source", "")), flags, stale or bool(flags & STALE))
+               float(m["close"]), float(m["volume"]), str(m.get("source", "")), flags)
 
 
 def _checked(bar: Bar, fresh_only: bool) -> Bar:

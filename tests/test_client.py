@@ -96,7 +96,7 @@ async def test_the_http_api_answers_when_redis_is_unreachable(daemon: DaemonProc
 
 
 async def test_a_stale_value_is_reported_stale_never_silently_used(daemon: DaemonProcess, redis_url: str) -> None:
-    async with Client(redis_url, max_age_s=5.0) as c:
+    async with Client(redis_url) as c:
         assert not any(f.stale for f in (await c.features(SYMBOLS)).values())
         await daemon.stop()  # the heartbeat expires (2 s); the values stay in Redis
 

@@ -38,6 +38,7 @@ from .health import compose
 from .http import HttpServer
 from .orchestrator import TIMEFRAME, Orchestrator
 from .reseed import Reseeder
+from .status import document, grid
 from .ticker import Ticker
 from .upkeep import Upkeep
 
@@ -153,9 +154,11 @@ class Sidecar:
                                redis=self.redis, symbols=self.symbols, clock=self.clock,
                                update_symbols=self.update_symbols, broker_symbols=self._broker,
                                timeframes=s.timeframes, reference=self.reference,
-                               universe=lambda name: universes.members(name, self.upkeep.universes_dir()))
+                               universe=lambda name: universes.members(name, self.upkeep.universes_dir()),
+                               status=self.status)
         self.stopping = False
         self.failure: BaseException | None = None
+        self._universes: dict[str, tuple[str, ...]] | None = None
         self._dropped_counted = 0
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -174,6 +177,21 @@ class Sidecar:
                            "backfill": self.backfiller.health(), "bootstrap": self.bootstrapper.health(),
                            "end_of_day": self.backfiller.eod, "http": self.http.health(),
                            "timeframes": orch.higher.health(), "reference": self.reference.health()})
+
+    async def status(self) -> dict[str, Any]:
+        """The status page's document: the health snapshot, the last ten minutes of cycles, the
+        freshness grid with the universes its symbols belong to, and the newest signals."""
+        now, orch = self.clock.time(), self.orchestrator
+        if self._universes is None:  # every known universe, for the grid's filter (read once)
+            where = self.upkeep.universes_dir()
+            self._universes = {name: universes.members(name, where) for name in universes.known(where)}
+        try:
+            signals = await self.redis.newest_signals(20)
+        except RedisStoreError:
+            signals = []
+        table_grid = grid(orch.table, now, orch.dead.stale_after_s, self._universes)
+        table_grid["universes"] = {k: v for k, v in table_grid["universes"].items() if v}
+        return document(self.health(), orch.recent, table_grid, now, signals)
 
     async def update_symbols(self, add: list[str], remove: list[str]) -> list[str]:
         """Follow more or fewer symbols while running: new ones are warmed from their stored

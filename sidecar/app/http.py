@@ -34,6 +34,7 @@ from ..reference import ReferenceData, parse_type
 from ..settings import parse_number
 from ..stores import RedisStore
 from ..symbols import SymbolInfo, parse_symbol
+from .status import PAGE
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +96,10 @@ class HttpServer:
                  update_symbols: Callable[[list[str], list[str]], Awaitable[list[str]]],
                  broker_symbols: Mapping[str, str], timeframes: Sequence[str] = ("1m",),
                  reference: ReferenceData | None = None,
-                 universe: Callable[[str], Sequence[str]] | None = None) -> None:
+                 universe: Callable[[str], Sequence[str]] | None = None,
+                 status: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> None:
         self.host, self.port, self.clock = host, port, clock
-        self.reference, self._universe = reference, universe
+        self.reference, self._universe, self._status = reference, universe, status
         self.timeframes = tuple(timeframes)
         self._update_symbols, self._broker = update_symbols, broker_symbols
         self._health, self._metrics, self._redis, self._symbols = health, metrics, redis, symbols
@@ -106,6 +108,9 @@ class HttpServer:
         # symbol gets the JSON 400 every other bad input gets instead of a bare parser error.
         self.app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_errors],
                                    handler_args={"max_line_size": MAX_LINE, "max_field_size": MAX_LINE})
+        self.app.router.add_get("/", self._get_page)
+        self.app.router.add_get("/status", self._get_page)
+        self.app.router.add_get("/status.json", self._get_status)
         self.app.router.add_get("/health", self._get_health)
         self.app.router.add_get("/metrics", self._get_metrics)
         self.app.router.add_get("/bars/{symbol}", self._get_bars)
@@ -132,6 +137,18 @@ class HttpServer:
     def health(self) -> dict[str, object]:
         """Whether it listens, and where."""
         return {"state": "ok" if self._runner is not None else "down", "address": f"{self.host}:{self.port}"}
+
+    async def _get_page(self, request: web.Request) -> web.Response:
+        if self._status is None:
+            return _json({"error": "no status page here"}, status=404)
+        return web.Response(body=PAGE, content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-cache", "Content-Security-Policy":
+                                     "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"})
+
+    async def _get_status(self, request: web.Request) -> web.Response:
+        if self._status is None:
+            return _json({"error": "no status page here"}, status=404)
+        return _json(await self._status())
 
     async def _get_health(self, request: web.Request) -> web.Response:
         doc = self._health()

@@ -49,6 +49,7 @@ from ..symbols import SymbolInfo
 from ..timeframes import Buckets
 from ..validator import Validator
 from .gauges import loop_gauges
+from .status import CycleHistory
 from .ticker import Ticker
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ class Orchestrator:
         self.ticker = Ticker(clock, period, on_overrun=metrics.cycle_overruns.inc)
         self.stages: dict[str, float] = {}  # seconds spent per stage in the last cycle
         self.last_cycle: CycleReport | None = None
+        self.recent = CycleHistory()  # the status page's last ten minutes of cycles
         self.last_cycle_at: float | None = None
         self._redis_failing = False  # for logging the transitions only; the store's health() says more
         self._quarantine: list[dict[str, object]] = []  # spikes not yet written to Redis
@@ -410,6 +412,7 @@ class Orchestrator:
         report = CycleReport(duration, len(fetched.answered), n - len(fetched.answered), len(accepted.closed),
                              accepted.rejected, redis_ok)
         self.last_cycle, self.last_cycle_at = report, now
+        self.recent.add(now, duration, self.stages)
         if self.trace is not None:
             self.trace({"t": round(now, 3), "cycle_s": round(duration, 6),
                         **{k: round(v, 6) for k, v in self.stages.items()}, "symbols": n,

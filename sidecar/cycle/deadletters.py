@@ -11,14 +11,12 @@ import logging
 
 import numpy as np
 
-from ..bars import BarFlag
+from ..bars import STALE
 from ..errors import RedisStoreError
 from ..stores import RedisStore
 from .table import SymbolTable
 
 log = logging.getLogger(__name__)
-
-STALE = int(BarFlag.STALE)
 
 
 class DeadLetters:

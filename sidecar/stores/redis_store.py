@@ -405,7 +405,12 @@ class RedisStore:
         """Signals published at or after `since_ms` (epoch milliseconds), oldest first."""
         entries = await self._read(self.client.xrange(self.keys.signals(), min=f"{since_ms}-0", count=limit),
                                    "reading signals")
-        return [{"stream_id": sid.decode(), **orjson.loads(fields[b"signal"])} for sid, fields in entries]
+        return [_entry(sid, fields) for sid, fields in entries]
+
+    async def newest_signals(self, count: int) -> list[dict[str, object]]:
+        """The newest `count` signals and events, newest first."""
+        entries = await self._read(self.client.xrevrange(self.keys.signals(), count=count), "reading signals")
+        return [_entry(sid, fields) for sid, fields in entries]
 
     async def _read(self, call: Awaitable[Any], what: str = "read") -> Any:
         """A redis-py call within the timeout; its failure as a RedisStoreError."""
@@ -422,3 +427,10 @@ class RedisStore:
         text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
         self.ok, self.last_error = False, f"{what} failed: {text}"
         return RedisStoreError(self.last_error)
+
+
+def _entry(sid: bytes, fields: dict[bytes, bytes]) -> dict[str, object]:
+    """A signals-stream entry as a dict: its id, whether it is a signal or an event, its body."""
+    kind = "event" if b"event" in fields else "signal"
+    return {"stream_id": sid.decode(), "kind": kind, **orjson.loads(fields[kind.encode()])}
+
