@@ -113,6 +113,7 @@ class Backfiller:
         self.step = timeframe_seconds(timeframe)
         self.max_window_s = max_window_s
         self.last: BackfillReport | None = None
+        self.progress = (0, 0)  # symbols scanned of those in the running (or last) pass
         self.eod: dict[str, object] = {}
 
     async def missing(self, info: SymbolInfo, start: int, end: int) -> np.ndarray:
@@ -137,12 +138,15 @@ class Backfiller:
         now = int(self.clock.time())
         end = min(end, (now - SETTLED_S) // self.step * self.step)
         report = BackfillReport(self.clock.time(), (start, end))
-        for info in infos:
+        self.progress = (0, len(infos))
+        for k, info in enumerate(infos):
+            self.progress = (k, len(infos))
             gone = await self.missing(info, start, end)
             report.missing_minutes += len(gone)
             for a, b in self._windows(runs(gone, self.step)):
                 await self.verify(info, a, b, gone[(gone >= a) & (gone < b)], report)
         # No flush here: the daemon's flush schedule persists what was filled (SIDECAR_FLUSH_INTERVAL_S).
+        self.progress = (len(infos), len(infos))
         self.last = report
         if report.missing_minutes or report.revised:
             log.info("backfill: %d missing minutes, %d filled, %d revised, %d confirmed without trades, "

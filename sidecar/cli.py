@@ -123,15 +123,10 @@ async def _bootstrap(sc: Any, days: float, timeframes: tuple[str, ...] | None = 
     guarded sources, then the higher timeframes rebuilt from what came in."""
     boot = sc.bootstrapper
     requests = sc.metrics.by_label("sidecar_fetch_seconds_count", "source")
-    task = asyncio.create_task(boot.run(sc.infos, days, timeframes))
-    if sys.stderr.isatty():  # a progress bar for a person; the JSON summary stays on stdout
-        what = "history" if timeframes else "bootstrap"
-        with tqdm(total=len(sc.infos) * len(boot.plan(days, timeframes)), unit="window", file=sys.stderr,
-                  desc=f"{what} of {len(sc.infos)} symbols, {days:g} days") as bar:
-            while not task.done():
-                await asyncio.wait({task}, timeout=0.2)
-                bar.update(sum(done for done, _ in boot.progress.values()) - bar.n)
-    report = await task
+    what = "history" if timeframes else "bootstrap"
+    report = await _shown(boot.run(sc.infos, days, timeframes), len(sc.infos) * len(boot.plan(days, timeframes)),
+                          "window", f"{what} of {len(sc.infos)} symbols, {days:g} days",
+                          lambda: sum(done for done, _ in boot.progress.values()))
     t0 = time.perf_counter()
     await sc.reaggregator.run(sc.infos, "bootstrapped")  # the higher timeframes of what came in
     made = {k: v - requests.get(k, 0.0) for k, v in sc.metrics.by_label("sidecar_fetch_seconds_count", "source").items()}
@@ -157,8 +152,21 @@ async def _history(sc: Any, timeframes: tuple[str, ...], days: float | None) -> 
 
 
 async def _backfill(sc: Any, days: float) -> dict:
-    await sc.backfiller.run(sc.infos, days)
+    await _shown(sc.backfiller.run(sc.infos, days), len(sc.infos), "symbol", f"gap scan over {days:g} days",
+                 lambda: sc.backfiller.progress[0])
     return sc.backfiller.health()
+
+
+async def _shown(work: Awaitable[Any], total: int, unit: str, desc: str, done: Callable[[], int]) -> Any:
+    """Await `work`, with a progress bar on a terminal (`done()` of `total`); elsewhere the
+    log lines are the progress and stdout keeps only the JSON summary."""
+    task = asyncio.ensure_future(work)
+    if sys.stderr.isatty():
+        with tqdm(total=total, unit=unit, file=sys.stderr, desc=desc) as bar:
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.2)
+                bar.update(done() - bar.n)
+    return await task
 
 
 async def _status(sc: Any, days: float) -> dict:
@@ -195,11 +203,12 @@ def _export(settings: Settings, args: argparse.Namespace) -> dict:
     timeframes = parse_timeframes(args.timeframes) if args.timeframes else settings.timeframes
     start = dataset.parse_time(args.start) if args.start else 0
     end = dataset.parse_time(args.end) if args.end else int(time.time()) + 1
-    bar = tqdm(total=len(timeframes), unit="timeframe", file=sys.stderr) if sys.stderr.isatty() else None
+    bar = tqdm(total=len(timeframes) * len(settings.symbols), unit="symbol", file=sys.stderr,
+               desc=f"export of {len(settings.symbols)} symbols") if sys.stderr.isatty() else None
     report = dataset.export(settings.db_path, Path(args.out), settings.symbols, timeframes, start, end,
-                            features=args.features, adjusted=args.adjusted, config=settings.feature_periods)
+                            features=args.features, adjusted=args.adjusted, config=settings.feature_periods,
+                            progress=None if bar is None else bar.update)
     if bar is not None:
-        bar.update(len(timeframes))
         bar.close()
     out = {"out": args.out, "start": start, "end": end, **report.summary()}
     if args.verify_no_lookahead:

@@ -161,11 +161,12 @@ class ExportReport:
 
 def export(db: Path, out: Path, symbols: Sequence[str], timeframes: Sequence[str], start: int, end: int, *,
            features: bool = False, adjusted: bool = False, config: FeatureConfig | None = None,
-           chunk: int = 500) -> ExportReport:
+           chunk: int = 500, progress: Callable[[int], object] | None = None) -> ExportReport:
     """Write the bars (and features) of [start, end) as the Parquet dataset described above;
     features are replayed from each symbol's first stored bar, whatever `start` is. With
     `adjusted`, the adjusted view as of `end` too (the `adj_*` columns). A partition written
-    again replaces the old one.
+    again replaces the old one. `progress` is called with each chunk's number of symbols once
+    its features are computed.
 
     `chunk` symbols at a time, as a pipeline on two threads: while one chunk's features are
     computed, the next is read (ADBC) and the previous one written (pyarrow); both release
@@ -197,7 +198,7 @@ def export(db: Path, out: Path, symbols: Sequence[str], timeframes: Sequence[str
     with ThreadPoolExecutor(2) as pool:
         pending: Future[tuple[Series, float]] | None = pool.submit(read, jobs[0]) if jobs else None
         writing: Future[None] | None = None
-        for k, (tf, _names) in enumerate(jobs):
+        for k, (tf, names) in enumerate(jobs):
             assert pending is not None
             series, seconds = pending.result()
             report.stages["read"] += seconds
@@ -205,6 +206,8 @@ def export(db: Path, out: Path, symbols: Sequence[str], timeframes: Sequence[str
             t0 = time.perf_counter()
             table, written = _table(db, series, tf, start, config if features else None, end if adjusted else None)
             report.stages["features"] += time.perf_counter() - t0
+            if progress is not None:
+                progress(len(names))
             if writing is not None:
                 writing.result()
             writing = pool.submit(write, table, tf, written) if table is not None else None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import sqlite3
 import sys
 import time
@@ -146,3 +147,35 @@ async def test_history_refuses_timeframes_no_source_serves(market_hours: Exchang
     code, _, err = await _sidecar(market_hours, tmp_path / "h.db", "history", "--symbols", SYMBOL,
                                   "--timeframes", "1d,2h")
     assert code == 2 and "unknown timeframe '2h'" in err
+
+
+async def test_long_commands_show_a_progress_bar_on_a_terminal_and_only_json_on_stdout(
+        market_hours: Exchange, tmp_path: Path) -> None:
+    db = tmp_path / "bars.db"
+    for args, unit in ((("history", "--timeframes", "1d,5m", "--days", "20"), b"window"),
+                       (("backfill", "--days", "1"), b"symbol")):
+        master, slave = os.openpty()  # stderr is a terminal, stdout a pipe
+        shown = bytearray()
+
+        def drain(fd: int = master, shown: bytearray = shown) -> None:
+            while True:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # the terminal closed with the process
+                    return
+                if not chunk:
+                    return
+                shown.extend(chunk)
+
+        reader = asyncio.get_running_loop().run_in_executor(None, drain)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sidecar", *args, "--symbols", SYMBOL, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+            stderr=slave, env=subprocess_env(SIDECAR_YAHOO_BASE_URL=market_hours.url or "", SIDECAR_DB_PATH=str(db),
+                                             SIDECAR_LOG_LEVEL="WARNING"))
+        os.close(slave)
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        await asyncio.wait_for(reader, 10)
+        os.close(master)
+        assert proc.returncode == 0, shown.decode(errors="replace")
+        assert isinstance(orjson.loads(out), dict)  # stdout: the JSON summary alone
+        assert b"100%" in shown and unit in shown, shown.decode(errors="replace")
