@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import fcntl
 import os
 import sqlite3
+import struct
 import sys
+import termios
 import time
 from collections.abc import AsyncIterator
 from contextlib import closing
@@ -155,6 +158,7 @@ async def test_long_commands_show_a_progress_bar_on_a_terminal_and_only_json_on_
     for args, unit in ((("history", "--timeframes", "1d,5m", "--days", "20"), b"window"),
                        (("backfill", "--days", "1"), b"symbol")):
         master, slave = os.openpty()  # stderr is a terminal, stdout a pipe
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a new pty is 0 columns wide
         shown = bytearray()
 
         def drain(fd: int = master, shown: bytearray = shown) -> None:
@@ -178,4 +182,4 @@ async def test_long_commands_show_a_progress_bar_on_a_terminal_and_only_json_on_
         os.close(master)
         assert proc.returncode == 0, shown.decode(errors="replace")
         assert isinstance(orjson.loads(out), dict)  # stdout: the JSON summary alone
-        assert b"100%" in shown and unit in shown, shown.decode(errors="replace")
+        assert b"100%" in shown and unit in shown, (args, shown.decode(errors="replace"))
