@@ -16,6 +16,7 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self.scraped = CollectorRegistry(auto_describe=False)
         self.cycles = Counter("sidecar_cycles", "Cycles run", registry=r)
         self.cycle_overruns = Counter("sidecar_cycle_overruns", "Cycles that ran past their period", registry=r)
         self.cycle_seconds = Histogram("sidecar_cycle_seconds", "Duration of one cycle", buckets=_FAST, registry=r)
@@ -60,8 +61,14 @@ class Metrics:
                                     registry=r)
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
-        return generate_latest(self.registry)
+        """The Prometheus text exposition of every metric, the scrape-time gauges included."""
+        return generate_latest(self.registry) + generate_latest(self.scraped)
+
+    def at_scrape(self, build: Callable[[], Iterable[GaugeMetricFamily]]) -> None:
+        """Gauges built from a component's state when Prometheus scrapes (`Snapshot`). They sit
+        in a registry of their own: `total` and `by_label` read the counters without building
+        thousands of per-symbol samples each time."""
+        self.scraped.register(Snapshot(build))
 
     def total(self, name: str, **labels: str) -> float:
         """The current value of one sample (0 when it has not been set)."""

@@ -150,3 +150,20 @@ async def test_every_panel_and_alert_query_returns_data_from_a_real_prometheus(
         prometheus.wait(timeout=30)
         log.close()
         await daemon.stop()
+
+
+def test_scrape_time_gauges_are_built_at_a_scrape_only_not_when_counters_are_read() -> None:
+    from sidecar.metrics import Metrics, gauge
+
+    metrics, built = Metrics(), []
+
+    def build() -> list:
+        built.append(1)  # at 5,000 symbols this costs tens of ms: /health must not pay it
+        return [gauge("sidecar_test_gauge", "a gauge", ["symbol"], [(["AAPL"], 1.0)])]
+
+    metrics.at_scrape(build)
+    metrics.cycles.inc()
+    assert metrics.total("sidecar_cycles_total") == 1 and metrics.by_label("sidecar_fetch_errors_total", "source") == {}
+    assert built == []
+    text = metrics.render().decode()
+    assert built == [1] and 'sidecar_test_gauge{symbol="AAPL"} 1.0' in text and "sidecar_cycles_total 1.0" in text

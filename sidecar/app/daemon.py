@@ -22,7 +22,7 @@ from ..clock import Clock, SystemClock
 from ..errors import RedisStoreError, SettingsError, SQLiteStoreError
 from ..features.service import FeatureService
 from ..fetchers import AlphaVantageFetcher, HttpFetcher, PolygonFetcher, TwelveDataFetcher, YahooFetcher
-from ..metrics import Metrics, Snapshot
+from ..metrics import Metrics
 from ..reaggregate import Reaggregator
 from ..reference import ReferenceData
 from ..resilience import STATES, RetryPolicy
@@ -133,8 +133,8 @@ class Sidecar:
                                      on_bars=self._backfilled, on_revised=self.orchestrator.request_rewarm,
                                      timeframe=TIMEFRAME, timeout_s=s.history_timeout_s,
                                      max_window_s=primary.max_window_s)
-        self.metrics.registry.register(Snapshot(lambda: end_of_day_gauges(
-            self.backfiller.eod, {sym: info.asset_class.value for sym, info in self.symbols.items()})))
+        self.metrics.at_scrape(lambda: end_of_day_gauges(
+            self.backfiller.eod, {sym: info.asset_class.value for sym, info in self.symbols.items()}))
         self.bootstrapper = Bootstrapper(sqlite=self.sqlite, sources=self.orchestrator.sources_for,
                                          reach=primary.reach, validator=self.orchestrator.validator, clock=self.clock,
                                          timeout_s=s.history_timeout_s, concurrency=2)
@@ -163,10 +163,11 @@ class Sidecar:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
-    def health(self) -> dict[str, Any]:
-        """The /health document, composed from each component's own snapshot."""
+    def health(self, per_symbol: bool = True) -> dict[str, Any]:
+        """The /health document, composed from each component's own snapshot (without the
+        per-symbol freshness map unless `per_symbol`)."""
         orch = self.orchestrator
-        loop = orch.health()
+        loop = orch.health(per_symbol)
         if self.stopping:
             loop["state"] = "down"
         redis = {**self.redis.health(), "errors_total": int(self.metrics.total("sidecar_redis_errors_total")),
@@ -191,7 +192,7 @@ class Sidecar:
             signals = []
         table_grid = grid(orch.table, now, orch.dead.stale_after_s, self._universes)
         table_grid["universes"] = {k: v for k, v in table_grid["universes"].items() if v}
-        return document(self.health(), orch.recent, table_grid, now, signals)
+        return document(self.health(per_symbol=False), orch.recent, table_grid, now, signals)
 
     async def update_symbols(self, add: list[str], remove: list[str]) -> list[str]:
         """Follow more or fewer symbols while running: new ones are warmed from their stored

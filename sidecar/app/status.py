@@ -73,12 +73,14 @@ def grid(t: SymbolTable, now: float, stale_after_s: float,
     state[np.isnan(t.last_update[slots])] = WAITING
     state[~np.isnan(t.dead_since[slots])] = DEAD
     bar_age = np.where(t.lt_ts[slots] >= 0, now - t.lt_ts[slots], np.nan)
-    symbols = [t.symbols[s] for s in slots.tolist()]
+    listed = slots.tolist()
+    symbols = [t.symbols[s] for s in listed]
     index = {s: k for k, s in enumerate(symbols)}
+    active = set(listed)
     return {"symbols": symbols, "class": t.asset_class[slots].tolist(), "classes": [c.value for c in CLASSES],
             "state": state.tolist(), "states": list(STATES),
             "bar_age_s": [None if a != a else round(a, 1) for a in bar_age.tolist()],
-            "error": {t.symbols[s]: e for s, e in t.last_error.items() if s in set(slots.tolist())},
+            "error": {t.symbols[s]: e for s, e in t.last_error.items() if s in active},
             "universes": {name: [index[m] for m in members if m in index] for name, members in universes.items()},
             "counts": {STATES[k]: int((state == k).sum()) for k in range(len(STATES))}}
 
@@ -92,13 +94,18 @@ def document(health: dict[str, Any], history: CycleHistory, table_grid: dict[str
                       "rate_limit": s.get("rate_limit"), "last_error": s.get("last_error"),
                       "last_success_age_s": s.get("last_success_age_s"), "reason": s.get("reason")}
                for name, s in (health.get("sources") or {}).items()}
+    boot = health.get("bootstrap") or {}
+    windows = list((boot.get("progress") or {}).values())
     return {"now": now, "status": health.get("status"), "reasons": health.get("reasons", []),
             "loop": loop, "cycles": history.snapshot(now - 600), "sources": sources,
-            "redis": health.get("redis"), "sqlite": health.get("sqlite"),
-            "progress": {"bootstrap": health.get("bootstrap"), "backfill": health.get("backfill")},
-            "end_of_day": _end_of_day(health.get("end_of_day") or {}), "grid": table_grid, "signals": signals}
+            "redis": health.get("redis"), "sqlite": _without(health.get("sqlite"), "persisted_through"),
+            "progress": {"bootstrap": {"running": boot.get("running", False),
+                                       "windows_done": sum(w["windows_done"] for w in windows),
+                                       "windows": sum(w["windows"] for w in windows)},
+                         "backfill": _without(health.get("backfill"), "gaps")},
+            "end_of_day": _without(health.get("end_of_day"), "sessions"), "grid": table_grid, "signals": signals}
 
 
-def _end_of_day(eod: dict[str, Any]) -> dict[str, Any]:
-    """The last end-of-day check without its per-symbol sessions (thousands of rows)."""
-    return {k: v for k, v in eod.items() if k != "sessions"}
+def _without(section: dict[str, Any] | None, key: str) -> dict[str, Any]:
+    """A health section without its per-symbol part (thousands of rows at 5,000 symbols)."""
+    return {k: v for k, v in (section or {}).items() if k != key}
