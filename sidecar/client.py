@@ -290,6 +290,7 @@ class Client:
             if "BUSYGROUP" not in str(exc):
                 raise
         backlog = True
+        block_ms = max(1, min(block_ms, int(self.timeout_s * 1000) - 200))  # a wait past the socket timeout would fail
         while True:
             reply = await self._redis.xreadgroup(group, consumer, {stream: "0" if backlog else ">"}, count=count,
                                                  block=None if backlog else block_ms)
