@@ -22,7 +22,7 @@ from aiohttp import web
 
 from ..clock import Clock, SystemClock
 from ..symbols import AssetClass
-from . import actions
+from . import actions, chart
 from .ledger import BAR_FAULTS, META_FAULTS, QUOTE_ENDPOINT, QUOTE_FAULTS, RESPONSE_FAULTS, Ledger
 from .market import Market, MinuteBars
 from .providers import Limits, ProviderEndpoints
@@ -238,9 +238,9 @@ class Exchange:
         closed = ts + 60 <= now
         if step == 60:
             self.ledger.record_served(symbol, bars, closed)
-            rows = self._rows_1m(symbol, bars)
+            rows = chart.rows_1m(m, symbol, bars)
         else:
-            rows = self._rows_aggregated(bars, step, self._anchors(symbol, bars.ts, step))
+            rows = chart.rows_aggregated(bars, step, chart.anchors(m, symbol, bars.ts, step))
 
         session_start, session_end = m.regular_period(symbol, now)
         if (not m.always_open and profile.asset_class is AssetClass.EQUITY and step == 60
@@ -301,54 +301,6 @@ class Exchange:
             result["events"] = {k: v for k, v in happened.items() if k[:3] in {e[:3] for e in events}}
         body = orjson.dumps({"chart": {"result": [result], "error": None}})
         return body.replace(repr(_NAN_MARK).encode(), b"NaN")
-
-    def _rows_1m(self, symbol: str, bars: MinuteBars) -> dict[str, list]:
-        """Column lists for Yahoo: nulls or nothing for minutes without trades."""
-        keep = bars.traded | self.market.null_style(symbol, bars.ts)
-        b = bars.select(keep)
-        rows: dict[str, list] = {"ts": b.ts.tolist()}
-        for name in ("open", "high", "low", "close", "volume"):
-            col = getattr(b, name)
-            values = col.astype(np.int64).tolist() if name == "volume" else col.tolist()
-            rows[name] = [v if t else None for v, t in zip(values, b.traded.tolist(), strict=True)]
-        return rows
-
-    @staticmethod
-    def _rows_aggregated(bars: MinuteBars, step: int, anchors: np.ndarray) -> dict[str, list]:
-        traded = bars.traded
-        b, anchors = bars.select(traded), anchors[traded]
-        buckets = anchors if step >= DAY else anchors + (b.ts - anchors) // step * step  # a day: its start
-        starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]]) if len(b) else np.array([], dtype=int)
-        ends = np.r_[starts[1:], len(b)] if len(b) else starts
-        return {
-            "ts": buckets[starts].tolist(),
-            "open": b.open[starts].tolist(),
-            "high": np.maximum.reduceat(b.high, starts).tolist() if len(b) else [],
-            "low": np.minimum.reduceat(b.low, starts).tolist() if len(b) else [],
-            "close": b.close[ends - 1].tolist() if len(b) else [],
-            "volume": np.add.reduceat(b.volume, starts).astype(np.int64).tolist() if len(b) else [],
-        }
-
-    def _anchors(self, symbol: str, ts: np.ndarray, step: int) -> np.ndarray:
-        """Where each minute's bucket grid starts: Yahoo's hourly (and longer) US equity bars
-        start at the session open, 09:30, 10:30, ... (providers.md 8.2); others on the epoch grid.
-        A daily bar starts at its day's start: the session open, or for the 24-hour markets the
-        midnight of Yahoo's zone for them (FX London, futures New York, crypto UTC)."""
-        anchors = np.zeros(len(ts), dtype=np.int64)
-        m = self.market
-        if step >= DAY and len(ts):
-            days, first = np.unique(ts // DAY, return_index=True)  # `ts` ascends: a slice per UTC day
-            for day, a, b in zip(days.tolist(), first.tolist(), [*first[1:].tolist(), len(ts)], strict=True):
-                # at most one local day start lies inside a UTC day
-                early, late = m.regular_period(symbol, day * DAY)[0], m.regular_period(symbol, day * DAY + DAY - 1)[0]
-                anchors[a:b] = np.where(ts[a:b] >= late, late, early)
-            return anchors
-        if step < 3600 or m.always_open or m.profile(symbol).asset_class not in (AssetClass.EQUITY, AssetClass.INDEX):
-            return anchors
-        days = ts // 86400
-        for day in np.unique(days).tolist():
-            anchors[days == day] = m.regular_period(symbol, day * 86400 + 86399)[0]
-        return anchors
 
     def _apply_bar_fault(self, symbol: str, rows: dict[str, list], kind: str, now: int) -> None:
         """Corrupt the newest closed bar with trades; the truth of that minute stays unserved."""
