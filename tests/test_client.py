@@ -48,7 +48,9 @@ def _raw(r: redis.Redis, key: str) -> dict:
 async def test_bars_and_features_equal_what_redis_holds(daemon: DaemonProcess, redis_url: str) -> None:
     r = redis.Redis.from_url(redis_url)
     async with Client(redis_url) as c:
-        await wait_until(lambda: all(r.exists(f"sidecar:{{{s}}}:features:5m") for s in CHECKED), 30, "5m features")
+        await wait_until(lambda: all(r.exists(f"sidecar:{{{s}}}:features:5m") for s in CHECKED), 90, "5m features",
+                         detail=lambda: f"without: {[s for s in CHECKED if not r.exists(f'sidecar:{{{s}}}:features:5m')]}"
+                                        f"\n{daemon.text()[-3000:]}")
         for tf in ("1m", "5m"):
             table = await c.feature_table(CHECKED, tf)
             got = await c.features(CHECKED, tf)
