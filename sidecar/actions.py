@@ -67,8 +67,8 @@ def parse_yahoo_events(events: object) -> tuple[list[Action], int]:
 
 
 async def store(sqlite: SQLiteStore, symbol: str, source: str, actions: Sequence[Action]) -> None:
-    """Record a symbol's actions (a later report of the same one replaces it)."""
-    await sqlite.create(SCHEMA)
+    """Record a symbol's actions (a later report of the same one replaces it); the table
+    exists (`SCHEMA`, created by whoever loads history)."""
     if actions:
         await sqlite.execute(_UPSERT, [(symbol, t, k, v, source) for t, k, v in actions])
 

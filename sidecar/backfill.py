@@ -138,7 +138,6 @@ class Backfiller:
         now = int(self.clock.time())
         end = min(end, (now - SETTLED_S) // self.step * self.step)
         report = BackfillReport(self.clock.time(), (start, end))
-        self.progress = (0, len(infos))
         for k, info in enumerate(infos):
             self.progress = (k, len(infos))
             gone = await self.missing(info, start, end)

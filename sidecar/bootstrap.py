@@ -114,6 +114,7 @@ class Bootstrapper:
         report = BootstrapReport(symbols=len(infos))
         plan = self.plan(days, timeframes)
         gate = asyncio.Semaphore(self.concurrency)
+        await self.sqlite.create(actions.SCHEMA)  # the dividends and splits the windows report
         self.running = True
         try:
             await asyncio.gather(*(self._symbol(info, plan, gate, report) for info in infos))

@@ -13,6 +13,8 @@ from typing import Any
 
 import aiohttp
 
+from .helpers import wait_until
+
 BINARY = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -66,9 +68,10 @@ class Chromium:
         """Open `url` and wait until the document has loaded."""
         await self.send("Page.enable")
         await self.send("Page.navigate", url=url)
-        async with asyncio.timeout(30):
-            while await self.eval("document.readyState") != "complete":
-                await asyncio.sleep(0.1)
+        await wait_until(lambda: self._loaded(), 30, f"{url} loaded", every=0.1)
+
+    async def _loaded(self) -> bool:
+        return bool(await self.eval("document.readyState") == "complete")
 
     async def eval(self, expression: str) -> Any:
         """The value of a JavaScript expression in the page (promises awaited)."""

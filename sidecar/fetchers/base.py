@@ -13,6 +13,7 @@ import aiohttp
 import numpy as np
 import orjson
 
+from ..actions import Action
 from ..bars import FORMING, Bar
 from ..calendars import NEW_YORK
 from ..clock import Clock, SystemClock
@@ -29,7 +30,7 @@ class FetchResult:
     bars: list[Bar] = field(default_factory=list)
     ignored: int = 0  # provider rows that are not bars of the session (e.g. Yahoo's close print)
     # Dividends and splits reported with the bars: (ex-date, "dividend" | "split", amount | ratio)
-    actions: list[tuple[int, str, float]] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
     # The provider's clock when it answered (the local clock where it does not say): a closed bar
     # that ended just before it may still change. Infinite: the closed bars are final.
     provider_time: float = math.inf
