@@ -21,11 +21,13 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $(STAMP)
 
-# redis-server, prometheus (its server and promtool, for the monitoring tests) and chromium (the
-# status page's browser test) come from Debian's packages; installed only when missing.
+# redis-server, postgresql (the durable store of cluster mode, and its tests), prometheus (its
+# server and promtool, for the monitoring tests) and chromium (the status page's browser test)
+# come from Debian's packages; installed only when missing.
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	[ -z "$$missing" ] || { \

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # the fetchers import this module, the store imports theirs
-    from .stores import SQLiteStore
+    from .stores import DurableStore
 
 DIVIDEND, SPLIT = "dividend", "split"
 
@@ -66,7 +66,7 @@ def parse_yahoo_events(events: object) -> tuple[list[Action], int]:
     return sorted(out), bad
 
 
-async def store(sqlite: SQLiteStore, symbol: str, source: str, actions: Sequence[Action]) -> None:
+async def store(sqlite: DurableStore, symbol: str, source: str, actions: Sequence[Action]) -> None:
     """Record a symbol's actions (a later report of the same one replaces it); the table
     exists (`SCHEMA`, created by whoever loads history)."""
     if actions:

@@ -31,7 +31,7 @@ from .errors import BeyondReach, FetchError
 from .fetchers import FetchResult
 from .metrics import Metrics
 from .sources import GuardedSource, fetch_history
-from .stores import SQLiteStore
+from .stores import DurableStore
 from .symbols import SymbolInfo
 from .validator import Validator
 
@@ -100,7 +100,7 @@ class Backfiller:
     :param max_window_s: the longest window one request asks for.
     """
 
-    def __init__(self, *, sqlite: SQLiteStore, sources: Callable[[SymbolInfo], Sequence[GuardedSource]],
+    def __init__(self, *, sqlite: DurableStore, sources: Callable[[SymbolInfo], Sequence[GuardedSource]],
                  validator: Validator, clock: Clock, metrics: Metrics,
                  on_bars: Callable[[list[Bar]], Awaitable[object]] | None = None,
                  on_revised: Callable[[set[str]], object] | None = None,

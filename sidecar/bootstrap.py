@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from . import actions
 from .bars import timeframe_seconds
 from .clock import Clock
-from .errors import FetchError, SQLiteStoreError
+from .errors import DurableStoreError, FetchError
 from .sources import GuardedSource, fetch_history
-from .stores import SQLiteStore
+from .stores import DurableStore
 from .symbols import SymbolInfo
 from .validator import Validator
 
@@ -68,7 +68,7 @@ class Bootstrapper:
     :param timeout_s: deadline of one history request.
     """
 
-    def __init__(self, *, sqlite: SQLiteStore, sources: Callable[[SymbolInfo], Sequence[GuardedSource]],
+    def __init__(self, *, sqlite: DurableStore, sources: Callable[[SymbolInfo], Sequence[GuardedSource]],
                  reach: dict[str, tuple[int, int]], validator: Validator, clock: Clock,
                  concurrency: int = 8, timeout_s: float = 30.0) -> None:
         self.sqlite, self.sources, self.reach, self.validator, self.clock = sqlite, sources, reach, validator, clock
@@ -151,7 +151,7 @@ class Bootstrapper:
                     await actions.store(self.sqlite, info.symbol, result.source, result.actions)
                     await self.sqlite.flush()  # committed before the window counts as done
                     await self.sqlite.mark_bootstrapped(info.symbol, w.timeframe, w.cell, w.end)
-                except SQLiteStoreError as exc:  # the bars stay buffered; the window is fetched again next run
+                except DurableStoreError as exc:  # the bars stay buffered; the window is fetched again next run
                     report.failed += 1
                     log.error("bootstrap of %s %s [%d, %d) not recorded: %s", info.symbol, w.timeframe, w.start,
                               w.end, exc)

@@ -10,7 +10,10 @@
      │    └── MalformedResponse   the body could not be parsed into bars
      └── StoreError
           ├── RedisStoreError
-          └── SQLiteStoreError
+          │    └── Fenced           a newer owner holds the partition: the write was refused
+          └── DurableStoreError
+               ├── SQLiteStoreError
+               └── PostgresStoreError
 
 Every fetch error carries the source and the symbol it was about.
 """
@@ -89,5 +92,23 @@ class RedisStoreError(StoreError):
     """Redis did not accept a pipeline or a read in time."""
 
 
-class SQLiteStoreError(StoreError):
+class Fenced(RedisStoreError):
+    """Redis refused a write for a partition: a newer fencing token exists, so this shard no
+    longer owns it (it was paused or cut off past its lease)."""
+
+    def __init__(self, partition: int, token: int, message: str) -> None:
+        super().__init__(f"partition {partition} (token {token}): {message}")
+        self.partition = partition
+        self.token = token
+
+
+class DurableStoreError(StoreError):
+    """The durable record (SQLite or PostgreSQL) could not commit or answer."""
+
+
+class SQLiteStoreError(DurableStoreError):
     """SQLite could not commit a flush."""
+
+
+class PostgresStoreError(DurableStoreError):
+    """PostgreSQL could not commit a flush or answer a read."""

@@ -24,7 +24,7 @@ from .bars import TIMEFRAMES, UNALIGNED, Bar
 from .clock import Clock
 from .cycle.higher import HigherTimeframes
 from .errors import RedisStoreError
-from .stores import RedisStore, SQLiteStore
+from .stores import DurableStore, RedisStore
 from .symbols import SymbolInfo
 from .timeframes import Buckets, aggregate
 
@@ -43,7 +43,7 @@ class Rebuilt:
     replaced: list[int] = field(default_factory=list)  # opens of stored bars of the old rules, deleted
 
 
-async def reaggregate(sqlite: SQLiteStore, buckets: Buckets, info: SymbolInfo, timeframes: Sequence[str],
+async def reaggregate(sqlite: DurableStore, buckets: Buckets, info: SymbolInfo, timeframes: Sequence[str],
                       start: int, end: int) -> dict[str, Rebuilt]:
     """Rebuild `info`'s bars of `timeframes` (those above 1m) with buckets ending in
     (start, end] from the finest stored bars; store them (buffered), delete the stored bars of
@@ -133,7 +133,7 @@ class Reaggregator:
     :param flush: flushes the SQLite buffer (months of rebuilt bars never near its bound).
     """
 
-    def __init__(self, *, sqlite: SQLiteStore, redis: RedisStore, higher: HigherTimeframes, clock: Clock,
+    def __init__(self, *, sqlite: DurableStore, redis: RedisStore, higher: HigherTimeframes, clock: Clock,
                  flush: Callable[[], Awaitable[int]]) -> None:
         self.sqlite, self.redis, self.higher, self.clock, self.flush = sqlite, redis, higher, clock, flush
 

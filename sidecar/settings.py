@@ -88,6 +88,11 @@ def _url(*schemes: str) -> Parser:
     return parse
 
 
+def _store_url(raw: str) -> str:
+    """Empty (SQLite at SIDECAR_DB_PATH) or a postgresql:// URL."""
+    return _url("postgresql", "postgres")(raw) if raw.strip() else ""
+
+
 def _optional_url(raw: str) -> str:
     return _url("http", "https")(raw) if raw.strip() else ""
 
@@ -417,6 +422,9 @@ class Settings(_FromEnv):
         "REDIS_HISTORY_LEN", 5000, _int(1, 1_000_000), "closed bars kept per symbol and timeframe")
     db_path: Path = _setting(
         "DB_PATH", Path("var/sidecar.db"), lambda raw: Path(raw.strip()), "SQLite database file")
+    store_url: str = _setting(
+        "STORE_URL", "", _store_url,
+        "durable store: empty for SQLite at SIDECAR_DB_PATH, or postgresql://user:password@host:port/db (cluster mode)")
     cycle_trace: str = _setting(
         "CYCLE_TRACE", "", _text,
         "file to append one JSON line per cycle to (time, duration, stage times, bars), for soak runs (empty: off)")

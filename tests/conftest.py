@@ -1,21 +1,31 @@
-"""Shared fixtures: a real redis-server per test session (private unix socket), the local
-exchange served over loopback HTTP, and settings that point the daemon at both."""
+"""Shared fixtures: a real redis-server per test session (private unix socket), a real
+PostgreSQL server when a test asks for one (private directory, private loopback port), the
+local exchange served over loopback HTTP, and settings that point the daemon at them."""
 
 from __future__ import annotations
 
+import glob
+import itertools
 import os
+import pwd
 import shutil
+import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
 
 from sidecar.exchange import Exchange, Market
 from sidecar.settings import Settings
+
+if TYPE_CHECKING:
+    from .helpers import Durable
 
 SEED = 7
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +94,98 @@ def redis_url(redis_server: RedisServer) -> str:
     with redis_server.client() as c:
         c.flushall()
     return redis_server.url
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL server this test session started (trust auth, user `sidecar`)."""
+
+    directory: Path
+    port: int
+    process: subprocess.Popen[bytes]
+    owner: str | None  # the user it runs as when the tests run as root (postgres refuses root)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://sidecar@127.0.0.1:{self.port}/{database}"
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run SQL with psql; its output (tuples only, unaligned)."""
+        return subprocess.run(["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql, self.url(database)],
+                              check=True, capture_output=True, text=True, timeout=60).stdout
+
+    def _run_as(self) -> dict[str, object]:
+        """Popen's arguments that run a child as the owner (the child itself, so signals reach it)."""
+        return {"user": self.owner, "group": self.owner, "extra_groups": []} if self.owner else {}
+
+    def start(self) -> None:
+        """Start (or restart) the server and wait until it accepts connections."""
+        binary = os.path.join(os.path.dirname(_pg_bin("initdb")), "postgres")
+        with (self.directory / "postgres.log").open("ab") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [binary, "-D", str(self.directory / "data"), "-p", str(self.port), "-k", str(self.directory),
+                 "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200", "-c", "shared_buffers=128MB"],
+                stdout=subprocess.DEVNULL, stderr=log, **self._run_as())  # type: ignore[call-overload]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port)]).returncode == 0:
+                return
+            time.sleep(0.1)
+        self.process.kill()
+        pytest.fail(f"postgres did not start:\n{(self.directory / 'postgres.log').read_text()[-2000:]}")
+
+    def stop(self, fast: bool = True) -> None:
+        """Stop the server (SIGINT: fast shutdown) and wait for it."""
+        self.process.send_signal(2 if fast else 15)
+        self.process.wait(timeout=60)
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not found:
+        pytest.fail("postgresql is not installed: `make test` installs it (apt-get install postgresql)")
+    return found[-1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server for the session (in /tmp, since pytest's own directories are
+    private to root and postgres must not run as root)."""
+    owner = "postgres" if os.geteuid() == 0 else None
+    directory = Path(tempfile.mkdtemp(prefix="sidecar-pg-"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    server = PostgresServer(directory, port, None, owner)  # type: ignore[arg-type]
+    if owner:
+        uid = pwd.getpwnam(owner)
+        os.chown(directory, uid.pw_uid, uid.pw_gid)
+    subprocess.run([_pg_bin("initdb"), "-D", str(directory / "data"), "-U", "sidecar", "--auth=trust", "-E", "UTF8",
+                    "--no-sync"], check=True, capture_output=True, timeout=120,
+                   **server._run_as())  # type: ignore[call-overload]  # noqa: SLF001
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+_DATABASES = itertools.count()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A new, empty database on the session's PostgreSQL server, for this test."""
+    name = f"t{os.getpid()}_{next(_DATABASES)}"
+    postgres_server.psql(f"CREATE DATABASE {name}")
+    return postgres_server.url(name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def durable(request: pytest.FixtureRequest, tmp_path: Path) -> Durable:
+    """The durable store a test's daemons use: the test runs once with each."""
+    from .helpers import Durable  # helpers imports this module
+
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else ""
+    return Durable(tmp_path / "bars.db", url)
 
 
 @pytest.fixture

@@ -11,10 +11,12 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 
 from .conftest import subprocess_env
 
@@ -50,6 +52,45 @@ def stored_bars(db: Path, timeframe: str = "1m") -> dict[tuple[str, int], tuple]
         rows = conn.execute("SELECT symbol, ts, open, high, low, close, volume FROM bars WHERE timeframe = ?",
                             (timeframe,)).fetchall()
     return {(r[0], r[1]): tuple(r[2:]) for r in rows}
+
+
+@dataclass
+class Durable:
+    """Where a test's daemons keep the durable record (a SQLite file, or a PostgreSQL database
+    when `url` is set), and the test's own reading of it, independent of the daemon's store."""
+
+    db: Path
+    url: str = ""
+
+    def env(self) -> dict[str, str]:
+        """The daemon's settings that select this store."""
+        return {"SIDECAR_STORE_URL": self.url} if self.url else {"SIDECAR_DB_PATH": str(self.db)}
+
+    async def rows(self, timeframe: str = "1m") -> dict[tuple[str, int], tuple]:
+        """(symbol, ts) -> (open, high, low, close, volume) of every stored bar of a timeframe."""
+        if not self.url:
+            return stored_bars(self.db, timeframe)
+        conn = await asyncpg.connect(self.url)
+        try:
+            rows = await conn.fetch("SELECT symbol, ts, open, high, low, close, volume FROM bars WHERE timeframe = $1",
+                                    timeframe)
+        except asyncpg.UndefinedTableError:
+            return {}
+        finally:
+            await conn.close()
+        return {(r[0], r[1]): tuple(r[2:]) for r in rows}
+
+    async def duplicates(self) -> int:
+        """Rows beyond one per (symbol, timeframe, ts): the primary key allows none."""
+        if not self.url:
+            with closing(sqlite3.connect(self.db)) as conn:
+                return int(conn.execute("SELECT count(*) - count(DISTINCT symbol || timeframe || ts) FROM bars")
+                           .fetchone()[0])
+        conn = await asyncpg.connect(self.url)
+        try:
+            return int(await conn.fetchval("SELECT count(*) - count(DISTINCT (symbol, timeframe, ts)) FROM bars"))
+        finally:
+            await conn.close()
 
 
 class DaemonProcess:

@@ -20,7 +20,7 @@ from sidecar.exchange import Exchange
 from sidecar.symbols import lookup
 
 from .conftest import subprocess_env
-from .helpers import wait_until
+from .helpers import Durable, wait_until
 from .test_e2e import _free_port
 
 pytestmark = pytest.mark.e2e
@@ -58,7 +58,7 @@ class Run:
         async for raw in self.proc.stdout:
             line = raw.decode(errors="replace")
             self.lines.append(line)
-            if "sqlite flush begin" in line:
+            if " flush begin" in line:  # sqlite or postgres
                 self.flush_begins.set()
             if "following" in line:
                 self.cycling.set()
@@ -70,10 +70,10 @@ class Run:
         return code
 
 
-async def _start(tmp_path: Path, redis_url: str, exchange: Exchange, http_port: int) -> Run:
+async def _start(tmp_path: Path, redis_url: str, exchange: Exchange, http_port: int, durable: Durable) -> Run:
     env = subprocess_env(
         SIDECAR_REDIS_URL=redis_url, SIDECAR_YAHOO_BASE_URL=exchange.url or "", SIDECAR_HTTP_PORT=str(http_port),
-        SIDECAR_DB_PATH=str(tmp_path / "bars.db"), SIDECAR_SYMBOLS=",".join(SYMBOLS),
+        **durable.env(), SIDECAR_SYMBOLS=",".join(SYMBOLS),
         SIDECAR_LOOKBACK_MINUTES=str(LOOKBACK_MIN), SIDECAR_FLUSH_INTERVAL_S="1", SIDECAR_FEATURE_WARMUP_BARS="50",
         SIDECAR_BREAKER_RESET_S="2",  # the outage ends within the test: probe again soon
     )
@@ -85,12 +85,12 @@ async def _start(tmp_path: Path, redis_url: str, exchange: Exchange, http_port: 
     return run
 
 
-def _stored(db: Path) -> tuple[dict[tuple[str, int], tuple], int, str]:
-    with closing(sqlite3.connect(db)) as conn:
-        rows = conn.execute("SELECT symbol, ts, open, high, low, close, volume FROM bars WHERE timeframe='1m'").fetchall()
-        dupes = conn.execute("SELECT count(*) - count(DISTINCT symbol || ':' || ts) FROM bars WHERE timeframe='1m'").fetchone()[0]
-        integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
-    return {(r[0], r[1]): tuple(r[2:]) for r in rows}, dupes, integrity
+async def _stored(durable: Durable) -> tuple[dict[tuple[str, int], tuple], int, str]:
+    integrity = "ok"
+    if not durable.url:
+        with closing(sqlite3.connect(durable.db)) as conn:
+            integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+    return await durable.rows(), await durable.duplicates(), integrity
 
 
 def _explain(missing: set, extra: set, period_start: int, period_end: int) -> str:
@@ -100,7 +100,7 @@ def _explain(missing: set, extra: set, period_start: int, period_end: int) -> st
 
 
 async def test_sigkill_at_random_moments_and_a_source_outage_lose_nothing(
-        tmp_path: Path, redis_url: str, exchange: Exchange) -> None:
+        tmp_path: Path, redis_url: str, exchange: Exchange, durable: Durable) -> None:
     rng = random.Random(20261123)
     port = _free_port()
     # The first start reaches back LOOKBACK_MIN minutes from the minute of its first cycle, which
@@ -108,7 +108,7 @@ async def test_sigkill_at_random_moments_and_a_source_outage_lose_nothing(
     period_start = (int(time.time()) // 60) * 60 - (LOOKBACK_MIN - 1) * 60
     kills = during_flush = 0
     for i in range(10):
-        run = await _start(tmp_path, redis_url, exchange, port)
+        run = await _start(tmp_path, redis_url, exchange, port, durable)
         if i == 4:
             exchange.outage(12)  # the source is down across this run and the next start
         if i % 3 == 1:  # kill exactly as a flush begins (the restart overlap always gives one)
@@ -123,7 +123,7 @@ async def test_sigkill_at_random_moments_and_a_source_outage_lose_nothing(
         assert await run.stop(signal.SIGKILL) == -signal.SIGKILL
         kills += 1
     # The last run is stopped cleanly, well inside a minute so the last closed bar was fetched.
-    run = await _start(tmp_path, redis_url, exchange, port)
+    run = await _start(tmp_path, redis_url, exchange, port, durable)
     await wait_until(lambda: 11 <= time.time() % 60 <= 50, 70, "well inside a minute", every=0.2)
     period_end = (int(time.time()) // 60) * 60  # exclusive: bars closed before the current minute
 
@@ -141,7 +141,7 @@ async def test_sigkill_at_random_moments_and_a_source_outage_lose_nothing(
                      detail=lambda: "".join(run.lines[-30:]))
     assert await run.stop(signal.SIGTERM) == 0, "".join(run.lines[-30:])
 
-    stored, dupes, integrity = _stored(tmp_path / "bars.db")
+    stored, dupes, integrity = await _stored(durable)
     truth = {}
     for sym in SYMBOLS:
         t = exchange.truth(lookup(sym).yahoo, period_start, period_end)

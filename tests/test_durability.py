@@ -1,5 +1,6 @@
-"""The durable record under a full disk and a power cut, against the daemon as a subprocess, a
-real filesystem (a small tmpfs this test mounts) and the exchange's ground truth."""
+"""The durable record under a full disk, a power cut and a PostgreSQL restart, against the
+daemon as a subprocess, a real filesystem (a small tmpfs this test mounts), a real PostgreSQL
+server and the exchange's ground truth."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ import pytest
 from sidecar.exchange import Exchange
 from sidecar.symbols import lookup
 
-from .conftest import RedisServer
-from .helpers import DaemonProcess, stored_bars, wait_until
+from .conftest import PostgresServer, RedisServer
+from .helpers import DaemonProcess, Durable, stored_bars, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -163,3 +164,44 @@ async def test_a_copy_taken_mid_flush_opens_and_the_daemon_resumes_from_it_with_
     assert {k: v for k, v in rows.items() if k[1] < now_minute - 60} == {
         k: v for k, v in served.items() if k[1] < now_minute - 60}
     assert all(rows[k] == v for k, v in served.items() if k in rows)
+
+
+async def test_a_postgres_restart_keeps_the_daemon_live_and_loses_nothing(
+        tmp_path: Path, redis_url: str, postgres_server: PostgresServer, postgres_url: str,
+        exchange: Exchange) -> None:
+    durable = Durable(tmp_path / "unused.db", postgres_url)
+    daemon = await DaemonProcess.start(tmp_path, **_env(tmp_path / "unused.db", redis_url, exchange, **durable.env()))
+    restarted = False
+    try:
+        await daemon.wait_ready()
+        await wait_until(durable.rows, 30, "a first flush", detail=daemon.text)
+        postgres_server.stop()  # the server goes away (its connections with it) across a minute's close
+        minute = int(time.time()) // 60 * 60
+        health: dict = {}
+
+        async def degraded_past_a_minute() -> bool:
+            nonlocal health
+            health = await daemon.health()
+            return (bool(health) and health["sqlite"]["state"] == "degraded" and health["sqlite"]["buffered"] > 0
+                    and time.time() >= minute + 65)  # the minute that was forming has closed and been fetched
+
+        await wait_until(degraded_past_a_minute, 120, "the store degraded across a minute's close", every=0.5,
+                         detail=lambda: f"{health}\n{daemon.text()[-3000:]}")
+        assert health["loop"]["state"] == "ok" and health["redis"]["state"] == "ok"
+        assert "***" not in health["sqlite"]["url"] and health["sqlite"]["url"].startswith("postgresql://")
+        postgres_server.start()
+        restarted = True
+
+        async def recovered() -> bool:
+            doc = await daemon.health()
+            return bool(doc) and doc["sqlite"]["state"] == "ok" and doc["sqlite"]["buffered"] == 0
+
+        await wait_until(recovered, 60, "every buffered bar committed", every=0.5, detail=daemon.text)
+        assert max(ts for _, ts in await durable.rows()) >= minute
+        assert await daemon.stop(signal.SIGTERM) == 0, daemon.text()
+    finally:
+        await daemon.kill()
+        if not restarted:
+            postgres_server.start()  # for the tests after this one
+    assert await durable.rows() == _served(exchange)  # nothing lost, nothing else
+    assert await durable.duplicates() == 0

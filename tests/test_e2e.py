@@ -19,7 +19,7 @@ from sidecar.exchange import Exchange
 from sidecar.symbols import DEFAULT_SYMBOLS, lookup
 
 from .conftest import RedisServer, subprocess_env
-from .helpers import wait_until
+from .helpers import Durable, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -61,13 +61,14 @@ class Daemon:
         return await asyncio.wait_for(self.proc.wait(), timeout)
 
 
-async def _start(tmp_path: Path, redis_url: str, exchange: Exchange) -> Daemon:
+async def _start(tmp_path: Path, redis_url: str, exchange: Exchange, durable: Durable | None = None) -> Daemon:
     port = _free_port()
     log = tmp_path / "daemon.log"
     env = subprocess_env(
         SIDECAR_REDIS_URL=redis_url, SIDECAR_YAHOO_BASE_URL=exchange.url or "", SIDECAR_HTTP_PORT=str(port),
-        SIDECAR_DB_PATH=str(tmp_path / "bars.db"), SIDECAR_LOOKBACK_MINUTES="20", SIDECAR_BOOTSTRAP_DAYS="0",
+        SIDECAR_LOOKBACK_MINUTES="20", SIDECAR_BOOTSTRAP_DAYS="0",
         SIDECAR_FLUSH_INTERVAL_S="86400",  # nothing flushes on the timer: rows after the signal prove the final flush
+        **(durable or Durable(tmp_path / "bars.db")).env(),
     )
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         proc = await asyncio.create_subprocess_exec(sys.executable, "-u", "-m", "sidecar", "run", env=env,
@@ -88,10 +89,10 @@ def _served(exchange: Exchange) -> dict[tuple[str, int], tuple]:
 
 
 async def test_daemon_stores_exactly_what_the_exchange_served_and_flushes_on_sigterm(
-        tmp_path: Path, redis_url: str, redis_server: RedisServer, exchange: Exchange) -> None:
+        tmp_path: Path, redis_url: str, redis_server: RedisServer, exchange: Exchange, durable: Durable) -> None:
     for yahoo, kind in FAULTS:
         exchange.inject(yahoo, kind)
-    daemon = await _start(tmp_path, redis_url, exchange)
+    daemon = await _start(tmp_path, redis_url, exchange, durable)
     await daemon.wait_ready()
     # Run across a minute boundary, so forming bars become closed bars while we watch.
     boundary = (int(time.time()) // 60 + 1) * 60
@@ -105,14 +106,14 @@ async def test_daemon_stores_exactly_what_the_exchange_served_and_flushes_on_sig
     _, metrics = await daemon.get("/metrics")
     with redis_server.client() as c:  # features of every symbol, fresh, before they expire
         features = {sym: msgpack.unpackb(c.get(f"sidecar:{{{sym}}}:features:1m")) for sym in DEFAULT_SYMBOLS}
-    rows_before_signal = len(_sqlite(tmp_path / "bars.db"))
+    rows_before_signal = len(await durable.rows())
 
     assert await daemon.stop(signal.SIGTERM) == 0, daemon.log.read_text()
     log = daemon.log.read_text()
-    rows = _sqlite(tmp_path / "bars.db")
+    rows = await durable.rows()
     served = _served(exchange)
 
-    # Every closed bar served is in SQLite exactly once (primary key) with identical values, and nothing else.
+    # Every closed bar served is in the durable store exactly once (primary key) with identical values, and nothing else.
     assert rows == served
     assert any(ts >= boundary - 60 for _, ts in rows)  # a bar that closed while the daemon ran
     assert rows_before_signal < len(rows)  # the final flush wrote them after the signal

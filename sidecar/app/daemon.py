@@ -19,7 +19,7 @@ from ..backfill import Backfiller
 from ..bars import Bar
 from ..bootstrap import Bootstrapper
 from ..clock import Clock, SystemClock
-from ..errors import RedisStoreError, SettingsError, SQLiteStoreError
+from ..errors import DurableStoreError, PostgresStoreError, RedisStoreError, SettingsError
 from ..features.service import FeatureService
 from ..fetchers import AlphaVantageFetcher, HttpFetcher, PolygonFetcher, TwelveDataFetcher, YahooFetcher
 from ..metrics import Metrics
@@ -29,7 +29,7 @@ from ..resilience import STATES, RetryPolicy
 from ..scanner import Scanner, parse_rules
 from ..settings import Settings, redact_url
 from ..sources import GuardedSource
-from ..stores import RedisStore, SQLiteStore
+from ..stores import DurableStore, PostgresStore, RedisStore, SQLiteStore
 from ..symbols import AssetClass, SymbolInfo, lookup, parse_symbol
 from ..timeframes import Buckets
 from ..validator import Validator
@@ -81,8 +81,11 @@ class Sidecar:
         self.redis = RedisStore(url=s.redis_url, prefix=s.redis_prefix, max_connections=s.redis_max_connections,
                                 timeout_s=s.redis_timeout_s, history_len=s.redis_history_len,
                                 features_ttl_s=s.feature_ttl_s, signals_maxlen=s.signals_maxlen)
-        self.sqlite = SQLiteStore(path=s.db_path, synchronous=s.sqlite_synchronous, clock=self.clock,
-                                  max_buffered=s.sqlite_buffer_max)
+        # The durable record (named `sqlite` since it was only that): PostgreSQL when a store URL is set.
+        self.sqlite: DurableStore = (
+            PostgresStore(url=s.store_url, clock=self.clock, max_buffered=s.sqlite_buffer_max) if s.store_url
+            else SQLiteStore(path=s.db_path, synchronous=s.sqlite_synchronous, clock=self.clock,
+                             max_buffered=s.sqlite_buffer_max))
         self.infos = [lookup(sym) for sym in s.symbols]
         self.symbols: dict[str, SymbolInfo] = {info.symbol: info for info in self.infos}
         self.features = FeatureService(s.feature_periods, timeframe=TIMEFRAME, clock=self.clock)
@@ -276,6 +279,8 @@ class Sidecar:
             await self.sqlite.start()
         except (OSError, sqlite3.Error) as exc:
             raise SettingsError("SIDECAR_DB_PATH", f"cannot open {s.db_path}: {exc}") from exc
+        except PostgresStoreError as exc:
+            raise SettingsError("SIDECAR_STORE_URL", str(exc)) from exc
         last = await self.resume()
         await self.reference.start()
         await self.redis.start()
@@ -384,7 +389,7 @@ class Sidecar:
         t0 = self.clock.monotonic()
         try:
             rows = await self.sqlite.flush()
-        except SQLiteStoreError as exc:
+        except DurableStoreError as exc:
             self.metrics.sqlite_errors.inc()
             log.error("%s (kept in the buffer: %d bars)", exc, self.sqlite.buffered)
             return 0

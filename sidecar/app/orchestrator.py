@@ -44,7 +44,7 @@ from ..features.service import FeatureService
 from ..metrics import Metrics
 from ..scanner import Scanner
 from ..sources import GuardedSource
-from ..stores import RedisStore, SQLiteStore
+from ..stores import DurableStore, RedisStore
 from ..symbols import SymbolInfo
 from ..timeframes import Buckets
 from ..validator import Validator
@@ -108,7 +108,7 @@ class Orchestrator:
     """
 
     def __init__(self, *, symbols: list[SymbolInfo], primary: GuardedSource, validator: Validator,
-                 redis: RedisStore, sqlite: SQLiteStore, metrics: Metrics, clock: Clock,
+                 redis: RedisStore, sqlite: DurableStore, metrics: Metrics, clock: Clock,
                  period: float, lookback_minutes: int, features: FeatureService | None = None,
                  scanner: Scanner | None = None, on_redis_lost: Callable[[], object] | None = None,
                  on_recovered: Callable[[], object] | None = None, stale_after_s: float = 5.0,

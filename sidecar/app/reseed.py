@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from ..bars import Bar
 from ..clock import Clock
 from ..errors import RedisStoreError
-from ..stores import RedisStore, SQLiteStore
+from ..stores import DurableStore, RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class Reseeder:
     :param supervise: registers the background task (a task that dies stops the daemon).
     """
 
-    def __init__(self, *, redis: RedisStore, sqlite: SQLiteStore, clock: Clock, latest_bars: Callable[[], list[Bar]],
+    def __init__(self, *, redis: RedisStore, sqlite: DurableStore, clock: Clock, latest_bars: Callable[[], list[Bar]],
                  symbols: Callable[[], list[str]], timeframes: Sequence[str], history_len: int,
                  supervise: Callable[[asyncio.Task[None]], None]) -> None:
         self.redis, self.sqlite, self.clock = redis, sqlite, clock

@@ -11,9 +11,9 @@ from pathlib import Path
 from .. import universes
 from ..backfill import Backfiller, end_of_day_events
 from ..clock import Clock
-from ..errors import RedisStoreError, SQLiteStoreError
+from ..errors import DurableStoreError, RedisStoreError
 from ..settings import Settings
-from ..stores import RedisStore, SQLiteStore
+from ..stores import DurableStore, RedisStore
 from ..symbols import SymbolInfo
 from ..timeframes import BASE
 from .ticker import Ticker
@@ -34,7 +34,7 @@ class Upkeep:
     :param stopping: whether the daemon is shutting down.
     """
 
-    def __init__(self, *, settings: Settings, backfiller: Backfiller, sqlite: SQLiteStore, redis: RedisStore,
+    def __init__(self, *, settings: Settings, backfiller: Backfiller, sqlite: DurableStore, redis: RedisStore,
                  clock: Clock, symbols: Callable[[], Sequence[SymbolInfo]],
                  supervise: Callable[[asyncio.Task[None]], None], stopping: Callable[[], bool]) -> None:
         self.settings, self.backfiller, self.sqlite, self.redis, self.clock = settings, backfiller, sqlite, redis, clock
@@ -58,7 +58,7 @@ class Upkeep:
             try:
                 await self.backfiller.run(list(self.symbols()), self.settings.gap_scan_days)
                 await self.end_of_day_check()
-            except SQLiteStoreError as exc:  # a full disk, say: the next scan tries again
+            except DurableStoreError as exc:  # a full disk, say: the next scan tries again
                 log.error("gap scan stopped: %s", exc)
 
     async def backfill_loop(self) -> None:
@@ -76,7 +76,7 @@ class Upkeep:
         async for _tick in Ticker(self.clock, 3600):
             try:
                 await self.apply_retention()
-            except SQLiteStoreError as exc:
+            except DurableStoreError as exc:
                 log.error("retention stopped, tried again in an hour: %s", exc)
 
     async def apply_retention(self, force: bool = False) -> int:

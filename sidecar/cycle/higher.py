@@ -23,7 +23,7 @@ from ..clock import Clock
 from ..features.engine import FeatureConfig
 from ..features.service import FeatureService
 from ..metrics import Metrics
-from ..stores import SQLiteStore
+from ..stores import DurableStore
 from ..timeframes import BASE, Buckets, aggregate
 from .aggregate import Aggregator
 from .batch import Batch
@@ -73,7 +73,7 @@ class HigherTimeframes:
         closes are never delayed.
     """
 
-    def __init__(self, timeframes: Sequence[str], *, table: SymbolTable, buckets: Buckets, sqlite: SQLiteStore,
+    def __init__(self, timeframes: Sequence[str], *, table: SymbolTable, buckets: Buckets, sqlite: DurableStore,
                  metrics: Metrics, clock: Clock, features: FeatureConfig | None,
                  warmup_bars: int, forming_every: int = 1) -> None:
         self.table, self.sqlite, self.metrics = table, sqlite, metrics

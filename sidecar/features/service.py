@@ -16,7 +16,7 @@ from .codec import FeatureCodec
 from .engine import FeatureConfig, FeatureEngine
 
 if TYPE_CHECKING:
-    from ..stores import SQLiteStore
+    from ..stores import DurableStore
 
 
 class FeatureService:
@@ -53,7 +53,7 @@ class FeatureService:
         """Build symbols' state from their stored closed bars (oldest first)."""
         self.book.add(infos, histories)
 
-    async def warm_from(self, store: SQLiteStore, infos: Sequence[SymbolInfo], limit: int) -> dict[str, list[Bar]]:
+    async def warm_from(self, store: DurableStore, infos: Sequence[SymbolInfo], limit: int) -> dict[str, list[Bar]]:
         """`warm` from each symbol's newest `limit` stored bars of this timeframe (the unflushed
         buffer's copies winning: a revision, or bars not yet flushed); returns those bars."""
         histories = await store.recent([i.symbol for i in infos], self.timeframe, limit)

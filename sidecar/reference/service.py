@@ -25,10 +25,10 @@ from typing import Any
 
 from ..calendars import NEW_YORK
 from ..clock import Clock
-from ..errors import CircuitOpen, FetchError, ProviderError, RedisStoreError, SQLiteStoreError
+from ..errors import CircuitOpen, DurableStoreError, FetchError, ProviderError, RedisStoreError
 from ..fetchers.twelvedata import EARNINGS_CREDITS
 from ..sources import GuardedSource
-from ..stores import RedisStore, SQLiteStore
+from ..stores import DurableStore, RedisStore
 from ..symbols import SymbolInfo
 from . import earnings, instruments
 from .earnings import Report
@@ -57,6 +57,13 @@ HORIZON_MONTHS = "3month"
 HORIZON_DAYS = 92
 
 
+def upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
+    """An insert that replaces the row with the same key, in SQL both durable stores speak."""
+    rest = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "  # noqa: S608
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {rest}")
+
+
 class ReferenceData:
     """The symbols table, the earnings calendar and its flags.
 
@@ -72,7 +79,7 @@ class ReferenceData:
         the budgets know the live demand before reference requests take from them.
     """
 
-    def __init__(self, *, sources: Mapping[str, GuardedSource], sqlite: SQLiteStore, redis: RedisStore, clock: Clock,
+    def __init__(self, *, sources: Mapping[str, GuardedSource], sqlite: DurableStore, redis: RedisStore, clock: Clock,
                  symbols: Callable[[], Sequence[SymbolInfo]],
                  on_earnings: Callable[[dict[str, float]], None] | None = None, horizon_days: int = 7,
                  timeout_s: float = 30.0, live: Callable[[], bool] = lambda: True) -> None:
@@ -130,7 +137,7 @@ class ReferenceData:
                 await self.refresh([i for i in self.symbols() if self.due(i.symbol)])
                 await self.sync_if_due()
                 await self.update_flags()
-            except (SQLiteStoreError, RedisStoreError) as exc:  # tried again next minute
+            except (DurableStoreError, RedisStoreError) as exc:  # tried again next minute
                 log.warning("reference data: %s", exc)
             await self.clock.sleep(60.0)
 
@@ -191,8 +198,7 @@ class ReferenceData:
                 inst = instruments.with_etf_profile(inst, profile) if profile else inst
             found[info.symbol] = inst
         rows_out = list(found.values())
-        marks = ", ".join("?" * len(instruments.COLUMNS))
-        await self.sqlite.execute(f"INSERT OR REPLACE INTO symbols VALUES ({marks})", [r.row() for r in rows_out])
+        await self.sqlite.execute(upsert("symbols", instruments.COLUMNS, ("symbol",)), [r.row() for r in rows_out])
         self.table.update(found)
         self.refreshed_at = now
         log.info("symbols table: %d refreshed (%s)", len(rows_out), dict(Counter(r.source for r in rows_out)))
@@ -234,8 +240,8 @@ class ReferenceData:
             return False
         upcoming = [r for r in parsed.reports if r.report_date >= today.isoformat()]
         await self.sqlite.execute("DELETE FROM earnings WHERE report_date >= ?", [(today.isoformat(),)])
-        marks = ", ".join("?" * len(earnings.COLUMNS))
-        await self.sqlite.execute(f"INSERT OR REPLACE INTO earnings VALUES ({marks})", [r.row() for r in upcoming])
+        await self.sqlite.execute(upsert("earnings", earnings.COLUMNS, ("symbol", "report_date")),
+                                  [r.row() for r in upcoming])
         await self.sqlite.set_meta("earnings_synced", f"{source}@{now}")
         self.calendar.update(source=source, synced_at=now, reports=len(upcoming), skipped=parsed.skipped,
                              last_error=None)

@@ -1,6 +1,11 @@
-"""Stores: Redis for hot data other processes read, SQLite for the durable record."""
+"""Stores: Redis for hot data other processes read; SQLite (one machine) or PostgreSQL (a
+cluster) for the durable record."""
 
+from .postgres_store import PostgresStore
 from .redis_store import RedisKeys, RedisStore
 from .sqlite_store import SQLiteStore
 
-__all__ = ["RedisKeys", "RedisStore", "SQLiteStore"]
+DurableStore = SQLiteStore | PostgresStore
+"""The durable record: either store has the same methods and semantics."""
+
+__all__ = ["DurableStore", "PostgresStore", "RedisKeys", "RedisStore", "SQLiteStore"]

@@ -1,7 +1,7 @@
-"""SQLite store: the durable record of closed bars.
+"""SQLite store: the durable record of closed bars on one machine (the default).
 
-Closed bars are buffered in memory (deduplicated by key) and flushed in one transaction of
-idempotent upserts, on a timer and at shutdown. WAL mode lets readers (the HTTP server,
+Closed bars are buffered in memory (deduplicated by key, `BufferedStore`) and flushed in one
+transaction of idempotent upserts, on a timer and at shutdown. WAL mode lets readers (the HTTP server,
 other processes) read while a flush commits. A flush whose commit fails keeps its rows in
 the buffer for the next try; a cancelled or timed-out commit may still have landed, which
 the upserts make harmless (reliability.md B.2).
@@ -9,10 +9,9 @@ the upserts make harmless (reliability.md B.2).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import aiosqlite
@@ -21,6 +20,7 @@ import numpy as np
 from ..bars import Bar
 from ..clock import Clock
 from ..errors import SQLiteStoreError
+from .buffer import BufferedStore, FeatureRow, Row
 
 log = logging.getLogger(__name__)
 
@@ -79,34 +79,25 @@ ON CONFLICT (symbol, timeframe, ts) DO UPDATE SET
 """
 
 
-class SQLiteStore:
+class SQLiteStore(BufferedStore):
     """Buffers closed bars and flushes them to SQLite in one transaction.
 
     :param path: database file; its directory is created.
     :param synchronous: FULL or NORMAL (WAL mode either way).
     :param clock: stamps the last flush.
     :param busy_timeout_ms: how long a flush waits for another process's lock.
-    :param max_buffered: bound of the buffer while flushes fail; beyond it the oldest bars are
-        dropped and counted (the newest matter most live, and the gap backfill can fetch the
-        oldest again while the source still serves them).
+    :param max_buffered: bound of the buffer while flushes fail (`BufferedStore`).
     """
+
+    kind = "sqlite"
 
     def __init__(self, *, path: Path, synchronous: str, clock: Clock, busy_timeout_ms: int = 5000,
                  max_buffered: int = 1_000_000) -> None:
+        super().__init__(clock=clock, max_buffered=max_buffered)
         self.path = path
-        self.max_buffered = max_buffered
-        self.dropped = 0
         self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous
-        self.clock = clock
         self._db: aiosqlite.Connection | None = None
-        self._buffer: dict[tuple[str, str, int], Bar] = {}
-        self._features: dict[tuple[str, str, int], bytes] = {}  # flushed with the bars
-        self._lock = asyncio.Lock()
-        self.persisted_through: dict[str, int] = {}
-        self.last_flush_at: float | None = None
-        self.last_flush_rows = 0
-        self.last_error: str | None = None
 
     async def start(self) -> None:
         """Open the database, set WAL and durability pragmas, create the schema."""
@@ -132,77 +123,20 @@ class SQLiteStore:
         self._db = None
 
     def health(self) -> dict[str, object]:
-        """Buffer, last flush and last error."""
-        return {
-            "state": "ok" if self.last_error is None else "degraded",
-            "path": str(self.path),
-            "buffered": len(self._buffer),
-            "dropped_total": self.dropped,
-            "last_flush_age_s": None if self.last_flush_at is None else round(self.clock.time() - self.last_flush_at, 3),
-            "last_flush_rows": self.last_flush_rows,
-            "last_error": self.last_error,
-            "persisted_through": dict(self.persisted_through),
-        }
+        """Buffer, last flush and last error, and the file."""
+        return {**super().health(), "path": str(self.path)}
 
-    @property
-    def buffered(self) -> int:
-        """Bars waiting for the next flush."""
-        return len(self._buffer)
+    def _open(self) -> bool:
+        return self._db is not None
 
-    def buffered_bars(self, symbols: set[str]) -> list[Bar]:
-        """Bars of these symbols not yet flushed."""
-        return [b for b in self._buffer.values() if b.symbol in symbols]
+    def _error(self, message: str) -> SQLiteStoreError:
+        return SQLiteStoreError(message)
 
-    def add(self, bars: Iterable[Bar]) -> None:
-        """Buffer closed bars; a later copy of the same key replaces the earlier one."""
-        for bar in bars:
-            self._buffer[bar.key] = bar
-        over = len(self._buffer) - self.max_buffered
-        if over > 0:
-            for key in sorted(self._buffer, key=lambda k: k[2])[:over]:
-                del self._buffer[key]
-            self.dropped += over
-            log.error("sqlite buffer over %d bars: dropped the %d oldest (%d in all)", self.max_buffered, over,
-                      self.dropped)
-
-    def add_features(self, timeframe: str, symbols: Sequence[str], ts: np.ndarray, values: np.ndarray) -> None:
-        """Buffer the features at some bars' close ((n, outputs) values): written with the next flush."""
-        for symbol, t, row in zip(symbols, ts.tolist(), values.astype("<f8"), strict=True):
-            self._features[(symbol, timeframe, t)] = row.tobytes()
-
-    async def flush(self) -> int:
-        """Write the buffer (bars and features) in one transaction; return bars written. On
-        failure the rows stay buffered and SQLiteStoreError is raised."""
-        async with self._lock:
-            if not (self._buffer or self._features) or self._db is None:
-                return 0
-            batch, self._buffer = self._buffer, {}
-            features, self._features = self._features, {}
-            rows = [(b.symbol, b.timeframe, b.ts, b.open, b.high, b.low, b.close, b.volume, b.source, b.flags)
-                    for b in batch.values()]
-            log.info("sqlite flush begin rows=%d", len(rows))
-            try:
-                await self._db.executemany(_UPSERT, rows)
-                await self._db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?)",
-                                           [(*k, v) for k, v in features.items()])
-                await self._db.commit()
-            except Exception as exc:
-                # Keep what failed, under anything buffered meanwhile (newer copies win).
-                batch.update(self._buffer)
-                self._buffer = batch
-                features.update(self._features)
-                self._features = features
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                await self._rollback()
-                raise SQLiteStoreError(f"flush of {len(rows)} bars failed: {self.last_error}") from exc
-            log.info("sqlite flush committed rows=%d", len(rows))
-            self.last_error = None
-            self.last_flush_at = self.clock.time()
-            self.last_flush_rows = len(rows)
-            for bar in batch.values():
-                if bar.ts > self.persisted_through.get(bar.symbol, -1):
-                    self.persisted_through[bar.symbol] = bar.ts
-            return len(rows)
+    async def _commit(self, rows: list[Row], features: list[FeatureRow]) -> None:
+        assert self._db is not None
+        await self._db.executemany(_UPSERT, rows)
+        await self._db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?)", features)
+        await self._db.commit()
 
     async def known_minutes(self, symbol: str, timeframe: str, start: int, end: int) -> np.ndarray:
         """Bar opens in [start, end) that are stored, buffered, or confirmed empty."""
@@ -213,8 +147,7 @@ class SQLiteStore:
             (symbol, timeframe, start, end, symbol, timeframe, start, end),
         ) as cur:
             stored = [r[0] for r in await cur.fetchall()]
-        buffered = [b.ts for b in self._buffer.values() if b.symbol == symbol and start <= b.ts < end]
-        return np.unique(np.array(stored + buffered, dtype=np.int64))
+        return np.unique(np.array(stored + self._buffered_opens(symbol, start, end), dtype=np.int64))
 
     async def values_in(self, symbol: str, timeframe: str, start: int, end: int) -> dict[int, tuple[float, ...]]:
         """Stored (and buffered, which is newer) bars opening in [start, end): ts -> (open, high,
@@ -225,10 +158,7 @@ class SQLiteStore:
             "AND ts < ?", (symbol, timeframe, start, end),
         ) as cur:
             out = {int(r[0]): tuple(r[1:]) for r in await cur.fetchall()}
-        for b in self._buffer.values():
-            if b.symbol == symbol and b.timeframe == timeframe and start <= b.ts < end:
-                out[b.ts] = b.values
-        return out
+        return self._merge_values(out, symbol, timeframe, start, end)
 
     async def between(self, symbols: Sequence[str], timeframe: str, start: int, end: int) -> list[Bar]:
         """Stored bars of some symbols opening in [start, end), the buffered copies winning
@@ -244,17 +174,12 @@ class SQLiteStore:
             ) as cur:
                 for r in await cur.fetchall():
                     out[(r[0], r[1])] = Bar(r[0], timeframe, r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8])
-        wanted = set(symbols)
-        for b in self._buffer.values():
-            if b.timeframe == timeframe and start <= b.ts < end and b.symbol in wanted:
-                out[(b.symbol, b.ts)] = b
-        return list(out.values())
+        return self._merge_between(out, symbols, timeframe, start, end)
 
     async def delete_bars(self, symbol: str, timeframe: str, opens: Sequence[int]) -> None:
         """Remove some bars of a symbol (stored and buffered): higher-timeframe bars that a
         re-aggregation under new bucket rules replaced."""
-        for ts in opens:
-            self._buffer.pop((symbol, timeframe, ts), None)
+        self._drop_buffered(symbol, timeframe, opens)
         if opens and self._db is not None:
             await self._write("DELETE FROM bars WHERE symbol = ? AND timeframe = ? AND ts = ?",
                               [(symbol, timeframe, ts) for ts in opens])
@@ -378,11 +303,7 @@ class SQLiteStore:
                 row = await cur.fetchone()
             if row is not None:
                 out[symbol] = (int(row[0]), np.frombuffer(row[1], dtype="<f8"))
-        wanted = set(symbols)
-        for (symbol, tf, ts), blob in self._features.items():
-            if tf == timeframe and symbol in wanted and (symbol not in out or ts >= out[symbol][0]):
-                out[symbol] = (ts, np.frombuffer(blob, dtype="<f8"))
-        return out
+        return self._merge_features(out, symbols, timeframe)
 
     async def last_stored(self, timeframe: str) -> dict[str, int]:
         """Each symbol's newest stored bar open: where fetching resumes after a restart."""
@@ -391,10 +312,7 @@ class SQLiteStore:
             "SELECT symbol, MAX(ts) FROM bars WHERE timeframe = ? GROUP BY symbol", (timeframe,)
         ) as cur:
             rows = await cur.fetchall()
-        last = {str(r[0]): int(r[1]) for r in rows}
-        for symbol, ts in last.items():
-            self.persisted_through[symbol] = max(ts, self.persisted_through.get(symbol, -1))
-        return last
+        return self._resumed({str(r[0]): int(r[1]) for r in rows})
 
     async def recent(self, symbols: list[str], timeframe: str, limit: int) -> dict[str, list[Bar]]:
         """Each symbol's newest `limit` closed bars, oldest first, the buffered copies winning
@@ -408,8 +326,4 @@ class SQLiteStore:
             ) as cur:
                 rows = await cur.fetchall()
             out[symbol] = {r[0]: Bar(symbol, timeframe, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows}
-        if self._buffer:
-            for bar in self.buffered_bars(set(symbols)):
-                if bar.timeframe == timeframe:
-                    out[bar.symbol][bar.ts] = bar
-        return {s: [bars[t] for t in sorted(bars)][-limit:] if limit else [] for s, bars in out.items()}
+        return self._merge_recent(out, symbols, timeframe, limit)

@@ -1,0 +1,178 @@
+"""The durable stores' shared part: closed bars and their features buffered in memory,
+deduplicated by key, and flushed in one transaction by the store behind (SQLite or
+PostgreSQL); a flush that fails keeps its rows for the next try, under anything buffered
+meanwhile. Reads merge the buffer over what is stored: the buffered copy of a bar is newer
+(a revision, or not flushed yet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from ..bars import Bar
+from ..clock import Clock
+from ..errors import DurableStoreError
+
+log = logging.getLogger(__name__)
+
+Row = tuple[str, str, int, float, float, float, float, float, str, int]
+"""A bar as the `bars` table's columns: symbol, timeframe, ts, open, high, low, close, volume, source, flags."""
+FeatureRow = tuple[str, str, int, bytes]
+"""A features row: symbol, timeframe, bar open, the values as little-endian float64s."""
+
+
+class BufferedStore:
+    """The buffer of a durable store; subclasses commit it (`_commit`) and read the rest.
+
+    :param clock: stamps the last flush.
+    :param max_buffered: bound of the buffer while flushes fail; beyond it the oldest bars are
+        dropped and counted (the newest matter most live, and the gap backfill can fetch the
+        oldest again while the source still serves them).
+    """
+
+    kind = "durable"
+
+    def __init__(self, *, clock: Clock, max_buffered: int) -> None:
+        self.clock = clock
+        self.max_buffered = max_buffered
+        self.dropped = 0
+        self._buffer: dict[tuple[str, str, int], Bar] = {}
+        self._features: dict[tuple[str, str, int], bytes] = {}  # flushed with the bars
+        self._lock = asyncio.Lock()  # one transaction at a time: small writes never interleave with a flush
+        self.persisted_through: dict[str, int] = {}
+        self.last_flush_at: float | None = None
+        self.last_flush_rows = 0
+        self.last_error: str | None = None
+
+    async def _commit(self, rows: list[Row], features: list[FeatureRow]) -> None:
+        """Write bars and features in one transaction (idempotent upserts); raise on failure."""
+        raise NotImplementedError
+
+    async def _rollback(self) -> None:
+        """Undo what a failed `_commit` left open, if the connection needs it."""
+
+    def health(self) -> dict[str, object]:
+        """Buffer, last flush and last error."""
+        return {
+            "state": "ok" if self.last_error is None else "degraded",
+            "buffered": len(self._buffer),
+            "dropped_total": self.dropped,
+            "last_flush_age_s": None if self.last_flush_at is None else round(self.clock.time() - self.last_flush_at, 3),
+            "last_flush_rows": self.last_flush_rows,
+            "last_error": self.last_error,
+            "persisted_through": dict(self.persisted_through),
+        }
+
+    @property
+    def buffered(self) -> int:
+        """Bars waiting for the next flush."""
+        return len(self._buffer)
+
+    def buffered_bars(self, symbols: set[str]) -> list[Bar]:
+        """Bars of these symbols not yet flushed."""
+        return [b for b in self._buffer.values() if b.symbol in symbols]
+
+    def add(self, bars: Iterable[Bar]) -> None:
+        """Buffer closed bars; a later copy of the same key replaces the earlier one."""
+        for bar in bars:
+            self._buffer[bar.key] = bar
+        over = len(self._buffer) - self.max_buffered
+        if over > 0:
+            for key in sorted(self._buffer, key=lambda k: k[2])[:over]:
+                del self._buffer[key]
+            self.dropped += over
+            log.error("%s buffer over %d bars: dropped the %d oldest (%d in all)", self.kind, self.max_buffered, over,
+                      self.dropped)
+
+    def add_features(self, timeframe: str, symbols: Sequence[str], ts: np.ndarray, values: np.ndarray) -> None:
+        """Buffer the features at some bars' close ((n, outputs) values): written with the next flush."""
+        for symbol, t, row in zip(symbols, ts.tolist(), values.astype("<f8"), strict=True):
+            self._features[(symbol, timeframe, t)] = row.tobytes()
+
+    async def flush(self) -> int:
+        """Write the buffer (bars and features) in one transaction; return bars written. On
+        failure the rows stay buffered and DurableStoreError (the store's own kind) is raised."""
+        async with self._lock:
+            if not (self._buffer or self._features) or not self._open():
+                return 0
+            batch, self._buffer = self._buffer, {}
+            features, self._features = self._features, {}
+            rows: list[Row] = [(b.symbol, b.timeframe, b.ts, b.open, b.high, b.low, b.close, b.volume, b.source,
+                                b.flags) for b in batch.values()]
+            log.info("%s flush begin rows=%d", self.kind, len(rows))
+            try:
+                await self._commit(rows, [(*k, v) for k, v in features.items()])
+            except Exception as exc:
+                # Keep what failed, under anything buffered meanwhile (newer copies win).
+                batch.update(self._buffer)
+                self._buffer = batch
+                features.update(self._features)
+                self._features = features
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                await self._rollback()
+                raise self._error(f"flush of {len(rows)} bars failed: {self.last_error}") from exc
+            log.info("%s flush committed rows=%d", self.kind, len(rows))
+            self.last_error = None
+            self.last_flush_at = self.clock.time()
+            self.last_flush_rows = len(rows)
+            for bar in batch.values():
+                if bar.ts > self.persisted_through.get(bar.symbol, -1):
+                    self.persisted_through[bar.symbol] = bar.ts
+            return len(rows)
+
+    def _open(self) -> bool:
+        """Whether the store is connected."""
+        raise NotImplementedError
+
+    def _error(self, message: str) -> DurableStoreError:
+        """The store's own error type around a message."""
+        return DurableStoreError(message)
+
+    # The buffer's part of each read: merged over the stored rows by the subclasses' reads.
+
+    def _buffered_opens(self, symbol: str, start: int, end: int) -> list[int]:
+        return [b.ts for b in self._buffer.values() if b.symbol == symbol and start <= b.ts < end]
+
+    def _merge_values(self, out: dict[int, tuple[float, ...]], symbol: str, timeframe: str, start: int,
+                      end: int) -> dict[int, tuple[float, ...]]:
+        for b in self._buffer.values():
+            if b.symbol == symbol and b.timeframe == timeframe and start <= b.ts < end:
+                out[b.ts] = b.values
+        return out
+
+    def _merge_between(self, out: dict[tuple[str, int], Bar], symbols: Sequence[str], timeframe: str, start: int,
+                       end: int) -> list[Bar]:
+        wanted = set(symbols)
+        for b in self._buffer.values():
+            if b.timeframe == timeframe and start <= b.ts < end and b.symbol in wanted:
+                out[(b.symbol, b.ts)] = b
+        return list(out.values())
+
+    def _merge_features(self, out: dict[str, tuple[int, np.ndarray]], symbols: Sequence[str],
+                        timeframe: str) -> dict[str, tuple[int, np.ndarray]]:
+        wanted = set(symbols)
+        for (symbol, tf, ts), blob in self._features.items():
+            if tf == timeframe and symbol in wanted and (symbol not in out or ts >= out[symbol][0]):
+                out[symbol] = (ts, np.frombuffer(blob, dtype="<f8"))
+        return out
+
+    def _merge_recent(self, out: dict[str, dict[int, Bar]], symbols: list[str], timeframe: str,
+                      limit: int) -> dict[str, list[Bar]]:
+        if self._buffer:
+            for bar in self.buffered_bars(set(symbols)):
+                if bar.timeframe == timeframe:
+                    out[bar.symbol][bar.ts] = bar
+        return {s: [bars[t] for t in sorted(bars)][-limit:] if limit else [] for s, bars in out.items()}
+
+    def _resumed(self, last: dict[str, int]) -> dict[str, int]:
+        for symbol, ts in last.items():
+            self.persisted_through[symbol] = max(ts, self.persisted_through.get(symbol, -1))
+        return last
+
+    def _drop_buffered(self, symbol: str, timeframe: str, opens: Sequence[int]) -> None:
+        for ts in opens:
+            self._buffer.pop((symbol, timeframe, ts), None)
