@@ -19,6 +19,8 @@ class Metrics:
         self.scraped = CollectorRegistry(auto_describe=False)
         self.cycles = Counter("sidecar_cycles", "Cycles run", registry=r)
         self.cycle_overruns = Counter("sidecar_cycle_overruns", "Cycles that ran past their period", registry=r)
+        self.fenced_writes = Counter("sidecar_fenced_writes", "Partition writes Redis refused: a newer owner holds "
+                                     "the partition (cluster mode)", registry=r)
         self.cycle_seconds = Histogram("sidecar_cycle_seconds", "Duration of one cycle", buckets=_FAST, registry=r)
         self.fetch_seconds = Histogram("sidecar_fetch_seconds", "Duration of one fetch", ["source"],
                                        buckets=_FAST, registry=r)

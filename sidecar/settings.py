@@ -88,6 +88,12 @@ def _url(*schemes: str) -> Parser:
     return parse
 
 
+def _shard_id(raw: str) -> str:
+    if raw.strip() and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", raw.strip()):
+        raise ValueError(f"expected 1-64 letters, digits, '_', '.' or '-', got {raw!r}")
+    return raw.strip()
+
+
 def _store_url(raw: str) -> str:
     """Empty (SQLite at SIDECAR_DB_PATH) or a postgresql:// URL."""
     return _url("postgresql", "postgres")(raw) if raw.strip() else ""
@@ -422,6 +428,16 @@ class Settings(_FromEnv):
         "REDIS_HISTORY_LEN", 5000, _int(1, 1_000_000), "closed bars kept per symbol and timeframe")
     db_path: Path = _setting(
         "DB_PATH", Path("var/sidecar.db"), lambda raw: Path(raw.strip()), "SQLite database file")
+    cluster: bool = _setting(
+        "CLUSTER", False, _bool,
+        "run as one member of a cluster: follow only the partitions this member owns (leases in Redis)")
+    shard_id: str = _setting(
+        "SHARD_ID", "", _shard_id, "this member's name in the cluster (empty: host-pid)")
+    partitions: int = _setting(
+        "PARTITIONS", 64, _int(1, 4096), "partitions the symbols are split into (the same on every member)")
+    lease_s: float = _setting(
+        "LEASE_S", 5.0, _float(1.0, 300.0),
+        "lifetime of a member's registration and partition leases (renewed every third of it)")
     store_url: str = _setting(
         "STORE_URL", "", _store_url,
         "durable store: empty for SQLite at SIDECAR_DB_PATH, or postgresql://user:password@host:port/db (cluster mode)")
@@ -496,7 +512,10 @@ class Settings(_FromEnv):
 
     def _finish(self, given: set[str]) -> Settings:
         """A universe named in these settings brings its members into `symbols`: they replace
-        the default list, or join the symbols named beside it."""
+        the default list, or join the symbols named beside it. A cluster needs a shared store."""
+        if self.cluster and not self.store_url:
+            raise SettingsError(PREFIX + "STORE_URL", "a cluster (SIDECAR_CLUSTER=true) needs a postgresql:// store "
+                                "every member writes; SQLite is one machine's")
         if "universe" not in given or not self.universe:
             return self
         try:

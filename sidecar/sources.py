@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from .clock import Clock
 from .errors import BeyondReach, CircuitOpen, FetchError, FetchTimeout, MalformedResponse, ProviderError, RateLimited
@@ -21,6 +21,9 @@ from .fetchers import FetchResult, HttpFetcher, QuoteBatch
 from .metrics import Metrics
 from .resilience import CircuitBreaker, RateLimiter, RetryPolicy
 from .symbols import SymbolInfo
+
+if TYPE_CHECKING:
+    from .cluster.budget import SharedBudget
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,9 @@ class GuardedSource:
         self._deadline = 0.0
         self._ok = self._failed = 0  # requests that succeeded / failed for good this cycle
         self._taken = 0  # requests (or credits) taken from the budget this cycle
+        # In a cluster, the provider key's budgets shared by every member (cluster.budget);
+        # the local limiter then keeps only Retry-After and the live loop's demand.
+        self.shared: SharedBudget | None = None
 
     @classmethod
     def build(cls, fetcher: HttpFetcher, *, clock: Clock, metrics: Metrics | None = None, per_minute: int = 0,
@@ -90,6 +96,8 @@ class GuardedSource:
         """A cycle ended: tell the breaker whether the source worked at all, and the budget what
         the live loop needs (history takes only what is left)."""
         self.limiter.note_live_cycle(self._taken, period_s)
+        if self.shared is not None:
+            self.shared.live_rate = self.limiter.live_per_minute
         if self._ok:
             self.breaker.record_success()
             self.state.last_success_at = now
@@ -122,7 +130,8 @@ class GuardedSource:
                         "transitions": breaker.transitions},
             "rate_limit": {"per_minute": limiter.per_minute, "per_day": limiter.per_day,
                            "used_today": limiter.used_today, "refused": limiter.refused,
-                           "blocked_for_s": round(max(0.0, limiter.blocked_until - self.clock.monotonic()), 3)},
+                           "blocked_for_s": round(max(0.0, limiter.blocked_until - self.clock.monotonic()), 3),
+                           **({"shared": self.shared.health()} if self.shared is not None else {})},
             "base_url": f.base_url,
             "delay_s": f.delay_s,  # the plan's delay: its bars are this old when they arrive, by design
             "requests_last_cycle": src.tried_last_cycle,
@@ -172,7 +181,7 @@ class GuardedSource:
         failures = 0
         timeout: float | None = None  # the live timeout; a retry gets what is left of the cycle
         while True:
-            if not self.limiter.try_acquire(cost):
+            if not self.limiter.try_acquire(cost) or (self.shared is not None and await self.shared.acquire(cost)):
                 self.metrics.fetch_skipped.labels(self.name, "rate_limit").inc()
                 self.breaker.release()
                 return None
@@ -249,6 +258,13 @@ class GuardedSource:
                 raise CircuitOpen(self.name, label, "circuit open")
             if not self.limiter.try_acquire(cost, history=True):  # taken by the live loop meanwhile
                 self.breaker.release()
+                continue
+            if self.shared is not None and (wait := await self.shared.acquire(cost, history=True)):
+                self.breaker.release()  # the cluster's live traffic comes first: wait for room
+                if waited + wait > max_wait_s:
+                    raise RateLimited(self.name, label, f"no shared budget for {cost} within {max_wait_s:.0f}s")
+                await self.clock.sleep(wait)
+                waited += wait
                 continue
             t0 = self.clock.monotonic()
             try:

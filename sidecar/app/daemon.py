@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sqlite3
 from pathlib import Path
@@ -19,6 +20,9 @@ from ..backfill import Backfiller
 from ..bars import Bar
 from ..bootstrap import Bootstrapper
 from ..clock import Clock, SystemClock
+from ..cluster.budget import SharedBudget
+from ..cluster.coordinator import Coordinator, default_shard_id
+from ..cluster.partitions import partition_of
 from ..errors import DurableStoreError, PostgresStoreError, RedisStoreError, SettingsError
 from ..features.service import FeatureService
 from ..fetchers import AlphaVantageFetcher, HttpFetcher, PolygonFetcher, TwelveDataFetcher, YahooFetcher
@@ -80,14 +84,27 @@ class Sidecar:
                                     cookie_url=s.yahoo_cookie_url, clock=self.clock)
         self.redis = RedisStore(url=s.redis_url, prefix=s.redis_prefix, max_connections=s.redis_max_connections,
                                 timeout_s=s.redis_timeout_s, history_len=s.redis_history_len,
-                                features_ttl_s=s.feature_ttl_s, signals_maxlen=s.signals_maxlen)
+                                features_ttl_s=s.feature_ttl_s, signals_maxlen=s.signals_maxlen,
+                                partitions=s.partitions if s.cluster else 0)
         # The durable record (named `sqlite` since it was only that): PostgreSQL when a store URL is set.
         self.sqlite: DurableStore = (
             PostgresStore(url=s.store_url, clock=self.clock, max_buffered=s.sqlite_buffer_max) if s.store_url
             else SQLiteStore(path=s.db_path, synchronous=s.sqlite_synchronous, clock=self.clock,
                              max_buffered=s.sqlite_buffer_max))
-        self.infos = [lookup(sym) for sym in s.symbols]
+        # Every symbol of the settings; in a cluster this member follows only its partitions'
+        # (`self.infos`, `self.symbols`), starting with none until its leases say which.
+        self.universe = [lookup(sym) for sym in s.symbols]
+        self.infos = [] if s.cluster else list(self.universe)
         self.symbols: dict[str, SymbolInfo] = {info.symbol: info for info in self.infos}
+        self.cluster: Coordinator | None = None
+        if s.cluster:
+            self.cluster = Coordinator(redis=self.redis, shard_id=s.shard_id or default_shard_id(),
+                                       partitions=s.partitions, lease_s=s.lease_s, clock=self.clock,
+                                       info={"pid": os.getpid(), "http": f"{s.http_host}:{s.http_port}",
+                                             "started": self.clock.time()},
+                                       on_change=self._partitions_moved)
+            self.redis.fence = self.cluster.token
+            self.redis.on_fenced = self._fenced
         self.features = FeatureService(s.feature_periods, timeframe=TIMEFRAME, clock=self.clock)
         self._broker = dict(s.broker_symbols)
         self.scanner = Scanner(symbols=s.symbols, broker_symbols=[self._broker.get(x, x) for x in s.symbols],
@@ -105,10 +122,17 @@ class Sidecar:
 
         def guard(f: HttpFetcher) -> GuardedSource:
             plan = plans[f.name]
-            g = GuardedSource.build(f, clock=self.clock, metrics=self.metrics, per_minute=plan.rate_per_min,
-                                    per_day=plan.rate_per_day, retry=retry, threshold=s.breaker_threshold,
-                                    reset_timeout_s=s.breaker_reset_s,
+            local = self.cluster is None  # a cluster's members share each provider key's budgets in Redis
+            g = GuardedSource.build(f, clock=self.clock, metrics=self.metrics,
+                                    per_minute=plan.rate_per_min if local else 0,
+                                    per_day=plan.rate_per_day if local else 0, retry=retry,
+                                    threshold=s.breaker_threshold, reset_timeout_s=s.breaker_reset_s,
                                     on_transition=lambda _old, new: self._breaker_moved(f.name, new))
+            if self.cluster is not None:
+                cluster = self.cluster
+                g.shared = SharedBudget(redis=self.redis, name=f.name, per_minute=plan.rate_per_min,
+                                        per_day=plan.rate_per_day, member=cluster.shard_id,
+                                        members=lambda: len(cluster.members), clock=self.clock)
             self.metrics.breaker_state.labels(f.name).set(STATES.index(g.breaker.state))  # shown before any change
             return g
 
@@ -149,10 +173,10 @@ class Sidecar:
         self.reference = ReferenceData(sources={g.name: g for g in self.orchestrator.sources}, sqlite=self.sqlite,
                                        redis=self.redis, clock=self.clock, symbols=lambda: list(self.symbols.values()),
                                        on_earnings=self.scanner.set_earnings, horizon_days=s.earnings_days,
-                                       timeout_s=s.history_timeout_s, live=self._live_answered)
+                                       timeout_s=s.history_timeout_s, live=self._live_answered, leads=self._leads)
         self.upkeep = Upkeep(settings=s, backfiller=self.backfiller, sqlite=self.sqlite, redis=self.redis,
                              clock=self.clock, symbols=lambda: list(self.symbols.values()), supervise=self._supervise,
-                             stopping=lambda: self.stopping)
+                             stopping=lambda: self.stopping, leads=self._leads)
         self.http = HttpServer(host=s.http_host, port=s.http_port, health=self.health, metrics=self.metrics,
                                redis=self.redis, symbols=self.symbols, clock=self.clock,
                                update_symbols=self.update_symbols, broker_symbols=self._broker,
@@ -180,7 +204,8 @@ class Sidecar:
                            "validator": {"rejected": self.metrics.by_label("sidecar_bars_rejected_total", "reason")},
                            "backfill": self.backfiller.health(), "bootstrap": self.bootstrapper.health(),
                            "end_of_day": self.backfiller.eod, "http": self.http.health(),
-                           "timeframes": orch.higher.health(), "reference": self.reference.health()})
+                           "timeframes": orch.higher.health(), "reference": self.reference.health(),
+                           **({"cluster": self.cluster.health()} if self.cluster is not None else {})})
 
     async def status(self) -> dict[str, Any]:
         """The status page's document: the health snapshot, the last ten minutes of cycles, the
@@ -220,6 +245,32 @@ class Sidecar:
         if new or gone:
             log.info("symbols now %d: added %s, removed %s", len(names), [i.symbol for i in new], gone)
         return names
+
+    # -- the cluster ---------------------------------------------------------------------------
+
+    def _leads(self, job: str) -> bool:
+        """Whether this daemon runs a singleton job now (always, outside a cluster)."""
+        return self.cluster is None or self.cluster.leads(job)
+
+    async def _partitions_moved(self, gained: dict[int, int], lost: set[int]) -> None:
+        """Follow the symbols of the partitions this member now owns, and drop the others'. A
+        gained partition's symbols continue after their newest stored bar (the minutes since
+        are fetched again: the upserts make an overlap harmless), warmed from stored history."""
+        n = self.settings.partitions
+        drop = [i.symbol for i in self.universe if partition_of(i.symbol, n) in lost]
+        take = [i.symbol for i in self.universe if partition_of(i.symbol, n) in gained]
+        await self.update_symbols(take, drop)
+        self.infos = list(self.symbols.values())
+        if take:
+            last = await self.sqlite.last_stored(TIMEFRAME)
+            self.orchestrator.resume({s: last[s] for s in take if s in last},
+                                     overlap_s=self.settings.restart_overlap_minutes * 60)
+
+    def _fenced(self, partitions: set[int]) -> None:
+        """Redis refused this member's writes for some partitions: a newer owner has them."""
+        assert self.cluster is not None
+        self.metrics.fenced_writes.inc(len(partitions))
+        self._supervise(asyncio.create_task(self.cluster.refused(partitions), name="fenced"))
 
     def _trace_cycle(self, record: dict[str, object]) -> None:
         """Append a cycle's record to SIDECAR_CYCLE_TRACE: opened per line (a line a second costs
@@ -284,6 +335,8 @@ class Sidecar:
         last = await self.resume()
         await self.reference.start()
         await self.redis.start()
+        if self.cluster is not None:
+            await self.cluster.start()  # takes this member's partitions: their symbols are followed
         await self.fetcher.start()
         self.announce_sources()
         for f in self.fallbacks:
@@ -425,7 +478,11 @@ class Sidecar:
         if self.sqlite.buffered:
             log.error("shutdown left %d bars unflushed; start-up backfill must recover them", self.sqlite.buffered)
         log.info("persisted_through %s", self.sqlite.persisted_through)
-        # 3. Nothing else holds data: close the edges.
+        # 3. In a cluster, give the leases back now that the bars are stored: the others take
+        #    over at once and continue after them.
+        if self.cluster is not None:
+            await self.cluster.close()
+        # 4. Nothing else holds data: close the edges.
         await self.http.close()
         await self.fetcher.close()
         for f in self.fallbacks:

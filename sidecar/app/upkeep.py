@@ -36,9 +36,11 @@ class Upkeep:
 
     def __init__(self, *, settings: Settings, backfiller: Backfiller, sqlite: DurableStore, redis: RedisStore,
                  clock: Clock, symbols: Callable[[], Sequence[SymbolInfo]],
-                 supervise: Callable[[asyncio.Task[None]], None], stopping: Callable[[], bool]) -> None:
+                 supervise: Callable[[asyncio.Task[None]], None], stopping: Callable[[], bool],
+                 leads: Callable[[str], bool] = lambda _job: True) -> None:
         self.settings, self.backfiller, self.sqlite, self.redis, self.clock = settings, backfiller, sqlite, redis, clock
         self.symbols, self.supervise, self.stopping = symbols, supervise, stopping
+        self.leads = leads  # in a cluster, whether this member runs a singleton job (retention) now
         self._lock = asyncio.Lock()  # one gap scan at a time
 
     def universes_dir(self) -> Path | None:
@@ -74,6 +76,8 @@ class Upkeep:
         """Delete bars older than their timeframe's retention, at most once a day (across restarts too)."""
         await self.clock.sleep(30.0)  # not during start-up's catch-up
         async for _tick in Ticker(self.clock, 3600):
+            if not self.leads("retention"):
+                continue  # another member of the cluster runs it
             try:
                 await self.apply_retention()
             except DurableStoreError as exc:

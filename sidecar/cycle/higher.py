@@ -138,7 +138,9 @@ class HigherTimeframes:
         for lane in self.lanes:
             if lane.pending:
                 requests, lane.pending = np.unique(np.vstack(lane.pending), axis=0), []
-                await self._rebuild(lane, requests[self.table.active[requests[:, 0]]], now)
+                requests = requests[self.table.active[requests[:, 0]]]  # symbols removed meanwhile: none
+                if len(requests):
+                    await self._rebuild(lane, requests, now)
         if self._rewarm:
             symbols, self._rewarm = self._rewarm, set()
             await self.warm(symbols)

@@ -78,6 +78,8 @@ class Exchange:
         self.down_until, self.garble = self.ledger.down_until, self.ledger.garble
         self.chart_log: list[tuple[str, int, int]] = []  # (symbol, start, end) of each chart answer
         self.request_times: list[float] = []  # wall time of every chart request, answered or not
+        # (wall time, symbol, User-Agent) of every chart request: which client asked for what
+        self.chart_clients: list[tuple[float, str, str]] = []
         self._runner: web.AppRunner | None = None
         self.url: str | None = None  # set by start()
         self.app = web.Application(middlewares=[self._malformed])
@@ -172,6 +174,7 @@ class Exchange:
         self.requests["chart"] += 1
         self.request_times.append(self.clock.time())
         symbol = request.match_info["symbol"]
+        self.chart_clients.append((self.request_times[-1], symbol, request.headers.get("User-Agent", "")))
         if self.clock.time() < self.down_until.get("yahoo", 0.0):
             return web.Response(status=503, text="Service Unavailable")
         if not _YAHOO_SYMBOL.fullmatch(symbol):

@@ -170,9 +170,14 @@ class FeatureEngine:
         return out
 
     def prepare(self) -> None:
-        """Load (or on first use compile) the kernel now, so the first cycle does not pay for it."""
+        """Load (or on first use compile) the kernels now, so the first cycle, or the first
+        symbols a cluster member takes over, do not pay for it (a stall of seconds would outlive
+        the member's leases)."""
         one = np.ones(1)
-        FeatureEngine(self.config, capacity=1).peek(Bars(one, one, one, one, one))
+        engine = FeatureEngine(self.config, capacity=1)
+        engine.peek(Bars(one, one, one, one, one))
+        engine.replay(np.ones((1, 1), dtype=bool), np.ones((4, 1, 1)), np.zeros((1, 1), dtype=bool),
+                      np.zeros((1, 1), dtype=bool), np.zeros((1, 1), dtype=np.int64), np.empty((len(engine.out), 1)))
 
     def replay(self, mask: np.ndarray, bars: np.ndarray, session_start: np.ndarray, anchor: np.ndarray,
                rows: np.ndarray, result: np.ndarray) -> None:

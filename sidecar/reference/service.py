@@ -77,15 +77,18 @@ class ReferenceData:
     :param timeout_s: per-request timeout.
     :param live: whether the live loop has had a cycle that worked: the loop waits for it, so
         the budgets know the live demand before reference requests take from them.
+    :param leads: in a cluster, whether this member runs the shared calendar sync now.
     """
 
     def __init__(self, *, sources: Mapping[str, GuardedSource], sqlite: DurableStore, redis: RedisStore, clock: Clock,
                  symbols: Callable[[], Sequence[SymbolInfo]],
                  on_earnings: Callable[[dict[str, float]], None] | None = None, horizon_days: int = 7,
-                 timeout_s: float = 30.0, live: Callable[[], bool] = lambda: True) -> None:
+                 timeout_s: float = 30.0, live: Callable[[], bool] = lambda: True,
+                 leads: Callable[[str], bool] = lambda _job: True) -> None:
         self.sources, self.sqlite, self.redis, self.clock = sources, sqlite, redis, clock
         self.symbols, self.on_earnings = symbols, on_earnings
         self.horizon_days, self.timeout_s, self.live = horizon_days, timeout_s, live
+        self.leads = leads  # in a cluster, whether this member syncs the shared earnings calendar now
         self._failed = False  # a source failed (not "unknown symbol") during the current refresh
         self.table: dict[str, Instrument] = {}
         self.reports: dict[str, list[Report]] = {}  # symbol -> its releases not yet out, soonest first
@@ -135,7 +138,10 @@ class ReferenceData:
         while not self._stop.is_set():
             try:
                 await self.refresh([i for i in self.symbols() if self.due(i.symbol)])
-                await self.sync_if_due()
+                if self.leads("reference"):
+                    await self.sync_if_due()
+                else:  # the leader syncs the shared calendar: read what it stored
+                    await self._load_reports()
                 await self.update_flags()
             except (DurableStoreError, RedisStoreError) as exc:  # tried again next minute
                 log.warning("reference data: %s", exc)

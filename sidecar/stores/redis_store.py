@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,9 +38,10 @@ import orjson
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from ..bars import Bar
+from ..cluster.partitions import partition_of
 from ..errors import RedisStoreError
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,44 @@ for key in pairs(trim) do
 end
 return (#ARGV - 1) / 4
 """
+
+# A cluster member's write for one partition. KEYS[1] fence, KEYS[2] refused counter. ARGV[1] the
+# writer's token, ARGV[2] history length, ARGV[3] values to set (pairs), ARGV[4] keys to unlink,
+# then the pairs, the keys, and (history key, ts, member, mode) rows as in _WRITE_HISTORY.
+# Refused, writing nothing, when the fence holds another token: a newer owner exists.
+_WRITE_FENCED = """
+local fence = redis.call('GET', KEYS[1])
+if fence ~= ARGV[1] then
+  redis.call('INCR', KEYS[2])
+  return redis.error_reply('FENCED ' .. (fence or 'none'))
+end
+local cap, pairs_n, unlink_n = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local i, last = 5, 4 + 2 * pairs_n
+while i <= last do  -- in chunks: unpack() is bounded by Lua's stack
+  local j = math.min(i + 3999, last)
+  redis.call('MSET', unpack(ARGV, i, j))
+  i = j + 1
+end
+last = i + unlink_n - 1
+while i <= last do
+  local j = math.min(i + 3999, last)
+  redis.call('UNLINK', unpack(ARGV, i, j))
+  i = j + 1
+end
+local trim = {}
+while i <= #ARGV do
+  local key, ts, mode = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 3])
+  if mode % 2 == 1 then redis.call('ZREMRANGEBYSCORE', key, ts, ts) end
+  redis.call('ZADD', key, ts, ARGV[i + 2])
+  if mode >= 2 then trim[key] = true end
+  i = i + 4
+end
+for key in pairs(trim) do
+  redis.call('ZREMRANGEBYRANK', key, 0, -cap - 1)
+end
+return 1
+"""
+
 
 @dataclass(slots=True, frozen=True)
 class TimeframeWrite:
@@ -90,21 +129,49 @@ def command(*parts: bytes) -> bytes:
 
 @dataclass(slots=True, frozen=True)
 class RedisKeys:
-    """Key names under one prefix."""
+    """Key names under one prefix. On one daemon a symbol's keys are tagged by the symbol
+    (`sidecar:{AAPL}:bar:1m`); in a cluster of `partitions` by its partition
+    (`sidecar:{p17}:AAPL:bar:1m`), so one script writes a partition's keys with its fence."""
 
     prefix: str
+    partitions: int = 0
+
+    def _head(self, symbol: str) -> str:
+        if self.partitions:
+            return f"{self.prefix}:{{p{partition_of(symbol, self.partitions)}}}:{symbol}"
+        return f"{self.prefix}:{{{symbol}}}"
 
     def latest(self, symbol: str, timeframe: str) -> str:
         """The newest bar of a symbol and timeframe."""
-        return f"{self.prefix}:{{{symbol}}}:bar:{timeframe}"
+        return f"{self._head(symbol)}:bar:{timeframe}"
 
     def history(self, symbol: str, timeframe: str) -> str:
         """The capped history of closed bars, scored by bar open."""
-        return f"{self.prefix}:{{{symbol}}}:bars:{timeframe}"
+        return f"{self._head(symbol)}:bars:{timeframe}"
 
     def features(self, symbol: str, timeframe: str) -> str:
         """The newest feature values of a symbol (expire unless refreshed)."""
-        return f"{self.prefix}:{{{symbol}}}:features:{timeframe}"
+        return f"{self._head(symbol)}:features:{timeframe}"
+
+    def fence(self, partition: int) -> str:
+        """The newest fencing token issued for a partition (cluster mode)."""
+        return f"{self.prefix}:{{p{partition}}}:fence"
+
+    def lease(self, partition: int) -> str:
+        """A partition's lease: "member token", expiring unless renewed (cluster mode)."""
+        return f"{self.prefix}:{{p{partition}}}:lease"
+
+    def refused(self, partition: int) -> str:
+        """How many writes for a partition its fence refused (cluster mode)."""
+        return f"{self.prefix}:{{p{partition}}}:refused"
+
+    def budget(self, provider: str, part: str) -> str:
+        """A provider key's shared budget (cluster mode; one slot per provider)."""
+        return f"{self.prefix}:{{budget-{provider}}}:{part}"
+
+    def cluster(self, name: str) -> str:
+        """The cluster's own keys (members, their info, the partition count, job leases), in one slot."""
+        return f"{self.prefix}:{{cluster}}:{name}"
 
     def symbols(self) -> str:
         """The set of symbols written."""
@@ -120,7 +187,7 @@ class RedisKeys:
 
     def earnings(self, symbol: str) -> str:
         """A symbol's upcoming-earnings flag (JSON; expires a day after it was last set)."""
-        return f"{self.prefix}:{{{symbol}}}:earnings"
+        return f"{self._head(symbol)}:earnings"
 
     def deadletter(self) -> str:
         """Symbols whose every fetch currently fails, with the reason."""
@@ -167,11 +234,17 @@ class RedisStore:
     :param history_len: closed bars kept per symbol and timeframe.
     :param features_ttl_s: lifetime of a features value that is not refreshed.
     :param signals_maxlen: approximate length the signals stream is trimmed to.
+    :param partitions: the cluster's partition count (0: one daemon): keys are tagged by
+        partition and every write is fenced (set `fence` and `on_fenced`).
     """
 
     def __init__(self, *, url: str, prefix: str, max_connections: int, timeout_s: float, history_len: int,
-                 features_ttl_s: float = 2.0, signals_maxlen: int = 10_000) -> None:
-        self.keys = RedisKeys(prefix)
+                 features_ttl_s: float = 2.0, signals_maxlen: int = 10_000, partitions: int = 0) -> None:
+        self.keys = RedisKeys(prefix, partitions)
+        # Cluster mode: this member's token per partition (None: not its own), and who is told
+        # of partitions whose writes the fence refused.
+        self.fence: Callable[[int], int | None] | None = None
+        self.on_fenced: Callable[[set[int]], object] | None = None
         self.timeout_s = timeout_s
         self.history_len = history_len
         self.features_ttl_ms = max(1, int(features_ttl_s * 1000))
@@ -210,7 +283,7 @@ class RedisStore:
     async def ping(self) -> bool:
         """True if Redis answers within the timeout."""
         try:
-            await self._read(self.client.ping(), "ping")
+            await self.guard(self.client.ping(), "ping")
             return True
         except RedisStoreError:
             return False
@@ -252,6 +325,8 @@ class RedisStore:
     async def write_timeframes(self, writes: Sequence[TimeframeWrite], now: float) -> WriteResult:
         """`write_cycle` for parts given per timeframe (the first one's newest bars list the symbols)."""
         latest = writes[0].latest if writes else ((), ())
+        if self.fence is not None:
+            return await self._write_fenced(writes, now)
         parts = [command(b"SET", self.keys.alive().encode(), b"1", b"NX"),
                  command(b"SET", self.keys.heartbeat().encode(), b"%.3f" % now, b"PX", b"%d" % self.features_ttl_ms)]
         names = [s for s in latest[0] if s not in self._listed]
@@ -283,6 +358,57 @@ class RedisStore:
             self._listed.update(names)
         return WriteResult(written, fresh)
 
+    async def _write_fenced(self, writes: Sequence[TimeframeWrite], now: float) -> WriteResult:
+        """A cluster member's cycle: one script per partition that checks the member's token
+        against the partition's fence before writing anything (see `_WRITE_FENCED`); the
+        partitions refused are reported to `on_fenced`, the others written. Symbols of
+        partitions this member does not own (any more) are not sent at all."""
+        assert self.fence is not None
+        n = self.keys.partitions
+        groups: dict[int, tuple[list[bytes], list[bytes], list[bytes]]] = {}
+        tokens: dict[int, int | None] = {}
+
+        def group(symbol: str) -> tuple[list[bytes], list[bytes], list[bytes]] | None:
+            p = partition_of(symbol, n)
+            if p not in tokens:
+                tokens[p] = self.fence(p)  # type: ignore[misc]
+            return None if tokens[p] is None else groups.setdefault(p, ([], [], []))
+
+        written = 0
+        for w in writes:
+            tf = w.timeframe
+            for kind, (symbols, values) in (("latest", w.latest), ("features", w.features)):
+                for s, v in zip(symbols, values, strict=True):
+                    if (g := group(s)) is not None:
+                        g[0].extend((getattr(self.keys, kind)(s, tf).encode(), v))
+                        written += 1
+            for s in w.quiet:
+                if (g := group(s)) is not None:
+                    g[1].append(self.keys.features(s, tf).encode())
+            for s, ts, m, mode in zip(*w.history, strict=True):
+                if (g := group(s)) is not None:
+                    g[2].extend((self.keys.history(s, tf).encode(), b"%d" % ts, m, b"%d" % mode))
+                    written += 1
+        script = _WRITE_FENCED.encode()
+        parts = [command(b"SET", self.keys.alive().encode(), b"1", b"NX"),
+                 command(b"SET", self.keys.heartbeat().encode(), b"%.3f" % now, b"PX", b"%d" % self.features_ttl_ms)]
+        names = [s for s in (writes[0].latest[0] if writes else ()) if s not in self._listed]
+        if names:
+            parts.append(command(b"SADD", self.keys.symbols().encode(), *(s.encode() for s in names)))
+            self._listed.update(names)
+        head = len(parts)
+        order = sorted(groups)
+        for p in order:
+            pairs, unlink, rows = groups[p]
+            parts.append(command(b"EVAL", script, b"2", self.keys.fence(p).encode(), self.keys.refused(p).encode(),
+                                 b"%d" % tokens[p], b"%d" % self.history_len,  # type: ignore[str-format]
+                                 b"%d" % (len(pairs) // 2), b"%d" % len(unlink), *pairs, *unlink, *rows))
+        replies = await self._send(b"".join(parts), len(parts), f"writing {written} values", fenced_ok=True)
+        refused = {p for p, r in zip(order, replies[head:], strict=True) if isinstance(r, RedisError)}
+        if refused and self.on_fenced is not None:
+            self.on_fenced(refused)
+        return WriteResult(written, replies[0] is not None)
+
     async def write_bars(self, latest: Iterable[Bar] = (), closed: Iterable[Bar] = ()) -> WriteResult:
         """`write_cycle` for Bars of any timeframes (re-seeding, backfill, revisions): newest
         bars and closed bars, in one round trip."""
@@ -303,7 +429,7 @@ class RedisStore:
             await self._send(b"".join(command(b"ZREMRANGEBYSCORE", key, b"%d" % ts, b"%d" % ts) for ts in opens),
                              len(opens), "removing replaced bars")
 
-    async def _send(self, packed: bytes, replies: int, what: str) -> list[object]:
+    async def _send(self, packed: bytes, replies: int, what: str, fenced_ok: bool = False) -> list[object]:
         """Send pre-packed commands on one pooled connection and read their replies; a
         connection that failed mid-way is closed, never returned with replies pending."""
         pool = self._pool
@@ -312,7 +438,7 @@ class RedisStore:
                 conn = await pool.get_connection()
                 try:
                     await conn.send_packed_command(packed)
-                    out = [await conn.read_response() for _ in range(replies)]
+                    out = [await _reply(conn) for _ in range(replies)]
                 except BaseException:
                     await conn.disconnect()
                     raise
@@ -320,7 +446,7 @@ class RedisStore:
                     await pool.release(conn)
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._failed(what, exc) from exc
-        errors = [r for r in out if isinstance(r, RedisError)]
+        errors = [r for r in out if isinstance(r, RedisError) and not (fenced_ok and str(r).startswith("FENCED"))]
         if errors:
             raise self._failed(what, str(errors[0]))
         self.ok, self.last_error = True, None
@@ -328,13 +454,13 @@ class RedisStore:
 
     async def latest(self, symbol: str, timeframe: str) -> Bar | None:
         """The newest bar of a symbol, or None."""
-        raw = await self._read(self.client.get(self.keys.latest(symbol, timeframe)), "reading a bar")
+        raw = await self.guard(self.client.get(self.keys.latest(symbol, timeframe)), "reading a bar")
         return unpack(raw) if raw else None
 
     async def history(self, symbol: str, timeframe: str, start: int, end: int, limit: int) -> list[Bar]:
         """Closed bars with open in [start, end], oldest first, at most `limit` (the newest ones)."""
         key = self.keys.history(symbol, timeframe)
-        raw = await self._read(self.client.zrange(key, end, start, byscore=True, desc=True, offset=0, num=limit),
+        raw = await self.guard(self.client.zrange(key, end, start, byscore=True, desc=True, offset=0, num=limit),
                                "reading a history")
         return [unpack(m) for m in reversed(raw)]
 
@@ -403,16 +529,16 @@ class RedisStore:
 
     async def signals(self, since_ms: int, limit: int) -> list[dict[str, object]]:
         """Signals published at or after `since_ms` (epoch milliseconds), oldest first."""
-        entries = await self._read(self.client.xrange(self.keys.signals(), min=f"{since_ms}-0", count=limit),
+        entries = await self.guard(self.client.xrange(self.keys.signals(), min=f"{since_ms}-0", count=limit),
                                    "reading signals")
         return [_entry(sid, fields) for sid, fields in entries]
 
     async def newest_signals(self, count: int) -> list[dict[str, object]]:
         """The newest `count` signals and events, newest first."""
-        entries = await self._read(self.client.xrevrange(self.keys.signals(), count=count), "reading signals")
+        entries = await self.guard(self.client.xrevrange(self.keys.signals(), count=count), "reading signals")
         return [_entry(sid, fields) for sid, fields in entries]
 
-    async def _read(self, call: Awaitable[Any], what: str = "read") -> Any:
+    async def guard(self, call: Awaitable[Any], what: str = "read") -> Any:
         """A redis-py call within the timeout; its failure as a RedisStoreError."""
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -427,6 +553,15 @@ class RedisStore:
         text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
         self.ok, self.last_error = False, f"{what} failed: {text}"
         return RedisStoreError(self.last_error)
+
+
+async def _reply(conn: Any) -> object:
+    """One reply; an error reply (a refused fenced write, say) as its exception object, so the
+    replies after it are still read off the connection."""
+    try:
+        return await conn.read_response()
+    except ResponseError as exc:
+        return exc
 
 
 def _entry(sid: bytes, fields: dict[bytes, bytes]) -> dict[str, object]:
