@@ -36,7 +36,7 @@ import uvloop
 from tqdm import tqdm
 
 from . import universes
-from .errors import SettingsError, SymbolError
+from .errors import SettingsError, StoreError, SymbolError
 from .reference import parse_type
 from .settings import Settings, render_env_example, render_markdown
 from .timeframes import parse_timeframes
@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--verify-no-lookahead", action="store_true",
                      help="also prove on the first symbols that no feature reads a later bar")
     _universe_flag(exp)
+    cluster = sub.add_parser("cluster", help="the cluster as Redis holds it (SIDECAR_CLUSTER members)")
+    cluster.add_argument("action", choices=["status"],
+                         help="status: members, partition owners and tokens, refused writes, shared budget use")
     sub.add_parser("universes", help="print every named universe (shipped and SIDECAR_UNIVERSES_DIR) as JSON")
     settings = sub.add_parser("settings", help="print every setting with its default (the text of .env.example)")
     settings.add_argument("--markdown", action="store_true", help="as the README's tables instead")
@@ -254,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return uvloop.run(Sidecar(settings).run())
+        if args.command == "cluster":
+            from .cluster.status import cluster_status
+
+            result = uvloop.run(cluster_status(settings))
+            sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+            return 0
         if args.command == "export":
             result = _export(settings, args)
             sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -278,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         }[args.command]
         work = {"bootstrap": _bootstrap, "backfill": _backfill, "status": _status}[args.command]
         result = uvloop.run(_with_parts(settings, lambda sc: work(sc, days)))
-    except (SettingsError, SymbolError, ValueError) as exc:  # a setting that only fails when used: a path, a port
+    except (SettingsError, SymbolError, ValueError, StoreError) as exc:  # a setting that only fails when used
+        # (a path, a port, a server)
         print(f"start-up failed: {exc}", file=sys.stderr)
         return 2
     sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")

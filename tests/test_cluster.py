@@ -8,7 +8,10 @@ the request log says which member fetched which symbol when, independently of th
 
 from __future__ import annotations
 
+import asyncio
+import json
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +23,7 @@ from sidecar.cluster.partitions import partition_of
 from sidecar.exchange import Exchange
 from sidecar.symbols import lookup
 
-from .conftest import RedisServer
+from .conftest import RedisServer, subprocess_env
 from .helpers import DaemonProcess, Durable, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -83,6 +86,16 @@ def _served(exchange: Exchange, start: int, end: int) -> dict[tuple[str, int], t
     return {(sym, ts): v for sym in SYMBOLS for ts, v in exchange.served[lookup(sym).yahoo].items() if start <= ts < end}
 
 
+async def _cluster_status(members: Members, **more: str) -> dict:
+    """`python -m sidecar cluster status`, as an operator runs it."""
+    env = subprocess_env(**_env(members.redis_url, members.exchange, members.store, "status", **more))
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "sidecar", "cluster", "status", env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return json.loads(out)
+
+
 def _switches(exchange: Exchange) -> dict[str, int]:
     """Per symbol, how often the member asking for its bars changed (from the request log)."""
     by_yahoo = {lookup(s).yahoo: s for s in SYMBOLS}
@@ -123,6 +136,11 @@ async def test_members_split_the_partitions_take_over_a_killed_one_and_store_eve
     await wait_until(members.settled, 30, "a, b and c split the partitions", every=0.3, detail=members.text)
     after_join = await members.owned()
     assert after_join["a"] <= owned["a"] and after_join["b"] <= owned["b"]  # nobody gained from anyone but c
+    status = await _cluster_status(members)  # the operator's view agrees with each member's own
+    assert sorted(status["live"]) == ["a", "b", "c"] and status["unowned"] == []
+    assert {m: {r["partition"] for r in status["partition_table"] if r["holder"] == m} for m in "abc"} == after_join
+    assert all(r["token"] == r["fence"] and not r["moving"] for r in status["partition_table"])
+    assert status["members"]["c"]["http"].startswith("127.0.0.1:") and status["jobs"]["retention"] is not None
 
     # b dies: a and c own its partitions and fetch its symbols within 10 s.
     b_parts = after_join["b"]
@@ -234,6 +252,8 @@ async def test_three_members_sharing_a_provider_key_never_exceed_its_minute_budg
     most = max(sum(1 for u in times[i:] if u < t + 60.0) for i, t in enumerate(times))
     assert most <= budget, f"{most} requests in one 60 s window"
     assert most >= budget * 0.7, f"only {most}: the members did not use the budget"  # live data kept flowing
+    status = await _cluster_status(members, **more)
+    assert 0 < status["budgets"]["yahoo"]["last_minute"] <= budget
     # Live data kept flowing on every member: each symbol has a bar of the last two minutes.
     recent = int(time.time()) // 60 * 60 - 120
     seen: dict[str, int] = {}
