@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -139,6 +140,46 @@ def test_pm2_runs_both_apps_and_pm2_stop_flushes_before_its_sigkill(tmp_path: Pa
             served.update({(sym, b[0]): tuple(b[1:]) for b in bars})
         assert rows and rows == served
         assert json.loads(run("jlist"))[0]["pm2_env"]["restart_time"] == 0
+    finally:
+        subprocess.run([pm2, "kill"], cwd=ROOT, env=env, capture_output=True, timeout=60)
+        shutil.rmtree(tmp_path / "pm2", ignore_errors=True)
+
+
+@pytest.mark.skipif(not (ROOT / "node_modules/.bin/pm2").exists(), reason="PM2 not installed: run `make pm2`")
+def test_pm2_runs_n_cluster_members_that_split_the_partitions_and_hand_over_on_stop(
+        tmp_path: Path, redis_url: str, postgres_url: str) -> None:
+    pm2 = str(ROOT / "node_modules/.bin/pm2")
+    http_port, exchange_port = _free_port(), _free_port()
+    env = subprocess_env(
+        PM2_HOME=str(tmp_path / "pm2"), SIDECAR_REDIS_URL=redis_url, SIDECAR_HTTP_PORT=str(http_port),
+        SIDECAR_EXCHANGE_PORT=str(exchange_port), SIDECAR_YAHOO_BASE_URL=f"http://127.0.0.1:{exchange_port}",
+        SIDECAR_STORE_URL=postgres_url, SHARDS="2", SIDECAR_PARTITIONS="8", SIDECAR_BOOTSTRAP_DAYS="0")
+
+    def run(*args: str) -> str:
+        done = subprocess.run([pm2, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def owned(port: int) -> set[str]:
+        try:
+            return set(_get_json(f"http://127.0.0.1:{port}/health")["cluster"]["owned"])
+        except OSError:
+            return set()
+
+    def wait(condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not condition():
+            assert time.monotonic() < deadline, f"{what}:\n" + run("logs", "--nostream", "--lines", "40")
+            time.sleep(0.3)
+
+    try:
+        run("start", "ecosystem.cluster.config.js")
+        names = {p["name"] for p in json.loads(run("jlist"))}
+        assert names == {"sidecar-exchange", "sidecar-shard-0", "sidecar-shard-1"}
+        wait(lambda: len(owned(http_port)) + len(owned(http_port + 1)) == 8 and bool(owned(http_port + 1))
+             and not owned(http_port) & owned(http_port + 1), "two members splitting 8 partitions")
+        run("stop", "sidecar-shard-1")  # SIGINT: it flushes, gives its leases back, and shard 0 takes them
+        wait(lambda: len(owned(http_port)) == 8, "shard 0 owning every partition")
     finally:
         subprocess.run([pm2, "kill"], cwd=ROOT, env=env, capture_output=True, timeout=60)
         shutil.rmtree(tmp_path / "pm2", ignore_errors=True)
