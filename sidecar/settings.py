@@ -416,8 +416,9 @@ class Settings(_FromEnv):
     yahoo_max_connections: int = _setting(
         "YAHOO_MAX_CONNECTIONS", 32, _int(1, 1024), "size of the pooled HTTP connections to Yahoo")
     redis_url: str = _setting(
-        "REDIS_URL", "redis://127.0.0.1:6379/0", _url("redis", "rediss", "unix"),
-        "Redis to write to (redis://, rediss:// or unix:// URL)")
+        "REDIS_URL", "redis://127.0.0.1:6379/0", _url("redis", "rediss", "unix", "redis+cluster"),
+        "Redis to write to (redis://, rediss:// or unix:// URL; redis+cluster://host:port,... for a Redis Cluster, "
+        "with SIDECAR_CLUSTER)")
     redis_prefix: str = _setting(
         "REDIS_PREFIX", "sidecar", _prefix, "first segment of every Redis key")
     redis_max_connections: int = _setting(
@@ -513,6 +514,9 @@ class Settings(_FromEnv):
     def _finish(self, given: set[str]) -> Settings:
         """A universe named in these settings brings its members into `symbols`: they replace
         the default list, or join the symbols named beside it. A cluster needs a shared store."""
+        if self.redis_url.startswith("redis+cluster://") and not self.cluster:
+            raise SettingsError(PREFIX + "REDIS_URL", "a Redis Cluster is written by cluster members: set "
+                                "SIDECAR_CLUSTER=true (keys are then tagged by partition)")
         if self.cluster and not self.store_url:
             raise SettingsError(PREFIX + "STORE_URL", "a cluster (SIDECAR_CLUSTER=true) needs a postgresql:// store "
                                 "every member writes; SQLite is one machine's")

@@ -97,6 +97,104 @@ def redis_url(redis_server: RedisServer) -> str:
 
 
 @dataclass
+class RedisClusterServers:
+    """A 6-node Redis Cluster (3 masters, 3 replicas) on loopback ports, made with
+    `redis-cli --cluster create`, as a test session's."""
+
+    directory: Path
+    ports: list[int]
+    processes: dict[int, subprocess.Popen[bytes]]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def node(self, port: int) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+
+    def start_node(self, port: int) -> None:
+        node_dir = self.directory / str(port)
+        node_dir.mkdir(exist_ok=True)
+        self.processes[port] = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "1000",
+             "--save", "", "--appendonly", "no", "--dir", str(node_dir), "--logfile", str(node_dir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def masters(self) -> dict[int, tuple[int, int]]:
+        """Live masters: port -> the first slot range it serves."""
+        for port in self.ports:
+            if self.processes[port].poll() is None:
+                with self.node(port) as c:
+                    out = {}
+                    for start, end, master, *_ in c.execute_command("CLUSTER", "SLOTS"):
+                        out[int(master[1])] = (int(start), int(end))
+                    return out
+        return {}
+
+    def healthy(self) -> bool:
+        """Every live node says the cluster is ok."""
+        for port in self.ports:
+            if self.processes[port].poll() is None:
+                try:
+                    with self.node(port) as c:
+                        if b"cluster_state:ok" not in c.execute_command("CLUSTER", "INFO"):
+                            return False
+                except redis.RedisError:
+                    return False
+        return True
+
+
+def _free_pair() -> int:
+    """A loopback port free together with its cluster bus port (port + 10000)."""
+    while True:
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = int(a.getsockname()[1])
+            if port + 10000 > 65535:
+                continue
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    directory = tmp_path_factory.mktemp("redis-cluster")
+    servers = RedisClusterServers(directory, [], {})
+    while len(servers.ports) < 6:
+        port = _free_pair()
+        if port not in servers.ports:
+            servers.ports.append(port)
+    for port in servers.ports:
+        servers.start_node(port)
+    try:
+        deadline = time.monotonic() + 30
+        for port in servers.ports:
+            while True:
+                try:
+                    with servers.node(port) as c:
+                        c.ping()
+                    break
+                except redis.ConnectionError:
+                    assert time.monotonic() < deadline, f"redis node {port} did not start"
+                    time.sleep(0.05)
+        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in servers.ports),
+                        "--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        while not servers.healthy():
+            assert time.monotonic() < deadline + 30, "the redis cluster did not become ok"
+            time.sleep(0.2)
+        yield servers
+    finally:
+        for proc in servers.processes.values():
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@dataclass
 class PostgresServer:
     """A PostgreSQL server this test session started (trust auth, user `sidecar`)."""
 

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import msgpack
 import pytest
+import redis
 
 from sidecar.cluster.partitions import partition_of
 from sidecar.exchange import Exchange
 from sidecar.symbols import lookup
 
-from .conftest import RedisServer, subprocess_env
+from .conftest import RedisClusterServers, RedisServer, subprocess_env
 from .helpers import DaemonProcess, Durable, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -337,3 +338,62 @@ async def test_the_shared_budget_admits_exactly_the_limit_and_keeps_room_for_liv
         assert await usage(r, "yahoo") == {"last_minute": 10, "history_last_minute": 5, "today": 10}
     finally:
         await r.close()
+
+
+async def test_members_on_a_redis_cluster_carry_on_through_a_master_failover_and_lose_nothing(
+        tmp_path: Path, redis_cluster: RedisClusterServers, exchange: Exchange, postgres_url: str) -> None:
+    from redis.cluster import RedisCluster
+
+    members = Members(tmp_path, redis_cluster.url, exchange, postgres_url)
+    rc = RedisCluster(host="127.0.0.1", port=redis_cluster.ports[0])
+    victim = 0
+    try:
+        period_start = (int(time.time()) // 60) * 60 - 9 * 60
+        await members.start("a")
+        await members.start("b")
+        await wait_until(members.settled, 30, "a and b split the partitions", every=0.3, detail=members.text)
+
+        def current(minute: int) -> bool:  # every symbol's newest bar in the cluster is of `minute` or later
+            try:
+                raws = [rc.get(f"sidecar:{{p{partition_of(s, PARTITIONS)}}}:{s}:bar:1m") for s in SYMBOLS]
+            except redis.RedisError:
+                return False
+            return all(r is not None and msgpack.unpackb(r)["ts"] >= minute for r in raws)
+
+        await wait_until(lambda: current(int(time.time()) // 60 * 60 - 60), 30, "every symbol in the cluster")
+        # Kill the master holding the cluster's own keys (members, leases of jobs): the hardest one.
+        slot = rc.keyslot("sidecar:{cluster}:members")
+        victim = next(p for p, (lo, hi) in redis_cluster.masters().items() if lo <= slot <= hi)
+        redis_cluster.processes[victim].kill()
+        killed_at = time.time()
+        await wait_until(redis_cluster.healthy, 30, "a replica promoted, the cluster ok again", every=0.2)
+        rc.close()
+        rc = RedisCluster(host="127.0.0.1", port=next(p for p in redis_cluster.ports if p != victim))
+        await wait_until(lambda: current(int(killed_at) + 2 - 60), 30, "every symbol written after the failover",
+                         every=0.5, detail=members.text)
+        await wait_until(members.settled, 30, "the members still split the partitions", every=0.3,
+                         detail=members.text)
+
+        await wait_until(lambda: 11 <= time.time() % 60 <= 45, 70, "well inside a minute", every=0.2)
+        period_end = (int(time.time()) // 60) * 60
+        await wait_until(lambda: current(period_end), 45, "every symbol's bar of the current minute", every=0.5,
+                         detail=members.text)
+        for shard in ("a", "b"):
+            d = members.live.pop(shard)
+            assert await d.stop(signal.SIGTERM) == 0, d.text()
+        durable = Durable(Path("unused"), postgres_url)
+        stored = {k: v for k, v in (await durable.rows()).items() if period_start <= k[1] < period_end}
+        truth = _served(exchange, period_start, period_end)
+        assert stored == truth, members.text()
+        # Redis's histories hold every stored minute: whatever the failover lost was re-seeded.
+        for sym in SYMBOLS:
+            members_ = rc.zrangebyscore(f"sidecar:{{p{partition_of(sym, PARTITIONS)}}}:{sym}:bars:1m",
+                                        period_start, period_end - 1)
+            held = {m["ts"] for m in map(msgpack.unpackb, members_) if not m["flags"] & 2}
+            assert held == {ts for s, ts in stored if s == sym}, sym
+    finally:
+        rc.close()
+        for d in members.all:
+            await d.kill()
+        if victim and redis_cluster.processes[victim].poll() is not None:  # back as a replica, for later tests
+            redis_cluster.start_node(victim)

@@ -357,10 +357,14 @@ class Orchestrator:
             return False
         self.metrics.redis_write_seconds.observe(self.clock.monotonic() - t0)
         np.maximum.at(t.hist_ts, history.slot, history.ts)
-        if self._redis_failing:
+        recovered = self._redis_failing
+        if recovered:
             log.info("redis writes recovered")
         self._redis_failing = False
-        if result.fresh and self.on_redis_lost is not None:
+        # A Redis Cluster that failed over may have lost writes its old master acknowledged
+        # (replication is asynchronous): re-seed as after a restart.
+        lost = result.fresh or (recovered and self.redis.cluster_client)
+        if lost and self.on_redis_lost is not None:
             self.on_redis_lost()
         return True
 

@@ -36,6 +36,7 @@ from typing import Any
 import msgpack
 import orjson
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError, ResponseError
@@ -115,6 +116,19 @@ class TimeframeWrite:
 
 REPLACE, TRIM = 1, 2
 """History write modes (bits): remove an older copy at the same open first; cap the history."""
+
+
+CLUSTER_SCHEME = "redis+cluster://"
+"""A Redis Cluster: redis+cluster://host:port[,host:port...] (any of its nodes)."""
+
+
+def cluster_nodes(url: str) -> list[ClusterNode]:
+    """The startup nodes of a redis+cluster:// URL."""
+    nodes = []
+    for part in url[len(CLUSTER_SCHEME):].split("/")[0].split(","):
+        host, _, port = part.rpartition(":")
+        nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
+    return nodes
 
 
 def _bulk(value: bytes) -> bytes:
@@ -249,13 +263,22 @@ class RedisStore:
         self.history_len = history_len
         self.features_ttl_ms = max(1, int(features_ttl_s * 1000))
         self.signals_maxlen = signals_maxlen
-        # Built explicitly: from_url() alone gets no retry at all (reliability.md B.1).
-        self._pool = ConnectionPool.from_url(
-            url, max_connections=max_connections, socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s, health_check_interval=5,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.2), retries=2),
-        )
-        self.client = Redis(connection_pool=self._pool)
+        retry = Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.2), retries=2)
+        self.cluster_client = url.startswith(CLUSTER_SCHEME)
+        self._pool: ConnectionPool | None = None
+        self.client: Any
+        if self.cluster_client:
+            # A Redis Cluster: redis-py's cluster client follows MOVED/ASK and re-learns the slot
+            # map after a failover; every multi-key call here stays within one slot.
+            self.client = RedisCluster(startup_nodes=cluster_nodes(url), max_connections=max_connections,
+                                       socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=retry,
+                                       cluster_error_retry_attempts=2)
+        else:
+            # Built explicitly: from_url() alone gets no retry at all (reliability.md B.1).
+            self._pool = ConnectionPool.from_url(
+                url, max_connections=max_connections, socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s, health_check_interval=5, retry=retry)
+            self.client = Redis(connection_pool=self._pool)
         self._mget_cache: dict[str, tuple[tuple[str, ...], bytes]] = {}  # by timeframe
         self._key_heads: dict[tuple[str, str, str], bytes] = {}  # (kind, symbol, tf) -> the key as RESP
         self._listed: set[str] = set()  # symbols this Redis has in its symbols set
@@ -274,7 +297,8 @@ class RedisStore:
         if not self._closed:
             self._closed = True
             await self.client.aclose()
-            await self._pool.disconnect()
+            if self._pool is not None:
+                await self._pool.disconnect()
 
     def health(self) -> dict[str, object]:
         """`ok` / `down` by the last call (`unknown` before any), and the last error."""
@@ -390,21 +414,22 @@ class RedisStore:
                     g[2].extend((self.keys.history(s, tf).encode(), b"%d" % ts, m, b"%d" % mode))
                     written += 1
         script = _WRITE_FENCED.encode()
-        parts = [command(b"SET", self.keys.alive().encode(), b"1", b"NX"),
-                 command(b"SET", self.keys.heartbeat().encode(), b"%.3f" % now, b"PX", b"%d" % self.features_ttl_ms)]
+        parts: list[tuple[bytes, ...]] = [
+            (b"SET", self.keys.alive().encode(), b"1", b"NX"),
+            (b"SET", self.keys.heartbeat().encode(), b"%.3f" % now, b"PX", b"%d" % self.features_ttl_ms)]
         names = [s for s in (writes[0].latest[0] if writes else ()) if s not in self._listed]
         if names:
-            parts.append(command(b"SADD", self.keys.symbols().encode(), *(s.encode() for s in names)))
+            parts.append((b"SADD", self.keys.symbols().encode(), *(s.encode() for s in names)))
             self._listed.update(names)
         head = len(parts)
         order = sorted(groups)
         for p in order:
             pairs, unlink, rows = groups[p]
-            parts.append(command(b"EVAL", script, b"2", self.keys.fence(p).encode(), self.keys.refused(p).encode(),
-                                 b"%d" % tokens[p], b"%d" % self.history_len,  # type: ignore[str-format]
-                                 b"%d" % (len(pairs) // 2), b"%d" % len(unlink), *pairs, *unlink, *rows))
-        replies = await self._send(b"".join(parts), len(parts), f"writing {written} values", fenced_ok=True)
-        refused = {p for p, r in zip(order, replies[head:], strict=True) if isinstance(r, RedisError)}
+            parts.append((b"EVAL", script, b"2", self.keys.fence(p).encode(), self.keys.refused(p).encode(),
+                          b"%d" % tokens[p], b"%d" % self.history_len,  # type: ignore[str-format]
+                          b"%d" % (len(pairs) // 2), b"%d" % len(unlink), *pairs, *unlink, *rows))
+        replies = await self._run(parts, f"writing {written} values", fenced_ok=True)
+        refused = {p for p, r in zip(order, replies[head:], strict=True) if isinstance(r, Exception)}
         if refused and self.on_fenced is not None:
             self.on_fenced(refused)
         return WriteResult(written, replies[0] is not None)
@@ -426,13 +451,36 @@ class RedisStore:
         """Remove the bars with these opens from a symbol's history (replaced under new rules)."""
         if opens:
             key = self.keys.history(symbol, timeframe).encode()
-            await self._send(b"".join(command(b"ZREMRANGEBYSCORE", key, b"%d" % ts, b"%d" % ts) for ts in opens),
-                             len(opens), "removing replaced bars")
+            await self._run([(b"ZREMRANGEBYSCORE", key, b"%d" % ts, b"%d" % ts) for ts in opens],
+                            "removing replaced bars")
+
+    async def _run(self, commands: Sequence[tuple[bytes, ...]], what: str, fenced_ok: bool = False) -> list[object]:
+        """Commands in one round trip (one per node of a Redis Cluster); their replies, error
+        replies as exception objects (FENCED ones only when `fenced_ok`)."""
+        if not self.cluster_client:
+            return await self._send(b"".join(command(*c) for c in commands), len(commands), what, fenced_ok)
+        pipe = self.client.pipeline()
+        for c in commands:
+            pipe.execute_command(c[0].decode(), *c[1:])  # its routing reads the name as text
+        try:
+            async with asyncio.timeout(self.timeout_s * 4):  # a failover's redirects and re-learning included
+                out = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._failed(what, exc) from exc
+        return self._checked(out, what, fenced_ok)
+
+    def _checked(self, out: list[object], what: str, fenced_ok: bool) -> list[object]:
+        errors = [r for r in out if isinstance(r, Exception) and not (fenced_ok and str(r).startswith("FENCED"))]
+        if errors:
+            raise self._failed(what, str(errors[0]))
+        self.ok, self.last_error = True, None
+        return out
 
     async def _send(self, packed: bytes, replies: int, what: str, fenced_ok: bool = False) -> list[object]:
         """Send pre-packed commands on one pooled connection and read their replies; a
         connection that failed mid-way is closed, never returned with replies pending."""
         pool = self._pool
+        assert pool is not None, "pre-packed commands go to one Redis, not a cluster"
         try:
             async with asyncio.timeout(self.timeout_s):
                 conn = await pool.get_connection()
@@ -446,11 +494,7 @@ class RedisStore:
                     await pool.release(conn)
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._failed(what, exc) from exc
-        errors = [r for r in out if isinstance(r, RedisError) and not (fenced_ok and str(r).startswith("FENCED"))]
-        if errors:
-            raise self._failed(what, str(errors[0]))
-        self.ok, self.last_error = True, None
-        return out
+        return self._checked(out, what, fenced_ok)
 
     async def latest(self, symbol: str, timeframe: str) -> Bar | None:
         """The newest bar of a symbol, or None."""
@@ -472,6 +516,9 @@ class RedisStore:
         """
         if not symbols:
             return []
+        if self.cluster_client:  # keys in many slots: one MGET per slot, grouped per node by redis-py
+            return await self.guard(self.client.mget_nonatomic([self.keys.features(s, timeframe) for s in symbols]),
+                                    "reading features")
         names = tuple(symbols)
         cached = self._mget_cache.get(timeframe)
         if cached is None or cached[0] != names:
@@ -495,37 +542,37 @@ class RedisStore:
         if not items:
             return
         stream, maxlen = self.keys.signals().encode(), b"%d" % self.signals_maxlen
-        packed: list[bytes] = []
+        commands: list[tuple[bytes, ...]] = []
         for item in items:
             body = orjson.dumps(item)
-            packed += (command(b"XADD", stream, b"MAXLEN", b"~", maxlen, b"*", field, body),
-                       command(b"PUBLISH", channel.encode(), body))
-        await self._send(b"".join(packed), len(packed), f"publishing {len(items)} {field.decode()}s")
+            commands += ((b"XADD", stream, b"MAXLEN", b"~", maxlen, b"*", field, body),
+                         (b"PUBLISH", channel.encode(), body))
+        await self._run(commands, f"publishing {len(items)} {field.decode()}s")
 
     async def earnings_flags(self, flags: dict[str, dict[str, object]], clear: Sequence[str], ttl_s: int) -> None:
         """Set symbols' earnings flags (each expiring after `ttl_s`) and delete others', in one round trip."""
-        packed = [command(b"SET", self.keys.earnings(s).encode(), orjson.dumps(v), b"EX", b"%d" % ttl_s)
-                  for s, v in flags.items()]
-        packed += [command(b"DEL", self.keys.earnings(s).encode()) for s in clear]  # one key a command: cluster-safe
-        if packed:
-            await self._send(b"".join(packed), len(packed), "earnings flags")
+        commands: list[tuple[bytes, ...]] = [
+            (b"SET", self.keys.earnings(s).encode(), orjson.dumps(v), b"EX", b"%d" % ttl_s) for s, v in flags.items()]
+        commands += [(b"DEL", self.keys.earnings(s).encode()) for s in clear]  # one key a command: cluster-safe
+        if commands:
+            await self._run(commands, "earnings flags")
 
     async def dead_letters(self, add: dict[str, dict[str, object]], remove: Sequence[str]) -> None:
         """Put symbols on (with the reason) or take them off the dead-letter hash."""
         key = self.keys.deadletter().encode()
-        packed: list[bytes] = []
+        commands: list[tuple[bytes, ...]] = []
         if add:
-            packed.append(command(b"HSET", key, *(x for s, v in add.items() for x in (s.encode(), orjson.dumps(v)))))
+            commands.append((b"HSET", key, *(x for s, v in add.items() for x in (s.encode(), orjson.dumps(v)))))
         if remove:
-            packed.append(command(b"HDEL", key, *(s.encode() for s in remove)))
-        if packed:
-            await self._send(b"".join(packed), len(packed), "dead-letter update")
+            commands.append((b"HDEL", key, *(s.encode() for s in remove)))
+        if commands:
+            await self._run(commands, "dead-letter update")
 
     async def quarantine(self, entries: Sequence[dict[str, object]], keep: int = 1000) -> None:
         """Record bars the spike filter held out (the list keeps the newest `keep`)."""
         key = self.keys.quarantine().encode()
-        await self._send(command(b"LPUSH", key, *(orjson.dumps(e) for e in entries))
-                         + command(b"LTRIM", key, b"0", b"%d" % (keep - 1)), 2, "quarantine write")
+        await self._run([(b"LPUSH", key, *(orjson.dumps(e) for e in entries)),
+                         (b"LTRIM", key, b"0", b"%d" % (keep - 1))], "quarantine write")
 
     async def signals(self, since_ms: int, limit: int) -> list[dict[str, object]]:
         """Signals published at or after `since_ms` (epoch milliseconds), oldest first."""
