@@ -52,7 +52,7 @@ $(PM2): package.json package-lock.json
 	touch $(PM2)
 
 test: venv system-deps pm2 lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 # ruff (lint and import order) and mypy (types of sidecar/): part of `make test`, so CI runs them.
 lint: venv

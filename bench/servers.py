@@ -68,3 +68,37 @@ def main_with_json(doc: str, main: Callable[[Path | None], None]) -> None:
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     main(parser.parse_args().json)
+
+
+@contextlib.contextmanager
+def postgres_server(directory: Path) -> Iterator[str]:
+    """A private PostgreSQL server (initdb in `directory`, a loopback port, trust auth, run as
+    `postgres` when this runs as root: the server refuses root); yields a database URL."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found:
+        raise SystemExit("postgresql is not installed (apt-get install postgresql)")
+    bindir = found[-1].parent
+    as_owner: dict = {"user": "postgres", "group": "postgres", "extra_groups": []} if os.geteuid() == 0 else {}
+    data = directory / "pgdata"
+    directory.mkdir(parents=True, exist_ok=True)
+    if as_owner:
+        import pwd
+
+        pw = pwd.getpwnam("postgres")
+        os.chown(directory, pw.pw_uid, pw.pw_gid)
+    subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", "sidecar", "--auth=trust", "--no-sync"],
+                   check=True, capture_output=True, **as_owner)
+    port = free_port()
+    proc = subprocess.Popen([str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(directory),
+                             "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=100"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **as_owner)
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)]).returncode != 0:
+            if time.monotonic() > deadline:
+                raise SystemExit("postgres did not start")
+            time.sleep(0.1)
+        yield f"postgresql://sidecar@127.0.0.1:{port}/postgres"
+    finally:
+        proc.send_signal(2)  # fast shutdown
+        proc.wait(timeout=60)

@@ -33,7 +33,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from ..clock import Clock
-from ..errors import RedisStoreError
+from ..errors import RedisStoreError, SettingsError
 from ..stores import RedisStore
 from . import partitions as parts
 
@@ -120,23 +120,29 @@ class Coordinator:
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._counted = False  # the cluster's partition count checked
         self._lock = asyncio.Lock()  # one round at a time (the loop, a refusal, close)
         k = redis.keys
         self._members_key, self._info_key = k.cluster("members"), k.cluster("info")
 
     async def start(self) -> None:
         """Check the partition count, register, take this member's first partitions, then keep
-        renewing in the background. A different count from the cluster's stops start-up."""
-        from ..errors import SettingsError  # the one error that names a setting
+        renewing in the background. A different count from the cluster's stops start-up; Redis
+        not answering does not (the loop keeps trying, and the member follows nothing until then)."""
+        try:
+            await self._check_count()
+            await self.round()
+        except RedisStoreError as exc:
+            log.warning("cluster: redis not reachable at start (%s); joining when it answers", exc)
+        self._task = asyncio.create_task(self._run(), name="cluster")
 
-        client = self.redis.client
-        key = self.redis.keys.cluster("partitions")
+    async def _check_count(self) -> None:
+        client, key = self.redis.client, self.redis.keys.cluster("partitions")
         await self.redis.guard(client.set(key, self.partitions, nx=True), "cluster partition count")
         known = int(await self.redis.guard(client.get(key), "cluster partition count"))
         if known != self.partitions:
             raise SettingsError("SIDECAR_PARTITIONS", f"the cluster uses {known} partitions, this member {self.partitions}")
-        await self.round()
-        self._task = asyncio.create_task(self._run(), name="cluster")
+        self._counted = True
 
     async def close(self) -> None:
         """Give every lease back and leave, so the others take over at once (idempotent)."""
@@ -205,6 +211,8 @@ class Coordinator:
             await self.on_change(gained, lost)
 
     async def _round(self) -> tuple[dict[int, int], set[int]]:
+        if not self._counted:
+            await self._check_count()
         members = self.members = await self._heartbeat()
         want = {p for p, m in parts.assignment(self.partitions, members).items() if m == self.shard_id}
         give = [p for p in self.tokens if p not in want]

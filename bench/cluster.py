@@ -1,0 +1,152 @@
+"""Two cluster members splitting 2N symbols beside one single daemon with N, all at 1 Hz in
+quotes mode on this machine, in the same run, so the ratio of their cycle times is what the
+cluster costs (the coordination, fenced writes per partition, PostgreSQL) and not the machine.
+
+    .venv/bin/python -m bench.cluster --symbols 10000 --minutes 10     (the issue's target run)
+    .venv/bin/python -m bench.cluster --symbols 2000 --minutes 1       (quick)
+
+Real processes: the exchange, one redis-server (the members' keys and the single daemon's under
+another prefix), a private PostgreSQL server (the members' store; the single daemon keeps
+SQLite, as one machine does), two members and the single daemon. Each daemon writes one JSON
+line per cycle (SIDECAR_CYCLE_TRACE); CPU and RSS come from /proc. The report goes to
+bench/results/<date>-<host>-cluster.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from sidecar.cluster.partitions import partition_of
+
+from .quotes import universe
+from .servers import ROOT, free_port, postgres_server, redis_server
+from .soak import _proc_stats, _wait_http
+
+PARTITIONS = 64
+
+
+def _daemon(name: str, work: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int, Path]:
+    port = free_port()
+    trace = work / f"trace-{name}.jsonl"
+    log = (work / f"daemon-{name}.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "run"], cwd=work, stdout=log, stderr=subprocess.STDOUT,
+                            env={**env, "SIDECAR_HTTP_PORT": str(port), "SIDECAR_CYCLE_TRACE": str(trace)})
+    log.close()
+    return proc, port, trace
+
+
+def _lines(trace: Path) -> list[bytes]:
+    return trace.read_bytes().splitlines() if trace.exists() else []
+
+
+def _owned(port: int) -> list[int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as resp:  # noqa: S310 - loopback
+        return [int(p) for p in orjson.loads(resp.read()).get("cluster", {}).get("owned", {})]
+
+
+def run(n: int, seconds: float, work: Path, warmup_limit: float = 420.0) -> dict[str, object]:
+    """Start everything, wait for every daemon's catch-up, measure `seconds`; the figures."""
+    with redis_server(work) as redis_url, postgres_server(Path(tempfile.mkdtemp(prefix="sidecar-bench-pg-"))) as pg:
+        ex_port = free_port()
+        base = {**os.environ, "PYTHONPATH": str(ROOT)}
+        exchange = subprocess.Popen([sys.executable, "-m", "sidecar.exchange", "--always-open", "--port", str(ex_port)],
+                                    env=base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        names = universe(2 * n)
+        (work / "all.txt").write_text("\n".join(names))
+        (work / "single.txt").write_text("\n".join(names[:n]))
+        common = {**base, "SIDECAR_LIVE_MODE": "quotes", "SIDECAR_QUOTE_BATCH": "500", "SIDECAR_CATCHUP_PER_CYCLE": "250",
+                  "SIDECAR_YAHOO_BASE_URL": f"http://127.0.0.1:{ex_port}", "SIDECAR_REDIS_URL": redis_url,
+                  "SIDECAR_BOOTSTRAP_DAYS": "0", "SIDECAR_LOOKBACK_MINUTES": "5", "SIDECAR_FETCH_TIMEOUT_S": "5",
+                  "SIDECAR_LOG_LEVEL": "WARNING", "SIDECAR_GAP_SCAN_DAYS": "0"}
+        daemons = {
+            "single": _daemon("single", work, {**common, "SIDECAR_SYMBOLS": f"@{work / 'single.txt'}",
+                                               "SIDECAR_REDIS_PREFIX": "single", "SIDECAR_DB_PATH": str(work / "s.db")}),
+            **{m: _daemon(m, work, {**common, "SIDECAR_SYMBOLS": f"@{work / 'all.txt'}", "SIDECAR_CLUSTER": "true",
+                                    "SIDECAR_SHARD_ID": m, "SIDECAR_PARTITIONS": str(PARTITIONS),
+                                    "SIDECAR_STORE_URL": pg}) for m in ("member-a", "member-b")},
+        }
+        try:
+            for _proc, port, _trace in daemons.values():
+                _wait_http(f"http://127.0.0.1:{port}/health", 600)
+            t0 = time.time()
+            first_minute = int(t0) // 60
+            while time.time() - t0 < warmup_limit:  # every daemon caught up, past a minute boundary
+                time.sleep(1)
+                ready = []
+                for _proc, _port, trace in daemons.values():
+                    recent = [orjson.loads(x) for x in _lines(trace)[-5:]]
+                    ready.append(len(recent) == 5 and int(recent[-1]["t"]) // 60 > first_minute
+                                 and all(c["history_requests"] == 0 for c in recent))
+                if all(ready):
+                    break
+            warmup = time.time() - t0
+            marks = {name: len(_lines(trace)) for name, (_p, _port, trace) in daemons.items()}
+            pids = {name: proc.pid for name, (proc, _port, _trace) in daemons.items()}
+            pids["exchange"] = exchange.pid
+            start = {k: _proc_stats(p) for k, p in pids.items()}
+            t_start = time.time()
+            time.sleep(seconds)
+            end = {k: _proc_stats(p) for k, p in pids.items()}
+            span = time.time() - t_start
+            owned = {m: _owned(daemons[m][1]) for m in ("member-a", "member-b")}
+            out: dict[str, object] = {"symbols_per_daemon": n, "seconds": round(span, 1), "warmup_s": round(warmup, 1),
+                                      "partitions": PARTITIONS}
+            for name, (_proc, _port, trace) in daemons.items():
+                cycles = [orjson.loads(x) for x in _lines(trace)[marks[name]:]]
+                ms = np.array([c["cycle_s"] for c in cycles]) * 1000
+                followed = n if name == "single" else sum(1 for s in names if partition_of(s, PARTITIONS) in owned[name])
+                out[name] = {"symbols": followed, "cycles": len(cycles),
+                             "overruns": cycles[-1]["overruns"] - cycles[0]["overruns"] if cycles else None,
+                             **{f"cycle_p{q}_ms": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)},
+                             "cycle_max_ms": round(float(ms.max()), 1),
+                             "redis_p99_ms": round(float(np.percentile([c["redis"] for c in cycles], 99)) * 1000, 1),
+                             "cpu_pct": round(100 * (end[name][0] - start[name][0]) / span, 1),
+                             "rss_mb": round(end[name][1] / 2**20, 1)}
+            out["exchange_cpu_pct"] = round(100 * (end["exchange"][0] - start["exchange"][0]) / span, 1)
+            single = out["single"]["cycle_p99_ms"]  # type: ignore[index]
+            out["member_p99_vs_single"] = {m: round(out[m]["cycle_p99_ms"] / single, 2)  # type: ignore[index]
+                                           for m in ("member-a", "member-b")}
+            return out
+        finally:
+            for proc, _port, _trace in daemons.values():
+                proc.send_signal(signal.SIGTERM)
+            for proc, _port, _trace in daemons.values():
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            exchange.terminate()
+            exchange.wait()
+
+
+def main() -> None:
+    """Run, print and save the report."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--symbols", type=int, default=10_000, help="symbols per daemon (the members split twice this)")
+    parser.add_argument("--minutes", type=float, default=10.0, help="measured minutes, after the catch-up")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sidecar-bench-cluster-") as tmp:
+        report = run(args.symbols, args.minutes * 60, Path(tmp))
+    report["command"] = f"python -m bench.cluster --symbols {args.symbols} --minutes {args.minutes:g}"
+    text = orjson.dumps(report, option=orjson.OPT_INDENT_2).decode()
+    print(text)
+    out = ROOT / "bench" / "results" / f"{dt.date.today()}-{socket.gethostname()[:12]}-cluster.json"
+    out.write_text(text + "\n")
+    print(f"saved {out}")
+
+
+if __name__ == "__main__":
+    main()
