@@ -133,12 +133,14 @@ class Client:
         daemon refreshes every SIDECAR_HIGHER_FORMING_S, 5 s by default).
     :param timeout_s: deadline of one read.
     :param clock: wall time (injected for tests).
+    :param partitions: SIDECAR_PARTITIONS when the daemons run as a cluster (their keys are
+        tagged by partition); 0 for one daemon.
     """
 
     def __init__(self, redis_url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "sidecar",
                  http_url: str | None = None, max_age_s: float | None = None, timeout_s: float = 2.0,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.keys = RedisKeys(prefix)
+                 clock: Callable[[], float] = time.time, partitions: int = 0) -> None:
+        self.keys = RedisKeys(prefix, partitions)
         self.timeout_s, self.clock = timeout_s, clock
         self.max_age_s = {tf: max_age_s if max_age_s is not None else (5.0 if tf == "1m" else 15.0) for tf in TIMEFRAMES}
         self.http_url = http_url.rstrip("/") if http_url else None

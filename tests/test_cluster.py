@@ -20,6 +20,7 @@ import msgpack
 import pytest
 import redis
 
+from sidecar.client import Client
 from sidecar.cluster.partitions import partition_of
 from sidecar.exchange import Exchange
 from sidecar.symbols import lookup
@@ -132,6 +133,14 @@ async def test_members_split_the_partitions_take_over_a_killed_one_and_store_eve
 
     await wait_until(followed_by_owner, 20, "every symbol followed by its partition's owner", every=0.3,
                      detail=members.text)
+    # A program reads every symbol whichever member writes it (the client told the partition count).
+    async with Client(members.redis_url, partitions=PARTITIONS) as client:
+        async def all_current() -> bool:
+            table = await client.feature_table(list(SYMBOLS))
+            return all(table.row(k)["rsi_14"] is not None for k in range(len(SYMBOLS)))
+
+        await wait_until(all_current, 30, "every symbol's features through the client", every=0.5)
+        assert {(await client.latest(s)).symbol for s in SYMBOLS} == set(SYMBOLS)
 
     c = await members.start("c")  # a join moves only c's share
     await wait_until(members.settled, 30, "a, b and c split the partitions", every=0.3, detail=members.text)

@@ -97,11 +97,16 @@ async def test_daemon_stores_exactly_what_the_exchange_served_and_flushes_on_sig
     # Run across a minute boundary, so forming bars become closed bars while we watch.
     boundary = (int(time.time()) // 60 + 1) * 60
 
-    async def past_boundary() -> bool:  # every symbol's newest bar is of the new minute
-        _, doc = await daemon.get("/health")
-        return isinstance(doc, dict) and all((f["last_bar_ts"] or 0) >= boundary for f in doc["freshness"].values())
+    seen: dict = {}
 
-    await wait_until(past_boundary, 100, "every symbol past the minute boundary", every=0.25, detail=daemon.log.read_text)
+    async def past_boundary() -> bool:  # every symbol's newest bar is of the new minute
+        nonlocal seen
+        _, doc = await daemon.get("/health")
+        seen = doc if isinstance(doc, dict) else {}
+        return bool(seen) and all((f["last_bar_ts"] or 0) >= boundary for f in seen["freshness"].values())
+
+    await wait_until(past_boundary, 100, "every symbol past the minute boundary", every=0.25,
+                     detail=lambda: f"boundary {boundary}, health {seen}\n{daemon.log.read_text()}")
     status, health = await daemon.get("/health")
     _, metrics = await daemon.get("/metrics")
     with redis_server.client() as c:  # features of every symbol, fresh, before they expire
