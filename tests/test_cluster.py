@@ -135,9 +135,9 @@ async def test_members_split_the_partitions_take_over_a_killed_one_and_store_eve
                      detail=members.text)
     # A program reads every symbol whichever member writes it (the client told the partition count).
     async with Client(members.redis_url, partitions=PARTITIONS) as client:
-        async def all_current() -> bool:
-            table = await client.feature_table(list(SYMBOLS))
-            return all(table.row(k)["rsi_14"] is not None for k in range(len(SYMBOLS)))
+        async def all_current() -> bool:  # every symbol's features present and fresh (the lookback is short:
+            table = await client.feature_table(list(SYMBOLS))  # RSI-14 is still warming up)
+            return bool(table.present.all() and not table.stale.any() and (table.close > 0).all())
 
         await wait_until(all_current, 30, "every symbol's features through the client", every=0.5)
         assert {(await client.latest(s)).symbol for s in SYMBOLS} == set(SYMBOLS)
