@@ -79,8 +79,19 @@ def run(n: int, seconds: float, work: Path, warmup_limit: float = 420.0) -> dict
                                     "SIDECAR_STORE_URL": pg}) for m in ("member-a", "member-b")},
         }
         try:
-            for _proc, port, _trace in daemons.values():
-                _wait_http(f"http://127.0.0.1:{port}/health", 600)
+            for name, (proc, port, _trace) in daemons.items():
+                deadline = time.monotonic() + 600
+                while True:
+                    if proc.poll() is not None:
+                        text = (work / f"daemon-{name}.log").read_text()
+                        raise SystemExit(f"{name} exited:\n{text[text.find('ERROR'):][:4000]}")
+                    try:
+                        _wait_http(f"http://127.0.0.1:{port}/health", 0)
+                        break
+                    except OSError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.5)
             t0 = time.time()
             first_minute = int(t0) // 60
             while time.time() - t0 < warmup_limit:  # every daemon caught up, past a minute boundary

@@ -228,18 +228,19 @@ class Sidecar:
         is the list at the next start. A malformed symbol raises SymbolError, changing nothing."""
         infos = [lookup(raw) for raw in add]
         gone = [parse_symbol(raw) for raw in remove]
-        new = [i for i in infos if i.symbol not in self.symbols]
-        if new:
-            histories = await self.features.warm_from(self.sqlite, new, self.settings.feature_warmup_bars)
-            self.orchestrator.add(new)
-            await self.orchestrator.higher.warm({i.symbol for i in new})
-            self._start_bootstrap([i for i in new if not histories[i.symbol]])
-            self.symbols.update({i.symbol: i for i in new})
-        for symbol in gone:
-            if self.symbols.pop(symbol, None) is not None:
-                self.orchestrator.remove([symbol])
-                self.features.book.remove(symbol)
-                self.orchestrator.higher.remove(symbol)
+        async with self.orchestrator.between_cycles:  # never in the middle of a cycle's stages
+            new = [i for i in infos if i.symbol not in self.symbols]
+            if new:
+                histories = await self.features.warm_from(self.sqlite, new, self.settings.feature_warmup_bars)
+                self.orchestrator.add(new)
+                await self.orchestrator.higher.warm({i.symbol for i in new})
+                self._start_bootstrap([i for i in new if not histories[i.symbol]])
+                self.symbols.update({i.symbol: i for i in new})
+            for symbol in gone:
+                if self.symbols.pop(symbol, None) is not None:
+                    self.orchestrator.remove([symbol])
+                    self.features.book.remove(symbol)
+                    self.orchestrator.higher.remove(symbol)
         names = list(self.symbols)
         self.scanner.set_symbols(names, [self._broker.get(x, x) for x in names])
         if new or gone:

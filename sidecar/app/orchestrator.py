@@ -152,6 +152,9 @@ class Orchestrator:
         self._redis_failing = False  # for logging the transitions only; the store's health() says more
         self._quarantine: list[dict[str, object]] = []  # spikes not yet written to Redis
         self._rewarm: set[str] = set()  # symbols whose features are rebuilt at the end of the cycle
+        # Held by each cycle: symbols are added and removed between cycles (a cycle's stages keep
+        # the slots they started with across their awaits).
+        self.between_cycles = asyncio.Lock()
         self._stopping = False
         self._in_cycle = False
         self._task: asyncio.Task[None] | None = None
@@ -242,7 +245,8 @@ class Orchestrator:
                 break
             self._in_cycle = True
             try:
-                await self.run_cycle()
+                async with self.between_cycles:
+                    await self.run_cycle()
             finally:
                 self._in_cycle = False
             if self._stopping:
