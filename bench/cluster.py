@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -52,9 +53,13 @@ def _lines(trace: Path) -> list[bytes]:
     return trace.read_bytes().splitlines() if trace.exists() else []
 
 
-def _owned(port: int) -> list[int]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as resp:  # noqa: S310 - loopback
-        return [int(p) for p in orjson.loads(resp.read()).get("cluster", {}).get("owned", {})]
+def _health(port: int) -> dict:
+    """A daemon's /health document (503 when degraded or down: the body says why)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as resp:  # noqa: S310 - loopback
+            return dict(orjson.loads(resp.read()))
+    except urllib.error.HTTPError as exc:
+        return dict(orjson.loads(exc.read()))
 
 
 def run(n: int, seconds: float, work: Path, warmup_limit: float = 420.0) -> dict[str, object]:
@@ -112,7 +117,8 @@ def run(n: int, seconds: float, work: Path, warmup_limit: float = 420.0) -> dict
             time.sleep(seconds)
             end = {k: _proc_stats(p) for k, p in pids.items()}
             span = time.time() - t_start
-            owned = {m: _owned(daemons[m][1]) for m in ("member-a", "member-b")}
+            health = {m: _health(daemons[m][1]).get("cluster", {}) for m in ("member-a", "member-b")}
+            owned = {m: [int(p) for p in h.get("owned", {})] for m, h in health.items()}
             out: dict[str, object] = {"symbols_per_daemon": n, "seconds": round(span, 1), "warmup_s": round(warmup, 1),
                                       "partitions": PARTITIONS}
             for name, (_proc, _port, trace) in daemons.items():
@@ -120,6 +126,7 @@ def run(n: int, seconds: float, work: Path, warmup_limit: float = 420.0) -> dict
                 ms = np.array([c["cycle_s"] for c in cycles]) * 1000
                 followed = n if name == "single" else sum(1 for s in names if partition_of(s, PARTITIONS) in owned[name])
                 out[name] = {"symbols": followed, "cycles": len(cycles),
+                             "fenced_writes": health.get(name, {}).get("fenced_writes"),
                              "overruns": cycles[-1]["overruns"] - cycles[0]["overruns"] if cycles else None,
                              **{f"cycle_p{q}_ms": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)},
                              "cycle_max_ms": round(float(ms.max()), 1),
