@@ -37,6 +37,15 @@ async def wait_until(predicate: Callable[[], object | Awaitable[object]], timeou
         await asyncio.sleep(every)
 
 
+def reached(exchange: Any, symbol: str, last_ts: int | None, minute: int) -> bool:
+    """Whether a symbol's newest bar is of `minute` or later, or, the market having had no
+    trade in `minute` (a quiet minute never gets a bar), of the minute before or later."""
+    from sidecar.symbols import lookup
+
+    last = last_ts or 0
+    return last >= minute or (last >= minute - 60 and not exchange.traded(lookup(symbol).yahoo, minute))
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:

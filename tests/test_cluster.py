@@ -26,7 +26,7 @@ from sidecar.exchange import Exchange
 from sidecar.symbols import lookup
 
 from .conftest import RedisClusterServers, RedisServer, subprocess_env
-from .helpers import DaemonProcess, Durable, wait_until
+from .helpers import DaemonProcess, Durable, reached, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -181,7 +181,8 @@ async def test_members_split_the_partitions_take_over_a_killed_one_and_store_eve
 
     async def current() -> bool:
         fresh = (await a.health()).get("freshness", {})
-        return len(fresh) == len(SYMBOLS) and all((f["last_bar_ts"] or 0) >= period_end for f in fresh.values())
+        return len(fresh) == len(SYMBOLS) and all(reached(exchange, sym, f["last_bar_ts"], period_end)
+                                                  for sym, f in fresh.items())
 
     await wait_until(current, 45, "every symbol's bar of the current minute", every=0.5, detail=members.text)
     assert await members.live.pop("a").stop(signal.SIGTERM) == 0, a.text()
@@ -367,7 +368,8 @@ async def test_members_on_a_redis_cluster_carry_on_through_a_master_failover_and
                 raws = [rc.get(f"sidecar:{{p{partition_of(s, PARTITIONS)}}}:{s}:bar:1m") for s in SYMBOLS]
             except redis.RedisError:
                 return False
-            return all(r is not None and msgpack.unpackb(r)["ts"] >= minute for r in raws)
+            return all(r is not None and reached(exchange, s, msgpack.unpackb(r)["ts"], minute)
+                       for s, r in zip(SYMBOLS, raws, strict=True))
 
         await wait_until(lambda: current(int(time.time()) // 60 * 60 - 60), 30, "every symbol in the cluster")
         # Kill the master holding the cluster's own keys (members, leases of jobs): the hardest one.

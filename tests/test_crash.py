@@ -20,7 +20,7 @@ from sidecar.exchange import Exchange
 from sidecar.symbols import lookup
 
 from .conftest import subprocess_env
-from .helpers import Durable, wait_until
+from .helpers import Durable, reached, wait_until
 from .test_e2e import _free_port
 
 pytestmark = pytest.mark.e2e
@@ -135,7 +135,7 @@ async def test_sigkill_at_random_moments_and_a_source_outage_lose_nothing(
                 fresh = (await resp.json())["freshness"]
         except aiohttp.ClientError:
             return False
-        return all((fresh[s]["last_bar_ts"] or 0) >= period_end for s in SYMBOLS)
+        return all(reached(exchange, s, fresh[s]["last_bar_ts"], period_end) for s in SYMBOLS)
 
     await wait_until(current, 45, "every symbol's bar of the current minute", every=0.5,
                      detail=lambda: "".join(run.lines[-30:]))

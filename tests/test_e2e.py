@@ -19,7 +19,7 @@ from sidecar.exchange import Exchange
 from sidecar.symbols import DEFAULT_SYMBOLS, lookup
 
 from .conftest import RedisServer, subprocess_env
-from .helpers import Durable, wait_until
+from .helpers import Durable, reached, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -103,7 +103,8 @@ async def test_daemon_stores_exactly_what_the_exchange_served_and_flushes_on_sig
         nonlocal seen
         _, doc = await daemon.get("/health")
         seen = doc if isinstance(doc, dict) else {}
-        return bool(seen) and all((f["last_bar_ts"] or 0) >= boundary for f in seen["freshness"].values())
+        return bool(seen) and time.time() >= boundary + 1 and all(
+            reached(exchange, sym, f["last_bar_ts"], boundary) for sym, f in seen["freshness"].items())
 
     await wait_until(past_boundary, 100, "every symbol past the minute boundary", every=0.25,
                      detail=lambda: f"boundary {boundary}, health {seen}\n{daemon.log.read_text()}")

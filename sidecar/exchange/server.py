@@ -149,6 +149,11 @@ class Exchange:
         bars = self._revised(symbol, self.market.minute_bars(symbol, ts))
         return bars.select(bars.traded)
 
+    def traded(self, symbol: str, minute: int) -> bool:
+        """Whether the market has trades in a minute (a quiet one never gets a bar)."""
+        ts = np.array([minute // 60 * 60], dtype=np.int64)
+        return bool(self.market.trading(symbol, ts)[0] and self.market.minute_bars(symbol, ts).traded[0])
+
     def revise(self, symbol: str, ts: int, factor: float = 1.001) -> None:
         """Change a Yahoo symbol's bar of minute `ts` from now on, as a provider correcting a
         settled bar does (late prints): prices scaled by `factor`, volume up by one share. The
