@@ -151,17 +151,19 @@ async def test_a_consumer_group_shares_signals_exactly_once_and_a_restarted_cons
 
     target = r.xrevrange("sidecar:signals", count=1)[0][0].decode()  # everything up to here must arrive
 
-    def caught_up() -> bool:
-        return target in seen["a"] + seen["b"]
+    crashed = unacked_before_crash[0]
 
-    await wait_until(caught_up, 30, "both consumers caught up")
+    def caught_up() -> bool:  # everything delivered, the crashed entry to the restarted consumer too
+        return target in seen["a"] + seen["b"] and crashed in seen["a"][5:]
+
+    await wait_until(caught_up, 30, "both consumers caught up, the unacknowledged entry handed back",
+                     detail=lambda: f"a {seen['a']}\nb {seen['b']}")
     stop.set()
     for task in (a, b):
         task.cancel()
     await asyncio.gather(a, b, return_exceptions=True)
     upto = [e[0].decode() for e in r.xrange("sidecar:signals", max=target)]
     received = seen["a"] + seen["b"]
-    crashed = unacked_before_crash[0]
     assert seen["a"][5:].count(crashed) == 1  # handed back to the restarted consumer, once
     rest = [i for i in received if i != crashed]
     assert len(rest) == len(set(rest))  # nothing else twice
