@@ -168,4 +168,5 @@ async def test_a_consumer_group_shares_signals_exactly_once_and_a_restarted_cons
     rest = [i for i in received if i != crashed]
     assert len(rest) == len(set(rest))  # nothing else twice
     assert set(upto) <= set(received)  # nothing lost
-    assert seen["b"] and len(set(seen["a"])) > 5 and not set(seen["a"]) & set(seen["b"])  # shared, not copied
+    # shared, not copied (under load b may take every new entry: a then has its first 5 and the one handed back)
+    assert seen["b"] and len(set(seen["a"])) >= 5 and not set(seen["a"]) & set(seen["b"])
