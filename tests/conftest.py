@@ -13,7 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +38,19 @@ def subprocess_env(**overrides: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(overrides)
     return env
+
+
+def poll_until(predicate: Callable[[], object], timeout: float, what: str, every: float = 0.1,
+               detail: Callable[[], str] | None = None) -> float:
+    """The blocking twin of `helpers.wait_until`, for fixtures and synchronous tests: poll
+    `predicate` until it is truthy and return the seconds it took; fail naming `what` (and
+    `detail()`) once `timeout` has passed."""
+    t0 = time.monotonic()
+    while not predicate():
+        if time.monotonic() - t0 > timeout:
+            pytest.fail(f"{what}: not reached within {timeout}s" + (f"\n{detail()}" if detail else ""))
+        time.sleep(every)
+    return time.monotonic() - t0
 
 
 @dataclass
@@ -121,6 +134,14 @@ class RedisClusterServers:
              "--save", "", "--appendonly", "no", "--dir", str(node_dir), "--logfile", str(node_dir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    def answers(self, port: int) -> bool:
+        """Whether a node answers PING."""
+        try:
+            with self.node(port) as c:
+                return bool(c.ping())
+        except redis.ConnectionError:
+            return False
+
     def masters(self) -> dict[int, tuple[int, int]]:
         """Live masters: port -> the first slot range it serves."""
         for port in self.ports:
@@ -172,21 +193,11 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     for port in servers.ports:
         servers.start_node(port)
     try:
-        deadline = time.monotonic() + 30
         for port in servers.ports:
-            while True:
-                try:
-                    with servers.node(port) as c:
-                        c.ping()
-                    break
-                except redis.ConnectionError:
-                    assert time.monotonic() < deadline, f"redis node {port} did not start"
-                    time.sleep(0.05)
+            poll_until(lambda port=port: servers.answers(port), 30, f"redis node {port} answering", every=0.05)
         subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in servers.ports),
                         "--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True, timeout=60)
-        while not servers.healthy():
-            assert time.monotonic() < deadline + 30, "the redis cluster did not become ok"
-            time.sleep(0.2)
+        poll_until(servers.healthy, 60, "the redis cluster ok", every=0.2)
         yield servers
     finally:
         for proc in servers.processes.values():
@@ -223,13 +234,13 @@ class PostgresServer:
                 [binary, "-D", str(self.directory / "data"), "-p", str(self.port), "-k", str(self.directory),
                  "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200", "-c", "shared_buffers=128MB"],
                 stdout=subprocess.DEVNULL, stderr=log, **self._run_as())  # type: ignore[call-overload]
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port)]).returncode == 0:
-                return
-            time.sleep(0.1)
-        self.process.kill()
-        pytest.fail(f"postgres did not start:\n{(self.directory / 'postgres.log').read_text()[-2000:]}")
+        try:
+            poll_until(lambda: subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port)]).returncode
+                       == 0, 60, "postgres accepting connections",
+                       detail=lambda: (self.directory / "postgres.log").read_text()[-2000:])
+        except BaseException:
+            self.process.kill()
+            raise
 
     def stop(self, fast: bool = True) -> None:
         """Stop the server (SIGINT: fast shutdown) and wait for it."""

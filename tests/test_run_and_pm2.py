@@ -22,7 +22,7 @@ import redis
 
 from sidecar.symbols import DEFAULT_SYMBOLS, lookup
 
-from .conftest import ROOT, subprocess_env
+from .conftest import ROOT, poll_until, subprocess_env
 from .test_e2e import _free_port
 
 pytestmark = pytest.mark.e2e
@@ -167,10 +167,7 @@ def test_pm2_runs_n_cluster_members_that_split_the_partitions_and_hand_over_on_s
             return set()
 
     def wait(condition: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + 60
-        while not condition():
-            assert time.monotonic() < deadline, f"{what}:\n" + run("logs", "--nostream", "--lines", "40")
-            time.sleep(0.3)
+        poll_until(condition, 60, what, every=0.3, detail=lambda: run("logs", "--nostream", "--lines", "40"))
 
     try:
         run("start", "ecosystem.cluster.config.js")
