@@ -195,3 +195,38 @@ async def test_other_components_tables_in_the_common_sql(store: PostgresStore) -
     assert await store.query("SELECT estimate, updated FROM earnings") == [(2.2, 2.0)]
     await store.execute("INSERT OR IGNORE INTO empty_minutes VALUES (?, ?, ?)", [("AAPL", "1m", T0)] * 2)
     assert (await store.known_minutes("AAPL", "1m", T0, T0 + 60)).tolist() == [T0]
+
+
+async def test_timeframe_rebuilds_wait_while_the_store_cannot_be_read_then_run(store: PostgresStore,
+                                                                              postgres_url: str) -> None:
+    from sidecar.clock import ManualClock
+    from sidecar.cycle.higher import HigherTimeframes
+    from sidecar.cycle.table import SymbolTable
+    from sidecar.metrics import Metrics
+    from sidecar.symbols import AssetClass, lookup
+    from sidecar.timeframes import Buckets
+
+    table = SymbolTable({c: (0.0, np.inf) for c in AssetClass}, ["yahoo"])
+    slot = table.add(lookup("BTCUSD"), [])
+    higher = HigherTimeframes(("1m", "5m"), table=table, buckets=Buckets(), sqlite=store, metrics=Metrics(),
+                              clock=ManualClock(), features=None, warmup_bars=0)
+    higher.reset(np.array([slot]), 0)
+    minutes = [Bar("BTCUSD", "1m", T0 + 60 * i, 10.0 + i, 12.0 + i % 3, 9.0 - i, 10.5 + i, 5.0 * i, "yahoo")
+               for i in range(5)]
+    store.add(minutes)
+    await store.flush()
+    higher.revise(np.array([slot]), np.array([T0 + 120]))  # a minute corrected behind the loop's back
+    locker = await asyncpg.connect(postgres_url)
+    tx = locker.transaction()
+    await tx.start()
+    await locker.execute("LOCK TABLE bars IN ACCESS EXCLUSIVE MODE")  # reads block until the 2 s timeout
+    try:
+        assert await higher.finish(T0 + 400) is False  # no exception out of the cycle
+        assert higher.pending == 1  # the request kept for a later cycle
+    finally:
+        await tx.rollback()
+        await locker.close()
+    assert await higher.finish(T0 + 400) is True and higher.pending == 0
+    [bar] = await store.between(["BTCUSD"], "5m", T0, T0 + 300)
+    assert bar.values == (10.0, max(b.high for b in minutes), min(b.low for b in minutes), 14.5,
+                          sum(b.volume for b in minutes))

@@ -39,7 +39,7 @@ from ..cycle.higher import HigherTimeframes, LaneOutput
 from ..cycle.publish import lane_write, minute_write, set_latest
 from ..cycle.sourcing import Fetched, Sourcing
 from ..cycle.table import StatesView, SymbolTable
-from ..errors import RedisStoreError
+from ..errors import DurableStoreError, RedisStoreError
 from ..features.service import FeatureService
 from ..metrics import Metrics
 from ..scanner import Scanner
@@ -301,9 +301,13 @@ class Orchestrator:
             self.revise_minutes(accepted.revised)
         if self.higher.pending:
             await self.higher.finish(self._source_clock(now))
-        if self._rewarm and self.on_rewarm is not None:
+        if self._rewarm and self.on_rewarm is not None and self.sqlite.last_error is None:
             symbols, self._rewarm = self._rewarm, set()
-            await self.on_rewarm(symbols)
+            try:
+                await self.on_rewarm(symbols)
+            except DurableStoreError as exc:  # the store went away meanwhile: a later cycle retries
+                self._rewarm |= symbols
+                log.warning("feature re-warm waits for the store: %s", exc)
         if self.sourcing.recovered and self.on_recovered is not None:
             self.on_recovered()
         self.sourcing.recovered = False

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 from ..bars import Bar
 from ..clock import Clock
-from ..errors import RedisStoreError
+from ..errors import DurableStoreError, RedisStoreError
 from ..stores import DurableStore, RedisStore
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class Reseeder:
             try:
                 await self.reseed()
                 return
-            except RedisStoreError as exc:
+            except (RedisStoreError, DurableStoreError) as exc:  # either side: Redis, or the store read
                 log.warning("redis re-seed failed, trying again in %.0fs: %s", delay, exc)
                 await self.clock.sleep(delay)
                 delay = min(2 * delay, 30.0)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..clock import Clock
+from ..errors import DurableStoreError
 from ..features.engine import FeatureConfig
 from ..features.service import FeatureService
 from ..metrics import Metrics
@@ -132,18 +133,35 @@ class HigherTimeframes:
         """Buckets waiting for a rebuild, and symbols for a re-warm."""
         return sum(len(p) for lane in self.lanes for p in lane.pending) + len(self._rewarm)
 
-    async def finish(self, now: float | np.ndarray) -> None:
+    async def finish(self, now: float | np.ndarray) -> bool:
         """Rebuild the requested buckets from the stored minutes (the cycle's are buffered by
-        now), then the requested re-warms; `now` as for `step`."""
-        for lane in self.lanes:
-            if lane.pending:
-                requests, lane.pending = np.unique(np.vstack(lane.pending), axis=0), []
-                requests = requests[self.table.active[requests[:, 0]]]  # symbols removed meanwhile: none
-                if len(requests):
-                    await self._rebuild(lane, requests, now)
-        if self._rewarm:
-            symbols, self._rewarm = self._rewarm, set()
-            await self.warm(symbols)
+        now), then the requested re-warms; `now` as for `step`. While the store cannot be read
+        (its last flush failed, or a read does) the requests wait for a later cycle: return
+        False then. The loop goes on meanwhile, the bars it closes buffered."""
+        if self.sqlite.last_error is not None:
+            return False  # a read would fail too, or hang until its timeout if the server stalls
+        try:
+            for lane in self.lanes:
+                if lane.pending:
+                    requests, lane.pending = np.unique(np.vstack(lane.pending), axis=0), []
+                    requests = requests[self.table.active[requests[:, 0]]]  # symbols removed meanwhile: none
+                    if len(requests):
+                        try:
+                            await self._rebuild(lane, requests, now)
+                        except DurableStoreError:
+                            lane.pending.append(requests)
+                            raise
+            if self._rewarm:
+                symbols, self._rewarm = self._rewarm, set()
+                try:
+                    await self.warm(symbols)
+                except DurableStoreError:
+                    self._rewarm |= symbols
+                    raise
+        except DurableStoreError as exc:
+            log.warning("timeframe rebuilds wait for the store: %s", exc)
+            return False
+        return True
 
     async def _rebuild(self, lane: Lane, requests: np.ndarray, now: float | np.ndarray) -> None:
         t = self.table
@@ -179,7 +197,11 @@ class HigherTimeframes:
             return
         self.sqlite.add(changed)
         lane.rebuilt.append(rows.take(differs))  # to Redis in the next cycle's one round trip
-        await self.rewarm(lane.timeframe, {b.symbol for b in changed})
+        try:
+            await self.rewarm(lane.timeframe, {b.symbol for b in changed})
+        except DurableStoreError:
+            self._rewarm |= {b.symbol for b in changed}  # the bars are in; their features wait
+            raise
 
     async def rewarm(self, timeframe: str, symbols: set[str]) -> None:
         """Rebuild some symbols' indicator state of one timeframe from its stored bars."""
