@@ -262,10 +262,27 @@ class Sidecar:
         take = [i.symbol for i in self.universe if partition_of(i.symbol, n) in gained]
         await self.update_symbols(take, drop)
         self.infos = list(self.symbols.values())
-        if take:
-            last = await self.sqlite.last_stored(TIMEFRAME)
-            self.orchestrator.resume({s: last[s] for s in take if s in last},
+        if take and not await self._resume_from_store(take):
+            self._supervise(asyncio.create_task(self._resume_from_store(take, retry=True), name="resume"))
+
+    async def _resume_from_store(self, symbols: list[str], retry: bool = False) -> bool:
+        """Set symbols' cursors after their newest stored bar; while the store cannot be read,
+        return False, or with `retry` try again after a growing pause (the loop follows them
+        from now meanwhile, and the cursors move back once the store answers)."""
+        delay = 1.0
+        while True:
+            try:
+                last = await self.sqlite.last_stored(TIMEFRAME)
+            except DurableStoreError as exc:
+                log.warning("resuming %d gained symbols waits for the store: %s", len(symbols), exc)
+                if not retry:
+                    return False
+                await self.clock.sleep(delay)
+                delay = min(2 * delay, 30.0)
+                continue
+            self.orchestrator.resume({s: last[s] for s in symbols if s in last and s in self.symbols},
                                      overlap_s=self.settings.restart_overlap_minutes * 60)
+            return True
 
     def _fenced(self, partitions: set[int]) -> None:
         """Redis refused this member's writes for some partitions: a newer owner has them."""
@@ -423,11 +440,11 @@ class Sidecar:
         await self.close()
         return 0 if self.failure is None else 1
 
-    def _supervise(self, task: asyncio.Task[None]) -> None:
+    def _supervise(self, task: asyncio.Task[Any]) -> None:
         """A background task that dies takes the daemon down (PM2 restarts it), never silently."""
         self._tasks.append(task)
 
-        def done(t: asyncio.Task[None]) -> None:
+        def done(t: asyncio.Task[Any]) -> None:
             if not t.cancelled() and t.exception() is not None and not self.stopping:
                 self.failure = t.exception()
                 log.error("task %s died; stopping", t.get_name(), exc_info=self.failure)
