@@ -67,10 +67,14 @@ class Members:
         return out
 
     async def settled(self) -> bool:
-        """Every partition owned by exactly one live member, and each member sees all the others."""
+        """Every partition owned by exactly one live member, every member has its share, and
+        none is still handing partitions off or taking them on."""
         owned = await self.owned()
         claims = [p for ps in owned.values() for p in ps]
-        return sorted(claims) == list(range(PARTITIONS)) and all(owned.values())
+        if sorted(claims) != list(range(PARTITIONS)) or not all(owned.values()):
+            return False
+        docs = [await d.health() for d in self.live.values()]
+        return all(doc and doc["cluster"]["settling"] is False for doc in docs)
 
     def text(self) -> str:
         return "\n".join(f"--- {d.log.name} ---\n{d.text()[-4000:]}" for d in self.all)
@@ -325,6 +329,59 @@ async def test_a_write_under_an_old_token_is_refused_inside_redis(redis_url: str
     finally:
         await a.close()
         await b.close()
+        await ra.close()
+        await rb.close()
+
+
+async def test_a_slow_or_failing_hand_off_never_delays_the_renewals_nor_lets_two_members_follow_a_partition(
+        redis_url: str) -> None:
+    """In process: while the daemon takes a change on (thousands of symbols dropped or warmed
+    from the store, here held on an event), the member keeps renewing its leases, those of
+    the partitions it is handing off too: the joining member gets them only once the old
+    owner's symbols are dropped. A change that fails is applied again until it succeeds."""
+    from sidecar.clock import SystemClock
+    from sidecar.cluster.coordinator import Coordinator
+    from sidecar.errors import DurableStoreError
+    from sidecar.stores import RedisStore
+
+    calls: list[tuple[list[int], list[int]]] = []
+    gate = asyncio.Event()
+
+    async def follow(gained: dict[int, int], lost: set[int]) -> None:
+        calls.append((sorted(gained), sorted(lost)))
+        if len(calls) == 1:
+            return  # start-up: every partition, at once
+        await gate.wait()
+        if len(calls) == 2:
+            raise DurableStoreError("the store went away mid-warm-up")
+
+    async def nothing(_gained: dict[int, int], _lost: set[int]) -> None:
+        return None
+
+    ra, rb = (RedisStore(url=redis_url, prefix="slow", max_connections=4, timeout_s=1.0, history_len=100,
+                         partitions=4) for _ in range(2))
+    a = Coordinator(redis=ra, shard_id="a", partitions=4, lease_s=1.0, clock=SystemClock(), info={}, on_change=follow)
+    b = Coordinator(redis=rb, shard_id="b", partitions=4, lease_s=1.0, clock=SystemClock(), info={}, on_change=nothing)
+    try:
+        await a.start()
+        assert calls == [([0, 1, 2, 3], [])] and a.applied == a.tokens
+        await b.start()
+        await wait_until(lambda: len(calls) == 2, 10, "a told to drop the partitions that are b's now", every=0.05)
+        handing = set(calls[1][1])
+        assert calls[1][0] == [] and handing and handing <= set(a.tokens)
+        rounds = a.rounds
+        await wait_until(lambda: a.rounds >= rounds + 6, 10, "a renewing while its change is held (2 leases long)")
+        kept = await ra.client.mget([ra.keys.lease(p) for p in range(4)])
+        assert all(v is not None and v.decode().startswith("a ") for v in kept), kept  # b has none yet
+        assert not b.tokens and a.health()["settling"] is True and calls[1:] == [calls[1]]
+        gate.set()  # the held change fails, and is applied again; then the leases go to b
+        await wait_until(lambda: set(b.tokens) == handing, 10, "b owns what a handed off", every=0.05)
+        assert calls[2] == calls[1] and set(a.tokens) == set(a.applied) == {0, 1, 2, 3} - handing
+        assert a.health()["settling"] is False
+    finally:
+        gate.set()
+        for c in (a, b):
+            await c.close()
         await ra.close()
         await rb.close()
 

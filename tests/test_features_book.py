@@ -79,7 +79,7 @@ def test_symbols_are_added_and_removed_while_running() -> None:
     book.commit([b for s in ("AAPL", "MSFT") for b in hist[s][550:600]])
     book.add([lookup("TSLA")], {"TSLA": hist["TSLA"][:600]})  # joins mid-run, engine grows
     book.commit([b for s in ("AAPL", "MSFT", "TSLA") for b in hist[s][600:650]])
-    book.remove("MSFT")
+    book.remove(["MSFT"])
     book.add([lookup("SPY")], {"SPY": hist["SPY"][:650]})  # takes the freed slot
     book.commit([b for s in ("AAPL", "TSLA", "SPY") for b in hist[s][650:700]])
     assert "MSFT" not in book and len(book) == 3

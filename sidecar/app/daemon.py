@@ -47,6 +47,8 @@ from .ticker import Ticker
 from .upkeep import Upkeep
 
 log = logging.getLogger(__name__)
+ADD_CHUNK = 500
+"""Symbols added per pause between cycles (warm-up from the store included)."""
 
 
 
@@ -229,22 +231,28 @@ class Sidecar:
         infos = [lookup(raw) for raw in add]
         gone = [parse_symbol(raw) for raw in remove]
         async with self.orchestrator.between_cycles:  # never in the middle of a cycle's stages
-            new = [i for i in infos if i.symbol not in self.symbols]
-            if new:
-                histories = await self.features.warm_from(self.sqlite, new, self.settings.feature_warmup_bars)
-                self.orchestrator.add(new)
-                await self.orchestrator.higher.warm({i.symbol for i in new})
-                self._start_bootstrap([i for i in new if not histories[i.symbol]])
-                self.symbols.update({i.symbol: i for i in new})
-            for symbol in gone:
-                if self.symbols.pop(symbol, None) is not None:
-                    self.orchestrator.remove([symbol])
-                    self.features.book.remove(symbol)
-                    self.orchestrator.higher.remove(symbol)
+            gone = [symbol for symbol in gone if self.symbols.pop(symbol, None) is not None]
+            self.orchestrator.remove(gone)
+            self.features.book.remove(gone)
+            self.orchestrator.higher.remove(gone)
+        new = list({i.symbol: i for i in infos if i.symbol not in self.symbols}.values())
+        unknown: list[SymbolInfo] = []  # nothing stored yet: bootstrapped
+        # In chunks, each between two cycles: a partition taken over brings thousands of symbols,
+        # and warming them at once would hold the loop (and the lease renewals) for seconds.
+        for k in range(0, len(new), ADD_CHUNK):
+            chunk = new[k:k + ADD_CHUNK]
+            async with self.orchestrator.between_cycles:
+                histories = await self.features.warm_from(self.sqlite, chunk, self.settings.feature_warmup_bars)
+                self.orchestrator.add(chunk)
+                await self.orchestrator.higher.warm({i.symbol for i in chunk})
+                self.symbols.update({i.symbol: i for i in chunk})
+            unknown += [i for i in chunk if not histories[i.symbol]]
+        self._start_bootstrap(unknown)
         names = list(self.symbols)
         self.scanner.set_symbols(names, [self._broker.get(x, x) for x in names])
         if new or gone:
-            log.info("symbols now %d: added %s, removed %s", len(names), [i.symbol for i in new], gone)
+            log.info("symbols now %d: added %d %s, removed %d %s", len(names), len(new),
+                     [i.symbol for i in new[:10]], len(gone), gone[:10])
         return names
 
     # -- the cluster ---------------------------------------------------------------------------
@@ -256,33 +264,17 @@ class Sidecar:
     async def _partitions_moved(self, gained: dict[int, int], lost: set[int]) -> None:
         """Follow the symbols of the partitions this member now owns, and drop the others'. A
         gained partition's symbols continue after their newest stored bar (the minutes since
-        are fetched again: the upserts make an overlap harmless), warmed from stored history."""
+        are fetched again: the upserts make an overlap harmless), warmed from stored history.
+        Idempotent: the coordinator calls it again with the same partitions when it raised."""
         n = self.settings.partitions
         drop = [i.symbol for i in self.universe if partition_of(i.symbol, n) in lost]
         take = [i.symbol for i in self.universe if partition_of(i.symbol, n) in gained]
         await self.update_symbols(take, drop)
         self.infos = list(self.symbols.values())
-        if take and not await self._resume_from_store(take):
-            self._supervise(asyncio.create_task(self._resume_from_store(take, retry=True), name="resume"))
-
-    async def _resume_from_store(self, symbols: list[str], retry: bool = False) -> bool:
-        """Set symbols' cursors after their newest stored bar; while the store cannot be read,
-        return False, or with `retry` try again after a growing pause (the loop follows them
-        from now meanwhile, and the cursors move back once the store answers)."""
-        delay = 1.0
-        while True:
-            try:
-                last = await self.sqlite.last_stored(TIMEFRAME)
-            except DurableStoreError as exc:
-                log.warning("resuming %d gained symbols waits for the store: %s", len(symbols), exc)
-                if not retry:
-                    return False
-                await self.clock.sleep(delay)
-                delay = min(2 * delay, 30.0)
-                continue
-            self.orchestrator.resume({s: last[s] for s in symbols if s in last and s in self.symbols},
+        if take:  # the store unreadable: this raises, and the coordinator applies the change again
+            last = await self.sqlite.last_stored(TIMEFRAME)
+            self.orchestrator.resume({s: last[s] for s in take if s in last},
                                      overlap_s=self.settings.restart_overlap_minutes * 60)
-            return True
 
     def _fenced(self, partitions: set[int]) -> None:
         """Redis refused this member's writes for some partitions: a newer owner has them."""

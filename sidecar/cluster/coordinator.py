@@ -91,7 +91,7 @@ def default_shard_id() -> str:
 
 
 Changes = Callable[[dict[int, int], set[int]], Awaitable[None]]
-"""Told the partitions gained (partition -> token) and lost, after each round that changed them."""
+"""Told the partitions gained (partition -> token) and lost since the last call that succeeded."""
 
 
 class Coordinator:
@@ -104,6 +104,9 @@ class Coordinator:
     :param clock: for the loop's pace and ages.
     :param info: what `cluster status` shows about this member (HTTP port, pid, ...).
     :param on_change: told of gained and lost partitions (the daemon follows their symbols).
+        It runs in a task of its own, so a slow one (thousands of symbols warmed from the store)
+        never delays a renewal; it is told the difference between the partitions owned and
+        those it last applied, so changes meanwhile coalesce and a failed call is retried.
     """
 
     def __init__(self, *, redis: RedisStore, shard_id: str, partitions: int, lease_s: float, clock: Clock,
@@ -119,6 +122,10 @@ class Coordinator:
         self.last_round_at: float | None = None
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._applier: asyncio.Task[None] | None = None
+        self.applied: dict[int, int] = {}  # partition -> token whose symbols the daemon follows
+        self.want: set[int] = set()  # this member's partitions by rendezvous, as of the last round
+        self._dirty = asyncio.Event()  # the owned partitions changed since the last apply
         self._closed = False
         self._counted = False  # the cluster's partition count checked
         self._lock = asyncio.Lock()  # one round at a time (the loop, a refusal, close)
@@ -134,7 +141,9 @@ class Coordinator:
             await self.round()
         except RedisStoreError as exc:
             log.warning("cluster: redis not reachable at start (%s); joining when it answers", exc)
-        self._task = asyncio.create_task(self._run(), name="cluster")
+        self._task = asyncio.create_task(self._run(), name="cluster")  # renewing during the first warm-up too
+        await self.apply()  # the first partitions' symbols followed before the loop starts
+        self._applier = asyncio.create_task(self._apply_loop(), name="cluster-apply")
 
     async def _check_count(self) -> None:
         client, key = self.redis.client, self.redis.keys.cluster("partitions")
@@ -149,9 +158,10 @@ class Coordinator:
         if self._closed:
             return
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._applier):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         async with self._lock:
             try:
                 await self._release([self.redis.keys.lease(p) for p in self.tokens]
@@ -167,6 +177,7 @@ class Coordinator:
         return {"state": "ok" if self.last_error is None else "degraded", "shard_id": self.shard_id,
                 "members": list(self.members), "partitions": self.partitions,
                 "owned": {str(p): t for p, t in sorted(self.tokens.items())}, "jobs": sorted(self.jobs),
+                "settling": self._target() != self.applied,  # symbols still being taken on or handed off
                 "fenced_writes": self.fenced, "rounds": self.rounds,
                 "last_round_age_s": None if self.last_round_at is None
                 else round(self.clock.monotonic() - self.last_round_at, 3),
@@ -186,7 +197,7 @@ class Coordinator:
         lost = {p for p in partitions if self.tokens.pop(p, None) is not None}
         if lost:
             log.warning("fenced out of partitions %s: a newer owner holds them", sorted(lost))
-            await self.on_change({}, lost)
+            self._dirty.set()
 
     async def _run(self) -> None:
         while True:
@@ -208,19 +219,53 @@ class Coordinator:
         if gained or lost:
             log.info("partitions: gained %s, lost %s, %d owned of %d across %d members", sorted(gained),
                      sorted(lost), len(self.tokens), self.partitions, len(self.members))
+        if self._target() != self.applied:
+            self._dirty.set()
+
+    def _target(self) -> dict[int, int]:
+        """The partitions whose symbols the daemon should follow: owned, and still this member's."""
+        return {p: t for p, t in self.tokens.items() if p in self.want}
+
+    async def apply(self) -> bool:
+        """Tell `on_change` how the owned partitions differ from the applied ones; True when
+        they agree afterwards. A failure is logged and left for the next call."""
+        self._dirty.clear()
+        owned = self._target()
+        gained = {p: t for p, t in owned.items() if self.applied.get(p) != t}
+        lost = set(self.applied) - set(owned)
+        if not gained and not lost:
+            return True
+        try:
             await self.on_change(gained, lost)
+        except Exception:  # the store unreachable during a warm-up, say: re-applied (idempotent) later
+            log.exception("following partitions %s failed; trying again", sorted(gained))
+            self._dirty.set()
+            return False
+        self.applied = owned
+        if set(self.tokens) - self.want:  # handed off: their symbols are dropped, so the leases go now
+            await self.round()
+        return True
+
+    async def _apply_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            if not await self.apply():
+                await self.clock.sleep(1.0)
 
     async def _round(self) -> tuple[dict[int, int], set[int]]:
         if not self._counted:
             await self._check_count()
         members = self.members = await self._heartbeat()
-        want = {p for p, m in parts.assignment(self.partitions, members).items() if m == self.shard_id}
-        give = [p for p in self.tokens if p not in want]
+        want = self.want = {p for p, m in parts.assignment(self.partitions, members).items() if m == self.shard_id}
+        # A partition now another member's is handed off in two steps: the daemon drops its
+        # symbols (apply), then its lease is released here; renewed until then, so the new owner
+        # never fetches a symbol while this member still does.
+        give = [p for p in self.tokens if p not in want and p not in self.applied]
         await self._release([self.redis.keys.lease(p) for p in give])
         lost = set(give)
         for p in give:
             del self.tokens[p]
-        ordered = sorted(want)
+        ordered = sorted(want | set(self.tokens))
         tokens = await self._acquire([(self.redis.keys.lease(p), self.redis.keys.fence(p)) for p in ordered])
         gained: dict[int, int] = {}
         for p, token in zip(ordered, tokens, strict=True):

@@ -225,12 +225,12 @@ class HigherTimeframes:
                                  "revisions": int(revisions.get(lane.timeframe, 0))}
                 for lane in self.lanes}
 
-    def remove(self, symbol: str) -> None:
-        """Forget a symbol's indicator state in every timeframe (its slot's arrays are reset
-        when the slot is reused)."""
+    def remove(self, symbols: Sequence[str]) -> None:
+        """Forget symbols' indicator state in every timeframe (their slots' arrays are reset
+        when the slots are reused)."""
         for lane in self.lanes:
-            if lane.features is not None and symbol in lane.features.book:
-                lane.features.book.remove(symbol)
+            if lane.features is not None:
+                lane.features.book.remove(symbols)
 
 
 def _newest(closed: Batch, forming: Batch) -> Batch:

@@ -92,12 +92,15 @@ class FeatureBook:
         self.last_ts[slots], self.last_session[slots], self.slot_class[slots] = last_ts, last_session, codes
         self.version += 1
 
-    def remove(self, symbol: str) -> None:
-        """Forget a symbol and free its slot."""
-        slot = self.slots.pop(symbol)
-        self.engine.reset(np.array([slot]))
-        self.last_ts[slot] = self.last_session[slot] = -1
-        self._free.append(slot)
+    def remove(self, symbols: Iterable[str]) -> None:
+        """Forget symbols (the unknown ones are skipped) and free their slots, in one reset of
+        the engine's arrays: a partition handed over drops thousands at once."""
+        slots = np.array([s for s in (self.slots.pop(x, None) for x in symbols) if s is not None], dtype=np.int64)
+        if not len(slots):
+            return
+        self.engine.reset(slots)
+        self.last_ts[slots] = self.last_session[slots] = -1
+        self._free.extend(slots.tolist())
         self.version += 1
 
     def _slot_for(self, info: SymbolInfo) -> int:
