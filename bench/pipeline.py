@@ -24,7 +24,7 @@ from sidecar.bars import Bar, BarFlag
 from sidecar.clock import SystemClock
 from sidecar.settings import Settings
 from sidecar.stores import RedisStore, SQLiteStore
-from sidecar.stores.redis_store import pack
+from sidecar.stores.redis_wire import pack
 
 from .quotes import live_path_only
 from .servers import exchange_process, redis_server

@@ -20,7 +20,7 @@ import msgpack
 import pytest
 import redis
 
-from sidecar.client import Client
+from sidecar.client import Client, ClientError
 from sidecar.cluster.partitions import partition_of
 from sidecar.exchange import Exchange
 from sidecar.symbols import lookup
@@ -413,7 +413,17 @@ async def test_members_on_a_redis_cluster_carry_on_through_a_master_failover_and
 
     members = Members(tmp_path, redis_cluster.url, exchange, postgres_url)
     rc = RedisCluster(host="127.0.0.1", port=redis_cluster.ports[0])
+    client = Client(redis_cluster.url, partitions=PARTITIONS)  # a program reading the cluster, across the failover
     victim = 0
+
+    async def client_reads_all() -> bool:
+        try:
+            table = await client.feature_table(list(SYMBOLS))
+            latest = [await client.latest(s) for s in SYMBOLS]
+        except (ClientError, redis.RedisError):
+            return False
+        return bool(table.present.all()) and [b.symbol for b in latest] == list(SYMBOLS)
+
     try:
         period_start = (int(time.time()) // 60) * 60 - 9 * 60
         await members.start("a")
@@ -429,6 +439,7 @@ async def test_members_on_a_redis_cluster_carry_on_through_a_master_failover_and
                        for s, r in zip(SYMBOLS, raws, strict=True))
 
         await wait_until(lambda: current(int(time.time()) // 60 * 60 - 60), 30, "every symbol in the cluster")
+        await wait_until(client_reads_all, 30, "the client reads every symbol's bar and features", every=0.5)
         # Kill the master holding the cluster's own keys (members, leases of jobs): the hardest one.
         slot = rc.keyslot("sidecar:{cluster}:members")
         victim = next(p for p, (lo, hi) in redis_cluster.masters().items() if lo <= slot <= hi)
@@ -441,6 +452,7 @@ async def test_members_on_a_redis_cluster_carry_on_through_a_master_failover_and
                          every=0.5, detail=members.text)
         await wait_until(members.settled, 30, "the members still split the partitions", every=0.3,
                          detail=members.text)
+        await wait_until(client_reads_all, 30, "the same client reads every symbol after the failover", every=0.5)
 
         await wait_until(lambda: 11 <= time.time() % 60 <= 45, 70, "well inside a minute", every=0.2)
         period_end = (int(time.time()) // 60) * 60
@@ -461,6 +473,7 @@ async def test_members_on_a_redis_cluster_carry_on_through_a_master_failover_and
             assert held == {ts for s, ts in stored if s == sym}, sym
     finally:
         rc.close()
+        await client.close()
         for d in members.all:
             await d.kill()
         if victim and redis_cluster.processes[victim].poll() is not None:  # back as a replica, for later tests

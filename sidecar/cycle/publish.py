@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..bars import timeframe_seconds
-from ..stores.redis_store import REPLACE, TRIM, TimeframeWrite, pack
+from ..stores.redis_wire import REPLACE, TRIM, TimeframeWrite, pack
 from .acceptance import Accepted
 from .batch import Batch
 from .encode import BarEncoder

@@ -2,7 +2,8 @@
 cluster) for the durable record."""
 
 from .postgres_store import PostgresStore
-from .redis_store import RedisKeys, RedisStore
+from .redis_store import RedisStore
+from .redis_wire import RedisKeys
 from .sqlite_store import SQLiteStore
 
 DurableStore = SQLiteStore | PostgresStore

@@ -1,0 +1,205 @@
+"""What the daemon and its readers agree on in Redis: key names, the value format, the RESP
+commands the cycle pre-packs, and the write scripts (plain and fenced). The store
+(`redis_store`) sends them; the client (`sidecar.client`) reads the same keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgpack
+from redis.asyncio.cluster import ClusterNode
+
+from ..bars import Bar
+from ..cluster.partitions import partition_of
+
+# ARGV[1] history length, then (history key, ts, member, mode) per closed bar. Mode bit 1: the
+# bar may have an older copy at the same open (a revision, a re-sent or re-fetched bar), removed
+# first; bit 2: cap the history after adding. The live loop sets neither for a bar newer than any
+# it wrote (most bars): a remove and a cap per bar were two thirds of the script's time.
+WRITE_HISTORY = """
+local cap, trim = tonumber(ARGV[1]), {}
+for i = 2, #ARGV, 4 do
+  local key, ts, mode = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 3])
+  if mode % 2 == 1 then redis.call('ZREMRANGEBYSCORE', key, ts, ts) end
+  redis.call('ZADD', key, ts, ARGV[i + 2])
+  if mode >= 2 then trim[key] = true end
+end
+for key in pairs(trim) do
+  redis.call('ZREMRANGEBYRANK', key, 0, -cap - 1)
+end
+return (#ARGV - 1) / 4
+"""
+
+# A cluster member's write for one partition. KEYS[1] fence, KEYS[2] refused counter. ARGV[1] the
+# writer's token, ARGV[2] history length, ARGV[3] values to set (pairs), ARGV[4] keys to unlink,
+# then the pairs, the keys, and (history key, ts, member, mode) rows as in WRITE_HISTORY.
+# Refused, writing nothing, when the fence holds another token: a newer owner exists.
+WRITE_FENCED = """
+local fence = redis.call('GET', KEYS[1])
+if fence ~= ARGV[1] then
+  redis.call('INCR', KEYS[2])
+  return redis.error_reply('FENCED ' .. (fence or 'none'))
+end
+local cap, pairs_n, unlink_n = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local i, last = 5, 4 + 2 * pairs_n
+while i <= last do  -- in chunks: unpack() is bounded by Lua's stack
+  local j = math.min(i + 3999, last)
+  redis.call('MSET', unpack(ARGV, i, j))
+  i = j + 1
+end
+last = i + unlink_n - 1
+while i <= last do
+  local j = math.min(i + 3999, last)
+  redis.call('UNLINK', unpack(ARGV, i, j))
+  i = j + 1
+end
+local trim = {}
+while i <= #ARGV do
+  local key, ts, mode = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 3])
+  if mode % 2 == 1 then redis.call('ZREMRANGEBYSCORE', key, ts, ts) end
+  redis.call('ZADD', key, ts, ARGV[i + 2])
+  if mode >= 2 then trim[key] = true end
+  i = i + 4
+end
+for key in pairs(trim) do
+  redis.call('ZREMRANGEBYRANK', key, 0, -cap - 1)
+end
+return 1
+"""
+
+
+@dataclass(slots=True, frozen=True)
+class TimeframeWrite:
+    """One timeframe's part of a cycle's write (see `RedisStore.write_cycle`)."""
+
+    timeframe: str
+    latest: tuple[Sequence[str], Sequence[bytes]] = ((), ())
+    history: tuple[Sequence[str], Sequence[int], Sequence[bytes], Sequence[int]] = ((), (), (), ())
+    features: tuple[Sequence[str], Sequence[bytes]] = ((), ())
+    quiet: Sequence[str] = ()
+
+
+REPLACE, TRIM = 1, 2
+"""History write modes (bits): remove an older copy at the same open first; cap the history."""
+
+
+CLUSTER_SCHEME = "redis+cluster://"
+"""A Redis Cluster: redis+cluster://host:port[,host:port...] (any of its nodes)."""
+
+
+def cluster_nodes(url: str) -> list[ClusterNode]:
+    """The startup nodes of a redis+cluster:// URL."""
+    nodes = []
+    for part in url[len(CLUSTER_SCHEME):].split("/")[0].split(","):
+        host, _, port = part.rpartition(":")
+        nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
+    return nodes
+
+
+def bulk(value: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def command(*parts: bytes) -> bytes:
+    """One RESP command."""
+    return b"*%d\r\n" % len(parts) + b"".join(bulk(p) for p in parts)
+
+
+@dataclass(slots=True, frozen=True)
+class RedisKeys:
+    """Key names under one prefix. On one daemon a symbol's keys are tagged by the symbol
+    (`sidecar:{AAPL}:bar:1m`); in a cluster of `partitions` by its partition
+    (`sidecar:{p17}:AAPL:bar:1m`), so one script writes a partition's keys with its fence."""
+
+    prefix: str
+    partitions: int = 0
+
+    def _head(self, symbol: str) -> str:
+        if self.partitions:
+            return f"{self.prefix}:{{p{partition_of(symbol, self.partitions)}}}:{symbol}"
+        return f"{self.prefix}:{{{symbol}}}"
+
+    def latest(self, symbol: str, timeframe: str) -> str:
+        """The newest bar of a symbol and timeframe."""
+        return f"{self._head(symbol)}:bar:{timeframe}"
+
+    def history(self, symbol: str, timeframe: str) -> str:
+        """The capped history of closed bars, scored by bar open."""
+        return f"{self._head(symbol)}:bars:{timeframe}"
+
+    def features(self, symbol: str, timeframe: str) -> str:
+        """The newest feature values of a symbol (expire unless refreshed)."""
+        return f"{self._head(symbol)}:features:{timeframe}"
+
+    def fence(self, partition: int) -> str:
+        """The newest fencing token issued for a partition (cluster mode)."""
+        return f"{self.prefix}:{{p{partition}}}:fence"
+
+    def lease(self, partition: int) -> str:
+        """A partition's lease: "member token", expiring unless renewed (cluster mode)."""
+        return f"{self.prefix}:{{p{partition}}}:lease"
+
+    def refused(self, partition: int) -> str:
+        """How many writes for a partition its fence refused (cluster mode)."""
+        return f"{self.prefix}:{{p{partition}}}:refused"
+
+    def budget(self, provider: str, part: str) -> str:
+        """A provider key's shared budget (cluster mode; one slot per provider)."""
+        return f"{self.prefix}:{{budget-{provider}}}:{part}"
+
+    def cluster(self, name: str) -> str:
+        """The cluster's own keys (members, their info, the partition count, job leases), in one slot."""
+        return f"{self.prefix}:{{cluster}}:{name}"
+
+    def symbols(self) -> str:
+        """The set of symbols written."""
+        return f"{self.prefix}:symbols"
+
+    def signals(self) -> str:
+        """The stream (and pub/sub channel) of scanner signals; events go to the stream too."""
+        return f"{self.prefix}:signals"
+
+    def events(self) -> str:
+        """The pub/sub channel of events (end of day, earnings)."""
+        return f"{self.prefix}:events"
+
+    def earnings(self, symbol: str) -> str:
+        """A symbol's upcoming-earnings flag (JSON; expires a day after it was last set)."""
+        return f"{self._head(symbol)}:earnings"
+
+    def deadletter(self) -> str:
+        """Symbols whose every fetch currently fails, with the reason."""
+        return f"{self.prefix}:deadletter"
+
+    def quarantine(self) -> str:
+        """Bars the spike filter held out, newest first."""
+        return f"{self.prefix}:quarantine"
+
+    def alive(self) -> str:
+        """Written once per Redis lifetime: its absence means the data is gone."""
+        return f"{self.prefix}:alive"
+
+    def heartbeat(self) -> str:
+        """The writer's last cycle time; expires when the daemon stops writing."""
+        return f"{self.prefix}:heartbeat"
+
+
+@dataclass(slots=True, frozen=True)
+class WriteResult:
+    """What one cycle's write did: values written, and whether Redis had lost its data."""
+
+    written: int
+    fresh: bool
+
+
+def pack(bar: Bar) -> bytes:
+    """The documented value format: a msgpack map with named fields."""
+    return msgpack.packb(bar.as_map())
+
+
+def unpack(raw: bytes) -> Bar:
+    """Inverse of `pack`."""
+    return Bar.from_map(msgpack.unpackb(raw))
