@@ -213,3 +213,21 @@ async def test_symbols_waiting_for_their_catch_up_keep_their_lookback(quotes_app
     assert ex.requests["chart"] == len(SYMBOLS)  # one each, one per cycle
     assert all(end - start <= (settings.lookback_minutes + 1) * 60 for _sym, start, end in ex.chart_log)
     assert all(start >= begin // 60 * 60 - settings.lookback_minutes * 60 for _sym, start, _end in ex.chart_log)
+
+
+@pytest.mark.parametrize("quotes_app", [4], indirect=True)
+async def test_a_cycle_that_overran_halves_the_catch_up_and_cycles_with_room_grow_it_back(quotes_app) -> None:
+    """The catch-up's allowance follows the cycles (AIMD): after an overrun the next cycle asks
+    for half of it, and each cycle that left room adds a tenth of the maximum (at least one)."""
+    sc, ex, clock, settings = quotes_app
+    orch = sc.orchestrator
+    orch.sourcing.pace(1.5 * orch.period, orch.period)  # what the cycle's report does after an overrun
+    await orch.run_cycle()  # all five symbols lag at the start
+    assert ex.requests["chart"] == 2  # half of 4
+    clock.advance(1)
+    await orch.run_cycle()  # the manual clock makes the last cycle take no time: room, so 2 + 1
+    assert ex.requests["chart"] == 2 + 3
+    for _ in range(3):
+        clock.advance(1)
+        await orch.run_cycle()
+    assert orch.sourcing.catchup_allowance == 4  # back at the maximum, never above it

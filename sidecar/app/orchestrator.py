@@ -419,6 +419,7 @@ class Orchestrator:
         for g in self.sources:
             g.state.served_last_cycle = int(served[t.source_code(g.name)])
         duration = marks[-1] - marks[0]
+        self.sourcing.pace(duration, self.period)
         self.metrics.cycles.inc()
         self.metrics.cycle_seconds.observe(duration)
         report = CycleReport(duration, len(fetched.answered), n - len(fetched.answered), len(accepted.closed),
@@ -429,7 +430,8 @@ class Orchestrator:
             self.trace({"t": round(now, 3), "cycle_s": round(duration, 6),
                         **{k: round(v, 6) for k, v in self.stages.items()}, "symbols": n,
                         "fetched": report.fetched, "closed": report.closed, "rejected": report.rejected,
-                        "history_requests": len(fetched.from_history), "overruns": self.ticker.overruns})
+                        "history_requests": len(fetched.from_history),
+                        "catchup_allowance": int(self.sourcing.catchup_allowance), "overruns": self.ticker.overruns})
         return report
 
     def _source_clock(self, now: float) -> float | np.ndarray:

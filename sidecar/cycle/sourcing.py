@@ -35,6 +35,9 @@ from .minutes import MinuteBars
 from .table import SymbolTable
 
 log = logging.getLogger(__name__)
+MIN_CATCHUP_SHARE = 0.05
+"""The share of SIDECAR_CATCHUP_PER_CYCLE (at least one request) a cycle keeps however slow the
+cycles are: the catch-up always progresses."""
 
 TIMEFRAME = "1m"
 EARLY_WAKE_S = 0.02
@@ -65,6 +68,12 @@ class Sourcing:
     :param quote_batch: symbols per batch quote request.
     :param catchup_per_cycle: quotes mode: at most this many history requests per cycle.
     :param settle_s: an unsettled bar is asked for again once this has passed after its end.
+
+    The catch-up's allowance adapts to the cycle (`pace`): halved after a cycle that overran,
+    grown back by a tenth of the maximum after one that left room. A minute is vouched for only
+    when every second of it was polled, so one overrun sends every symbol to the catch-up in the
+    next minute; at the full allowance those requests made the next cycles overrun too, and the
+    loop never got out (bench/cluster.py: 130 overruns in 500 cycles at 3 x 2,500 symbols).
     """
 
     def __init__(self, *, table: SymbolTable, sources: Sequence[GuardedSource], primary: GuardedSource,
@@ -79,12 +88,22 @@ class Sourcing:
         self.quotes = quotes
         self.quote_batch = quote_batch
         self.catchup_per_cycle = catchup_per_cycle
+        self.catchup_allowance = float(catchup_per_cycle)
         self.settle_s = settle_s
         self.step = 60
         self.builder = BarBuilder(self.step)
         self.minutes = MinuteBars(table=table, step=self.step, grace_s=settle_s)
         self.recovered = False  # a symbol's source answered again this cycle (one event, not one per symbol)
         self._chunks: tuple[int, list[tuple[np.ndarray, list[SymbolInfo]]]] = (-1, [])
+
+    def pace(self, cycle_s: float, period: float) -> None:
+        """Adapt the catch-up's allowance to the cycle just run (additive increase,
+        multiplicative decrease): the live quotes must keep their second."""
+        if cycle_s > period:
+            self.catchup_allowance = max(1.0, MIN_CATCHUP_SHARE * self.catchup_per_cycle, self.catchup_allowance / 2)
+        elif cycle_s < 0.6 * period:
+            self.catchup_allowance = min(float(self.catchup_per_cycle),
+                                         self.catchup_allowance + max(1.0, self.catchup_per_cycle / 10))
 
     def reset(self, slots: np.ndarray) -> None:
         """Forget what the builder and the minute bars hold for slots (a symbol added in a freed slot)."""
@@ -271,7 +290,7 @@ class Sourcing:
             lag |= np.isin(slots, [s for s, bars in t.unsettled.items() if min(bars) <= due])
         lagging = slots[lag]
         order = np.argsort(np.maximum(t.synced_until[lagging], 0), kind="stable")
-        lagging = lagging[order][: self.catchup_per_cycle].tolist()
+        lagging = lagging[order][: int(self.catchup_allowance)].tolist()
         results = await asyncio.gather(*(self._fetch(slot, now) for slot in lagging))
         got = [(slot, r) for slot, r in zip(lagging, results, strict=True) if r is not None]
         return self._batch(got), np.array(sorted(s for s, _ in got), dtype=np.int64)
