@@ -13,16 +13,14 @@ numbers, and its last bar's adjusted price is its traded one.
 from __future__ import annotations
 
 import math
-import sqlite3
 from collections.abc import Sequence
-from contextlib import closing
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:  # the fetchers import this module, the store imports theirs
     from .stores import DurableStore
+    from .stores.readonly import Database
 
 DIVIDEND, SPLIT = "dividend", "split"
 
@@ -73,16 +71,15 @@ async def store(sqlite: DurableStore, symbol: str, source: str, actions: Sequenc
         await sqlite.execute(_UPSERT, [(symbol, t, k, v, source) for t, k, v in actions])
 
 
-def load(db: Path, symbols: Sequence[str], end: int) -> dict[str, list[Action]]:
-    """The stored actions dated before `end` of some symbols (none for a database without the table)."""
+def load(db: Database, symbols: Sequence[str], end: int) -> dict[str, list[Action]]:
+    """The stored actions dated before `end` of some symbols (none for a database without the
+    table), from the SQLite file or the PostgreSQL store."""
+    from .stores import readonly  # here: the stores import the fetchers, which import this module
+
     out: dict[str, list[Action]] = {s: [] for s in symbols}
-    try:
-        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            rows = conn.execute(f"SELECT symbol, ts, kind, value FROM actions WHERE ts < ? AND symbol IN "
-                                f"({','.join('?' * len(symbols))}) ORDER BY symbol, ts", (end, *symbols)).fetchall()
-    except sqlite3.OperationalError:  # no actions table yet
-        return out
-    for symbol, ts, kind, value in rows:
+    rows = readonly.rows(db, f"SELECT symbol, ts, kind, value FROM actions WHERE ts < ? AND symbol IN "
+                             f"({','.join('?' * len(symbols))}) ORDER BY symbol, ts", [end, *symbols], "actions")
+    for symbol, ts, kind, value in rows or []:
         out[symbol].append((int(ts), str(kind), float(value)))
     return out
 

@@ -208,7 +208,8 @@ def _export(settings: Settings, args: argparse.Namespace) -> dict:
     end = dataset.parse_time(args.end) if args.end else int(time.time()) + 1
     bar = tqdm(total=len(timeframes) * len(settings.symbols), unit="symbol", file=sys.stderr,
                desc=f"export of {len(settings.symbols)} symbols") if sys.stderr.isatty() else None
-    report = dataset.export(settings.db_path, Path(args.out), settings.symbols, timeframes, start, end,
+    db = settings.store_url or settings.db_path  # a cluster's PostgreSQL store, else the SQLite file
+    report = dataset.export(db, Path(args.out), settings.symbols, timeframes, start, end,
                             features=args.features, adjusted=args.adjusted, config=settings.feature_periods,
                             progress=None if bar is None else bar.update)
     if bar is not None:
@@ -218,7 +219,7 @@ def _export(settings: Settings, args: argparse.Namespace) -> dict:
         config = settings.feature_periods
         checked = {}
         for tf in timeframes:
-            series = dataset.load(settings.db_path, settings.symbols[:20], tf, end)
+            series = dataset.load(db, settings.symbols[:20], tf, end)
             depth = int(np.diff(series.offsets).max()) if series.symbols else 0
             cuts = sorted({c for c in (0, 1, 10, 100, 300, 600, depth // 2, depth - 2) if 0 <= c < depth})
             bad = dataset.check_no_lookahead(series, functools.partial(dataset.replay, timeframe=tf, config=config),

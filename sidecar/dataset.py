@@ -23,10 +23,8 @@ by one): never a second implementation. A feature at bar t therefore depends onl
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,8 @@ from . import actions
 from .features.book import FeatureBook
 from .features.config import FeatureConfig
 from .features.engine import FeatureEngine
-from .stores.sqlite_store import NEWEST_FEATURES
+from .stores import readonly
+from .stores.readonly import Database
 from .symbols import lookup, parse_symbol
 from .timeframes import ALL as ALL_TIMEFRAMES
 
@@ -66,12 +65,9 @@ class Series:
                       self.values[:, rows], self.flags[rows], self.source[rows], self.sources)
 
 
-def load(db: Path, symbols: Sequence[str], timeframe: str, end: int | None = None) -> Series:
-    """Every stored bar of some symbols and one timeframe opening before `end`, oldest first.
-
-    Read with ADBC's SQLite driver straight into Arrow columns (the stdlib's row tuples made
-    reading most of an export's time)."""
-    import adbc_driver_sqlite.dbapi as adbc
+def load(db: Database, symbols: Sequence[str], timeframe: str, end: int | None = None) -> Series:
+    """Every stored bar of some symbols and one timeframe opening before `end`, oldest first
+    (from the SQLite file or the PostgreSQL store, straight into Arrow columns)."""
     import pyarrow.compute as pc
 
     names = [parse_symbol(s) for s in symbols]
@@ -79,9 +75,7 @@ def load(db: Path, symbols: Sequence[str], timeframe: str, end: int | None = Non
              f"AND symbol IN ({','.join('?' * len(names))})" + (" AND ts < ?" if end is not None else "")
              + " ORDER BY symbol, ts")
     params: list[object] = [timeframe, *names] + ([end] if end is not None else [])
-    with adbc.connect(f"file:{db}?mode=ro") as conn, conn.cursor() as cur:
-        cur.execute(query, params)
-        table = cur.fetch_arrow_table()
+    table = readonly.arrow(db, query, params)
     if not table.num_rows:
         return Series([], np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros((5, 0)), np.zeros(0, np.int32))
     symbol = pc.dictionary_encode(table.column("symbol")).combine_chunks()
@@ -110,7 +104,7 @@ def replay(series: Series, timeframe: str, config: FeatureConfig | None = None) 
     return book.replay(slots, series.offsets, np.vstack([series.values, series.ts.astype(np.float64)]))
 
 
-def anchor_obv(db: Path, series: Series, timeframe: str, values: np.ndarray, config: FeatureConfig) -> None:
+def anchor_obv(db: Database, series: Series, timeframe: str, values: np.ndarray, config: FeatureConfig) -> None:
     """Shift each symbol's replayed OBV onto the one the daemon published (its newest row in the
     features table, where there is one): the daemon's running sum may have begun later than the
     first stored bar (history added afterwards), and differs from the replay's by a constant."""
@@ -118,13 +112,16 @@ def anchor_obv(db: Path, series: Series, timeframe: str, values: np.ndarray, con
         return
     n, row = len(config.outputs), config.outputs.index("obv")
     newest = int(series.ts.max())
-    try:
-        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            found = {sym: conn.execute(NEWEST_FEATURES, (sym, timeframe, newest)).fetchone() for sym in series.symbols}
-    except sqlite3.OperationalError:  # a database from before the features table
+    marks = ",".join("?" * len(series.symbols))
+    got = readonly.rows(db, "SELECT f.symbol, f.ts, f.vals FROM features f JOIN (SELECT symbol, MAX(ts) AS ts "
+                            f"FROM features WHERE timeframe = ? AND ts <= ? AND symbol IN ({marks}) GROUP BY symbol) m "
+                            "ON f.symbol = m.symbol AND f.ts = m.ts WHERE f.timeframe = ?",
+                        [timeframe, newest, *series.symbols, timeframe], "features")
+    if got is None:  # a database from before the features table
         return
+    found = {str(sym): (ts, vals) for sym, ts, vals in got}
     for k, sym in enumerate(series.symbols):
-        published = found[sym]
+        published = found.get(sym)
         if published is None or len(published[1]) != 8 * (n + len(FeatureEngine.RUNNING)):
             continue
         ts, vals = int(published[0]), np.frombuffer(published[1], dtype="<f8")
@@ -159,7 +156,7 @@ class ExportReport:
                 "stages_s": {k: round(v, 3) for k, v in self.stages.items()}}
 
 
-def export(db: Path, out: Path, symbols: Sequence[str], timeframes: Sequence[str], start: int, end: int, *,
+def export(db: Database, out: Path, symbols: Sequence[str], timeframes: Sequence[str], start: int, end: int, *,
            features: bool = False, adjusted: bool = False, config: FeatureConfig | None = None,
            chunk: int = 500, progress: Callable[[int], object] | None = None) -> ExportReport:
     """Write the bars (and features) of [start, end) as the Parquet dataset described above;
@@ -173,8 +170,7 @@ def export(db: Path, out: Path, symbols: Sequence[str], timeframes: Sequence[str
     the interpreter, so the two cores overlap the three stages."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    if not Path(db).is_file():
-        raise ValueError(f"SIDECAR_DB_PATH: no database at {db}")
+    readonly.check(db)
     for tf in timeframes:
         if tf not in ALL_TIMEFRAMES:
             raise ValueError(f"unknown timeframe {tf!r}; known: {', '.join(ALL_TIMEFRAMES)}")
@@ -219,7 +215,7 @@ def export(db: Path, out: Path, symbols: Sequence[str], timeframes: Sequence[str
     return report
 
 
-def _table(db: Path, series: Series, tf: str, start: int, config: FeatureConfig | None,
+def _table(db: Database, series: Series, tf: str, start: int, config: FeatureConfig | None,
            adjusted_at: int | None = None) -> tuple[Any, int]:
     """One chunk's rows of [start, …) as an Arrow table (features when `config`, the adjusted
     view as of `adjusted_at` when given), and the number of symbols in it; (None, 0) when it
@@ -252,7 +248,7 @@ def _table(db: Path, series: Series, tf: str, start: int, config: FeatureConfig 
     return table, len(np.unique(owner[keep]))
 
 
-def _adjusted(db: Path, series: Series, at: int) -> dict[str, np.ndarray]:
+def _adjusted(db: Database, series: Series, at: int) -> dict[str, np.ndarray]:
     """The adjusted view's columns: prices and volume under the actions dated before `at`."""
     price, volume = np.ones(len(series.ts)), np.ones(len(series.ts))
     stored = actions.load(db, series.symbols, at)

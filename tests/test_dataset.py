@@ -1,8 +1,10 @@
-"""Training sets: the Parquet export round-trips SQLite exactly, its features equal TA-Lib once
-`warm` (OBV from the recorded origin), and no feature reads a later bar (a leaking one is caught)."""
+"""Training sets: the Parquet export round-trips the store exactly (SQLite, and the PostgreSQL
+store of a cluster), its features equal TA-Lib once `warm` (OBV from the recorded origin), and
+no feature reads a later bar (a leaking one is caught)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import sqlite3
 import subprocess
@@ -10,6 +12,7 @@ import sys
 from contextlib import closing
 from pathlib import Path
 
+import asyncpg
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -19,7 +22,7 @@ from sidecar import dataset
 from sidecar.bars import Bar
 from sidecar.clock import ManualClock
 from sidecar.features import FeatureConfig
-from sidecar.stores import SQLiteStore
+from sidecar.stores import PostgresStore, SQLiteStore
 
 from .conftest import ROOT, subprocess_env
 from .talib_oracle import talib_outputs
@@ -40,24 +43,48 @@ def _bars(symbol: str, n: int, seed: int) -> list[Bar]:
                 float(volume[i]), "yahoo") for i in range(n)]
 
 
-@pytest.fixture
-async def db(tmp_path: Path) -> Path:
-    store = SQLiteStore(path=tmp_path / "bars.db", synchronous="NORMAL", clock=ManualClock())
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db(tmp_path: Path, request: pytest.FixtureRequest) -> Path | str:
+    """The bars written by the daemon's store: a SQLite file, or a PostgreSQL database's URL."""
+    if request.param == "postgres":
+        url: Path | str = request.getfixturevalue("postgres_url")
+        store: SQLiteStore | PostgresStore = PostgresStore(url=str(url), clock=ManualClock())
+    else:
+        url = tmp_path / "bars.db"
+        store = SQLiteStore(path=url, synchronous="NORMAL", clock=ManualClock())
     await store.start()
     for k, (sym, n) in enumerate(LENGTHS.items()):
         store.add(_bars(sym, n, k))
     await store.flush()
     await store.close()
-    return tmp_path / "bars.db"
+    return url
 
 
-def _stored(db: Path, symbol: str) -> list[tuple]:
+_STORED = ("SELECT ts, open, high, low, close, volume, flags, source FROM bars WHERE symbol = {} AND timeframe = '1h' "
+           "ORDER BY ts")
+
+
+def _where(db: Path | str) -> dict[str, str]:
+    """The setting naming the database, as an operator sets it."""
+    return {"SIDECAR_STORE_URL": db} if isinstance(db, str) else {"SIDECAR_DB_PATH": str(db)}
+
+
+def _stored(db: Path | str, symbol: str) -> list[tuple]:
+    """The stored rows, read with each database's own driver (not the export's)."""
+    if isinstance(db, str):
+        async def fetch() -> list[tuple]:
+            conn = await asyncpg.connect(db)
+            try:
+                return [tuple(r) for r in await conn.fetch(_STORED.format("$1"), symbol)]
+            finally:
+                await conn.close()
+
+        return asyncio.run(fetch())
     with closing(sqlite3.connect(db)) as conn:
-        return conn.execute("SELECT ts, open, high, low, close, volume, flags, source FROM bars WHERE symbol = ? "
-                            "AND timeframe = '1h' ORDER BY ts", (symbol,)).fetchall()
+        return conn.execute(_STORED.format("?"), (symbol,)).fetchall()
 
 
-def test_the_export_round_trips_and_its_features_equal_talib_once_warm(db: Path, tmp_path: Path) -> None:
+def test_the_export_round_trips_and_its_features_equal_talib_once_warm(db: Path | str, tmp_path: Path) -> None:
     out = tmp_path / "set"
     start = T0 + 500 * 3600  # later than either origin: features still replay from the first stored bar
     report = dataset.export(db, out, list(LENGTHS), ["1h"], start, T0 + 2000 * 3600, features=True)
@@ -92,7 +119,7 @@ def test_the_export_round_trips_and_its_features_equal_talib_once_warm(db: Path,
     assert list(some.columns) == ["timeframe", "symbol", "ts", "close"] and len(some) == 10
 
 
-def test_no_feature_reads_a_later_bar_and_a_leaking_one_is_caught(db: Path) -> None:
+def test_no_feature_reads_a_later_bar_and_a_leaking_one_is_caught(db: Path | str) -> None:
     cfg = FeatureConfig()
     series = dataset.load(db, list(LENGTHS), "1h")
     cuts = [0, 1, 30, 250, 600, 758]
@@ -112,13 +139,13 @@ def test_no_feature_reads_a_later_bar_and_a_leaking_one_is_caught(db: Path) -> N
     assert {name for _, name, _ in bad} == {"sma_20"}
 
 
-def test_the_export_command_writes_the_set_and_verifies_it(db: Path, tmp_path: Path) -> None:
+def test_the_export_command_writes_the_set_and_verifies_it(db: Path | str, tmp_path: Path) -> None:
     out = tmp_path / "cli"
     result = subprocess.run(
         [sys.executable, "-m", "sidecar", "export", "--out", str(out), "--symbols", "BTCUSD,ETHUSD",
          "--timeframes", "1h", "--start", "2026-01-20", "--end", "2026-02-10T12:00:00+00:00", "--features",
          "--verify-no-lookahead"], cwd=ROOT, capture_output=True, text=True, timeout=120,
-        env=subprocess_env(SIDECAR_DB_PATH=str(db)))
+        env=subprocess_env(**_where(db)))
     assert result.returncode == 0, result.stderr
     import orjson
 
@@ -126,5 +153,5 @@ def test_the_export_command_writes_the_set_and_verifies_it(db: Path, tmp_path: P
     assert doc["no_lookahead"]["ok"] and doc["files"] == 2
     assert doc["rows"] == 2 * ((T0 + 40 * 86400 + 12 * 3600 - (T0 + 19 * 86400)) // 3600)
     bad = subprocess.run([sys.executable, "-m", "sidecar", "export", "--out", str(out), "--start", "yesterday"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60, env=subprocess_env(SIDECAR_DB_PATH=str(db)))
+                         cwd=ROOT, capture_output=True, text=True, timeout=60, env=subprocess_env(**_where(db)))
     assert bad.returncode == 2 and "expected YYYY-MM-DD or ISO-8601" in bad.stderr
