@@ -137,6 +137,13 @@ async def test_members_split_the_partitions_take_over_a_killed_one_and_store_eve
 
     await wait_until(followed_by_owner, 20, "every symbol followed by its partition's owner", every=0.3,
                      detail=members.text)
+    # Any member's HTTP API serves every symbol of the cluster, the others' too (one Redis).
+    for shard, d in members.live.items():
+        for sym in SYMBOLS:
+            status, doc = await d.get(f"/bars/{sym}/latest")
+            assert status == 200 and doc["symbol"] == sym, (shard, sym, doc)  # type: ignore[index]
+    status, doc = await a.get("/bars/ZZZZ/latest")
+    assert status == 404 and "not followed" in doc["error"]  # type: ignore[index]
     # A program reads every symbol whichever member writes it (the client told the partition count).
     async with Client(members.redis_url, partitions=PARTITIONS) as client:
         async def all_current() -> bool:  # every symbol's features present and fresh (the lookback is short:

@@ -184,7 +184,8 @@ class Sidecar:
                                update_symbols=self.update_symbols, broker_symbols=self._broker,
                                timeframes=s.timeframes, reference=self.reference,
                                universe=lambda name: universes.members(name, self.upkeep.universes_dir()),
-                               status=self.status)
+                               status=self.status,
+                               readable=frozenset(i.symbol for i in self.universe) if s.cluster else None)
         self.stopping = False
         self.failure: BaseException | None = None
         self._universes: dict[str, tuple[str, ...]] | None = None

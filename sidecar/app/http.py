@@ -12,14 +12,15 @@
     POST /symbols                  {"add": [...], "remove": [...]}: change them while running
 
 A malformed symbol or parameter gets 400 with a one-line JSON message, a symbol the daemon
-does not follow 404, a body over 256 kB 413, an unknown path 404 and a wrong method 405, all as
-JSON `{"error": ...}`; an unexpected error is logged and answered 500 without a traceback.
+does not follow 404 (a cluster member serves the reads of every symbol of the cluster), a body
+over 256 kB 413, an unknown path 404 and a wrong method 405, all as JSON `{"error": ...}`; an
+unexpected error is logged and answered 500 without a traceback.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -89,6 +90,8 @@ class HttpServer:
     :param update_symbols: adds and removes symbols; returns the list afterwards.
     :param broker_symbols: broker names by canonical symbol.
     :param timeframes: the timeframes built; `tf` must be one of them.
+    :param readable: the symbols whose bars and features may be read (default: `symbols`); a
+        cluster member serves every symbol of the cluster, all members writing one Redis.
     """
 
     def __init__(self, *, host: str, port: int, health: Callable[[], dict[str, Any]], metrics: Metrics,
@@ -97,8 +100,10 @@ class HttpServer:
                  broker_symbols: Mapping[str, str], timeframes: Sequence[str] = ("1m",),
                  reference: ReferenceData | None = None,
                  universe: Callable[[str], Sequence[str]] | None = None,
-                 status: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> None:
+                 status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+                 readable: Container[str] | None = None) -> None:
         self.host, self.port, self.clock = host, port, clock
+        self._readable = symbols if readable is None else readable
         self.reference, self._universe, self._status = reference, universe, status
         self.timeframes = tuple(timeframes)
         self._update_symbols, self._broker = update_symbols, broker_symbols
@@ -164,7 +169,7 @@ class HttpServer:
             symbol = parse_symbol(request.match_info["symbol"])
         except SymbolError as exc:
             raise _bad_request(str(exc)) from None
-        if symbol not in self._symbols:
+        if symbol not in self._readable:
             raise _error(web.HTTPNotFound, f"symbol {symbol} is not followed")
         return symbol
 
