@@ -5,8 +5,10 @@ clock, so members' clocks may disagree). Every `lease_s / 3` a member reads the 
 works out by rendezvous hashing which partitions are its own, and takes or renews a lease on
 each: `{prefix}:{pN}:lease` holds "member token" with a TTL, and `{prefix}:{pN}:fence` the
 newest token ever issued for the partition (INCR on every new lease, so tokens only grow). A
-partition that now belongs to another live member is released at once, so a joining member
-gets its share within two rounds; a dead member's leases run out after `lease_s`.
+partition that now belongs to another live member is released as soon as the daemon has
+dropped its symbols (never before: two members must not fetch a symbol at once), so a joining
+member gets its share within a round or two; a dead member's leases run out after `lease_s`.
+The daemon takes the changes on in a task of its own, beside the renewals.
 
 Every Redis write for a partition carries the writer's token, and the write script refuses it
 when the fence holds a newer one (`RedisStore`): a member paused or cut off past its lease can
