@@ -178,7 +178,7 @@ class Sidecar:
                                        timeout_s=s.history_timeout_s, live=self._live_answered, leads=self._leads)
         self.upkeep = Upkeep(settings=s, backfiller=self.backfiller, sqlite=self.sqlite, redis=self.redis,
                              clock=self.clock, symbols=lambda: list(self.symbols.values()), supervise=self._supervise,
-                             stopping=lambda: self.stopping, leads=self._leads)
+                             stopping=lambda: self.stopping, leads=self._leads, live=self._live_answered)
         self.http = HttpServer(host=s.http_host, port=s.http_port, health=self.health, metrics=self.metrics,
                                redis=self.redis, symbols=self.symbols, clock=self.clock,
                                update_symbols=self.update_symbols, broker_symbols=self._broker,

@@ -90,7 +90,7 @@ class HttpServer:
     :param update_symbols: adds and removes symbols; returns the list afterwards.
     :param broker_symbols: broker names by canonical symbol.
     :param timeframes: the timeframes built; `tf` must be one of them.
-    :param readable: the symbols whose bars and features may be read (default: `symbols`); a
+    :param readable: symbols whose bars and features may be read besides those followed: a
         cluster member serves every symbol of the cluster, all members writing one Redis.
     """
 
@@ -103,7 +103,7 @@ class HttpServer:
                  status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
                  readable: Container[str] | None = None) -> None:
         self.host, self.port, self.clock = host, port, clock
-        self._readable = symbols if readable is None else readable
+        self._readable: Container[str] = frozenset() if readable is None else readable
         self.reference, self._universe, self._status = reference, universe, status
         self.timeframes = tuple(timeframes)
         self._update_symbols, self._broker = update_symbols, broker_symbols
@@ -169,7 +169,7 @@ class HttpServer:
             symbol = parse_symbol(request.match_info["symbol"])
         except SymbolError as exc:
             raise _bad_request(str(exc)) from None
-        if symbol not in self._readable:
+        if symbol not in self._symbols and symbol not in self._readable:
             raise _error(web.HTTPNotFound, f"symbol {symbol} is not followed")
         return symbol
 

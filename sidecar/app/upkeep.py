@@ -32,15 +32,19 @@ class Upkeep:
     :param symbols: the symbols followed now.
     :param supervise: runs a background task under the daemon's supervision.
     :param stopping: whether the daemon is shutting down.
+    :param leads: in a cluster, whether this member runs a singleton job now.
+    :param live: whether a live cycle has reported its demand to the budgets yet (the first
+        gap scan waits for it, as the bootstrap does).
     """
 
     def __init__(self, *, settings: Settings, backfiller: Backfiller, sqlite: DurableStore, redis: RedisStore,
                  clock: Clock, symbols: Callable[[], Sequence[SymbolInfo]],
                  supervise: Callable[[asyncio.Task[None]], None], stopping: Callable[[], bool],
-                 leads: Callable[[str], bool] = lambda _job: True) -> None:
+                 leads: Callable[[str], bool] = lambda _job: True,
+                 live: Callable[[], bool] = lambda: True) -> None:
         self.settings, self.backfiller, self.sqlite, self.redis, self.clock = settings, backfiller, sqlite, redis, clock
         self.symbols, self.supervise, self.stopping = symbols, supervise, stopping
-        self.leads = leads  # in a cluster, whether this member runs a singleton job (retention) now
+        self.leads, self.live = leads, live
         self._lock = asyncio.Lock()  # one gap scan at a time
 
     def universes_dir(self) -> Path | None:
@@ -68,6 +72,11 @@ class Upkeep:
         if self.settings.gap_scan_days <= 0:
             return
         await self.clock.sleep(5.0)  # let the live loop catch up first
+        # History takes only what the live loop leaves, which the budgets know once a live cycle
+        # has reported: a scan before that (a slow start) could fill the minute and have the
+        # live loop refused (test_history_budget caught it on a loaded CI machine).
+        while not self.live() and not self.stopping():
+            await self.clock.sleep(0.5)
         await self.backfill_once()  # at start-up: the ticker's first deadline is the next whole period
         async for _tick in Ticker(self.clock, self.settings.backfill_interval_s):
             await self.backfill_once()
