@@ -175,10 +175,10 @@ class Sidecar:
         self.reference = ReferenceData(sources={g.name: g for g in self.orchestrator.sources}, sqlite=self.sqlite,
                                        redis=self.redis, clock=self.clock, symbols=lambda: list(self.symbols.values()),
                                        on_earnings=self.scanner.set_earnings, horizon_days=s.earnings_days,
-                                       timeout_s=s.history_timeout_s, live=self._live_answered, leads=self._leads)
+                                       timeout_s=s.history_timeout_s, live=self._live_first, leads=self._leads)
         self.upkeep = Upkeep(settings=s, backfiller=self.backfiller, sqlite=self.sqlite, redis=self.redis,
                              clock=self.clock, symbols=lambda: list(self.symbols.values()), supervise=self._supervise,
-                             stopping=lambda: self.stopping, leads=self._leads, live=self._live_answered)
+                             stopping=lambda: self.stopping, leads=self._leads, live=self._live_first)
         self.http = HttpServer(host=s.http_host, port=s.http_port, health=self.health, metrics=self.metrics,
                                redis=self.redis, symbols=self.symbols, clock=self.clock,
                                update_symbols=self.update_symbols, broker_symbols=self._broker,
@@ -398,14 +398,15 @@ class Sidecar:
         if infos and self.settings.bootstrap_days > 0:
             self._supervise(asyncio.create_task(self._bootstrap(infos), name="bootstrap"))
 
-    def _live_answered(self) -> bool:
-        """Whether a source has answered the live loop yet (history and reference data wait for it)."""
-        return any(g.state.last_success_at is not None for g in self.orchestrator.sources)
+    async def _live_first(self) -> None:
+        """Return once a source has answered the live loop: history and reference data wait for
+        it, since the budgets know the live loop's demand only from its first cycle on."""
+        while not any(g.state.last_success_at is not None for g in self.orchestrator.sources):
+            await self.clock.sleep(0.5)
 
     async def _bootstrap(self, infos: list[SymbolInfo]) -> None:
         # Live data first: history waits for a healthy cycle, then goes two symbols at a time.
-        while not self._live_answered():
-            await self.clock.sleep(0.5)
+        await self._live_first()
         await self.clock.sleep(2.0)
         await self.bootstrapper.run(infos, self.settings.bootstrap_days)
         # Re-warm the features from the whole history, in the loop's next cycle (so the bars it

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from .. import universes
@@ -33,7 +33,7 @@ class Upkeep:
     :param supervise: runs a background task under the daemon's supervision.
     :param stopping: whether the daemon is shutting down.
     :param leads: in a cluster, whether this member runs a singleton job now.
-    :param live: whether a live cycle has reported its demand to the budgets yet (the first
+    :param live: returns once a live cycle has reported its demand to the budgets (the first
         gap scan waits for it, as the bootstrap does).
     """
 
@@ -41,7 +41,7 @@ class Upkeep:
                  clock: Clock, symbols: Callable[[], Sequence[SymbolInfo]],
                  supervise: Callable[[asyncio.Task[None]], None], stopping: Callable[[], bool],
                  leads: Callable[[str], bool] = lambda _job: True,
-                 live: Callable[[], bool] = lambda: True) -> None:
+                 live: Callable[[], Awaitable[None]] | None = None) -> None:
         self.settings, self.backfiller, self.sqlite, self.redis, self.clock = settings, backfiller, sqlite, redis, clock
         self.symbols, self.supervise, self.stopping = symbols, supervise, stopping
         self.leads, self.live = leads, live
@@ -75,8 +75,8 @@ class Upkeep:
         # History takes only what the live loop leaves, which the budgets know once a live cycle
         # has reported: a scan before that (a slow start) could fill the minute and have the
         # live loop refused (test_history_budget caught it on a loaded CI machine).
-        while not self.live() and not self.stopping():
-            await self.clock.sleep(0.5)
+        if self.live is not None:
+            await self.live()
         await self.backfill_once()  # at start-up: the ticker's first deadline is the next whole period
         async for _tick in Ticker(self.clock, self.settings.backfill_interval_s):
             await self.backfill_once()

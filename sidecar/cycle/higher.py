@@ -140,27 +140,24 @@ class HigherTimeframes:
         False then. The loop goes on meanwhile, the bars it closes buffered."""
         if self.sqlite.last_error is not None:
             return False  # a read would fail too, or hang until its timeout if the server stalls
-        try:
-            for lane in self.lanes:
-                if lane.pending:
-                    requests, lane.pending = np.unique(np.vstack(lane.pending), axis=0), []
-                    requests = requests[self.table.active[requests[:, 0]]]  # symbols removed meanwhile: none
-                    if len(requests):
-                        try:
-                            await self._rebuild(lane, requests, now)
-                        except DurableStoreError:
-                            lane.pending.append(requests)
-                            raise
-            if self._rewarm:
-                symbols, self._rewarm = self._rewarm, set()
+        for lane in self.lanes:
+            if lane.pending:
+                requests, lane.pending = np.unique(np.vstack(lane.pending), axis=0), []
+                requests = requests[self.table.active[requests[:, 0]]]  # symbols removed meanwhile: none
+                if not len(requests):
+                    continue
                 try:
-                    await self.warm(symbols)
-                except DurableStoreError:
-                    self._rewarm |= symbols
-                    raise
-        except DurableStoreError as exc:
-            log.warning("timeframe rebuilds wait for the store: %s", exc)
-            return False
+                    await self._rebuild(lane, requests, now)
+                except DurableStoreError as exc:
+                    lane.pending.append(requests)
+                    return _deferred(exc)
+        if self._rewarm:
+            symbols, self._rewarm = self._rewarm, set()
+            try:
+                await self.warm(symbols)
+            except DurableStoreError as exc:
+                self._rewarm |= symbols
+                return _deferred(exc)
         return True
 
     async def _rebuild(self, lane: Lane, requests: np.ndarray, now: float | np.ndarray) -> None:
@@ -231,6 +228,12 @@ class HigherTimeframes:
         for lane in self.lanes:
             if lane.features is not None:
                 lane.features.book.remove(symbols)
+
+
+def _deferred(exc: DurableStoreError) -> bool:
+    """Log a rebuild left for a later cycle (the store could not be read); False, for `finish`."""
+    log.warning("timeframe rebuilds wait for the store: %s", exc)
+    return False
 
 
 def _newest(closed: Batch, forming: Batch) -> Batch:

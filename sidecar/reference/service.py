@@ -20,7 +20,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from ..calendars import NEW_YORK
@@ -75,15 +75,15 @@ class ReferenceData:
     :param on_earnings: told each symbol's days to its next release after every update (the scanner).
     :param horizon_days: how far ahead a release sets its flag.
     :param timeout_s: per-request timeout.
-    :param live: whether the live loop has had a cycle that worked: the loop waits for it, so
-        the budgets know the live demand before reference requests take from them.
+    :param live: returns once the live loop has had a cycle that worked: the loop waits for it,
+        so the budgets know the live demand before reference requests take from them.
     :param leads: in a cluster, whether this member runs the shared calendar sync now.
     """
 
     def __init__(self, *, sources: Mapping[str, GuardedSource], sqlite: DurableStore, redis: RedisStore, clock: Clock,
                  symbols: Callable[[], Sequence[SymbolInfo]],
                  on_earnings: Callable[[dict[str, float]], None] | None = None, horizon_days: int = 7,
-                 timeout_s: float = 30.0, live: Callable[[], bool] = lambda: True,
+                 timeout_s: float = 30.0, live: Callable[[], Awaitable[None]] | None = None,
                  leads: Callable[[str], bool] = lambda _job: True) -> None:
         self.sources, self.sqlite, self.redis, self.clock = sources, sqlite, redis, clock
         self.symbols, self.on_earnings = symbols, on_earnings
@@ -132,8 +132,8 @@ class ReferenceData:
 
     async def run(self) -> None:
         """The daemon's loop: refresh and sync when due, update the flags every minute."""
-        while not self.live():
-            await self.clock.sleep(0.5)
+        if self.live is not None:
+            await self.live()
         await self.clock.sleep(2.0)
         while not self._stop.is_set():
             try:

@@ -58,8 +58,6 @@ from .redis_wire import (
     unpack,
 )
 
-__all__ = ["REPLACE", "TRIM", "RedisKeys", "RedisStore", "TimeframeWrite", "WriteResult", "command", "pack", "unpack"]
-
 log = logging.getLogger(__name__)
 
 class RedisStore:
