@@ -331,7 +331,7 @@ class Orchestrator:
             if symbols:
                 self.sqlite.add_features(service.timeframe, symbols, ts, values)
 
-    def _features(self, fetched: Fetched, accepted: Accepted, stale: np.ndarray) -> tuple[np.ndarray, list[bytes]]:
+    def _features(self, fetched: Fetched, accepted: Accepted, stale: np.ndarray) -> tuple[np.ndarray, Sequence[bytes]]:
         """Commit the closed bars, evaluate the forming ones, refresh the symbols that answered
         with nothing new (so their values stay current)."""
         if self.features is None:
@@ -348,7 +348,7 @@ class Orchestrator:
         return out
 
     async def _write_redis(self, accepted: Accepted, synthetic: Batch, stale: np.ndarray, feature_slots: np.ndarray,
-                           feature_rows: list[bytes], lanes: list[LaneOutput], now: float) -> bool:
+                           feature_rows: Sequence[bytes], lanes: list[LaneOutput], now: float) -> bool:
         """The cycle's one Redis round trip: newest bars (and stale rewrites), histories, features,
         of every timeframe."""
         t = self.table

@@ -1,13 +1,15 @@
 """Encode: a batch's bars as the documented Redis value, a msgpack map with named fields,
-packed from the arrays without a dict per bar.
+packed from the arrays without a dict or a bytes object per bar.
 
-    {"symbol": "AAPL", "tf": "1m", "ts": <open>, "open": .., "high": .., "low": .., "close": ..,
-     "volume": .., "flags": <BarFlag bits>, "source": "yahoo"}
+    {"tf": "1m", "ts": <open>, "open": .., "high": .., "low": .., "close": .., "volume": ..,
+     "flags": <BarFlag bits>, "source": "yahoo", "symbol": "AAPL"}
 
-A value is three parts: the symbol's (the map header, "symbol" and "tf"), made once per symbol;
-the numbers in a fixed layout (ts and flags as uint64, prices and volume as float64), made for
-all rows at once as one NumPy structured array; and the source's, made once per source. Any
-msgpack reader decodes it to the same map as `msgpack.packb(bar.as_map())`.
+A value is three parts, in this order: the map header, "tf" and the numbers in a fixed layout
+(ts and flags as uint64, prices and volume as float64), made for all rows at once as one NumPy
+structured array; the source's field, one per source; the symbol's, cut from the table's
+fixed-width column of names. The rows are a `Packed` grid, which the store turns into RESP
+without touching a row in Python. Any msgpack reader decodes a value to the same map as
+`msgpack.packb(bar.as_map())`.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from collections.abc import Sequence
 import msgpack
 import numpy as np
 
+from ..packed import NameColumn, Packed
 from .batch import Batch
 
-_FLOAT, _UINT64 = 0xCB, 0xCF
+_FLOAT, _UINT64, _FIXSTR = 0xCB, 0xCF, 0xA0
 _NUMBERS = ("ts", "open", "high", "low", "close", "volume", "flags")
 
 
@@ -35,45 +38,42 @@ class BarEncoder:
 
     def __init__(self, timeframe: str) -> None:
         self.timeframe = timeframe
-        fields: list[tuple[str, str]] = []
+        head = b"\x8a" + _packed("tf") + _packed(timeframe)
+        fields: list[tuple[str, str]] = [("head", f"S{len(head)}")]
         for name in _NUMBERS:
             fields += [(f"k_{name}", f"S{len(_packed(name))}"), (f"m_{name}", "u1"),
                        (name, ">u8" if name in ("ts", "flags") else ">f8")]
         self.dtype = np.dtype(fields)
         template = np.zeros(1, dtype=self.dtype)
+        template["head"] = head
         for name in _NUMBERS:
             template[f"k_{name}"] = _packed(name)
             template[f"m_{name}"] = _UINT64 if name in ("ts", "flags") else _FLOAT
         self._template = template
-        self._heads: dict[str, bytes] = {}
-        self._tails: dict[str, bytes] = {}
 
-    def head(self, symbol: str) -> bytes:
-        """The map header and the symbol's own fields (cached)."""
-        head = self._heads.get(symbol)
-        if head is None:
-            head = self._heads[symbol] = (b"\x8a" + _packed("symbol") + _packed(symbol) + _packed("tf")
-                                          + _packed(self.timeframe))
-        return head
-
-    def tail(self, source: str) -> bytes:
-        """The source field (cached)."""
-        tail = self._tails.get(source)
-        if tail is None:
-            tail = self._tails[source] = _packed("source") + _packed(source)
-        return tail
-
-    def encode(self, rows: Batch, symbols: Sequence[str], source_names: Sequence[str]) -> list[bytes]:
-        """One value per row; `symbols` and `source_names` name its slot and source."""
-        n = len(rows)
+    def encode(self, rows: Batch, names: NameColumn, source_names: Sequence[str]) -> Packed:
+        """One value per row; `names` names its slot, `source_names` its source."""
+        n, fixed = len(rows), self.dtype.itemsize
+        tails = [np.frombuffer(_packed("source") + _packed(s) + _packed("symbol"), dtype=np.uint8)
+                 for s in source_names]
+        longest = max((len(t) for t in tails), default=0)
+        grid = np.zeros((n, fixed + longest + 1 + names.raw.dtype.itemsize), dtype=np.uint8)
         if n == 0:
-            return []
-        packed = np.repeat(self._template, n)
-        packed["ts"], packed["flags"] = rows.ts, rows.flags
-        packed["open"], packed["high"], packed["low"] = rows.open, rows.high, rows.low
-        packed["close"], packed["volume"] = rows.close, rows.volume
-        raw, size = packed.tobytes(), self.dtype.itemsize
-        head, tail = self.head, self.tail
-        tails = [tail(name) for name in source_names]
-        return [head(symbols[s]) + raw[i * size:(i + 1) * size] + tails[src]
-                for i, (s, src) in enumerate(zip(rows.slot.tolist(), rows.source.tolist(), strict=True))]
+            return Packed(grid, np.zeros(0, dtype=np.int64))
+        numbers = np.repeat(self._template, n)
+        numbers["ts"], numbers["flags"] = rows.ts, rows.flags
+        numbers["open"], numbers["high"], numbers["low"] = rows.open, rows.high, rows.low
+        numbers["close"], numbers["volume"] = rows.close, rows.volume
+        grid[:, :fixed] = numbers.view(np.uint8).reshape(n, fixed)
+        length = names.length[rows.slot]
+        symbols = names.bytes_of(rows.slot)
+        width = np.zeros(n, dtype=np.int64)
+        source = rows.source.astype(np.int64) % max(len(source_names), 1)  # -1 (none): the last, as a list would
+        for code in np.unique(source).tolist():
+            sel = np.flatnonzero(source == code)
+            at = fixed + len(tails[code])
+            grid[sel, fixed:at] = tails[code]
+            grid[sel, at] = _FIXSTR | length[sel]  # symbols are at most 17 bytes: a fixstr
+            grid[sel, at + 1:at + 1 + symbols.shape[1]] = symbols[sel]
+            width[sel] = at + 1 + length[sel]
+        return Packed(grid, width)

@@ -43,7 +43,7 @@ class LaneOutput:
     latest: Batch  # per slot its newest bar (forming, else just closed)
     rebuilt: Batch  # closed bars rebuilt from the store after the last cycle, to rewrite in Redis
     feature_slots: np.ndarray
-    feature_rows: list[bytes]
+    feature_rows: Sequence[bytes]
 
 
 class Lane:
@@ -106,7 +106,8 @@ class HigherTimeframes:
             step = lane.agg.step(closed, due, now)
             if len(step.rebuild):
                 lane.pending.append(step.rebuild)
-            slots, rows = none, list[bytes]()
+            rows: Sequence[bytes] = ()
+            slots = none
             if lane.features is not None and (len(step.closed) or len(step.forming)):
                 cols = lane.features.columns(t.symbols, t.version)
                 slots, rows = lane.features.update_batch(step.closed, step.forming, none, lane.agg.ref_ts,

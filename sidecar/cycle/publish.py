@@ -9,10 +9,12 @@ the symbols. A higher timeframe's part: its newest bars, its closed bars, its fe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from ..bars import timeframe_seconds
-from ..stores.redis_wire import REPLACE, TRIM, TimeframeWrite, pack
+from ..stores.redis_wire import REPLACE, TRIM, Ints, TimeframeWrite, pack
 from .acceptance import Accepted
 from .batch import Batch
 from .encode import BarEncoder
@@ -36,34 +38,35 @@ def latest_rows(t: SymbolTable, slots: np.ndarray) -> Batch:
 
 
 def minute_write(t: SymbolTable, encoder: BarEncoder, accepted: Accepted, synthetic: Batch, stale: np.ndarray,
-                 features: tuple[np.ndarray, list[bytes]]) -> tuple[TimeframeWrite, Batch]:
+                 features: tuple[np.ndarray, Sequence[bytes]]) -> tuple[TimeframeWrite, Batch]:
     """The minute's part of the cycle's write, and the rows it adds to the histories."""
     step = timeframe_seconds(encoder.timeframe)
     latest = accepted.newest.slot if not len(stale) else np.union1d(accepted.newest.slot, stale)
     history = Batch.concat([accepted.closed, synthetic])
-    revised = accepted.revised
-    names = t.symbols
+    names = t.names()
     known = t.hist_ts[history.slot]
     modes = np.where((known < 0) | (history.ts <= known), REPLACE, 0)
     modes |= np.where((history.ts // step + history.slot) % TRIM_EVERY == 0, TRIM, 0)
+    rows: tuple[Sequence[str], Ints, Sequence[bytes], Ints] = (
+        t.names(history.slot), history.ts, encoder.encode(history, names.column, t.source_names), modes)
+    if revised := accepted.revised:  # rare: as lists, with the revisions' values packed one by one
+        rows = ([*rows[0], *(b.symbol for b in revised)], [*history.ts.tolist(), *(b.ts for b in revised)],
+                [*rows[2], *(pack(b) for b in revised)], [*modes.tolist(), *[REPLACE | TRIM] * len(revised)])
     write = TimeframeWrite(
         encoder.timeframe,
-        latest=([names[s] for s in latest.tolist()], encoder.encode(latest_rows(t, latest), names, t.source_names)),
-        history=([names[s] for s in history.slot.tolist()] + [b.symbol for b in revised],
-                 history.ts.tolist() + [b.ts for b in revised],
-                 encoder.encode(history, names, t.source_names) + [pack(b) for b in revised],
-                 modes.tolist() + [REPLACE | TRIM] * len(revised)),
-        features=([names[s] for s in features[0].tolist()], features[1]),
-        quiet=[names[s] for s in stale.tolist()])
+        latest=(t.names(latest), encoder.encode(latest_rows(t, latest), names.column, t.source_names)),
+        history=rows,
+        features=(t.names(features[0]), features[1]),
+        quiet=[t.symbols[s] for s in stale.tolist()])
     return write, history
 
 
 def lane_write(t: SymbolTable, encoder: BarEncoder, lane: LaneOutput) -> TimeframeWrite:
     """A higher timeframe's part of the cycle's write: newest bars, closed bars, features."""
-    names, closed = t.symbols, Batch.concat([lane.closed, lane.rebuilt])
+    closed, column = Batch.concat([lane.closed, lane.rebuilt]), t.names().column
     return TimeframeWrite(
         lane.timeframe,
-        latest=([names[s] for s in lane.latest.slot.tolist()], encoder.encode(lane.latest, names, t.source_names)),
-        history=([names[s] for s in closed.slot.tolist()], closed.ts.tolist(),
-                 encoder.encode(closed, names, t.source_names), [REPLACE | TRIM] * len(closed)),
-        features=([names[s] for s in lane.feature_slots.tolist()], lane.feature_rows))
+        latest=(t.names(lane.latest.slot), encoder.encode(lane.latest, column, t.source_names)),
+        history=(t.names(closed.slot), closed.ts, encoder.encode(closed, column, t.source_names),
+                 np.full(len(closed), REPLACE | TRIM)),
+        features=(t.names(lane.feature_slots), lane.feature_rows))

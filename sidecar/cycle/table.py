@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..bars import Bar
+from ..packed import NameColumn, SlotNames
 from ..symbols import AssetClass, SymbolInfo
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ class SymbolTable:
         self.active = np.zeros(0, dtype=bool)
         self._free: list[int] = []
         self.version = 0  # changes whenever a symbol is added or removed
+        self._names: tuple[int, NameColumn] | None = None
         grow_columns(self, _COLUMNS, 0)
         self.cursor: np.ndarray
         self.window_end: np.ndarray
@@ -167,6 +169,13 @@ class SymbolTable:
         self._free.append(slot)
         self.version += 1
         return slot
+
+    def names(self, slots: np.ndarray | None = None) -> SlotNames:
+        """The symbols of `slots` (default: every slot), backed by one column of names built
+        once per membership change (what the Redis write cuts its keys and values from)."""
+        if self._names is None or self._names[0] != self.version:
+            self._names = (self.version, NameColumn.of(self.symbols))
+        return SlotNames(self._names[1], np.arange(len(self.symbols)) if slots is None else slots)
 
     def slots(self) -> np.ndarray:
         """The slots in use, in ascending order."""

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 
+from ..packed import Packed
+
 _FLOAT, _UINT64, _TRUE, _FALSE, _MAP16, _NIL = 0xCB, 0xCF, 0xC3, 0xC2, 0xDE, 0xC0
 
 
@@ -70,7 +72,7 @@ class FeatureCodec:
         self._markers = np.array([self._at[f"m_{name}"] for name in ("close", *self.outputs)])  # byte offsets
 
     def encode(self, ts: np.ndarray, close: np.ndarray, provisional: np.ndarray, updated: float,
-               values: np.ndarray) -> list[bytes]:
+               values: np.ndarray) -> Packed:
         """One map per column of `values` (outputs, n); NaN is written as nil."""
         n = values.shape[1]
         rows = np.repeat(self._template, n)
@@ -79,13 +81,12 @@ class FeatureCodec:
         for i, name in enumerate(self.outputs):
             rows[f"v_{name}"] = values[i]
         nulls = np.isnan(values).T  # (n, outputs)
-        size = self.dtype.itemsize
         if not nulls.any() and not np.isnan(close).any():
-            raw = rows.tobytes()
-            return [raw[j * size:(j + 1) * size] for j in range(n)]
+            return Packed.fixed(rows)
         # A missing value is nil: its marker byte becomes 0xc0 and its 8 bytes go. Rows share a
         # handful of patterns of missing values (what is still warming up), so each pattern's
         # rows are cut as one block, with one column mask, instead of row by row.
+        size = self.dtype.itemsize
         grid = rows.view(np.uint8).reshape(n, size)
         missing = np.column_stack([np.isnan(close), nulls])  # (n, 1 + outputs)
         if missing.shape[1] <= 64:  # each row's pattern as one integer: a 1-D unique, not a row sort
@@ -93,21 +94,24 @@ class FeatureCodec:
             patterns, which = np.unique(codes, return_inverse=True)
         else:
             patterns, which = np.unique(np.packbits(missing, axis=1), axis=0, return_inverse=True)
-        out: list[bytes] = [b""] * n
+        out = np.zeros_like(grid)
+        width = np.full(n, size, dtype=np.int64)
         markers = self._markers
         for k in range(len(patterns)):
             members = np.flatnonzero(which.ravel() == k)
             null = missing[members[0]]
+            if not null.any():
+                out[members] = grid[members]
+                continue
             keep = np.ones(size, dtype=bool)
             for marker in markers[null].tolist():
                 keep[marker + 1:marker + 9] = False
             block = grid[members]
             block[:, markers[null]] = _NIL
-            raw = np.ascontiguousarray(block[:, keep]).tobytes()
-            width = int(keep.sum())
-            for j, row in enumerate(members.tolist()):
-                out[row] = raw[j * width:(j + 1) * width]
-        return out
+            kept = int(keep.sum())
+            out[members, :kept] = block[:, keep]
+            width[members] = kept
+        return Packed(out, width)
 
     def decode(self, raws: Sequence[bytes | None], fields: Collection[str] | None = None) -> FeatureFrame:
         """Decode rows as returned by MGET (None for a missing key); with `fields`, only those

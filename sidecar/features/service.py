@@ -75,7 +75,7 @@ class FeatureService:
         return self._map[1]
 
     def update_batch(self, closed: Batch, forming: Batch, refresh: np.ndarray, ref_ts: np.ndarray,
-                     ref_close: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, list[bytes]]:
+                     ref_close: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, Sequence[bytes]]:
         """Commit a cycle's closed rows and evaluate its forming rows (one per slot); return the
         slots written and their encoded values: provisional where a bar is forming, else the
         committed values at the slot's newest closed bar (`ref_ts`/`ref_close`, by slot). Slots

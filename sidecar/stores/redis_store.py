@@ -32,6 +32,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import orjson
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
@@ -42,12 +43,14 @@ from redis.exceptions import RedisError, ResponseError
 from ..bars import Bar
 from ..cluster.partitions import partition_of
 from ..errors import RedisStoreError
+from ..packed import Packed, SlotNames, resp_rows
 from .redis_wire import (
     CLUSTER_SCHEME,
     REPLACE,
     TRIM,
     WRITE_FENCED,
     WRITE_HISTORY,
+    Ints,
     RedisKeys,
     TimeframeWrite,
     WriteResult,
@@ -143,13 +146,23 @@ class RedisStore:
         return head
 
     def _mset(self, kind: str, timeframe: str, symbols: Sequence[str], values: Sequence[bytes]) -> bytes:
+        head = b"*%d\r\n$4\r\nMSET\r\n" % (2 * len(symbols) + 1)
+        fast = self._around(kind, timeframe, symbols, values)
+        if fast is not None:
+            return head + resp_rows(symbols, *fast, [values])  # type: ignore[arg-type, list-item]
         key = self._key
-        return b"".join([b"*%d\r\n$4\r\nMSET\r\n" % (2 * len(symbols) + 1),
-                         *[b"%s$%d\r\n%s\r\n" % (key(kind, s, timeframe), len(v), v)
-                           for s, v in zip(symbols, values, strict=True)]])
+        return b"".join([head, *[b"%s$%d\r\n%s\r\n" % (key(kind, s, timeframe), len(v), v)
+                                 for s, v in zip(symbols, values, strict=True)]])
+
+    def _around(self, kind: str, timeframe: str, symbols: Sequence[str], *columns: object) -> tuple[bytes, bytes] | None:
+        """The key's parts around the symbol when the rows can be packed by NumPy (`resp_rows`):
+        slots into a name column, values already packed, and keys without a partition."""
+        if isinstance(symbols, SlotNames) and all(isinstance(c, Packed) for c in columns):
+            return self.keys.around(kind, timeframe)
+        return None
 
     async def write_cycle(self, timeframe: str, *, latest: tuple[Sequence[str], Sequence[bytes]] = ((), ()),
-                          history: tuple[Sequence[str], Sequence[int], Sequence[bytes], Sequence[int]] = (
+                          history: tuple[Sequence[str], Ints, Sequence[bytes], Ints] = (
                               (), (), (), ()),
                           features: tuple[Sequence[str], Sequence[bytes]] = ((), ()),
                           quiet: Sequence[str] = (), now: float = 0.0,
@@ -179,6 +192,7 @@ class RedisStore:
         if names:
             parts.append(command(b"SADD", self.keys.symbols().encode(), *(s.encode() for s in names)))
         rows: list[bytes] = []
+        n_rows = 0
         key = self._key
         for w in writes:
             if w.latest[0]:
@@ -190,12 +204,18 @@ class RedisStore:
                              + b"".join(key("features", s, w.timeframe) for s in w.quiet))
             symbols, opens, members, modes = w.history
             tf = w.timeframe
-            rows += [b"%s%s%s$1\r\n%d\r\n" % (key("history", s, tf), bulk(b"%d" % ts), bulk(m), mode)
-                     for s, ts, m, mode in zip(symbols, opens, members, modes, strict=True)]
+            fast = self._around("history", tf, symbols, members)
+            if fast is not None and len(symbols):
+                rows.append(resp_rows(symbols, *fast, [Packed.digits(np.asarray(opens)), members,  # type: ignore
+                                                       Packed.digits(np.asarray(modes))]))
+            else:
+                rows += [b"%s%s%s$1\r\n%d\r\n" % (key("history", s, tf), bulk(b"%d" % ts), bulk(m), mode)
+                         for s, ts, m, mode in zip(symbols, opens, members, modes, strict=True)]
+            n_rows += len(symbols)
         if rows:
-            parts.append(b"".join([b"*%d\r\n$4\r\nEVAL\r\n" % (4 * len(rows) + 4), bulk(WRITE_HISTORY.encode()),
+            parts.append(b"".join([b"*%d\r\n$4\r\nEVAL\r\n" % (4 * n_rows + 4), bulk(WRITE_HISTORY.encode()),
                                    b"$1\r\n0\r\n", bulk(b"%d" % self.history_len), *rows]))
-        written = sum(len(w.latest[0]) + len(w.features[0]) for w in writes) + len(rows)
+        written = sum(len(w.latest[0]) + len(w.features[0]) for w in writes) + n_rows
         replies = await self._send(b"".join(parts), len(parts), f"writing {written} values")
         fresh = replies[0] is not None
         if fresh:  # a new or emptied Redis: only what this write added is in its set

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgpack
+import numpy as np
 from redis.asyncio.cluster import ClusterNode
 
 from ..bars import Bar
@@ -70,13 +71,17 @@ return 1
 """
 
 
+Ints = Sequence[int] | np.ndarray
+"""Integers by row: a list, or an array from the cycle."""
+
+
 @dataclass(slots=True, frozen=True)
 class TimeframeWrite:
     """One timeframe's part of a cycle's write (see `RedisStore.write_cycle`)."""
 
     timeframe: str
     latest: tuple[Sequence[str], Sequence[bytes]] = ((), ())
-    history: tuple[Sequence[str], Sequence[int], Sequence[bytes], Sequence[int]] = ((), (), (), ())
+    history: tuple[Sequence[str], Ints, Sequence[bytes], Ints] = ((), (), (), ())
     features: tuple[Sequence[str], Sequence[bytes]] = ((), ())
     quiet: Sequence[str] = ()
 
@@ -121,6 +126,14 @@ class RedisKeys:
         if self.partitions:
             return f"{self.prefix}:{{p{partition_of(symbol, self.partitions)}}}:{symbol}"
         return f"{self.prefix}:{{{symbol}}}"
+
+    def around(self, kind: str, timeframe: str) -> tuple[bytes, bytes] | None:
+        """What comes before and after the symbol in every key of a kind ("latest", "history",
+        "features") and timeframe; None in a cluster, where the partition is in the key too."""
+        if self.partitions:
+            return None
+        before, _, after = getattr(self, kind)("\0", timeframe).partition("\0")
+        return before.encode(), after.encode()
 
     def latest(self, symbol: str, timeframe: str) -> str:
         """The newest bar of a symbol and timeframe."""
