@@ -3,7 +3,8 @@ rows built by NumPy instead of a Python expression per row.
 
 A cycle writes one value per symbol and timeframe. Held as Python bytes objects, every one of
 them costs a slice, a key lookup and a format per row (about a third of the cycle at 5,000
-symbols). Held as a grid (row i is `grid[i, :width[i]]`) with its symbols as slots into one
+symbols). Held as runs of one buffer (row i is `data[start[i]:start[i] + width[i]]`) with its
+symbols as slots into one
 fixed-width array of names, the rows fall into a handful of groups of equal shape (symbol
 length, value width); each group becomes one NumPy structured array whose bytes are exactly
 that group's RESP, key and value bulks included.
@@ -72,18 +73,24 @@ class SlotNames(Sequence[str]):
 
 
 class Packed(Sequence[bytes]):
-    """Values as rows of a byte grid: row i is `grid[i, :width[i]]`."""
+    """Values as runs of one byte buffer: row i is `data[start[i]:start[i] + width[i]]`."""
 
-    __slots__ = ("grid", "width")
+    __slots__ = ("data", "start", "width")
 
-    def __init__(self, grid: np.ndarray, width: np.ndarray) -> None:
-        self.grid, self.width = grid, width
+    def __init__(self, data: np.ndarray, start: np.ndarray, width: np.ndarray) -> None:
+        self.data, self.start, self.width = data, start, width
+
+    @classmethod
+    def grid(cls, grid: np.ndarray, width: np.ndarray) -> Packed:
+        """Row i is `grid[i, :width[i]]` ((n, w) uint8)."""
+        n, w = grid.shape
+        return cls(grid.reshape(-1), np.arange(n, dtype=np.int64) * w, width)
 
     @classmethod
     def fixed(cls, rows: np.ndarray) -> Packed:
         """Rows of one structured array (all the same width)."""
         n = len(rows)
-        return cls(rows.view(np.uint8).reshape(n, rows.dtype.itemsize), np.full(n, rows.dtype.itemsize))
+        return cls.grid(rows.view(np.uint8).reshape(n, rows.dtype.itemsize), np.full(n, rows.dtype.itemsize))
 
     @classmethod
     def digits(cls, values: np.ndarray) -> Packed:
@@ -95,8 +102,15 @@ class Packed(Sequence[bytes]):
         most = int(width.max()) if len(values) else 1
         # digit j of the most a row has, left-aligned: the row's first digit goes to column 0
         shift = (width[:, None] - 1 - np.arange(most)).clip(0)
-        grid = (values[:, None] // 10 ** shift % 10 + 48).astype(np.uint8)
-        return cls(grid, width)
+        return cls.grid((values[:, None] // 10 ** shift % 10 + 48).astype(np.uint8), width)
+
+    def widest(self) -> int:
+        """The longest row's width."""
+        return int(self.width.max()) if len(self.width) else 0
+
+    def block(self, rows: np.ndarray, width: int) -> np.ndarray:
+        """Some rows, all `width` long, as an (n, width) array."""
+        return np.lib.stride_tricks.sliding_window_view(self.data, width)[self.start[rows]]
 
     def __len__(self) -> int:
         return len(self.width)
@@ -109,11 +123,12 @@ class Packed(Sequence[bytes]):
     def __getitem__(self, i: int | slice) -> bytes | list[bytes]:
         if isinstance(i, slice):
             return [self[j] for j in range(len(self))[i]]
-        return self.grid[i, :self.width[i]].tobytes()
+        at = int(self.start[i])
+        return self.data[at:at + int(self.width[i])].tobytes()
 
     def __iter__(self) -> Iterator[bytes]:
-        grid = self.grid
-        return iter([grid[i, :w].tobytes() for i, w in enumerate(self.width.tolist())])
+        raw = self.data.tobytes()
+        return iter([raw[a:a + w] for a, w in zip(self.start.tolist(), self.width.tolist(), strict=True)])
 
 
 def resp_rows(names: SlotNames, pre: bytes, suf: bytes, fields: Sequence[Packed]) -> bytes:
@@ -124,16 +139,17 @@ def resp_rows(names: SlotNames, pre: bytes, suf: bytes, fields: Sequence[Packed]
     if n == 0:
         return b""
     code = names.column.length[names.slots].copy()
-    for f in fields:
-        code = code * (f.grid.shape[1] + 1) + f.width
+    radix = [f.widest() + 1 for f in fields]
+    for f, r in zip(fields, radix, strict=True):
+        code = code * r + f.width
     shapes, which = np.unique(code, return_inverse=True)
     symbols = names.column.bytes_of(names.slots)
     out = []
     for k, shape in enumerate(shapes.tolist()):
         rows = np.flatnonzero(which.ravel() == k) if len(shapes) > 1 else np.arange(n)
         widths = []
-        for f in reversed(fields):
-            shape, w = divmod(shape, f.grid.shape[1] + 1)
+        for r in reversed(radix):
+            shape, w = divmod(shape, r)
             widths.append(w)
         widths.reverse()
         length = shape
@@ -148,6 +164,6 @@ def resp_rows(names: SlotNames, pre: bytes, suf: bytes, fields: Sequence[Packed]
             block["sym"] = symbols[rows, :length]
         for j, (f, w) in enumerate(zip(fields, widths, strict=True)):
             block[f"h{j}"], block[f"c{j}"] = b"$%d\r\n" % w, b"\r\n"
-            block[f"v{j}"] = f.grid[rows, :w]
+            block[f"v{j}"] = f.block(rows, w)
         out.append(block.tobytes())
     return b"".join(out)

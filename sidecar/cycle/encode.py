@@ -59,7 +59,7 @@ class BarEncoder:
         longest = max((len(t) for t in tails), default=0)
         grid = np.zeros((n, fixed + longest + 1 + names.raw.dtype.itemsize), dtype=np.uint8)
         if n == 0:
-            return Packed(grid, np.zeros(0, dtype=np.int64))
+            return Packed.grid(grid, np.zeros(0, dtype=np.int64))
         numbers = np.repeat(self._template, n)
         numbers["ts"], numbers["flags"] = rows.ts, rows.flags
         numbers["open"], numbers["high"], numbers["low"] = rows.open, rows.high, rows.low
@@ -76,4 +76,4 @@ class BarEncoder:
             grid[sel, at] = _FIXSTR | length[sel]  # symbols are at most 17 bytes: a fixstr
             grid[sel, at + 1:at + 1 + symbols.shape[1]] = symbols[sel]
             width[sel] = at + 1 + length[sel]
-        return Packed(grid, width)
+        return Packed.grid(grid, width)

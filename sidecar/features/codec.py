@@ -7,8 +7,8 @@ msgpack decoder:
 An output still warming up is nil. A row whose values are all numbers always has the same
 byte layout (map16 header, fixed keys, float64 and uint64 values), so a whole cycle of rows is
 encoded as one NumPy structured array (a nil is that layout with the value's marker set to
-0xc0 and its 8 bytes cut out, by one boolean mask), and decoded the same way when every row
-has the fixed layout: no per-symbol packing in the per-second path. Rows with nils are
+0xc0 and its 8 bytes cut out, by one boolean mask over all rows), and decoded the same way
+when every row has the fixed layout: no per-symbol packing in the per-second path. Rows with nils are
 decoded by msgpack itself.
 """
 
@@ -70,6 +70,9 @@ class FeatureCodec:
         self._template = template
         self._prefix = template.tobytes()[:3]  # map16 header: identifies the fixed layout
         self._markers = np.array([self._at[f"m_{name}"] for name in ("close", *self.outputs)])  # byte offsets
+        # run lengths of the layout: up to the first value, the value, up to the next, ..., the rest
+        edges = np.column_stack([self._markers + 1, self._markers + 9]).ravel()
+        self._runs = np.diff(np.concatenate([[0], edges, [self.dtype.itemsize]]))
 
     def encode(self, ts: np.ndarray, close: np.ndarray, provisional: np.ndarray, updated: float,
                values: np.ndarray) -> Packed:
@@ -83,35 +86,21 @@ class FeatureCodec:
         nulls = np.isnan(values).T  # (n, outputs)
         if not nulls.any() and not np.isnan(close).any():
             return Packed.fixed(rows)
-        # A missing value is nil: its marker byte becomes 0xc0 and its 8 bytes go. Rows share a
-        # handful of patterns of missing values (what is still warming up), so each pattern's
-        # rows are cut as one block, with one column mask, instead of row by row.
+        # A missing value is nil: its marker byte becomes 0xc0 and its 8 bytes go. The bytes
+        # kept form one mask of runs over all rows, so the rows come out as one buffer, one after
+        # the other, in one boolean selection.
         size = self.dtype.itemsize
         grid = rows.view(np.uint8).reshape(n, size)
         missing = np.column_stack([np.isnan(close), nulls])  # (n, 1 + outputs)
-        if missing.shape[1] <= 64:  # each row's pattern as one integer: a 1-D unique, not a row sort
-            codes = (missing.astype(np.uint64) << np.arange(missing.shape[1], dtype=np.uint64)).sum(axis=1)
-            patterns, which = np.unique(codes, return_inverse=True)
-        else:
-            patterns, which = np.unique(np.packbits(missing, axis=1), axis=0, return_inverse=True)
-        out = np.zeros_like(grid)
-        width = np.full(n, size, dtype=np.int64)
-        markers = self._markers
-        for k in range(len(patterns)):
-            members = np.flatnonzero(which.ravel() == k)
-            null = missing[members[0]]
-            if not null.any():
-                out[members] = grid[members]
-                continue
-            keep = np.ones(size, dtype=bool)
-            for marker in markers[null].tolist():
-                keep[marker + 1:marker + 9] = False
-            block = grid[members]
-            block[:, markers[null]] = _NIL
-            kept = int(keep.sum())
-            out[members, :kept] = block[:, keep]
-            width[members] = kept
-        return Packed(out, width)
+        grid[:, self._markers] = np.where(missing, _NIL, grid[:, self._markers])
+        # the layout as runs: the bytes before a value (kept), the value (kept unless missing), ...
+        runs = np.ones((n, 2 * len(self._markers) + 1), dtype=bool)
+        runs[:, 1:-1:2] = ~missing
+        keep = np.repeat(runs, self._runs, axis=1)
+        width = size - 8 * missing.sum(axis=1)
+        start = np.zeros(n, dtype=np.int64)
+        np.cumsum(width[:-1], out=start[1:])
+        return Packed(grid[keep], start, width)
 
     def decode(self, raws: Sequence[bytes | None], fields: Collection[str] | None = None) -> FeatureFrame:
         """Decode rows as returned by MGET (None for a missing key); with `fields`, only those
@@ -154,12 +143,13 @@ class FeatureCodec:
         f = self._at
         ok = (lengths >= 3) & (buf[start] == _MAP16) & (buf[start + f["m_ts"]] == _UINT64)
         ok &= (buf[start + 1].astype(np.int64) << 8 | buf[start + 2]) == self.n_fields
-        eight = np.arange(8)
+
+        windows = np.lib.stride_tricks.sliding_window_view(buf, 8)  # windows[i]: the 8 bytes at i
 
         def float_at(pos: np.ndarray) -> np.ndarray:
-            return buf[pos[:, None] + eight].copy().view(">f8").ravel()
+            return windows[pos].view(">f8").ravel()
 
-        ts = buf[start[:, None] + f["ts"] + eight].copy().view(">u8").ravel()
+        ts = windows[start + f["ts"]].view(">u8").ravel()
         provisional = buf[start + f["provisional"]] == _TRUE
         shift = np.zeros(len(picked), dtype=np.int64)
         decoded = {}
