@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from sidecar.features.service import FeatureService
 from sidecar.fetchers.base import decode_json
 from sidecar.fetchers.yahoo import parse_quotes
 from sidecar.metrics import Metrics
+from sidecar.packed import NameColumn, SlotNames
 from sidecar.scanner import DEFAULT_RULES, Scanner, parse_rules
 from sidecar.stores import RedisStore
 from sidecar.symbols import lookup
@@ -46,6 +47,7 @@ T0 = 1_800_000_000 // 60 * 60
 RNG = np.random.default_rng(7)
 INFOS = [lookup(f"S{i:04d}") for i in range(N)]
 SYMBOLS = [i.symbol for i in INFOS]
+NAMES = SlotNames(NameColumn.of(SYMBOLS), np.arange(N))  # slot j = symbol j, as the table hands them out
 PRICE = 100.0 * np.exp(np.cumsum(RNG.normal(0, 0.001, (600, N)), axis=0))  # 600 minutes of closes
 
 
@@ -75,7 +77,7 @@ def features() -> FeatureService:
     return service
 
 
-def _update(features: FeatureService, closed: Batch, forming: Batch) -> tuple[np.ndarray, list[bytes]]:
+def _update(features: FeatureService, closed: Batch, forming: Batch) -> tuple[np.ndarray, Sequence[bytes]]:
     cols = features.columns(SYMBOLS, 0)
     ref_ts = np.full(N, T0 + 60 * 500, dtype=np.int64)
     return features.update_batch(closed, forming, np.zeros(0, dtype=np.int64), ref_ts, PRICE[499], cols)
@@ -154,7 +156,7 @@ def test_encode_features(benchmark, features: FeatureService) -> None:  # type: 
 
 def test_encode_bars(benchmark) -> None:  # type: ignore[no-untyped-def]
     encoder = BarEncoder("1m")
-    benchmark(encoder.encode, _batch(599, FORMING), SYMBOLS, ["yahoo"])
+    benchmark(encoder.encode, _batch(599, FORMING), NAMES.column, ["yahoo"])
 
 
 @pytest.fixture(scope="module")
@@ -170,13 +172,13 @@ def test_redis_write(benchmark, redis_url: str, features: FeatureService, closin
     loop = asyncio.new_event_loop()
     store = RedisStore(url=redis_url, prefix="bench", max_connections=4, timeout_s=5, history_len=500)
     encoder = BarEncoder("1m")
-    latest = encoder.encode(_batch(599, FORMING), SYMBOLS, ["yahoo"])
-    closed = encoder.encode(_batch(598), SYMBOLS, ["yahoo"]) if closing else []
+    latest = encoder.encode(_batch(599, FORMING), NAMES.column, ["yahoo"])
+    closed = encoder.encode(_batch(598), NAMES.column, ["yahoo"])
     _slots, rows = _update(features, Batch.empty(), _batch(599, FORMING))
-    history = (SYMBOLS, [T0 + 60 * 598] * N, closed, [0] * N) if closing else ((), (), (), ())
+    history = (NAMES, np.full(N, T0 + 60 * 598), closed, np.zeros(N, dtype=np.int64)) if closing else ((), (), (), ())
 
     def write() -> None:
-        loop.run_until_complete(store.write_cycle("1m", latest=(SYMBOLS, latest), features=(SYMBOLS, rows),
+        loop.run_until_complete(store.write_cycle("1m", latest=(NAMES, latest), features=(NAMES, rows),
                                                   history=history, now=float(T0)))
 
     try:
@@ -190,4 +192,5 @@ def test_scan(benchmark, features: FeatureService) -> None:  # type: ignore[no-u
     _slots, raws = _update(features, Batch.empty(), _batch(599, FORMING))
     scanner = Scanner(symbols=SYMBOLS, broker_symbols=SYMBOLS, codec=features.codec,
                       rules=parse_rules(DEFAULT_RULES, features.book.outputs), max_age_s=1e9)
+    raws = list(raws)  # as MGET returns them
     benchmark(lambda: scanner.evaluate(features.codec.decode(raws), float(T0)))

@@ -150,6 +150,7 @@ class Orchestrator:
         self.recent = CycleHistory()  # the status page's last ten minutes of cycles
         self.last_cycle_at: float | None = None
         self._redis_failing = False  # for logging the transitions only; the store's health() says more
+        self._redis_values = 0  # values the last cycle's write sent (the cycle trace's)
         self._quarantine: list[dict[str, object]] = []  # spikes not yet written to Redis
         self._rewarm: set[str] = set()  # symbols whose features are rebuilt at the end of the cycle
         # Held by each cycle: symbols are added and removed between cycles (a cycle's stages keep
@@ -364,6 +365,7 @@ class Orchestrator:
             self._redis_failing = True
             return False
         self.metrics.redis_write_seconds.observe(self.clock.monotonic() - t0)
+        self._redis_values = result.written
         np.maximum.at(t.hist_ts, history.slot, history.ts)
         recovered = self._redis_failing
         if recovered:
@@ -430,7 +432,7 @@ class Orchestrator:
             self.trace({"t": round(now, 3), "cycle_s": round(duration, 6),
                         **{k: round(v, 6) for k, v in self.stages.items()}, "symbols": n,
                         "fetched": report.fetched, "closed": report.closed, "rejected": report.rejected,
-                        "history_requests": len(fetched.from_history),
+                        "history_requests": len(fetched.from_history), "redis_values": self._redis_values,
                         "catchup_allowance": int(self.sourcing.catchup_allowance), "overruns": self.ticker.overruns})
         return report
 
