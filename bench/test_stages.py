@@ -31,8 +31,7 @@ from sidecar.cycle.encode import BarEncoder
 from sidecar.cycle.table import SymbolTable
 from sidecar.features.engine import FeatureConfig
 from sidecar.features.service import FeatureService
-from sidecar.fetchers.base import decode_json
-from sidecar.fetchers.yahoo import parse_quotes
+from sidecar.fetchers.yahoo import parse_quote_body
 from sidecar.metrics import Metrics
 from sidecar.packed import NameColumn, SlotNames
 from sidecar.scanner import DEFAULT_RULES, Scanner, parse_rules
@@ -84,14 +83,19 @@ def _update(features: FeatureService, closed: Batch, forming: Batch) -> tuple[np
 
 
 def test_parse(benchmark) -> None:  # type: ignore[no-untyped-def]
+    """Ten batch quotes of 500 rows, each row with the fields Yahoo sends (providers.md 1.2)."""
     bodies = [orjson.dumps({"quoteResponse": {"error": None, "result": [
-        {"symbol": info.yahoo, "regularMarketPrice": float(PRICE[0, j]), "regularMarketTime": T0 + 5,
-         "regularMarketVolume": 1000 * j} for j, info in enumerate(INFOS[k:k + 500], start=k)]}})
+        {"language": "en-US", "region": "US", "quoteType": "EQUITY", "typeDisp": "Equity", "currency": "USD",
+         "exchange": "NMS", "fullExchangeName": "NasdaqGS", "exchangeTimezoneName": "America/New_York",
+         "market": "us_market", "marketState": "REGULAR", "symbol": info.yahoo,
+         "regularMarketPrice": float(PRICE[0, j]), "regularMarketTime": T0 + 5, "regularMarketVolume": 1000 * j,
+         "priceHint": 2, "exchangeDataDelayedBy": 0, "shortName": f"{info.yahoo} Inc.",
+         "longName": f"{info.yahoo} Incorporated"} for j, info in enumerate(INFOS[k:k + 500], start=k)]}})
         for k in range(0, N, 500)]
 
     def parse() -> None:
         for k, body in enumerate(bodies):
-            parse_quotes(decode_json(body, "yahoo", "500 symbols"), INFOS[500 * k:500 * k + 500])
+            parse_quote_body(body, INFOS[500 * k:500 * k + 500])
 
     benchmark(parse)
 
