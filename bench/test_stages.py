@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 import pytest
 
+from sidecar.app.gauges import loop_gauges
 from sidecar.barbuilder import BarBuilder
 from sidecar.bars import FORMING, Bar
 from sidecar.clock import ManualClock
@@ -198,3 +199,15 @@ def test_scan(benchmark, features: FeatureService) -> None:  # type: ignore[no-u
                       rules=parse_rules(DEFAULT_RULES, features.book.outputs), max_age_s=1e9)
     raws = list(raws)  # as MGET returns them
     benchmark(lambda: scanner.evaluate(features.codec.decode(raws), float(T0)))
+
+
+def test_metrics_scrape(benchmark) -> None:  # type: ignore[no-untyped-def]
+    """A Prometheus scrape: the per-symbol gauges built from the table and rendered (it runs on
+    the event loop, so its time is time a cycle may wait)."""
+    table = SymbolTable({info.asset_class: (1e-4, 1e6) for info in INFOS}, ["yahoo"], capacity=N)
+    for info in INFOS:
+        table.add(info, [])
+    table.lt_ts[:N], table.last_update[:N] = T0, float(T0)
+    metrics = Metrics()
+    metrics.at_scrape(lambda: loop_gauges(table, [], float(T0)))
+    benchmark(metrics.render)

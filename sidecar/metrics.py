@@ -3,10 +3,10 @@ and several daemons in one process never share counters."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -63,8 +63,12 @@ class Metrics:
                                     registry=r)
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of every metric, the scrape-time gauges included."""
-        return generate_latest(self.registry) + generate_latest(self.scraped)
+        """The Prometheus text exposition of every metric, the scrape-time gauges included
+        (per-symbol ones as the text they made themselves)."""
+        out = [generate_latest(self.registry)]
+        for family in self.scraped.collect():
+            out.append(family.text() if isinstance(family, SymbolGauge) else generate_latest(_Families([family])))
+        return b"".join(out)
 
     def at_scrape(self, build: Callable[[], Iterable[GaugeMetricFamily]]) -> None:
         """Gauges built from a component's state when Prometheus scrapes (`Snapshot`). They sit
@@ -103,6 +107,39 @@ def gauge(name: str, doc: str, labels: list[str], rows: Iterable[tuple[list[str]
     for values, value in rows:
         family.add_metric(values, value)
     return family
+
+
+class SymbolGauge(GaugeMetricFamily):
+    """A gauge with a sample per symbol, written as exposition text in one pass: through
+    prometheus_client each sample costs ~8 us, 120 ms a scrape at 5,000 symbols, all of it
+    holding up the event loop (and so the cycle).
+
+    :param labels: the label pairs of each row, already as text (`symbol="AAPL",...`); label
+        values are validated symbols and fixed names, with nothing to escape.
+    :param values: a finite float per row.
+    """
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str], values: Sequence[float]) -> None:
+        super().__init__(name, doc)
+        self._rows = (labels, values)
+
+    def text(self) -> bytes:
+        """The family in the Prometheus text format."""
+        doc = self.documentation.replace("\\", "\\\\").replace("\n", "\\n")
+        name = self.name
+        head = f"# HELP {name} {doc}\n# TYPE {name} gauge\n"
+        return (head + "".join([f"{name}{{{k}}} {v!r}\n" for k, v in zip(*self._rows, strict=True)])).encode()
+
+
+class _Families:
+    """Some families as a collector, for `generate_latest`."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        """The families."""
+        return self.families
 
 
 class Snapshot:

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.app import Sidecar
 from sidecar.features import OUTPUTS
@@ -53,6 +54,24 @@ async def test_metrics_are_prometheus_text(client) -> None:  # type: ignore[no-u
                  "sidecar_bars_accepted_total", "sidecar_redis_write_seconds_bucket",
                  "sidecar_symbol_last_bar_timestamp_seconds"):
         assert name in text, name
+
+
+async def test_per_symbol_gauges_parse_as_prometheus_text_with_each_symbols_values(client) -> None:  # type: ignore[no-untyped-def]
+    session, base, _ = client
+    async with session.get(f"{base}/metrics") as r:
+        text = await r.text()
+    async with session.get(f"{base}/health") as r:
+        freshness = (await r.json())["freshness"]
+    families = {f.name: f for f in text_string_to_metric_families(text)}  # prometheus_client's own parser
+    last_bar = {s.labels["symbol"]: s.value for s in families["sidecar_symbol_last_bar_timestamp_seconds"].samples}
+    assert families["sidecar_symbol_last_bar_timestamp_seconds"].type == "gauge"
+    assert set(last_bar) == set(freshness)
+    for symbol, value in last_bar.items():  # a bar at least as new as the one /health saw just before
+        assert value >= freshness[symbol]["last_bar_ts"]
+    session_flags = families["sidecar_symbol_in_session"].samples
+    assert {s.labels["symbol"] for s in session_flags} == set(freshness)
+    assert {s.labels["asset_class"] for s in session_flags} <= {"equity", "index", "fx", "crypto", "futures"}
+    assert all(s.value in (0.0, 1.0) for s in session_flags)
 
 
 async def test_bars_are_read_back_from_redis(client) -> None:  # type: ignore[no-untyped-def]

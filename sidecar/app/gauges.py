@@ -12,10 +12,9 @@ from prometheus_client.core import GaugeMetricFamily
 
 from ..calendars import is_trading
 from ..cycle.table import CLASSES, SymbolTable
-from ..metrics import gauge
+from ..metrics import SymbolGauge, gauge
 from ..sources import GuardedSource
 
-SYMBOL_LABELS = ["symbol", "asset_class"]
 CLASS_NAMES = [c.value for c in CLASSES]  # an enum's .value is a descriptor call: 30,000 a scrape cost 85 ms
 
 
@@ -26,15 +25,17 @@ def loop_gauges(t: SymbolTable, sources: Sequence[GuardedSource], now: float) ->
     in_session = np.zeros(len(slots))
     for code in np.unique(classes).tolist():
         in_session[classes == code] = float(is_trading(CLASSES[code], int(now) // 60 * 60)[0])
-    names = [[t.symbols[s], CLASS_NAMES[c]] for s, c in zip(slots.tolist(), classes.tolist(), strict=True)]
-    last_bar, updated = t.lt_ts[slots].tolist(), t.last_update[slots].tolist()
+    labels = [f'symbol="{t.symbols[s]}",asset_class="{CLASS_NAMES[c]}"'
+              for s, c in zip(slots.tolist(), classes.tolist(), strict=True)]
+    last_bar, updated = t.lt_ts[slots], t.last_update[slots]
+    has_bar, was_updated = np.flatnonzero(last_bar >= 0).tolist(), np.flatnonzero(updated == updated).tolist()
     return [
-        gauge("sidecar_symbol_last_bar_timestamp_seconds", "Open of the symbol's newest bar", SYMBOL_LABELS,
-              ((n, float(ts)) for n, ts in zip(names, last_bar, strict=True) if ts >= 0)),
-        gauge("sidecar_symbol_last_update_timestamp_seconds", "When the symbol's bars last changed", SYMBOL_LABELS,
-              ((n, u) for n, u in zip(names, updated, strict=True) if u == u)),  # NaN: never
-        gauge("sidecar_symbol_in_session", "1 while the symbol's market is open (by its calendar)", SYMBOL_LABELS,
-              zip(names, in_session.tolist(), strict=True)),
+        SymbolGauge("sidecar_symbol_last_bar_timestamp_seconds", "Open of the symbol's newest bar",
+                    [labels[i] for i in has_bar], last_bar[has_bar].astype(np.float64).tolist()),
+        SymbolGauge("sidecar_symbol_last_update_timestamp_seconds", "When the symbol's bars last changed",
+                    [labels[i] for i in was_updated], updated[was_updated].tolist()),  # NaN: never
+        SymbolGauge("sidecar_symbol_in_session", "1 while the symbol's market is open (by its calendar)", labels,
+                    in_session.tolist()),
         gauge("sidecar_source_last_success_timestamp_seconds", "When a request to the source last succeeded",
               ["source"], (([g.name], g.state.last_success_at) for g in sources
                            if g.state.last_success_at is not None)),
