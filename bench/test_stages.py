@@ -14,6 +14,7 @@ pass/fail: timings on a shared machine are for comparing, not asserting.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,7 +37,7 @@ from sidecar.fetchers.yahoo import parse_quote_body
 from sidecar.metrics import Metrics
 from sidecar.packed import NameColumn, SlotNames
 from sidecar.scanner import DEFAULT_RULES, Scanner, parse_rules
-from sidecar.stores import RedisStore
+from sidecar.stores import RedisStore, SQLiteStore
 from sidecar.symbols import lookup
 from sidecar.validator import Validator
 
@@ -211,3 +212,54 @@ def test_metrics_scrape(benchmark) -> None:  # type: ignore[no-untyped-def]
     metrics = Metrics()
     metrics.at_scrape(lambda: loop_gauges(table, [], float(T0)))
     benchmark(metrics.render)
+
+
+def _flush_rows(minutes: int) -> tuple[list[Bar], np.ndarray]:
+    bars = [Bar(info.symbol, "1m", T0 + 60 * m, float(PRICE[m, j]), float(PRICE[m, j]) * 1.001,
+                float(PRICE[m, j]) * 0.999, float(PRICE[m, j]), 1000.0, "yahoo")
+            for m in range(minutes) for j, info in enumerate(INFOS)]
+    return bars, np.random.default_rng(1).normal(100, 1, (len(bars), 40))
+
+
+@pytest.mark.parametrize("way", ["store_flush", "executemany"])
+def test_sqlite_flush(benchmark, tmp_path: Path, way: str) -> None:  # type: ignore[no-untyped-def]
+    """A minute's flush at 5,000 symbols (their closed bars and the features at each, in one
+    transaction), by the store; and, as its baseline, the same rows by plain `executemany`
+    into the same schema in one transaction. Each round writes a new minute."""
+    bars, values = _flush_rows(20)
+    loop = asyncio.new_event_loop()
+    store = SQLiteStore(path=tmp_path / "bench.db", synchronous="NORMAL", clock=ManualClock(float(T0)))
+    loop.run_until_complete(store.start())
+    minutes = iter(range(20))
+    if way == "executemany":
+        loop.run_until_complete(store.close())
+        db = sqlite3.connect(tmp_path / "bench.db")
+        db.execute("PRAGMA synchronous=NORMAL")
+
+    def rows(m: int) -> tuple[list[Bar], np.ndarray]:
+        return bars[m * N:(m + 1) * N], values[m * N:(m + 1) * N]
+
+    def by_store() -> None:
+        chunk, vals = rows(next(minutes))
+        store.add(chunk)
+        store.add_features("1m", [b.symbol for b in chunk], np.array([b.ts for b in chunk]), vals)
+        loop.run_until_complete(store.flush())
+
+    def by_executemany() -> None:
+        chunk, vals = rows(next(minutes))
+        with db:
+            db.executemany("INSERT INTO bars VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(b.symbol, b.timeframe, b.ts, b.open, b.high, b.low, b.close, b.volume, b.source, b.flags)
+                            for b in chunk])
+            db.executemany("INSERT INTO features VALUES (?, ?, ?, ?)",
+                           [(b.symbol, b.timeframe, b.ts, v.astype("<f8").tobytes())
+                            for b, v in zip(chunk, vals, strict=True)])
+
+    try:
+        benchmark.pedantic(by_store if way == "store_flush" else by_executemany, rounds=15, iterations=1)
+    finally:
+        if way == "store_flush":
+            loop.run_until_complete(store.close())
+        else:
+            db.close()
+        loop.close()
