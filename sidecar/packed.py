@@ -1,13 +1,13 @@
-"""Packed rows: a cycle's Redis values and keys as byte grids, and the RESP of thousands of
-rows built by NumPy instead of a Python expression per row.
+"""Packed rows: a cycle's Redis values as runs of one byte buffer, its symbols as slots into
+one column of names, and the RESP of thousands of rows built by NumPy instead of a Python
+expression per row.
 
 A cycle writes one value per symbol and timeframe. Held as Python bytes objects, every one of
 them costs a slice, a key lookup and a format per row (about a third of the cycle at 5,000
-symbols). Held as runs of one buffer (row i is `data[start[i]:start[i] + width[i]]`) with its
-symbols as slots into one
-fixed-width array of names, the rows fall into a handful of groups of equal shape (symbol
-length, value width); each group becomes one NumPy structured array whose bytes are exactly
-that group's RESP, key and value bulks included.
+symbols). Held as runs of one buffer (row i is `data[start[i]:start[i] + width[i]]`) with the
+symbols cut from one fixed-width array, the rows fall into a handful of groups of equal shape
+(symbol length, value width); each group becomes one NumPy structured array whose bytes are
+exactly that group's RESP, key and value bulks included.
 
 `Packed` and `SlotNames` are also plain sequences (of bytes, of str), so anything that takes
 lists of values and symbols takes them too, row by row.
@@ -39,7 +39,8 @@ class NameColumn:
         raw = np.array([s.encode() for s in text] or [b""], dtype=np.bytes_)[:len(text)]
         if raw.dtype.itemsize == 0:
             raw = raw.astype("S1")
-        return cls(text, raw, np.char.str_len(raw).astype(np.int64) if len(raw) else np.zeros(0, np.int64))
+        # a copy: the table's list changes in place, a column handed out must not
+        return cls(list(text), raw, np.char.str_len(raw).astype(np.int64) if len(raw) else np.zeros(0, np.int64))
 
     def bytes_of(self, slots: np.ndarray) -> np.ndarray:
         """The symbols of `slots` as a (n, width) uint8 grid, zero-padded."""

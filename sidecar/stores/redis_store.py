@@ -205,7 +205,7 @@ class RedisStore:
             symbols, opens, members, modes = w.history
             tf = w.timeframe
             fast = self._around("history", tf, symbols, members)
-            if fast is not None and len(symbols):
+            if fast is not None and len(symbols) and np.min(opens) >= 0:  # digits are cut for opens >= 0
                 rows.append(resp_rows(symbols, *fast, [Packed.digits(np.asarray(opens)), members,  # type: ignore
                                                        Packed.digits(np.asarray(modes))]))
             else:
