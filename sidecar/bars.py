@@ -29,6 +29,11 @@ SETTLED_S = 3600
 owns the minutes after it, gap scans and verification the ones before."""
 
 
+Row = tuple[str, str, int, float, float, float, float, float, str, int]
+"""A bar as the `bars` table's columns, in `Bar`'s field order: symbol, timeframe, ts, open,
+high, low, close, volume, source, flags (`Bar(*row)` is the bar)."""
+
+
 @dataclass(slots=True, frozen=True)
 class Bar:
     """One OHLCV bar: canonical symbol, timeframe, UTC epoch second of the bar's open."""

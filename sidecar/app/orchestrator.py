@@ -291,11 +291,11 @@ class Orchestrator:
         if redis_ok:
             await self.dead.update(now)
             await self._write_quarantine()
-        closed_bars = accepted.closed.bars(t.symbols, t.source_names)
-        self.sqlite.add(closed_bars + accepted.revised)
+        self.sqlite.add_rows(accepted.closed.rows(t.symbols, t.source_names))
+        self.sqlite.add(accepted.revised)
         for lane in lanes:
             if len(lane.closed):
-                self.sqlite.add(lane.closed.bars(t.symbols, t.source_names, lane.timeframe))
+                self.sqlite.add_rows(lane.closed.rows(t.symbols, t.source_names, lane.timeframe))
         self._persist_features()
         if accepted.revised:
             self.request_rewarm({b.symbol for b in accepted.revised})

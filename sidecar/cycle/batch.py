@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from ..bars import FORMING, Bar
+from ..bars import FORMING, Bar, Row
 
 
 def previous_in_slot(slot: np.ndarray, values: np.ndarray, before: np.ndarray) -> np.ndarray:
@@ -91,6 +91,14 @@ class Batch:
                 for s, t, o, h, lo, c, v, f, src in zip(
                     self.slot.tolist(), self.ts.tolist(), self.open.tolist(), self.high.tolist(), self.low.tolist(),
                     self.close.tolist(), self.volume.tolist(), self.flags.tolist(), self.source.tolist(), strict=True)]
+
+    def rows(self, symbols: Sequence[str], source_names: Sequence[str], timeframe: str = "1m") -> list[Row]:
+        """The rows as the `bars` table's columns (the durable buffer's), without a Bar each."""
+        n = len(self)
+        return list(zip([symbols[s] for s in self.slot.tolist()], [timeframe] * n, self.ts.tolist(),
+                        self.open.tolist(), self.high.tolist(), self.low.tolist(), self.close.tolist(),
+                        self.volume.tolist(), [source_names[s] for s in self.source.tolist()], self.flags.tolist(),
+                        strict=True))
 
     def bar(self, row: int, symbols: Sequence[str], source_names: Sequence[str], timeframe: str = "1m") -> Bar:
         """One row as a Bar."""

@@ -13,14 +13,12 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from ..bars import Bar
+from ..bars import Bar, Row
 from ..clock import Clock
 from ..errors import DurableStoreError
 
 log = logging.getLogger(__name__)
 
-Row = tuple[str, str, int, float, float, float, float, float, str, int]
-"""A bar as the `bars` table's columns: symbol, timeframe, ts, open, high, low, close, volume, source, flags."""
 FeatureRow = tuple[str, str, int, bytes]
 """A features row: symbol, timeframe, bar open, the values as little-endian float64s."""
 
@@ -40,7 +38,9 @@ class BufferedStore:
         self.clock = clock
         self.max_buffered = max_buffered
         self.dropped = 0
-        self._buffer: dict[tuple[str, str, int], Bar] = {}
+        # rows, not Bars: a minute's close adds one per symbol, and a tuple is built and keyed
+        # in C where a frozen dataclass costs a Python call per field
+        self._buffer: dict[tuple[str, str, int], Row] = {}
         self._features: dict[tuple[str, str, int], bytes] = {}  # flushed with the bars
         self._lock = asyncio.Lock()  # one transaction at a time: small writes never interleave with a flush
         self.persisted_through: dict[str, int] = {}
@@ -74,12 +74,16 @@ class BufferedStore:
 
     def buffered_bars(self, symbols: set[str]) -> list[Bar]:
         """Bars of these symbols not yet flushed."""
-        return [b for b in self._buffer.values() if b.symbol in symbols]
+        return [Bar(*r) for r in self._buffer.values() if r[0] in symbols]
 
     def add(self, bars: Iterable[Bar]) -> None:
         """Buffer closed bars; a later copy of the same key replaces the earlier one."""
-        for bar in bars:
-            self._buffer[bar.key] = bar
+        self.add_rows([(b.symbol, b.timeframe, b.ts, b.open, b.high, b.low, b.close, b.volume, b.source, b.flags)
+                       for b in bars])
+
+    def add_rows(self, rows: Sequence[Row]) -> None:
+        """`add` for bars given as rows of the `bars` table's columns (the cycle's closed bars)."""
+        self._buffer.update(zip([r[:3] for r in rows], rows, strict=True))
         over = len(self._buffer) - self.max_buffered
         if over > 0:
             for key in sorted(self._buffer, key=lambda k: k[2])[:over]:
@@ -90,8 +94,9 @@ class BufferedStore:
 
     def add_features(self, timeframe: str, symbols: Sequence[str], ts: np.ndarray, values: np.ndarray) -> None:
         """Buffer the features at some bars' close ((n, outputs) values): written with the next flush."""
-        for symbol, t, row in zip(symbols, ts.tolist(), values.astype("<f8"), strict=True):
-            self._features[(symbol, timeframe, t)] = row.tobytes()
+        raw, width = np.ascontiguousarray(values, dtype="<f8").tobytes(), 8 * values.shape[1]
+        self._features.update(zip(zip(symbols, [timeframe] * len(symbols), ts.tolist(), strict=True),
+                                  [raw[i * width:(i + 1) * width] for i in range(len(symbols))], strict=True))
 
     async def flush(self) -> int:
         """Write the buffer (bars and features) in one transaction; return bars written. On
@@ -101,8 +106,7 @@ class BufferedStore:
                 return 0
             batch, self._buffer = self._buffer, {}
             features, self._features = self._features, {}
-            rows: list[Row] = [(b.symbol, b.timeframe, b.ts, b.open, b.high, b.low, b.close, b.volume, b.source,
-                                b.flags) for b in batch.values()]
+            rows = list(batch.values())
             log.info("%s flush begin rows=%d", self.kind, len(rows))
             try:
                 await self._commit(rows, [(*k, v) for k, v in features.items()])
@@ -119,9 +123,10 @@ class BufferedStore:
             self.last_error = None
             self.last_flush_at = self.clock.time()
             self.last_flush_rows = len(rows)
-            for bar in batch.values():
-                if bar.ts > self.persisted_through.get(bar.symbol, -1):
-                    self.persisted_through[bar.symbol] = bar.ts
+            through = self.persisted_through
+            for symbol, _tf, ts, *_ in rows:
+                if ts > through.get(symbol, -1):
+                    through[symbol] = ts
             return len(rows)
 
     def _open(self) -> bool:
@@ -135,21 +140,21 @@ class BufferedStore:
     # The buffer's part of each read: merged over the stored rows by the subclasses' reads.
 
     def _buffered_opens(self, symbol: str, start: int, end: int) -> list[int]:
-        return [b.ts for b in self._buffer.values() if b.symbol == symbol and start <= b.ts < end]
+        return [r[2] for r in self._buffer.values() if r[0] == symbol and start <= r[2] < end]
 
     def _merge_values(self, out: dict[int, tuple[float, ...]], symbol: str, timeframe: str, start: int,
                       end: int) -> dict[int, tuple[float, ...]]:
-        for b in self._buffer.values():
-            if b.symbol == symbol and b.timeframe == timeframe and start <= b.ts < end:
-                out[b.ts] = b.values
+        for r in self._buffer.values():
+            if r[0] == symbol and r[1] == timeframe and start <= r[2] < end:
+                out[r[2]] = r[3:8]
         return out
 
     def _merge_between(self, out: dict[tuple[str, int], Bar], symbols: Sequence[str], timeframe: str, start: int,
                        end: int) -> list[Bar]:
         wanted = set(symbols)
-        for b in self._buffer.values():
-            if b.timeframe == timeframe and start <= b.ts < end and b.symbol in wanted:
-                out[(b.symbol, b.ts)] = b
+        for r in self._buffer.values():
+            if r[1] == timeframe and start <= r[2] < end and r[0] in wanted:
+                out[(r[0], r[2])] = Bar(*r)
         return list(out.values())
 
     def _merge_features(self, out: dict[str, tuple[int, np.ndarray]], symbols: Sequence[str],

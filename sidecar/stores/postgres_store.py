@@ -25,11 +25,11 @@ from datetime import UTC, datetime
 import asyncpg
 import numpy as np
 
-from ..bars import Bar
+from ..bars import Bar, Row
 from ..clock import Clock
 from ..errors import PostgresStoreError
 from ..settings import redact_url
-from .buffer import BufferedStore, FeatureRow, Row
+from .buffer import BufferedStore, FeatureRow
 
 log = logging.getLogger(__name__)
 

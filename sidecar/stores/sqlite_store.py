@@ -17,10 +17,10 @@ from pathlib import Path
 import aiosqlite
 import numpy as np
 
-from ..bars import Bar
+from ..bars import Bar, Row
 from ..clock import Clock
 from ..errors import SQLiteStoreError
-from .buffer import BufferedStore, FeatureRow, Row
+from .buffer import BufferedStore, FeatureRow
 
 log = logging.getLogger(__name__)
 
