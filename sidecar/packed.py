@@ -36,11 +36,9 @@ class NameColumn:
     @classmethod
     def of(cls, text: Sequence[str]) -> NameColumn:
         """The column of `text` (symbols by slot)."""
-        raw = np.array([s.encode() for s in text] or [b""], dtype=np.bytes_)[:len(text)]
-        if raw.dtype.itemsize == 0:
-            raw = raw.astype("S1")
+        raw = np.array([s.encode() for s in text] or [b""], dtype=np.bytes_)[:len(text)]  # at least S1
         # a copy: the table's list changes in place, a column handed out must not
-        return cls(list(text), raw, np.char.str_len(raw).astype(np.int64) if len(raw) else np.zeros(0, np.int64))
+        return cls(list(text), raw, np.char.str_len(raw).astype(np.int64))
 
     def bytes_of(self, slots: np.ndarray) -> np.ndarray:
         """The symbols of `slots` as a (n, width) uint8 grid, zero-padded."""

@@ -86,11 +86,8 @@ class Batch:
                    np.full(n, source, dtype=np.int16), np.full(n, known_at))
 
     def bars(self, symbols: Sequence[str], source_names: Sequence[str], timeframe: str = "1m") -> list[Bar]:
-        """The rows as Bars (an edge: SQLite's buffer, logs, tests)."""
-        return [Bar(symbols[s], timeframe, t, o, h, lo, c, v, source_names[src], f)
-                for s, t, o, h, lo, c, v, f, src in zip(
-                    self.slot.tolist(), self.ts.tolist(), self.open.tolist(), self.high.tolist(), self.low.tolist(),
-                    self.close.tolist(), self.volume.tolist(), self.flags.tolist(), self.source.tolist(), strict=True)]
+        """The rows as Bars (an edge: logs, tests, what is handed to other components)."""
+        return [Bar(*row) for row in self.rows(symbols, source_names, timeframe)]
 
     def rows(self, symbols: Sequence[str], source_names: Sequence[str], timeframe: str = "1m") -> list[Row]:
         """The rows as the `bars` table's columns (the durable buffer's), without a Bar each."""

@@ -8,8 +8,8 @@ An output still warming up is nil. A row whose values are all numbers always has
 byte layout (map16 header, fixed keys, float64 and uint64 values), so a whole cycle of rows is
 encoded as one NumPy structured array (a nil is that layout with the value's marker set to
 0xc0 and its 8 bytes cut out, by one boolean mask over all rows), and decoded the same way
-when every row has the fixed layout: no per-symbol packing in the per-second path. Rows with nils are
-decoded by msgpack itself.
+when every row has the fixed layout: no per-symbol packing in the per-second path. Rows with
+nils are decoded field by field across all rows, and any row off our layout by msgpack.
 """
 
 from __future__ import annotations
