@@ -154,10 +154,29 @@ def test_features_forming(benchmark, features: FeatureService) -> None:  # type:
     benchmark(_update, features, Batch.empty(), _batch(599, FORMING))
 
 
-def test_encode_features(benchmark, features: FeatureService) -> None:  # type: ignore[no-untyped-def]
+def _warming(values: np.ndarray) -> np.ndarray:
+    """Values as a higher timeframe has them: its longest indicators still warming up (nil) for
+    every symbol, one more for a seventh of them (symbols with less history)."""
+    values = values.copy()
+    values[-3:] = np.nan
+    values[0, ::7] = np.nan
+    return values
+
+
+@pytest.mark.parametrize("warming", [False, True], ids=["full", "warming"])
+def test_encode_features(benchmark, features: FeatureService, warming: bool) -> None:  # type: ignore[no-untyped-def]
     values = features.book.values(SYMBOLS)
     benchmark(features.codec.encode, ts=np.full(N, T0, dtype=np.int64), close=PRICE[0],
-              provisional=np.ones(N, dtype=bool), updated=float(T0), values=values)
+              provisional=np.ones(N, dtype=bool), updated=float(T0), values=_warming(values) if warming else values)
+
+
+@pytest.mark.parametrize("warming", [False, True], ids=["full", "warming"])
+def test_decode_features(benchmark, features: FeatureService, warming: bool) -> None:  # type: ignore[no-untyped-def]
+    values = features.book.values(SYMBOLS)
+    raws = list(features.codec.encode(ts=np.full(N, T0, dtype=np.int64), close=PRICE[0],
+                                      provisional=np.ones(N, dtype=bool), updated=float(T0),
+                                      values=_warming(values) if warming else values))  # as MGET returns them
+    benchmark(features.codec.decode, raws)
 
 
 def test_encode_bars(benchmark) -> None:  # type: ignore[no-untyped-def]
