@@ -206,3 +206,20 @@ def test_the_exchange_starts_without_the_indicator_engine() -> None:
             "print(loaded); sys.exit(1 if loaded else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+async def test_lifecycle_start_close_and_health() -> None:
+    """One lifecycle like every component's: start() listens (its URL in `url`), health() says
+    so and counts what was served, close() stops listening and may be called again."""
+    ex = await _exchange_at("2026-11-24T15:30:20+00:00")
+    try:
+        assert ex.health()["state"] == "listening" and ex.health()["url"] == ex.url
+        now = int(ex.clock.time())
+        await _chart(ex, "AAPL", interval="1m", period1=now - 600, period2=now + 60)
+        assert ex.health()["requests"] == {"chart": 1}
+    finally:
+        await ex.close()
+    await ex.close()
+    assert ex.health()["state"] == "stopped"
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await _get(f"{ex.url}/v8/finance/chart/AAPL")

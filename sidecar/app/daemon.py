@@ -361,7 +361,9 @@ class Sidecar:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):  # PM2 stops with SIGINT, systemd with SIGTERM
                 loop.add_signal_handler(sig, self.request_stop)
-        self._supervise(await self.orchestrator.start())
+        await self.orchestrator.start()
+        assert self.orchestrator.task is not None
+        self._supervise(self.orchestrator.task)
         self._supervise(asyncio.create_task(self._flush_loop(), name="sqlite-flush"))
         self._supervise(asyncio.create_task(self.upkeep.backfill_loop(), name="backfill-loop"))
         self._supervise(asyncio.create_task(self.upkeep.retention_loop(), name="retention"))

@@ -158,7 +158,7 @@ class Orchestrator:
         self.between_cycles = asyncio.Lock()
         self._stopping = False
         self._in_cycle = False
-        self._task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None  # the loop, once started
         metrics.at_scrape(lambda: loop_gauges(self.table, self.sources, self.clock.time()))
         self.add(symbols)
 
@@ -219,16 +219,15 @@ class Orchestrator:
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    async def start(self) -> asyncio.Task[None]:
-        """Start the loop as a task and return it (the caller supervises it)."""
-        self._task = asyncio.create_task(self._run(), name="orchestrator")
-        return self._task
+    async def start(self) -> None:
+        """Start the loop as a task (`task`: what the daemon supervises)."""
+        self.task = asyncio.create_task(self._run(), name="orchestrator")
 
     async def close(self, timeout: float = 5.0) -> None:
         """Stop scheduling cycles; let a cycle in flight finish within `timeout`, so what it
         fetched reaches the stores (idempotent)."""
         self._stopping = True
-        task = self._task
+        task = self.task
         if task is None or task.done():
             return
         if not self._in_cycle:

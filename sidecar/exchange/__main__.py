@@ -25,7 +25,8 @@ async def serve(settings: ExchangeSettings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     exchange = Exchange(Market(settings.seed, always_open=settings.always_open))
-    url = await exchange.start(settings.host, settings.port)
+    await exchange.start(settings.host, settings.port)
+    url = exchange.url
     log.info("local exchange listening url=%s seed=%d always_open=%s", url, settings.seed, settings.always_open)
     try:
         await stop.wait()

@@ -106,21 +106,25 @@ class Exchange:
         self.actions = actions.Actions(market, self.clock)
         actions.mount(self.app, self.actions)
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Listen on host:port (0 picks a free port); return the base URL."""
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Listen on host:port (0 picks a free port); `url` is then the base URL."""
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
         bound = self._runner.addresses[0]
         self.url = f"http://{bound[0]}:{bound[1]}"
-        return self.url
 
     async def close(self) -> None:
-        """Stop listening."""
+        """Stop listening (idempotent; nothing is held to flush)."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    def health(self) -> dict[str, object]:
+        """`listening` (with its URL) or `stopped`, and requests answered per provider path."""
+        return {"state": "listening" if self._runner is not None else "stopped", "url": self.url,
+                "requests": dict(self.requests), "faults_served": len(self.fault_log)}
 
     # -- faults and truth -------------------------------------------------------------------
 
