@@ -142,7 +142,7 @@ async def test_a_source_without_a_key_is_disabled_with_one_log_line(tmp_path, re
                 symbols=("AAPL",), twelvedata_api_key="", polygon_api_key="", alphavantage_api_key="")
     sc = Sidecar(s, handle_signals=False)
     with caplog.at_level(logging.INFO):
-        sc.announce_sources()
+        sc.providers.announce()
     assert [g.name for g in sc.orchestrator.states["AAPL"].sources] == ["yahoo"]
     lines = [r.getMessage() for r in caplog.records]
     for name, setting in (("twelvedata", "TWELVEDATA"), ("polygon", "POLYGON"), ("alphavantage", "ALPHAVANTAGE")):

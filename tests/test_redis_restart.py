@@ -55,7 +55,7 @@ async def test_redis_restart_while_running(tmp_path: Path, settings: Settings) -
                              "every latest bar back", every=0.02)
             latest_s = time.monotonic() - t_back
             await wait_until(lambda: sc.reseeds >= 2, 60, "the re-seed")
-            await sc._flush()  # noqa: SLF001 - so SQLite and Redis are compared at rest
+            await sc.flusher.flush()  # so SQLite and Redis are compared at rest
 
             def compared() -> tuple[dict[str, int], dict[str, int]]:
                 stored = _rows(settings.db_path)

@@ -55,7 +55,7 @@ async def test_breaker_opens_probes_once_per_reset_and_closes_with_nothing_lost(
         # between opening and closing, the only requests were the probes: one per half-open
         assert moves[-1][1] - moves[0][1] == states.count("half_open")
         async def caught_up() -> bool:  # the minutes of the outage came with the catch-up
-            await sc._flush()  # noqa: SLF001
+            await sc.flusher.flush()
             with closing(sqlite3.connect(settings.db_path)) as db:
                 stored = {(r[0], r[1]) for r in db.execute("SELECT symbol, ts FROM bars WHERE timeframe='1m'")}
             return {(s, ts) for s in SYMBOLS for ts in exchange.served[lookup(s).yahoo]} <= stored

@@ -20,30 +20,28 @@ from ..backfill import Backfiller
 from ..bars import Bar
 from ..bootstrap import Bootstrapper
 from ..clock import Clock, SystemClock
-from ..cluster.budget import SharedBudget
 from ..cluster.coordinator import Coordinator, default_shard_id
 from ..cluster.partitions import partition_of
-from ..errors import DurableStoreError, PostgresStoreError, RedisStoreError, SettingsError
+from ..errors import PostgresStoreError, RedisStoreError, SettingsError
 from ..features.service import FeatureService
-from ..fetchers import AlphaVantageFetcher, HttpFetcher, PolygonFetcher, TwelveDataFetcher, YahooFetcher
 from ..metrics import Metrics
 from ..reaggregate import Reaggregator
 from ..reference import ReferenceData
-from ..resilience import STATES, RetryPolicy
+from ..resilience import STATES
 from ..scanner import Scanner, parse_rules
-from ..settings import Settings, redact_url
-from ..sources import GuardedSource
+from ..settings import Settings
 from ..stores import DurableStore, PostgresStore, RedisStore, SQLiteStore
 from ..symbols import AssetClass, SymbolInfo, lookup, parse_symbol
 from ..timeframes import Buckets
 from ..validator import Validator
+from .flusher import Flusher
 from .gauges import end_of_day_gauges
 from .health import compose
 from .http import HttpServer
 from .orchestrator import TIMEFRAME, Orchestrator
+from .providers import Providers
 from .reseed import Reseeder
 from .status import document, grid
-from .ticker import Ticker
 from .upkeep import Upkeep
 
 log = logging.getLogger(__name__)
@@ -80,10 +78,6 @@ class Sidecar:
         self.clock = clock or SystemClock()
         self.handle_signals = handle_signals
         self.metrics = Metrics()
-        plans = s.providers()
-        self.fetcher = YahooFetcher(base_url=plans["yahoo"].base_url, user_agent=s.yahoo_user_agent,
-                                    timeout_s=s.fetch_timeout_s, max_connections=s.yahoo_max_connections,
-                                    cookie_url=s.yahoo_cookie_url, clock=self.clock)
         self.redis = RedisStore(url=s.redis_url, prefix=s.redis_prefix, max_connections=s.redis_max_connections,
                                 timeout_s=s.redis_timeout_s, history_len=s.redis_history_len,
                                 features_ttl_s=s.feature_ttl_s, signals_maxlen=s.signals_maxlen,
@@ -114,35 +108,12 @@ class Sidecar:
                                                                    timeframes=s.timeframes),
                                max_age_s=s.signal_max_age_s,
                                higher_refresh_s=s.higher_forming_s)
-        self.fallbacks: list[HttpFetcher] = [
-            kind(base_url=plans[kind.name].base_url, api_key=plans[kind.name].api_key, timeout_s=s.fetch_timeout_s,
-                 max_connections=8, clock=self.clock)
-            for kind in (TwelveDataFetcher, PolygonFetcher, AlphaVantageFetcher)]
-        for f in (self.fetcher, *self.fallbacks):
-            f.delay_s = plans[f.name].delay_s
-        retry = RetryPolicy(attempts=s.fetch_retries)
-
-        def guard(f: HttpFetcher) -> GuardedSource:
-            plan = plans[f.name]
-            local = self.cluster is None  # a cluster's members share each provider key's budgets in Redis
-            g = GuardedSource.build(f, clock=self.clock, metrics=self.metrics,
-                                    per_minute=plan.rate_per_min if local else 0,
-                                    per_day=plan.rate_per_day if local else 0, retry=retry,
-                                    threshold=s.breaker_threshold, reset_timeout_s=s.breaker_reset_s,
-                                    on_transition=lambda _old, new: self._breaker_moved(f.name, new))
-            if self.cluster is not None:
-                cluster = self.cluster
-                g.shared = SharedBudget(redis=self.redis, name=f.name, per_minute=plan.rate_per_min,
-                                        per_day=plan.rate_per_day, member=cluster.shard_id,
-                                        members=lambda: len(cluster.members), clock=self.clock)
-            self.metrics.breaker_state.labels(f.name).set(STATES.index(g.breaker.state))  # shown before any change
-            return g
-
-        guarded = [guard(f) for f in self.fallbacks if f.name in s.sources]
-        guarded.sort(key=lambda g: s.sources.index(g.name))
+        self.providers = Providers.build(s, clock=self.clock, metrics=self.metrics, redis=self.redis,
+                                         cluster=self.cluster, on_breaker=self._breaker_moved)
+        self.fetcher, self.fallbacks = self.providers.fetcher, self.providers.fallbacks
         self.orchestrator = Orchestrator(
-            primary=guard(self.fetcher),
-            fallbacks=guarded, source_order=s.sources, trace=self._trace_cycle if s.cycle_trace else None,
+            primary=self.providers.primary,
+            fallbacks=self.providers.guarded, source_order=s.sources, trace=self._trace_cycle if s.cycle_trace else None,
             symbols=self.infos, features=self.features, scanner=self.scanner,
             on_redis_lost=self._schedule_reseed, on_recovered=self._schedule_backfill, stale_after_s=s.stale_after_s,
             spike_atr=s.spike_atr, quotes=s.live_mode == "quotes", quote_batch=s.quote_batch,
@@ -170,8 +141,10 @@ class Sidecar:
         self.reseeder = Reseeder(redis=self.redis, sqlite=self.sqlite, clock=self.clock,
                                  latest_bars=self.orchestrator.latest_bars, symbols=lambda: list(self.symbols),
                                  timeframes=s.timeframes, history_len=s.redis_history_len, supervise=self._supervise)
+        self.flusher = Flusher(store=self.sqlite, metrics=self.metrics, clock=self.clock,
+                               interval_s=s.flush_interval_s)
         self.reaggregator = Reaggregator(sqlite=self.sqlite, redis=self.redis, higher=self.orchestrator.higher,
-                                         clock=self.clock, flush=self._flush)
+                                         clock=self.clock, flush=self.flusher.flush)
         self.reference = ReferenceData(sources={g.name: g for g in self.orchestrator.sources}, sqlite=self.sqlite,
                                        redis=self.redis, clock=self.clock, symbols=lambda: list(self.symbols.values()),
                                        on_earnings=self.scanner.set_earnings, horizon_days=s.earnings_days,
@@ -189,7 +162,6 @@ class Sidecar:
         self.stopping = False
         self.failure: BaseException | None = None
         self._universes: dict[str, tuple[str, ...]] | None = None
-        self._dropped_counted = 0
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -207,6 +179,7 @@ class Sidecar:
                            "validator": {"rejected": self.metrics.by_label("sidecar_bars_rejected_total", "reason")},
                            "backfill": self.backfiller.health(), "bootstrap": self.bootstrapper.health(),
                            "end_of_day": self.backfiller.eod, "http": self.http.health(),
+                           "flush": self.flusher.health(),
                            "timeframes": orch.higher.health(), "reference": self.reference.health(),
                            **({"cluster": self.cluster.health()} if self.cluster is not None else {})})
 
@@ -292,14 +265,6 @@ class Sidecar:
         with path.open("ab") as f:
             f.write(orjson.dumps(record) + b"\n")
 
-    def announce_sources(self) -> None:
-        """One log line per source: its place in the order, or why it is disabled."""
-        for g in self.orchestrator.sources:
-            if g.fetcher.disabled_reason is not None:
-                log.info("source %s disabled: %s", g.name, g.fetcher.disabled_reason)
-            else:
-                log.info("source %s enabled at %s", g.name, redact_url(g.fetcher.base_url))
-
     def _breaker_moved(self, source: str, state: str) -> None:
         self.metrics.breaker_state.labels(source).set(STATES.index(state))
         self.metrics.breaker_transitions.labels(source, state).inc()
@@ -348,10 +313,7 @@ class Sidecar:
         await self.redis.start()
         if self.cluster is not None:
             await self.cluster.start()  # takes this member's partitions: their symbols are followed
-        await self.fetcher.start()
-        self.announce_sources()
-        for f in self.fallbacks:
-            await f.start()
+        await self.providers.start()
         try:
             await self.http.start()
         except OSError as exc:
@@ -364,7 +326,9 @@ class Sidecar:
         await self.orchestrator.start()
         assert self.orchestrator.task is not None
         self._supervise(self.orchestrator.task)
-        self._supervise(asyncio.create_task(self._flush_loop(), name="sqlite-flush"))
+        await self.flusher.start()
+        assert self.flusher.task is not None
+        self._supervise(self.flusher.task)
         self._supervise(asyncio.create_task(self.upkeep.backfill_loop(), name="backfill-loop"))
         self._supervise(asyncio.create_task(self.upkeep.retention_loop(), name="retention"))
         if s.reference_data:
@@ -448,29 +412,6 @@ class Sidecar:
 
         task.add_done_callback(done)
 
-    async def _flush_loop(self) -> None:
-        async for _tick in Ticker(self.clock, self.settings.flush_interval_s):
-            await self._flush()
-
-    async def _flush(self) -> int:
-        t0 = self.clock.monotonic()
-        try:
-            rows = await self.sqlite.flush()
-        except DurableStoreError as exc:
-            self.metrics.sqlite_errors.inc()
-            log.error("%s (kept in the buffer: %d bars)", exc, self.sqlite.buffered)
-            return 0
-        finally:
-            self.metrics.sqlite_buffered.set(self.sqlite.buffered)
-            if self.sqlite.dropped > self._dropped_counted:  # the buffer's bound: counted, never silent
-                self.metrics.sqlite_dropped.inc(self.sqlite.dropped - self._dropped_counted)
-                self._dropped_counted = self.sqlite.dropped
-        if rows:
-            self.metrics.sqlite_flush_seconds.observe(self.clock.monotonic() - t0)
-            self.metrics.sqlite_rows.inc(rows)
-            log.debug("sqlite flush rows=%d in %.1fms", rows, (self.clock.monotonic() - t0) * 1000)
-        return rows
-
     async def close(self) -> None:
         """Shut down in order: stop the loop (finishing a cycle in flight), flush SQLite,
         then close the HTTP server, the fetcher's session, SQLite and Redis."""
@@ -485,22 +426,15 @@ class Sidecar:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        # 2. SQLite is the record: flush before anything else closes; one retry on failure.
-        for _attempt in range(2):
-            if await self._flush() or not self.sqlite.buffered:
-                break
-        if self.sqlite.buffered:
-            log.error("shutdown left %d bars unflushed; start-up backfill must recover them", self.sqlite.buffered)
-        log.info("persisted_through %s", self.sqlite.persisted_through)
+        # 2. The durable store is the record: flush before anything else closes (one retry).
+        await self.flusher.close()
         # 3. In a cluster, give the leases back now that the bars are stored: the others take
         #    over at once and continue after them.
         if self.cluster is not None:
             await self.cluster.close()
         # 4. Nothing else holds data: close the edges.
         await self.http.close()
-        await self.fetcher.close()
-        for f in self.fallbacks:
-            await f.close()
+        await self.providers.close()
         await self.sqlite.close()
         await self.redis.close()
         log.info("stopped")
