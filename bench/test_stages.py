@@ -154,28 +154,31 @@ def test_features_forming(benchmark, features: FeatureService) -> None:  # type:
     benchmark(_update, features, Batch.empty(), _batch(599, FORMING))
 
 
-def _warming(values: np.ndarray) -> np.ndarray:
-    """Values as a higher timeframe has them: its longest indicators still warming up (nil) for
-    every symbol, one more for a seventh of them (symbols with less history)."""
-    values = values.copy()
-    values[-3:] = np.nan
-    values[0, ::7] = np.nan
+def _values(features: FeatureService, state: str) -> np.ndarray:
+    """Every symbol's values: all warm ("full"); as a higher timeframe has them, its longest
+    indicators still warming up (nil) for every symbol and one more for a seventh of them
+    ("warming"); as after a start without stored history, all but two nil ("cold": what the
+    soak's first minutes write)."""
+    values = features.book.values(SYMBOLS).copy()
+    if state == "warming":
+        values[-3:] = np.nan
+        values[0, ::7] = np.nan
+    elif state == "cold":
+        values[2:] = np.nan
     return values
 
 
-@pytest.mark.parametrize("warming", [False, True], ids=["full", "warming"])
-def test_encode_features(benchmark, features: FeatureService, warming: bool) -> None:  # type: ignore[no-untyped-def]
-    values = features.book.values(SYMBOLS)
+@pytest.mark.parametrize("state", ["full", "warming", "cold"])
+def test_encode_features(benchmark, features: FeatureService, state: str) -> None:  # type: ignore[no-untyped-def]
     benchmark(features.codec.encode, ts=np.full(N, T0, dtype=np.int64), close=PRICE[0],
-              provisional=np.ones(N, dtype=bool), updated=float(T0), values=_warming(values) if warming else values)
+              provisional=np.ones(N, dtype=bool), updated=float(T0), values=_values(features, state))
 
 
-@pytest.mark.parametrize("warming", [False, True], ids=["full", "warming"])
-def test_decode_features(benchmark, features: FeatureService, warming: bool) -> None:  # type: ignore[no-untyped-def]
-    values = features.book.values(SYMBOLS)
+@pytest.mark.parametrize("state", ["full", "warming", "cold"])
+def test_decode_features(benchmark, features: FeatureService, state: str) -> None:  # type: ignore[no-untyped-def]
     raws = list(features.codec.encode(ts=np.full(N, T0, dtype=np.int64), close=PRICE[0],
                                       provisional=np.ones(N, dtype=bool), updated=float(T0),
-                                      values=_warming(values) if warming else values))  # as MGET returns them
+                                      values=_values(features, state)))  # as MGET returns them
     benchmark(features.codec.decode, raws)
 
 

@@ -4,13 +4,14 @@ msgpack decoder:
     {"tf": "1m", "ts": <bar open>, "close": <bar close>, "provisional": <forming bar?>,
      "updated": <wall time written>, "sma_20": ..., ... 28 outputs ...}
 
-An output still warming up is nil. A row whose values are all numbers always has the same
-byte layout (map16 header, fixed keys, float64 and uint64 values), so a whole cycle of rows is
-encoded as one NumPy structured array (a nil is that layout with the value's marker set to
-0xc0 and its 8 bytes cut out: by a few slice copies per pattern of nils, or by one boolean mask
-over all rows when the patterns are many), and decoded the same way
-when every row has the fixed layout: no per-symbol packing in the per-second path. Rows with
-nils are decoded field by field across all rows, and any row off our layout by msgpack.
+An output still warming up is nil. Rows fall into a handful of patterns of nils (what is still
+warming up depends on how much history a symbol has), and every row of one pattern has the same
+byte layout (map16 header, fixed keys, float64 and uint64 values, a nil's value absent and its
+marker 0xc0). So a cycle's rows are encoded as one NumPy structured array per pattern, written in
+place in one buffer, and decoded the same way: the first row says its pattern, the rows of that
+length are read as one array and kept where header and markers check out. No per-symbol packing
+in the per-second path. Many patterns (scattered nils) are cut by one boolean mask over all rows;
+rows another writer packed its own way are decoded field by field, and failing that by msgpack.
 """
 
 from __future__ import annotations
@@ -24,12 +25,23 @@ import numpy as np
 from ..packed import Packed
 
 _FLOAT, _UINT64, _TRUE, _FALSE, _MAP16, _NIL = 0xCB, 0xCF, 0xC3, 0xC2, 0xDE, 0xC0
-_NAN = np.frombuffer(np.array([np.nan], dtype=">f8").tobytes(), dtype=np.uint8)  # a nil's value, decoded
-_PATTERNS = 64  # patterns of nils up to which rows are cut per pattern (each costs a few slice copies)
+_PATTERNS = 64  # patterns of nils up to which rows are written and read per pattern (each costs ~30 field copies)
 
 
 def _key(name: str) -> bytes:
     return msgpack.packb(name)
+
+
+@dataclass(slots=True, frozen=True)
+class _Layout:
+    """The rows of one pattern of nils: a template row of their structured dtype, the names
+    whose values are nil (and have no bytes), and what a decode checks: byte offsets, and the
+    bytes expected there."""
+
+    template: np.ndarray
+    nil: set[str]
+    checked: np.ndarray
+    expected: np.ndarray
 
 
 @dataclass(slots=True)
@@ -54,73 +66,86 @@ class FeatureCodec:
     def __init__(self, outputs: Sequence[str], timeframe: str) -> None:
         self.outputs = tuple(outputs)
         self.timeframe = timeframe
-        fields = [("hdr", "u1"), ("count", ">u2"), ("k_tf", f"S{len(_key('tf'))}"),
-                  ("tf", f"S{len(_key(timeframe))}"), ("k_ts", f"S{len(_key('ts'))}"), ("m_ts", "u1"),
-                  ("ts", ">u8"), ("k_provisional", f"S{len(_key('provisional'))}"), ("provisional", "u1")]
-        for name in ("close", "updated", *self.outputs):
-            fields += [(f"k_{name}", f"S{len(_key(name))}"), (f"m_{name}", "u1"), (f"v_{name}", ">f8")]
-        self.dtype = np.dtype(fields)
-        self._at = {name: int(spec[1]) for name, spec in (self.dtype.fields or {}).items()}  # field -> byte offset
         self.n_fields = 5 + len(self.outputs)
-        template = np.zeros(1, dtype=self.dtype)
-        template["hdr"], template["count"] = _MAP16, self.n_fields
-        template["m_ts"] = _UINT64
-        for name in ("tf", "ts", "provisional", "close", "updated", *self.outputs):
-            template[f"k_{name}"] = _key(name)
-        template["tf"] = _key(timeframe)
-        for name in ("close", "updated", *self.outputs):
-            template[f"m_{name}"] = _FLOAT
-        self._template = template
-        self._prefix = template.tobytes()[:3]  # map16 header: identifies the fixed layout
-        self._markers = np.array([self._at[f"m_{name}"] for name in ("close", *self.outputs)])  # byte offsets
+        self._nullable = ("close", *self.outputs)  # what may be nil, bit k of a pattern is _nullable[k]
+        self._bits = 1 << np.arange(len(self._nullable), dtype=np.uint64)  # a row's nils as one number
+        self._layouts: dict[int, _Layout] = {}
+        full = self._layout(0)
+        self.dtype, self._template = full.template.dtype, full.template
+        self._at = {name: int(spec[1]) for name, spec in (self.dtype.fields or {}).items()}  # field -> byte offset
+        self._markers = np.array([self._at[f"m_{name}"] for name in self._nullable])  # byte offsets
         # run lengths of the layout: up to the first value, the value, up to the next, ..., the rest
         edges = np.column_stack([self._markers + 1, self._markers + 9]).ravel()
         self._runs = np.diff(np.concatenate([[0], edges, [self.dtype.itemsize]]))
-        self._bits = 1 << np.arange(len(self._markers), dtype=np.uint64)  # a row's nils as one number
-        self._template_bytes = template.view(np.uint8).copy()
-        # what a row in our layout must have where it has it: the map header and each value's
-        # marker (what a decode checks before it trusts the offsets)
-        self._checked = np.array([0, 1, 2, *(at for name, at in self._at.items() if name.startswith("m_"))])
+
+    def _layout(self, code: int) -> _Layout:
+        """The byte layout of rows with a pattern of nils (bit k: `_nullable[k]` is nil): the
+        fixed layout without those values' 8 bytes, their markers nil."""
+        layout = self._layouts.get(code)
+        if layout is not None:
+            return layout
+        nil = {name for k, name in enumerate(self._nullable) if code >> k & 1}
+        fields = [("hdr", "u1"), ("count", ">u2"), ("k_tf", f"S{len(_key('tf'))}"),
+                  ("tf", f"S{len(_key(self.timeframe))}"), ("k_ts", f"S{len(_key('ts'))}"), ("m_ts", "u1"),
+                  ("ts", ">u8"), ("k_provisional", f"S{len(_key('provisional'))}"), ("provisional", "u1")]
+        for name in ("close", "updated", *self.outputs):
+            fields += [(f"k_{name}", f"S{len(_key(name))}"), (f"m_{name}", "u1")]
+            if name not in nil:
+                fields.append((f"v_{name}", ">f8"))
+        template = np.zeros(1, dtype=np.dtype(fields))
+        template["hdr"], template["count"], template["m_ts"] = _MAP16, self.n_fields, _UINT64
+        template["tf"] = _key(self.timeframe)
+        for name in ("tf", "ts", "provisional", "close", "updated", *self.outputs):
+            template[f"k_{name}"] = _key(name)
+        for name in ("close", "updated", *self.outputs):
+            template[f"m_{name}"] = _NIL if name in nil else _FLOAT
+        offsets: dict[str, tuple[np.dtype, int]] = template.dtype.fields or {}  # type: ignore[assignment]
+        # what a decode checks before it trusts the layout: the map header and every marker
+        checked = np.array([0, 1, 2, *(int(spec[1]) for name, spec in offsets.items() if name.startswith("m_"))])
+        layout = self._layouts[code] = _Layout(template, nil, checked, template.view(np.uint8)[checked].copy())
+        return layout
 
     def encode(self, ts: np.ndarray, close: np.ndarray, provisional: np.ndarray, updated: float,
                values: np.ndarray) -> Packed:
         """One map per column of `values` (outputs, n); NaN is written as nil."""
         n = values.shape[1]
-        rows = np.repeat(self._template, n)
-        rows["ts"], rows["provisional"] = ts, np.where(provisional, _TRUE, _FALSE)
-        rows["v_close"], rows["v_updated"] = close, updated
-        for i, name in enumerate(self.outputs):
-            rows[f"v_{name}"] = values[i]
+        columns = {"ts": ts, "provisional": np.where(provisional, _TRUE, _FALSE), "v_close": close,
+                   **{f"v_{name}": values[i] for i, name in enumerate(self.outputs)}}
         missing = np.column_stack([np.isnan(close), np.isnan(values).T])  # (n, 1 + outputs)
-        if not missing.any():
-            return Packed.fixed(rows)
-        grid = rows.view(np.uint8).reshape(n, self.dtype.itemsize)
-        # A missing value is nil: its marker byte becomes 0xc0 and its 8 bytes go. Rows share a
-        # handful of patterns (what is still warming up depends on how much history a symbol
-        # has), and a pattern's rows keep the same byte ranges: a few column-slice copies each.
-        if missing.shape[1] > 64:
-            return self._cut_each(grid, missing)
-        patterns, which = np.unique(missing @ self._bits, return_inverse=True)
-        if len(patterns) > _PATTERNS:
-            return self._cut_each(grid, missing)
-        width = self.dtype.itemsize - 8 * missing.sum(axis=1)
+        codes, which = np.zeros(1, dtype=np.uint64), np.zeros(n, dtype=np.int64)
+        if missing.any():
+            if missing.shape[1] > 64 or len(codes := np.unique(missing @ self._bits)) > _PATTERNS:
+                full = self._put(np.repeat(self._template, n), slice(None), columns, updated)
+                return self._cut_each(full.view(np.uint8).reshape(n, self.dtype.itemsize), missing)
+            which = np.searchsorted(codes, missing @ self._bits)
+        # Rows share a handful of patterns of nils (what is still warming up depends on how much
+        # history a symbol has): each pattern's rows are one structured array of its own layout,
+        # written in place, one pattern after the other, in the one buffer all rows share.
+        layouts = [self._layout(int(code)) for code in codes.tolist()]
+        width = np.array([layout.template.dtype.itemsize for layout in layouts])[which]
+        order = np.argsort(which, kind="stable") if len(layouts) > 1 else slice(None)
         start = np.zeros(n, dtype=np.int64)
+        start[order] = np.concatenate([[0], np.cumsum(width[order])[:-1]])
         data = np.empty(int(width.sum()), dtype=np.uint8)
         at = 0
-        for k in range(len(patterns)):
-            rows_k = np.flatnonzero(which.ravel() == k) if len(patterns) > 1 else np.arange(n)
-            cut = self._markers[missing[rows_k[0]]]
-            block = grid[rows_k] if len(patterns) > 1 else grid  # grid is this call's own buffer
-            block[:, cut] = _NIL
-            w = int(width[rows_k[0]])
-            out = data[at:at + len(rows_k) * w].reshape(len(rows_k), w)
-            pos = 0
-            for a, b in zip([0, *(cut + 9).tolist()], [*(cut + 1).tolist(), grid.shape[1]], strict=True):
-                out[:, pos:pos + b - a] = block[:, a:b]
-                pos += b - a
-            start[rows_k] = at + np.arange(len(rows_k)) * w
-            at += out.size
+        for k, layout in enumerate(layouts):
+            rows: slice | np.ndarray = slice(None) if len(layouts) == 1 else np.flatnonzero(which == k)
+            size = layout.template.dtype.itemsize * (n if isinstance(rows, slice) else len(rows))
+            raw = data[at:at + size]
+            raw.reshape(-1, layout.template.dtype.itemsize)[:] = layout.template.view(np.uint8)  # as bytes: fast
+            self._put(raw.view(layout.template.dtype), rows, columns, updated, layout.nil)
+            at += size
         return Packed(data, start, width)
+
+    @staticmethod
+    def _put(block: np.ndarray, rows: slice | np.ndarray, columns: dict[str, np.ndarray], updated: float,
+             nil: Collection[str] = ()) -> np.ndarray:
+        """The values of `rows` into the structured `block` (fields of nil values left out)."""
+        block["v_updated"] = updated
+        for field, column in columns.items():
+            if field[2:] not in nil:
+                block[field] = column[rows]
+        return block
 
     def _cut_each(self, grid: np.ndarray, missing: np.ndarray) -> Packed:
         """Rows with many different patterns of nils: the bytes kept form one mask of runs over
@@ -148,30 +173,32 @@ class FeatureCodec:
         lengths = None  # of the rows left: measured once they turn out not to be all one pattern
         odd = []  # rows that are not what their own pattern says: decoded field by field
         # Rows share a handful of patterns of nils, and all rows of one pattern have one length:
-        # the first row left says its pattern, the rows of its length are put back in the full
-        # layout as one block, and those whose header and markers check out are decoded at once.
+        # the first row left says its pattern, the rows of that length are read as one structured
+        # array of the pattern's layout, and those whose header and markers check out are taken.
         for _ in range(_PATTERNS):
             if not len(left):
                 break
-            missing = self._nils(raws[left[0]])
-            width = -1 if missing is None else self.dtype.itemsize - 8 * int(missing.sum())
+            code = self._nils(raws[left[0]])
+            layout = None if code is None else self._layout(code)
+            width = -1 if layout is None else layout.template.dtype.itemsize
             same = np.ones(len(left), dtype=bool) if lengths is None else lengths == width
             picked = left[same]
-            block = None if missing is None or not same[0] else self._block(
-                raws if len(picked) == n else [raws[j] for j in picked.tolist()], missing)  # type: ignore[arg-type]
-            if block is None and missing is not None and lengths is None:  # rows of other lengths among them
+            joined = b"".join(raws if len(picked) == n else [raws[j] for j in picked.tolist()])  # type: ignore[arg-type]
+            if layout is not None and same[0] and len(joined) != width * len(picked):  # other lengths among them
                 lengths = np.array([len(raws[j]) for j in left.tolist()], dtype=np.int64)  # type: ignore[arg-type]
                 continue
-            if block is None or not block[1][0]:  # the first row is off our layout
+            matched = None if layout is None or not same[0] else self._checks(layout, joined, len(picked))
+            if matched is None or not matched[0]:  # the first row is off our layout
                 odd.append(int(left[0]))
                 left = left[1:]
                 lengths = None if lengths is None else lengths[1:]
                 continue
-            rows, matched = block
+            assert layout is not None
+            rows = np.frombuffer(joined, dtype=layout.template.dtype)
             where = picked[matched]
             if not matched.all():  # a structured selection copies field by field: only when needed
                 rows = rows[matched]
-            self._fill(frame, slice(None) if len(where) == n else where, rows, wanted)
+            self._fill(frame, slice(None) if len(where) == n else where, rows, wanted, layout.nil)
             keep = ~same
             keep[np.flatnonzero(same)[~matched]] = True
             left = left[keep]
@@ -181,49 +208,35 @@ class FeatureCodec:
             self._decode_with_nils(raws, rest, frame, {name for _, name in wanted})
         return frame
 
-    def _nils(self, raw: bytes) -> np.ndarray | None:
-        """Which of close and the outputs a row in our layout has as nil (None: not our layout)."""
-        missing, shift = np.zeros(len(self._markers), dtype=bool), 0
+    def _nils(self, raw: bytes) -> int | None:
+        """The pattern of nils of a row in our layout (bit k: `_nullable[k]`; None: not our layout)."""
+        code, shift = 0, 0
         for k, at in enumerate(self._markers.tolist()):
             if at - shift >= len(raw):
                 return None
             if raw[at - shift] == _NIL:
-                missing[k], shift = True, shift + 8
-        return missing
-
-    def _block(self, parts: Sequence[bytes], missing: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Rows of one pattern of nils put back in the full layout (a nil's 8 bytes as NaN), and
-        which of them check out (their header and markers as expected); None if their lengths
-        are not all the pattern's."""
-        cut = self._markers[missing]
-        width = self.dtype.itemsize - 8 * len(cut)
-        joined = b"".join(parts)
-        if len(joined) != width * len(parts):
-            return None
-        packed = np.frombuffer(joined, dtype=np.uint8).reshape(len(parts), width)
-        full = packed
-        if len(cut):
-            full = np.empty((len(parts), self.dtype.itemsize), dtype=np.uint8)
-            pos = 0
-            for a, b in zip([0, *(cut + 9).tolist()], [*(cut + 1).tolist(), self.dtype.itemsize], strict=True):
-                full[:, a:b] = packed[:, pos:pos + b - a]
-                pos += b - a
-            for at in cut.tolist():
-                full[:, at + 1:at + 9] = _NAN
-        expected = self._template_bytes.copy()
-        expected[cut] = _NIL
-        ok = (full[:, self._checked] == expected[self._checked]).all(axis=1)
-        return full.view(self.dtype).ravel(), ok
+                code, shift = code | 1 << k, shift + 8
+        return code
 
     @staticmethod
-    def _fill(frame: FeatureFrame, where: np.ndarray | slice, rows: np.ndarray, wanted: list[tuple[int, str]]) -> None:
-        """Decoded rows into the frame's columns `where`."""
+    def _checks(layout: _Layout, joined: bytes, count: int) -> np.ndarray:
+        """Which of `count` rows of one layout have its header and markers."""
+        grid = np.frombuffer(joined, dtype=np.uint8).reshape(count, layout.template.dtype.itemsize)
+        return (grid[:, layout.checked] == layout.expected).all(axis=1)
+
+    @staticmethod
+    def _fill(frame: FeatureFrame, where: np.ndarray | slice, rows: np.ndarray, wanted: list[tuple[int, str]],
+              nil: set[str]) -> None:
+        """Decoded rows into the frame's columns `where` (nil values stay NaN)."""
         frame.present[where] = True
         frame.ts[where] = rows["ts"]
         frame.provisional[where] = rows["provisional"] == _TRUE
-        frame.updated[where], frame.close[where] = rows["v_updated"], rows["v_close"]
+        frame.updated[where] = rows["v_updated"]
+        if "close" not in nil:
+            frame.close[where] = rows["v_close"]
         for i, name in wanted:
-            frame.values[i, where] = rows[f"v_{name}"]
+            if name not in nil:
+                frame.values[i, where] = rows[f"v_{name}"]
 
     def _decode_with_nils(self, raws: Sequence[bytes | None], picked: np.ndarray, frame: FeatureFrame,
                           wanted: set[str]) -> None:
