@@ -90,6 +90,7 @@ async def test_reads_merge_the_buffer_over_the_stored_rows(store: PostgresStore)
     assert feats["AAPL"][0] == T0 + 540 and feats["AAPL"][1].tolist() == [1.0, 2.0]
     assert feats["MSFT"][0] == T0 + 120 and np.isnan(feats["MSFT"][1][1])
     assert await store.last_stored("1m") == {"AAPL": T0 + 540, "MSFT": T0 + 120}
+    assert await store.last_stored("1m", ["MSFT", "NONE"]) == {"MSFT": T0 + 120}  # a partition's symbols only
     assert (await store.summary("AAPL"))["1m"] == {"rows": 10, "first": T0, "last": T0 + 540}
     await store.mark_bootstrapped("AAPL", "1m", T0, T0 + 100)
     await store.mark_bootstrapped("AAPL", "1m", T0, T0 + 50)  # never moves back

@@ -122,3 +122,18 @@ async def test_retention_is_per_timeframe_and_keeps_a_timeframe_not_named(store:
     assert deleted == 10
     assert {tf: n for tf, n in ((tf, sum(1 for r in _rows(store.path) if r[1] == tf)) for tf in ("1m", "1h", "1d"))} == {
         "1m": 0, "1h": 10, "1d": 3}
+
+
+async def test_last_stored_per_symbol_of_all_or_of_some(store: SQLiteStore) -> None:
+    """Where each symbol resumes: its newest stored open; for a partition taken over, of its
+    symbols only (a symbol never stored has none), by index seeks instead of a scan."""
+    store.add([_bar(i) for i in range(4)] + [_bar(i, "MSFT") for i in range(2)] + [_bar(0, "O'NEIL")])
+    await store.flush()
+    assert await store.last_stored("1m") == {"AAPL": T0 + 180, "MSFT": T0 + 60, "O'NEIL": T0}
+    assert await store.last_stored("1m", ["MSFT", "O'NEIL", "NONE"]) == {"MSFT": T0 + 60, "O'NEIL": T0}
+    assert await store.last_stored("1m", []) == {} and await store.last_stored("5m", ["AAPL"]) == {}
+    with sqlite3.connect(store.path) as db:  # the per-symbol form uses the primary key
+        plan = " ".join(r[3] for r in db.execute(
+            "EXPLAIN QUERY PLAN SELECT s.value, (SELECT MAX(ts) FROM bars WHERE symbol = s.value AND timeframe = ?) "
+            "FROM json_each(?) AS s", ("1m", '["AAPL"]')))
+    assert "USING PRIMARY KEY" in plan or "USING INDEX" in plan, plan

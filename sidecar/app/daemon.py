@@ -246,8 +246,8 @@ class Sidecar:
         await self.update_symbols(take, drop)
         self.infos = list(self.symbols.values())
         if take:  # the store unreadable: this raises, and the coordinator applies the change again
-            last = await self.sqlite.last_stored(TIMEFRAME)
-            self.orchestrator.resume({s: last[s] for s in take if s in last},
+            last = await self.sqlite.last_stored(TIMEFRAME, take)
+            self.orchestrator.resume(last,
                                      overlap_s=self.settings.restart_overlap_minutes * 60)
 
     def _fenced(self, partitions: set[int]) -> None:

@@ -345,10 +345,17 @@ class PostgresStore(BufferedStore):
         out = {str(r[0]): (int(r[1]), np.frombuffer(r[2], dtype="<f8")) for r in rows}
         return self._merge_features(out, symbols, timeframe)
 
-    async def last_stored(self, timeframe: str) -> dict[str, int]:
-        """Each symbol's newest stored bar open: where fetching resumes after a restart."""
-        rows = await self._fetch("SELECT symbol, MAX(ts) FROM bars WHERE timeframe = $1 GROUP BY symbol", timeframe)
-        return self._resumed({str(r[0]): int(r[1]) for r in rows})
+    async def last_stored(self, timeframe: str, symbols: Sequence[str] | None = None) -> dict[str, int]:
+        """Each symbol's newest stored bar open (of `symbols` only, if given: one index seek each
+        instead of a scan of the table, for a partition taken over): where fetching resumes."""
+        if symbols is None:
+            rows = await self._fetch("SELECT symbol, MAX(ts) FROM bars WHERE timeframe = $1 GROUP BY symbol",
+                                     timeframe)
+        else:
+            rows = await self._fetch(
+                "SELECT s.symbol, (SELECT MAX(ts) FROM bars WHERE bars.symbol = s.symbol AND timeframe = $1) "
+                "FROM unnest($2::text[]) AS s(symbol)", timeframe, list(symbols))
+        return self._resumed({str(r[0]): int(r[1]) for r in rows if r[1] is not None})
 
     async def recent(self, symbols: list[str], timeframe: str, limit: int) -> dict[str, list[Bar]]:
         """Each symbol's newest `limit` closed bars, oldest first, the buffered copies winning."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import aiosqlite
 import numpy as np
+import orjson
 
 from ..bars import Bar, Row
 from ..clock import Clock
@@ -305,14 +306,20 @@ class SQLiteStore(BufferedStore):
                 out[symbol] = (int(row[0]), np.frombuffer(row[1], dtype="<f8"))
         return self._merge_features(out, symbols, timeframe)
 
-    async def last_stored(self, timeframe: str) -> dict[str, int]:
-        """Each symbol's newest stored bar open: where fetching resumes after a restart."""
+    async def last_stored(self, timeframe: str, symbols: Sequence[str] | None = None) -> dict[str, int]:
+        """Each symbol's newest stored bar open (of `symbols` only, if given: one index seek each
+        instead of a scan of the table, for a partition taken over): where fetching resumes."""
         assert self._db is not None
-        async with self._db.execute(
-            "SELECT symbol, MAX(ts) FROM bars WHERE timeframe = ? GROUP BY symbol", (timeframe,)
-        ) as cur:
+        args: tuple[str, ...]
+        if symbols is None:
+            sql, args = "SELECT symbol, MAX(ts) FROM bars WHERE timeframe = ? GROUP BY symbol", (timeframe,)
+        else:
+            sql = ("SELECT s.value, (SELECT MAX(ts) FROM bars WHERE symbol = s.value AND timeframe = ?) "
+                   "FROM json_each(?) AS s")
+            args = (timeframe, orjson.dumps(list(symbols)).decode())
+        async with self._db.execute(sql, args) as cur:
             rows = await cur.fetchall()
-        return self._resumed({str(r[0]): int(r[1]) for r in rows})
+        return self._resumed({str(r[0]): int(r[1]) for r in rows if r[1] is not None})
 
     async def recent(self, symbols: list[str], timeframe: str, limit: int) -> dict[str, list[Bar]]:
         """Each symbol's newest `limit` closed bars, oldest first, the buffered copies winning
