@@ -389,8 +389,11 @@ class Orchestrator:
         """Read every symbol's features back, evaluate the rules, publish new signals."""
         assert self.scanner is not None and self.features is not None
         t0 = self.clock.monotonic()
+        # each timeframe's own codec: its rows' layout has its name ("15m" is a byte longer than "1m")
+        codecs = {service.timeframe: service.codec for service in self.services()}
         try:
-            frames = {tf: self.features.codec.decode(await self.redis.features(self.scanner.symbols, tf), fields)
+            frames = {tf: codecs.get(tf, self.features.codec).decode(await self.redis.features(self.scanner.symbols, tf),
+                                                                      fields)
                       for tf, fields in self.scanner.fields.items()}
             result = self.scanner.evaluate(frames, self.clock.time())
             await self.redis.publish_signals([
