@@ -26,6 +26,7 @@ from ..packed import Packed
 
 _FLOAT, _UINT64, _TRUE, _FALSE, _MAP16, _NIL = 0xCB, 0xCF, 0xC3, 0xC2, 0xDE, 0xC0
 _PATTERNS = 64  # patterns of nils up to which rows are written and read per pattern (each costs ~30 field copies)
+_LAYOUTS = 1024  # layouts kept per codec
 
 
 def _key(name: str) -> bytes:
@@ -84,6 +85,8 @@ class FeatureCodec:
         layout = self._layouts.get(code)
         if layout is not None:
             return layout
+        if len(self._layouts) >= _LAYOUTS:  # bounded: scattered nils could bring ever new patterns
+            self._layouts.clear()
         nil = {name for k, name in enumerate(self._nullable) if code >> k & 1}
         fields = [("hdr", "u1"), ("count", ">u2"), ("k_tf", f"S{len(_key('tf'))}"),
                   ("tf", f"S{len(_key(self.timeframe))}"), ("k_ts", f"S{len(_key('ts'))}"), ("m_ts", "u1"),
@@ -114,10 +117,12 @@ class FeatureCodec:
         missing = np.column_stack([np.isnan(close), np.isnan(values).T])  # (n, 1 + outputs)
         codes, which = np.zeros(1, dtype=np.uint64), np.zeros(n, dtype=np.int64)
         if missing.any():
-            if missing.shape[1] > 64 or len(codes := np.unique(missing @ self._bits)) > _PATTERNS:
+            if missing.shape[1] <= 64:
+                codes, which = np.unique(missing @ self._bits, return_inverse=True)
+            if missing.shape[1] > 64 or len(codes) > _PATTERNS:
                 full = self._put(np.repeat(self._template, n), slice(None), columns, updated)
                 return self._cut_each(full.view(np.uint8).reshape(n, self.dtype.itemsize), missing)
-            which = np.searchsorted(codes, missing @ self._bits)
+            which = which.ravel()
         # Rows share a handful of patterns of nils (what is still warming up depends on how much
         # history a symbol has): each pattern's rows are one structured array of its own layout,
         # written in place, one pattern after the other, in the one buffer all rows share.
