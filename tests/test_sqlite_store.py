@@ -1,5 +1,5 @@
 """The SQLite store against a real file: WAL, idempotent upserts, one transaction per
-flush, and a failed flush that keeps every row for the next try."""
+flush, a failed flush that keeps every row for the next try, and the flusher that drives it."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.app.flusher import Flusher
 from sidecar.bars import Bar
 from sidecar.clock import SystemClock
 from sidecar.errors import SQLiteStoreError
+from sidecar.metrics import Metrics
 from sidecar.stores import SQLiteStore
 
 T0 = 1_800_000_000 // 60 * 60
@@ -137,3 +139,28 @@ async def test_last_stored_per_symbol_of_all_or_of_some(store: SQLiteStore) -> N
             "EXPLAIN QUERY PLAN SELECT s.value, (SELECT MAX(ts) FROM bars WHERE symbol = s.value AND timeframe = ?) "
             "FROM json_each(?) AS s", ("1m", '["AAPL"]')))
     assert "USING PRIMARY KEY" in plan or "USING INDEX" in plan, plan
+
+
+async def test_the_flusher_keeps_a_failed_flush_counts_it_and_flushes_on_close(store: SQLiteStore) -> None:
+    """The daemon's flush loop as a component: a flush that cannot commit keeps its rows and is
+    counted; close() stops the loop and flushes what is buffered, once however often called."""
+    metrics = Metrics()
+    flusher = Flusher(store=store, metrics=metrics, clock=SystemClock(), interval_s=3600.0)  # close() flushes
+    await flusher.start()
+    store.add([_bar(i) for i in range(3)])
+    locker = sqlite3.connect(store.path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        assert await flusher.flush() == 0
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert flusher.health()["failures"] == 1 and metrics.total("sidecar_sqlite_errors_total") == 1
+    assert flusher.health()["buffered"] == 3
+    store.add([_bar(3)])
+    await flusher.close()
+    await flusher.close()
+    assert flusher.task is not None and flusher.task.done()
+    assert len(_rows(store.path)) == 4 and store.buffered == 0
+    assert flusher.health() == {"every_s": 3600.0, "flushes": 1, "failures": 1, "buffered": 0}
+    assert metrics.total("sidecar_sqlite_rows_written_total") == 4
