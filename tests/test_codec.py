@@ -47,9 +47,10 @@ def test_values_with_missing_ones_decode_with_plain_msgpack_and_round_trip(seed:
 
 
 def test_decode_of_a_mixed_mget_equals_plain_msgpack_row_by_row() -> None:
-    """Missing keys, rows of several patterns of nils in any order, and rows another writer
-    packed its own way (other key order, float32, an extra key): each decodes to what msgpack
-    reads from it, and with `fields` only those outputs are filled."""
+    """Missing keys, rows of several patterns of nils in any order, rows another writer packed
+    its own way (other key order, float32, an extra key), and values that are no features map at
+    all (empty, not msgpack, a list, a map without the fields): each row decodes to what msgpack
+    reads from it, the junk reads as absent, and with `fields` only those outputs are filled."""
     rng = np.random.default_rng(5)
     n = 240
     codec = FeatureCodec(OUTPUTS, "1m")
@@ -64,12 +65,16 @@ def test_decode_of_a_mixed_mget_equals_plain_msgpack_row_by_row() -> None:
         raws[j] = msgpack.packb({"extra": 1, **dict(reversed(list(m.items())))}, use_single_float=j % 2 == 0)
     for j in range(5, n, 23):
         raws[j] = None
+    junk = {j: raw for j, raw in zip(range(7, n, 37), [b"", b"\xc1", msgpack.packb([1, 2]),
+                                                        msgpack.packb({"tf": "1m"}), b"\x81"], strict=False)}
+    for j, raw in junk.items():  # not features maps at all: read as absent, nothing raised
+        raws[j] = raw
     order = rng.permutation(n)
     raws = [raws[j] for j in order]
     for fields in (None, {"rsi_14", "macd"}):
         frame = codec.decode(raws, fields)
         for j, raw in enumerate(raws):
-            if raw is None:
+            if raw is None or raw in junk.values():
                 assert not frame.present[j] and np.isnan(frame.values[:, j]).all()
                 continue
             m = msgpack.unpackb(raw)

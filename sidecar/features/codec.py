@@ -16,6 +16,7 @@ rows another writer packed its own way are decoded field by field, and failing t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ import msgpack
 import numpy as np
 
 from ..packed import Packed
+
+log = logging.getLogger(__name__)
 
 _FLOAT, _UINT64, _TRUE, _FALSE, _MAP16, _NIL = 0xCB, 0xCF, 0xC3, 0xC2, 0xDE, 0xC0
 _PATTERNS = 64  # patterns of nils up to which rows are written and read per pattern (each costs ~30 field copies)
@@ -71,6 +74,7 @@ class FeatureCodec:
         self._nullable = ("close", *self.outputs)  # what may be nil, bit k of a pattern is _nullable[k]
         self._bits = 1 << np.arange(len(self._nullable), dtype=np.uint64)  # a row's nils as one number
         self._layouts: dict[int, _Layout] = {}
+        self._warned = False  # about a value that is not a features map
         full = self._layout(0)
         self.dtype, self._template = full.template.dtype, full.template
         self._at = {name: int(spec[1]) for name, spec in (self.dtype.fields or {}).items()}  # field -> byte offset
@@ -284,14 +288,22 @@ class FeatureCodec:
             if name in decoded:
                 frame.values[i, good] = decoded[name][ok]
         for j in bad.tolist():
-            m = self.to_map(raws[j])
+            try:
+                m = self.to_map(raws[j])
+                ts, provisional, updated = int(m["ts"]), bool(m["provisional"]), float(m["updated"])
+                close = np.nan if m.get("close") is None else float(m["close"])
+                values = {i: float(m[name]) for i, name in enumerate(self.outputs)
+                          if name in wanted and m.get(name) is not None}
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:  # not a features map at all
+                # left absent, as a missing key is; said once per codec, not every second
+                log.log(logging.DEBUG if self._warned else logging.WARNING,
+                        "a %s features value that is not a features map is read as absent: %r", self.timeframe, exc)
+                self._warned = True
+                continue
             frame.present[j] = True
-            frame.ts[j], frame.provisional[j] = int(m["ts"]), bool(m["provisional"])
-            frame.updated[j] = float(m["updated"])
-            frame.close[j] = np.nan if m.get("close") is None else float(m["close"])
-            for i, name in enumerate(self.outputs):
-                if name in wanted and m.get(name) is not None:
-                    frame.values[i, j] = float(m[name])
+            frame.ts[j], frame.provisional[j], frame.updated[j], frame.close[j] = ts, provisional, updated, close
+            for i, value in values.items():
+                frame.values[i, j] = value
 
     @staticmethod
     def to_map(raw: bytes) -> dict:
