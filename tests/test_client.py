@@ -52,6 +52,12 @@ async def test_bars_and_features_equal_what_redis_holds(daemon: DaemonProcess, r
                          detail=lambda: f"without: {[s for s in CHECKED if not r.exists(f'sidecar:{{{s}}}:features:5m')]}"
                                         f"\n{daemon.text()[-3000:]}")
         for tf in ("1m", "5m"):
+            # fresh by the client's rules first (a cycle stalled by a busy machine lets the
+            # heartbeat lapse for a moment: waited for, with a deadline)
+            async def fresh(tf: str = tf) -> bool:
+                return not any(f.stale for f in (await c.features(CHECKED, tf)).values())
+
+            await wait_until(fresh, 30, f"{tf} features fresh", detail=lambda: daemon.text()[-3000:])
             table = await c.feature_table(CHECKED, tf)
             got = await c.features(CHECKED, tf)
             for k, sym in enumerate(CHECKED):
