@@ -66,6 +66,12 @@ class Bar:
         return (self.open, self.high, self.low, self.close, self.volume)
 
     @property
+    def row(self) -> Row:
+        """The bar as the `bars` table's columns (`Bar(*bar.row)` is the bar again)."""
+        return (self.symbol, self.timeframe, self.ts, self.open, self.high, self.low, self.close, self.volume,
+                self.source, self.flags)
+
+    @property
     def key(self) -> tuple[str, str, int]:
         """The identity of a bar in every store: (symbol, timeframe, ts)."""
         return (self.symbol, self.timeframe, self.ts)

@@ -191,18 +191,19 @@ class FeatureCodec:
             layout = None if code is None else self._layout(code)
             width = -1 if layout is None else layout.template.dtype.itemsize
             same = np.ones(len(left), dtype=bool) if lengths is None else lengths == width
-            picked = left[same]
-            joined = b"".join(raws if len(picked) == n else [raws[j] for j in picked.tolist()])  # type: ignore[arg-type]
-            if layout is not None and same[0] and len(joined) != width * len(picked):  # other lengths among them
-                lengths = np.array([len(raws[j]) for j in left.tolist()], dtype=np.int64)  # type: ignore[arg-type]
-                continue
-            matched = None if layout is None or not same[0] else self._checks(layout, joined, len(picked))
-            if matched is None or not matched[0]:  # the first row is off our layout
+            matched = None
+            if layout is not None and same[0]:
+                picked = left[same]
+                joined = b"".join(raws if len(picked) == n else [raws[j] for j in picked.tolist()])  # type: ignore[arg-type]
+                if len(joined) != width * len(picked):  # rows of other lengths among them
+                    lengths = np.array([len(raws[j]) for j in left.tolist()], dtype=np.int64)  # type: ignore[arg-type]
+                    continue
+                matched = self._checks(layout, joined, len(picked))
+            if layout is None or matched is None or not matched[0]:  # the first row is off our layout
                 odd.append(int(left[0]))
                 left = left[1:]
                 lengths = None if lengths is None else lengths[1:]
                 continue
-            assert layout is not None
             rows = np.frombuffer(joined, dtype=layout.template.dtype)
             where = picked[matched]
             if not matched.all():  # a structured selection copies field by field: only when needed

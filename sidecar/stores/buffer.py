@@ -78,8 +78,7 @@ class BufferedStore:
 
     def add(self, bars: Iterable[Bar]) -> None:
         """Buffer closed bars; a later copy of the same key replaces the earlier one."""
-        self.add_rows([(b.symbol, b.timeframe, b.ts, b.open, b.high, b.low, b.close, b.volume, b.source, b.flags)
-                       for b in bars])
+        self.add_rows([b.row for b in bars])
 
     def add_rows(self, rows: Sequence[Row]) -> None:
         """`add` for bars given as rows of the `bars` table's columns (the cycle's closed bars)."""
