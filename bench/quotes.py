@@ -45,7 +45,7 @@ def live_path_only(sc: Sidecar) -> None:
     """Measure the loop alone: no gap scans or Redis re-seeds started from its callbacks (the
     daemon runs them as tasks of their own, and they would outlive the stores closed here)."""
     sc.orchestrator.on_recovered = None
-    sc.orchestrator.on_redis_lost = None
+    sc.orchestrator.publisher.on_redis_lost = None
 
 
 async def run(settings: Settings, n: int, seconds: float, warmup_limit: float) -> dict[str, object]:

@@ -8,9 +8,9 @@
     higher timeframes (aggregate,    sidecar/cycle/aggregate.py, sidecar/cycle/higher.py
       their features)
     encode, Redis                    sidecar/cycle/publish.py, encode.py, sidecar/stores/redis_store.py
-    dead letters, quarantine         sidecar/cycle/deadletters.py
+    dead letters, quarantine         sidecar/cycle/deadletters.py, publish.py
     durable buffer                   sidecar/stores/sqlite_store.py
-    scan                             sidecar/scanner.py
+    scan                             sidecar/cycle/scan.py, sidecar/scanner.py
 
 Every symbol has a slot in the symbol table (sidecar/cycle/table.py), which holds its state
 between cycles in arrays; a cycle's bars travel as one Batch of arrays. The loop owns the
@@ -31,15 +31,15 @@ import numpy as np
 from ..bars import Bar, timeframe_seconds
 from ..clock import Clock
 from ..cycle.acceptance import Acceptance, Accepted
-from ..cycle.batch import Batch
 from ..cycle.deadletters import DeadLetters
 from ..cycle.encode import BarEncoder
 from ..cycle.gapfill import fill_gaps
-from ..cycle.higher import HigherTimeframes, LaneOutput
-from ..cycle.publish import lane_write, minute_write, set_latest
+from ..cycle.higher import HigherTimeframes
+from ..cycle.publish import Publisher, set_latest
+from ..cycle.scan import Scan
 from ..cycle.sourcing import Fetched, Sourcing
 from ..cycle.table import StatesView, SymbolTable
-from ..errors import DurableStoreError, RedisStoreError
+from ..errors import DurableStoreError
 from ..features.service import FeatureService
 from ..metrics import Metrics
 from ..scanner import Scanner
@@ -125,13 +125,11 @@ class Orchestrator:
                                   key=lambda g: source_order.index(g.name))
         self.validator = validator
         self.redis, self.sqlite, self.metrics, self.clock = redis, sqlite, metrics, clock
-        self.features, self.scanner = features, scanner
-        self.on_redis_lost, self.on_recovered, self.on_rewarm, self.trace = on_redis_lost, on_recovered, on_rewarm, trace
+        self.features = features
+        self.on_recovered, self.on_rewarm, self.trace = on_recovered, on_rewarm, trace
         self.period = period
         self.step = timeframe_seconds(TIMEFRAME)
         self.table = SymbolTable(validator.bounds, [g.name for g in self.sources])
-        # each source's plan delay, by source code (the last entry: no source yet)
-        self._delays = np.array([g.fetcher.delay_s for g in self.sources] + [0.0])
         self.states = StatesView(self.table)
         self.sourcing = Sourcing(table=self.table, sources=self.sources, primary=primary, metrics=metrics, clock=clock,
                                  lookback_s=lookback_minutes * 60, quotes=quotes, quote_batch=quote_batch,
@@ -144,14 +142,16 @@ class Orchestrator:
                                        metrics=metrics, clock=clock,
                                        features=None if features is None else features.book.config,
                                        warmup_bars=warmup_bars, forming_every=forming_every)
+        self.publisher = Publisher(table=self.table, redis=redis, encoder=self.encoder,
+                                   lane_encoders={lane.timeframe: lane.encoder for lane in self.higher.lanes},
+                                   metrics=metrics, clock=clock, on_redis_lost=on_redis_lost)
+        self.scan = None if scanner is None or features is None else Scan(scanner=scanner, redis=redis,
+                                                                           metrics=metrics, clock=clock)
         self.ticker = Ticker(clock, period, on_overrun=metrics.cycle_overruns.inc)
         self.stages: dict[str, float] = {}  # seconds spent per stage in the last cycle
         self.last_cycle: CycleReport | None = None
         self.recent = CycleHistory()  # the status page's last ten minutes of cycles
         self.last_cycle_at: float | None = None
-        self._redis_failing = False  # for logging the transitions only; the store's health() says more
-        self._redis_values = 0  # values the last cycle's write sent (the cycle trace's)
-        self._quarantine: list[dict[str, object]] = []  # spikes not yet written to Redis
         self._rewarm: set[str] = set()  # symbols whose features are rebuilt at the end of the cycle
         # Held by each cycle: symbols are added and removed between cycles (a cycle's stages keep
         # the slots they started with across their awaits).
@@ -171,7 +171,7 @@ class Orchestrator:
         if len(slots):  # each array reset once for them all: a partition taken over brings thousands
             self.sourcing.reset(slots)
             # minutes before the sources' clock now were not seen by this process
-            self.higher.reset(slots, int(self.clock.time() - self._delays.max()))
+            self.higher.reset(slots, int(self.clock.time() - self.sourcing.delays.max()))
 
     def remove(self, symbols: list[str]) -> None:
         """Stop following symbols; a fetch already in flight for one is simply not used again."""
@@ -269,7 +269,7 @@ class Orchestrator:
         now = clock.time()  # validate against the time the answers arrived
         before_ts, before_close = t.ref_ts.copy(), t.ref_close.copy()
         accepted = self.acceptance.run(fetched.batch, fetched.answered, now)
-        self._quarantine += accepted.quarantine
+        self.publisher.quarantine += accepted.quarantine
         if len(fetched.from_history):
             self.sourcing.settle_history(fetched.from_history, accepted.rejected_slots, now)
         synthetic = fill_gaps(accepted.closed, before_ts, before_close, t.asset_class, self.step)
@@ -282,14 +282,14 @@ class Orchestrator:
 
         feature_slots, feature_rows = self._features(fetched, accepted, stale)
         marks.append(clock.monotonic())
-        lanes = self.higher.step(accepted.closed, newest.take(newest.forming), self._source_clock(now)) \
+        lanes = self.higher.step(accepted.closed, newest.take(newest.forming), self.sourcing.source_clock(now)) \
             if self.higher.lanes else []
         marks.append(clock.monotonic())
-        redis_ok = await self._write_redis(accepted, synthetic, stale, feature_slots, feature_rows, lanes, now)
+        redis_ok = await self.publisher.write(accepted, synthetic, stale, (feature_slots, feature_rows), lanes, now)
         marks.append(clock.monotonic())
         if redis_ok:
             await self.dead.update(now)
-            await self._write_quarantine()
+            await self.publisher.write_quarantine()
         self.sqlite.add_rows(accepted.closed.rows(t.symbols, t.source_names))
         self.sqlite.add(accepted.revised)
         for lane in lanes:
@@ -300,7 +300,7 @@ class Orchestrator:
             self.request_rewarm({b.symbol for b in accepted.revised})
             self.revise_minutes(accepted.revised)
         if self.higher.pending:
-            await self.higher.finish(self._source_clock(now))
+            await self.higher.finish(self.sourcing.source_clock(now))
         if self._rewarm and self.on_rewarm is not None and self.sqlite.last_error is None:
             symbols, self._rewarm = self._rewarm, set()
             try:
@@ -312,8 +312,8 @@ class Orchestrator:
             self.on_recovered()
         self.sourcing.recovered = False
         marks.append(clock.monotonic())
-        if self.scanner is not None and redis_ok:
-            await self._scan()
+        if self.scan is not None and redis_ok:
+            await self.scan.run({service.timeframe: service.codec for service in self.services()})
         self.metrics.sqlite_buffered.set(self.sqlite.buffered)
         marks.append(clock.monotonic())
         return self._report(fetched, accepted, redis_ok, marks, now)
@@ -347,68 +347,6 @@ class Orchestrator:
         self.metrics.features_seconds.observe(self.clock.monotonic() - t0)
         return out
 
-    async def _write_redis(self, accepted: Accepted, synthetic: Batch, stale: np.ndarray, feature_slots: np.ndarray,
-                           feature_rows: Sequence[bytes], lanes: list[LaneOutput], now: float) -> bool:
-        """The cycle's one Redis round trip: newest bars (and stale rewrites), histories, features,
-        of every timeframe."""
-        t = self.table
-        minute, history = minute_write(t, self.encoder, accepted, synthetic, stale, (feature_slots, feature_rows))
-        writes = [minute, *(lane_write(t, self.higher.by_name[lane.timeframe].encoder, lane) for lane in lanes)]
-        t0 = self.clock.monotonic()
-        try:
-            result = await self.redis.write_timeframes(writes, now)
-        except RedisStoreError as exc:
-            self.metrics.redis_errors.inc()
-            if not self._redis_failing:
-                log.warning("redis write failed (SQLite keeps recording): %s", exc)
-            self._redis_failing = True
-            return False
-        self.metrics.redis_write_seconds.observe(self.clock.monotonic() - t0)
-        self._redis_values = result.written
-        np.maximum.at(t.hist_ts, history.slot, history.ts)
-        recovered = self._redis_failing
-        if recovered:
-            log.info("redis writes recovered")
-        self._redis_failing = False
-        # A Redis Cluster that failed over may have lost writes its old master acknowledged
-        # (replication is asynchronous): re-seed as after a restart.
-        lost = result.fresh or (recovered and self.redis.cluster_client)
-        if lost and self.on_redis_lost is not None:
-            self.on_redis_lost()
-        return True
-
-    async def _write_quarantine(self) -> None:
-        if self._quarantine:
-            try:
-                await self.redis.quarantine(self._quarantine)
-                self._quarantine = []
-            except RedisStoreError as exc:
-                log.warning("%s", exc)
-
-    async def _scan(self) -> None:
-        """Read every symbol's features back, evaluate the rules, publish new signals."""
-        assert self.scanner is not None and self.features is not None
-        t0 = self.clock.monotonic()
-        # each timeframe's own codec: its rows' layout has its name ("15m" is a byte longer than "1m")
-        codecs = {service.timeframe: service.codec for service in self.services()}
-        try:
-            frames = {tf: codecs.get(tf, self.features.codec).decode(await self.redis.features(self.scanner.symbols, tf),
-                                                                      fields)
-                      for tf, fields in self.scanner.fields.items()}
-            result = self.scanner.evaluate(frames, self.clock.time())
-            await self.redis.publish_signals([
-                {"id": f"{s.symbol}:{s.rule}:{s.ts}:{int(s.time * 1000)}", **s.as_map()} for s in result.signals])
-        except RedisStoreError as exc:
-            self.metrics.redis_errors.inc()
-            log.warning("scan skipped: %s", exc)
-            return
-        for sig in result.signals:
-            self.metrics.signals.labels(sig.rule).inc()
-            log.info("signal %s %s (%s) %s ts=%d close=%s", sig.rule, sig.symbol, sig.broker_symbol, sig.timeframe,
-                     sig.ts, sig.close)
-        self.metrics.features_stale.set(result.stale)
-        self.metrics.scan_seconds.observe(self.clock.monotonic() - t0)
-
     def _report(self, fetched: Fetched, accepted: Accepted, redis_ok: bool, marks: list[float],
                 now: float) -> CycleReport:
         """Stage times, per-source counts, the cycle's metrics and trace."""
@@ -434,21 +372,14 @@ class Orchestrator:
             self.trace({"t": round(now, 3), "cycle_s": round(duration, 6),
                         **{k: round(v, 6) for k, v in self.stages.items()}, "symbols": n,
                         "fetched": report.fetched, "closed": report.closed, "rejected": report.rejected,
-                        "history_requests": len(fetched.from_history), "redis_values": self._redis_values,
+                        "history_requests": len(fetched.from_history), "redis_values": self.publisher.values,
                         "catchup_allowance": int(self.sourcing.catchup_allowance), "overruns": self.ticker.overruns})
         return report
-
-    def _source_clock(self, now: float) -> float | np.ndarray:
-        """Per slot, the clock of the source of its newest bars: a delayed plan's buckets end by
-        its delayed clock, not the local one (else each would close before its last minutes came)."""
-        if not self._delays.any():
-            return now
-        return now - self._delays[self.table.source]
 
     def health(self, per_symbol: bool = True) -> dict[str, Any]:
         """The loop (cycling, last cycle, overruns) and, with `per_symbol`, each symbol's
         freshness (the status page reads the arrays instead: a map of 5,000 costs ~50 ms)."""
-        now, t = self.clock.time(), self.table
+        now, t, delays = self.clock.time(), self.table, self.sourcing.delays
         at = self.last_cycle_at
         cycling = at is not None and now - at <= 3 * self.period + 1 and not self._stopping
         slots = t.slots()
@@ -459,7 +390,7 @@ class Orchestrator:
                            "last_update_age_s": None if a != a else round(float(a), 3),
                            "last_error": t.last_error.get(s),
                            "source": None if t.source[s] < 0 else t.source_names[t.source[s]],
-                           **({"delay_s": float(self._delays[t.source[s]])} if self._delays[t.source[s]] else {})}
+                           **({"delay_s": float(delays[t.source[s]])} if delays[t.source[s]] else {})}
             for s, ok, a in zip(slots.tolist(), fresh.tolist(), age.tolist(), strict=True)}
         return {"state": "ok" if cycling else "down", "cycles": int(self.metrics.total("sidecar_cycles_total")),
                 "overruns": self.ticker.overruns,

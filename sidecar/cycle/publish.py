@@ -5,21 +5,29 @@ closed and gap-filled bars for the histories, the revised ones, and the features
 entry replaces an older copy at the same open only where one can exist (a bar newer than any
 this process wrote has none), and each history is capped every TRIM_EVERY minutes, spread over
 the symbols. A higher timeframe's part: its newest bars, its closed bars, its features.
+`Publisher` sends them all in one round trip and, once Redis took them, the quarantined spikes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from ..bars import timeframe_seconds
+from ..clock import Clock
+from ..errors import RedisStoreError
+from ..metrics import Metrics
+from ..stores import RedisStore
 from ..stores.redis_wire import REPLACE, TRIM, Ints, TimeframeWrite, pack
 from .acceptance import Accepted
 from .batch import Batch
 from .encode import BarEncoder
 from .higher import LaneOutput
 from .table import SymbolTable
+
+log = logging.getLogger(__name__)
 
 TRIM_EVERY = 8  # minutes between caps of a symbol's Redis history (it holds up to this many more)
 
@@ -70,3 +78,65 @@ def lane_write(t: SymbolTable, encoder: BarEncoder, lane: LaneOutput) -> Timefra
         history=(t.names(closed.slot), closed.ts, encoder.encode(closed, column, t.source_names),
                  np.full(len(closed), REPLACE | TRIM)),
         features=(t.names(lane.feature_slots), lane.feature_rows))
+
+
+class Publisher:
+    """The cycle's one Redis write, of every timeframe, and the quarantined spikes after it.
+
+    :param table: the symbol table.
+    :param redis: the hot store.
+    :param encoder: packs the minute's bars.
+    :param lane_encoders: pack each higher timeframe's bars, by timeframe.
+    :param metrics: Redis errors and write times.
+    :param clock: times the write.
+    :param on_redis_lost: called when a write finds that Redis lost its data (to re-seed it).
+    """
+
+    def __init__(self, *, table: SymbolTable, redis: RedisStore, encoder: BarEncoder,
+                 lane_encoders: dict[str, BarEncoder], metrics: Metrics, clock: Clock,
+                 on_redis_lost: Callable[[], object] | None) -> None:
+        self.table, self.redis, self.encoder, self.lane_encoders = table, redis, encoder, lane_encoders
+        self.metrics, self.clock, self.on_redis_lost = metrics, clock, on_redis_lost
+        self.failing = False  # for logging the transitions only; the store's health() says more
+        self.values = 0  # values the last write sent (the cycle trace's)
+        self.quarantine: list[dict[str, object]] = []  # spikes not yet written to Redis
+
+    async def write(self, accepted: Accepted, synthetic: Batch, stale: np.ndarray,
+                    features: tuple[np.ndarray, Sequence[bytes]], lanes: Sequence[LaneOutput], now: float) -> bool:
+        """Newest bars (and stale rewrites), histories and features of every timeframe in one
+        round trip; whether Redis took them (if not, SQLite keeps recording and the next cycle
+        writes the newest values again)."""
+        t = self.table
+        minute, history = minute_write(t, self.encoder, accepted, synthetic, stale, features)
+        writes = [minute, *(lane_write(t, self.lane_encoders[lane.timeframe], lane) for lane in lanes)]
+        t0 = self.clock.monotonic()
+        try:
+            result = await self.redis.write_timeframes(writes, now)
+        except RedisStoreError as exc:
+            self.metrics.redis_errors.inc()
+            if not self.failing:
+                log.warning("redis write failed (SQLite keeps recording): %s", exc)
+            self.failing = True
+            return False
+        self.metrics.redis_write_seconds.observe(self.clock.monotonic() - t0)
+        self.values = result.written
+        np.maximum.at(t.hist_ts, history.slot, history.ts)
+        recovered = self.failing
+        if recovered:
+            log.info("redis writes recovered")
+        self.failing = False
+        # A Redis Cluster that failed over may have lost writes its old master acknowledged
+        # (replication is asynchronous): re-seed as after a restart.
+        lost = result.fresh or (recovered and self.redis.cluster_client)
+        if lost and self.on_redis_lost is not None:
+            self.on_redis_lost()
+        return True
+
+    async def write_quarantine(self) -> None:
+        """The spikes held since the last successful write, onto Redis's quarantine list."""
+        if self.quarantine:
+            try:
+                await self.redis.quarantine(self.quarantine)
+                self.quarantine = []
+            except RedisStoreError as exc:
+                log.warning("%s", exc)

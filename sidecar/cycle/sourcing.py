@@ -94,6 +94,8 @@ class Sourcing:
         self.builder = BarBuilder(self.step)
         self.minutes = MinuteBars(table=table, step=self.step, grace_s=settle_s)
         self.recovered = False  # a symbol's source answered again this cycle (one event, not one per symbol)
+        # each source's plan delay, by source code (the last entry: no source yet)
+        self.delays = np.array([g.fetcher.delay_s for g in self.sources] + [0.0])
         self._chunks: tuple[int, list[tuple[np.ndarray, list[SymbolInfo]]]] = (-1, [])
 
     def pace(self, cycle_s: float, period: float) -> None:
@@ -104,6 +106,13 @@ class Sourcing:
         elif cycle_s < 0.6 * period:
             self.catchup_allowance = min(float(self.catchup_per_cycle),
                                          self.catchup_allowance + max(1.0, self.catchup_per_cycle / 10))
+
+    def source_clock(self, now: float) -> float | np.ndarray:
+        """Per slot, the clock of the source of its newest bars: a delayed plan's buckets end by
+        its delayed clock, not the local one (else each would close before its last minutes came)."""
+        if not self.delays.any():
+            return now
+        return now - self.delays[self.table.source]
 
     def reset(self, slots: np.ndarray) -> None:
         """Forget what the builder and the minute bars hold for slots (a symbol added in a freed slot)."""
