@@ -5,7 +5,7 @@
 
 from pathlib import Path
 
-from sidecar.settings import render_markdown
+from sidecar.setting_docs import render_markdown
 
 readme = Path(__file__).resolve().parents[1] / "README.md"
 text = readme.read_text()

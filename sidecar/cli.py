@@ -38,7 +38,8 @@ from tqdm import tqdm
 from . import universes
 from .errors import SettingsError, StoreError, SymbolError
 from .reference import parse_type
-from .settings import Settings, render_env_example, render_markdown
+from .setting_docs import render_env_example, render_markdown
+from .settings import Settings
 from .timeframes import parse_timeframes
 
 

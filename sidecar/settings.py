@@ -2,28 +2,28 @@
 and passed down explicitly. Every setting is an environment variable prefixed `SIDECAR_`.
 
 Each field carries its variable name, its parser and a one-line meaning in its metadata;
-`.env.example` and the README's table are checked against these fields by the tests.
+`.env.example` and the README's table are checked against these fields by the tests. What
+each kind of value may be is in `setting_parsers`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from dotenv import dotenv_values
 
+from . import setting_parsers as parse
 from . import universes
-from .errors import SettingsError, SymbolError
+from .errors import SettingsError
 from .features.config import FeatureConfig
 from .scanner import DEFAULT_RULES
-from .symbols import DEFAULT_SYMBOLS, AssetClass, lookup
+from .setting_parsers import redact_url
+from .symbols import DEFAULT_SYMBOLS, AssetClass
 from .timeframes import ALL as ALL_TIMEFRAMES
 from .timeframes import DayStart, day_start, parse_day_starts, parse_timeframes
 from .universes import parse_names as parse_universe_names
@@ -34,213 +34,9 @@ _BROWSER_UA = (
     "Chrome/131.0.0.0 Safari/537.36"
 )
 
-Parser = Callable[[str], Any]
 
-
-def parse_number(raw: str, cast: type[int] | type[float], lo: float, hi: float) -> Any:
-    """`raw` as an int or float within [lo, hi]; ValueError with a message otherwise (nan included)."""
-    try:
-        value = cast(raw)
-    except ValueError:
-        kind = "an integer" if cast is int else "a number"
-        raise ValueError(f"expected {kind}, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise ValueError(f"expected {lo}..{hi}, got {raw.strip()}")
-    return value
-
-
-def _int(lo: int, hi: int) -> Parser:
-    return lambda raw: parse_number(raw, int, lo, hi)
-
-
-def _float(lo: float, hi: float) -> Parser:
-    return lambda raw: parse_number(raw, float, lo, hi)
-
-
-def _bool(raw: str) -> bool:
-    low = raw.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"expected true or false, got {raw!r}")
-
-
-def _choice(*options: str) -> Parser:
-    upper = all(o.isupper() for o in options)
-
-    def parse(raw: str) -> str:
-        value = raw.strip().upper() if upper else raw.strip().lower()
-        if value not in options:
-            raise ValueError(f"expected one of {', '.join(options)}, got {raw!r}")
-        return value
-
-    return parse
-
-
-def _url(*schemes: str) -> Parser:
-    def parse(raw: str) -> str:
-        parts = urlsplit(raw.strip())
-        if parts.scheme not in schemes or not (parts.netloc or parts.path):
-            raise ValueError(f"expected a {'/'.join(schemes)} URL, got {redact_url(raw)!r}")
-        return raw.strip().rstrip("/") if parts.scheme.startswith("http") else raw.strip()
-
-    return parse
-
-
-def _shard_id(raw: str) -> str:
-    if raw.strip() and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", raw.strip()):
-        raise ValueError(f"expected 1-64 letters, digits, '_', '.' or '-', got {raw!r}")
-    return raw.strip()
-
-
-def _store_url(raw: str) -> str:
-    """Empty (SQLite at SIDECAR_DB_PATH) or a postgresql:// URL."""
-    return _url("postgresql", "postgres")(raw) if raw.strip() else ""
-
-
-def _optional_url(raw: str) -> str:
-    return _url("http", "https")(raw) if raw.strip() else ""
-
-
-SOURCE_NAMES = ("yahoo", "twelvedata", "polygon", "alphavantage")
-
-
-def _sources(raw: str) -> tuple[str, ...]:
-    names = tuple(n.strip().lower() for n in raw.split(",") if n.strip())
-    bad = [n for n in names if n not in SOURCE_NAMES]
-    if bad or not names or len(set(names)) != len(names):
-        raise ValueError(f"expected distinct names from {', '.join(SOURCE_NAMES)}, got {raw!r}")
-    return names
-
-
-def _delays(raw: str) -> tuple[tuple[str, float], ...]:
-    """`polygon=15m,twelvedata=30s` (a number alone is seconds): each source's plan delay, at
-    most an hour (bars older than that are settled whatever the plan)."""
-    out: dict[str, float] = {}
-    for part in filter(str.strip, raw.split(",")):
-        name, sep, value = (x.strip().lower() for x in part.partition("="))
-        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([sm]?)", value)
-        if not sep or name not in SOURCE_NAMES or m is None:
-            raise ValueError(f"expected <source>=<seconds>[s|m] with sources {', '.join(SOURCE_NAMES)}, "
-                             f"got {part.strip()!r}")
-        seconds = float(m[1]) * (60 if m[2] == "m" else 1)
-        if seconds > 3600:
-            raise ValueError(f"{name}: a delay of at most 60m, got {value}")
-        out[name] = seconds
-    return tuple(out.items())
-
-
-def _retention(raw: str) -> tuple[tuple[str, int], ...]:
-    """`5m=730,1h=3650`: days kept per timeframe above 1m."""
-    out = {}
-    for part in filter(str.strip, raw.split(",")):
-        tf, sep, days = (x.strip() for x in part.partition("="))
-        if not sep or tf not in ALL_TIMEFRAMES or tf == "1m" or not days.isdigit() or not 1 <= int(days) <= 365_000:
-            raise ValueError(f"expected <timeframe>=<days> with timeframes {', '.join(ALL_TIMEFRAMES[1:])} "
-                             f"(1m: SIDECAR_RETENTION_DAYS), got {part.strip()!r}")
-        out[tf] = int(days)
-    return tuple(out.items())
-
-
-def _host(raw: str) -> str:
-    value = raw.strip()
-    if value == "localhost":
-        return value
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        raise ValueError(f"expected an IP address or 'localhost', got {raw!r}") from None
-    return value
-
-
-def _symbols(raw: str) -> tuple[str, ...]:
-    text = raw.strip()
-    if text.startswith("@"):  # a file: tens of thousands of symbols do not fit in one variable (128 kB)
-        path = Path(text[1:]).expanduser()
-        try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot read the symbols file {path}: {exc}") from None
-    out: dict[str, None] = {}  # ordered, and a set: a list's membership test made 50,000 symbols take minutes
-    for part in re.split(r"[,\s]+", text):
-        if part:
-            try:
-                out[lookup(part).symbol] = None
-            except SymbolError as exc:
-                raise ValueError(str(exc)) from None
-    if not out:
-        raise ValueError("expected at least one symbol")
-    return tuple(out)
-
-
-def _prefix(raw: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", raw.strip()):
-        raise ValueError(f"expected 1-32 letters, digits, '_' or '-', got {raw!r}")
-    return raw.strip()
-
-
-def _text(raw: str) -> str:
-    return raw.strip()
-
-
-def _feature_config(raw: str) -> FeatureConfig:
-    """A JSON object of FeatureConfig fields, e.g. {"rsi": 7, "sma": [10, 50, 200]}."""
-    if not raw.strip():
-        return FeatureConfig()
-    try:
-        fields_ = orjson.loads(raw)
-        if not isinstance(fields_, dict):
-            raise TypeError("not an object")
-        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in fields_.items()}
-        return FeatureConfig(**kwargs)
-    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
-        raise ValueError(f"expected a JSON object of indicator periods: {exc}") from None
-
-
-def _bounds(raw: str) -> tuple[tuple[str, float, float], ...]:
-    """A JSON object {asset class: [low, high]}, e.g. {"fx": [0.0001, 100000]}."""
-    if not raw.strip():
-        return ()
-    try:
-        given = orjson.loads(raw)
-        out = []
-        for name, (lo, hi) in given.items():
-            AssetClass(name)
-            if not 0 <= float(lo) < float(hi):
-                raise ValueError(f"{name}: low must be >= 0 and below high")
-            out.append((name, float(lo), float(hi)))
-        return tuple(out)
-    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
-        raise ValueError(f'expected {{"<asset class>": [low, high], ...}} with classes '
-                         f'{", ".join(a.value for a in AssetClass)}: {exc}') from None
-
-
-def _broker_map(raw: str) -> tuple[tuple[str, str], ...]:
-    """`CANONICAL=BROKER,...`, e.g. NAS100=USTEC,XAUUSD=GOLD."""
-    pairs = []
-    for part in filter(str.strip, raw.split(",")):
-        canonical, sep, broker = part.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z0-9._#-]{1,32}", broker.strip()):
-            raise ValueError(f"expected CANONICAL=BROKER pairs, got {part.strip()!r}")
-        try:
-            pairs.append((lookup(canonical).symbol, broker.strip()))
-        except SymbolError as exc:
-            raise ValueError(str(exc)) from None
-    return tuple(pairs)
-
-
-def _setting(name: str, default: Any, parse: Parser, help: str) -> Any:
-    return field(default=default, metadata={"env": PREFIX + name, "parse": parse, "help": help})
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by '***', for logs."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+def _setting(name: str, default: Any, parser: parse.Parser, help: str) -> Any:
+    return field(default=default, metadata={"env": PREFIX + name, "parse": parser, "help": help})
 
 
 class _FromEnv:
@@ -287,9 +83,6 @@ class _FromEnv:
         return replace(self, **changes)._finish(set(changes))  # type: ignore[type-var]
 
 
-PROVIDERS = ("yahoo", "twelvedata", "polygon", "alphavantage")
-
-
 @dataclass(slots=True, frozen=True)
 class ProviderSettings:
     """One provider's connection and plan, the same shape for all four (from its
@@ -308,179 +101,180 @@ class Settings(_FromEnv):
     """Everything the daemon can be told, with defaults that run against the local exchange."""
 
     symbols: tuple[str, ...] = _setting(
-        "SYMBOLS", DEFAULT_SYMBOLS, _symbols,
+        "SYMBOLS", DEFAULT_SYMBOLS, parse.symbol_list,
         "comma-separated canonical symbols to follow, or @path: a file of them (commas or one per line)")
     universe: tuple[str, ...] = _setting(
         "UNIVERSE", (), parse_universe_names,
         "named universes to follow, e.g. dev_top_10,dev_etfs (with SIDECAR_SYMBOLS: both; see README)")
     universes_dir: str = _setting(
-        "UNIVERSES_DIR", "", _text, "a directory of your own universes, <name>.txt, one symbol a line")
+        "UNIVERSES_DIR", "", parse.text, "a directory of your own universes, <name>.txt, one symbol a line")
     cycle_interval_s: float = _setting(
-        "CYCLE_INTERVAL_S", 1.0, _float(0.05, 60), "seconds between cycles (deadline-scheduled)")
+        "CYCLE_INTERVAL_S", 1.0, parse.number(0.05, 60), "seconds between cycles (deadline-scheduled)")
     fetch_timeout_s: float = _setting(
-        "FETCH_TIMEOUT_S", 0.8, _float(0.05, 60), "per-request timeout for a source")
+        "FETCH_TIMEOUT_S", 0.8, parse.number(0.05, 60), "per-request timeout for a source")
     history_timeout_s: float = _setting(
-        "HISTORY_TIMEOUT_S", 30.0, _float(1, 600), "per-request timeout for bootstrap and backfill windows")
+        "HISTORY_TIMEOUT_S", 30.0, parse.number(1, 600), "per-request timeout for bootstrap and backfill windows")
     lookback_minutes: int = _setting(
-        "LOOKBACK_MINUTES", 120, _int(1, 10080),
+        "LOOKBACK_MINUTES", 120, parse.integer(1, 10080),
         "how far back the first fetch of a symbol reaches after start-up")
     settle_s: float = _setting(
-        "SETTLE_S", 5.0, _float(0, 3600),
+        "SETTLE_S", 5.0, parse.number(0, 3600),
         "a closed bar that ended less than this before the source's clock is fetched again once settled, "
         "and corrected if it moved")
     restart_overlap_minutes: int = _setting(
-        "RESTART_OVERLAP_MINUTES", 5, _int(0, 1440),
+        "RESTART_OVERLAP_MINUTES", 5, parse.integer(0, 1440),
         "after a restart, minutes before the last stored bar fetched again (repairs revised bars)")
     bootstrap_days: float = _setting(
-        "BOOTSTRAP_DAYS", 90.0, _float(0, 730),
+        "BOOTSTRAP_DAYS", 90.0, parse.number(0, 730),
         "history fetched in the background for a symbol with no stored bars (0: none)")
     retention_days: int = _setting(
-        "RETENTION_DAYS", 90, _int(1, 36500), "1m bars older than this are deleted (in small batches, once a day)")
+        "RETENTION_DAYS", 90, parse.integer(1, 36500), "1m bars older than this are deleted (in small batches, once a day)")
     retention_higher: tuple[tuple[str, int], ...] = _setting(
-        "RETENTION_HIGHER", (("5m", 730), ("15m", 730), ("1h", 3650), ("4h", 3650), ("1d", 36500)), _retention,
+        "RETENTION_HIGHER", (("5m", 730), ("15m", 730), ("1h", 3650), ("4h", 3650), ("1d", 36500)), parse.retention,
         "days each higher timeframe is kept, e.g. 5m=730,1h=3650,1d=36500 (a timeframe not named: kept forever)")
     gap_scan_days: float = _setting(
-        "GAP_SCAN_DAYS", 2.0, _float(0, 90),
+        "GAP_SCAN_DAYS", 2.0, parse.number(0, 90),
         "days back each gap scan compares stored bars with the calendar (0: no gap scans nor end-of-day checks)")
     backfill_interval_s: float = _setting(
-        "BACKFILL_INTERVAL_S", 900.0, _float(10, 86400),
+        "BACKFILL_INTERVAL_S", 900.0, parse.number(10, 86400),
         "seconds between gap scans (also run at start-up and when a source recovers)")
     yahoo_base_url: str = _setting(
-        "YAHOO_BASE_URL", "http://127.0.0.1:8700", _url("http", "https"),
+        "YAHOO_BASE_URL", "http://127.0.0.1:8700", parse.url("http", "https"),
         "Yahoo chart API base URL (the real one: https://query2.finance.yahoo.com)")
     yahoo_cookie_url: str = _setting(
-        "YAHOO_COOKIE_URL", "", _optional_url,
+        "YAHOO_COOKIE_URL", "", parse.optional_url,
         "where the quote endpoint's cookie comes from (empty: https://fc.yahoo.com for Yahoo, else the base URL's root)")
     live_mode: str = _setting(
-        "LIVE_MODE", "chart", _choice("chart", "quotes"),
+        "LIVE_MODE", "chart", parse.choice("chart", "quotes"),
         "chart: one history request per symbol per cycle; quotes: batch quotes built into bars (thousands of symbols)")
     quote_batch: int = _setting(
-        "QUOTE_BATCH", 200, _int(1, 2000), "symbols per batch quote request (quotes mode)")
+        "QUOTE_BATCH", 200, parse.integer(1, 2000), "symbols per batch quote request (quotes mode)")
     catchup_per_cycle: int = _setting(
-        "CATCHUP_PER_CYCLE", 200, _int(1, 100_000),
+        "CATCHUP_PER_CYCLE", 200, parse.integer(1, 100_000),
         "quotes mode: history requests per cycle at most, for symbols whose minutes the quotes cannot vouch for")
     yahoo_user_agent: str = _setting(
-        "YAHOO_USER_AGENT", _BROWSER_UA, _text, "User-Agent sent to Yahoo (it refuses generic ones)")
+        "YAHOO_USER_AGENT", _BROWSER_UA, parse.text, "User-Agent sent to Yahoo (it refuses generic ones)")
     yahoo_rate_per_min: int = _setting(
-        "YAHOO_RATE_PER_MIN", 0, _int(0, 10_000_000), "requests per minute to Yahoo, never exceeded (0: no limit)")
+        "YAHOO_RATE_PER_MIN", 0, parse.integer(0, 10_000_000), "requests per minute to Yahoo, never exceeded (0: no limit)")
     yahoo_rate_per_day: int = _setting(
-        "YAHOO_RATE_PER_DAY", 0, _int(0, 1_000_000_000), "requests per UTC day to Yahoo (0: no limit)")
+        "YAHOO_RATE_PER_DAY", 0, parse.integer(0, 1_000_000_000), "requests per UTC day to Yahoo (0: no limit)")
     sources: tuple[str, ...] = _setting(
-        "SOURCES", ("yahoo", "twelvedata", "polygon", "alphavantage"), _sources,
+        "SOURCES", ("yahoo", "twelvedata", "polygon", "alphavantage"), parse.source_list,
         "sources in order of preference; each symbol falls back down the ones that serve it "
         "while one is failing, open or out of budget (a source without its API key is disabled)")
     source_delays: tuple[tuple[str, float], ...] = _setting(
-        "SOURCE_DELAYS", (), _delays,
+        "SOURCE_DELAYS", (), parse.delays,
         "each source's plan delay, e.g. polygon=15m: its bars close by its delayed clock, /health shows it "
         "(empty: all real-time)")
     twelvedata_base_url: str = _setting(
-        "TWELVEDATA_BASE_URL", "http://127.0.0.1:8700", _url("http", "https"),
+        "TWELVEDATA_BASE_URL", "http://127.0.0.1:8700", parse.url("http", "https"),
         "Twelve Data base URL (the real one: https://api.twelvedata.com)")
     twelvedata_api_key: str = _setting(
-        "TWELVEDATA_API_KEY", "", _text, "Twelve Data API key (empty: source disabled; never logged)")
+        "TWELVEDATA_API_KEY", "", parse.text, "Twelve Data API key (empty: source disabled; never logged)")
     twelvedata_rate_per_min: int = _setting(
-        "TWELVEDATA_RATE_PER_MIN", 8, _int(0, 10_000_000), "Twelve Data credits per minute, never exceeded (0: no limit)")
+        "TWELVEDATA_RATE_PER_MIN", 8, parse.integer(0, 10_000_000),
+        "Twelve Data credits per minute, never exceeded (0: no limit)")
     twelvedata_rate_per_day: int = _setting(
-        "TWELVEDATA_RATE_PER_DAY", 800, _int(0, 1_000_000_000), "Twelve Data credits per UTC day (0: no limit)")
+        "TWELVEDATA_RATE_PER_DAY", 800, parse.integer(0, 1_000_000_000), "Twelve Data credits per UTC day (0: no limit)")
     polygon_base_url: str = _setting(
-        "POLYGON_BASE_URL", "http://127.0.0.1:8700", _url("http", "https"),
+        "POLYGON_BASE_URL", "http://127.0.0.1:8700", parse.url("http", "https"),
         "Polygon/Massive base URL (the real one: https://api.massive.com)")
     polygon_api_key: str = _setting(
-        "POLYGON_API_KEY", "", _text, "Polygon API key (empty: source disabled; never logged)")
+        "POLYGON_API_KEY", "", parse.text, "Polygon API key (empty: source disabled; never logged)")
     polygon_rate_per_min: int = _setting(
-        "POLYGON_RATE_PER_MIN", 5, _int(0, 10_000_000), "Polygon requests per minute, never exceeded (0: no limit)")
+        "POLYGON_RATE_PER_MIN", 5, parse.integer(0, 10_000_000), "Polygon requests per minute, never exceeded (0: no limit)")
     polygon_rate_per_day: int = _setting(
-        "POLYGON_RATE_PER_DAY", 0, _int(0, 1_000_000_000), "Polygon requests per UTC day (0: no limit)")
+        "POLYGON_RATE_PER_DAY", 0, parse.integer(0, 1_000_000_000), "Polygon requests per UTC day (0: no limit)")
     alphavantage_base_url: str = _setting(
-        "ALPHAVANTAGE_BASE_URL", "http://127.0.0.1:8700", _url("http", "https"),
+        "ALPHAVANTAGE_BASE_URL", "http://127.0.0.1:8700", parse.url("http", "https"),
         "Alpha Vantage base URL (the real one: https://www.alphavantage.co)")
     alphavantage_api_key: str = _setting(
-        "ALPHAVANTAGE_API_KEY", "", _text, "Alpha Vantage API key (empty: source disabled; never logged)")
+        "ALPHAVANTAGE_API_KEY", "", parse.text, "Alpha Vantage API key (empty: source disabled; never logged)")
     alphavantage_rate_per_min: int = _setting(
-        "ALPHAVANTAGE_RATE_PER_MIN", 5, _int(0, 10_000_000),
+        "ALPHAVANTAGE_RATE_PER_MIN", 5, parse.integer(0, 10_000_000),
         "Alpha Vantage requests per minute, never exceeded (0: no limit)")
     alphavantage_rate_per_day: int = _setting(
-        "ALPHAVANTAGE_RATE_PER_DAY", 25, _int(0, 1_000_000_000), "Alpha Vantage requests per UTC day (0: no limit)")
+        "ALPHAVANTAGE_RATE_PER_DAY", 25, parse.integer(0, 1_000_000_000), "Alpha Vantage requests per UTC day (0: no limit)")
     reference_data: bool = _setting(
-        "REFERENCE_DATA", True, _bool,
+        "REFERENCE_DATA", True, parse.boolean,
         "keep the symbols table and the earnings calendar (daily, through the sources) and the earnings flags")
     earnings_days: int = _setting(
-        "EARNINGS_DAYS", 7, _int(0, 90), "a release this many calendar days ahead or less sets its earnings flag")
+        "EARNINGS_DAYS", 7, parse.integer(0, 90), "a release this many calendar days ahead or less sets its earnings flag")
     breaker_threshold: int = _setting(
-        "BREAKER_THRESHOLD", 5, _int(1, 10_000),
+        "BREAKER_THRESHOLD", 5, parse.integer(1, 10_000),
         "consecutive cycles in which every request to a source failed that open its circuit breaker")
     breaker_reset_s: float = _setting(
-        "BREAKER_RESET_S", 30.0, _float(0.1, 86400), "seconds a breaker stays open before one probe is let through")
+        "BREAKER_RESET_S", 30.0, parse.number(0.1, 86400), "seconds a breaker stays open before one probe is let through")
     fetch_retries: int = _setting(
-        "FETCH_RETRIES", 3, _int(1, 10), "tries per fetch for transient errors, while the cycle's time allows")
+        "FETCH_RETRIES", 3, parse.integer(1, 10), "tries per fetch for transient errors, while the cycle's time allows")
     yahoo_max_connections: int = _setting(
-        "YAHOO_MAX_CONNECTIONS", 32, _int(1, 1024), "size of the pooled HTTP connections to Yahoo")
+        "YAHOO_MAX_CONNECTIONS", 32, parse.integer(1, 1024), "size of the pooled HTTP connections to Yahoo")
     redis_url: str = _setting(
-        "REDIS_URL", "redis://127.0.0.1:6379/0", _url("redis", "rediss", "unix", "redis+cluster"),
+        "REDIS_URL", "redis://127.0.0.1:6379/0", parse.url("redis", "rediss", "unix", "redis+cluster"),
         "Redis to write to (redis://, rediss:// or unix:// URL; redis+cluster://host:port,... for a Redis Cluster, "
         "with SIDECAR_CLUSTER)")
     redis_prefix: str = _setting(
-        "REDIS_PREFIX", "sidecar", _prefix, "first segment of every Redis key")
+        "REDIS_PREFIX", "sidecar", parse.prefix, "first segment of every Redis key")
     redis_max_connections: int = _setting(
-        "REDIS_MAX_CONNECTIONS", 16, _int(1, 1024), "bound of the Redis connection pool")
+        "REDIS_MAX_CONNECTIONS", 16, parse.integer(1, 1024), "bound of the Redis connection pool")
     redis_timeout_s: float = _setting(
-        "REDIS_TIMEOUT_S", 0.5, _float(0.01, 30), "deadline for one Redis pipeline or read")
+        "REDIS_TIMEOUT_S", 0.5, parse.number(0.01, 30), "deadline for one Redis pipeline or read")
     redis_history_len: int = _setting(
-        "REDIS_HISTORY_LEN", 5000, _int(1, 1_000_000), "closed bars kept per symbol and timeframe")
+        "REDIS_HISTORY_LEN", 5000, parse.integer(1, 1_000_000), "closed bars kept per symbol and timeframe")
     db_path: Path = _setting(
         "DB_PATH", Path("var/sidecar.db"), lambda raw: Path(raw.strip()), "SQLite database file")
     cluster: bool = _setting(
-        "CLUSTER", False, _bool,
+        "CLUSTER", False, parse.boolean,
         "run as one member of a cluster: follow only the partitions this member owns (leases in Redis)")
     shard_id: str = _setting(
-        "SHARD_ID", "", _shard_id, "this member's name in the cluster (empty: host-pid)")
+        "SHARD_ID", "", parse.shard_id, "this member's name in the cluster (empty: host-pid)")
     partitions: int = _setting(
-        "PARTITIONS", 64, _int(1, 4096), "partitions the symbols are split into (the same on every member)")
+        "PARTITIONS", 64, parse.integer(1, 4096), "partitions the symbols are split into (the same on every member)")
     lease_s: float = _setting(
-        "LEASE_S", 5.0, _float(1.0, 300.0),
+        "LEASE_S", 5.0, parse.number(1.0, 300.0),
         "lifetime of a member's registration and partition leases (renewed every third of it)")
     store_url: str = _setting(
-        "STORE_URL", "", _store_url,
+        "STORE_URL", "", parse.store_url,
         "durable store: empty for SQLite at SIDECAR_DB_PATH, or postgresql://user:password@host:port/db (cluster mode)")
     cycle_trace: str = _setting(
-        "CYCLE_TRACE", "", _text,
+        "CYCLE_TRACE", "", parse.text,
         "file to append one JSON line per cycle to (time, duration, stage times, bars), for soak runs (empty: off)")
     gc_gen0_threshold: int = _setting(
-        "GC_GEN0_THRESHOLD", 20_000, _int(0, 10_000_000),
+        "GC_GEN0_THRESHOLD", 20_000, parse.integer(0, 10_000_000),
         "allocations between young-generation collections; start-up state is also frozen out of the "
         "collector (0: the interpreter's defaults)")
     flush_interval_s: float = _setting(
-        "FLUSH_INTERVAL_S", 10.0, _float(0.1, 86400), "seconds between SQLite flushes")
+        "FLUSH_INTERVAL_S", 10.0, parse.number(0.1, 86400), "seconds between SQLite flushes")
     sqlite_buffer_max: int = _setting(
-        "SQLITE_BUFFER_MAX", 1_000_000, _int(1000, 100_000_000),
+        "SQLITE_BUFFER_MAX", 1_000_000, parse.integer(1000, 100_000_000),
         "bars kept in memory while SQLite cannot commit; beyond it the oldest are dropped and counted")
     sqlite_synchronous: str = _setting(
-        "SQLITE_SYNCHRONOUS", "FULL", _choice("FULL", "NORMAL"),
+        "SQLITE_SYNCHRONOUS", "FULL", parse.choice("FULL", "NORMAL"),
         "SQLite synchronous mode (FULL survives power loss; costs ~nothing at one commit per flush)")
     http_host: str = _setting(
-        "HTTP_HOST", "127.0.0.1", _host, "address of the health/metrics/read HTTP server")
+        "HTTP_HOST", "127.0.0.1", parse.host, "address of the health/metrics/read HTTP server")
     http_port: int = _setting(
-        "HTTP_PORT", 8787, _int(0, 65535), "port of the HTTP server (0 picks a free one)")
+        "HTTP_PORT", 8787, parse.integer(0, 65535), "port of the HTTP server (0 picks a free one)")
     stale_after_s: float = _setting(
-        "STALE_AFTER_S", 5.0, _float(0.1, 86400),
+        "STALE_AFTER_S", 5.0, parse.number(0.1, 86400),
         "a symbol not refreshed for this long is stale: in /health, its Redis bar flagged, dead-lettered")
     spike_atr: float = _setting(
-        "SPIKE_ATR", 15.0, _float(0, 1e6),
+        "SPIKE_ATR", 15.0, parse.number(0, 1e6),
         "a closed bar this many ATRs from the previous close waits for the next bar to confirm it (0: off)")
     price_bounds: tuple[tuple[str, float, float], ...] = _setting(
-        "PRICE_BOUNDS", (), _bounds,
+        "PRICE_BOUNDS", (), parse.price_bounds,
         'plausible price range per asset class as JSON, e.g. {"fx": [0.0001, 100000]} (empty: built-in)')
     future_tolerance_s: float = _setting(
-        "FUTURE_TOLERANCE_S", 5.0, _float(0, 3600),
+        "FUTURE_TOLERANCE_S", 5.0, parse.number(0, 3600),
         "clock skew allowed before a bar's timestamp counts as in the future")
     shutdown_timeout_s: float = _setting(
-        "SHUTDOWN_TIMEOUT_S", 8.0, _float(0.5, 300),
+        "SHUTDOWN_TIMEOUT_S", 8.0, parse.number(0.5, 300),
         "internal deadline for a graceful stop (keep below PM2's kill_timeout)")
     timeframes: tuple[str, ...] = _setting(
         "TIMEFRAMES", ALL_TIMEFRAMES, parse_timeframes,
         "bar timeframes built live, from 1m by session rules (1m is always on)")
     higher_forming_s: float = _setting(
-        "HIGHER_FORMING_S", 5.0, _float(0, 3600),
+        "HIGHER_FORMING_S", 5.0, parse.number(0, 3600),
         "seconds between refreshes of a symbol's forming bar and provisional features in the timeframes above 1m "
         "(spread over the symbols; closes are never delayed; 0 or the cycle: every cycle)")
     day_start: tuple[tuple[str, str], ...] = _setting(
@@ -488,28 +282,28 @@ class Settings(_FromEnv):
         "where the daily bar starts for fx, futures, crypto, e.g. fx=17:00 America/New_York "
         "(empty: the primary source's own days: fx 00:00 London, futures 00:00 New York, crypto 00:00 UTC)")
     feature_periods: FeatureConfig = _setting(
-        "FEATURE_PERIODS", FeatureConfig(), _feature_config,
+        "FEATURE_PERIODS", FeatureConfig(), parse.feature_config,
         'indicator periods as JSON, e.g. {"rsi": 7, "sma": [10, 50, 200]} (empty: the defaults)')
     feature_warmup_bars: int = _setting(
-        "FEATURE_WARMUP_BARS", 600, _int(0, 100_000),
+        "FEATURE_WARMUP_BARS", 600, parse.integer(0, 100_000),
         "stored closed bars replayed per symbol at start-up (>= 500 for 1e-9 ADX agreement)")
     persist_features: bool = _setting(
-        "PERSIST_FEATURES", True, _bool,
+        "PERSIST_FEATURES", True, parse.boolean,
         "store the features at each bar's close, every timeframe, in SQLite's features table (training audits, "
         "and OBV carried across restarts)")
     feature_ttl_s: float = _setting(
-        "FEATURE_TTL_S", 2.0, _float(0.1, 3600),
+        "FEATURE_TTL_S", 2.0, parse.number(0.1, 3600),
         "lifetime of the `heartbeat` key: how long after the last cycle a reader may trust the values")
     signal_rules: str = _setting(
-        "SIGNAL_RULES", DEFAULT_RULES, _text, "scanner rules: 'name: A op B [when C op D]; ...'")
+        "SIGNAL_RULES", DEFAULT_RULES, parse.text, "scanner rules: 'name: A op B [when C op D]; ...'")
     signal_max_age_s: float = _setting(
-        "SIGNAL_MAX_AGE_S", 3.0, _float(0.1, 86400), "features older than this are stale: skipped by the scanner")
+        "SIGNAL_MAX_AGE_S", 3.0, parse.number(0.1, 86400), "features older than this are stale: skipped by the scanner")
     signals_maxlen: int = _setting(
-        "SIGNALS_MAXLEN", 10_000, _int(1, 10_000_000), "approximate length of the signals stream")
+        "SIGNALS_MAXLEN", 10_000, parse.integer(1, 10_000_000), "approximate length of the signals stream")
     broker_symbols: tuple[tuple[str, str], ...] = _setting(
-        "BROKER_SYMBOLS", (), _broker_map, "broker names of symbols, CANONICAL=BROKER,... (default: the same)")
+        "BROKER_SYMBOLS", (), parse.broker_map, "broker names of symbols, CANONICAL=BROKER,... (default: the same)")
     log_level: str = _setting(
-        "LOG_LEVEL", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "log verbosity")
+        "LOG_LEVEL", "INFO", parse.choice("DEBUG", "INFO", "WARNING", "ERROR"), "log verbosity")
 
     def _finish(self, given: set[str]) -> Settings:
         """A universe named in these settings brings its members into `symbols`: they replace
@@ -530,12 +324,12 @@ class Settings(_FromEnv):
         return replace(self, symbols=tuple(dict.fromkeys((*named, *members))))
 
     def providers(self) -> dict[str, ProviderSettings]:
-        """Each provider's settings, by name (`PROVIDERS` order)."""
+        """Each provider's settings, by name (`SOURCE_NAMES` order)."""
         delays = dict(self.source_delays)
         return {name: ProviderSettings(name, getattr(self, f"{name}_base_url"), getattr(self, f"{name}_api_key", ""),
                                        getattr(self, f"{name}_rate_per_min"), getattr(self, f"{name}_rate_per_day"),
                                        delays.get(name, 0.0))
-                for name in PROVIDERS}
+                for name in parse.SOURCE_NAMES}
 
     def day_starts(self) -> dict[AssetClass, DayStart]:
         """`day_start` as the bucket rules take it."""
@@ -566,56 +360,12 @@ class Settings(_FromEnv):
 class ExchangeSettings(_FromEnv):
     """Settings of the local exchange (`python -m sidecar.exchange`)."""
 
-    host: str = _setting("EXCHANGE_HOST", "127.0.0.1", _host, "address the local exchange listens on")
-    port: int = _setting("EXCHANGE_PORT", 8700, _int(0, 65535), "port of the local exchange")
-    seed: int = _setting("EXCHANGE_SEED", 42, _int(0, 2**31 - 1), "seed of the simulated market")
+    host: str = _setting("EXCHANGE_HOST", "127.0.0.1", parse.host, "address the local exchange listens on")
+    port: int = _setting("EXCHANGE_PORT", 8700, parse.integer(0, 65535), "port of the local exchange")
+    seed: int = _setting("EXCHANGE_SEED", 42, parse.integer(0, 2**31 - 1), "seed of the simulated market")
     always_open: bool = _setting(
-        "EXCHANGE_ALWAYS_OPEN", False, _bool,
+        "EXCHANGE_ALWAYS_OPEN", False, parse.boolean,
         "every symbol trades around the clock (otherwise real sessions apply)")
-
-
-def _default_text(value: object) -> str:
-    """A default as it is written in the environment."""
-    if isinstance(value, FeatureConfig):
-        return ""  # empty means the defaults
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, tuple) and value and len(value[0]) == 3:  # price bounds
-        return orjson.dumps({a: [lo, hi] for a, lo, hi in value}).decode()
-    if isinstance(value, tuple):
-        return ",".join("=".join(map(str, v)) if isinstance(v, tuple) else str(v) for v in value)
-    return str(value)
-
-
-def render_env_example() -> str:
-    """The text of `.env.example`: every setting, its meaning and its default."""
-    lines = ["# Every setting of the sidecar, with its default. Copy to .env and uncomment what you change;",
-             "# the environment wins over .env. Regenerate with: python -m sidecar settings > .env.example", ""]
-    for title, cls in (("The daemon (python -m sidecar run)", Settings),
-                       ("The local exchange (python -m sidecar.exchange)", ExchangeSettings)):
-        lines.append(f"## {title}")
-        defaults = cls()
-        for f in fields(cls):
-            lines.append(f"# {f.metadata['env']}: {f.metadata['help']}")
-            lines.append(f"# {f.metadata['env']}={_default_text(getattr(defaults, f.name))}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def render_markdown() -> str:
-    """The README's settings tables: every setting, its default and its meaning."""
-    out = []
-    for cls in (Settings, ExchangeSettings):
-        out.append("| setting | default | meaning |\n|---|---|---|")
-        defaults = cls()
-        for f in fields(cls):
-            text = _default_text(getattr(defaults, f.name))
-            if len(text) > 40:
-                text = "see below" if f.name == "signal_rules" else "a desktop browser's"
-            cell = f"`{text}`" if text else "(empty)"
-            out.append(f"| `{f.metadata['env']}` | {cell} | {f.metadata['help'].replace('|', '/')} |")
-        out.append("")
-    return "\n".join(out)
 
 
 ALL_SETTINGS: dict[str, Any] = {

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from sidecar.errors import SettingsError
-from sidecar.settings import ALL_SETTINGS, ExchangeSettings, Settings, render_env_example
+from sidecar.setting_docs import render_env_example
+from sidecar.settings import ALL_SETTINGS, ExchangeSettings, Settings
 
 from .conftest import subprocess_env
 

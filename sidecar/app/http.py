@@ -32,7 +32,7 @@ from ..errors import RedisStoreError, SymbolError
 from ..features.codec import FeatureCodec
 from ..metrics import Metrics
 from ..reference import ReferenceData, parse_type
-from ..settings import parse_number
+from ..setting_parsers import parse_number
 from ..stores import RedisStore
 from ..symbols import SymbolInfo, parse_symbol
 from .status import PAGE

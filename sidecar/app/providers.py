@@ -16,7 +16,8 @@ from ..cluster.coordinator import Coordinator
 from ..fetchers import AlphaVantageFetcher, HttpFetcher, PolygonFetcher, TwelveDataFetcher, YahooFetcher
 from ..metrics import Metrics
 from ..resilience import STATES, RetryPolicy
-from ..settings import Settings, redact_url
+from ..setting_parsers import redact_url
+from ..settings import Settings
 from ..sources import GuardedSource
 from ..stores import RedisStore
 

@@ -28,7 +28,7 @@ import numpy as np
 from ..bars import Bar, Row
 from ..clock import Clock
 from ..errors import PostgresStoreError
-from ..settings import redact_url
+from ..setting_parsers import redact_url
 from .buffer import BufferedStore, FeatureRow
 
 log = logging.getLogger(__name__)
