@@ -10,11 +10,9 @@ minutes without trades or no entry at all, the forming bar last, `chart.error` b
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import re
 import secrets
 from collections.abc import Awaitable, Callable
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import orjson
@@ -30,31 +28,13 @@ from .reference import Reference
 from .reference_api import ReferenceEndpoints
 from .sessions import DAY
 
-YAHOO_INTERVALS = ("1m", "2m", "5m", "15m", "30m", "60m", "90m", "1h", "1d", "5d", "1wk", "1mo", "3mo")
-_SERVED_INTERVALS = {"1m": 60, "2m": 120, "5m": 300, "15m": 900, "30m": 1800, "60m": 3600, "90m": 5400, "1h": 3600,
-                     "1d": DAY}
-_HOW_FAR_BACK_DAYS = {"1m": 30, "1h": 730, "60m": 730, "1d": 100 * 365}  # others: 60 days
-_RANGE_UNITS = {"d": 86400, "mo": 30 * 86400, "y": 365 * 86400}
 _YAHOO_SYMBOL = re.compile(r"^\^?[A-Z0-9][A-Z0-9.\-]{0,14}(=X|=F)?$")
 
-_NAN_MARK = 987654321.125  # a value no bar has; replaced by a bare NaN token in the body
 
 _MARKET_BY_CLASS = {
     AssetClass.EQUITY: "us_market", AssetClass.INDEX: "us_market", AssetClass.FX: "ccy_market",
     AssetClass.CRYPTO: "ccc_market", AssetClass.FUTURES: "us24_market",
 }
-_META_BY_CLASS = {
-    AssetClass.EQUITY: ("NMS", "NasdaqGS", "EQUITY", "America/New_York"),
-    AssetClass.INDEX: ("NIM", "Nasdaq GIDS", "INDEX", "America/New_York"),
-    AssetClass.FX: ("CCY", "CCY", "CURRENCY", "Europe/London"),
-    AssetClass.CRYPTO: ("CCC", "CCC", "CRYPTOCURRENCY", "UTC"),
-    AssetClass.FUTURES: ("CMX", "COMEX", "FUTURE", "America/New_York"),
-}
-
-
-def _chart_error(status: int, code: str, description: str) -> web.Response:
-    body = {"chart": {"result": None, "error": {"code": code, "description": description}}}
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
 class Exchange:
@@ -187,32 +167,32 @@ class Exchange:
         if self.clock.time() < self.down_until.get("yahoo", 0.0):
             return web.Response(status=503, text="Service Unavailable")
         if not _YAHOO_SYMBOL.fullmatch(symbol):
-            return _chart_error(404, "Not Found", "No data found, symbol may be delisted")
+            return chart.error(404, "Not Found", "No data found, symbol may be delisted")
         fault = self.ledger.take(symbol, RESPONSE_FAULTS)
         if (faulted := await self.ledger.fault_response(fault)) is not None:
             return faulted
 
         q = request.query
         interval = q.get("interval", "1m")
-        if interval not in YAHOO_INTERVALS:
-            return _chart_error(400, "Bad Request", f"Invalid input - interval={interval} is not supported. "
-                                f"Valid intervals: [{', '.join(YAHOO_INTERVALS)}]")
-        if interval not in _SERVED_INTERVALS:
-            return _chart_error(400, "Bad Request", f"Invalid input - interval={interval} is not served by the local exchange")
+        if interval not in chart.INTERVALS:
+            return chart.error(400, "Bad Request", f"Invalid input - interval={interval} is not supported. "
+                                f"Valid intervals: [{', '.join(chart.INTERVALS)}]")
+        if interval not in chart.SERVED_INTERVALS:
+            return chart.error(400, "Bad Request", f"Invalid input - interval={interval} is not served by the local exchange")
         now = int(self.clock.time())
         try:
-            start, end, range_name = self._window(q, now)
+            start, end, range_name = chart.window(q, now)
         except ValueError as exc:
-            return _chart_error(400, "Bad Request", f"Invalid input - {exc}")
-        step = _SERVED_INTERVALS[interval]
+            return chart.error(400, "Bad Request", f"Invalid input - {exc}")
+        step = chart.SERVED_INTERVALS[interval]
         self.chart_log.append((symbol, start, end))
-        days_back = _HOW_FAR_BACK_DAYS.get(interval, 60)
+        days_back = chart.HOW_FAR_BACK_DAYS.get(interval, 60)
         if interval == "1m" and end - start > 8 * 86400:
-            return _chart_error(422, "Unprocessable Entity",
+            return chart.error(422, "Unprocessable Entity",
                                 f"1m data not available for startTime={start} and endTime={end}. "
                                 "Only 7 days worth of 1m granularity data are allowed to be fetched per request.")
         if start < now - days_back * 86400:
-            return _chart_error(422, "Unprocessable Entity",
+            return chart.error(422, "Unprocessable Entity",
                                 f"{interval} data not available for startTime={start} and endTime={end}. "
                                 f"The requested range must be within the last {days_back} days.")
         bare = self.ledger.take(symbol, META_FAULTS) is not None
@@ -222,22 +202,6 @@ class Exchange:
         if fault == "malformed_json":
             body = body[: len(body) // 2]
         return web.Response(body=body, content_type="application/json")
-
-    @staticmethod
-    def _window(q: object, now: int) -> tuple[int, int, str]:
-        get = q.get  # type: ignore[attr-defined]
-        if get("period1") is not None:
-            try:
-                start = int(get("period1"))
-                end = int(get("period2", now))
-            except ValueError:
-                raise ValueError("period1 and period2 must be unix seconds") from None
-            return start, min(end, now + 1), ""
-        rng = get("range", "1d")
-        match = re.fullmatch(r"(\d+)(d|mo|y)", rng)
-        if not match:
-            raise ValueError(f"range={rng} is not supported")
-        return now - int(match[1]) * _RANGE_UNITS[match[2]], now + 1, rng
 
     def _chart_body(self, symbol: str, interval: str, step: int, start: int, end: int, now: int,
                     range_name: str, fault: str | None, bare: bool = False, events: frozenset[str] = frozenset()) -> bytes:
@@ -265,38 +229,9 @@ class Exchange:
         if fault is not None:
             self._apply_bar_fault(symbol, rows, fault, now)
 
-        exchange_name, full_name, instrument, tz_name = _META_BY_CLASS[profile.asset_class]
-        tz = ZoneInfo(tz_name)
-        offset = int(dt.datetime.fromtimestamp(now, tz).utcoffset().total_seconds())  # type: ignore[union-attr]
-        tz_abbr = dt.datetime.fromtimestamp(now, tz).tzname()
         traded_closes = bars.close[bars.traded]
-        period = {"timezone": tz_abbr, "gmtoffset": offset}
-        if m.always_open or profile.asset_class not in (AssetClass.EQUITY, AssetClass.INDEX):
-            # 24-hour markets (providers.md 8.1): the regular period ends at 23:59 while trades go
-            # on through that minute, so the provider's clock passes the period's end; pre and
-            # post are empty.
-            market_time = now
-            pre, post = (session_start, session_start), (session_end, session_end)
-        else:
-            market_time = min(now, session_end)
-            pre, post = (session_start - 19800, session_start), (session_end, session_end + 14400)
-        meta = {
-            "currency": "USD", "symbol": symbol, "exchangeName": exchange_name, "fullExchangeName": full_name,
-            "instrumentType": instrument, "firstTradeDate": 345479400, "regularMarketTime": market_time,
-            "hasPrePostMarketData": profile.asset_class is AssetClass.EQUITY, "gmtoffset": offset,
-            "timezone": tz_abbr, "exchangeTimezoneName": tz_name,
-            "regularMarketPrice": float(traded_closes[-1]) if len(traded_closes) else None,
-            "priceHint": profile.decimals, "scale": 3,
-            "currentTradingPeriod": {
-                "pre": {**period, "start": pre[0], "end": pre[1]},
-                "regular": {**period, "start": session_start, "end": session_end},
-                "post": {**period, "start": post[0], "end": post[1]},
-            },
-            "dataGranularity": interval, "range": range_name,
-            "validRanges": ["1d", "5d", "1mo", "3mo", "6mo", "1y", "2y", "5y", "10y", "ytd", "max"],
-        }
-        if bare:  # optional fields a real answer may lack
-            del meta["currentTradingPeriod"], meta["regularMarketTime"]
+        meta = chart.meta(m, symbol, interval, range_name, now,
+                          float(traded_closes[-1]) if len(traded_closes) else None, bare)
         result: dict[str, object] = {"meta": meta}
         if rows["ts"]:
             stamps = rows.pop("ts")
@@ -312,7 +247,7 @@ class Exchange:
         if happened:
             result["events"] = {k: v for k, v in happened.items() if k[:3] in {e[:3] for e in events}}
         body = orjson.dumps({"chart": {"result": [result], "error": None}})
-        return body.replace(repr(_NAN_MARK).encode(), b"NaN")
+        return body.replace(repr(chart.NAN_MARK).encode(), b"NaN")
 
     def _apply_bar_fault(self, symbol: str, rows: dict[str, list], kind: str, now: int) -> None:
         """Corrupt the newest closed bar with trades; the truth of that minute stays unserved."""
@@ -323,25 +258,7 @@ class Exchange:
         i = candidates[-1]
         ts = rows["ts"][i]
         self.served[symbol].pop(ts, None)
-        if kind == "high_below_low":
-            rows["high"][i], rows["low"][i] = rows["low"][i] - 1.0, rows["high"][i] + 1.0
-        elif kind == "negative_price":
-            rows["close"][i] = -abs(rows["close"][i])
-        elif kind == "zero_price":
-            rows["open"][i] = 0.0
-        elif kind == "negative_volume":
-            rows["volume"][i] = -1 - rows["volume"][i]
-        elif kind == "misaligned_ts":
-            rows["ts"][i] = ts + 17
-        elif kind == "future_ts":
-            rows["ts"][i] = (now // 60 + 60) * 60
-        elif kind == "string_price":
-            rows["close"][i] = "n/a"
-        elif kind == "nan_price":
-            rows["close"][i] = _NAN_MARK
-        elif kind == "spike":  # a valid-looking bar 50% away: only the spike filter can tell
-            rows["close"][i] *= 1.5
-            rows["high"][i] = max(rows["high"][i], rows["close"][i])
+        chart.corrupt(rows, i, kind, now)
         self.fault_log.append({"symbol": symbol, "kind": kind, "ts": ts, "served_ts": rows["ts"][i],
                                "values": [rows[k][i] for k in ("open", "high", "low", "close", "volume")]})
 
@@ -417,11 +334,11 @@ class Exchange:
             elif fault == "zero_price":
                 price = 0.0
             elif fault == "nan_price":
-                price = _NAN_MARK
+                price = chart.NAN_MARK
             if fault is not None:
                 self.fault_log.append({"symbol": symbol, "kind": fault, "ts": at, "served_ts": at, "endpoint": "quote"})
             asset_class = self.market.profile(symbol).asset_class
-            exchange, full_name, quote_type, tz_name = _META_BY_CLASS[asset_class]
+            exchange, full_name, quote_type, tz_name = chart.META_BY_CLASS[asset_class]
             result.append({
                 "language": "en-US", "region": "US", "quoteType": quote_type, "currency": "USD",
                 "exchange": exchange, "fullExchangeName": full_name, "exchangeTimezoneName": tz_name,
@@ -431,7 +348,7 @@ class Exchange:
                 **self.reference.yahoo_quote(symbol),
             })
         body = orjson.dumps({"quoteResponse": {"result": result, "error": None}})
-        return body.replace(repr(_NAN_MARK).encode(), b"NaN")
+        return body.replace(repr(chart.NAN_MARK).encode(), b"NaN")
 
     # -- admin ---------------------------------------------------------------------------------
 
