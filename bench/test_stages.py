@@ -193,12 +193,19 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
+@pytest.mark.parametrize("fenced", [False, True], ids=["one", "member"])
 @pytest.mark.parametrize("closing", [False, True], ids=["second", "minute_close"])
-def test_redis_write(benchmark, redis_url: str, features: FeatureService, closing: bool) -> None:  # type: ignore[no-untyped-def]
+def test_redis_write(benchmark, redis_url: str, features: FeatureService, closing: bool,  # type: ignore[no-untyped-def]
+                     fenced: bool) -> None:
     """A second's write (newest bar and features of every symbol), and a minute-closing one
-    (also every symbol's closed bar into its history)."""
+    (also every symbol's closed bar into its history); by one daemon, and by a cluster member
+    owning all of 64 partitions (one fenced script per partition)."""
     loop = asyncio.new_event_loop()
-    store = RedisStore(url=redis_url, prefix="bench", max_connections=4, timeout_s=5, history_len=500)
+    store = RedisStore(url=redis_url, prefix="bench", max_connections=4, timeout_s=5, history_len=500,
+                       partitions=64 if fenced else 0)
+    if fenced:
+        store.fence = lambda _p: 1
+        loop.run_until_complete(store.client.mset({f"bench:{{p{p}}}:fence": 1 for p in range(64)}))
     encoder = BarEncoder("1m")
     latest = encoder.encode(_batch(599, FORMING), NAMES.column, ["yahoo"])
     closed = encoder.encode(_batch(598), NAMES.column, ["yahoo"])

@@ -66,6 +66,10 @@ class SlotNames(Sequence[str]):
             return [self.column.text[s] for s in self.slots[i].tolist()]
         return self.column.text[int(self.slots[i])]
 
+    def take(self, rows: np.ndarray) -> SlotNames:
+        """Some of the rows (indices or a mask)."""
+        return SlotNames(self.column, self.slots[rows])
+
     def __iter__(self) -> Iterator[str]:
         text = self.column.text
         return iter([text[s] for s in self.slots.tolist()])
@@ -103,6 +107,10 @@ class Packed(Sequence[bytes]):
         shift = (width[:, None] - 1 - np.arange(most)).clip(0)
         return cls.grid((values[:, None] // 10 ** shift % 10 + 48).astype(np.uint8), width)
 
+    def take(self, rows: np.ndarray) -> Packed:
+        """Some of the rows (indices or a mask), sharing the buffer."""
+        return Packed(self.data, self.start[rows], self.width[rows])
+
     def widest(self) -> int:
         """The longest row's width."""
         return int(self.width.max()) if len(self.width) else 0
@@ -134,35 +142,52 @@ def resp_rows(names: SlotNames, pre: bytes, suf: bytes, fields: Sequence[Packed]
     """RESP arguments, row after row: the key `pre + symbol + suf` as a bulk string, then each
     field's value as one. Rows come out grouped by shape, not in their order (MSET pairs and a
     script's rows do not depend on it)."""
+    return resp_rows_grouped(names, np.zeros(len(names), dtype=np.int64), [pre], suf, fields).get(0, b"")
+
+
+def resp_rows_grouped(names: SlotNames, group: np.ndarray, pres: Sequence[bytes], suf: bytes,
+                      fields: Sequence[Packed]) -> dict[int, bytes]:
+    """`resp_rows` for rows in groups (a cluster's partitions): by group, its rows' RESP, row
+    i's key being `pres[group[i]] + symbol + suf`. The prefix's length is part of a row's
+    shape; each shape's block is built with its rows in group order and cut per group."""
     n = len(names)
     if n == 0:
-        return b""
-    code = names.column.length[names.slots].copy()
+        return {}
+    pre_len = np.array([len(p) for p in pres], dtype=np.int64)
+    pre_text = np.array(pres, dtype=np.bytes_)
+    code = pre_len[group] * (int(names.column.length.max()) + 1) + names.column.length[names.slots]
     radix = [f.widest() + 1 for f in fields]
     for f, r in zip(fields, radix, strict=True):
         code = code * r + f.width
+    # rows in group order, so each shape's rows of one group are one run of its block
+    order = np.argsort(group, kind="stable")
+    code, group = code[order], group[order]
     shapes, which = np.unique(code, return_inverse=True)
-    symbols = names.column.bytes_of(names.slots)
-    out = []
-    for k, shape in enumerate(shapes.tolist()):
+    symbols = names.column.bytes_of(names.slots[order])
+    fields = [f.take(order) for f in fields]
+    out: dict[int, list[bytes | memoryview]] = {}
+    for k in range(len(shapes)):
         rows = np.flatnonzero(which.ravel() == k) if len(shapes) > 1 else np.arange(n)
-        widths = []
-        for r in reversed(radix):
-            shape, w = divmod(shape, r)
-            widths.append(w)
-        widths.reverse()
-        length = shape
-        key_head = b"$%d\r\n%s" % (len(pre) + length + len(suf), pre)
-        layout: list[tuple[str, str | tuple[str, tuple[int]]]] = [("kh", f"S{len(key_head)}"), ("sym", ("u1", (length,))),
-                                                                   ("kt", f"S{len(suf) + 2}")]
+        first = int(rows[0])
+        length = int(names.column.length[names.slots[order[first]]])
+        widths = [int(f.width[first]) for f in fields]
+        key_len = len(pres[group[first]]) + length + len(suf)
+        layout: list[tuple[str, str | tuple[str, tuple[int]]]] = [
+            ("kh", f"S{len(b'$%d' % key_len) + 2}"), ("pre", f"S{pre_len[group[first]]}"), ("sym", ("u1", (length,))),
+            ("kt", f"S{len(suf) + 2}")]
         for j, w in enumerate(widths):
             layout += [(f"h{j}", f"S{len(b'$%d' % w) + 2}"), (f"v{j}", ("u1", (w,))), (f"c{j}", "S2")]
         block = np.empty(len(rows), dtype=np.dtype(layout))
-        block["kh"], block["kt"] = key_head, suf + b"\r\n"
+        block["kh"], block["kt"] = b"$%d\r\n" % key_len, suf + b"\r\n"
+        gs = group[rows]
+        cuts = [0, *(np.flatnonzero(gs[1:] != gs[:-1]) + 1).tolist(), len(rows)]
+        block["pre"] = pre_text[gs]
         if length:
             block["sym"] = symbols[rows, :length]
         for j, (f, w) in enumerate(zip(fields, widths, strict=True)):
             block[f"h{j}"], block[f"c{j}"] = b"$%d\r\n" % w, b"\r\n"
             block[f"v{j}"] = f.block(rows, w)
-        out.append(block.tobytes())
-    return b"".join(out)
+        raw, size = memoryview(block.tobytes()), block.dtype.itemsize
+        for a, b in zip(cuts[:-1], cuts[1:], strict=False):
+            out.setdefault(int(gs[a]), []).append(raw[a * size:b * size])
+    return {g: b"".join(parts) for g, parts in out.items()}

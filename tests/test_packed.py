@@ -1,12 +1,15 @@
 """The cycle's packed write: bars and features encoded as byte grids and sent as RESP built by
 NumPy land in Redis under the documented keys, as the documented msgpack maps, for symbols of
 every length, several sources, values with nils, and histories with their scores and caps;
-what a plain Redis client reads back is compared with maps built here from the inputs."""
+what a plain Redis client reads back is compared with maps built here from the inputs. A
+cluster member's fenced write, cut into partitions the same way, lands under the partitions'
+keys for the partitions it owns, and writes nothing for the others or under an old token."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+import zlib
+from collections.abc import AsyncIterator, Callable
 
 import msgpack
 import numpy as np
@@ -48,6 +51,35 @@ async def store(redis_url: str) -> AsyncIterator[RedisStore]:
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_packed_bars_and_features_land_as_the_documented_maps(
         store: RedisStore, redis_server: RedisServer, seed: int) -> None:
+    await _write_and_check(store, redis_server, seed)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_a_members_packed_write_lands_in_its_own_partitions_only(
+        redis_url: str, redis_server: RedisServer, seed: int) -> None:
+    """16 partitions: the member owns the even ones, 2 of which have a newer owner's token in
+    their fence; the odd ones are not its own (no token)."""
+    parts = 16
+    store = RedisStore(url=redis_url, prefix="pk", max_connections=4, timeout_s=2.0, history_len=3, partitions=parts)
+    refused: list[set[int]] = []
+    store.fence, store.on_fenced = (lambda p: 5 if p % 2 == 0 else None), refused.append
+    with redis_server.client() as c:
+        for p in range(0, parts, 2):
+            c.set(f"pk:{{p{p}}}:fence", 6 if p in (4, 10) else 5)
+    await store.start()
+    try:
+        await _write_and_check(store, redis_server, seed, partitions=parts, written=lambda p: p % 2 == 0
+                               and p not in (4, 10))
+    finally:
+        await store.close()
+    assert refused == [{4, 10}]
+    with redis_server.client() as c:
+        assert [int(c.get(f"pk:{{p{p}}}:refused") or 0) for p in (4, 10)] == [1, 1]
+
+
+async def _write_and_check(store: RedisStore, redis_server: RedisServer, seed: int, partitions: int = 0,
+                           written: Callable[[int], bool] = lambda _p: True) -> None:
+    """Write a cycle of 400 random symbols (bars, histories, features) and read every key back."""
     rng = np.random.default_rng(seed)
     names = _symbols(rng, 400) + [""]  # a free slot at the end, as the table has
     column = NameColumn.of(names)
@@ -76,13 +108,18 @@ async def test_packed_bars_and_features_land_as_the_documented_maps(
     with redis_server.client() as c:
         for i, slot in enumerate(slots.tolist()):
             symbol = names[slot]
+            part = zlib.crc32(symbol.encode()) % partitions if partitions else -1
+            head = f"pk:{{p{part}}}:{symbol}" if partitions else f"pk:{{{symbol}}}"
+            if not written(part):
+                assert c.keys(f"{head}:*") == [], symbol
+                continue
             want = {"symbol": symbol, "tf": "1m", "ts": int(rows.ts[i]), "open": rows.open[i],
                     "high": rows.high[i], "low": rows.low[i], "close": rows.close[i], "volume": rows.volume[i],
                     "flags": int(rows.flags[i]), "source": SOURCES[rows.source[i]]}
-            assert msgpack.unpackb(c.get(f"pk:{{{symbol}}}:bar:1m")) == want, symbol
-            members = c.zrange(f"pk:{{{symbol}}}:bars:1m", 0, -1, withscores=True)
+            assert msgpack.unpackb(c.get(f"{head}:bar:1m")) == want, symbol
+            members = c.zrange(f"{head}:bars:1m", 0, -1, withscores=True)
             assert [(msgpack.unpackb(m), s) for m, s in members] == [(want, float(rows.ts[i]))]
-            got = msgpack.unpackb(c.get(f"pk:{{{symbol}}}:features:1m"))
+            got = msgpack.unpackb(c.get(f"{head}:features:1m"))
             assert got["ts"] == rows.ts[i] and got["provisional"] == bool(provisional[i])
             assert got["updated"] == 1_800_000_000.25
             assert got["close"] is None if math.isnan(close[i]) else got["close"] == close[i]

@@ -41,14 +41,13 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from ..bars import Bar
-from ..cluster.partitions import partition_of
 from ..errors import RedisStoreError
 from ..packed import Packed, SlotNames, resp_rows
+from .redis_fenced import FencedScripts
 from .redis_wire import (
     CLUSTER_SCHEME,
     REPLACE,
     TRIM,
-    WRITE_FENCED,
     WRITE_HISTORY,
     Ints,
     RedisKeys,
@@ -106,6 +105,8 @@ class RedisStore:
             self.client = Redis(connection_pool=self._pool)
         self._mget_cache: dict[str, tuple[tuple[str, ...], bytes]] = {}  # by timeframe
         self._key_heads: dict[tuple[str, str, str], bytes] = {}  # (kind, symbol, tf) -> the key as RESP
+        # a cluster member's writes: one fenced script per partition
+        self._fenced = FencedScripts(self.keys, history_len, raw=not self.cluster_client) if partitions else None
         self._listed: set[str] = set()  # symbols this Redis has in its symbols set
         self._closed = False
         self.ok: bool | None = None  # did the last call succeed (None: none made yet)
@@ -225,53 +226,25 @@ class RedisStore:
         return WriteResult(written, fresh)
 
     async def _write_fenced(self, writes: Sequence[TimeframeWrite], now: float) -> WriteResult:
-        """A cluster member's cycle: one script per partition that checks the member's token
-        against the partition's fence before writing anything (see `WRITE_FENCED`); the
-        partitions refused are reported to `on_fenced`, the others written. Symbols of
-        partitions this member does not own (any more) are not sent at all."""
-        assert self.fence is not None
-        n = self.keys.partitions
-        groups: dict[int, tuple[list[bytes], list[bytes], list[bytes]]] = {}
-        tokens: dict[int, int | None] = {}
-
-        def group(symbol: str) -> tuple[list[bytes], list[bytes], list[bytes]] | None:
-            p = partition_of(symbol, n)
-            if p not in tokens:
-                tokens[p] = self.fence(p)  # type: ignore[misc]
-            return None if tokens[p] is None else groups.setdefault(p, ([], [], []))
-
-        written = 0
-        for w in writes:
-            tf = w.timeframe
-            for kind, (symbols, values) in (("latest", w.latest), ("features", w.features)):
-                for s, v in zip(symbols, values, strict=True):
-                    if (g := group(s)) is not None:
-                        g[0].extend((getattr(self.keys, kind)(s, tf).encode(), v))
-                        written += 1
-            for s in w.quiet:
-                if (g := group(s)) is not None:
-                    g[1].append(self.keys.features(s, tf).encode())
-            for s, ts, m, mode in zip(*w.history, strict=True):
-                if (g := group(s)) is not None:
-                    g[2].extend((self.keys.history(s, tf).encode(), b"%d" % ts, m, b"%d" % mode))
-                    written += 1
-        script = WRITE_FENCED.encode()
-        parts: list[tuple[bytes, ...]] = [
+        """A cluster member's cycle: one script per partition it owns, which checks the member's
+        token against the partition's fence before writing anything (`redis_fenced.py`); the
+        partitions refused are reported to `on_fenced`, the others written."""
+        assert self.fence is not None and self._fenced is not None
+        order, scripts, written = self._fenced.build(writes, [self.fence(p) for p in range(self.keys.partitions)])
+        head: list[tuple[bytes, ...]] = [
             (b"SET", self.keys.alive().encode(), b"1", b"NX"),
             (b"SET", self.keys.heartbeat().encode(), b"%.3f" % now, b"PX", b"%d" % self.features_ttl_ms)]
         names = [s for s in (writes[0].latest[0] if writes else ()) if s not in self._listed]
         if names:
-            parts.append((b"SADD", self.keys.symbols().encode(), *(s.encode() for s in names)))
+            head.append((b"SADD", self.keys.symbols().encode(), *(s.encode() for s in names)))
             self._listed.update(names)
-        head = len(parts)
-        order = sorted(groups)
-        for p in order:
-            pairs, unlink, rows = groups[p]
-            parts.append((b"EVAL", script, b"2", self.keys.fence(p).encode(), self.keys.refused(p).encode(),
-                          b"%d" % tokens[p], b"%d" % self.history_len,  # type: ignore[str-format]
-                          b"%d" % (len(pairs) // 2), b"%d" % len(unlink), *pairs, *unlink, *rows))
-        replies = await self._run(parts, f"writing {written} values", fenced_ok=True)
-        refused = {p for p, r in zip(order, replies[head:], strict=True) if isinstance(r, Exception)}
+        what = f"writing {written} values"
+        if self._fenced.raw:
+            packed = [*(command(*c) for c in head), *scripts]
+            replies = await self._send(b"".join(packed), len(packed), what, fenced_ok=True)
+        else:
+            replies = await self._run([*head, *scripts], what, fenced_ok=True)
+        refused = {p for p, r in zip(order, replies[len(head):], strict=True) if isinstance(r, Exception)}
         if refused and self.on_fenced is not None:
             self.on_fenced(refused)
         return WriteResult(written, replies[0] is not None)

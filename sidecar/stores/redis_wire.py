@@ -127,12 +127,15 @@ class RedisKeys:
             return f"{self.prefix}:{{p{partition_of(symbol, self.partitions)}}}:{symbol}"
         return f"{self.prefix}:{{{symbol}}}"
 
-    def around(self, kind: str, timeframe: str) -> tuple[bytes, bytes] | None:
+    def around(self, kind: str, timeframe: str, partition: int | None = None) -> tuple[bytes, bytes] | None:
         """What comes before and after the symbol in every key of a kind ("latest", "history",
-        "features") and timeframe; None in a cluster, where the partition is in the key too."""
-        if self.partitions:
-            return None
+        "features") and timeframe; in a cluster, where the partition is in the key too, the
+        keys of one `partition` (None without one)."""
         before, _, after = getattr(self, kind)("\0", timeframe).partition("\0")
+        if self.partitions:
+            if partition is None:
+                return None
+            before = f"{self.prefix}:{{p{partition}}}:"
         return before.encode(), after.encode()
 
     def latest(self, symbol: str, timeframe: str) -> str:

@@ -1,0 +1,151 @@
+"""A cluster member's cycle write, cut into one fenced script per partition it owns.
+
+Each script (`WRITE_FENCED`) checks the member's token against its partition's fence before it
+writes anything, so a member that lost a partition can never overwrite its new owner's keys.
+Rows of partitions the member does not own are not sent at all.
+
+On one Redis the scripts are pre-packed RESP, and the cycle's columns (slots, packed values) are
+cut into each partition's arguments by NumPy (`resp_rows_grouped`): row by row in Python this
+cost ~110 ms a cycle at 10,000 symbols (bench/test_stages.py `test_redis_write[...-member]`). A
+Redis Cluster's client routes each script by its slot itself, so there they are arguments,
+built row by row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..cluster.partitions import partition_of
+from ..packed import NameColumn, Packed, SlotNames, resp_rows_grouped
+from .redis_wire import WRITE_FENCED, RedisKeys, TimeframeWrite, bulk
+
+
+class _Part:
+    """One partition's share of a write: its MSET pairs, keys to unlink, history rows (as RESP
+    on one Redis, as arguments for a Redis Cluster's client)."""
+
+    __slots__ = ("pairs", "unlink", "rows", "n_pairs", "n_rows")
+
+    def __init__(self) -> None:
+        self.pairs: list[bytes] = []
+        self.unlink: list[bytes] = []
+        self.rows: list[bytes] = []
+        self.n_pairs = 0  # (key, value) pairs in `pairs`
+        self.n_rows = 0  # (key, ts, member, mode) rows in `rows`
+
+
+class FencedScripts:
+    """Builds a member's fenced scripts, remembering each symbol's partition and keys.
+
+    :param keys: the key names (with `partitions`).
+    :param history_len: the histories' cap.
+    :param raw: RESP for one Redis (else arguments, for a Redis Cluster's client).
+    """
+
+    def __init__(self, keys: RedisKeys, history_len: int, raw: bool) -> None:
+        self.keys, self.history_len, self.raw = keys, history_len, raw
+        self._partitions: dict[str, int] = {}  # symbol -> its partition
+        self._keys: dict[tuple[str, str, str], bytes] = {}  # (kind, symbol, tf) -> key (RESP when raw)
+        self._by_slot: tuple[NameColumn, np.ndarray] | None = None  # slot -> partition, for one column
+        self._arounds: dict[tuple[str, str], tuple[list[bytes], bytes]] = {}  # key parts by partition
+
+    def build(self, writes: Sequence[TimeframeWrite], tokens: Sequence[int | None]
+              ) -> tuple[list[int], list[bytes] | list[tuple[bytes, ...]], int]:
+        """The scripts of a cycle's write given the member's token per partition (None: not its
+        own): the partitions written, in order, their scripts, and how many values they write."""
+        n = self.keys.partitions
+        owned = np.array([t is not None for t in tokens])
+        groups = {p: _Part() for p in range(n) if owned[p]}
+        partitions, key, raw = self._partitions, self._key, self.raw
+        arg = bulk if raw else _same
+
+        def group(symbol: str) -> _Part | None:
+            p = partitions.get(symbol)
+            if p is None:
+                p = partitions[symbol] = partition_of(symbol, n)
+            return groups.get(p)
+
+        written = 0
+        for w in writes:
+            tf = w.timeframe
+            for kind, (symbols, values) in (("latest", w.latest), ("features", w.features)):
+                if raw and isinstance(symbols, SlotNames) and isinstance(values, Packed):
+                    written += self._columns(kind, tf, symbols, owned, [values], groups, "pairs")
+                    continue
+                for s, v in zip(symbols, values, strict=True):
+                    if (g := group(s)) is not None:
+                        g.pairs += (key(kind, s, tf), arg(v))
+                        g.n_pairs += 1
+                        written += 1
+            for s in w.quiet:
+                if (g := group(s)) is not None:
+                    g.unlink.append(key("features", s, tf))
+            symbols, opens, members, modes = w.history
+            if raw and isinstance(symbols, SlotNames) and isinstance(members, Packed) and np.min(opens, initial=0) >= 0:
+                written += self._columns("history", tf, symbols, owned, [
+                    Packed.digits(np.asarray(opens)), members, Packed.digits(np.asarray(modes))], groups, "rows")
+                continue
+            for s, ts, m, mode in zip(symbols, opens, members, modes, strict=True):
+                if (g := group(s)) is not None:
+                    g.rows += (key("history", s, tf), arg(b"%d" % ts), arg(m), arg(b"%d" % mode))
+                    g.n_rows += 1
+                    written += 1
+        order = [p for p, g in groups.items() if g.n_pairs or g.unlink or g.n_rows]
+        resp: list[bytes] = []
+        args: list[tuple[bytes, ...]] = []
+        for p in order:
+            g = groups[p]
+            head = (b"EVAL", WRITE_FENCED.encode(), b"2", self.keys.fence(p).encode(), self.keys.refused(p).encode(),
+                    b"%d" % tokens[p], b"%d" % self.history_len,  # type: ignore[str-format]
+                    b"%d" % g.n_pairs, b"%d" % len(g.unlink))
+            if raw:
+                resp.append(b"".join([b"*%d\r\n" % (len(head) + 2 * g.n_pairs + len(g.unlink) + 4 * g.n_rows),
+                                         *map(bulk, head), *g.pairs, *g.unlink, *g.rows]))
+            else:
+                args.append((*head, *g.pairs, *g.unlink, *g.rows))
+        return order, resp if raw else args, written
+
+    def _columns(self, kind: str, timeframe: str, symbols: SlotNames, owned: np.ndarray, fields: list[Packed],
+                 groups: dict[int, _Part], into: str) -> int:
+        """Rows given as columns, those of owned partitions as RESP appended to their
+        partitions' pairs or rows (`into`); how many rows."""
+        partition = self._slot_partitions(symbols.column)[symbols.slots]
+        keep = owned[partition]
+        if not keep.all():
+            symbols, partition, fields = symbols.take(keep), partition[keep], [f.take(keep) for f in fields]
+        n = self.keys.partitions
+        if (kind, timeframe) not in self._arounds:
+            parts = [self.keys.around(kind, timeframe, p) for p in range(n)]
+            self._arounds[(kind, timeframe)] = ([x[0] for x in parts if x], parts[0][1] if parts[0] else b"")
+        pres, suf = self._arounds[(kind, timeframe)]
+        counts = np.bincount(partition, minlength=n)
+        for p, chunk in resp_rows_grouped(symbols, partition, pres, suf, fields).items():
+            g = groups[p]
+            if into == "pairs":
+                g.pairs.append(chunk)
+                g.n_pairs += int(counts[p])
+            else:
+                g.rows.append(chunk)
+                g.n_rows += int(counts[p])
+        return len(symbols)
+
+    def _slot_partitions(self, column: NameColumn) -> np.ndarray:
+        """Every slot's partition (made once per column of names, i.e. per membership change)."""
+        if self._by_slot is None or self._by_slot[0] is not column:
+            n = self.keys.partitions
+            self._by_slot = (column, np.array([partition_of(s, n) for s in column.text], dtype=np.int64))
+        return self._by_slot[1]
+
+    def _key(self, kind: str, symbol: str, timeframe: str) -> bytes:
+        """A key of a symbol (made once): a RESP bulk string when raw, else bytes."""
+        key = self._keys.get((kind, symbol, timeframe))
+        if key is None:
+            key = getattr(self.keys, kind)(symbol, timeframe).encode()
+            key = self._keys[(kind, symbol, timeframe)] = bulk(key) if self.raw else key
+        return key
+
+
+def _same(value: bytes) -> bytes:
+    return value
