@@ -4,12 +4,14 @@ cluster costs (the coordination, fenced writes per partition, PostgreSQL) and no
 
     .venv/bin/python -m bench.cluster --symbols 10000 --minutes 10     (the issue's target run)
     .venv/bin/python -m bench.cluster --symbols 2000 --minutes 1       (quick)
+    .venv/bin/python -m bench.cluster --symbols 10000 --baseline before   (the single daemon first, alone)
 
 Real processes: the exchange, one redis-server (the members' keys and the single daemon's under
 another prefix), a private PostgreSQL server (the members' store; the single daemon keeps
 SQLite, as one machine does), two members and the single daemon. Each daemon writes one JSON
 line per cycle (SIDECAR_CYCLE_TRACE); CPU and RSS come from /proc. The report goes to
-bench/results/<date>-<host>-cluster.json.
+bench/results/<date>-<host>-cluster.json, with each daemon's stages (p50) and the exchange's and
+Redis's CPU, so a missed target says what holds it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import redis
 
 from sidecar.cluster.partitions import partition_of
 
@@ -62,8 +65,14 @@ def _health(port: int) -> dict:
         return dict(orjson.loads(exc.read()))
 
 
-def run(n: int, seconds: float, work: Path, warmup_limit: float = 420.0) -> dict[str, object]:
-    """Start everything, wait for every daemon's catch-up, measure `seconds`; the figures."""
+STAGES = ("fetch", "parse", "build", "validate", "features", "timeframes", "redis", "sqlite_buffer", "scan")
+
+
+def run(n: int, seconds: float, work: Path, warmup_limit: float = 420.0, baseline: str = "beside") -> dict[str, object]:
+    """Start everything, wait for every daemon's catch-up, measure `seconds`; the figures. The
+    single daemon runs beside the members (`baseline="beside"`: the same load for both, so the
+    ratio is the cluster's own cost) or alone before them (`"before"`: the members then have the
+    machine to themselves, as two shards of 10,000 would)."""
     with redis_server(work) as redis_url, postgres_server(Path(tempfile.mkdtemp(prefix="sidecar-bench-pg-"))) as pg:
         ex_port = free_port()
         base = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -76,78 +85,96 @@ def run(n: int, seconds: float, work: Path, warmup_limit: float = 420.0) -> dict
                   "SIDECAR_YAHOO_BASE_URL": f"http://127.0.0.1:{ex_port}", "SIDECAR_REDIS_URL": redis_url,
                   "SIDECAR_BOOTSTRAP_DAYS": "0", "SIDECAR_LOOKBACK_MINUTES": "5", "SIDECAR_FETCH_TIMEOUT_S": "5",
                   "SIDECAR_LOG_LEVEL": "WARNING", "SIDECAR_GAP_SCAN_DAYS": "0"}
-        daemons = {
-            "single": _daemon("single", work, {**common, "SIDECAR_SYMBOLS": f"@{work / 'single.txt'}",
-                                               "SIDECAR_REDIS_PREFIX": "single", "SIDECAR_DB_PATH": str(work / "s.db")}),
-            **{m: _daemon(m, work, {**common, "SIDECAR_SYMBOLS": f"@{work / 'all.txt'}", "SIDECAR_CLUSTER": "true",
-                                    "SIDECAR_SHARD_ID": m, "SIDECAR_PARTITIONS": str(PARTITIONS),
-                                    "SIDECAR_STORE_URL": pg}) for m in ("member-a", "member-b")},
+        specs = {
+            "single": {**common, "SIDECAR_SYMBOLS": f"@{work / 'single.txt'}", "SIDECAR_REDIS_PREFIX": "single",
+                       "SIDECAR_DB_PATH": str(work / "s.db")},
+            **{m: {**common, "SIDECAR_SYMBOLS": f"@{work / 'all.txt'}", "SIDECAR_CLUSTER": "true", "SIDECAR_SHARD_ID": m,
+                   "SIDECAR_PARTITIONS": str(PARTITIONS), "SIDECAR_STORE_URL": pg} for m in ("member-a", "member-b")},
         }
+        phases = [["single"], ["member-a", "member-b"]] if baseline == "before" else [list(specs)]
+        redis_pid = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
+        out: dict[str, object] = {"symbols_per_daemon": n, "partitions": PARTITIONS, "baseline": baseline}
         try:
-            for name, (proc, port, _trace) in daemons.items():
-                deadline = time.monotonic() + 600
-                while True:
-                    if proc.poll() is not None:
-                        text = (work / f"daemon-{name}.log").read_text()
-                        raise SystemExit(f"{name} exited:\n{text[text.find('ERROR'):][:4000]}")
-                    try:
-                        _wait_http(f"http://127.0.0.1:{port}/health", 0)
-                        break
-                    except OSError:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.5)
-            t0 = time.time()
-            first_minute = int(t0) // 60
-            while time.time() - t0 < warmup_limit:  # every daemon caught up, past a minute boundary
-                time.sleep(1)
-                ready = []
-                for _proc, _port, trace in daemons.values():
-                    recent = [orjson.loads(x) for x in _lines(trace)[-5:]]
-                    ready.append(len(recent) == 5 and int(recent[-1]["t"]) // 60 > first_minute
-                                 and all(c["history_requests"] == 0 for c in recent))
-                if all(ready):
-                    break
-            warmup = time.time() - t0
-            marks = {name: len(_lines(trace)) for name, (_p, _port, trace) in daemons.items()}
-            pids = {name: proc.pid for name, (proc, _port, _trace) in daemons.items()}
-            pids["exchange"] = exchange.pid
-            start = {k: _proc_stats(p) for k, p in pids.items()}
-            t_start = time.time()
-            time.sleep(seconds)
-            end = {k: _proc_stats(p) for k, p in pids.items()}
-            span = time.time() - t_start
-            health = {m: _health(daemons[m][1]).get("cluster", {}) for m in ("member-a", "member-b")}
-            owned = {m: [int(p) for p in h.get("owned", {})] for m, h in health.items()}
-            out: dict[str, object] = {"symbols_per_daemon": n, "seconds": round(span, 1), "warmup_s": round(warmup, 1),
-                                      "partitions": PARTITIONS}
-            for name, (_proc, _port, trace) in daemons.items():
-                cycles = [orjson.loads(x) for x in _lines(trace)[marks[name]:]]
-                ms = np.array([c["cycle_s"] for c in cycles]) * 1000
-                followed = n if name == "single" else sum(1 for s in names if partition_of(s, PARTITIONS) in owned[name])
-                out[name] = {"symbols": followed, "cycles": len(cycles),
-                             "fenced_writes": health.get(name, {}).get("fenced_writes"),
-                             "overruns": cycles[-1]["overruns"] - cycles[0]["overruns"] if cycles else None,
-                             **{f"cycle_p{q}_ms": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)},
-                             "cycle_max_ms": round(float(ms.max()), 1),
-                             "redis_p99_ms": round(float(np.percentile([c["redis"] for c in cycles], 99)) * 1000, 1),
-                             "cpu_pct": round(100 * (end[name][0] - start[name][0]) / span, 1),
-                             "rss_mb": round(end[name][1] / 2**20, 1)}
-            out["exchange_cpu_pct"] = round(100 * (end["exchange"][0] - start["exchange"][0]) / span, 1)
-            single = out["single"]["cycle_p99_ms"]  # type: ignore[index]
-            out["member_p99_vs_single"] = {m: round(out[m]["cycle_p99_ms"] / single, 2)  # type: ignore[index]
-                                           for m in ("member-a", "member-b")}
-            return out
-        finally:
-            for proc, _port, _trace in daemons.values():
-                proc.send_signal(signal.SIGTERM)
-            for proc, _port, _trace in daemons.values():
+            for phase in phases:
+                daemons = {name: _daemon(name, work, specs[name]) for name in phase}
                 try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                    out.update(_measure(daemons, names, n, seconds, warmup_limit, exchange.pid, redis_pid,
+                                        f"{'+'.join(phase)}_" if baseline == "before" else ""))
+                finally:
+                    for proc, _port, _trace in daemons.values():
+                        proc.send_signal(signal.SIGTERM)
+                    for proc, _port, _trace in daemons.values():
+                        try:
+                            proc.wait(timeout=60)
+                        except subprocess.TimeoutExpired:
+                            proc.kill()
+        finally:
             exchange.terminate()
             exchange.wait()
+        single = out["single"]["cycle_p99_ms"]  # type: ignore[index]
+        out["member_p99_vs_single"] = {m: round(out[m]["cycle_p99_ms"] / single, 2)  # type: ignore[index]
+                                       for m in ("member-a", "member-b")}
+        return out
+
+
+def _measure(daemons: dict[str, tuple[subprocess.Popen[bytes], int, Path]], names: list[str], n: int, seconds: float,
+             warmup_limit: float, exchange_pid: int, redis_pid: int, label: str) -> dict[str, object]:
+    """Wait for the daemons' catch-up, then measure `seconds`: per daemon its cycles, stages
+    (p50), CPU and RSS; the exchange's and Redis's CPU under `label`."""
+    for name, (proc, port, _trace) in daemons.items():
+        deadline = time.monotonic() + 600
+        while True:
+            if proc.poll() is not None:
+                text = daemons[name][2].with_name(f"daemon-{name}.log").read_text()
+                raise SystemExit(f"{name} exited:\n{text[text.find('ERROR'):][:4000]}")
+            try:
+                _wait_http(f"http://127.0.0.1:{port}/health", 0)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    t0 = time.time()
+    first_minute = int(t0) // 60
+    while time.time() - t0 < warmup_limit:  # every daemon caught up, past a minute boundary
+        time.sleep(1)
+        ready = []
+        for _proc, _port, trace in daemons.values():
+            recent = [orjson.loads(x) for x in _lines(trace)[-5:]]
+            ready.append(len(recent) == 5 and int(recent[-1]["t"]) // 60 > first_minute
+                         and all(c["history_requests"] == 0 for c in recent))
+        if all(ready):
+            break
+    warmup = time.time() - t0
+    marks = {name: len(_lines(trace)) for name, (_p, _port, trace) in daemons.items()}
+    pids = {name: proc.pid for name, (proc, _port, _trace) in daemons.items()}
+    pids["exchange"], pids["redis"] = exchange_pid, redis_pid
+    start = {k: _proc_stats(p) for k, p in pids.items()}
+    t_start = time.time()
+    time.sleep(seconds)
+    end = {k: _proc_stats(p) for k, p in pids.items()}
+    span = time.time() - t_start
+    members = [m for m in daemons if m != "single"]
+    health = {m: _health(daemons[m][1]).get("cluster", {}) for m in members}
+    owned = {m: [int(p) for p in h.get("owned", {})] for m, h in health.items()}
+    out: dict[str, object] = {f"{label}seconds": round(span, 1), f"{label}warmup_s": round(warmup, 1)}
+    for name, (_proc, _port, trace) in daemons.items():
+        cycles = [orjson.loads(x) for x in _lines(trace)[marks[name]:]]
+        ms = np.array([c["cycle_s"] for c in cycles]) * 1000
+        followed = n if name == "single" else sum(1 for s in names if partition_of(s, PARTITIONS) in owned[name])
+        out[name] = {"symbols": followed, "cycles": len(cycles),
+                     "fenced_writes": health.get(name, {}).get("fenced_writes"),
+                     "overruns": cycles[-1]["overruns"] - cycles[0]["overruns"] if cycles else None,
+                     **{f"cycle_p{q}_ms": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)},
+                     "cycle_max_ms": round(float(ms.max()), 1),
+                     "redis_p99_ms": round(float(np.percentile([c["redis"] for c in cycles], 99)) * 1000, 1),
+                     "stages_p50_ms": {k: round(float(np.median([c.get(k, 0.0) for c in cycles])) * 1000, 1)
+                                       for k in STAGES},
+                     "cpu_pct": round(100 * (end[name][0] - start[name][0]) / span, 1),
+                     "rss_mb": round(end[name][1] / 2**20, 1)}
+    for part in ("exchange", "redis"):
+        out[f"{label}{part}_cpu_pct"] = round(100 * (end[part][0] - start[part][0]) / span, 1)
+    return out
 
 
 def main() -> None:
@@ -155,10 +182,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--symbols", type=int, default=10_000, help="symbols per daemon (the members split twice this)")
     parser.add_argument("--minutes", type=float, default=10.0, help="measured minutes, after the catch-up")
+    parser.add_argument("--baseline", choices=("beside", "before"), default="beside",
+                        help="the single daemon runs beside the members, or alone before them")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sidecar-bench-cluster-") as tmp:
-        report = run(args.symbols, args.minutes * 60, Path(tmp))
-    report["command"] = f"python -m bench.cluster --symbols {args.symbols} --minutes {args.minutes:g}"
+        report = run(args.symbols, args.minutes * 60, Path(tmp), baseline=args.baseline)
+    report["command"] = (f"python -m bench.cluster --symbols {args.symbols} --minutes {args.minutes:g}"
+                         f" --baseline {args.baseline}")
     text = orjson.dumps(report, option=orjson.OPT_INDENT_2).decode()
     print(text)
     out = ROOT / "bench" / "results" / f"{dt.date.today()}-{socket.gethostname()[:12]}-cluster.json"

@@ -127,7 +127,8 @@ def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0, histor
                       "SIDECAR_QUOTE_BATCH": "500", "SIDECAR_CATCHUP_PER_CYCLE": "250",
                       "SIDECAR_YAHOO_BASE_URL": f"http://127.0.0.1:{ex_port}", "SIDECAR_REDIS_URL": redis_url,
                       "SIDECAR_DB_PATH": str(work / f"soak-{n}.db"), "SIDECAR_HTTP_PORT": str(http_port),
-                      "SIDECAR_BOOTSTRAP_DAYS": "0", "SIDECAR_LOOKBACK_MINUTES": str(history_minutes), "SIDECAR_FETCH_TIMEOUT_S": "5",
+                      "SIDECAR_BOOTSTRAP_DAYS": "0", "SIDECAR_LOOKBACK_MINUTES": str(history_minutes),
+                      "SIDECAR_FETCH_TIMEOUT_S": "5",
                       "SIDECAR_CYCLE_TRACE": str(trace), "SIDECAR_LOG_LEVEL": "WARNING",
                       "SIDECAR_GAP_SCAN_DAYS": "0"}  # a first gap scan of the hour before start would land inside short runs
         log = (work / f"daemon-{n}.log").open("wb")

@@ -159,17 +159,18 @@ def resp_rows_grouped(names: SlotNames, group: np.ndarray, pres: Sequence[bytes]
     radix = [f.widest() + 1 for f in fields]
     for f, r in zip(fields, radix, strict=True):
         code = code * r + f.width
-    # rows in group order, so each shape's rows of one group are one run of its block
-    order = np.argsort(group, kind="stable")
-    code, group = code[order], group[order]
+    slots, grouped = names.slots, len(pres) > 1
+    if grouped:  # rows in group order, so each shape's rows of one group are one run of its block
+        order = np.argsort(group, kind="stable")
+        code, group, slots = code[order], group[order], slots[order]
+        fields = [f.take(order) for f in fields]
     shapes, which = np.unique(code, return_inverse=True)
-    symbols = names.column.bytes_of(names.slots[order])
-    fields = [f.take(order) for f in fields]
+    symbols = names.column.bytes_of(slots)
     out: dict[int, list[bytes | memoryview]] = {}
     for k in range(len(shapes)):
         rows = np.flatnonzero(which.ravel() == k) if len(shapes) > 1 else np.arange(n)
         first = int(rows[0])
-        length = int(names.column.length[names.slots[order[first]]])
+        length = int(names.column.length[slots[first]])
         widths = [int(f.width[first]) for f in fields]
         key_len = len(pres[group[first]]) + length + len(suf)
         layout: list[tuple[str, str | tuple[str, tuple[int]]]] = [
@@ -180,8 +181,11 @@ def resp_rows_grouped(names: SlotNames, group: np.ndarray, pres: Sequence[bytes]
         block = np.empty(len(rows), dtype=np.dtype(layout))
         block["kh"], block["kt"] = b"$%d\r\n" % key_len, suf + b"\r\n"
         gs = group[rows]
-        cuts = [0, *(np.flatnonzero(gs[1:] != gs[:-1]) + 1).tolist(), len(rows)]
-        block["pre"] = pre_text[gs]
+        if grouped:
+            block["pre"] = pre_text[gs]
+            cuts = [0, *(np.flatnonzero(gs[1:] != gs[:-1]) + 1).tolist(), len(rows)]
+        else:
+            block["pre"], cuts = pres[0], [0, len(rows)]
         if length:
             block["sym"] = symbols[rows, :length]
         for j, (f, w) in enumerate(zip(fields, widths, strict=True)):

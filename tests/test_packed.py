@@ -51,39 +51,39 @@ async def store(redis_url: str) -> AsyncIterator[RedisStore]:
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_packed_bars_and_features_land_as_the_documented_maps(
         store: RedisStore, redis_server: RedisServer, seed: int) -> None:
-    await _write_and_check(store, redis_server, seed)
+    await _write_and_check(store, redis_server, seed, 400)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize(("seed", "n", "parts", "newer"), [(1, 400, 16, {4, 10}), (2, 400, 16, {4, 10}),
+                                                           (3, 1200, 4, {2})], ids=["rows", "rows2", "columns"])
 async def test_a_members_packed_write_lands_in_its_own_partitions_only(
-        redis_url: str, redis_server: RedisServer, seed: int) -> None:
-    """16 partitions: the member owns the even ones, 2 of which have a newer owner's token in
-    their fence; the odd ones are not its own (no token)."""
-    parts = 16
+        redis_url: str, redis_server: RedisServer, seed: int, n: int, parts: int, newer: set[int]) -> None:
+    """The member owns the even partitions, some of which have a newer owner's token in their
+    fence; the odd ones are not its own (no token). 400 symbols in 8 owned partitions go row by
+    row, 1,200 in 2 go by columns (redis_fenced.COLUMNS_FROM rows a partition)."""
     store = RedisStore(url=redis_url, prefix="pk", max_connections=4, timeout_s=2.0, history_len=3, partitions=parts)
     refused: list[set[int]] = []
     store.fence, store.on_fenced = (lambda p: 5 if p % 2 == 0 else None), refused.append
     with redis_server.client() as c:
         for p in range(0, parts, 2):
-            c.set(f"pk:{{p{p}}}:fence", 6 if p in (4, 10) else 5)
+            c.set(f"pk:{{p{p}}}:fence", 6 if p in newer else 5)
     await store.start()
     try:
-        await _write_and_check(store, redis_server, seed, partitions=parts, written=lambda p: p % 2 == 0
-                               and p not in (4, 10))
+        await _write_and_check(store, redis_server, seed, n, partitions=parts,
+                               written=lambda p: p % 2 == 0 and p not in newer)
     finally:
         await store.close()
-    assert refused == [{4, 10}]
+    assert refused == [newer]
     with redis_server.client() as c:
-        assert [int(c.get(f"pk:{{p{p}}}:refused") or 0) for p in (4, 10)] == [1, 1]
+        assert [int(c.get(f"pk:{{p{p}}}:refused") or 0) for p in sorted(newer)] == [1] * len(newer)
 
 
-async def _write_and_check(store: RedisStore, redis_server: RedisServer, seed: int, partitions: int = 0,
+async def _write_and_check(store: RedisStore, redis_server: RedisServer, seed: int, n: int, partitions: int = 0,
                            written: Callable[[int], bool] = lambda _p: True) -> None:
-    """Write a cycle of 400 random symbols (bars, histories, features) and read every key back."""
+    """Write a cycle of `n` random symbols (bars, histories, features) and read every key back."""
     rng = np.random.default_rng(seed)
-    names = _symbols(rng, 400) + [""]  # a free slot at the end, as the table has
+    names = _symbols(rng, n) + [""]  # a free slot at the end, as the table has
     column = NameColumn.of(names)
-    n = 400
     slots = rng.permutation(n)
     t0 = np.where(rng.random(n) < 0.1, rng.integers(1, 10**9, n), 1_800_000_000 // 60 * 60 + 60 * slots)
     rows = Batch(slot=slots, ts=t0, open=rng.uniform(1, 500, n), high=rng.uniform(1, 500, n),

@@ -33,7 +33,6 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import orjson
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -44,6 +43,7 @@ from ..bars import Bar
 from ..errors import RedisStoreError
 from ..packed import Packed, SlotNames, resp_rows
 from .redis_fenced import FencedScripts
+from .redis_streams import RedisStreams
 from .redis_wire import (
     CLUSTER_SCHEME,
     REPLACE,
@@ -62,7 +62,7 @@ from .redis_wire import (
 
 log = logging.getLogger(__name__)
 
-class RedisStore:
+class RedisStore(RedisStreams):
     """Writes each cycle's bars in one pipeline and serves range reads.
 
     :param url: redis://, rediss:// or unix:// URL.
@@ -342,64 +342,6 @@ class RedisStore:
         (reply,) = await self._send(cached[1], 1, "reading features")
         return reply  # type: ignore[return-value]
 
-    async def publish_signals(self, signals: Sequence[dict[str, object]]) -> None:
-        """Append signals to the stream and publish each on the channel, in one round trip.
-        Each carries an `id` so a consumer can drop the copy a re-sent pipeline may add."""
-        await self._append(b"signal", self.keys.signals(), signals)
-
-    async def publish_events(self, events: Sequence[dict[str, object]]) -> None:
-        """Append events (end of day, earnings) to the signals stream, field `event`, and publish
-        each on the `events` channel, in one round trip; each carries an `id` like a signal."""
-        await self._append(b"event", self.keys.events(), events)
-
-    async def _append(self, field: bytes, channel: str, items: Sequence[dict[str, object]]) -> None:
-        """Each item as JSON: XADD to the signals stream under `field`, PUBLISH on `channel`."""
-        if not items:
-            return
-        stream, maxlen = self.keys.signals().encode(), b"%d" % self.signals_maxlen
-        commands: list[tuple[bytes, ...]] = []
-        for item in items:
-            body = orjson.dumps(item)
-            commands += ((b"XADD", stream, b"MAXLEN", b"~", maxlen, b"*", field, body),
-                         (b"PUBLISH", channel.encode(), body))
-        await self._run(commands, f"publishing {len(items)} {field.decode()}s")
-
-    async def earnings_flags(self, flags: dict[str, dict[str, object]], clear: Sequence[str], ttl_s: int) -> None:
-        """Set symbols' earnings flags (each expiring after `ttl_s`) and delete others', in one round trip."""
-        commands: list[tuple[bytes, ...]] = [
-            (b"SET", self.keys.earnings(s).encode(), orjson.dumps(v), b"EX", b"%d" % ttl_s) for s, v in flags.items()]
-        commands += [(b"DEL", self.keys.earnings(s).encode()) for s in clear]  # one key a command: cluster-safe
-        if commands:
-            await self._run(commands, "earnings flags")
-
-    async def dead_letters(self, add: dict[str, dict[str, object]], remove: Sequence[str]) -> None:
-        """Put symbols on (with the reason) or take them off the dead-letter hash."""
-        key = self.keys.deadletter().encode()
-        commands: list[tuple[bytes, ...]] = []
-        if add:
-            commands.append((b"HSET", key, *(x for s, v in add.items() for x in (s.encode(), orjson.dumps(v)))))
-        if remove:
-            commands.append((b"HDEL", key, *(s.encode() for s in remove)))
-        if commands:
-            await self._run(commands, "dead-letter update")
-
-    async def quarantine(self, entries: Sequence[dict[str, object]], keep: int = 1000) -> None:
-        """Record bars the spike filter held out (the list keeps the newest `keep`)."""
-        key = self.keys.quarantine().encode()
-        await self._run([(b"LPUSH", key, *(orjson.dumps(e) for e in entries)),
-                         (b"LTRIM", key, b"0", b"%d" % (keep - 1))], "quarantine write")
-
-    async def signals(self, since_ms: int, limit: int) -> list[dict[str, object]]:
-        """Signals published at or after `since_ms` (epoch milliseconds), oldest first."""
-        entries = await self.guard(self.client.xrange(self.keys.signals(), min=f"{since_ms}-0", count=limit),
-                                   "reading signals")
-        return [_entry(sid, fields) for sid, fields in entries]
-
-    async def newest_signals(self, count: int) -> list[dict[str, object]]:
-        """The newest `count` signals and events, newest first."""
-        entries = await self.guard(self.client.xrevrange(self.keys.signals(), count=count), "reading signals")
-        return [_entry(sid, fields) for sid, fields in entries]
-
     async def guard(self, call: Awaitable[Any], what: str = "read") -> Any:
         """A redis-py call within the timeout; its failure as a RedisStoreError."""
         try:
@@ -424,10 +366,3 @@ async def _reply(conn: Any) -> object:
         return await conn.read_response()
     except ResponseError as exc:
         return exc
-
-
-def _entry(sid: bytes, fields: dict[bytes, bytes]) -> dict[str, object]:
-    """A signals-stream entry as a dict: its id, whether it is a signal or an event, its body."""
-    kind = "event" if b"event" in fields else "signal"
-    return {"stream_id": sid.decode(), "kind": kind, **orjson.loads(fields[kind.encode()])}
-
