@@ -1,26 +1,30 @@
-"""A cluster member's cycle write, cut into one fenced script per partition it owns.
+"""A cluster member's cycle write: per partition it owns, one part that writes nothing unless the
+member's token is still the partition's fence, so a member that lost a partition can never
+overwrite its new owner's keys. Rows of partitions the member does not own are not sent at all.
 
-Each script (`WRITE_FENCED`) checks the member's token against its partition's fence before it
-writes anything, so a member that lost a partition can never overwrite its new owner's keys.
-Rows of partitions the member does not own are not sent at all.
-
-On one Redis the scripts are pre-packed RESP, each symbol's keys packed once; a large part of the
-write (the minute's newest bars and features, at thousands of symbols) is cut from the cycle's
-columns (slots, packed values) into each partition's arguments by NumPy (`resp_rows_grouped`).
-Row by row, hashing each symbol and formatting each key every second, this cost ~110 ms a cycle
-at 10,000 symbols (bench/test_stages.py `test_redis_write[...-member]`). A Redis Cluster's
-client routes each script by its slot itself, so there they are arguments, built row by row.
+On one Redis a part is a transaction: WATCH the fence and `refused` keys, a check script
+(`CHECK_FENCE`: a stale token increments `refused`, which aborts the EXEC), MULTI, an MSET of
+the newest values, an UNLINK of the quiet symbols' features, the history script for a minute's
+closed bars, EXEC. The values do not pass through Lua: as arguments of one script
+(`WRITE_FENCED`) they cost Redis 2-3x, and the two members of bench/cluster.py at 2 x 10,000
+symbols 40.8 % of a core. The RESP is pre-packed, each symbol's keys packed once; a large part
+(the minute's newest bars and features at thousands of symbols) is cut from the cycle's columns
+into each partition's arguments by NumPy (`resp_rows_grouped`). Row by row, hashing each symbol
+and formatting each key every second, this cost ~110 ms a cycle at 10,000 symbols
+(bench/test_stages.py `test_redis_write[...-member]`). A Redis Cluster's client routes each part
+by its slot itself, so there a part is one `WRITE_FENCED` script, its arguments built row by row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..cluster.partitions import partition_of
 from ..packed import NameColumn, Packed, SlotNames, resp_rows_grouped
-from .redis_wire import WRITE_FENCED, RedisKeys, TimeframeWrite, bulk
+from .redis_wire import CHECK_FENCE, WRITE_FENCED, RedisKeys, TimeframeWrite, bulk, command
 
 COLUMNS_FROM = 64
 """Rows per owned partition from which a part of the write is cut by NumPy: each shape of row
@@ -43,6 +47,17 @@ class _Part:
         self.n_rows = 0  # (key, ts, member, mode) rows in `rows`
 
 
+@dataclass(slots=True)
+class FencedWrite:
+    """A member's cycle write, one part per partition it owns."""
+
+    order: list[int]  # the partitions written, in order
+    written: int  # values written
+    resp: list[bytes] = field(default_factory=list)  # one Redis: each partition's commands as RESP
+    replies: list[int] = field(default_factory=list)  # ... and how many replies they get (the check's is 2nd)
+    args: list[tuple[bytes, ...]] = field(default_factory=list)  # a Redis Cluster: each partition's script
+
+
 class FencedScripts:
     """Builds a member's fenced scripts, remembering each symbol's partition and keys.
 
@@ -58,10 +73,8 @@ class FencedScripts:
         self._by_slot: tuple[NameColumn, np.ndarray] | None = None  # slot -> partition, for one column
         self._arounds: dict[tuple[str, str], tuple[list[bytes], bytes]] = {}  # key parts by partition
 
-    def build(self, writes: Sequence[TimeframeWrite], tokens: Sequence[int | None]
-              ) -> tuple[list[int], list[bytes] | list[tuple[bytes, ...]], int]:
-        """The scripts of a cycle's write given the member's token per partition (None: not its
-        own): the partitions written, in order, their scripts, and how many values they write."""
+    def build(self, writes: Sequence[TimeframeWrite], tokens: Sequence[int | None]) -> FencedWrite:
+        """A cycle's write given the member's token per partition (None: not its own)."""
         n = self.keys.partitions
         owned = np.array([t is not None for t in tokens])
         groups = {p: _Part() for p in range(n) if owned[p]}
@@ -101,20 +114,27 @@ class FencedScripts:
                     g.rows += (key("history", s, tf), arg(b"%d" % ts), arg(m), arg(b"%d" % mode))
                     g.n_rows += 1
                     written += 1
-        order = [p for p, g in groups.items() if g.n_pairs or g.unlink or g.n_rows]
-        resp: list[bytes] = []
-        args: list[tuple[bytes, ...]] = []
-        for p in order:
-            g = groups[p]
-            head = (b"EVAL", WRITE_FENCED.encode(), b"2", self.keys.fence(p).encode(), self.keys.refused(p).encode(),
-                    b"%d" % tokens[p], b"%d" % self.history_len,  # type: ignore[str-format]
-                    b"%d" % g.n_pairs, b"%d" % len(g.unlink))
-            if raw:
-                resp.append(b"".join([b"*%d\r\n" % (len(head) + 2 * g.n_pairs + len(g.unlink) + 4 * g.n_rows),
-                                         *map(bulk, head), *g.pairs, *g.unlink, *g.rows]))
-            else:
-                args.append((*head, *g.pairs, *g.unlink, *g.rows))
-        return order, resp if raw else args, written
+        out = FencedWrite(order=[p for p, g in groups.items() if g.n_pairs or g.unlink or g.n_rows], written=written)
+        for p in out.order:
+            g, token = groups[p], b"%d" % tokens[p]  # type: ignore[str-format]
+            fence, refused = self.keys.fence(p).encode(), self.keys.refused(p).encode()
+            rows_head = (b"EVAL", WRITE_FENCED.encode(), b"2", fence, refused, token, b"%d" % self.history_len)
+            if not raw:
+                out.args.append((*rows_head, b"%d" % g.n_pairs, b"%d" % len(g.unlink), *g.pairs, *g.unlink, *g.rows))
+                continue
+            # WATCH, then the check: a stale token increments `refused`, a watched key, so the
+            # EXEC aborts; a new owner's fence INCR meanwhile aborts it too.
+            queued = [b"*%d\r\n$4\r\nMSET\r\n" % (1 + 2 * g.n_pairs) + b"".join(g.pairs)] if g.n_pairs else []
+            if g.unlink:
+                queued.append(b"*%d\r\n$6\r\nUNLINK\r\n" % (1 + len(g.unlink)) + b"".join(g.unlink))
+            if g.n_rows:  # inside the transaction: runs only if the EXEC does
+                queued.append(b"".join([b"*%d\r\n" % (len(rows_head) + 2 + 4 * g.n_rows), *map(bulk, rows_head),
+                                        bulk(b"0"), bulk(b"0"), *g.rows]))
+            out.resp.append(b"".join([command(b"WATCH", fence, refused),
+                                      command(b"EVAL", CHECK_FENCE.encode(), b"2", fence, refused, token),
+                                      b"*1\r\n$5\r\nMULTI\r\n", *queued, b"*1\r\n$4\r\nEXEC\r\n"]))
+            out.replies.append(4 + len(queued))
+        return out
 
     def _columns(self, kind: str, timeframe: str, symbols: SlotNames, owned: np.ndarray, fields: list[Packed],
                  groups: dict[int, _Part], into: str) -> int:

@@ -226,11 +226,11 @@ class RedisStore(RedisStreams):
         return WriteResult(written, fresh)
 
     async def _write_fenced(self, writes: Sequence[TimeframeWrite], now: float) -> WriteResult:
-        """A cluster member's cycle: one script per partition it owns, which checks the member's
-        token against the partition's fence before writing anything (`redis_fenced.py`); the
-        partitions refused are reported to `on_fenced`, the others written."""
+        """A cluster member's cycle: per partition it owns, a transaction (one Redis) or a script
+        (a Redis Cluster) that writes nothing unless the member's token is the partition's fence
+        (`redis_fenced.py`); the partitions refused are reported to `on_fenced`, the others written."""
         assert self.fence is not None and self._fenced is not None
-        order, scripts, written = self._fenced.build(writes, [self.fence(p) for p in range(self.keys.partitions)])
+        w = self._fenced.build(writes, [self.fence(p) for p in range(self.keys.partitions)])
         head: list[tuple[bytes, ...]] = [
             (b"SET", self.keys.alive().encode(), b"1", b"NX"),
             (b"SET", self.keys.heartbeat().encode(), b"%.3f" % now, b"PX", b"%d" % self.features_ttl_ms)]
@@ -238,16 +238,22 @@ class RedisStore(RedisStreams):
         if names:
             head.append((b"SADD", self.keys.symbols().encode(), *(s.encode() for s in names)))
             self._listed.update(names)
-        what = f"writing {written} values"
+        what = f"writing {w.written} values"
+        refused = set()
         if self._fenced.raw:
-            packed = [*(command(*c) for c in head), *scripts]
-            replies = await self._send(b"".join(packed), len(packed), what, fenced_ok=True)
+            packed = b"".join([*(command(*c) for c in head), *w.resp])
+            replies = await self._send(packed, len(head) + sum(w.replies), what, fenced_ok=True)
+            at = len(head)
+            for p, k in zip(w.order, w.replies, strict=True):
+                if isinstance(replies[at + 1], Exception):  # the check refused the token
+                    refused.add(p)
+                at += k
         else:
-            replies = await self._run([*head, *scripts], what, fenced_ok=True)
-        refused = {p for p, r in zip(order, replies[len(head):], strict=True) if isinstance(r, Exception)}
+            replies = await self._run([*head, *w.args], what, fenced_ok=True)
+            refused = {p for p, r in zip(w.order, replies[len(head):], strict=True) if isinstance(r, Exception)}
         if refused and self.on_fenced is not None:
             self.on_fenced(refused)
-        return WriteResult(written, replies[0] is not None)
+        return WriteResult(w.written, replies[0] is not None)
 
     async def write_bars(self, latest: Iterable[Bar] = (), closed: Iterable[Bar] = ()) -> WriteResult:
         """`write_cycle` for Bars of any timeframes (re-seeding, backfill, revisions): newest
@@ -286,6 +292,7 @@ class RedisStore(RedisStreams):
 
     def _checked(self, out: list[object], what: str, fenced_ok: bool) -> list[object]:
         errors = [r for r in out if isinstance(r, Exception) and not (fenced_ok and str(r).startswith("FENCED"))]
+        errors += [x for r in out if isinstance(r, list) for x in r if isinstance(x, Exception)]  # inside an EXEC
         if errors:
             raise self._failed(what, str(errors[0]))
         self.ok, self.last_error = True, None
