@@ -105,7 +105,7 @@ class RedisStore(RedisStreams):
             self.client = Redis(connection_pool=self._pool)
         self._mget_cache: dict[str, tuple[tuple[str, ...], bytes]] = {}  # by timeframe
         self._key_heads: dict[tuple[str, str, str], bytes] = {}  # (kind, symbol, tf) -> the key as RESP
-        # a cluster member's writes: one fenced script per partition
+        # a cluster member's writes: one fenced part per partition
         self._fenced = FencedScripts(self.keys, history_len, raw=not self.cluster_client) if partitions else None
         self._listed: set[str] = set()  # symbols this Redis has in its symbols set
         self._closed = False
