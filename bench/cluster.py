@@ -5,6 +5,7 @@ cluster costs (the coordination, fenced writes per partition, PostgreSQL) and no
     .venv/bin/python -m bench.cluster --symbols 10000 --minutes 10     (the issue's target run)
     .venv/bin/python -m bench.cluster --symbols 2000 --minutes 1       (quick)
     .venv/bin/python -m bench.cluster --symbols 10000 --baseline before   (the single daemon first, alone)
+    .venv/bin/python -m bench.cluster --symbols 10000 --baseline none     (the members alone, no ratio)
 
 Real processes: the exchange, one redis-server (the members' keys and the single daemon's under
 another prefix), a private PostgreSQL server (the members' store; the single daemon keeps
@@ -91,7 +92,8 @@ def run(n: int, seconds: float, work: Path, warmup_limit: float = 420.0, baselin
             **{m: {**common, "SIDECAR_SYMBOLS": f"@{work / 'all.txt'}", "SIDECAR_CLUSTER": "true", "SIDECAR_SHARD_ID": m,
                    "SIDECAR_PARTITIONS": str(PARTITIONS), "SIDECAR_STORE_URL": pg} for m in ("member-a", "member-b")},
         }
-        phases = [["single"], ["member-a", "member-b"]] if baseline == "before" else [list(specs)]
+        phases = {"before": [["single"], ["member-a", "member-b"]], "none": [["member-a", "member-b"]]}.get(
+            baseline, [list(specs)])
         redis_pid = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
         out: dict[str, object] = {"symbols_per_daemon": n, "partitions": PARTITIONS, "baseline": baseline}
         try:
@@ -99,7 +101,7 @@ def run(n: int, seconds: float, work: Path, warmup_limit: float = 420.0, baselin
                 daemons = {name: _daemon(name, work, specs[name]) for name in phase}
                 try:
                     out.update(_measure(daemons, names, n, seconds, warmup_limit, exchange.pid, redis_pid,
-                                        f"{'+'.join(phase)}_" if baseline == "before" else ""))
+                                        f"{'+'.join(phase)}_" if baseline != "beside" else ""))
                 finally:
                     for proc, _port, _trace in daemons.values():
                         proc.send_signal(signal.SIGTERM)
@@ -111,9 +113,10 @@ def run(n: int, seconds: float, work: Path, warmup_limit: float = 420.0, baselin
         finally:
             exchange.terminate()
             exchange.wait()
-        single = out["single"]["cycle_p99_ms"]  # type: ignore[index]
-        out["member_p99_vs_single"] = {m: round(out[m]["cycle_p99_ms"] / single, 2)  # type: ignore[index]
-                                       for m in ("member-a", "member-b")}
+        if "single" in out:
+            single = out["single"]["cycle_p99_ms"]  # type: ignore[index]
+            out["member_p99_vs_single"] = {m: round(out[m]["cycle_p99_ms"] / single, 2)  # type: ignore[index]
+                                           for m in ("member-a", "member-b")}
         return out
 
 
@@ -182,8 +185,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--symbols", type=int, default=10_000, help="symbols per daemon (the members split twice this)")
     parser.add_argument("--minutes", type=float, default=10.0, help="measured minutes, after the catch-up")
-    parser.add_argument("--baseline", choices=("beside", "before"), default="beside",
-                        help="the single daemon runs beside the members, or alone before them")
+    parser.add_argument("--baseline", choices=("beside", "before", "none"), default="beside",
+                        help="the single daemon runs beside the members, alone before them, or not at all")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sidecar-bench-cluster-") as tmp:
         report = run(args.symbols, args.minutes * 60, Path(tmp), baseline=args.baseline)
