@@ -61,7 +61,12 @@ async def test_a_hung_redis_never_stalls_the_loop_and_is_current_within_2s_of_wa
                 raws = c.mget([f"sidecar:{{{s}}}:bar:1m" for s in SYMBOLS])
                 return all(r is not None and msgpack.unpackb(r)["ts"] >= minute for r in raws)
 
-            woke_s = await wait_until(current, 10, "every symbol's newest bar in Redis", every=0.02)
+            def newest() -> str:
+                raws = c.mget([f"sidecar:{{{s}}}:bar:1m" for s in SYMBOLS])
+                seen_ts = {s: r and msgpack.unpackb(r)["ts"] for s, r in zip(SYMBOLS, raws, strict=True)}
+                return f"minute {minute}, newest in Redis {seen_ts}\n{daemon.text()[-3000:]}"
+
+            woke_s = await wait_until(current, 10, "every symbol's newest bar in Redis", every=0.02, detail=newest)
         after = await daemon.health()
         assert await daemon.stop(signal.SIGTERM) == 0, daemon.text()
     finally:
