@@ -184,14 +184,10 @@ class RedisStore(RedisStreams):
 
     async def write_timeframes(self, writes: Sequence[TimeframeWrite], now: float) -> WriteResult:
         """`write_cycle` for parts given per timeframe (the first one's newest bars list the symbols)."""
-        latest = writes[0].latest if writes else ((), ())
         if self.fence is not None:
             return await self._write_fenced(writes, now)
-        parts = [command(b"SET", self.keys.alive().encode(), b"1", b"NX"),
-                 command(b"SET", self.keys.heartbeat().encode(), b"%.3f" % now, b"PX", b"%d" % self.features_ttl_ms)]
-        names = [s for s in latest[0] if s not in self._listed]
-        if names:
-            parts.append(command(b"SADD", self.keys.symbols().encode(), *(s.encode() for s in names)))
+        head, names = self._head(writes, now)
+        parts = [command(*c) for c in head]
         rows: list[bytes] = []
         n_rows = 0
         key = self._key
@@ -225,19 +221,25 @@ class RedisStore(RedisStreams):
             self._listed.update(names)
         return WriteResult(written, fresh)
 
-    async def _write_fenced(self, writes: Sequence[TimeframeWrite], now: float) -> WriteResult:
-        """A cluster member's cycle: per partition it owns, a transaction (one Redis) or a script
-        (a Redis Cluster) that writes nothing unless the member's token is the partition's fence
-        (`redis_fenced.py`); the partitions refused are reported to `on_fenced`, the others written."""
-        assert self.fence is not None and self._fenced is not None
-        w = self._fenced.build(writes, [self.fence(p) for p in range(self.keys.partitions)])
+    def _head(self, writes: Sequence[TimeframeWrite], now: float) -> tuple[list[tuple[bytes, ...]], list[str]]:
+        """What every cycle's write starts with: the `alive` mark, the heartbeat, and the symbols
+        not yet in the symbols set (the first part's newest bars list them); and those symbols."""
         head: list[tuple[bytes, ...]] = [
             (b"SET", self.keys.alive().encode(), b"1", b"NX"),
             (b"SET", self.keys.heartbeat().encode(), b"%.3f" % now, b"PX", b"%d" % self.features_ttl_ms)]
         names = [s for s in (writes[0].latest[0] if writes else ()) if s not in self._listed]
         if names:
             head.append((b"SADD", self.keys.symbols().encode(), *(s.encode() for s in names)))
-            self._listed.update(names)
+        return head, names
+
+    async def _write_fenced(self, writes: Sequence[TimeframeWrite], now: float) -> WriteResult:
+        """A cluster member's cycle: per partition it owns, a transaction (one Redis) or a script
+        (a Redis Cluster) that writes nothing unless the member's token is the partition's fence
+        (`redis_fenced.py`); the partitions refused are reported to `on_fenced`, the others written."""
+        assert self.fence is not None and self._fenced is not None
+        w = self._fenced.build(writes, [self.fence(p) for p in range(self.keys.partitions)])
+        head, names = self._head(writes, now)
+        self._listed.update(names)
         what = f"writing {w.written} values"
         refused = set()
         if self._fenced.raw:

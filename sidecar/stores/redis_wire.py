@@ -33,30 +33,27 @@ end
 return (#ARGV - 1) / 4
 """
 
-# A cluster member's newest values on one Redis go as WATCH fence refused, this check, MULTI,
-# MSET / UNLINK / the history script, EXEC: a stale token increments `refused` (a watched key),
-# so the EXEC aborts and nothing is written; a new owner's fence INCR aborts it too. Passing the
-# values through WRITE_FENCED instead cost Redis 2-3x (every argument becomes a Lua string).
-CHECK_FENCE = """
+_FENCE = """
 local fence = redis.call('GET', KEYS[1])
 if fence ~= ARGV[1] then
   redis.call('INCR', KEYS[2])
   return redis.error_reply('FENCED ' .. (fence or 'none'))
 end
-return 1
 """
+"""The fence check both scripts open with: KEYS[1] the fence, KEYS[2] the refused counter,
+ARGV[1] the writer's token; a stale token is counted and refused."""
+
+# A cluster member's newest values on one Redis go as WATCH fence refused, this check, MULTI,
+# MSET / UNLINK / the history script, EXEC: a stale token increments `refused` (a watched key),
+# so the EXEC aborts and nothing is written; a new owner's fence INCR aborts it too. Passing the
+# values through WRITE_FENCED instead cost Redis 2-3x (every argument becomes a Lua string).
+CHECK_FENCE = _FENCE + "return 1\n"
 
 # A cluster member's write for one partition. KEYS[1] fence, KEYS[2] refused counter. ARGV[1] the
 # writer's token, ARGV[2] history length, ARGV[3] values to set (pairs), ARGV[4] keys to unlink,
 # then the pairs, the keys, and (history key, ts, member, mode) rows as in WRITE_HISTORY.
 # Refused, writing nothing, when the fence holds another token: a newer owner exists.
-WRITE_FENCED = """
-local fence = redis.call('GET', KEYS[1])
-if fence ~= ARGV[1] then
-  redis.call('INCR', KEYS[2])
-  return redis.error_reply('FENCED ' .. (fence or 'none'))
-end
-local cap, pairs_n, unlink_n = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+WRITE_FENCED = _FENCE + """local cap, pairs_n, unlink_n = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local i, last = 5, 4 + 2 * pairs_n
 while i <= last do  -- in chunks: unpack() is bounded by Lua's stack
   local j = math.min(i + 3999, last)
