@@ -30,6 +30,7 @@ def _most_in_a_minute(times: list[float]) -> int:
     return max((sum(1 for u in times[i:] if u < t + 60.0) for i, t in enumerate(times)), default=0)
 
 
+@pytest.mark.timeout(360)  # ~80 s; the deadline below, not pytest-timeout, should report a slow run
 async def test_bootstrap_gap_scan_and_live_loop_share_one_budget(settings: Settings, exchange: Exchange) -> None:
     sc = Sidecar(replace(settings, symbols=("AAPL", "EURUSD", "BTCUSD"), cycle_interval_s=CYCLE_S,
                          yahoo_rate_per_min=BUDGET, bootstrap_days=1.0, gap_scan_days=0.05, lookback_minutes=10,
