@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import closing
 from dataclasses import replace
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 
 from sidecar.app import Sidecar
 from sidecar.bars import Bar
+from sidecar.cycle import publish
 from sidecar.cycle.acceptance import Accepted
 from sidecar.cycle.batch import Batch
 from sidecar.cycle.gapfill import fill_gaps
@@ -21,7 +24,8 @@ from sidecar.exchange import Exchange
 from sidecar.settings import Settings
 from sidecar.symbols import lookup
 
-from .conftest import RedisServer
+from .conftest import RedisServer, start_redis
+from .helpers import wait_until
 
 
 @pytest.fixture
@@ -127,6 +131,47 @@ async def test_redis_down_does_not_stop_the_cycle_or_sqlite(settings: Settings, 
         assert sc.metrics.total("sidecar_redis_errors_total") == 1  # the higher timeframes' rewrites are logged
     finally:
         await sc.close()
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["kept", "read-back"])
+async def test_closed_bars_of_a_failed_write_reach_redis_once_it_answers(
+        settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kept: bool) -> None:
+    """Redis hung (SIGSTOP) through a cycle that closed bars, with its data kept: the next write
+    carries them (kept in memory) or, when more failed than may be kept, a catch-up reads them back
+    from the store. Either way Redis's histories then hold every closed bar SQLite holds, with its
+    values, and no whole re-seed ran."""
+    if not kept:
+        monkeypatch.setattr(publish, "UNSENT_MAX", 0)
+    server = start_redis(tmp_path / "redis")
+    with server.client() as c:
+        c.set("sidecar:alive", "1")  # a Redis that kept its data, not one that came back empty
+    sc = Sidecar(replace(settings, redis_url=server.url, redis_timeout_s=0.3), handle_signals=False)
+    await sc.sqlite.start()
+    await sc.redis.start()
+    await sc.fetcher.start()
+    try:
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            first = await sc.orchestrator.run_cycle()
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        assert not first.redis_ok and first.closed > 0
+        assert (await sc.orchestrator.run_cycle()).redis_ok
+        await wait_until(lambda: sc.reseeder.catch_ups == (0 if kept else 1), 30, "the catch-up")
+        await sc.sqlite.flush()
+        stored = _db_rows(settings)
+        assert len(stored) >= first.closed
+        with server.client() as c:
+            for (sym, ts), values in stored.items():
+                members = c.zrangebyscore(f"sidecar:{{{sym}}}:bars:1m", ts, ts)
+                assert len(members) == 1, (sym, ts, members)
+                m = msgpack.unpackb(members[0])
+                assert (m["open"], m["high"], m["low"], m["close"], m["volume"]) == values, (sym, ts)
+        assert sc.reseeder.reseeds == 0
+    finally:
+        await sc.close()
+        server.process.terminate()
+        server.process.wait(timeout=10)
 
 
 async def test_a_one_off_spike_is_held_quarantined_and_the_true_bar_stored(

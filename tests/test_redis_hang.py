@@ -1,7 +1,7 @@
 """Redis hung, not down: redis-server stopped with SIGSTOP for 20 s (connections stay open, no
 answer comes) while the daemon runs as a subprocess. The loop never stalls, SQLite keeps
-flushing, /health says degraded, and within 2 s of SIGCONT Redis holds every symbol's newest
-bar again."""
+flushing, /health says degraded, within 2 s of SIGCONT Redis holds every symbol's newest bar
+again, and the minute that closed during the hang reaches its histories too."""
 
 from __future__ import annotations
 
@@ -67,6 +67,15 @@ async def test_a_hung_redis_never_stalls_the_loop_and_is_current_within_2s_of_wa
                 return f"minute {minute}, newest in Redis {seen_ts}\n{daemon.text()[-3000:]}"
 
             woke_s = await wait_until(current, 10, "every symbol's newest bar in Redis", every=0.02, detail=newest)
+
+            # The minute that closed while Redis hung was in a write that failed: it reaches each
+            # symbol's Redis history with the writes after the outage, as SQLite stored it.
+            hung = boundary - 60
+            keys = {sym: f"sidecar:{{{sym}}}:bars:1m" for sym in SYMBOLS}
+            await wait_until(lambda: all(c.zcount(k, hung, hung) for k in keys.values()), 15,
+                             "the minute closed during the hang in every Redis history",
+                             detail=lambda: daemon.text()[-3000:])
+            in_redis = {sym: msgpack.unpackb(c.zrangebyscore(k, hung, hung)[0]) for sym, k in keys.items()}
         after = await daemon.health()
         assert await daemon.stop(signal.SIGTERM) == 0, daemon.text()
     finally:
@@ -83,5 +92,8 @@ async def test_a_hung_redis_never_stalls_the_loop_and_is_current_within_2s_of_wa
     assert any(d["status"] == "degraded" and d["redis"]["state"] == "down" for d in seen)
     assert any(r.startswith("redis:") for d in seen for r in d["reasons"])
     assert boundary - 60 in flushed_during_hang  # the minute that closed during the hang reached SQLite
+    stored = stored_bars(db)
+    for sym, m in in_redis.items():
+        assert (m["open"], m["high"], m["low"], m["close"], m["volume"]) == stored[(sym, hung)], sym
     assert woke_s <= 2.0
     assert after["redis"]["state"] == "ok" and after["loop"]["overruns"] <= before["loop"]["overruns"] + 3

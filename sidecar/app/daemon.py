@@ -284,10 +284,11 @@ class Sidecar:
         except RedisStoreError as exc:
             log.warning("backfilled bars not written to redis: %s", exc)
 
-    def _schedule_reseed(self) -> None:
-        """Redis came back empty (restart, flush, first start): re-seed it in the background."""
+    def _schedule_reseed(self, since: float = 0.0) -> None:
+        """Redis came back empty (restart, flush, first start): re-seed it in the background; or
+        it kept its data through an outage that began at `since`: catch up what it missed."""
         if not self.stopping:
-            self.reseeder.schedule()
+            self.reseeder.schedule(since)
 
     @property
     def reseeds(self) -> int:

@@ -83,7 +83,7 @@ class Orchestrator:
     :param lookback_minutes: how far back a symbol's first fetch reaches.
     :param features: turns bars into indicator values (None: bars only).
     :param scanner: turns the features read back from Redis into signals (None: no scan).
-    :param on_redis_lost: called when a write finds that Redis lost its data (to re-seed it).
+    :param on_redis_lost: called when Redis needs writing again (`Publisher`'s).
     :param on_recovered: called when a symbol's source answers again after failing (to backfill).
     :param stale_after_s: a symbol not refreshed for this long has its newest bar flagged STALE
         in Redis and goes on the dead-letter hash until its source answers again.
@@ -110,7 +110,7 @@ class Orchestrator:
     def __init__(self, *, symbols: list[SymbolInfo], primary: GuardedSource, validator: Validator,
                  redis: RedisStore, sqlite: DurableStore, metrics: Metrics, clock: Clock,
                  period: float, lookback_minutes: int, features: FeatureService | None = None,
-                 scanner: Scanner | None = None, on_redis_lost: Callable[[], object] | None = None,
+                 scanner: Scanner | None = None, on_redis_lost: Callable[[float], object] | None = None,
                  on_recovered: Callable[[], object] | None = None, stale_after_s: float = 5.0,
                  spike_atr: float = 0.0, quotes: bool = False, quote_batch: int = 200,
                  catchup_per_cycle: int = 200, fallbacks: Sequence[GuardedSource] = (),

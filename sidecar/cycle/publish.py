@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -30,6 +31,17 @@ from .table import SymbolTable
 log = logging.getLogger(__name__)
 
 TRIM_EVERY = 8  # minutes between caps of a symbol's Redis history (it holds up to this many more)
+UNSENT_PER_WRITE = 20_000  # closed bars of failed writes sent again with one cycle's write, at most
+UNSENT_MAX = 250_000  # kept in memory at most (~50 MB); beyond, the store is read back instead
+
+
+@dataclass(slots=True, frozen=True)
+class Unsent:
+    """The closed bars of a write that failed, to send again: one timeframe's history rows, and
+    for the minute's the rows' slots and opens (which the history marks once they are sent)."""
+
+    write: TimeframeWrite
+    minute: Batch | None
 
 
 def set_latest(t: SymbolTable, rows: Batch) -> None:
@@ -46,10 +58,14 @@ def latest_rows(t: SymbolTable, slots: np.ndarray) -> Batch:
 
 
 def minute_write(t: SymbolTable, encoder: BarEncoder, accepted: Accepted, synthetic: Batch, stale: np.ndarray,
-                 features: tuple[np.ndarray, Sequence[bytes]]) -> tuple[TimeframeWrite, Batch]:
-    """The minute's part of the cycle's write, and the rows it adds to the histories."""
+                 features: tuple[np.ndarray, Sequence[bytes]], every: bool = False) -> tuple[TimeframeWrite, Batch]:
+    """The minute's part of the cycle's write, and the rows it adds to the histories; with
+    `every`, every symbol's newest bar, not only those that changed."""
     step = timeframe_seconds(encoder.timeframe)
-    latest = accepted.newest.slot if not len(stale) else np.union1d(accepted.newest.slot, stale)
+    if every:
+        latest = t.slots()[t.lt_ts[t.slots()] >= 0]
+    else:
+        latest = accepted.newest.slot if not len(stale) else np.union1d(accepted.newest.slot, stale)
     history = Batch.concat([accepted.closed, synthetic])
     names = t.names()
     known = t.hist_ts[history.slot]
@@ -89,48 +105,95 @@ class Publisher:
     :param lane_encoders: pack each higher timeframe's bars, by timeframe.
     :param metrics: Redis errors and write times.
     :param clock: times the write.
-    :param on_redis_lost: called when a write finds that Redis lost its data (to re-seed it).
+    :param on_redis_lost: called when Redis needs writing again from the store: with 0 when a
+        write finds that it lost its data (to re-seed it); with the oldest open among the closed
+        bars of failed writes when they were more than are kept to send again (to catch up from
+        there on).
     """
 
     def __init__(self, *, table: SymbolTable, redis: RedisStore, encoder: BarEncoder,
                  lane_encoders: dict[str, BarEncoder], metrics: Metrics, clock: Clock,
-                 on_redis_lost: Callable[[], object] | None) -> None:
+                 on_redis_lost: Callable[[float], object] | None) -> None:
         self.table, self.redis, self.encoder, self.lane_encoders = table, redis, encoder, lane_encoders
         self.metrics, self.clock, self.on_redis_lost = metrics, clock, on_redis_lost
-        self.failing = False  # for logging the transitions only; the store's health() says more
+        self.failing_since: float | None = None  # when the writes began failing (None: they do not)
+        self.unsent: list[Unsent] = []  # the closed bars of failed writes, oldest first
+        self.unsent_rows = 0
+        self.missed_from: int | None = None  # more failed than `unsent` holds: the oldest open among them
         self.values = 0  # values the last write sent (the cycle trace's)
         self.quarantine: list[dict[str, object]] = []  # spikes not yet written to Redis
 
     async def write(self, accepted: Accepted, synthetic: Batch, stale: np.ndarray,
                     features: tuple[np.ndarray, Sequence[bytes]], lanes: Sequence[LaneOutput], now: float) -> bool:
         """Newest bars (and stale rewrites), histories and features of every timeframe in one
-        round trip; whether Redis took them (if not, SQLite keeps recording and the next cycle
-        writes the newest values again)."""
+        round trip; whether Redis took them.
+
+        If not, SQLite keeps recording, and the next write carries every symbol's newest bar (a
+        write sent before an outage may land after a newer one when Redis wakes) and the closed
+        bars of the failed writes, oldest first, UNSENT_PER_WRITE at most each time."""
         t = self.table
-        minute, history = minute_write(t, self.encoder, accepted, synthetic, stale, features)
+        recovering = self.failing_since is not None
+        minute, history = minute_write(t, self.encoder, accepted, synthetic, stale, features, every=recovering)
         writes = [minute, *(lane_write(t, self.lane_encoders[lane.timeframe], lane) for lane in lanes)]
+        again = self._unsent_part()
         t0 = self.clock.monotonic()
         try:
-            result = await self.redis.write_timeframes(writes, now)
+            # the kept bars first: a revision in this write of a bar among them must win
+            result = await self.redis.write_timeframes([*(u.write for u in again), *writes], now)
         except RedisStoreError as exc:
             self.metrics.redis_errors.inc()
-            if not self.failing:
+            if self.failing_since is None:
                 log.warning("redis write failed (SQLite keeps recording): %s", exc)
-            self.failing = True
+                self.failing_since = now
+            self._keep(writes, history)
             return False
         self.metrics.redis_write_seconds.observe(self.clock.monotonic() - t0)
         self.values = result.written
-        np.maximum.at(t.hist_ts, history.slot, history.ts)
-        recovered = self.failing
-        if recovered:
-            log.info("redis writes recovered")
-        self.failing = False
-        # A Redis Cluster that failed over may have lost writes its old master acknowledged
-        # (replication is asynchronous): re-seed as after a restart.
-        lost = result.fresh or (recovered and self.redis.cluster_client)
-        if lost and self.on_redis_lost is not None:
-            self.on_redis_lost()
+        for u in [*again, Unsent(minute, history)]:
+            if u.minute is not None:
+                np.maximum.at(t.hist_ts, u.minute.slot, u.minute.ts)
+        del self.unsent[:len(again)]
+        self.unsent_rows -= sum(len(u.write.history[0]) for u in again)
+        since, self.failing_since = self.failing_since, None
+        if since is not None:
+            log.info("redis writes recovered after %.1fs", now - since)
+        if self.on_redis_lost is not None:
+            # A Redis Cluster that failed over may have lost writes its old master acknowledged
+            # (replication is asynchronous): re-seed as after a restart. Closed bars too many to
+            # keep: read back from the store, from when the writes began failing.
+            if result.fresh or (since is not None and self.redis.cluster_client):
+                self.on_redis_lost(0.0)
+            elif self.missed_from is not None:
+                self.on_redis_lost(self.missed_from)
+        self.missed_from = None
         return True
+
+    def _unsent_part(self) -> list[Unsent]:
+        """The oldest kept parts, up to UNSENT_PER_WRITE rows (one part at least)."""
+        rows = 0
+        for k, u in enumerate(self.unsent):
+            rows += len(u.write.history[0])
+            if rows > UNSENT_PER_WRITE and k:
+                return self.unsent[:k]
+        return list(self.unsent)
+
+    def _keep(self, writes: list[TimeframeWrite], history: Batch) -> None:
+        """Keep a failed write's closed bars (its newest bars and features are rewritten anyway)."""
+        # each replacing any copy at its open: a copy may have landed since (a revision, say)
+        kept = [Unsent(replace(w, latest=((), ()), features=((), ()), quiet=(),
+                               history=(*w.history[:3], np.asarray(w.history[3]) | REPLACE)),
+                       history if k == 0 else None)
+                for k, w in enumerate(writes) if len(w.history[0])]
+        if self.missed_from is not None:  # too many kept already: only the oldest open counts now
+            self.missed_from = min([self.missed_from, *(_oldest(u) for u in kept)])
+            return
+        self.unsent += kept
+        self.unsent_rows += sum(len(u.write.history[0]) for u in kept)
+        if self.unsent_rows > UNSENT_MAX:  # a long outage: the store has every one of them
+            log.warning("redis missed more than %d closed bars: they are read back from the store once it answers",
+                        UNSENT_MAX)
+            self.missed_from = min(_oldest(u) for u in self.unsent)
+            self.unsent, self.unsent_rows = [], 0
 
     async def write_quarantine(self) -> None:
         """The spikes held since the last successful write, onto Redis's quarantine list."""
@@ -140,3 +203,8 @@ class Publisher:
                 self.quarantine = []
             except RedisStoreError as exc:
                 log.warning("%s", exc)
+
+
+def _oldest(u: Unsent) -> int:
+    """The oldest open among a kept part's bars."""
+    return int(np.min(u.write.history[1]))

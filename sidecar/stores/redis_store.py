@@ -183,7 +183,8 @@ class RedisStore(RedisStreams):
         return await self.write_timeframes([TimeframeWrite(timeframe, latest, history, features, quiet), *more], now)
 
     async def write_timeframes(self, writes: Sequence[TimeframeWrite], now: float) -> WriteResult:
-        """`write_cycle` for parts given per timeframe (the first one's newest bars list the symbols)."""
+        """`write_cycle` for parts given per timeframe, applied in their order (the first part
+        with newest bars lists the symbols)."""
         if self.fence is not None:
             return await self._write_fenced(writes, now)
         head, names = self._head(writes, now)
@@ -223,11 +224,11 @@ class RedisStore(RedisStreams):
 
     def _head(self, writes: Sequence[TimeframeWrite], now: float) -> tuple[list[tuple[bytes, ...]], list[str]]:
         """What every cycle's write starts with: the `alive` mark, the heartbeat, and the symbols
-        not yet in the symbols set (the first part's newest bars list them); and those symbols."""
+        not yet in the symbols set (the first part with newest bars lists them); and those symbols."""
         head: list[tuple[bytes, ...]] = [
             (b"SET", self.keys.alive().encode(), b"1", b"NX"),
             (b"SET", self.keys.heartbeat().encode(), b"%.3f" % now, b"PX", b"%d" % self.features_ttl_ms)]
-        names = [s for s in (writes[0].latest[0] if writes else ()) if s not in self._listed]
+        names = [s for s in next((w.latest[0] for w in writes if len(w.latest[0])), ()) if s not in self._listed]
         if names:
             head.append((b"SADD", self.keys.symbols().encode(), *(s.encode() for s in names)))
         return head, names
