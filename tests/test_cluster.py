@@ -125,6 +125,9 @@ async def test_members_split_the_partitions_take_over_a_killed_one_and_store_eve
     await wait_until(members.settled, 30, "a and b split the partitions", every=0.3, detail=members.text)
     owned = await members.owned()
     assert owned["a"] and owned["b"] and not owned["a"] & owned["b"]
+    # ... and take turns within each second: one cycles as it turns, the other half a second later.
+    phases = [(await d.health())["cluster"]["phase"] for d in members.live.values()]
+    assert sorted(phases) == [0.0, 0.5]
 
     # Each symbol followed by the member that owns its partition, and only there.
     async def followed_by_owner() -> bool:

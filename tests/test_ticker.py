@@ -46,3 +46,20 @@ async def test_real_time_cadence_does_not_accumulate_drift() -> None:
     assert all(min(o, period - o) < 0.05 for o in offsets), offsets
     assert abs((starts[-1] - starts[0]) - 9 * period) < 0.05
     assert time.time() - starts[-1] >= work
+
+
+async def test_a_phase_places_the_deadlines_and_a_change_of_it_only_delays_the_next() -> None:
+    clock = ManualClock(start=1_700_000_000.25)
+    phase = [0.5]
+    starts = []
+    async for tick in Ticker(clock, 1.0, phase=lambda: phase[0]):
+        starts.append(clock.time() - 1_700_000_000)
+        if tick.index == 2:
+            phase[0] = 0.0  # another member left: this one moves to the front of the second
+        if tick.index == 5:
+            phase[0] = 0.75  # two joined
+        await clock.sleep(0.1)
+        if tick.index == 7:
+            break
+    assert starts == [0.5, 1.5, 2.5, 4.0, 5.0, 6.0, 7.75, 8.75]
+    assert min(b - a for a, b in zip(starts, starts[1:])) >= 1.0  # never two cycles within a period

@@ -125,6 +125,8 @@ class Sidecar:
             settle_s=s.settle_s, on_rewarm=self.rewarm, timeframes=s.timeframes, buckets=Buckets(s.day_starts()),
             warmup_bars=s.feature_warmup_bars,
             forming_every=max(1, round(s.higher_forming_s / s.cycle_interval_s)))
+        if self.cluster is not None:  # members take turns within each second
+            self.orchestrator.ticker.phase = lambda: self.cluster.phase(s.cycle_interval_s) if self.cluster else 0.0
         for service in self.orchestrator.services():
             service.record = s.persist_features
         primary = self.orchestrator.sources[0].fetcher  # history's grid follows the first configured source

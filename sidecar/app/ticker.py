@@ -1,7 +1,8 @@
 """The loop primitive: ticks on monotonic deadlines, never `sleep(period)` after the work.
 
-Deadlines sit on a fixed grid aligned to whole wall-clock periods, so the cycle starts just
-after each second turns and does not drift however long the work takes. A cycle whose work
+Deadlines sit on a fixed grid aligned to whole wall-clock periods (plus a phase: cluster
+members take turns within each second), so the cycle starts just after each second turns and
+does not drift however long the work takes. A cycle whose work
 runs past the next deadline is an overrun: the next cycle starts at once (late, for the most
 recent deadline that has passed) and any older missed deadlines are skipped, not queued.
 """
@@ -29,19 +30,25 @@ class Ticker:
     :param clock: the injected clock.
     :param period: seconds between deadlines.
     :param on_overrun: called once per overrun (e.g. a metrics counter's `inc`).
+    :param phase: seconds after each whole period that the deadlines sit, read again at every
+        tick; when it changes, the next deadline moves later (never earlier: no two cycles closer
+        than a period).
     """
 
-    def __init__(self, clock: Clock, period: float, *, on_overrun: Callable[[], object] | None = None) -> None:
+    def __init__(self, clock: Clock, period: float, *, on_overrun: Callable[[], object] | None = None,
+                 phase: Callable[[], float] | None = None) -> None:
         self.clock = clock
         self.period = period
         self._on_overrun = on_overrun
+        self.phase = phase
         self.overruns = 0  # cycles whose work ended after the next deadline
         self.skipped = 0  # deadlines dropped because two or more passed during one cycle
 
     async def __aiter__(self) -> AsyncIterator[Tick]:
         clock, period = self.clock, self.period
         wall_now, mono_now = clock.time(), clock.monotonic()
-        to_next = period - math.fmod(wall_now, period)  # first deadline: the next whole period
+        phase = self.phase() % period if self.phase is not None else 0.0
+        to_next = period - math.fmod(wall_now - phase, period) % period  # first deadline: the next grid point
         deadline = mono_now + to_next
         index = 0
         while True:
@@ -51,6 +58,9 @@ class Ticker:
             yield Tick(index, deadline)
             index += 1
             deadline += period
+            if self.phase is not None and (moved := self.phase() % period) != phase:
+                deadline += (moved - phase) % period
+                phase = moved
             behind = clock.monotonic() - deadline
             if behind > 0:
                 self.overruns += 1

@@ -177,13 +177,20 @@ class Coordinator:
     def health(self) -> dict[str, object]:
         """Members, this member's partitions and tokens, its jobs, refused writes."""
         return {"state": "ok" if self.last_error is None else "degraded", "shard_id": self.shard_id,
-                "members": list(self.members), "partitions": self.partitions,
+                "members": list(self.members), "phase": round(self.phase(1.0), 3), "partitions": self.partitions,
                 "owned": {str(p): t for p, t in sorted(self.tokens.items())}, "jobs": sorted(self.jobs),
                 "settling": self._target() != self.applied,  # symbols still being taken on or handed off
                 "fenced_writes": self.fenced, "rounds": self.rounds,
                 "last_round_age_s": None if self.last_round_at is None
                 else round(self.clock.monotonic() - self.last_round_at, 3),
                 "last_error": self.last_error}
+
+    def phase(self, period: float) -> float:
+        """This member's offset within each period: its rank among the live members over their
+        number, so that the members' cycles take turns at the shared Redis and the sources
+        instead of all starting as the second turns."""
+        members = sorted(self.members)
+        return period * members.index(self.shard_id) / len(members) if self.shard_id in members else 0.0
 
     def token(self, partition: int) -> int | None:
         """This member's token for a partition, or None if it does not own it."""
