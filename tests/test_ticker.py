@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 from sidecar.app.ticker import Ticker
@@ -62,4 +63,4 @@ async def test_a_phase_places_the_deadlines_and_a_change_of_it_only_delays_the_n
         if tick.index == 7:
             break
     assert starts == [0.5, 1.5, 2.5, 4.0, 5.0, 6.0, 7.75, 8.75]
-    assert min(b - a for a, b in zip(starts, starts[1:])) >= 1.0  # never two cycles within a period
+    assert min(b - a for a, b in itertools.pairwise(starts)) >= 1.0  # never two cycles within a period
