@@ -428,7 +428,11 @@ class Sidecar:
         await self.reference.close()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:  # a task that ignored its cancellation must not hold up the flush below
+            _done, pending = await asyncio.wait(self._tasks, timeout=budget * 0.3)
+            for task in pending:
+                log.error("task %s still running %.1fs after it was cancelled at shutdown", task.get_name(),
+                          budget * 0.3)
         # 2. The durable store is the record: flush before anything else closes (one retry).
         await self.flusher.close()
         # 3. In a cluster, give the leases back now that the bars are stored: the others take

@@ -128,7 +128,8 @@ class HttpServer:
 
     async def start(self) -> None:
         """Listen; `port` becomes the bound port (when 0 was asked for)."""
-        self._runner = web.AppRunner(self.app, access_log=None)
+        # Requests still open at shutdown get 2 s (aiohttp's default is 60 s, past any supervisor's patience).
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
         self.host, self.port = self._runner.addresses[0][:2]
