@@ -155,7 +155,10 @@ class DaemonProcess:
         """Signal the daemon (SIGTERM by default) and wait for its exit code."""
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
-        return await asyncio.wait_for(self.proc.wait(), timeout)
+        try:
+            return await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"daemon still running {timeout}s after signal {sig}:\n{self.text()[-3000:]}") from None
 
     async def kill(self) -> None:
         """SIGKILL, if it still runs."""
