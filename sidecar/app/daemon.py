@@ -5,6 +5,7 @@ gets every closed bar into SQLite before anything else closes."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -126,7 +127,7 @@ class Sidecar:
             warmup_bars=s.feature_warmup_bars,
             forming_every=max(1, round(s.higher_forming_s / s.cycle_interval_s)))
         if self.cluster is not None:  # members take turns within each second
-            self.orchestrator.ticker.phase = lambda: self.cluster.phase(s.cycle_interval_s) if self.cluster else 0.0
+            self.orchestrator.ticker.phase = functools.partial(self.cluster.phase, s.cycle_interval_s)
         for service in self.orchestrator.services():
             service.record = s.persist_features
         primary = self.orchestrator.sources[0].fetcher  # history's grid follows the first configured source

@@ -63,7 +63,8 @@ def minute_write(t: SymbolTable, encoder: BarEncoder, accepted: Accepted, synthe
     `every`, every symbol's newest bar, not only those that changed."""
     step = timeframe_seconds(encoder.timeframe)
     if every:
-        latest = t.slots()[t.lt_ts[t.slots()] >= 0]
+        slots = t.slots()
+        latest = slots[t.lt_ts[slots] >= 0]
     else:
         latest = accepted.newest.slot if not len(stale) else np.union1d(accepted.newest.slot, stale)
     history = Batch.concat([accepted.closed, synthetic])
@@ -149,9 +150,8 @@ class Publisher:
             return False
         self.metrics.redis_write_seconds.observe(self.clock.monotonic() - t0)
         self.values = result.written
-        for u in [*again, Unsent(minute, history)]:
-            if u.minute is not None:
-                np.maximum.at(t.hist_ts, u.minute.slot, u.minute.ts)
+        for rows in [*(u.minute for u in again if u.minute is not None), history]:
+            np.maximum.at(t.hist_ts, rows.slot, rows.ts)
         del self.unsent[:len(again)]
         self.unsent_rows -= sum(len(u.write.history[0]) for u in again)
         since, self.failing_since = self.failing_since, None

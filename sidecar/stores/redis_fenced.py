@@ -24,7 +24,7 @@ import numpy as np
 
 from ..cluster.partitions import partition_of
 from ..packed import NameColumn, Packed, SlotNames, resp_rows_grouped
-from .redis_wire import CHECK_FENCE, WRITE_FENCED, RedisKeys, TimeframeWrite, bulk, command
+from .redis_wire import CHECK_FENCE, WRITE_FENCED, WRITE_HISTORY, RedisKeys, TimeframeWrite, bulk, command
 
 COLUMNS_FROM = 64
 """Rows per owned partition from which a part of the write is cut by NumPy: each shape of row
@@ -118,18 +118,18 @@ class FencedScripts:
         for p in out.order:
             g, token = groups[p], b"%d" % tokens[p]  # type: ignore[str-format]
             fence, refused = self.keys.fence(p).encode(), self.keys.refused(p).encode()
-            rows_head = (b"EVAL", WRITE_FENCED.encode(), b"2", fence, refused, token, b"%d" % self.history_len)
             if not raw:
-                out.args.append((*rows_head, b"%d" % g.n_pairs, b"%d" % len(g.unlink), *g.pairs, *g.unlink, *g.rows))
+                out.args.append((b"EVAL", WRITE_FENCED.encode(), b"2", fence, refused, token, b"%d" % self.history_len,
+                                 b"%d" % g.n_pairs, b"%d" % len(g.unlink), *g.pairs, *g.unlink, *g.rows))
                 continue
             # WATCH, then the check: a stale token increments `refused`, a watched key, so the
             # EXEC aborts; a new owner's fence INCR meanwhile aborts it too.
             queued = [b"*%d\r\n$4\r\nMSET\r\n" % (1 + 2 * g.n_pairs) + b"".join(g.pairs)] if g.n_pairs else []
             if g.unlink:
                 queued.append(b"*%d\r\n$6\r\nUNLINK\r\n" % (1 + len(g.unlink)) + b"".join(g.unlink))
-            if g.n_rows:  # inside the transaction: runs only if the EXEC does
-                queued.append(b"".join([b"*%d\r\n" % (len(rows_head) + 2 + 4 * g.n_rows), *map(bulk, rows_head),
-                                        bulk(b"0"), bulk(b"0"), *g.rows]))
+            if g.n_rows:  # inside the transaction, fenced by the check: the plain history script
+                queued.append(b"".join([b"*%d\r\n" % (4 + 4 * g.n_rows), *map(bulk, (
+                    b"EVAL", WRITE_HISTORY.encode(), b"0", b"%d" % self.history_len)), *g.rows]))
             out.resp.append(b"".join([command(b"WATCH", fence, refused),
                                       command(b"EVAL", CHECK_FENCE.encode(), b"2", fence, refused, token),
                                       b"*1\r\n$5\r\nMULTI\r\n", *queued, b"*1\r\n$4\r\nEXEC\r\n"]))
