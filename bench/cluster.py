@@ -77,8 +77,6 @@ def run(n: int, seconds: float, work: Path, warmup_limit: float = 420.0, baselin
     with redis_server(work) as redis_url, postgres_server(Path(tempfile.mkdtemp(prefix="sidecar-bench-pg-"))) as pg:
         ex_port = free_port()
         base = {**os.environ, "PYTHONPATH": str(ROOT)}
-        exchange = subprocess.Popen([sys.executable, "-m", "sidecar.exchange", "--always-open", "--port", str(ex_port)],
-                                    env=base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         names = universe(2 * n)
         (work / "all.txt").write_text("\n".join(names))
         (work / "single.txt").write_text("\n".join(names[:n]))
@@ -94,25 +92,29 @@ def run(n: int, seconds: float, work: Path, warmup_limit: float = 420.0, baselin
         }
         phases = {"before": [["single"], ["member-a", "member-b"]], "none": [["member-a", "member-b"]]}.get(
             baseline, [list(specs)])
-        redis_pid = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
+        client = redis.Redis.from_url(redis_url)
+        redis_pid = int(client.info("server")["process_id"])
         out: dict[str, object] = {"symbols_per_daemon": n, "partitions": PARTITIONS, "baseline": baseline}
-        try:
-            for phase in phases:
-                daemons = {name: _daemon(name, work, specs[name]) for name in phase}
-                try:
-                    out.update(_measure(daemons, names, n, seconds, warmup_limit, exchange.pid, redis_pid,
-                                        f"{'+'.join(phase)}_" if baseline != "beside" else ""))
-                finally:
-                    for proc, _port, _trace in daemons.values():
-                        proc.send_signal(signal.SIGTERM)
-                    for proc, _port, _trace in daemons.values():
-                        try:
-                            proc.wait(timeout=60)
-                        except subprocess.TimeoutExpired:
-                            proc.kill()
-        finally:
-            exchange.terminate()
-            exchange.wait()
+        for phase in phases:
+            # Each phase starts from the same state: a fresh exchange (its caches and records grow
+            # with what it served) and an empty Redis, so the later phase does not pay for the earlier.
+            client.flushall()
+            exchange = subprocess.Popen([sys.executable, "-m", "sidecar.exchange", "--always-open", "--port", str(ex_port)],
+                                        env=base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            daemons = {name: _daemon(name, work, specs[name]) for name in phase}
+            try:
+                out.update(_measure(daemons, names, n, seconds, warmup_limit, exchange.pid, redis_pid,
+                                    f"{'+'.join(phase)}_" if baseline != "beside" else ""))
+            finally:
+                for proc, _port, _trace in daemons.values():
+                    proc.send_signal(signal.SIGTERM)
+                for proc, _port, _trace in daemons.values():
+                    try:
+                        proc.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                exchange.terminate()
+                exchange.wait()
         if "single" in out:
             single = out["single"]["cycle_p99_ms"]  # type: ignore[index]
             out["member_p99_vs_single"] = {m: round(out[m]["cycle_p99_ms"] / single, 2)  # type: ignore[index]
@@ -164,12 +166,16 @@ def _measure(daemons: dict[str, tuple[subprocess.Popen[bytes], int, Path]], name
     for name, (_proc, _port, trace) in daemons.items():
         cycles = [orjson.loads(x) for x in _lines(trace)[marks[name]:]]
         ms = np.array([c["cycle_s"] for c in cycles]) * 1000
+        closing = np.array([c["closed"] > 0 for c in cycles], dtype=bool)
         followed = n if name == "single" else sum(1 for s in names if partition_of(s, PARTITIONS) in owned[name])
         out[name] = {"symbols": followed, "cycles": len(cycles),
                      "fenced_writes": health.get(name, {}).get("fenced_writes"),
                      "overruns": cycles[-1]["overruns"] - cycles[0]["overruns"] if cycles else None,
                      **{f"cycle_p{q}_ms": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)},
                      "cycle_max_ms": round(float(ms.max()), 1),
+                     # the cycles that closed a minute carry its bars through every stage and the store
+                     "closing_cycle_p50_ms": round(float(np.median(ms[closing])), 1) if closing.any() else None,
+                     "slow_cycles_closing": int(closing[ms > 1000].sum()), "slow_cycles": int((ms > 1000).sum()),
                      "redis_p99_ms": round(float(np.percentile([c["redis"] for c in cycles], 99)) * 1000, 1),
                      "stages_p50_ms": {k: round(float(np.median([c.get(k, 0.0) for c in cycles])) * 1000, 1)
                                        for k in STAGES},
