@@ -129,6 +129,17 @@ def test_validate_and_gate_forming(benchmark) -> None:  # type: ignore[no-untype
     benchmark(acceptance.run, batch, answered, T0 + 90.0)
 
 
+def test_validate_and_gate_forming_after_a_catch_up(benchmark) -> None:  # type: ignore[no-untyped-def]
+    """The forming rows while a fifth of the symbols hold a closed bar that may still be revised
+    (each chart answer of a catch-up leaves one, asked for again once settled)."""
+    acceptance, table = _acceptance(15.0)
+    for bar in _bars(0)[::5]:
+        table.unsettled[table.slot_of[bar.symbol]] = {bar.ts: bar}
+    batch, answered = _batch(1, FORMING), np.arange(N)
+    benchmark(acceptance.run, batch, answered, T0 + 90.0)
+    assert len(table.unsettled) == N // 5  # still held: the rounds all ran in that state
+
+
 def test_validate_and_gate_closed(benchmark) -> None:  # type: ignore[no-untyped-def]
     """A minute's closed bars: validated, through the cursor and the spike gate (the reference is
     the previous minute's close), in arrays."""

@@ -95,7 +95,9 @@ class Acceptance:
         slow_slots = set(np.unique(np.concatenate([batch.slot[bad & ~forming], batch.slot[at][jump],
                                                    batch.slot[at][twice]])).tolist())
         if t.pending or t.unsettled:  # a held bar or a bar that may be revised: decided bar by bar
-            present = set(np.unique(batch.slot).tolist())
+            # only when closed rows came: a forming row meets neither (it is published as on the
+            # fast path), and after a catch-up thousands of slots hold an unsettled bar each
+            present = set(np.unique(batch.slot[~forming]).tolist())
             slow_slots |= {s for s in (*t.pending, *t.unsettled) if s in present}
         slow = np.zeros(len(batch), dtype=bool)
         if slow_slots:
