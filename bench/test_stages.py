@@ -140,6 +140,23 @@ def test_validate_and_gate_forming_after_a_catch_up(benchmark) -> None:  # type:
     assert len(table.unsettled) == N // 5  # still held: the rounds all ran in that state
 
 
+def test_validate_and_gate_closed_after_a_catch_up(benchmark) -> None:  # type: ignore[no-untyped-def]
+    """A minute's closed bars while a fifth of the symbols hold the minute before as unsettled."""
+    acceptance, table = _acceptance(15.0)
+    minutes = iter(range(1, 600))
+
+    def setup() -> tuple[tuple[Batch, np.ndarray, float], dict[str, object]]:
+        m = next(minutes)
+        table.cursor[:N] = T0 + 60 * (m - 1)
+        table.ref_close[:N] = PRICE[m - 1]
+        table.unsettled.clear()
+        for bar in _bars(m - 1)[::5]:
+            table.unsettled[table.slot_of[bar.symbol]] = {bar.ts: bar}
+        return (_batch(m), np.arange(N), T0 + 60 * m + 70.0), {}
+
+    benchmark.pedantic(acceptance.run, setup=setup, rounds=100, iterations=1)
+
+
 def test_validate_and_gate_closed(benchmark) -> None:  # type: ignore[no-untyped-def]
     """A minute's closed bars: validated, through the cursor and the spike gate (the reference is
     the previous minute's close), in arrays."""

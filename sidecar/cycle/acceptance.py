@@ -94,11 +94,19 @@ class Acceptance:
         twice = np.flatnonzero((np.diff(batch.slot[at]) == 0) & (np.diff(batch.ts[at]) == 0))
         slow_slots = set(np.unique(np.concatenate([batch.slot[bad & ~forming], batch.slot[at][jump],
                                                    batch.slot[at][twice]])).tolist())
-        if t.pending or t.unsettled:  # a held bar or a bar that may be revised: decided bar by bar
-            # only when closed rows came: a forming row meets neither (it is published as on the
-            # fast path), and after a catch-up thousands of slots hold an unsettled bar each
-            present = set(np.unique(batch.slot[~forming]).tolist())
-            slow_slots |= {s for s in (*t.pending, *t.unsettled) if s in present}
+        if t.pending or t.unsettled:
+            # Bar by bar: a held bar's slot when a closed row came (the gate decides the two), and
+            # an unsettled bar's slot when its minute came again (a revision?). Forming rows and
+            # new minutes meet neither and take the array path: after a catch-up thousands of
+            # slots hold an unsettled bar each until it is asked for again.
+            rows = np.flatnonzero(~forming)
+            present = set(batch.slot[rows].tolist())
+            slow_slots |= {s for s in t.pending if s in present}
+            if t.unsettled:
+                held = np.fromiter(t.unsettled, dtype=np.int64, count=len(t.unsettled))
+                rows = rows[np.isin(batch.slot[rows], held)]
+                slow_slots |= {s for s, ts in zip(batch.slot[rows].tolist(), batch.ts[rows].tolist(), strict=True)
+                               if ts in t.unsettled[s]}
         slow = np.zeros(len(batch), dtype=bool)
         if slow_slots:
             slow = np.isin(batch.slot, np.fromiter(slow_slots, dtype=np.int64, count=len(slow_slots)))
