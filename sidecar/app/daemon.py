@@ -22,7 +22,6 @@ from ..bars import Bar
 from ..bootstrap import Bootstrapper
 from ..clock import Clock, SystemClock
 from ..cluster.coordinator import Coordinator, default_shard_id
-from ..cluster.partitions import partition_of
 from ..errors import PostgresStoreError, RedisStoreError, SettingsError
 from ..features.service import FeatureService
 from ..metrics import Metrics
@@ -32,10 +31,11 @@ from ..resilience import STATES
 from ..scanner import Scanner, parse_rules
 from ..settings import Settings
 from ..stores import DurableStore, PostgresStore, RedisStore, SQLiteStore
-from ..symbols import AssetClass, SymbolInfo, lookup, parse_symbol
+from ..symbols import AssetClass, SymbolInfo, lookup
 from ..timeframes import Buckets
 from ..validator import Validator
 from .flusher import Flusher
+from .following import Following
 from .gauges import end_of_day_gauges
 from .health import compose
 from .http import HttpServer
@@ -46,9 +46,6 @@ from .status import document, grid
 from .upkeep import Upkeep
 
 log = logging.getLogger(__name__)
-ADD_CHUNK = 500
-"""Symbols added per pause between cycles (warm-up from the store included)."""
-
 
 
 def tune_gc(gen0_threshold: int) -> None:
@@ -91,15 +88,14 @@ class Sidecar:
         # Every symbol of the settings; in a cluster this member follows only its partitions'
         # (`self.infos`, `self.symbols`), starting with none until its leases say which.
         self.universe = [lookup(sym) for sym in s.symbols]
-        self.infos = [] if s.cluster else list(self.universe)
-        self.symbols: dict[str, SymbolInfo] = {info.symbol: info for info in self.infos}
+        self.symbols: dict[str, SymbolInfo] = {} if s.cluster else {info.symbol: info for info in self.universe}
         self.cluster: Coordinator | None = None
         if s.cluster:
             self.cluster = Coordinator(redis=self.redis, shard_id=s.shard_id or default_shard_id(),
                                        partitions=s.partitions, lease_s=s.lease_s, clock=self.clock,
                                        info={"pid": os.getpid(), "http": f"{s.http_host}:{s.http_port}",
                                              "started": self.clock.time()},
-                                       on_change=self._partitions_moved)
+                                       on_change=lambda gained, lost: self.following.partitions_moved(gained, lost))
             self.redis.fence = self.cluster.token
             self.redis.on_fenced = self._fenced
         self.features = FeatureService(s.feature_periods, timeframe=TIMEFRAME, clock=self.clock)
@@ -116,7 +112,8 @@ class Sidecar:
             primary=self.providers.primary,
             fallbacks=self.providers.guarded, source_order=s.sources, trace=self._trace_cycle if s.cycle_trace else None,
             symbols=self.infos, features=self.features, scanner=self.scanner,
-            on_redis_lost=self._schedule_reseed, on_recovered=self._schedule_backfill, stale_after_s=s.stale_after_s,
+            on_redis_lost=self._schedule_reseed, on_recovered=lambda: self.upkeep.schedule_backfill(),
+            stale_after_s=s.stale_after_s,
             spike_atr=s.spike_atr, quotes=s.live_mode == "quotes", quote_batch=s.quote_batch,
             catchup_per_cycle=s.catchup_per_cycle,
             validator=Validator(future_tolerance_s=s.future_tolerance_s,
@@ -126,6 +123,10 @@ class Sidecar:
             settle_s=s.settle_s, on_rewarm=self.rewarm, timeframes=s.timeframes, buckets=Buckets(s.day_starts()),
             warmup_bars=s.feature_warmup_bars,
             forming_every=max(1, round(s.higher_forming_s / s.cycle_interval_s)))
+        self.following = Following(settings=s, symbols=self.symbols, universe=self.universe,
+                                   orchestrator=self.orchestrator, features=self.features, scanner=self.scanner,
+                                   store=self.sqlite, broker_symbols=self._broker, bootstrap=self._start_bootstrap)
+        self.update_symbols = self.following.update
         if self.cluster is not None:  # members take turns within each second
             self.orchestrator.ticker.phase = functools.partial(self.cluster.phase, s.cycle_interval_s)
         for service in self.orchestrator.services():
@@ -164,9 +165,13 @@ class Sidecar:
                                readable=frozenset(i.symbol for i in self.universe) if s.cluster else None)
         self.stopping = False
         self.failure: BaseException | None = None
-        self._universes: dict[str, tuple[str, ...]] | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def infos(self) -> list[SymbolInfo]:
+        """The followed symbols (in a cluster, this member's partitions' share)."""
+        return list(self.symbols.values())
 
     def health(self, per_symbol: bool = True) -> dict[str, Any]:
         """The /health document, composed from each component's own snapshot (without the
@@ -190,68 +195,19 @@ class Sidecar:
         """The status page's document: the health snapshot, the last ten minutes of cycles, the
         freshness grid with the universes its symbols belong to, and the newest signals."""
         now, orch = self.clock.time(), self.orchestrator
-        if self._universes is None:  # every known universe, for the grid's filter (read once)
-            where = self.upkeep.universes_dir()
-            self._universes = {name: universes.members(name, where) for name in universes.known(where)}
         try:
             signals = await self.redis.newest_signals(20)
         except RedisStoreError:
             signals = []
-        table_grid = grid(orch.table, now, orch.dead.stale_after_s, self._universes)
+        table_grid = grid(orch.table, now, orch.dead.stale_after_s, self.upkeep.known_universes())
         table_grid["universes"] = {k: v for k, v in table_grid["universes"].items() if v}
         return document(self.health(per_symbol=False), orch.recent, table_grid, now, signals)
-
-    async def update_symbols(self, add: list[str], remove: list[str]) -> list[str]:
-        """Follow more or fewer symbols while running: new ones are warmed from their stored
-        history first; return the symbols followed afterwards. Not persisted: SIDECAR_SYMBOLS
-        is the list at the next start. A malformed symbol raises SymbolError, changing nothing."""
-        infos = [lookup(raw) for raw in add]
-        gone = [parse_symbol(raw) for raw in remove]
-        async with self.orchestrator.between_cycles:  # never in the middle of a cycle's stages
-            gone = [symbol for symbol in gone if self.symbols.pop(symbol, None) is not None]
-            self.orchestrator.remove(gone)
-            self.features.book.remove(gone)
-            self.orchestrator.higher.remove(gone)
-        new = list({i.symbol: i for i in infos if i.symbol not in self.symbols}.values())
-        unknown: list[SymbolInfo] = []  # nothing stored yet: bootstrapped
-        # In chunks, each between two cycles: a partition taken over brings thousands of symbols,
-        # and warming them at once would hold the loop (and the lease renewals) for seconds.
-        for k in range(0, len(new), ADD_CHUNK):
-            chunk = new[k:k + ADD_CHUNK]
-            async with self.orchestrator.between_cycles:
-                histories = await self.features.warm_from(self.sqlite, chunk, self.settings.feature_warmup_bars)
-                self.orchestrator.add(chunk)
-                await self.orchestrator.higher.warm({i.symbol for i in chunk})
-                self.symbols.update({i.symbol: i for i in chunk})
-            unknown += [i for i in chunk if not histories[i.symbol]]
-        self._start_bootstrap(unknown)
-        names = list(self.symbols)
-        self.scanner.set_symbols(names, [self._broker.get(x, x) for x in names])
-        if new or gone:
-            log.info("symbols now %d: added %d %s, removed %d %s", len(names), len(new),
-                     [i.symbol for i in new[:10]], len(gone), gone[:10])
-        return names
 
     # -- the cluster ---------------------------------------------------------------------------
 
     def _leads(self, job: str) -> bool:
         """Whether this daemon runs a singleton job now (always, outside a cluster)."""
         return self.cluster is None or self.cluster.leads(job)
-
-    async def _partitions_moved(self, gained: dict[int, int], lost: set[int]) -> None:
-        """Follow the symbols of the partitions this member now owns, and drop the others'. A
-        gained partition's symbols continue after their newest stored bar (the minutes since
-        are fetched again: the upserts make an overlap harmless), warmed from stored history.
-        Idempotent: the coordinator calls it again with the same partitions when it raised."""
-        n = self.settings.partitions
-        drop = [i.symbol for i in self.universe if partition_of(i.symbol, n) in lost]
-        take = [i.symbol for i in self.universe if partition_of(i.symbol, n) in gained]
-        await self.update_symbols(take, drop)
-        self.infos = list(self.symbols.values())
-        if take:  # the store unreadable: this raises, and the coordinator applies the change again
-            last = await self.sqlite.last_stored(TIMEFRAME, take)
-            self.orchestrator.resume(last,
-                                     overlap_s=self.settings.restart_overlap_minutes * 60)
 
     def _fenced(self, partitions: set[int]) -> None:
         """Redis refused this member's writes for some partitions: a newer owner has them."""
@@ -272,11 +228,7 @@ class Sidecar:
         self.metrics.breaker_state.labels(source).set(STATES.index(state))
         self.metrics.breaker_transitions.labels(source, state).inc()
         if state == "closed":
-            self._schedule_backfill()  # the source is back: look for what it missed
-
-    def _schedule_backfill(self) -> None:
-        """A source answers again: look for what it missed."""
-        self.upkeep.schedule_backfill()
+            self.upkeep.schedule_backfill()  # the source is back: look for what it missed
 
     async def _backfilled(self, bars: list[Bar]) -> None:
         """Backfilled bars also go into Redis's history (best effort: SQLite has them), and

@@ -46,10 +46,18 @@ class Upkeep:
         self.symbols, self.supervise, self.stopping = symbols, supervise, stopping
         self.leads, self.live = leads, live
         self._lock = asyncio.Lock()  # one gap scan at a time
+        self._universes: dict[str, tuple[str, ...]] | None = None
 
     def universes_dir(self) -> Path | None:
         """SIDECAR_UNIVERSES_DIR, when set."""
         return Path(self.settings.universes_dir) if self.settings.universes_dir else None
+
+    def known_universes(self) -> dict[str, tuple[str, ...]]:
+        """Every known universe's members (read once: the status page's filter asks each time)."""
+        if self._universes is None:
+            where = self.universes_dir()
+            self._universes = {name: universes.members(name, where) for name in universes.known(where)}
+        return self._universes
 
     def schedule_backfill(self) -> None:
         """A source answers again: look for what it missed (unless a scan is already running)."""
