@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import redis
 from sidecar.cluster.partitions import partition_of
 
 from .quotes import universe
-from .servers import ROOT, free_port, postgres_server, redis_server
+from .servers import ROOT, free_port, postgres_server, redis_server, start_exchange, stop
 from .soak import _proc_stats, _wait_http
 
 PARTITIONS = 64
@@ -99,20 +98,13 @@ def run(n: int, seconds: float, work: Path, warmup_limit: float = 420.0, baselin
             # Each phase starts from the same state: a fresh exchange (its caches and records grow
             # with what it served) and an empty Redis, so the later phase does not pay for the earlier.
             client.flushall()
-            exchange = subprocess.Popen([sys.executable, "-m", "sidecar.exchange", "--always-open", "--port", str(ex_port)],
-                                        env=base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            exchange = start_exchange(ex_port)
             daemons = {name: _daemon(name, work, specs[name]) for name in phase}
             try:
                 out.update(_measure(daemons, names, n, seconds, warmup_limit, exchange.pid, redis_pid,
                                     f"{'+'.join(phase)}_" if baseline != "beside" else ""))
             finally:
-                for proc, _port, _trace in daemons.values():
-                    proc.send_signal(signal.SIGTERM)
-                for proc, _port, _trace in daemons.values():
-                    try:
-                        proc.wait(timeout=60)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
+                stop((proc for proc, _port, _trace in daemons.values()), 60)
                 exchange.terminate()
                 exchange.wait()
         if "single" in out:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import redis
@@ -43,24 +44,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def exchange_process(always_open: bool = True) -> Iterator[str]:
-    """The local exchange as its own process, open around the clock unless not
-    `always_open` (then each market keeps its hours); yields its base URL."""
-    port = free_port()
+def start_exchange(port: int, always_open: bool = True) -> subprocess.Popen[bytes]:
+    """The local exchange as its own process on `port`, open around the clock unless not
+    `always_open` (then each market keeps its hours), once it accepts connections."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     flags = ["--always-open"] if always_open else []
     proc = subprocess.Popen([sys.executable, "-m", "sidecar.exchange", *flags, "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            break
+        time.sleep(0.05)
+    return proc
+
+
+@contextlib.contextmanager
+def exchange_process(always_open: bool = True) -> Iterator[str]:
+    """`start_exchange` on a free port for the block; yields its base URL."""
+    port = free_port()
+    proc = start_exchange(port, always_open)
     try:
-        for _ in range(100):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            time.sleep(0.05)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait()
+
+
+def stop(procs: Iterable[subprocess.Popen[bytes]], timeout: float) -> None:
+    """SIGTERM every process (a daemon then flushes and closes), wait up to `timeout` for each,
+    and kill the ones still running."""
+    procs = list(procs)
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def main_with_json(doc: str, main: Callable[[Path | None], None]) -> None:

@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import datetime as dt
 import os
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -38,7 +37,7 @@ import redis
 from sidecar.stores.sqlite_store import SCHEMA
 
 from .quotes import universe
-from .servers import ROOT, free_port, redis_server
+from .servers import ROOT, free_port, redis_server, start_exchange, stop
 
 STAGES = ("fetch", "parse", "build", "validate", "features", "timeframes", "redis", "sqlite_buffer", "scan")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -118,8 +117,7 @@ def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0, histor
         redis_pid = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
         ex_port, http_port = free_port(), free_port()
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        exchange = subprocess.Popen([sys.executable, "-m", "sidecar.exchange", "--always-open", "--port", str(ex_port)],
-                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        exchange = start_exchange(ex_port)
         trace = work / f"trace-{n}.jsonl"
         symbols_file = work / f"symbols-{n}.txt"  # 50,000 names do not fit in one environment variable
         symbols_file.write_text("\n".join(universe(n)))
@@ -171,11 +169,7 @@ def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0, histor
             run.redis_usec = {k.removeprefix("cmdstat_"): int(v["usec"]) for k, v in r.info("commandstats").items()}
             run.cycles = [orjson.loads(x) for x in trace.read_bytes().splitlines()[start_line:]]
         finally:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
+            stop([daemon], 30)
             exchange.terminate()
             exchange.wait()
             log.close()

@@ -57,10 +57,14 @@ class Reseeder:
         """Re-seed in the background: everything (`since` 0), or a catch-up of what Redis missed
         from `since` (epoch seconds) on. A request while one runs is merged into the next run
         (the earlier `since` wins)."""
-        self._since = since if self._since is None else min(self._since, since)
+        self._ask(since)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._until_done(), name="redis-reseed")
             self.supervise(self._task)
+
+    def _ask(self, since: float) -> None:
+        """Merge a request into the next run's: the earlier `since` wins (0: everything)."""
+        self._since = since if self._since is None else min(self._since, since)
 
     async def _until_done(self) -> None:
         """Re-seed until none is asked for, again after a growing pause while Redis fails or is
@@ -73,7 +77,7 @@ class Reseeder:
                 await self.reseed(since)
                 delay = 1.0
             except (RedisStoreError, DurableStoreError) as exc:  # either side: Redis, or the store read
-                self._since = since if self._since is None else min(self._since, since)
+                self._ask(since)
                 log.warning("redis re-seed failed, trying again in %.0fs: %s", delay, exc)
                 await self.clock.sleep(delay)
                 delay = min(2 * delay, 30.0)

@@ -100,11 +100,12 @@ class Acceptance:
             # new minutes meet neither and take the array path: after a catch-up thousands of
             # slots hold an unsettled bar each until it is asked for again.
             rows = np.flatnonzero(~forming)
-            present = set(batch.slot[rows].tolist())
-            slow_slots |= {s for s in t.pending if s in present}
+            if t.pending:
+                held = np.fromiter(t.pending, dtype=np.int64, count=len(t.pending))
+                slow_slots |= set(held[np.isin(held, batch.slot[rows])].tolist())
             if t.unsettled:
-                held = np.fromiter(t.unsettled, dtype=np.int64, count=len(t.unsettled))
-                rows = rows[np.isin(batch.slot[rows], held)]
+                waiting = np.fromiter(t.unsettled, dtype=np.int64, count=len(t.unsettled))
+                rows = rows[np.isin(batch.slot[rows], waiting)]
                 slow_slots |= {s for s, ts in zip(batch.slot[rows].tolist(), batch.ts[rows].tolist(), strict=True)
                                if ts in t.unsettled[s]}
         slow = np.zeros(len(batch), dtype=bool)

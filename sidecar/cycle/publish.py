@@ -119,7 +119,6 @@ class Publisher:
         self.metrics, self.clock, self.on_redis_lost = metrics, clock, on_redis_lost
         self.failing_since: float | None = None  # when the writes began failing (None: they do not)
         self.unsent: list[Unsent] = []  # the closed bars of failed writes, oldest first
-        self.unsent_rows = 0
         self.missed_from: int | None = None  # more failed than `unsent` holds: the oldest open among them
         self.values = 0  # values the last write sent (the cycle trace's)
         self.quarantine: list[dict[str, object]] = []  # spikes not yet written to Redis
@@ -153,7 +152,6 @@ class Publisher:
         for rows in [*(u.minute for u in again if u.minute is not None), history]:
             np.maximum.at(t.hist_ts, rows.slot, rows.ts)
         del self.unsent[:len(again)]
-        self.unsent_rows -= sum(len(u.write.history[0]) for u in again)
         since, self.failing_since = self.failing_since, None
         if since is not None:
             log.info("redis writes recovered after %.1fs", now - since)
@@ -188,12 +186,11 @@ class Publisher:
             self.missed_from = min([self.missed_from, *(_oldest(u) for u in kept)])
             return
         self.unsent += kept
-        self.unsent_rows += sum(len(u.write.history[0]) for u in kept)
-        if self.unsent_rows > UNSENT_MAX:  # a long outage: the store has every one of them
+        if sum(len(u.write.history[0]) for u in self.unsent) > UNSENT_MAX:  # a long outage: the store has them all
             log.warning("redis missed more than %d closed bars: they are read back from the store once it answers",
                         UNSENT_MAX)
             self.missed_from = min(_oldest(u) for u in self.unsent)
-            self.unsent, self.unsent_rows = [], 0
+            self.unsent = []
 
     async def write_quarantine(self) -> None:
         """The spikes held since the last successful write, onto Redis's quarantine list."""
