@@ -89,8 +89,8 @@ class GuardedSource:
                    retry=retry or RetryPolicy(), metrics=metrics or Metrics(), clock=clock)
 
     def begin_cycle(self, deadline: float) -> None:
-        """A cycle starts: retries must be done by `deadline` (monotonic)."""
-        self._deadline, self._ok, self._failed, self._taken = deadline, 0, 0, 0
+        """A cycle starts: its retries must be done by `deadline` (monotonic)."""
+        self._deadline = deadline
 
     def end_cycle(self, now: float, period_s: float) -> None:
         """A cycle ended: tell the breaker whether the source worked at all, and the budget what
@@ -104,6 +104,8 @@ class GuardedSource:
         elif self._failed:
             self.breaker.record_failure()
         self.state.tried_last_cycle, self.state.failed_last_cycle = self._ok + self._failed, self._failed
+        # reset here, not when a cycle begins: the poller's requests made between two cycles count too
+        self._ok, self._failed, self._taken = 0, 0, 0
 
     def health(self) -> dict[str, object]:
         """The source as the loop saw it last cycle: `ok`, `degraded` (some requests failed),
@@ -164,17 +166,18 @@ class GuardedSource:
         return await self.call(info.symbol, lambda timeout: self.fetcher.fetch_bars(
             info, timeframe, start, end, timeout_s=timeout), on_error)
 
-    async def fetch_quotes(self, infos: Sequence[SymbolInfo],
-                           on_error: Callable[[str, str], None]) -> QuoteBatch | None:
+    async def fetch_quotes(self, infos: Sequence[SymbolInfo], on_error: Callable[[str, str], None],
+                           deadline: float | None = None) -> QuoteBatch | None:
         """One batch quote for `infos` (charged what it costs at the provider: requests or
-        credits), or None as for `fetch`."""
+        credits), or None as for `fetch`; retries end by `deadline` (default: the cycle's)."""
         return await self.call(f"{len(infos)} symbols", lambda timeout: self.fetcher.fetch_quotes(  # type: ignore[attr-defined]
-            infos, timeout_s=timeout), on_error, cost=self.fetcher.quote_cost(infos))  # type: ignore[attr-defined]
+            infos, timeout_s=timeout), on_error, cost=self.fetcher.quote_cost(infos),  # type: ignore[attr-defined]
+            deadline=deadline)
 
     async def call(self, label: str, request: Callable[[float | None], Awaitable[T]],
-                   on_error: Callable[[str, str], None], cost: int = 1) -> T | None:
-        """Run `request(timeout)` under the breaker, budgets (`cost` per try) and retries; None
-        when skipped or failed."""
+                   on_error: Callable[[str, str], None], cost: int = 1, deadline: float | None = None) -> T | None:
+        """Run `request(timeout)` under the breaker, budgets (`cost` per try) and retries (until
+        `deadline`, monotonic; default: the cycle's); None when skipped or failed."""
         if not self.breaker.allow():
             self.metrics.fetch_skipped.labels(self.name, "breaker_open").inc()
             return None
@@ -202,7 +205,7 @@ class GuardedSource:
                     self.breaker.release()
                     return None
                 delay = self.retry.delay(failures)
-                left = self._deadline - self.clock.monotonic() - delay
+                left = (self._deadline if deadline is None else deadline) - self.clock.monotonic() - delay
                 if self.breaker.state != "closed" or failures >= self.retry.attempts or left < MIN_RETRY_S:
                     self._failed += 1
                     return None

@@ -133,14 +133,13 @@ class Orchestrator:
         self.states = StatesView(self.table)
         self.sourcing = Sourcing(table=self.table, sources=self.sources, primary=primary, metrics=metrics, clock=clock,
                                  lookback_s=lookback_minutes * 60, quotes=quotes, quote_batch=quote_batch,
-                                 catchup_per_cycle=catchup_per_cycle, settle_s=settle_s)
+                                 catchup_per_cycle=catchup_per_cycle, settle_s=settle_s, period=period)
         self.acceptance = Acceptance(table=self.table, validator=validator, metrics=metrics, step=self.step,
                                      settle_s=settle_s, spike_atr=spike_atr, atr=self._atr)
         self.dead = DeadLetters(table=self.table, redis=redis, stale_after_s=stale_after_s, started_at=clock.time())
         self.encoder = BarEncoder(TIMEFRAME)
         self.higher = HigherTimeframes(timeframes, table=self.table, buckets=buckets or Buckets(), sqlite=sqlite,
-                                       metrics=metrics, clock=clock,
-                                       features=None if features is None else features.book.config,
+                                       metrics=metrics, clock=clock, features=None if features is None else features.book.config,
                                        warmup_bars=warmup_bars, forming_every=forming_every)
         self.publisher = Publisher(table=self.table, redis=redis, encoder=self.encoder,
                                    lane_encoders={lane.timeframe: lane.encoder for lane in self.higher.lanes},
@@ -148,13 +147,14 @@ class Orchestrator:
         self.scan = None if scanner is None or features is None else Scan(scanner=scanner, redis=redis,
                                                                            metrics=metrics, clock=clock)
         self.ticker = Ticker(clock, period, on_overrun=metrics.cycle_overruns.inc)
+        # quotes mode: every second's poll, however long the cycles take (see sidecar/cycle/sourcing.py)
+        self.poller = Ticker(clock, period, phase=lambda: self.ticker.phase() if self.ticker.phase else 0.0)
         self.stages: dict[str, float] = {}  # seconds spent per stage in the last cycle
         self.last_cycle: CycleReport | None = None
         self.recent = CycleHistory()  # the status page's last ten minutes of cycles
         self.last_cycle_at: float | None = None
         self._rewarm: set[str] = set()  # symbols whose features are rebuilt at the end of the cycle
-        # Held by each cycle: symbols are added and removed between cycles (a cycle's stages keep
-        # the slots they started with across their awaits).
+        # held by each cycle, so symbols come and go between cycles: its stages keep their slots across awaits
         self.between_cycles = asyncio.Lock()
         self._stopping = False
         self._in_cycle = False
@@ -240,17 +240,26 @@ class Orchestrator:
                 task.cancel()
 
     async def _run(self) -> None:
-        async for _tick in self.ticker:
-            if self._stopping:
-                break
-            self._in_cycle = True
-            try:
-                async with self.between_cycles:
-                    await self.run_cycle()
-            finally:
-                self._in_cycle = False
-            if self._stopping:
-                break
+        polling = asyncio.create_task(self.poller.run(lambda: self.sourcing.poll(self.clock.time())),
+                                      name="quote poller") if self.sourcing.quotes else None
+        self.sourcing.background = polling is not None
+        try:
+            async for _tick in self.ticker:
+                if self._stopping:
+                    break
+                self._in_cycle = True
+                try:
+                    async with self.between_cycles:
+                        await self.run_cycle()
+                finally:
+                    self._in_cycle = False
+                if self._stopping:
+                    break
+        finally:
+            self.sourcing.background = False
+            if polling is not None:
+                polling.cancel()
+                await asyncio.gather(polling, return_exceptions=True)
 
     # -- the cycle ----------------------------------------------------------------------------------
 
@@ -379,21 +388,12 @@ class Orchestrator:
     def health(self, per_symbol: bool = True) -> dict[str, Any]:
         """The loop (cycling, last cycle, overruns) and, with `per_symbol`, each symbol's
         freshness (the status page reads the arrays instead: a map of 5,000 costs ~50 ms)."""
-        now, t, delays = self.clock.time(), self.table, self.sourcing.delays
+        now = self.clock.time()
         at = self.last_cycle_at
         cycling = at is not None and now - at <= 3 * self.period + 1 and not self._stopping
-        slots = t.slots()
-        age = now - t.last_update[slots]
-        fresh = age <= self.dead.stale_after_s  # NaN (never updated) is not fresh
-        freshness = {} if not per_symbol else {
-            t.symbols[s]: {"fresh": bool(ok), "last_bar_ts": None if t.lt_ts[s] < 0 else int(t.lt_ts[s]),
-                           "last_update_age_s": None if a != a else round(float(a), 3),
-                           "last_error": t.last_error.get(s),
-                           "source": None if t.source[s] < 0 else t.source_names[t.source[s]],
-                           **({"delay_s": float(delays[t.source[s]])} if delays[t.source[s]] else {})}
-            for s, ok, a in zip(slots.tolist(), fresh.tolist(), age.tolist(), strict=True)}
+        fresh, freshness = self.table.freshness(now, self.dead.stale_after_s, self.sourcing.delays, per_symbol)
         return {"state": "ok" if cycling else "down", "cycles": int(self.metrics.total("sidecar_cycles_total")),
-                "overruns": self.ticker.overruns,
+                "overruns": self.ticker.overruns, **({"polls_skipped": self.poller.skipped} if self.sourcing.quotes else {}),
                 "last_cycle_ms": round(self.last_cycle.duration_s * 1000, 2) if self.last_cycle else None,
                 "last_cycle_age_s": None if at is None else round(now - at, 3),
-                "fresh_symbols": int(fresh.sum()), "symbols": len(slots), "freshness": freshness}
+                "fresh_symbols": fresh, "symbols": len(self.table), "freshness": freshness}

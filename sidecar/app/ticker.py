@@ -9,11 +9,14 @@ recent deadline that has passed) and any older missed deadlines are skipped, not
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from ..clock import Clock
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -69,3 +72,12 @@ class Ticker:
                 missed = int(behind // period)
                 self.skipped += missed
                 deadline += missed * period
+
+    async def run(self, work: Callable[[], Awaitable[object]]) -> None:
+        """Await `work()` at every tick, until cancelled; an exception is logged and costs that
+        tick's work only."""
+        async for _tick in self:
+            try:
+                await work()
+            except Exception:  # a bug must cost one tick, not every tick after it
+                log.exception("work at tick failed")

@@ -7,6 +7,14 @@ builder; a closed bar the builder saw completely, right after the last minute ac
 (start-up, a missed poll, a stale or bad quote, a minute without trades, a bar still
 unsettled) is caught up from the history endpoint, at most `catchup_per_cycle` per cycle.
 
+The quotes are polled every second on their own schedule (`poll`, run by the loop's poller)
+and kept until a cycle builds them, every poll in order. A cycle that runs long (a slow
+Redis, a minute-closing cycle at scale) then costs no second of samples: before, a cycle that
+ended more than a second late skipped the next second's poll, every symbol's minute became
+incomplete, and the next minute's catch-up of every symbol made the cycles slower still
+(bench/cluster.py at 2 x 10,000). Without a poller (tests driving `run_cycle`) a cycle polls
+itself.
+
 Each request goes down the symbol's sources in the configured order: a source whose breaker is
 open or whose budget is spent passes the symbol to the next without waiting, and a failing one
 reports its error (counted, logged on the transition) before the next is tried.
@@ -45,6 +53,16 @@ CATCH_UP_S = 86400
 
 
 @dataclass(slots=True)
+class Poll:
+    """One second's batch quotes, kept until a cycle builds them."""
+
+    label: int  # the whole second it samples
+    now: float  # when it was made
+    version: int  # the table's membership version its chunks were cut for
+    got: list[tuple[np.ndarray, list[SymbolInfo], QuoteBatch]]  # each chunk that answered: slots, symbols, quotes
+
+
+@dataclass(slots=True)
 class Fetched:
     """One cycle's answers."""
 
@@ -68,6 +86,7 @@ class Sourcing:
     :param quote_batch: symbols per batch quote request.
     :param catchup_per_cycle: quotes mode: at most this many history requests per cycle.
     :param settle_s: an unsettled bar is asked for again once this has passed after its end.
+    :param period: seconds between polls (a poll's retries end within 0.8 of it).
 
     The catch-up's allowance adapts to the cycle (`pace`): halved after a cycle that overran,
     grown back by a tenth of the maximum after one that left room. A minute is vouched for only
@@ -78,7 +97,7 @@ class Sourcing:
 
     def __init__(self, *, table: SymbolTable, sources: Sequence[GuardedSource], primary: GuardedSource,
                  metrics: Metrics, clock: Clock, lookback_s: int, quotes: bool, quote_batch: int,
-                 catchup_per_cycle: int, settle_s: float) -> None:
+                 catchup_per_cycle: int, settle_s: float, period: float = 1.0) -> None:
         self.table = table
         self.sources = list(sources)
         self.primary = primary
@@ -96,7 +115,11 @@ class Sourcing:
         self.recovered = False  # a symbol's source answered again this cycle (one event, not one per symbol)
         # each source's plan delay, by source code (the last entry: no source yet)
         self.delays = np.array([g.fetcher.delay_s for g in self.sources] + [0.0])
+        self.period = period
         self._chunks: tuple[int, list[tuple[np.ndarray, list[SymbolInfo]]]] = (-1, [])
+        self.polls: list[Poll] = []  # made and not yet built, oldest first
+        self.polled = asyncio.Event()  # set when a poll is added
+        self.background = False  # a poller runs `poll` every second: a cycle waits for its second's
 
     def pace(self, cycle_s: float, period: float) -> None:
         """Adapt the catch-up's allowance to the cycle just run (additive increase,
@@ -210,44 +233,94 @@ class Sourcing:
 
     # -- quotes mode ----------------------------------------------------------------------------
 
-    async def _poll_quotes(self, slots: np.ndarray, now: float) -> Fetched:
-        """Batch quotes for every symbol through the bar builder, then history for the symbols
-        whose minutes the builder cannot vouch for."""
+    async def poll(self, now: float) -> None:
+        """Batch quotes for every symbol, labelled with the second they sample; kept in `polls`
+        for the next cycle to build."""
         t = self.table
-        # The poll is labelled with the second it samples. A timer may wake the loop a fraction of
-        # a millisecond before the second turns (and wall and monotonic time drift apart): such a
-        # poll belongs to the coming second, and must not reach the source before it.
+        # A timer may wake a fraction of a millisecond before the second turns (and wall and
+        # monotonic time drift apart): such a poll belongs to the coming second, and must not
+        # reach the source before it.
         label = math.floor(now + EARLY_WAKE_S)
         if now < label:
             await self.clock.sleep(label - now)
             now = self.clock.time()
-        current = bucket_start(label, self.step)
+        deadline = self.clock.monotonic() + 0.8 * self.period  # retries end in time for the next poll
         if self._chunks[0] != t.version:  # the chunks and their symbols, rebuilt when membership changes
+            slots = t.slots()
             parts = [slots[i:i + self.quote_batch] for i in range(0, len(slots), self.quote_batch)]
             self._chunks = (t.version, [(c, [t.info(s) for s in c.tolist()]) for c in parts])
-        chunks = [c for c, _ in self._chunks[1]]
-        batches = await asyncio.gather(*(self._quote_chunk(c, infos) for c, infos in self._chunks[1]))
+        version, chunks = self._chunks
+        answers = await asyncio.gather(*(self._quote_chunk(c, infos, deadline) for c, infos in chunks))
+        self.polls.append(Poll(label, now, version, [(c, infos, b) for (c, infos), b in zip(chunks, answers, strict=True)
+                                                     if b is not None]))
+        self.polled.set()
+
+    async def _polls_up_to(self, label: int) -> list[Poll]:
+        """The polls not yet built, through the one of second `label` (made here without a
+        poller; waited for, up to two periods, with one)."""
+        if not self.background:
+            await self.poll(self.clock.time())
+        else:
+            deadline = self.clock.monotonic() + 2 * self.period
+            while not (self.polls and self.polls[-1].label >= label) and self.clock.monotonic() < deadline:
+                self.polled.clear()
+                try:
+                    await asyncio.wait_for(self.polled.wait(), max(0.0, deadline - self.clock.monotonic()))
+                except TimeoutError:
+                    log.warning("no poll for second %d within %.1fs; the cycle goes on without it", label,
+                                2 * self.period)
+        polls, self.polls = self.polls, []
+        return polls
+
+    async def _poll_quotes(self, slots: np.ndarray, now: float) -> Fetched:
+        """The polls' quotes through the bar builder, each in its order, then history for the
+        symbols whose minutes the builder cannot vouch for."""
+        t = self.table
+        label = math.floor(now + EARLY_WAKE_S)
+        polls = await self._polls_up_to(label)
+        now = max(now, self.clock.time())
         t_build = self.clock.monotonic()
-        got = [(chunk[b.index], b) for chunk, b in zip(chunks, batches, strict=True) if b is not None]
         seen = np.zeros(len(t.active), dtype=bool)  # the slots whose source answered
-        built = self._build(label, [(s, b) for s, b in got if b.minute is None], now, seen)
-        with_bars = [(s, b, b.minute) for s, b in got if b.minute is not None]
-        if with_bars:  # the source's own minute bars (Polygon's snapshot): no bar builder, no catch-up
-            rows, source = self._rows([(s, b) for s, b, _ in with_bars])
-            minute = np.hstack([m for _, _, m in with_bars])
-            built = Batch.concat([built, self.minutes.take(rows, source, minute, now, current)])
-            live = rows[t.active[rows]]
-            t.source[live] = source[t.active[rows]]
-            self._answered(live, now)
-            seen[live] = True
+        parts = []
+        for p in polls:
+            got = self._current(p)
+            parts.append(self._build(p.label, [(s, b) for s, b in got if b.minute is None], p.now, seen))
+            with_bars = [(s, b, b.minute) for s, b in got if b.minute is not None]
+            if with_bars:  # the source's own minute bars (Polygon's snapshot): no bar builder, no catch-up
+                rows, source = self._rows([(s, b) for s, b, _ in with_bars])
+                minute = np.hstack([m for _, _, m in with_bars])
+                parts.append(self.minutes.take(rows, source, minute, p.now, bucket_start(p.label, self.step)))
+                live = rows[t.active[rows]]
+                t.source[live] = source[t.active[rows]]
+                self._answered(live, p.now)
+                seen[live] = True
+        built = Batch.concat(parts) if parts else Batch.empty()
+        if len(polls) > 1:  # several seconds built at once: each symbol's newest forming bar only
+            forming = np.flatnonzero(built.forming)
+            _, last = np.unique(built.slot[forming][::-1], return_index=True)
+            keep = ~built.forming
+            keep[forming[len(forming) - 1 - last]] = True
+            built = built.take(keep)
         build_s = self.clock.monotonic() - t_build
-        history, fetched = await self._catch_up(slots, current, now)
+        history, fetched = await self._catch_up(slots, bucket_start(label, self.step), now)
         if len(fetched):  # the source's own bars replace what the builder had
             built = built.take(~np.isin(built.slot, fetched))
         batch = Batch.concat([built, history]).sorted()
         seen[fetched] = True
         answered = np.flatnonzero(seen)
-        return Fetched(batch, answered, fetched, sum(b.parse_s for _, b in got), build_s)
+        return Fetched(batch, answered, fetched, sum(b.parse_s for p in polls for _, _, b in p.got), build_s)
+
+    def _current(self, poll: Poll) -> list[tuple[np.ndarray, QuoteBatch]]:
+        """A poll's answered chunks as (slots, quotes), without the rows of symbols removed since
+        it was made (their slots may hold other symbols now)."""
+        t = self.table
+        if poll.version == t.version:
+            return [(chunk[b.index], b) for chunk, _, b in poll.got]
+        out = []
+        for chunk, infos, b in poll.got:
+            keep = np.array([t.symbols[chunk[i]] == infos[i].symbol for i in b.index.tolist()], dtype=bool)
+            out.append((chunk[b.index[keep]], b.take(keep)))
+        return out
 
     def _rows(self, got: list[tuple[np.ndarray, QuoteBatch]]) -> tuple[np.ndarray, np.ndarray]:
         """The slots of several quote batches' rows, and each row's source code."""
@@ -312,13 +385,15 @@ class Sourcing:
         cursor = t.cursor[fetched]
         t.synced_until[fetched] = np.where(reached, current, np.where(cursor >= 0, cursor + self.step, -1))
 
-    async def _quote_chunk(self, chunk: np.ndarray, infos: list[SymbolInfo]) -> QuoteBatch | None:
-        """One chunk's batch quote from the first quote source that is usable and answers."""
+    async def _quote_chunk(self, chunk: np.ndarray, infos: list[SymbolInfo], deadline: float) -> QuoteBatch | None:
+        """One chunk's batch quote from the first quote source that is usable and answers (retries
+        until `deadline`, monotonic)."""
         sources = [g for g in self.sources if g.quotes and g.fetcher.disabled_reason is None]
         for g in sources:
             if not g.usable(g.fetcher.quote_cost(infos)) and g is not sources[-1]:  # type: ignore[attr-defined]
                 continue
-            batch = await g.fetch_quotes(infos, on_error=functools.partial(self._failed, chunk.tolist(), g))
+            batch = await g.fetch_quotes(infos, on_error=functools.partial(self._failed, chunk.tolist(), g),
+                                         deadline=deadline)
             if batch is not None:
                 return batch
         return None

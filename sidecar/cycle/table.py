@@ -201,6 +201,22 @@ class SymbolTable:
                    float(self.lt_high[slot]), float(self.lt_low[slot]), float(self.lt_close[slot]),
                    float(self.lt_volume[slot]), self.source_names[self.lt_source[slot]], int(self.lt_flags[slot]))
 
+    def freshness(self, now: float, stale_after_s: float, delays: np.ndarray,
+                  per_symbol: bool = True) -> tuple[int, dict[str, dict[str, object]]]:
+        """How many symbols were refreshed within `stale_after_s`, and with `per_symbol` each
+        one's freshness for /health (`delays`: each source's plan delay, by source code)."""
+        slots = self.slots()
+        age = now - self.last_update[slots]
+        fresh = age <= stale_after_s  # NaN (never updated) is not fresh
+        freshness = {} if not per_symbol else {
+            self.symbols[s]: {"fresh": bool(ok), "last_bar_ts": None if self.lt_ts[s] < 0 else int(self.lt_ts[s]),
+                              "last_update_age_s": None if a != a else round(float(a), 3),
+                              "last_error": self.last_error.get(s),
+                              "source": None if self.source[s] < 0 else self.source_names[self.source[s]],
+                              **({"delay_s": float(delays[self.source[s]])} if delays[self.source[s]] else {})}
+            for s, ok, a in zip(slots.tolist(), fresh.tolist(), age.tolist(), strict=True)}
+        return int(fresh.sum()), freshness
+
     def view(self, symbol: str) -> SlotView:
         """One symbol's state as attributes (for tests and operators; the cycle uses the arrays)."""
         return SlotView(self, self.slot_of[symbol])

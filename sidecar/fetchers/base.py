@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -53,6 +53,11 @@ class QuoteBatch:
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def take(self, rows: np.ndarray) -> QuoteBatch:
+        """The rows selected by an index or boolean mask."""
+        return replace(self, index=self.index[rows], price=self.price[rows], time=self.time[rows],
+                       day_volume=self.day_volume[rows], minute=None if self.minute is None else self.minute[:, rows])
 
     @classmethod
     def of(cls, source: str, index: list[int], price: list[float], time: list[int], volume: list[float],
