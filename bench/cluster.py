@@ -168,6 +168,9 @@ def _measure(daemons: dict[str, tuple[subprocess.Popen[bytes], int, Path]], name
                      # the cycles that closed a minute carry its bars through every stage and the store
                      "closing_cycle_p50_ms": round(float(np.median(ms[closing])), 1) if closing.any() else None,
                      "slow_cycles_closing": int(closing[ms > 1000].sum()), "slow_cycles": int((ms > 1000).sum()),
+                     "history_requests": sum(c["history_requests"] for c in cycles),
+                     # built minutes left to the catch-up: a second not sampled, a sample after its second
+                     **{k: cycles[-1].get(k, 0) - cycles[0].get(k, 0) if cycles else None for k in ("unsampled", "late")},
                      "redis_p99_ms": round(float(np.percentile([c["redis"] for c in cycles], 99)) * 1000, 1),
                      "stages_p50_ms": {k: round(float(np.median([c.get(k, 0.0) for c in cycles])) * 1000, 1)
                                        for k in STAGES},

@@ -79,6 +79,10 @@ class BarBuilder:
         for name in self._FLOAT_FIELDS:
             setattr(self, name, np.zeros(capacity))
         self.bucket[:] = -1
+        # closed bars not complete, by why: a second not sampled (a missed or failed poll, joined
+        # late), or every second sampled but one sample not showing a trade at its own second
+        # (a late answer, a stale feed, a quiet second); what the catch-up then asks history for
+        self.incomplete = np.zeros(2, dtype=np.int64)
 
     def reset(self, slots: np.ndarray) -> None:
         """Forget what was seen for these slots (a symbol removed, or its slot reused)."""
@@ -152,8 +156,10 @@ class BarBuilder:
 
     def _close(self, s: np.ndarray) -> BuiltBars:
         m = self.bucket[s]
-        complete = (self.last_label[s] == m + self.step - 1) & (self.dense_start[s] <= m) & \
-            (self.run_start[s] <= m - 1)
+        sampled = (self.last_label[s] == m + self.step - 1) & (self.run_start[s] <= m - 1)
+        dense = self.dense_start[s] <= m
+        complete = sampled & dense
+        self.incomplete += (int(len(s) - sampled.sum()), int((sampled & ~dense).sum()))
         bars = self._bars(s, complete)
         self.bucket[s] = -1
         return bars

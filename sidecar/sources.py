@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 from .clock import Clock
 from .errors import BeyondReach, CircuitOpen, FetchError, FetchTimeout, MalformedResponse, ProviderError, RateLimited
 from .fetchers import FetchResult, HttpFetcher, QuoteBatch
+from .fetchers.base import live_pool
 from .metrics import Metrics
 from .resilience import CircuitBreaker, RateLimiter, RetryPolicy
 from .symbols import SymbolInfo
@@ -169,10 +170,12 @@ class GuardedSource:
     async def fetch_quotes(self, infos: Sequence[SymbolInfo], on_error: Callable[[str, str], None],
                            deadline: float | None = None) -> QuoteBatch | None:
         """One batch quote for `infos` (charged what it costs at the provider: requests or
-        credits), or None as for `fetch`; retries end by `deadline` (default: the cycle's)."""
-        return await self.call(f"{len(infos)} symbols", lambda timeout: self.fetcher.fetch_quotes(  # type: ignore[attr-defined]
-            infos, timeout_s=timeout), on_error, cost=self.fetcher.quote_cost(infos),  # type: ignore[attr-defined]
-            deadline=deadline)
+        credits), or None as for `fetch`; with a `deadline` (default: the cycle's), that is
+        when it gives up, however long the live timeout. It goes through the fetcher's live pool."""
+        with live_pool():
+            return await self.call(f"{len(infos)} symbols", lambda timeout: self.fetcher.fetch_quotes(  # type: ignore[attr-defined]
+                infos, timeout_s=timeout), on_error, cost=self.fetcher.quote_cost(infos),  # type: ignore[attr-defined]
+                deadline=deadline)
 
     async def call(self, label: str, request: Callable[[float | None], Awaitable[T]],
                    on_error: Callable[[str, str], None], cost: int = 1, deadline: float | None = None) -> T | None:
@@ -182,7 +185,8 @@ class GuardedSource:
             self.metrics.fetch_skipped.labels(self.name, "breaker_open").inc()
             return None
         failures = 0
-        timeout: float | None = None  # the live timeout; a retry gets what is left of the cycle
+        # the live timeout (what is left before a given deadline); a retry gets what is left of the cycle
+        timeout = None if deadline is None else max(0.05, min(self.fetcher.timeout_s, deadline - self.clock.monotonic()))
         while True:
             if not self.limiter.try_acquire(cost) or (self.shared is not None and await self.shared.acquire(cost)):
                 self.metrics.fetch_skipped.labels(self.name, "rate_limit").inc()

@@ -147,8 +147,8 @@ class Orchestrator:
         self.scan = None if scanner is None or features is None else Scan(scanner=scanner, redis=redis,
                                                                            metrics=metrics, clock=clock)
         self.ticker = Ticker(clock, period, on_overrun=metrics.cycle_overruns.inc)
-        # quotes mode: every second's poll, however long the cycles take (see sidecar/cycle/sourcing.py)
-        self.poller = Ticker(clock, period, phase=lambda: self.ticker.phase() if self.ticker.phase else 0.0)
+        # quotes: each second's poll as it turns, whatever the cycles' length and phase (cycle/sourcing.py)
+        self.poller = Ticker(clock, period)
         self.stages: dict[str, float] = {}  # seconds spent per stage in the last cycle
         self.last_cycle: CycleReport | None = None
         self.recent = CycleHistory()  # the status page's last ten minutes of cycles
@@ -360,9 +360,9 @@ class Orchestrator:
                 now: float) -> CycleReport:
         """Stage times, per-source counts, the cycle's metrics and trace."""
         fetch, validate, features, timeframes, redis, buffer, scan = np.diff(marks).tolist()
-        self.stages = {"fetch": fetch - fetched.parse_s - fetched.build_s, "parse": fetched.parse_s,
-                       "build": fetched.build_s, "validate": validate, "features": features,
-                       "timeframes": timeframes, "redis": redis, "sqlite_buffer": buffer, "scan": scan}
+        fetch -= fetched.build_s + (0.0 if fetched.polled else fetched.parse_s)  # fetch: waiting for answers
+        self.stages = {"fetch": fetch, "parse": fetched.parse_s, "build": fetched.build_s, "validate": validate,
+                       "features": features, "timeframes": timeframes, "redis": redis, "sqlite_buffer": buffer, "scan": scan}
         t = self.table
         n = len(t)
         codes = t.source[fetched.answered].astype(np.int64)
@@ -382,6 +382,7 @@ class Orchestrator:
                         **{k: round(v, 6) for k, v in self.stages.items()}, "symbols": n,
                         "fetched": report.fetched, "closed": report.closed, "rejected": report.rejected,
                         "history_requests": len(fetched.from_history), "redis_values": self.publisher.values,
+                        "unsampled": int(self.sourcing.builder.incomplete[0]), "late": int(self.sourcing.builder.incomplete[1]),
                         "catchup_allowance": int(self.sourcing.catchup_allowance), "overruns": self.ticker.overruns})
         return report
 

@@ -7,13 +7,10 @@ builder; a closed bar the builder saw completely, right after the last minute ac
 (start-up, a missed poll, a stale or bad quote, a minute without trades, a bar still
 unsettled) is caught up from the history endpoint, at most `catchup_per_cycle` per cycle.
 
-The quotes are polled every second on their own schedule (`poll`, run by the loop's poller)
-and kept until a cycle builds them, every poll in order. A cycle that runs long (a slow
-Redis, a minute-closing cycle at scale) then costs no second of samples: before, a cycle that
-ended more than a second late skipped the next second's poll, every symbol's minute became
-incomplete, and the next minute's catch-up of every symbol made the cycles slower still
-(bench/cluster.py at 2 x 10,000). Without a poller (tests driving `run_cycle`) a cycle polls
-itself.
+Quotes are polled every second on their own schedule (`poll`, run by the loop's poller) and
+kept until a cycle builds them, each in order, so a cycle that runs seconds long costs no
+second of samples (and no catch-up of every symbol after it). Without a poller (tests driving
+`run_cycle`) a cycle polls itself.
 
 Each request goes down the symbol's sources in the configured order: a source whose breaker is
 open or whose budget is spent passes the symbol to the next without waiting, and a failing one
@@ -69,8 +66,9 @@ class Fetched:
     batch: Batch  # every bar received, sorted by (slot, ts)
     answered: np.ndarray  # slots whose source answered (with or without bars)
     from_history: np.ndarray  # quotes mode: slots caught up from the history endpoint
-    parse_s: float = 0.0  # quotes mode: turning bodies into arrays
+    parse_s: float = 0.0  # quotes mode: turning bodies into arrays (in the poller, if `polled`)
     build_s: float = 0.0  # quotes mode: the bar builder
+    polled: bool = False  # quotes mode: the polls were made by the poller, outside the cycle
 
 
 class Sourcing:
@@ -119,6 +117,7 @@ class Sourcing:
         self._chunks: tuple[int, list[tuple[np.ndarray, list[SymbolInfo]]]] = (-1, [])
         self.polls: list[Poll] = []  # made and not yet built, oldest first
         self.polled = asyncio.Event()  # set when a poll is added
+        self._built_through = -1  # the second of the newest poll a cycle took
         self.background = False  # a poller runs `poll` every second: a cycle waits for its second's
 
     def pace(self, cycle_s: float, period: float) -> None:
@@ -237,9 +236,8 @@ class Sourcing:
         """Batch quotes for every symbol, labelled with the second they sample; kept in `polls`
         for the next cycle to build."""
         t = self.table
-        # A timer may wake a fraction of a millisecond before the second turns (and wall and
-        # monotonic time drift apart): such a poll belongs to the coming second, and must not
-        # reach the source before it.
+        # A timer may wake a fraction of a millisecond before the second turns (wall and monotonic
+        # time drift apart): such a poll belongs to the coming second, and must not reach the source before it.
         label = math.floor(now + EARLY_WAKE_S)
         if now < label:
             await self.clock.sleep(label - now)
@@ -251,8 +249,8 @@ class Sourcing:
             self._chunks = (t.version, [(c, [t.info(s) for s in c.tolist()]) for c in parts])
         version, chunks = self._chunks
         answers = await asyncio.gather(*(self._quote_chunk(c, infos, deadline) for c, infos in chunks))
-        self.polls.append(Poll(label, now, version, [(c, infos, b) for (c, infos), b in zip(chunks, answers, strict=True)
-                                                     if b is not None]))
+        got = [(c, infos, b) for (c, infos), b in zip(chunks, answers, strict=True) if b is not None]
+        self.polls.append(Poll(label, now, version, got))
         self.polled.set()
 
     async def _polls_up_to(self, label: int) -> list[Poll]:
@@ -260,16 +258,18 @@ class Sourcing:
         poller; waited for, up to two periods, with one)."""
         if not self.background:
             await self.poll(self.clock.time())
-        else:
+        else:  # (a late cycle may have built this second's poll already)
             deadline = self.clock.monotonic() + 2 * self.period
-            while not (self.polls and self.polls[-1].label >= label) and self.clock.monotonic() < deadline:
+            while max(self._built_through, self.polls[-1].label if self.polls else -1) < label \
+                    and self.clock.monotonic() < deadline:
                 self.polled.clear()
                 try:
                     await asyncio.wait_for(self.polled.wait(), max(0.0, deadline - self.clock.monotonic()))
                 except TimeoutError:
-                    log.warning("no poll for second %d within %.1fs; the cycle goes on without it", label,
-                                2 * self.period)
+                    log.warning("no poll for second %d within %.1fs; the cycle goes on", label, 2 * self.period)
         polls, self.polls = self.polls, []
+        if polls:
+            self._built_through = polls[-1].label
         return polls
 
     async def _poll_quotes(self, slots: np.ndarray, now: float) -> Fetched:
@@ -308,7 +308,8 @@ class Sourcing:
         batch = Batch.concat([built, history]).sorted()
         seen[fetched] = True
         answered = np.flatnonzero(seen)
-        return Fetched(batch, answered, fetched, sum(b.parse_s for p in polls for _, _, b in p.got), build_s)
+        return Fetched(batch, answered, fetched, sum(b.parse_s for p in polls for _, _, b in p.got), build_s,
+                       self.background)
 
     def _current(self, poll: Poll) -> list[tuple[np.ndarray, QuoteBatch]]:
         """A poll's answered chunks as (slots, quotes), without the rows of symbols removed since

@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from zoneinfo import ZoneInfo
 
@@ -93,6 +95,21 @@ def to_float(value: object) -> float:
         return math.nan
 
 
+_LIVE_POOL: ContextVar[bool] = ContextVar("live_pool", default=False)
+
+
+@contextmanager
+def live_pool() -> Iterator[None]:
+    """Requests made within go through each fetcher's own pool for the live quotes, so a
+    second's batch quotes never queue for a connection behind the history catch-up's requests
+    (an answer that comes after its second is over is of no use to the bar builder)."""
+    token = _LIVE_POOL.set(True)
+    try:
+        yield
+    finally:
+        _LIVE_POOL.reset(token)
+
+
 class HttpFetcher:
     """A pooled aiohttp session for one provider, with the error mapping every fetcher shares.
 
@@ -119,19 +136,23 @@ class HttpFetcher:
         self._headers = {"Accept": "application/json", **(headers or {})}
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._live: aiohttp.ClientSession | None = None  # the live quotes' pool (see `live_pool`)
 
     async def start(self) -> None:
-        """Open the pooled session."""
-        connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
+        """Open the pooled sessions: one for everything, one for the live quotes; they share
+        their cookies (Yahoo's crumb belongs to its cookie)."""
         # unsafe: also keep cookies set by an IP-addressed host (the local exchange)
-        self._session = aiohttp.ClientSession(connector=connector, headers=self._headers, timeout=self._timeout,
-                                              cookie_jar=aiohttp.CookieJar(unsafe=True))
+        jar = aiohttp.CookieJar(unsafe=True)
+        self._session, self._live = (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
+                                  headers=self._headers, timeout=self._timeout, cookie_jar=jar) for _ in range(2))
 
     async def close(self) -> None:
-        """Close the session and its connections."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close the sessions and their connections."""
+        for session in (self._session, self._live):
+            if session is not None:
+                await session.close()
+        self._session = self._live = None
 
     def source_time(self) -> float:
         """The source's clock: what time its data is as of (the local clock less its delay); a
@@ -151,13 +172,14 @@ class HttpFetcher:
     async def _request(self, url: str, params: Mapping[str, str], label: str, timeout_s: float | None,
                        headers: Mapping[str, str] | None = None) -> tuple[int, Mapping[str, str], bytes]:
         """GET `url`: (status, headers, body); a timeout or a connection error as a typed FetchError."""
-        assert self._session is not None, "start() the fetcher first"
+        session = self._live if _LIVE_POOL.get() else self._session
+        assert session is not None, "start() the fetcher first"
         timeout = self._timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s, connect=2.0)
         try:
-            async with self._session.get(url, params=params, timeout=timeout, headers=headers) as resp:
+            async with session.get(url, params=params, timeout=timeout, headers=headers) as resp:
                 return resp.status, resp.headers, await resp.read()
         except TimeoutError:
-            raise FetchTimeout(self.name, label, f"no answer within {timeout.total}s") from None
+            raise FetchTimeout(self.name, label, f"no answer within {round(timeout.total or 0, 2)}s") from None
         except aiohttp.ClientError as exc:
             raise FetchError(self.name, label, f"{type(exc).__name__}: {exc}") from None
 
