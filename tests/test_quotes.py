@@ -235,3 +235,20 @@ async def test_a_cycle_that_overran_halves_the_catch_up_and_cycles_with_room_gro
         clock.advance(1)
         await orch.run_cycle()
     assert orch.sourcing.catchup_allowance == 4  # back at the maximum, never above it
+
+
+@pytest.mark.parametrize("quotes_app", [4], indirect=True)
+async def test_a_failed_batch_quote_halves_the_catch_up_like_an_overrun(quotes_app) -> None:
+    """Live before history: a batch quote that got no answer (the source struggling) halves the
+    next cycle's history allowance, however quick the cycle was."""
+    sc, ex, clock, settings = quotes_app
+    orch = sc.orchestrator
+    for _ in range(3):  # quick cycles: the allowance stays at its maximum
+        await orch.run_cycle()
+        clock.advance(1)
+    assert orch.sourcing.catchup_allowance == 4
+    chunks = -(-len(SYMBOLS) // settings.quote_batch)
+    ex.inject(QUOTE_ENDPOINT, "http_500", count=chunks * settings.fetch_retries)  # every try of the next poll
+    await orch.run_cycle()
+    assert sc.metrics.by_label("sidecar_fetch_errors_total", "reason").get("ProviderError", 0) >= chunks
+    assert orch.sourcing.catchup_allowance == 2

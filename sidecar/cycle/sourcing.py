@@ -7,10 +7,9 @@ builder; a closed bar the builder saw completely, right after the last minute ac
 (start-up, a missed poll, a stale or bad quote, a minute without trades, a bar still
 unsettled) is caught up from the history endpoint, at most `catchup_per_cycle` per cycle.
 
-Quotes are polled every second on their own schedule (`poll`, run by the loop's poller) and
-kept until a cycle builds them, each in order, so a cycle that runs seconds long costs no
-second of samples (and no catch-up of every symbol after it). Without a poller (tests driving
-`run_cycle`) a cycle polls itself.
+Quotes are polled every second on their own schedule (`poll`, run by the loop's poller) and kept
+until a cycle builds them, in order: a cycle that runs seconds long costs no second of samples.
+Without a poller (tests driving `run_cycle`) a cycle polls itself.
 
 Each request goes down the symbol's sources in the configured order: a source whose breaker is
 open or whose budget is spent passes the symbol to the next without waiting, and a failing one
@@ -84,13 +83,12 @@ class Sourcing:
     :param quote_batch: symbols per batch quote request.
     :param catchup_per_cycle: quotes mode: at most this many history requests per cycle.
     :param settle_s: an unsettled bar is asked for again once this has passed after its end.
-    :param period: seconds between polls (a poll's retries end within 0.8 of it).
+    :param period: seconds between polls (a poll gives up when the next one begins).
 
-    The catch-up's allowance adapts to the cycle (`pace`): halved after a cycle that overran,
-    grown back by a tenth of the maximum after one that left room. A minute is vouched for only
-    when every second of it was polled, so one overrun sends every symbol to the catch-up in the
-    next minute; at the full allowance those requests made the next cycles overrun too, and the
-    loop never got out (bench/cluster.py: 130 overruns in 500 cycles at 3 x 2,500 symbols).
+    The catch-up's allowance adapts (`pace`): halved after a cycle that overran or a failed
+    batch quote, grown back by a tenth of the maximum after a cycle with room. A missed second
+    sends every symbol to the catch-up; at the full allowance its requests made the next cycles
+    overrun too (bench/cluster.py: 130 overruns in 500 cycles at 3 x 2,500 symbols).
     """
 
     def __init__(self, *, table: SymbolTable, sources: Sequence[GuardedSource], primary: GuardedSource,
@@ -118,12 +116,15 @@ class Sourcing:
         self.polls: list[Poll] = []  # made and not yet built, oldest first
         self.polled = asyncio.Event()  # set when a poll is added
         self._built_through = -1  # the second of the newest poll a cycle took
+        self.quote_failures = 0  # batch quotes that got no answer since the last cycle's `pace`
         self.background = False  # a poller runs `poll` every second: a cycle waits for its second's
 
     def pace(self, cycle_s: float, period: float) -> None:
         """Adapt the catch-up's allowance to the cycle just run (additive increase,
-        multiplicative decrease): the live quotes must keep their second."""
-        if cycle_s > period:
+        multiplicative decrease): the live quotes must keep their second, and their source its
+        capacity for them (a batch quote that failed since the last cycle halves it too)."""
+        failed, self.quote_failures = self.quote_failures, 0
+        if cycle_s > period or failed:
             self.catchup_allowance = max(1.0, MIN_CATCHUP_SHARE * self.catchup_per_cycle, self.catchup_allowance / 2)
         elif cycle_s < 0.6 * period:
             self.catchup_allowance = min(float(self.catchup_per_cycle),
@@ -233,8 +234,7 @@ class Sourcing:
     # -- quotes mode ----------------------------------------------------------------------------
 
     async def poll(self, now: float) -> None:
-        """Batch quotes for every symbol, labelled with the second they sample; kept in `polls`
-        for the next cycle to build."""
+        """This second's batch quotes for every symbol, kept in `polls` for the next cycle to build."""
         t = self.table
         # A timer may wake a fraction of a millisecond before the second turns (wall and monotonic
         # time drift apart): such a poll belongs to the coming second, and must not reach the source before it.
@@ -242,7 +242,7 @@ class Sourcing:
         if now < label:
             await self.clock.sleep(label - now)
             now = self.clock.time()
-        deadline = self.clock.monotonic() + 0.8 * self.period  # retries end in time for the next poll
+        deadline = self.clock.monotonic() + self.period  # an answer after the next poll began is late
         if self._chunks[0] != t.version:  # the chunks and their symbols, rebuilt when membership changes
             slots = t.slots()
             parts = [slots[i:i + self.quote_batch] for i in range(0, len(slots), self.quote_batch)]
@@ -254,8 +254,7 @@ class Sourcing:
         self.polled.set()
 
     async def _polls_up_to(self, label: int) -> list[Poll]:
-        """The polls not yet built, through the one of second `label` (made here without a
-        poller; waited for, up to two periods, with one)."""
+        """The polls not yet built, through second `label`'s (made here without a poller, else waited for)."""
         if not self.background:
             await self.poll(self.clock.time())
         else:  # (a late cycle may have built this second's poll already)
@@ -397,4 +396,5 @@ class Sourcing:
                                          deadline=deadline)
             if batch is not None:
                 return batch
+        self.quote_failures += 1
         return None
