@@ -315,3 +315,22 @@ def test_a_revision_that_jumps_is_quarantined_and_one_that_does_not_is_stored(se
     assert state.unsettled[history[-1].ts] == history[-1]  # the stored copy stands, asked for again
     out = _accept(sc, [answer(100.06)], known_at=now)  # a late print
     assert [b.close for b in out.revised] == [100.06] and state.last_closed_close == 100.06
+
+
+@pytest.mark.parametrize("answered", [1, 50, 400])
+def test_an_answer_clears_exactly_the_errors_of_the_slots_that_answered(answered: int) -> None:
+    """Whichever is smaller, the slots that answered or the failed ones, an answer clears the
+    errors of exactly the slots that answered and reports those that had a last error."""
+    from sidecar.cycle.table import CLASSES, SymbolTable
+
+    rng = np.random.default_rng(answered)
+    table = SymbolTable({c: (0.0, 1e9) for c in CLASSES}, ["yahoo"])
+    failed = set(rng.choice(500, 200, replace=False).tolist())
+    erred = set(rng.choice(500, 150, replace=False).tolist())
+    table.last_error = {s: "timeout" for s in failed}
+    table.errors = {s: {"yahoo": "timeout"} for s in erred}
+    slots = rng.choice(500, answered, replace=False)
+    recovered = table.clear_errors(slots)
+    heard = set(slots.tolist())
+    assert sorted(recovered) == sorted(failed & heard)
+    assert set(table.last_error) == failed - heard and set(table.errors) == erred - heard

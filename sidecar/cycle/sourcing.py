@@ -222,14 +222,9 @@ class Sourcing:
     def _answered(self, slots: np.ndarray, now: float) -> None:
         t = self.table
         t.last_update[slots] = now
-        if t.last_error or t.errors:
-            heard = set(slots.tolist())
-            for slot in [s for s in t.last_error if s in heard]:
-                log.info("%s recovered on %s", t.symbols[slot], t.source_names[t.source[slot]])
-                self.recovered = True
-                del t.last_error[slot]
-            for slot in [s for s in t.errors if s in heard]:
-                del t.errors[slot]
+        for slot in t.clear_errors(slots):
+            log.info("%s recovered on %s", t.symbols[slot], t.source_names[t.source[slot]])
+            self.recovered = True
 
     # -- quotes mode ----------------------------------------------------------------------------
 

@@ -201,6 +201,21 @@ class SymbolTable:
                    float(self.lt_high[slot]), float(self.lt_low[slot]), float(self.lt_close[slot]),
                    float(self.lt_volume[slot]), self.source_names[self.lt_source[slot]], int(self.lt_flags[slot]))
 
+    def clear_errors(self, slots: np.ndarray) -> list[int]:
+        """Forget the errors of slots whose source answered; return the ones that had a last
+        error (they recovered). Goes through the smaller of the slots and the failed: a catch-up
+        answers one slot at a time while thousands may have failed (a scan of every failed slot
+        per answer was 10 % of a member's CPU at 2 x 10,000 after failed batch quotes; py-spy)."""
+        if not (self.last_error or self.errors):
+            return []
+        heard = slots.tolist()
+        recovered = _among(heard, self.last_error)
+        for slot in recovered:
+            del self.last_error[slot]
+        for slot in _among(heard, self.errors):
+            del self.errors[slot]
+        return recovered
+
     def freshness(self, now: float, stale_after_s: float, delays: np.ndarray,
                   per_symbol: bool = True) -> tuple[int, dict[str, dict[str, object]]]:
         """How many symbols were refreshed within `stale_after_s`, and with `per_symbol` each
@@ -220,6 +235,14 @@ class SymbolTable:
     def view(self, symbol: str) -> SlotView:
         """One symbol's state as attributes (for tests and operators; the cycle uses the arrays)."""
         return SlotView(self, self.slot_of[symbol])
+
+
+def _among(slots: list[int], rare: Mapping[int, object]) -> list[int]:
+    """The slots that are keys of `rare`, going through the smaller of the two."""
+    if len(rare) < len(slots):
+        heard = set(slots)
+        return [s for s in rare if s in heard]
+    return [s for s in slots if s in rare]
 
 
 def _int_or_none(value: np.integer) -> int | None:
