@@ -185,8 +185,8 @@ class GuardedSource:
             self.metrics.fetch_skipped.labels(self.name, "breaker_open").inc()
             return None
         failures = 0
-        # the live timeout (what is left before a given deadline); a retry gets what is left of the cycle
-        timeout = None if deadline is None else max(0.05, min(self.fetcher.timeout_s, deadline - self.clock.monotonic()))
+        end = self._deadline if deadline is None else deadline  # retries (and a given deadline's first try) end here
+        timeout = None if deadline is None else max(0.05, min(self.fetcher.timeout_s, end - self.clock.monotonic()))
         while True:
             if not self.limiter.try_acquire(cost) or (self.shared is not None and await self.shared.acquire(cost)):
                 self.metrics.fetch_skipped.labels(self.name, "rate_limit").inc()
@@ -209,7 +209,7 @@ class GuardedSource:
                     self.breaker.release()
                     return None
                 delay = self.retry.delay(failures)
-                left = (self._deadline if deadline is None else deadline) - self.clock.monotonic() - delay
+                left = end - self.clock.monotonic() - delay
                 if self.breaker.state != "closed" or failures >= self.retry.attempts or left < MIN_RETRY_S:
                     self._failed += 1
                     return None

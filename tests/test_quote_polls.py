@@ -11,6 +11,7 @@ import asyncio
 import signal
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -87,46 +88,44 @@ async def test_a_cycle_held_up_for_seconds_costs_no_second_of_quotes(tmp_path: P
         server.process.wait()
 
 
-async def test_a_batch_quote_never_waits_for_a_connection_behind_history_requests(exchange: Exchange) -> None:
-    """Both connections of the pool held by history requests the exchange answers slowly (2 s):
-    a batch quote is answered while they still wait (it has its own pool)."""
+@pytest.fixture
+async def yahoo(exchange: Exchange) -> AsyncIterator[GuardedSource]:
+    """Yahoo on the exchange behind its guard: a pool of 2 connections, a 5 s live timeout."""
     fetcher = YahooFetcher(base_url=exchange.url or "", user_agent="test", timeout_s=5.0, max_connections=2)
     await fetcher.start()
-    source = GuardedSource.build(fetcher, clock=SystemClock())
-    errors: list[str] = []
-    try:
-        now = int(time.time()) // 60 * 60
-        held = ("AAPL", "MSFT")
-        for symbol in held:
-            exchange.inject(symbol, "slow")
-        history = [asyncio.create_task(source.fetch(lookup(s), "1m", now - 600, now, on_error=lambda *e: errors.append(e)))
-                   for s in held]
-        await wait_until(lambda: exchange.requests["chart"] >= len(held), 5, "both history requests at the exchange")
-        quotes = await source.fetch_quotes([lookup("NVDA"), lookup("BTCUSD")], on_error=lambda *e: errors.append(e))
-        assert quotes is not None and len(quotes) == 2, errors
-        assert not any(t.done() for t in history), "the quote waited for the history requests' connections"
-        assert all(r is not None and r.bars for r in await asyncio.gather(*history)), errors
-    finally:
-        await fetcher.close()
+    yield GuardedSource.build(fetcher, clock=SystemClock())
+    await fetcher.close()
 
 
-async def test_a_polls_batch_quote_gives_up_at_its_deadline_not_the_live_timeout(exchange: Exchange) -> None:
+async def test_a_batch_quote_never_waits_for_a_connection_behind_history_requests(
+        exchange: Exchange, yahoo: GuardedSource) -> None:
+    """Both connections of the pool held by history requests the exchange answers slowly (2 s):
+    a batch quote is answered while they still wait (it has its own pool)."""
+    errors: list[tuple[str, str]] = []
+    now = int(time.time()) // 60 * 60
+    held = ("AAPL", "MSFT")
+    for symbol in held:
+        exchange.inject(symbol, "slow")
+    history = [asyncio.create_task(yahoo.fetch(lookup(s), "1m", now - 600, now, on_error=lambda *e: errors.append(e)))
+               for s in held]
+    await wait_until(lambda: exchange.requests["chart"] >= len(held), 5, "both history requests at the exchange")
+    quotes = await yahoo.fetch_quotes([lookup("NVDA"), lookup("BTCUSD")], on_error=lambda *e: errors.append(e))
+    assert quotes is not None and len(quotes) == 2, errors
+    assert not any(t.done() for t in history), "the quote waited for the history requests' connections"
+    assert all(r is not None and r.bars for r in await asyncio.gather(*history)), errors
+
+
+async def test_a_polls_batch_quote_gives_up_at_its_deadline_not_the_live_timeout(
+        exchange: Exchange, yahoo: GuardedSource) -> None:
     """A poll's answer is of use only within its second: a batch quote the exchange holds for
     2 s fails at the poll's deadline (0.5 s here), not at the 5 s live timeout, so one slow
     answer never holds the poller past the next seconds."""
-    fetcher = YahooFetcher(base_url=exchange.url or "", user_agent="test", timeout_s=5.0, max_connections=2)
-    await fetcher.start()
-    clock = SystemClock()
-    source = GuardedSource.build(fetcher, clock=clock)
     errors: list[tuple[str, str]] = []
-    try:
-        infos = [lookup("NVDA"), lookup("BTCUSD")]
-        assert await source.fetch_quotes(infos, on_error=lambda *e: errors.append(e)) is not None  # crumb and cookie
-        exchange.inject(QUOTE_ENDPOINT, "slow", count=10)
-        t0 = clock.monotonic()
-        quotes = await source.fetch_quotes(infos, on_error=lambda *e: errors.append(e), deadline=t0 + 0.5)
-        took = clock.monotonic() - t0
-        assert quotes is None and errors and errors[-1][0] == "FetchTimeout", errors
-        assert took < exchange.ledger.slow_s, f"waited {took:.2f}s: for the slow answer, not the deadline"
-    finally:
-        await fetcher.close()
+    infos = [lookup("NVDA"), lookup("BTCUSD")]
+    assert await yahoo.fetch_quotes(infos, on_error=lambda *e: errors.append(e)) is not None  # crumb and cookie
+    exchange.inject(QUOTE_ENDPOINT, "slow", count=10)
+    t0 = yahoo.clock.monotonic()
+    quotes = await yahoo.fetch_quotes(infos, on_error=lambda *e: errors.append(e), deadline=t0 + 0.5)
+    took = yahoo.clock.monotonic() - t0
+    assert quotes is None and errors and errors[-1][0] == "FetchTimeout", errors
+    assert took < exchange.ledger.slow_s, f"waited {took:.2f}s: for the slow answer, not the deadline"

@@ -360,7 +360,7 @@ class Orchestrator:
                 now: float) -> CycleReport:
         """Stage times, per-source counts, the cycle's metrics and trace."""
         fetch, validate, features, timeframes, redis, buffer, scan = np.diff(marks).tolist()
-        fetch -= fetched.build_s + (0.0 if fetched.polled else fetched.parse_s)  # fetch: waiting for answers
+        fetch -= fetched.build_s + (0.0 if self.sourcing.background else fetched.parse_s)  # fetch: waiting for answers
         self.stages = {"fetch": fetch, "parse": fetched.parse_s, "build": fetched.build_s, "validate": validate,
                        "features": features, "timeframes": timeframes, "redis": redis, "sqlite_buffer": buffer, "scan": scan}
         t = self.table

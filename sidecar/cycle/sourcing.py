@@ -65,9 +65,8 @@ class Fetched:
     batch: Batch  # every bar received, sorted by (slot, ts)
     answered: np.ndarray  # slots whose source answered (with or without bars)
     from_history: np.ndarray  # quotes mode: slots caught up from the history endpoint
-    parse_s: float = 0.0  # quotes mode: turning bodies into arrays (in the poller, if `polled`)
+    parse_s: float = 0.0  # quotes mode: turning bodies into arrays (by the poller, outside the cycle, if one runs)
     build_s: float = 0.0  # quotes mode: the bar builder
-    polled: bool = False  # quotes mode: the polls were made by the poller, outside the cycle
 
 
 class Sourcing:
@@ -114,7 +113,7 @@ class Sourcing:
         self.period = period
         self._chunks: tuple[int, list[tuple[np.ndarray, list[SymbolInfo]]]] = (-1, [])
         self.polls: list[Poll] = []  # made and not yet built, oldest first
-        self.polled = asyncio.Event()  # set when a poll is added
+        self._polled = asyncio.Event()  # set when a poll is added
         self._built_through = -1  # the second of the newest poll a cycle took
         self.quote_failures = 0  # batch quotes that got no answer since the last cycle's `pace`
         self.background = False  # a poller runs `poll` every second: a cycle waits for its second's
@@ -246,7 +245,7 @@ class Sourcing:
         answers = await asyncio.gather(*(self._quote_chunk(c, infos, deadline) for c, infos in chunks))
         got = [(c, infos, b) for (c, infos), b in zip(chunks, answers, strict=True) if b is not None]
         self.polls.append(Poll(label, now, version, got))
-        self.polled.set()
+        self._polled.set()
 
     async def _polls_up_to(self, label: int) -> list[Poll]:
         """The polls not yet built, through second `label`'s (made here without a poller, else waited for)."""
@@ -256,9 +255,9 @@ class Sourcing:
             deadline = self.clock.monotonic() + 2 * self.period
             while max(self._built_through, self.polls[-1].label if self.polls else -1) < label \
                     and self.clock.monotonic() < deadline:
-                self.polled.clear()
+                self._polled.clear()
                 try:
-                    await asyncio.wait_for(self.polled.wait(), max(0.0, deadline - self.clock.monotonic()))
+                    await asyncio.wait_for(self._polled.wait(), max(0.0, deadline - self.clock.monotonic()))
                 except TimeoutError:
                     log.warning("no poll for second %d within %.1fs; the cycle goes on", label, 2 * self.period)
         polls, self.polls = self.polls, []
@@ -302,8 +301,7 @@ class Sourcing:
         batch = Batch.concat([built, history]).sorted()
         seen[fetched] = True
         answered = np.flatnonzero(seen)
-        return Fetched(batch, answered, fetched, sum(b.parse_s for p in polls for _, _, b in p.got), build_s,
-                       self.background)
+        return Fetched(batch, answered, fetched, sum(b.parse_s for p in polls for _, _, b in p.got), build_s)
 
     def _current(self, poll: Poll) -> list[tuple[np.ndarray, QuoteBatch]]:
         """A poll's answered chunks as (slots, quotes), without the rows of symbols removed since
