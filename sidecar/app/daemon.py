@@ -42,6 +42,7 @@ from .http import HttpServer
 from .orchestrator import TIMEFRAME, Orchestrator
 from .providers import Providers
 from .reseed import Reseeder
+from .shutdown import Shutdown
 from .status import document, grid
 from .upkeep import Upkeep
 
@@ -369,32 +370,30 @@ class Sidecar:
         task.add_done_callback(done)
 
     async def close(self) -> None:
-        """Shut down in order: stop the loop (finishing a cycle in flight), flush SQLite,
-        then close the HTTP server, the fetcher's session, SQLite and Redis."""
+        """Shut down in order, within SIDECAR_SHUTDOWN_TIMEOUT_S (`Shutdown`): stop the loop
+        (finishing a cycle in flight), flush the durable store, then close the HTTP server, the
+        fetchers' sessions, the durable store and Redis."""
         if self.stopping:
             return
         self.stopping = True
-        budget = self.settings.shutdown_timeout_s
         log.info("stopping: finishing the cycle in flight")
+        shutdown = Shutdown(self.settings.shutdown_timeout_s)
         # 1. No new cycles; a cycle in flight finishes, so what it fetched gets buffered.
-        await self.orchestrator.close(timeout=budget * 0.4)
+        await self.orchestrator.close(timeout=shutdown.left(0.4))
         await self.reference.close()
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:  # a task that ignored its cancellation must not hold up the flush below
-            _done, pending = await asyncio.wait(self._tasks, timeout=budget * 0.3)
-            for task in pending:
-                log.error("task %s still running %.1fs after it was cancelled at shutdown", task.get_name(),
-                          budget * 0.3)
+        # A task that ignored its cancellation must not hold up the flush below.
+        await shutdown.cancel(self._tasks, share=0.3)
         # 2. The durable store is the record: flush before anything else closes (one retry).
-        await self.flusher.close()
+        await shutdown.step("the final flush", self.flusher.close())
         # 3. In a cluster, give the leases back now that the bars are stored: the others take
         #    over at once and continue after them.
         if self.cluster is not None:
-            await self.cluster.close()
+            await shutdown.step("leaving the cluster", self.cluster.close())
         # 4. Nothing else holds data: close the edges.
-        await self.http.close()
-        await self.providers.close()
-        await self.sqlite.close()
-        await self.redis.close()
-        log.info("stopped")
+        for name, component in (("the http server", self.http), ("the sources' sessions", self.providers),
+                                ("the durable store", self.sqlite), ("redis", self.redis)):
+            await shutdown.step(f"closing {name}", component.close())
+        if shutdown.overran:
+            log.warning("stopped, having given up on: %s", ", ".join(shutdown.overran))
+        else:
+            log.info("stopped")
