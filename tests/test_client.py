@@ -110,8 +110,9 @@ async def test_a_stale_value_is_reported_stale_never_silently_used(daemon: Daemo
         assert not any(f.stale for f in (await c.features(SYMBOLS)).values())
         await daemon.stop()  # the heartbeat expires (2 s); the values stay in Redis
 
-        async def all_stale() -> bool:
-            return all(f.stale for f in (await c.features(SYMBOLS)).values())
+        async def all_stale() -> bool:  # features go stale by age too (5 s), bars only with the heartbeat (2 s)
+            return (all(f.stale for f in (await c.features(SYMBOLS)).values())
+                    and all([(await c.latest(s)).stale for s in SYMBOLS]))
 
         await wait_until(all_stale, 15, "every value stale once the daemon stopped writing")
         with pytest.raises(StaleError, match="BTCUSD"):

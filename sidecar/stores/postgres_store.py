@@ -32,6 +32,10 @@ from ..setting_parsers import redact_url
 from .buffer import BufferedStore, FeatureRow
 
 log = logging.getLogger(__name__)
+FAILURES = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, TimeoutError)
+"""What a call can raise when the server fails or goes away. InternalClientError: a connection
+the server dropped mid-operation can be left in a state asyncpg refuses ("cannot switch to
+state 12; another operation is in progress", asyncpg#1069), seen when PostgreSQL restarts."""
 
 PARTITIONED = ("bars", "features")
 SCHEMA = """
@@ -148,7 +152,7 @@ class PostgresStore(BufferedStore):
                     await conn.execute(SCHEMA)
                 finally:
                     await conn.execute("SELECT pg_advisory_unlock(5417)")
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        except FAILURES as exc:
             raise PostgresStoreError(f"cannot open the store: {type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
@@ -162,7 +166,7 @@ class PostgresStore(BufferedStore):
         pool, self._pool = self._pool, None
         try:
             await pool.close()
-        except (OSError, asyncpg.PostgresError, TimeoutError):
+        except FAILURES:
             pool.terminate()
 
     def health(self) -> dict[str, object]:
@@ -198,23 +202,38 @@ class PostgresStore(BufferedStore):
         for table, keys in (("bars", {(r[1], r[2]) for r in rows}), ("features", {(r[1], r[2]) for r in features})):
             for timeframe, ts in keys:
                 needed |= {(table, timeframe, None), (table, timeframe, span(timeframe, ts)[0])}
-        async with self._pool.acquire() as conn:
-            await self._ensure_partitions(conn, needed)
-            async with conn.transaction():
-                await conn.execute(_STAGES)
-                if rows:
-                    await conn.copy_records_to_table("stage_bars", records=rows, columns=_BAR_COLUMNS)
-                    await conn.execute(_MERGE_BARS)
-                if features:
-                    await conn.copy_records_to_table("stage_features", records=features)
-                    await conn.execute(_MERGE_FEATURES)
+        try:
+            async with self._pool.acquire() as conn:
+                await self._ensure_partitions(conn, needed)
+                async with conn.transaction():
+                    await conn.execute(_STAGES)
+                    if rows:
+                        await conn.copy_records_to_table("stage_bars", records=rows, columns=_BAR_COLUMNS)
+                        await conn.execute(_MERGE_BARS)
+                    if features:
+                        await conn.copy_records_to_table("stage_features", records=features)
+                        await conn.execute(_MERGE_FEATURES)
+        except FAILURES as exc:  # the buffer keeps the rows and reports the failure
+            await self._replace_broken(exc)
+            raise
 
     async def _fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
         assert self._pool is not None, "store not started"
         try:
             return await self._pool.fetch(sql, *args)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            raise PostgresStoreError(f"read failed: {type(exc).__name__}: {exc}") from exc
+        except FAILURES as exc:
+            raise await self._failed("read", exc) from exc
+
+    async def _replace_broken(self, exc: BaseException) -> None:
+        """After InternalClientError, have the pool replace its connections at their next
+        acquire: the one asyncpg left in a broken state would fail every call that gets it."""
+        if isinstance(exc, asyncpg.InternalClientError) and self._pool is not None:
+            await self._pool.expire_connections()
+
+    async def _failed(self, what: str, exc: BaseException) -> PostgresStoreError:
+        """A failed call as PostgresStoreError (after `_replace_broken`)."""
+        await self._replace_broken(exc)
+        return PostgresStoreError(f"{what} failed: {type(exc).__name__}: {exc}")
 
     async def _write(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
         """One small write in its own transaction; its failure as PostgresStoreError."""
@@ -223,8 +242,8 @@ class PostgresStore(BufferedStore):
         try:
             async with self._lock, self._pool.acquire() as conn, conn.transaction():
                 await conn.executemany(sql, rows)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            raise PostgresStoreError(f"{sql.split('(')[0].strip()}: {type(exc).__name__}: {exc}") from exc
+        except FAILURES as exc:
+            raise await self._failed(sql.split("(")[0].strip(), exc) from exc
 
     async def known_minutes(self, symbol: str, timeframe: str, start: int, end: int) -> np.ndarray:
         """Bar opens in [start, end) that are stored, buffered, or confirmed empty."""
@@ -294,8 +313,8 @@ class PostgresStore(BufferedStore):
                 await conn.execute(dialect(schema))
         except (asyncpg.DuplicateTableError, asyncpg.UniqueViolationError):
             pass  # another shard created them at the same moment
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            raise PostgresStoreError(f"creating tables: {type(exc).__name__}: {exc}") from exc
+        except FAILURES as exc:
+            raise await self._failed("creating tables", exc) from exc
 
     async def execute(self, sql: str, rows: list[tuple[object, ...]]) -> None:
         """Another component's write: `sql` (SQLite's flavour) for each row, in one transaction."""
@@ -334,8 +353,8 @@ class PostgresStore(BufferedStore):
                         status = await conn.execute(f"DELETE FROM {table} WHERE timeframe = $1 AND ts < $2",  # noqa: S608
                                                     timeframe, before)
                         deleted += int(status.split()[-1]) if table == "bars" else 0
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            raise PostgresStoreError(f"retention delete failed: {type(exc).__name__}: {exc}") from exc
+        except FAILURES as exc:
+            raise await self._failed("retention delete", exc) from exc
         return deleted
 
     async def features_at(self, symbols: Sequence[str], timeframe: str) -> dict[str, tuple[int, np.ndarray]]:
