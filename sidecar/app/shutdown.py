@@ -55,9 +55,9 @@ class Shutdown:
         now = asyncio.get_running_loop().time()
         return max(min(self.end - now, share * self.budget_s), FLOOR * self.budget_s)
 
-    async def step(self, name: str, work: Awaitable[Any], share: float = 1.0) -> None:
-        """Await `work` within `left(share)` seconds; past that, cancel it and log what still runs."""
-        limit = self.left(share)
+    async def step(self, name: str, work: Awaitable[Any]) -> None:
+        """Await `work` within `left()` seconds; past that, cancel it and log what still runs."""
+        limit = self.left()
         try:
             async with asyncio.timeout(limit) as scope:
                 await work
