@@ -237,6 +237,29 @@ async def test_a_cycle_that_overran_halves_the_catch_up_and_cycles_with_room_gro
     assert orch.sourcing.catchup_allowance == 4  # back at the maximum, never above it
 
 
+async def test_a_failed_batch_quote_is_logged_once_per_request_not_once_per_symbol(quotes_app, caplog) -> None:
+    """A batch quote that fails writes one line, not one for each of its symbols (at 10,000
+    symbols a second's failed polls wrote 9,000 equal lines, from the event loop), and only when
+    its symbols start failing: the next failed second of the outage writes none."""
+    import logging
+
+    sc, ex, clock, settings = quotes_app
+    orch = sc.orchestrator
+    await orch.run_cycle()
+    clock.advance(1)
+    chunks = -(-len(SYMBOLS) // settings.quote_batch)  # 3 requests of at most 2 symbols
+    ex.inject(QUOTE_ENDPOINT, "http_500", count=2 * chunks * settings.fetch_retries)  # every try of two polls
+    with caplog.at_level(logging.WARNING, logger="sidecar.cycle.sourcing"):
+        await orch.run_cycle()
+        clock.advance(1)
+        failed_first = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fetch failed")]
+        await orch.run_cycle()
+        clock.advance(1)
+    failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fetch failed")]
+    assert len(failed_first) == chunks, failed_first
+    assert failed == failed_first  # the outage's second failed second: nothing new to say
+
+
 @pytest.mark.parametrize("quotes_app", [4], indirect=True)
 async def test_a_failed_batch_quote_halves_the_catch_up_like_an_overrun(quotes_app) -> None:
     """Live before history: a batch quote that got no answer (the source struggling) halves the

@@ -211,9 +211,11 @@ class Sourcing:
     def _failed(self, slots: list[int], source: GuardedSource, reason: str, message: str) -> None:
         t = self.table
         self.metrics.fetch_errors.labels(source.name, reason).inc(len(slots))
+        # Log transitions, not every second of an outage; and a request once, not once for each
+        # of its symbols (a failed batch quote of 500 wrote 500 equal lines, 9,000 in a second).
+        if any(slot not in t.last_error for slot in slots):
+            log.warning("fetch failed: %s", message)
         for slot in slots:
-            if slot not in t.last_error:  # log transitions, not every second of an outage
-                log.warning("fetch failed: %s", message)
             t.last_error[slot] = message
             t.errors.setdefault(slot, {})[source.name] = message
         source.state.last_error, source.state.last_error_at = message, self.clock.time()
@@ -221,9 +223,12 @@ class Sourcing:
     def _answered(self, slots: np.ndarray, now: float) -> None:
         t = self.table
         t.last_update[slots] = now
-        for slot in t.clear_errors(slots):
-            log.info("%s recovered on %s", t.symbols[slot], t.source_names[t.source[slot]])
+        recovered = t.clear_errors(slots)
+        if recovered:  # one line for an answer, however many of its symbols had failed
             self.recovered = True
+            sources = sorted({t.source_names[t.source[slot]] for slot in recovered})
+            log.info("%d recovered on %s: %s%s", len(recovered), ", ".join(sources),
+                     " ".join(t.symbols[slot] for slot in recovered[:10]), " ..." if len(recovered) > 10 else "")
 
     # -- quotes mode ----------------------------------------------------------------------------
 
