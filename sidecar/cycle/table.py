@@ -209,10 +209,16 @@ class SymbolTable:
         if not (self.last_error or self.errors):
             return []
         heard = slots.tolist()
-        recovered = _among(heard, self.last_error)
+        if len(heard) > len(self.last_error) + len(self.errors):  # fewer failed than answered: look them up
+            answered = set(heard)
+            recovered = [s for s in self.last_error if s in answered]
+            erred = [s for s in self.errors if s in answered]
+        else:
+            recovered = [s for s in heard if s in self.last_error]
+            erred = [s for s in heard if s in self.errors]
         for slot in recovered:
             del self.last_error[slot]
-        for slot in _among(heard, self.errors):
+        for slot in erred:
             del self.errors[slot]
         return recovered
 
@@ -235,14 +241,6 @@ class SymbolTable:
     def view(self, symbol: str) -> SlotView:
         """One symbol's state as attributes (for tests and operators; the cycle uses the arrays)."""
         return SlotView(self, self.slot_of[symbol])
-
-
-def _among(slots: list[int], rare: Mapping[int, object]) -> list[int]:
-    """The slots that are keys of `rare`, going through the smaller of the two."""
-    if len(rare) < len(slots):
-        heard = set(slots)
-        return [s for s in rare if s in heard]
-    return [s for s in slots if s in rare]
 
 
 def _int_or_none(value: np.integer) -> int | None:
