@@ -62,6 +62,11 @@ class Ledger:
         """Whether any fault is queued for `key` (a cheap check before `take`)."""
         return bool(self._faults.get(key))
 
+    def pending_among(self, keys: tuple[str, ...]) -> list[int]:
+        """The indices of `keys` with a fault queued (one pass, no call per key)."""
+        queued = self._faults
+        return [i for i, key in enumerate(keys) if queued.get(key)] if queued else []
+
     def take(self, key: str, kinds: frozenset[str]) -> str | None:
         """The next fault for `key` if it is one of `kinds` (used up once its count runs out)."""
         queue = self._faults.get(key)

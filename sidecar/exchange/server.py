@@ -9,7 +9,6 @@ minutes without trades or no entry at all, the forming bar last, `chart.error` b
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -21,20 +20,15 @@ from aiohttp import web
 from ..clock import Clock, SystemClock
 from ..symbols import AssetClass
 from . import actions, chart
-from .ledger import BAR_FAULTS, META_FAULTS, QUOTE_ENDPOINT, QUOTE_FAULTS, RESPONSE_FAULTS, Ledger
+from .ledger import BAR_FAULTS, META_FAULTS, QUOTE_ENDPOINT, RESPONSE_FAULTS, Ledger
 from .market import Market, MinuteBars
 from .providers import Limits, ProviderEndpoints
+from .quote import BatchQuotes
 from .reference import Reference
 from .reference_api import ReferenceEndpoints
 from .sessions import DAY
 
 _YAHOO_SYMBOL = re.compile(r"^\^?[A-Z0-9][A-Z0-9.\-]{0,14}(=X|=F)?$")
-
-
-_MARKET_BY_CLASS = {
-    AssetClass.EQUITY: "us_market", AssetClass.INDEX: "us_market", AssetClass.FX: "ccy_market",
-    AssetClass.CRYPTO: "ccc_market", AssetClass.FUTURES: "us24_market",
-}
 
 
 class Exchange:
@@ -68,8 +62,6 @@ class Exchange:
         self.app.router.add_get("/v1/test/getcrumb", self._getcrumb)
         self.app.router.add_get("/v7/finance/quote", self._quote)
         self._cookies: dict[str, str] = {}  # A3 cookie -> its crumb
-        self._last_quote: dict[str, tuple[float, int, int]] = {}  # what a stale feed repeats
-        self._preparing: set[tuple[tuple[str, ...], int]] = set()
         self.quote_log: list[tuple[float, int]] = []  # (wall time, symbols asked) of each quote request
         self.app.router.add_post("/_exchange/faults", self._post_fault)
         self.app.router.add_get("/_exchange/faults", self._get_faults)
@@ -81,6 +73,7 @@ class Exchange:
         self.providers = ProviderEndpoints(market, self.clock, self.ledger, keys=keys, limits=limits, delays=delays)
         self.providers.mount(self.app)
         self.reference = Reference(market.seed)
+        self.quotes = BatchQuotes(market, self.reference, self.ledger)
         self.providers.reference = ReferenceEndpoints(self.reference, self.providers, self._yahoo_auth)
         self.providers.reference.mount(self.app)
         self.actions = actions.Actions(market, self.clock)
@@ -295,8 +288,8 @@ class Exchange:
         # Unknown or malformed symbols are left out, as Yahoo does: no per-symbol error.
         symbols = tuple(s for s in request.query.get("symbols", "").split(",") if _YAHOO_SYMBOL.fullmatch(s))
         self.quote_log.append((now, len(symbols)))
-        body = self._quote_body(symbols, int(now))
-        self._prepare_next_minute(symbols, int(now))
+        body = self.quotes.body(symbols, int(now))
+        self.quotes.prepare_next_minute(symbols, int(now))
         if fault == "malformed_json":
             body = body[: len(body) // 2]
         return web.Response(body=body, content_type="application/json")
@@ -305,50 +298,6 @@ class Exchange:
         """Whether the request carries a cookie this exchange set and that cookie's crumb."""
         crumb = request.query.get("crumb", "")
         return bool(crumb) and self._cookies.get(request.cookies.get("A3", "")) == crumb
-
-    def _prepare_next_minute(self, symbols: tuple[str, ...], now: int) -> None:
-        """Compute the next minute's quote table in a thread during the last seconds of this one,
-        so that the first quotes of a minute are not held up by it (the simulator's cost, not
-        Yahoo's)."""
-        key = (symbols, now // 60 * 60 + 60)
-        if now % 60 < 45 or key in self._preparing:
-            return
-        self._preparing.add(key)
-        if len(self._preparing) > 256:
-            self._preparing = {key}
-        asyncio.get_running_loop().run_in_executor(None, self.market.quotes, symbols, key[1])
-
-    def _quote_body(self, symbols: tuple[str, ...], now: int) -> bytes:
-        q = self.market.quotes(symbols, now)
-        prices, times, volumes = q.price.tolist(), q.time.tolist(), q.day_volume.astype(np.int64).tolist()
-        result = []
-        for i, symbol in enumerate(symbols):
-            price, at, volume = prices[i], times[i], volumes[i]
-            fault = self.ledger.take(symbol, QUOTE_FAULTS) if self.ledger.pending(symbol) else None
-            if fault == "stale":  # the feed repeats what it showed last
-                price, at, volume = self._last_quote.get(symbol, (price, at, volume))
-            else:
-                self._last_quote[symbol] = (price, at, volume)
-            if fault == "negative_price":
-                price = -price
-            elif fault == "zero_price":
-                price = 0.0
-            elif fault == "nan_price":
-                price = chart.NAN_MARK
-            if fault is not None:
-                self.fault_log.append({"symbol": symbol, "kind": fault, "ts": at, "served_ts": at, "endpoint": "quote"})
-            asset_class = self.market.profile(symbol).asset_class
-            exchange, full_name, quote_type, tz_name = chart.META_BY_CLASS[asset_class]
-            result.append({
-                "language": "en-US", "region": "US", "quoteType": quote_type, "currency": "USD",
-                "exchange": exchange, "fullExchangeName": full_name, "exchangeTimezoneName": tz_name,
-                "market": _MARKET_BY_CLASS[asset_class], "marketState": "REGULAR" if at > now - 60 else "CLOSED",
-                "regularMarketPrice": price, "regularMarketTime": at, "regularMarketVolume": volume,
-                "priceHint": self.market.profile(symbol).decimals, "symbol": symbol,
-                **self.reference.yahoo_quote(symbol),
-            })
-        body = orjson.dumps({"quoteResponse": {"result": result, "error": None}})
-        return body.replace(repr(chart.NAN_MARK).encode(), b"NaN")
 
     # -- admin ---------------------------------------------------------------------------------
 
