@@ -90,6 +90,7 @@ class Exchange:
 
     async def close(self) -> None:
         """Stop listening (idempotent; nothing is held to flush)."""
+        await self.quotes.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
