@@ -30,7 +30,7 @@ _MARKET_BY_CLASS = {
 _FRAGMENTS_KEPT = 200_000  # symbols whose fixed fields are kept serialised (about 400 bytes each)
 _BATCHES_KEPT = 1024
 PREPARE_FROM_S = 30
-"""From this second of a minute the next minute's tables are made (40 of 500 symbols take ~1 s)."""
+"""From this second of a minute the next minute's tables are made (40 batches of 500 symbols take ~1 s)."""
 _TIME, _VOLUME = b',"regularMarketTime":', b',"regularMarketVolume":'
 _STATES = (b',"marketState":"CLOSED"},', b',"marketState":"REGULAR"},')  # each result's end, by whether it is live
 
