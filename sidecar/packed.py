@@ -138,41 +138,31 @@ class Packed(Sequence[bytes]):
         return iter([raw[a:a + w] for a, w in zip(self.start.tolist(), self.width.tolist(), strict=True)])
 
 
-def resp_rows(names: SlotNames, pre: bytes, suf: bytes, fields: Sequence[Packed]) -> bytes:
-    """RESP arguments, row after row: the key `pre + symbol + suf` as a bulk string, then each
+def resp_rows(names: SlotNames, pres: Sequence[bytes], suf: bytes, fields: Sequence[Packed],
+              group: np.ndarray | None = None) -> bytes:
+    """RESP arguments, row after row: the key `pres[group[i]] + symbol + suf` (`pres[0]` without
+    groups; a cluster member's keys carry the symbol's partition) as a bulk string, then each
     field's value as one. Rows come out grouped by shape, not in their order (MSET pairs and a
-    script's rows do not depend on it)."""
-    return resp_rows_grouped(names, np.zeros(len(names), dtype=np.int64), [pre], suf, fields).get(0, b"")
-
-
-def resp_rows_grouped(names: SlotNames, group: np.ndarray, pres: Sequence[bytes], suf: bytes,
-                      fields: Sequence[Packed]) -> dict[int, bytes]:
-    """`resp_rows` for rows in groups (a cluster's partitions): by group, its rows' RESP, row
-    i's key being `pres[group[i]] + symbol + suf`. The prefix's length is part of a row's
-    shape; each shape's block is built with its rows in group order and cut per group."""
+    script's rows do not depend on it); the prefix's length is part of a row's shape."""
     n = len(names)
     if n == 0:
-        return {}
+        return b""
+    group = np.zeros(n, dtype=np.int64) if group is None else group
     pre_len = np.array([len(p) for p in pres], dtype=np.int64)
     pre_text = np.array(pres, dtype=np.bytes_)
     code = pre_len[group] * (int(names.column.length.max()) + 1) + names.column.length[names.slots]
     radix = [f.widest() + 1 for f in fields]
     for f, r in zip(fields, radix, strict=True):
         code = code * r + f.width
-    slots, grouped = names.slots, len(pres) > 1
-    if grouped:  # rows in group order, so each shape's rows of one group are one run of its block
-        order = np.argsort(group, kind="stable")
-        code, group, slots = code[order], group[order], slots[order]
-        fields = [f.take(order) for f in fields]
     shapes, which = np.unique(code, return_inverse=True)
-    symbols = names.column.bytes_of(slots)
-    out: dict[int, list[bytes | memoryview]] = {}
+    symbols = names.column.bytes_of(names.slots)
+    out: list[bytes] = []
     for k in range(len(shapes)):
         rows = np.flatnonzero(which.ravel() == k) if len(shapes) > 1 else np.arange(n)
         first = int(rows[0])
-        length = int(names.column.length[slots[first]])
+        length = int(names.column.length[names.slots[first]])
         widths = [int(f.width[first]) for f in fields]
-        key_len = len(pres[group[first]]) + length + len(suf)
+        key_len = int(pre_len[group[first]]) + length + len(suf)
         layout: list[tuple[str, str | tuple[str, tuple[int]]]] = [
             ("kh", f"S{len(b'$%d' % key_len) + 2}"), ("pre", f"S{pre_len[group[first]]}"), ("sym", ("u1", (length,))),
             ("kt", f"S{len(suf) + 2}")]
@@ -180,18 +170,11 @@ def resp_rows_grouped(names: SlotNames, group: np.ndarray, pres: Sequence[bytes]
             layout += [(f"h{j}", f"S{len(b'$%d' % w) + 2}"), (f"v{j}", ("u1", (w,))), (f"c{j}", "S2")]
         block = np.empty(len(rows), dtype=np.dtype(layout))
         block["kh"], block["kt"] = b"$%d\r\n" % key_len, suf + b"\r\n"
-        gs = group[rows]
-        if grouped:
-            block["pre"] = pre_text[gs]
-            cuts = [0, *(np.flatnonzero(gs[1:] != gs[:-1]) + 1).tolist(), len(rows)]
-        else:
-            block["pre"], cuts = pres[0], [0, len(rows)]
+        block["pre"] = pre_text[group[rows]] if len(pres) > 1 else pres[0]
         if length:
             block["sym"] = symbols[rows, :length]
         for j, (f, w) in enumerate(zip(fields, widths, strict=True)):
             block[f"h{j}"], block[f"c{j}"] = b"$%d\r\n" % w, b"\r\n"
             block[f"v{j}"] = f.block(rows, w)
-        raw, size = memoryview(block.tobytes()), block.dtype.itemsize
-        for a, b in zip(cuts[:-1], cuts[1:], strict=False):
-            out.setdefault(int(gs[a]), []).append(raw[a * size:b * size])
-    return {g: b"".join(parts) for g, parts in out.items()}
+        out.append(block.tobytes())
+    return b"".join(out)

@@ -54,13 +54,14 @@ async def test_packed_bars_and_features_land_as_the_documented_maps(
     await _write_and_check(store, redis_server, seed, 400)
 
 
-@pytest.mark.parametrize(("seed", "n", "parts", "newer"), [(1, 400, 16, {4, 10}), (2, 400, 16, {4, 10}),
+@pytest.mark.parametrize(("seed", "n", "parts", "newer"), [(1, 200, 16, {4, 10}), (2, 200, 16, {4, 10}),
                                                            (3, 1200, 4, {2})], ids=["rows", "rows2", "columns"])
 async def test_a_members_packed_write_lands_in_its_own_partitions_only(
         redis_url: str, redis_server: RedisServer, seed: int, n: int, parts: int, newer: set[int]) -> None:
     """The member owns the even partitions, some of which have a newer owner's token in their
-    fence; the odd ones are not its own (no token). 400 symbols in 8 owned partitions go row by
-    row, 1,200 in 2 go by columns (redis_fenced.COLUMNS_FROM rows a partition)."""
+    fence; the odd ones are not its own (no token). 200 symbols go row by row, 1,200 by columns
+    (redis_fenced.COLUMNS_FROM rows). The write is one transaction: refused, then sent again
+    without the newer owner's partitions."""
     store = RedisStore(url=redis_url, prefix="pk", max_connections=4, timeout_s=2.0, history_len=3, partitions=parts)
     refused: list[set[int]] = []
     store.fence, store.on_fenced = (lambda p: 5 if p % 2 == 0 else None), refused.append

@@ -42,7 +42,7 @@ from redis.exceptions import RedisError, ResponseError
 from ..bars import Bar
 from ..errors import RedisStoreError
 from ..packed import Packed, SlotNames, resp_rows
-from .redis_fenced import FencedScripts
+from .redis_fenced import FencedScripts, FencedWrite
 from .redis_streams import RedisStreams
 from .redis_wire import (
     CLUSTER_SCHEME,
@@ -150,7 +150,7 @@ class RedisStore(RedisStreams):
         head = b"*%d\r\n$4\r\nMSET\r\n" % (2 * len(symbols) + 1)
         fast = self._around(kind, timeframe, symbols, values)
         if fast is not None:
-            return head + resp_rows(symbols, *fast, [values])  # type: ignore[arg-type, list-item]
+            return head + resp_rows(symbols, [fast[0]], fast[1], [values])  # type: ignore[arg-type, list-item]
         key = self._key
         return b"".join([head, *[b"%s$%d\r\n%s\r\n" % (key(kind, s, timeframe), len(v), v)
                                  for s, v in zip(symbols, values, strict=True)]])
@@ -204,7 +204,7 @@ class RedisStore(RedisStreams):
             tf = w.timeframe
             fast = self._around("history", tf, symbols, members)
             if fast is not None and len(symbols) and np.min(opens) >= 0:  # digits are cut for opens >= 0
-                rows.append(resp_rows(symbols, *fast, [Packed.digits(np.asarray(opens)), members,  # type: ignore
+                rows.append(resp_rows(symbols, [fast[0]], fast[1], [Packed.digits(np.asarray(opens)), members,  # type: ignore
                                                        Packed.digits(np.asarray(modes))]))
             else:
                 rows += [b"%s%s%s$1\r\n%d\r\n" % (key("history", s, tf), bulk(b"%d" % ts), bulk(m), mode)
@@ -234,29 +234,48 @@ class RedisStore(RedisStreams):
         return head, names
 
     async def _write_fenced(self, writes: Sequence[TimeframeWrite], now: float) -> WriteResult:
-        """A cluster member's cycle: per partition it owns, a transaction (one Redis) or a script
-        (a Redis Cluster) that writes nothing unless the member's token is the partition's fence
+        """A cluster member's cycle: one transaction (one Redis) or a script per partition (a
+        Redis Cluster) that writes nothing for a partition unless the member's token is its fence
         (`redis_fenced.py`); the partitions refused are reported to `on_fenced`, the others written."""
         assert self.fence is not None and self._fenced is not None
-        w = self._fenced.build(writes, [self.fence(p) for p in range(self.keys.partitions)])
+        tokens = [self.fence(p) for p in range(self.keys.partitions)]
+        w = self._fenced.build(writes, tokens)
         head, names = self._head(writes, now)
         self._listed.update(names)
         what = f"writing {w.written} values"
-        refused = set()
         if self._fenced.raw:
-            packed = b"".join([*(command(*c) for c in head), *w.resp])
-            replies = await self._send(packed, len(head) + sum(w.replies), what, fenced_ok=True)
-            at = len(head)
-            for p, k in zip(w.order, w.replies, strict=True):
-                if isinstance(replies[at + 1], Exception):  # the check refused the token
-                    refused.add(p)
-                at += k
+            refused, fresh = await self._transact(writes, tokens, w, [command(*c) for c in head], what)
         else:
             replies = await self._run([*head, *w.args], what, fenced_ok=True)
-            refused = {p for p, r in zip(w.order, replies[len(head):], strict=True) if isinstance(r, Exception)}
+            refused = {p for p, r in zip(w.fenced, replies[len(head):], strict=True) if isinstance(r, Exception)}
+            fresh = replies[0] is not None
         if refused and self.on_fenced is not None:
             self.on_fenced(refused)
-        return WriteResult(w.written, replies[0] is not None)
+        return WriteResult(w.written, fresh)
+
+    async def _transact(self, writes: Sequence[TimeframeWrite], tokens: list[int | None], w: FencedWrite,
+                        head: list[bytes], what: str) -> tuple[set[int], bool]:
+        """Send a member's write (one transaction) after `head`; when it aborts, built and sent
+        again without the partitions whose token the check found stale (and once more if a fence
+        moved between the check and the EXEC). The partitions refused, and whether Redis had
+        lost its data."""
+        assert self._fenced is not None
+        refused, fresh = set[int](), False
+        for _ in range(3):
+            if not (head or w.replies):  # every partition refused
+                return refused, fresh
+            replies = await self._send(b"".join([*head, w.resp]), len(head) + w.replies, what)
+            check = replies[len(head) + 1] if w.replies else None
+            if head:
+                fresh, head = replies[0] is not None, []
+            if not w.replies or replies[-1] is not None:  # nothing to write, or written
+                return refused, fresh
+            stale = {w.fenced[i - 1] for i in check}  # type: ignore[attr-defined]
+            refused |= stale
+            tokens = [None if p in stale else t for p, t in enumerate(tokens)]
+            w = self._fenced.build(writes, tokens)
+        log.warning("%s: the transaction aborted 3 times (fences moving); this cycle's write is dropped", what)
+        return refused, fresh
 
     async def write_bars(self, latest: Iterable[Bar] = (), closed: Iterable[Bar] = ()) -> WriteResult:
         """`write_cycle` for Bars of any timeframes (re-seeding, backfill, revisions): newest

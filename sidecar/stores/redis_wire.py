@@ -40,14 +40,26 @@ if fence ~= ARGV[1] then
   return redis.error_reply('FENCED ' .. (fence or 'none'))
 end
 """
-"""The fence check both scripts open with: KEYS[1] the fence, KEYS[2] the refused counter,
+"""The fence check WRITE_FENCED opens with: KEYS[1] the fence, KEYS[2] the refused counter,
 ARGV[1] the writer's token; a stale token is counted and refused."""
 
-# A cluster member's newest values on one Redis go as WATCH fence refused, this check, MULTI,
-# MSET / UNLINK / the history script, EXEC: a stale token increments `refused` (a watched key),
-# so the EXEC aborts and nothing is written; a new owner's fence INCR aborts it too. Passing the
-# values through WRITE_FENCED instead cost Redis 2-3x (every argument becomes a Lua string).
-CHECK_FENCE = _FENCE + "return 1\n"
+# A cluster member's cycle on one Redis is one transaction for all the partitions it owns:
+# WATCH every fence and `refused` key, this check, MULTI, MSET / UNLINK / the history script,
+# EXEC. A stale token increments its `refused` (a watched key), so the EXEC aborts and nothing is
+# written; a new owner's fence INCR aborts it too. The check returns the positions (1-based) of
+# the stale tokens, so the writer can send the rest again without them. KEYS: n fences, then
+# their n `refused` counters; ARGV: the n tokens. Passing the values through WRITE_FENCED instead
+# cost Redis 2-3x (every argument becomes a Lua string).
+CHECK_FENCES = """
+local n, stale = #ARGV, {}
+for i = 1, n do
+  if redis.call('GET', KEYS[i]) ~= ARGV[i] then
+    redis.call('INCR', KEYS[n + i])
+    stale[#stale + 1] = i
+  end
+end
+return stale
+"""
 
 # A cluster member's write for one partition. KEYS[1] fence, KEYS[2] refused counter. ARGV[1] the
 # writer's token, ARGV[2] history length, ARGV[3] values to set (pairs), ARGV[4] keys to unlink,
