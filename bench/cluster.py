@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -188,9 +189,14 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="measured minutes, after the catch-up")
     parser.add_argument("--baseline", choices=("beside", "before", "none"), default="beside",
                         help="the single daemon runs beside the members, alone before them, or not at all")
+    parser.add_argument("--keep", type=Path, help="copy each daemon's cycle trace and log into this directory")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sidecar-bench-cluster-") as tmp:
         report = run(args.symbols, args.minutes * 60, Path(tmp), baseline=args.baseline)
+        if args.keep is not None:  # the per-cycle record, to see what the slow cycles were made of
+            args.keep.mkdir(parents=True, exist_ok=True)
+            for path in [*Path(tmp).glob("trace-*.jsonl"), *Path(tmp).glob("daemon-*.log")]:
+                shutil.copy(path, args.keep / path.name)
     report["command"] = (f"python -m bench.cluster --symbols {args.symbols} --minutes {args.minutes:g}"
                          f" --baseline {args.baseline}")
     text = orjson.dumps(report, option=orjson.OPT_INDENT_2).decode()
