@@ -163,3 +163,42 @@ def test_packed_rows_read_back_as_bytes_and_digits_as_decimal_text() -> None:
     column = NameColumn.of(["X", "", "LONGER.L"])
     names = SlotNames(column, np.array([2, 0]))
     assert list(names) == ["LONGER.L", "X"] and names[1] == "X" and len(names) == 2
+
+
+
+def test_a_higher_timeframes_closed_bar_replaces_and_caps_its_history_only_where_needed() -> None:
+    """A higher timeframe's part of the cycle's write: a closed bar removes an older copy at its
+    open only where one can exist (nothing written to that history by this process yet, or a bar
+    at or after its open already written), a rebuilt bar always does; each history is capped
+    every TRIM_EVERY bars, spread over the symbols. Removing and capping on every write cost
+    Redis twice the ZADD itself."""
+    from sidecar.cycle.higher import LaneOutput
+    from sidecar.cycle.publish import TRIM_EVERY, lane_write
+    from sidecar.cycle.table import SymbolTable
+    from sidecar.symbols import lookup
+
+    rng = np.random.default_rng(5)
+    step, n, m = 300, 2_000, 50
+    t0 = 1_800_000_000 // step * step
+    infos = [lookup(f"S{i:03d}") for i in range(m)]
+    table = SymbolTable({info.asset_class: (1e-4, 1e6) for info in infos}, ["yahoo"], capacity=m)
+    for info in infos:
+        table.add(info, [])
+    known = np.where(rng.random(m) < 0.2, -1, t0 + step * rng.integers(0, 5, m))
+
+    def rows(k: int) -> Batch:
+        return Batch(slot=rng.integers(0, m, k), ts=t0 + step * rng.integers(0, 10, k), open=np.ones(k),
+                     high=np.ones(k), low=np.ones(k), close=np.ones(k), volume=np.zeros(k), flags=np.zeros(k, np.int64),
+                     source=np.zeros(k, np.int16), known_at=np.full(k, np.inf))
+
+    closed, rebuilt = rows(n), rows(20)
+    lane = LaneOutput("5m", closed, Batch.empty(), rebuilt, np.zeros(0, dtype=np.int64), [], known)
+    symbols, opens, _members, modes = lane_write(table, BarEncoder("5m"), lane).history
+    assert list(symbols) == [infos[s].symbol for s in [*closed.slot, *rebuilt.slot]]
+    assert list(opens) == [*closed.ts, *rebuilt.ts]
+    for i in range(n):
+        k, ts, slot = int(known[closed.slot[i]]), int(closed.ts[i]), int(closed.slot[i])
+        want = (REPLACE if k < 0 or ts <= k else 0) | (TRIM if (ts // step + slot) % TRIM_EVERY == 0 else 0)
+        assert modes[i] == want, (i, k, ts)
+    assert list(modes[n:]) == [REPLACE | TRIM] * len(rebuilt)
+    assert 0 < np.count_nonzero(modes[:n] & REPLACE) < n and 0 < np.count_nonzero(modes[:n] & TRIM) < n / 4

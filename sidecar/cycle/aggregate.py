@@ -42,6 +42,7 @@ _STATE: dict[str, tuple[type, float]] = {
     "known_from": (np.int64, 0),  # buckets starting before this are rebuilt from the store
     "ref_ts": (np.int64, -1),  # the newest closed bar: what its committed features are stamped with
     "ref_close": (np.float64, np.nan),
+    "hist_ts": (np.int64, -1),  # open of the newest closed bar this process wrote to the Redis history
 }
 
 
@@ -79,6 +80,7 @@ class Aggregator:
         self.known_from: np.ndarray
         self.ref_ts: np.ndarray
         self.ref_close: np.ndarray
+        self.hist_ts: np.ndarray
 
     def _fit(self) -> None:
         """Grow the arrays with the table."""

@@ -44,6 +44,7 @@ class LaneOutput:
     rebuilt: Batch  # closed bars rebuilt from the store after the last cycle, to rewrite in Redis
     feature_slots: np.ndarray
     feature_rows: Sequence[bytes]
+    hist_ts: np.ndarray  # per slot, the open of the newest closed bar written to the Redis history
 
 
 class Lane:
@@ -114,7 +115,7 @@ class HigherTimeframes:
                                                          lane.agg.ref_close, cols)
             rebuilt, lane.rebuilt = Batch.concat(lane.rebuilt), []
             out.append(LaneOutput(lane.timeframe, step.closed, _newest(step.closed, step.forming), rebuilt, slots,
-                                  rows))
+                                  rows, lane.agg.hist_ts))
         return out
 
     def revise(self, slots: np.ndarray, ts: np.ndarray) -> None:
