@@ -150,16 +150,19 @@ class RedisStore(RedisStreams):
         head = b"*%d\r\n$4\r\nMSET\r\n" % (2 * len(symbols) + 1)
         fast = self._around(kind, timeframe, symbols, values)
         if fast is not None:
-            return head + resp_rows(symbols, [fast[0]], fast[1], [values])  # type: ignore[arg-type, list-item]
+            return head + resp_rows(symbols, *fast, [values])  # type: ignore[arg-type, list-item]
         key = self._key
         return b"".join([head, *[b"%s$%d\r\n%s\r\n" % (key(kind, s, timeframe), len(v), v)
                                  for s, v in zip(symbols, values, strict=True)]])
 
-    def _around(self, kind: str, timeframe: str, symbols: Sequence[str], *columns: object) -> tuple[bytes, bytes] | None:
-        """The key's parts around the symbol when the rows can be packed by NumPy (`resp_rows`):
-        slots into a name column, values already packed, and keys without a partition."""
+    def _around(self, kind: str, timeframe: str, symbols: Sequence[str],
+                *columns: object) -> tuple[list[bytes], bytes] | None:
+        """The key's parts around the symbol, as `resp_rows` takes them, when the rows can be
+        packed by NumPy: slots into a name column, values already packed, and keys without a
+        partition."""
         if isinstance(symbols, SlotNames) and all(isinstance(c, Packed) for c in columns):
-            return self.keys.around(kind, timeframe)
+            parts = self.keys.around(kind, timeframe)
+            return None if parts is None else ([parts[0]], parts[1])
         return None
 
     async def write_cycle(self, timeframe: str, *, latest: tuple[Sequence[str], Sequence[bytes]] = ((), ()),
@@ -204,7 +207,7 @@ class RedisStore(RedisStreams):
             tf = w.timeframe
             fast = self._around("history", tf, symbols, members)
             if fast is not None and len(symbols) and np.min(opens) >= 0:  # digits are cut for opens >= 0
-                rows.append(resp_rows(symbols, [fast[0]], fast[1], [Packed.digits(np.asarray(opens)), members,  # type: ignore
+                rows.append(resp_rows(symbols, *fast, [Packed.digits(np.asarray(opens)), members,  # type: ignore
                                                        Packed.digits(np.asarray(modes))]))
             else:
                 rows += [b"%s%s%s$1\r\n%d\r\n" % (key("history", s, tf), bulk(b"%d" % ts), bulk(m), mode)

@@ -43,7 +43,7 @@ end
 """The fence check WRITE_FENCED opens with: KEYS[1] the fence, KEYS[2] the refused counter,
 ARGV[1] the writer's token; a stale token is counted and refused."""
 
-# A cluster member's cycle on one Redis is one transaction for all the partitions it owns:
+# A cluster member's cycle on one Redis is one transaction for all the partitions it writes:
 # WATCH every fence and `refused` key, this check, MULTI, MSET / UNLINK / the history script,
 # EXEC. A stale token increments its `refused` (a watched key), so the EXEC aborts and nothing is
 # written; a new owner's fence INCR aborts it too. The check returns the positions (1-based) of
