@@ -151,7 +151,7 @@ class Settings(_FromEnv):
         "QUOTE_BATCH", 200, parse.integer(1, 2000), "symbols per batch quote request (quotes mode)")
     catchup_per_cycle: int = _setting(
         "CATCHUP_PER_CYCLE", 200, parse.integer(1, 100_000),
-        "quotes mode: history requests per cycle at most, for symbols whose minutes the quotes cannot vouch for")
+        "quotes mode: history requests in flight at most, for symbols whose minutes the quotes cannot vouch for")
     yahoo_user_agent: str = _setting(
         "YAHOO_USER_AGENT", _BROWSER_UA, parse.text, "User-Agent sent to Yahoo (it refuses generic ones)")
     yahoo_rate_per_min: int = _setting(

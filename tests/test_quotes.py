@@ -234,7 +234,7 @@ async def test_a_cycle_that_overran_halves_the_catch_up_and_cycles_with_room_gro
     for _ in range(3):
         clock.advance(1)
         await orch.run_cycle()
-    assert orch.sourcing.catchup_allowance == 4  # back at the maximum, never above it
+    assert orch.sourcing.catch_up.allowance == 4  # back at the maximum, never above it
 
 
 async def test_a_failed_batch_quote_is_logged_once_per_request_not_once_per_symbol(quotes_app, caplog) -> None:
@@ -269,9 +269,45 @@ async def test_a_failed_batch_quote_halves_the_catch_up_like_an_overrun(quotes_a
     for _ in range(3):  # quick cycles: the allowance stays at its maximum
         await orch.run_cycle()
         clock.advance(1)
-    assert orch.sourcing.catchup_allowance == 4
+    assert orch.sourcing.catch_up.allowance == 4
     chunks = -(-len(SYMBOLS) // settings.quote_batch)
     ex.inject(QUOTE_ENDPOINT, "http_500", count=chunks * settings.fetch_retries)  # every try of the next poll
     await orch.run_cycle()
     assert sc.metrics.by_label("sidecar_fetch_errors_total", "reason").get("ProviderError", 0) >= chunks
-    assert orch.sourcing.catchup_allowance == 2
+    assert orch.sourcing.catch_up.allowance == 2
+
+
+async def test_a_slow_catch_up_answer_does_not_hold_the_cycle_and_is_taken_by_a_later_one(quotes_app) -> None:
+    """With a poller running, a cycle waits for its catch-up answers only a fiftieth of a period:
+    a slow answer is taken by the first cycle after it came, and its symbol is not asked for again
+    while its request is in flight."""
+    from .helpers import wait_until
+
+    sc, ex, clock, settings = quotes_app
+    orch, t = sc.orchestrator, sc.orchestrator.table
+    aapl = t.slot_of["AAPL"]
+
+    def asked() -> int:  # (the exchange logs a request when it answers)
+        return [sym for sym, _start, _end in ex.chart_log].count("AAPL")
+
+    async def cycle() -> None:
+        if orch.sourcing.background:  # as the loop's poller would have
+            await orch.sourcing.poll(clock.time())
+        await orch.run_cycle()
+        clock.advance(1)
+
+    await cycle()  # every symbol caught up, waited for (and the indicator kernels compiled)
+    orch.sourcing.background = True
+    while int(clock.time()) % 60:  # the rest of a minute the bar builder joined half-way
+        await cycle()
+    before, current = asked(), int(clock.time())
+    ex.ledger.slow_s = 0.4  # real seconds: 20 times the cycle's wait, within the fetch timeout (0.8 s)
+    ex.inject("AAPL", "slow")
+    await cycle()  # the minute-closing cycle asks for AAPL's minute and does not wait for the answer
+    assert int(t.synced_until[aapl]) < current and asked() == before
+    await cycle()  # nor does the next (AAPL is not asked for again: see the count below)
+    await wait_until(lambda: asked() == before + 1, 10, "AAPL's slow answer")
+    await cycle()
+    assert int(t.synced_until[aapl]) == current and int(t.cursor[aapl]) == current - 60, (t.cursor[aapl], current)
+    assert asked() == before + 1
+    orch.sourcing.background = False

@@ -257,6 +257,7 @@ class Orchestrator:
                     break
         finally:
             self.sourcing.background = False
+            self.sourcing.catch_up.stop()
             if polling is not None:
                 polling.cancel()
                 await asyncio.gather(polling, return_exceptions=True)
@@ -280,7 +281,7 @@ class Orchestrator:
         accepted = self.acceptance.run(fetched.batch, fetched.answered, now)
         self.publisher.quarantine += accepted.quarantine
         if len(fetched.from_history):
-            self.sourcing.settle_history(fetched.from_history, accepted.rejected_slots, now)
+            self.sourcing.catch_up.settle(fetched.from_history, accepted.rejected_slots, now)
         synthetic = fill_gaps(accepted.closed, before_ts, before_close, t.asset_class, self.step)
         if len(synthetic):
             self.metrics.synthetic_bars.inc(len(synthetic))
@@ -383,7 +384,7 @@ class Orchestrator:
                         "fetched": report.fetched, "closed": report.closed, "rejected": report.rejected,
                         "history_requests": len(fetched.from_history), "redis_values": self.publisher.values,
                         "unsampled": int(self.sourcing.builder.incomplete[0]), "late": int(self.sourcing.builder.incomplete[1]),
-                        "catchup_allowance": int(self.sourcing.catchup_allowance), "overruns": self.ticker.overruns})
+                        "catchup_allowance": int(self.sourcing.catch_up.allowance), "overruns": self.ticker.overruns})
         return report
 
     def health(self, per_symbol: bool = True) -> dict[str, Any]:

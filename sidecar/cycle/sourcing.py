@@ -4,8 +4,7 @@ Two ways to fetch. `chart`: one history request per symbol per cycle, for the ba
 cursor. `quotes`: a few batch quote requests for all symbols, turned into bars by the bar
 builder; a closed bar the builder saw completely, right after the last minute accounted for
 (`synced_until`), is taken as it is, and a symbol whose minutes the builder cannot vouch for
-(start-up, a missed poll, a stale or bad quote, a minute without trades, a bar still
-unsettled) is caught up from the history endpoint, at most `catchup_per_cycle` per cycle.
+is caught up from the history endpoint (`catchup`).
 
 Quotes are polled every second on their own schedule (`poll`, run by the loop's poller) and kept
 until a cycle builds them, in order: a cycle that runs seconds long costs no second of samples.
@@ -35,14 +34,11 @@ from ..metrics import Metrics
 from ..sources import GuardedSource
 from ..symbols import SymbolInfo
 from .batch import Batch
+from .catchup import WAIT, CatchUp
 from .minutes import MinuteBars
 from .table import SymbolTable
 
 log = logging.getLogger(__name__)
-MIN_CATCHUP_SHARE = 0.05
-"""The share of SIDECAR_CATCHUP_PER_CYCLE (at least one request) a cycle keeps however slow the
-cycles are: the catch-up always progresses."""
-
 TIMEFRAME = "1m"
 EARLY_WAKE_S = 0.02
 CATCH_UP_S = 86400
@@ -80,14 +76,9 @@ class Sourcing:
     :param lookback_s: how far back a symbol's first fetch reaches.
     :param quotes: poll batch quotes (else one chart request per symbol).
     :param quote_batch: symbols per batch quote request.
-    :param catchup_per_cycle: quotes mode: at most this many history requests per cycle.
+    :param catchup_per_cycle: quotes mode: at most this many history requests in flight.
     :param settle_s: an unsettled bar is asked for again once this has passed after its end.
     :param period: seconds between polls (a poll gives up when the next one begins).
-
-    The catch-up's allowance adapts (`pace`): halved after a cycle that overran or a failed
-    batch quote, grown back by a tenth of the maximum after a cycle with room. A missed second
-    sends every symbol to the catch-up; at the full allowance its requests made the next cycles
-    overrun too (bench/cluster.py: 130 overruns in 500 cycles at 3 x 2,500 symbols).
     """
 
     def __init__(self, *, table: SymbolTable, sources: Sequence[GuardedSource], primary: GuardedSource,
@@ -101,12 +92,11 @@ class Sourcing:
         self.lookback_s = lookback_s
         self.quotes = quotes
         self.quote_batch = quote_batch
-        self.catchup_per_cycle = catchup_per_cycle
-        self.catchup_allowance = float(catchup_per_cycle)
-        self.settle_s = settle_s
         self.step = 60
         self.builder = BarBuilder(self.step)
         self.minutes = MinuteBars(table=table, step=self.step, grace_s=settle_s)
+        self.catch_up = CatchUp(table=table, minutes=self.minutes, fetch=self._fetch, per_cycle=catchup_per_cycle,
+                                settle_s=settle_s, step=self.step)
         self.recovered = False  # a symbol's source answered again this cycle (one event, not one per symbol)
         # each source's plan delay, by source code (the last entry: no source yet)
         self.delays = np.array([g.fetcher.delay_s for g in self.sources] + [0.0])
@@ -119,15 +109,9 @@ class Sourcing:
         self.background = False  # a poller runs `poll` every second: a cycle waits for its second's
 
     def pace(self, cycle_s: float, period: float) -> None:
-        """Adapt the catch-up's allowance to the cycle just run (additive increase,
-        multiplicative decrease): the live quotes must keep their second, and their source its
-        capacity for them (a batch quote that failed since the last cycle halves it too)."""
+        """Adapt the catch-up's allowance to the cycle just run (and the batch quotes that failed since)."""
         failed, self.quote_failures = self.quote_failures, 0
-        if cycle_s > period or failed:
-            self.catchup_allowance = max(1.0, MIN_CATCHUP_SHARE * self.catchup_per_cycle, self.catchup_allowance / 2)
-        elif cycle_s < 0.6 * period:
-            self.catchup_allowance = min(float(self.catchup_per_cycle),
-                                         self.catchup_allowance + max(1.0, self.catchup_per_cycle / 10))
+        self.catch_up.pace(cycle_s, period, failed)
 
     def source_clock(self, now: float) -> float | np.ndarray:
         """Per slot, the clock of the source of its newest bars: a delayed plan's buckets end by
@@ -137,9 +121,11 @@ class Sourcing:
         return now - self.delays[self.table.source]
 
     def reset(self, slots: np.ndarray) -> None:
-        """Forget what the builder and the minute bars hold for slots (a symbol added in a freed slot)."""
+        """Forget what the builder, the minute bars and the catch-up hold for slots (a symbol
+        added in a freed slot)."""
         self.builder.reset(slots)
         self.minutes.reset(slots)
+        self.catch_up.reset(slots)
 
     def serving(self, info: SymbolInfo) -> list[GuardedSource]:
         """The configured, enabled sources that serve a symbol, in order."""
@@ -300,7 +286,9 @@ class Sourcing:
             keep[forming[len(forming) - 1 - last]] = True
             built = built.take(keep)
         build_s = self.clock.monotonic() - t_build
-        history, fetched = await self._catch_up(slots, bucket_start(label, self.step), now)
+        answers = await self.catch_up.run(slots, bucket_start(label, self.step), now,
+                                          WAIT * self.period if self.background else None)
+        history, fetched = self._batch(answers), np.array([s for s, _ in answers], dtype=np.int64)
         if len(fetched):  # the source's own bars replace what the builder had
             built = built.take(~np.isin(built.slot, fetched))
         batch = Batch.concat([built, history]).sorted()
@@ -359,29 +347,6 @@ class Sourcing:
             self._answered(live, now)
             seen[live] = True
         return built
-
-    async def _catch_up(self, slots: np.ndarray, current: int, now: float) -> tuple[Batch, np.ndarray]:
-        """History for the symbols the builder cannot vouch for, the longest-lagging first."""
-        t = self.table
-        lag = t.synced_until[slots] < current
-        lag &= ~self.minutes.waiting(slots, now)  # the source's own bar of that minute comes within its grace
-        if t.unsettled:
-            due = now - self.step - self.settle_s  # an unsettled bar opening before this can be asked again
-            lag |= np.isin(slots, [s for s, bars in t.unsettled.items() if min(bars) <= due])
-        lagging = slots[lag]
-        order = np.argsort(np.maximum(t.synced_until[lagging], 0), kind="stable")
-        lagging = lagging[order][: int(self.catchup_allowance)].tolist()
-        results = await asyncio.gather(*(self._fetch(slot, now) for slot in lagging))
-        got = [(slot, r) for slot, r in zip(lagging, results, strict=True) if r is not None]
-        return self._batch(got), np.array(sorted(s for s, _ in got), dtype=np.int64)
-
-    def settle_history(self, fetched: np.ndarray, rejected_slots: np.ndarray, now: float) -> None:
-        """After acceptance: what a history answer vouched for, unless it must be asked again."""
-        t = self.table
-        current = bucket_start(now, self.step)
-        reached = (t.window_end[fetched] >= current + self.step) & ~np.isin(fetched, rejected_slots)
-        cursor = t.cursor[fetched]
-        t.synced_until[fetched] = np.where(reached, current, np.where(cursor >= 0, cursor + self.step, -1))
 
     async def _quote_chunk(self, chunk: np.ndarray, infos: list[SymbolInfo], deadline: float) -> QuoteBatch | None:
         """One chunk's batch quote from the first quote source that is usable and answers (retries
