@@ -218,7 +218,8 @@ class Settings(_FromEnv):
     redis_max_connections: int = _setting(
         "REDIS_MAX_CONNECTIONS", 16, parse.integer(1, 1024), "bound of the Redis connection pool")
     redis_timeout_s: float = _setting(
-        "REDIS_TIMEOUT_S", 0.5, parse.number(0.01, 30), "deadline for one Redis pipeline or read")
+        "REDIS_TIMEOUT_S", 0.5, parse.number(0.01, 30),
+        "deadline for one Redis pipeline or read (a cycle's write: 10 µs more per value)")
     redis_history_len: int = _setting(
         "REDIS_HISTORY_LEN", 5000, parse.integer(1, 1_000_000), "closed bars kept per symbol and timeframe")
     db_path: Path = _setting(

@@ -112,6 +112,23 @@ async def test_redis_down_is_a_store_error_within_the_timeout(tmp_path) -> None:
     await s.close()
 
 
+async def test_a_large_write_gets_time_in_proportion_to_its_size(redis_url: str, redis_server: RedisServer) -> None:
+    """A cycle's write may take longer than SIDECAR_REDIS_TIMEOUT_S when it is large (at a
+    15-minute close two cluster members' writes of ~100,000 values took one Redis 0.8 s, and
+    the failed one was sent again, larger): its deadline grows by 10 us a value."""
+    s = RedisStore(url=redis_url, prefix="t", max_connections=1, timeout_s=0.5, history_len=10)
+    await s.start()  # (connected within the half second)
+    s.timeout_s = 0.002  # then a timeout no write of this size meets
+    try:
+        names = [f"S{i:05d}" for i in range(60_000)]  # ~2.5 MB to send and 60,000 keys to set: 0.6 s allowed
+        result = await s.write_cycle("1m", latest=(names, [b"%d" % i for i in range(len(names))]), now=1.0)
+        assert result.written == len(names)
+        with redis_server.client() as c:
+            assert c.get("t:{S59999}:bar:1m") == b"59999"
+    finally:
+        await s.close()
+
+
 async def test_thousands_of_symbols_in_one_cycle_all_land_and_the_heartbeat_expires(
         store: RedisStore, redis_server: RedisServer) -> None:
     names = [f"S{i:04d}" for i in range(2_345)]

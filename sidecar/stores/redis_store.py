@@ -1,20 +1,7 @@
 """Redis knowledge base: the latest bar per symbol and timeframe, the newest features, and a
 capped, time-indexed history, written in one round trip per cycle.
 
-Keys (hash-tagged by symbol, so a Redis Cluster keeps a symbol's keys on one shard):
-
-    {prefix}:{SYMBOL}:bar:{tf}    string  msgpack map of the newest bar (forming or closed)
-    {prefix}:{SYMBOL}:bars:{tf}   zset    score = bar open (epoch s), member = msgpack map;
-                                          closed bars only, the newest `history_len` kept
-    {prefix}:{SYMBOL}:features:{tf}  string  msgpack map of the newest features; its `updated`
-                                          field says when; removed when the symbol goes quiet
-    {prefix}:symbols              set     canonical symbols written so far
-    {prefix}:signals              stream  scanner signals (also PUBLISHed on the same name)
-    {prefix}:alive                string  set by the first write; missing means Redis lost its data
-    {prefix}:heartbeat            string  wall time of the writer's last cycle; expires after
-                                          SIDECAR_FEATURE_TTL_S (2 s) when the writer stops
-    {prefix}:deadletter           hash    symbol -> JSON {reason, error, since}: symbols whose source fails
-    {prefix}:quarantine           list    JSON of bars held out by the spike filter, newest first (1,000)
+Keys: `redis_wire.RedisKeys`.
 
 A cycle's writes are pre-packed RESP sent on one connection: MSETs of the newest bars and
 features (values packed from arrays by the cycle), one EVAL that adds the closed bars to the
@@ -61,6 +48,11 @@ from .redis_wire import (
 )
 
 log = logging.getLogger(__name__)
+WRITE_S_PER_VALUE = 10e-6
+"""A cycle's write gets this much longer than SIDECAR_REDIS_TIMEOUT_S per value it sends: at a
+15-minute close two cluster members' transactions of ~100,000 values each took one Redis
+0.8 s, and a write that fails is sent again, larger (bench/cluster.py, 2 x 10,000 symbols)."""
+
 
 class RedisStore(RedisStreams):
     """Writes each cycle's bars in one pipeline and serves range reads.
@@ -217,7 +209,8 @@ class RedisStore(RedisStreams):
             parts.append(b"".join([b"*%d\r\n$4\r\nEVAL\r\n" % (4 * n_rows + 4), bulk(WRITE_HISTORY.encode()),
                                    b"$1\r\n0\r\n", bulk(b"%d" % self.history_len), *rows]))
         written = sum(len(w.latest[0]) + len(w.features[0]) for w in writes) + n_rows
-        replies = await self._send(b"".join(parts), len(parts), f"writing {written} values")
+        replies = await self._send(b"".join(parts), len(parts), f"writing {written} values",
+                                   timeout=self.timeout_s + written * WRITE_S_PER_VALUE)
         fresh = replies[0] is not None
         if fresh:  # a new or emptied Redis: only what this write added is in its set
             self._listed = set(names)
@@ -267,7 +260,8 @@ class RedisStore(RedisStreams):
         for _ in range(3):
             if not (head or w.replies):  # every partition refused
                 return refused, fresh
-            replies = await self._send(b"".join([*head, w.resp]), len(head) + w.replies, what)
+            replies = await self._send(b"".join([*head, w.resp]), len(head) + w.replies, what,
+                                       timeout=self.timeout_s + w.written * WRITE_S_PER_VALUE)
             check = replies[len(head) + 1] if w.replies else None
             if head:
                 fresh, head = replies[0] is not None, []
@@ -323,14 +317,17 @@ class RedisStore(RedisStreams):
         self.ok, self.last_error = True, None
         return out
 
-    async def _send(self, packed: bytes, replies: int, what: str, fenced_ok: bool = False) -> list[object]:
-        """Send pre-packed commands on one pooled connection and read their replies; a
-        connection that failed mid-way is closed, never returned with replies pending."""
+    async def _send(self, packed: bytes, replies: int, what: str, fenced_ok: bool = False,
+                    timeout: float | None = None) -> list[object]:
+        """Send pre-packed commands on one pooled connection, replies read within `timeout` (or
+        the store's); a connection that failed mid-way is closed, never pooled with replies pending."""
         pool = self._pool
         assert pool is not None, "pre-packed commands go to one Redis, not a cluster"
+        timeout = self.timeout_s if timeout is None else timeout
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(timeout):
                 conn = await pool.get_connection()
+                conn.socket_timeout = timeout  # (its own, while this connection is ours)
                 try:
                     await conn.send_packed_command(packed)
                     out = [await _reply(conn) for _ in range(replies)]
@@ -338,6 +335,7 @@ class RedisStore(RedisStreams):
                     await conn.disconnect()
                     raise
                 finally:
+                    conn.socket_timeout = self.timeout_s
                     await pool.release(conn)
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._failed(what, exc) from exc

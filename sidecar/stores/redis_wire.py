@@ -139,7 +139,21 @@ def command(*parts: bytes) -> bytes:
 class RedisKeys:
     """Key names under one prefix. On one daemon a symbol's keys are tagged by the symbol
     (`sidecar:{AAPL}:bar:1m`); in a cluster of `partitions` by its partition
-    (`sidecar:{p17}:AAPL:bar:1m`), so one script writes a partition's keys with its fence."""
+    (`sidecar:{p17}:AAPL:bar:1m`), so one script writes a partition's keys with its fence.
+
+    {prefix}:{SYMBOL}:bar:{tf}    string  msgpack map of the newest bar (forming or closed)
+    {prefix}:{SYMBOL}:bars:{tf}   zset    score = bar open (epoch s), member = msgpack map;
+                                          closed bars only, the newest `history_len` kept
+    {prefix}:{SYMBOL}:features:{tf}  string  msgpack map of the newest features; its `updated`
+                                          field says when; removed when the symbol goes quiet
+    {prefix}:symbols              set     canonical symbols written so far
+    {prefix}:signals              stream  scanner signals (also PUBLISHed on the same name)
+    {prefix}:alive                string  set by the first write; missing means Redis lost its data
+    {prefix}:heartbeat            string  wall time of the writer's last cycle; expires after
+                                          SIDECAR_FEATURE_TTL_S (2 s) when the writer stops
+    {prefix}:deadletter           hash    symbol -> JSON {reason, error, since}: symbols whose source fails
+    {prefix}:quarantine           list    JSON of bars held out by the spike filter, newest first (1,000)
+    """
 
     prefix: str
     partitions: int = 0
