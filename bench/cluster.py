@@ -139,8 +139,11 @@ def _measure(daemons: dict[str, tuple[subprocess.Popen[bytes], int, Path]], name
         ready = []
         for _proc, _port, trace in daemons.values():
             recent = [orjson.loads(x) for x in _lines(trace)[-5:]]
+            # symbols followed (a daemon's first cycles have none, and so no history requests),
+            # and none of their history asked for or in flight
             ready.append(len(recent) == 5 and int(recent[-1]["t"]) // 60 > first_minute
-                         and all(c["history_requests"] == 0 for c in recent))
+                         and all(c["symbols"] > 0 and c["history_requests"] == 0 and not c.get("history_in_flight")
+                                 for c in recent))
         if all(ready):
             break
     warmup = time.time() - t0

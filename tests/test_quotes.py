@@ -310,4 +310,4 @@ async def test_a_slow_catch_up_answer_does_not_hold_the_cycle_and_is_taken_by_a_
     await cycle()
     assert int(t.synced_until[aapl]) == current and int(t.cursor[aapl]) == current - 60, (t.cursor[aapl], current)
     assert asked() == before + 1
-    orch.sourcing.background = False
+    orch.sourcing.stop_background()

@@ -256,8 +256,7 @@ class Orchestrator:
                 if self._stopping:
                     break
         finally:
-            self.sourcing.background = False
-            self.sourcing.catch_up.stop()
+            self.sourcing.stop_background()
             if polling is not None:
                 polling.cancel()
                 await asyncio.gather(polling, return_exceptions=True)
@@ -384,7 +383,7 @@ class Orchestrator:
                         "fetched": report.fetched, "closed": report.closed, "rejected": report.rejected,
                         "history_requests": len(fetched.from_history), "redis_values": self.publisher.values,
                         "unsampled": int(self.sourcing.builder.incomplete[0]), "late": int(self.sourcing.builder.incomplete[1]),
-                        "catchup_allowance": int(self.sourcing.catch_up.allowance), "overruns": self.ticker.overruns})
+                        **self.sourcing.catch_up.trace(), "overruns": self.ticker.overruns})
         return report
 
     def health(self, per_symbol: bool = True) -> dict[str, Any]:

@@ -111,6 +111,10 @@ class CatchUp:
             if slot in self.asked:
                 self.asked.pop(slot)[1].cancel()
 
+    def trace(self) -> dict[str, int]:
+        """For the cycle trace: the allowance, and the requests in flight."""
+        return {"catchup_allowance": int(self.allowance), "history_in_flight": len(self.asked)}
+
     def stop(self) -> None:
         """Cancel every request in flight (the loop stops; a later cycle asks again)."""
         for _, task in self.asked.values():

@@ -113,6 +113,11 @@ class Sourcing:
         failed, self.quote_failures = self.quote_failures, 0
         self.catch_up.pace(cycle_s, period, failed)
 
+    def stop_background(self) -> None:
+        """The loop's poller stopped: a cycle polls itself again, and no catch-up request stays in flight."""
+        self.background = False
+        self.catch_up.stop()
+
     def source_clock(self, now: float) -> float | np.ndarray:
         """Per slot, the clock of the source of its newest bars: a delayed plan's buckets end by
         its delayed clock, not the local one (else each would close before its last minutes came)."""
