@@ -311,3 +311,48 @@ async def test_a_slow_catch_up_answer_does_not_hold_the_cycle_and_is_taken_by_a_
     assert int(t.synced_until[aapl]) == current and int(t.cursor[aapl]) == current - 60, (t.cursor[aapl], current)
     assert asked() == before + 1
     orch.sourcing.stop_background()
+
+
+async def test_a_higher_timeframe_bar_waits_for_its_last_minute_from_the_catch_up(quotes_app) -> None:
+    """A 5-minute bucket whose last minute is still to come from the catch-up (asked at the close,
+    answered after the cycle) is held, not closed without it and revised a second later: the
+    stored bar equals the exchange's minutes aggregated, and no revision is counted."""
+    import sqlite3
+
+    from .helpers import wait_until
+
+    sc, ex, clock, settings = quotes_app
+    orch = sc.orchestrator
+
+    def asked() -> int:  # (the exchange logs a request when it answers)
+        return [sym for sym, _start, _end in ex.chart_log].count("AAPL")
+
+    async def cycle() -> None:
+        if orch.sourcing.background:
+            await orch.sourcing.poll(clock.time())
+        await orch.run_cycle()
+        clock.advance(1)
+
+    await cycle()  # every symbol caught up, waited for
+    orch.sourcing.background = True
+    while int(clock.time()) % 300 != 270:
+        await cycle()
+    ex.inject("AAPL", "nan_price", count=2)  # the bucket's last minute of AAPL: not vouched for by the quotes
+    while int(clock.time()) % 300:
+        await cycle()
+    end, before = int(clock.time()), asked()
+    ex.ledger.slow_s = 0.4
+    ex.inject("AAPL", "slow")
+    await cycle()  # the close: AAPL's last minute asked for, not waited for
+    await wait_until(lambda: asked() > before, 10, "AAPL's slow answer")
+    for _ in range(3):
+        await cycle()
+    await sc.sqlite.flush()
+    with sqlite3.connect(settings.db_path) as db:
+        stored = db.execute("SELECT open, high, low, close, volume FROM bars WHERE symbol='AAPL' AND timeframe='5m'"
+                            " AND ts=?", (end - 300,)).fetchone()
+    m = ex.truth("AAPL", end - 300, end)
+    assert len(m.ts) and m.ts[-1] == end - 60  # (its last minute traded)
+    assert stored == (m.open[0], m.high.max(), m.low.min(), m.close[-1], m.volume.sum())
+    assert sc.metrics.by_label("sidecar_timeframe_revisions_total", "timeframe").get("5m", 0) == 0
+    orch.sourcing.stop_background()

@@ -4,7 +4,8 @@ Each slot has at most one open bucket, held in arrays (its bar so far and its fi
 minute). A cycle's closed minutes are grouped per (slot, bucket) and merged into it; a bucket
 closes when a minute of a later bucket arrives, or when its end has passed on the clock and
 the slot's newest minute is not still forming inside it (a bucket whose last minute is late
-closes anyway `LATE_CLOSE_S` after its end; the minute then revises it). The forming minute
+closes anyway `LATE_CLOSE_S` after its end; the minute then revises it), nor, in quotes mode,
+still to come from the catch-up (held at most `CATCH_UP_HOLD_S`). The forming minute
 gives the forming bar: the open bucket merged with it, nothing stored.
 
 What the arrays cannot answer exactly goes to a rebuild from the stored minutes (the caller
@@ -26,6 +27,11 @@ from .batch import Batch
 from .table import SymbolTable, grow_columns, reset_columns
 
 LATE_CLOSE_S = 120  # a bucket whose newest minute is still forming this long after its end closes anyway
+CATCH_UP_HOLD_S = 5
+"""Quotes mode: how long after its end a bucket waits for minutes the catch-up is still to
+answer (a cycle no longer waits for those answers; without the hold, the bucket of each symbol
+caught up at a close, ~100 at 10,000 symbols, closed without its last minute and was revised a
+second later)."""
 
 _STATE: dict[str, tuple[type, float]] = {
     "start": (np.int64, -1),  # the open bucket's start (-1: none)
@@ -157,6 +163,8 @@ class Aggregator:
         due = (self.start >= 0) & (self.end <= now)
         forming_inside = ((t.lt_flags[:n] & FORMING) != 0) & (t.lt_ts[:n] < self.end)
         due &= ~forming_inside | (self.end + LATE_CLOSE_S <= now)
+        synced = t.synced_until[:n]  # (quotes mode: minutes before it accounted for; else -1)
+        due &= (synced < 0) | (synced >= self.end) | (self.end + CATCH_UP_HOLD_S <= now)
         return self._take(np.flatnonzero(due))
 
     def _take(self, slots: np.ndarray) -> Batch:
