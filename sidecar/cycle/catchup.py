@@ -6,7 +6,8 @@ without trades, a bar still unsettled) they come from the history endpoint: the 
 symbols first, at most `allowance` requests in flight, one per symbol at a time.
 
 A request runs beside the cycles. With a poller running, a cycle waits for the answers only
-`WAIT` of a period, and an answer that comes later is taken by the next cycle: at 10,000 symbols
+`WAIT` of a period (but for all of a symbol's first: a reader finds its history and newest bar
+once the daemon is up), and an answer that comes later is taken by the next cycle: at 10,000 symbols
 each minute-closing cycle asks ~100 chart requests, and waiting for them all made its fetch stage
 150-290 ms against 40 (bench/cluster.py, traces kept with --keep). Without a poller (tests
 driving `run_cycle`) a cycle waits for all of them.
@@ -85,6 +86,9 @@ class CatchUp:
         order = np.argsort(np.maximum(t.synced_until[lagging], 0), kind="stable")
         for slot in lagging[order][: max(0, int(self.allowance) - len(self.asked))].tolist():
             self.asked[slot] = (t.symbols[slot], asyncio.ensure_future(self.fetch(slot, now)))
+        first = [task for slot, (_, task) in self.asked.items() if t.synced_until[slot] < 0]
+        if first:  # a symbol never caught up (start-up, a partition taken over): its bars before all else
+            await asyncio.wait(first)
         if self.asked:
             await asyncio.wait([task for _, task in self.asked.values()], timeout=wait)
         got = []
