@@ -277,6 +277,19 @@ async def test_a_failed_batch_quote_halves_the_catch_up_like_an_overrun(quotes_a
     assert orch.sourcing.catch_up.allowance == 2
 
 
+def _answered(ex: Exchange, yahoo: str) -> int:
+    """Chart requests for a symbol the exchange answered (it logs a request when it answers)."""
+    return [sym for sym, _start, _end in ex.chart_log].count(yahoo)
+
+
+async def _cycle(orch, clock: ManualClock) -> None:  # type: ignore[no-untyped-def]
+    """One second of the loop on the virtual clock: the poll first when a poller is taken to run."""
+    if orch.sourcing.background:  # as the loop's poller would have
+        await orch.sourcing.poll(clock.time())
+    await orch.run_cycle()
+    clock.advance(1)
+
+
 async def test_a_slow_catch_up_answer_does_not_hold_the_cycle_and_is_taken_by_a_later_one(quotes_app) -> None:
     """With a poller running, a cycle waits for its catch-up answers only a fiftieth of a period:
     a slow answer is taken by the first cycle after it came, and its symbol is not asked for again
@@ -287,14 +300,11 @@ async def test_a_slow_catch_up_answer_does_not_hold_the_cycle_and_is_taken_by_a_
     orch, t = sc.orchestrator, sc.orchestrator.table
     aapl = t.slot_of["AAPL"]
 
-    def asked() -> int:  # (the exchange logs a request when it answers)
-        return [sym for sym, _start, _end in ex.chart_log].count("AAPL")
+    def asked() -> int:
+        return _answered(ex, "AAPL")
 
-    async def cycle() -> None:
-        if orch.sourcing.background:  # as the loop's poller would have
-            await orch.sourcing.poll(clock.time())
-        await orch.run_cycle()
-        clock.advance(1)
+    def cycle():  # type: ignore[no-untyped-def]
+        return _cycle(orch, clock)
 
     await cycle()  # every symbol caught up, waited for (and the indicator kernels compiled)
     orch.sourcing.background = True
@@ -324,14 +334,11 @@ async def test_a_higher_timeframe_bar_waits_for_its_last_minute_from_the_catch_u
     sc, ex, clock, settings = quotes_app
     orch = sc.orchestrator
 
-    def asked() -> int:  # (the exchange logs a request when it answers)
-        return [sym for sym, _start, _end in ex.chart_log].count("AAPL")
+    def asked() -> int:
+        return _answered(ex, "AAPL")
 
-    async def cycle() -> None:
-        if orch.sourcing.background:
-            await orch.sourcing.poll(clock.time())
-        await orch.run_cycle()
-        clock.advance(1)
+    def cycle():  # type: ignore[no-untyped-def]
+        return _cycle(orch, clock)
 
     await cycle()  # every symbol caught up, waited for
     orch.sourcing.background = True
