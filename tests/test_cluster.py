@@ -265,6 +265,33 @@ async def test_a_member_paused_past_its_lease_is_fenced_out_and_rejoins_without_
     assert f"sidecar_fenced_writes_total {float(fenced)}" in str(metrics)
 
 
+async def test_members_in_quotes_mode_poll_each_at_its_own_turn_of_the_second(
+        members: Members, exchange: Exchange) -> None:
+    """Each member polls the batch quotes at half its cycles' phase (of two: at 0.0 and 0.25 s),
+    not all as the second turns: the member cycling first would otherwise wait for both members'
+    polls at once; and a later member's poll is made before its cycle, with over half a second
+    for the answer to come within its second."""
+    await members.start("a", SIDECAR_LIVE_MODE="quotes")
+    await members.start("b", SIDECAR_LIVE_MODE="quotes")
+    await wait_until(members.settled, 30, "a and b split the partitions", every=0.3, detail=members.text)
+    phase = {shard: (await d.health())["cluster"]["phase"] for shard, d in members.live.items()}
+    assert sorted(phase.values()) == [0.0, 0.5]
+    since = time.time() + 1  # (a turn changed as the second member joined: a poll in flight may straddle it)
+
+    def polls() -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {"a": [], "b": []}
+        for t, agent in list(exchange.quote_clients):
+            if t >= since and agent.startswith("member-"):
+                out[agent.removeprefix("member-")].append(t)
+        return out
+
+    await wait_until(lambda: all(len(v) >= 5 for v in polls().values()), 30, "five polls of each member")
+    for shard, times in polls().items():
+        # a request leaves at its turn; a loaded machine delays some, so the median is compared
+        late = sorted((t - phase[shard] / 2) % 1.0 for t in times)[len(times) // 2]
+        assert late < 0.15, (shard, phase[shard], [round(t % 1.0, 3) for t in times])
+
+
 async def test_three_members_sharing_a_provider_key_never_exceed_its_minute_budget(
         members: Members, exchange: Exchange) -> None:
     budget = 30

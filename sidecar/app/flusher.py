@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from ..clock import Clock
 from ..errors import DurableStoreError
@@ -26,10 +27,16 @@ class Flusher:
     :param metrics: flush duration, rows written, failures, buffered and dropped rows.
     :param clock: the period's deadlines and the flush timings.
     :param interval_s: seconds between flushes.
+    :param phase: seconds after each whole `interval_s` that a flush starts (read at every flush):
+        half a cycle period after this daemon's cycles begin, so that encoding a flush (a
+        minute's bars and features: tens of milliseconds on the event loop) does not fall in a
+        cycle, as it did when every flush began with the cycle at the whole second.
     """
 
-    def __init__(self, *, store: DurableStore, metrics: Metrics, clock: Clock, interval_s: float) -> None:
+    def __init__(self, *, store: DurableStore, metrics: Metrics, clock: Clock, interval_s: float,
+                 phase: Callable[[], float] | None = None) -> None:
         self.store, self.metrics, self.clock, self.interval_s = store, metrics, clock, interval_s
+        self.phase = phase
         self.task: asyncio.Task[None] | None = None  # the loop, once started (the daemon supervises it)
         self.flushes = 0  # that wrote rows
         self.failures = 0
@@ -41,7 +48,7 @@ class Flusher:
         self.task = asyncio.create_task(self._run(), name="sqlite-flush")
 
     async def _run(self) -> None:
-        async for _tick in Ticker(self.clock, self.interval_s):
+        async for _tick in Ticker(self.clock, self.interval_s, phase=self.phase):
             await self.flush()
 
     async def flush(self) -> int:

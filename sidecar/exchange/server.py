@@ -54,6 +54,7 @@ class Exchange:
         self.request_times: list[float] = []  # wall time of every chart request, answered or not
         # (wall time, symbol, User-Agent) of every chart request: which client asked for what
         self.chart_clients: list[tuple[float, str, str]] = []
+        self.quote_clients: list[tuple[float, str]] = []  # (wall time, User-Agent) of every batch quote request
         self._runner: web.AppRunner | None = None
         self.url: str | None = None  # set by start()
         self.app = web.Application(middlewares=[self._malformed])
@@ -278,6 +279,7 @@ class Exchange:
     async def _quote(self, request: web.Request) -> web.Response:
         self.requests["quote"] += 1
         now = self.clock.time()
+        self.quote_clients.append((now, request.headers.get("User-Agent", "")))
         if now < self.down_until.get("yahoo", 0.0):
             return web.Response(status=503, text="Service Unavailable")
         fault = self.ledger.take(QUOTE_ENDPOINT, RESPONSE_FAULTS)
