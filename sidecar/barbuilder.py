@@ -3,13 +3,15 @@
 A batch quote gives, per symbol, the last trade (price and second) and the day's volume so
 far. Sampled every second, the trades of a minute give its bar: the first price is the open,
 the highest and lowest the high and low, the last the close, and the volume is the day volume
-at the end of the minute minus the day volume before it (zero after a day roll-over).
+at the end of the minute minus the day volume before it (zero after a day roll-over: the
+trade's UTC day changed).
 
 A built bar is only as good as its samples, so each closed bar says whether it is *complete*:
 the symbol was sampled at every second of its minute and the second before it (the volume
 baseline), and every sample showed a trade at that very second. A missed poll, a late answer,
-a stale feed (the same trade shown again), a rejected quote or a minute the poller joined
-half-way all make it incomplete, and the caller takes that minute from the source's history
+a stale feed (the same trade shown again), a rejected quote, a minute the poller joined
+half-way, or a day volume that fell within the day (a source's correction: the minute's volume
+is then unknown) all make it incomplete, and the caller takes that minute from the source's history
 instead. On a source that does not print every second, bars are never complete; quotes then
 give the live forming bar only.
 """
@@ -135,7 +137,13 @@ class BarBuilder:
         new_trade = time > self.last_time[s_ok]
         tb = time // step * step
         starts = new_trade & (tb != self.bucket[s_ok])
-        same_day = (time // DAY == self.last_time[s_ok] // DAY) & (day_volume >= self.last_vol[s_ok])
+        same_day = time // DAY == self.last_time[s_ok] // DAY
+        # A day volume below the last one within the same day is no roll-over: taken as one, it
+        # made a complete bar of the whole day's volume. The run of samples restarts here, so the
+        # bar of this second's minute (whose baseline is before the fall) is incomplete and comes
+        # from history; the next minute's baseline is after it.
+        fell = same_day & (day_volume < self.last_vol[s_ok])
+        self.run_start[s_ok[fell]] = label
         a = s_ok[starts]
         self.bucket[a] = tb[starts]
         self.base_vol[a] = np.where(same_day[starts], self.last_vol[a], 0.0)

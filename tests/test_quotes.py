@@ -143,6 +143,43 @@ def test_day_roll_over_starts_volume_from_zero() -> None:
     assert (day, 300.0, True) in bars  # 60 seconds x 5 after the reset, not (300 - 1200)
 
 
+def test_a_day_volume_falling_within_the_day_leaves_its_minute_to_history() -> None:
+    """A source's day volume that falls within the day (a correction) is no roll-over: the
+    minute it falls in is incomplete (its baseline is from before the fall), not a complete bar
+    of the whole day's volume; the next minute, measured from after the fall, is complete."""
+    b = BarBuilder()
+    day = 1_795_000_000 // 86400 * 86400 + 86400
+    start = day + 3600  # an hour into the day
+    slots = np.array([0])
+    bars = {}
+    for t in range(start - 61, start + 181):
+        volume = 1000.0 + 10 * (t - start) - (500 if t >= start + 60 else 0)  # falls by 500 at the 2nd minute
+        out = b.update(t, slots, np.array([100.0 + (t % 7)]), np.array([t]), np.array([volume]))
+        bars.update(zip(out.closed.ts.tolist(), zip(out.closed.volume.tolist(), out.closed.complete.tolist(), strict=True),
+                        strict=True))
+    assert bars[start] == (600.0, True)
+    assert bars[start + 60][1] is False  # with the fall read as a roll-over: 1,590, complete
+    assert bars[start + 120] == (600.0, True)
+
+
+async def test_bars_built_from_the_quotes_of_a_split_stock_equal_the_truth(manual) -> None:
+    """KO split 2:1 (seeded): the quotes' day volume moves by the split-adjusted minute volumes,
+    as the bars do, so built bars are complete and equal the truth, volume included."""
+    ex, f, clock = manual
+    assert ex.market.splits("KO")
+    builder = BarBuilder()
+    clock.advance(60 - START % 60)
+    got = []
+    for _ in range(3 * 60 + 1):
+        out = await _poll(f, builder, int(clock.time()), [lookup("KO")])
+        c = out.closed
+        got += [(t, v) for t, v, ok in zip(c.ts.tolist(), c.volume.tolist(), c.complete.tolist(), strict=True) if ok]
+        clock.advance(1)
+    first = START // 60 * 60 + 120  # the first minute sampled from the second before it
+    truth = ex.truth("KO", first, first + 120)
+    assert got == list(zip(truth.ts.tolist(), truth.volume.tolist(), strict=True))
+
+
 @pytest.fixture
 async def quotes_app(tmp_path, redis_url: str, manual, request) -> AsyncIterator[tuple]:
     """A daemon in quotes mode whose cycles the test drives on the exchange's virtual clock."""

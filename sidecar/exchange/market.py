@@ -330,9 +330,12 @@ class Market:
         return keys
 
     def _day_volume(self, symbol: str, day: int) -> np.ndarray:
-        """Volume traded in the UTC day before each of its 1440 minutes, and in the whole day (1441 values)."""
+        """Volume traded in the UTC day before each of its 1440 minutes, and in the whole day (1441
+        values): the minutes' bar volumes (split-adjusted, as `_path` makes them), so that a quote's
+        day volume moves by exactly its minute bar's volume."""
         ts = day * DAY + 60 * np.arange(MINUTES, dtype=np.int64)
-        counted = np.where(self._traded(symbol, ts) & self.trading(symbol, ts), self._minute_volume([symbol] * MINUTES, ts), 0.0)
+        volume = np.floor(self._minute_volume([symbol] * MINUTES, ts) * self.split_factor(symbol, ts))
+        counted = np.where(self._traded(symbol, ts) & self.trading(symbol, ts), volume, 0.0)
         return np.concatenate(([0.0], np.cumsum(counted)))
 
     def quotes(self, symbols: tuple[str, ...], now: int) -> QuoteRows:
