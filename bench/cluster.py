@@ -18,10 +18,8 @@ Redis's CPU, so a missed target says what holds it.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,7 +35,7 @@ import redis
 from sidecar.cluster.partitions import partition_of
 
 from .quotes import universe
-from .servers import ROOT, free_port, postgres_server, redis_server, start_exchange, stop
+from .servers import ROOT, free_port, postgres_server, redis_server, save_report, start_exchange, stop
 from .soak import _proc_stats, _wait_http
 
 PARTITIONS = 64
@@ -200,13 +198,8 @@ def main() -> None:
             args.keep.mkdir(parents=True, exist_ok=True)
             for path in [*Path(tmp).glob("trace-*.jsonl"), *Path(tmp).glob("daemon-*.log")]:
                 shutil.copy(path, args.keep / path.name)
-    report["command"] = (f"python -m bench.cluster --symbols {args.symbols} --minutes {args.minutes:g}"
-                         f" --baseline {args.baseline}")
-    text = orjson.dumps(report, option=orjson.OPT_INDENT_2).decode()
-    print(text)
-    out = ROOT / "bench" / "results" / f"{dt.date.today()}-{socket.gethostname()[:12]}-cluster.json"
-    out.write_text(text + "\n")
-    print(f"saved {out}")
+    save_report(report, "cluster", f"python -m bench.cluster --symbols {args.symbols} --minutes {args.minutes:g}"
+                                   f" --baseline {args.baseline}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+import orjson
 import redis
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +90,17 @@ def main_with_json(doc: str, main: Callable[[Path | None], None]) -> None:
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     main(parser.parse_args().json)
+
+
+def save_report(report: dict[str, object], kind: str, command: str) -> None:
+    """Print a benchmark's report (with the command that reproduces it) and save it as
+    bench/results/<date>-<host>-<kind>.json."""
+    report["command"] = command
+    text = orjson.dumps(report, option=orjson.OPT_INDENT_2).decode()
+    print(text)
+    out = ROOT / "bench" / "results" / f"{dt.date.today()}-{socket.gethostname()[:12]}-{kind}.json"
+    out.write_text(text + "\n")
+    print(f"saved {out}")
 
 
 @contextlib.contextmanager
