@@ -128,11 +128,9 @@ class Sidecar:
                                    orchestrator=self.orchestrator, features=self.features, scanner=self.scanner,
                                    store=self.sqlite, broker_symbols=self._broker, bootstrap=self._start_bootstrap)
         self.update_symbols = self.following.update
-        turn = None
-        if self.cluster is not None:  # members take turns within each second (README: "Turns within the second")
-            turn = functools.partial(self.cluster.phase, s.cycle_interval_s)
-            self.orchestrator.ticker.phase = turn
-            self.orchestrator.poller.phase = lambda: turn() / 2
+        # cluster members take turns within each second (README: "Turns within the second"); one daemon's is 0
+        turn = functools.partial(self.cluster.phase, s.cycle_interval_s) if self.cluster is not None else lambda: 0.0
+        self.orchestrator.ticker.phase, self.orchestrator.poller.phase = turn, lambda: turn() / 2
         for service in self.orchestrator.services():
             service.record = s.persist_features
         primary = self.orchestrator.sources[0].fetcher  # history's grid follows the first configured source
@@ -150,8 +148,7 @@ class Sidecar:
                                  latest_bars=self.orchestrator.latest_bars, symbols=lambda: list(self.symbols),
                                  timeframes=s.timeframes, history_len=s.redis_history_len, supervise=self._supervise)
         self.flusher = Flusher(store=self.sqlite, metrics=self.metrics, clock=self.clock,
-                               interval_s=s.flush_interval_s,
-                               phase=lambda: (turn() if turn is not None else 0.0) + s.cycle_interval_s / 2)
+                               interval_s=s.flush_interval_s, phase=lambda: turn() + s.cycle_interval_s / 2)
         self.reaggregator = Reaggregator(sqlite=self.sqlite, redis=self.redis, higher=self.orchestrator.higher,
                                          clock=self.clock, flush=self.flusher.flush)
         self.reference = ReferenceData(sources={g.name: g for g in self.orchestrator.sources}, sqlite=self.sqlite,
