@@ -28,9 +28,10 @@ class Flusher:
     :param clock: the period's deadlines and the flush timings.
     :param interval_s: seconds between flushes.
     :param phase: seconds after each whole `interval_s` that a flush starts (read at every flush):
-        half a cycle period after this daemon's cycles begin, so that encoding a flush (a
-        minute's bars and features: tens of milliseconds on the event loop) does not fall in a
-        cycle, as it did when every flush began with the cycle at the whole second.
+        half a cycle period after this daemon's cycles begin, so that a flush (a minute's bars
+        and features, encoded on the event loop for PostgreSQL) does not fall in a cycle: at
+        2 x 10,000 symbols, flushes that began with the cycle at the whole second cost the first
+        member's cycle 200-250 ms every tenth second.
     """
 
     def __init__(self, *, store: DurableStore, metrics: Metrics, clock: Clock, interval_s: float,
