@@ -55,6 +55,27 @@ def _lines(trace: Path) -> list[bytes]:
     return trace.read_bytes().splitlines() if trace.exists() else []
 
 
+def quotes_env(ex_port: int, redis_url: str) -> dict[str, str]:
+    """What every bench daemon runs with: quotes mode against the local exchange on `ex_port`,
+    no bootstrap and no gap scans, five minutes of lookback."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "SIDECAR_LIVE_MODE": "quotes", "SIDECAR_QUOTE_BATCH": "500",
+            "SIDECAR_CATCHUP_PER_CYCLE": "250", "SIDECAR_YAHOO_BASE_URL": f"http://127.0.0.1:{ex_port}",
+            "SIDECAR_REDIS_URL": redis_url, "SIDECAR_BOOTSTRAP_DAYS": "0", "SIDECAR_LOOKBACK_MINUTES": "5",
+            "SIDECAR_FETCH_TIMEOUT_S": "5", "SIDECAR_LOG_LEVEL": "WARNING", "SIDECAR_GAP_SCAN_DAYS": "0"}
+
+
+def recent_cycles(trace: Path, n: int = 5) -> list[dict]:
+    """A daemon's last `n` cycle trace lines."""
+    return [orjson.loads(x) for x in _lines(trace)[-n:]]
+
+
+def caught_up(recent: list[dict], n: int = 5) -> bool:
+    """Whether a daemon's last `n` cycles followed symbols (a daemon's first cycles have none, and
+    so no history requests) and none of their history was asked for or in flight."""
+    return len(recent) == n and all(c["symbols"] > 0 and c["history_requests"] == 0
+                                    and not c.get("history_in_flight") for c in recent)
+
+
 def _health(port: int) -> dict:
     """A daemon's /health document (503 when degraded or down: the body says why)."""
     try:
@@ -74,14 +95,10 @@ def run(n: int, seconds: float, work: Path, warmup_limit: float = 420.0, baselin
     machine to themselves, as two shards of 10,000 would)."""
     with redis_server(work) as redis_url, postgres_server(Path(tempfile.mkdtemp(prefix="sidecar-bench-pg-"))) as pg:
         ex_port = free_port()
-        base = {**os.environ, "PYTHONPATH": str(ROOT)}
         names = universe(2 * n)
         (work / "all.txt").write_text("\n".join(names))
         (work / "single.txt").write_text("\n".join(names[:n]))
-        common = {**base, "SIDECAR_LIVE_MODE": "quotes", "SIDECAR_QUOTE_BATCH": "500", "SIDECAR_CATCHUP_PER_CYCLE": "250",
-                  "SIDECAR_YAHOO_BASE_URL": f"http://127.0.0.1:{ex_port}", "SIDECAR_REDIS_URL": redis_url,
-                  "SIDECAR_BOOTSTRAP_DAYS": "0", "SIDECAR_LOOKBACK_MINUTES": "5", "SIDECAR_FETCH_TIMEOUT_S": "5",
-                  "SIDECAR_LOG_LEVEL": "WARNING", "SIDECAR_GAP_SCAN_DAYS": "0"}
+        common = quotes_env(ex_port, redis_url)
         specs = {
             "single": {**common, "SIDECAR_SYMBOLS": f"@{work / 'single.txt'}", "SIDECAR_REDIS_PREFIX": "single",
                        "SIDECAR_DB_PATH": str(work / "s.db")},
@@ -136,12 +153,8 @@ def _measure(daemons: dict[str, tuple[subprocess.Popen[bytes], int, Path]], name
         time.sleep(1)
         ready = []
         for _proc, _port, trace in daemons.values():
-            recent = [orjson.loads(x) for x in _lines(trace)[-5:]]
-            # symbols followed (a daemon's first cycles have none, and so no history requests),
-            # and none of their history asked for or in flight
-            ready.append(len(recent) == 5 and int(recent[-1]["t"]) // 60 > first_minute
-                         and all(c["symbols"] > 0 and c["history_requests"] == 0 and not c.get("history_in_flight")
-                                 for c in recent))
+            recent = recent_cycles(trace)
+            ready.append(caught_up(recent) and int(recent[-1]["t"]) // 60 > first_minute)
         if all(ready):
             break
     warmup = time.time() - t0

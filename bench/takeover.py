@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import os
 import tempfile
 import time
 import urllib.parse
@@ -32,9 +31,9 @@ import orjson
 
 from sidecar.symbols import lookup
 
-from .cluster import PARTITIONS, _daemon, _health, _lines
+from .cluster import PARTITIONS, _daemon, _health, caught_up, quotes_env, recent_cycles
 from .quotes import universe
-from .servers import ROOT, free_port, postgres_server, redis_server, save_report, start_exchange, stop
+from .servers import free_port, postgres_server, redis_server, save_report, start_exchange, stop
 from .soak import _wait_http
 
 
@@ -43,10 +42,8 @@ def _ready(port: int, trace: Path, n: int) -> bool:
     asked for no history and had none in flight (its catch-up is over)."""
     doc = _health(port)
     loop, cluster = doc.get("loop", {}), doc.get("cluster", {})
-    recent = [orjson.loads(x) for x in _lines(trace)[-5:]]
     return bool(loop.get("symbols")) and cluster.get("settling") is False \
-        and len(cluster.get("members", [])) == n and len(recent) == 5 \
-        and all(c["symbols"] > 0 and c["history_requests"] == 0 and not c.get("history_in_flight") for c in recent)
+        and len(cluster.get("members", [])) == n and caught_up(recent_cycles(trace))
 
 
 def _fresh(port: int) -> int:
@@ -83,12 +80,9 @@ def run(n: int, work: Path) -> dict[str, object]:
         exchange = start_exchange(ex_port)
         names = universe(n)
         (work / "all.txt").write_text("\n".join(names))
-        common = {"PYTHONPATH": str(ROOT), "SIDECAR_LIVE_MODE": "quotes", "SIDECAR_QUOTE_BATCH": "500",
-                  "SIDECAR_CATCHUP_PER_CYCLE": "250", "SIDECAR_YAHOO_BASE_URL": base, "SIDECAR_REDIS_URL": redis_url,
-                  "SIDECAR_BOOTSTRAP_DAYS": "0", "SIDECAR_LOOKBACK_MINUTES": "5", "SIDECAR_FETCH_TIMEOUT_S": "5",
-                  "SIDECAR_LOG_LEVEL": "WARNING", "SIDECAR_GAP_SCAN_DAYS": "0", "SIDECAR_SYMBOLS": f"@{work / 'all.txt'}",
+        common = {**quotes_env(ex_port, redis_url), "SIDECAR_SYMBOLS": f"@{work / 'all.txt'}",
                   "SIDECAR_CLUSTER": "true", "SIDECAR_PARTITIONS": str(PARTITIONS), "SIDECAR_STORE_URL": pg}
-        daemons = {m: _daemon(m, work, {**os.environ, **common, "SIDECAR_SHARD_ID": m}) for m in ("member-a", "member-b")}
+        daemons = {m: _daemon(m, work, {**common, "SIDECAR_SHARD_ID": m}) for m in ("member-a", "member-b")}
         try:
             for _proc, port, _trace in daemons.values():
                 _wait_http(f"http://127.0.0.1:{port}/health", 600)
