@@ -147,6 +147,10 @@ class BarBuilder:
         a = s_ok[starts]
         self.bucket[a] = tb[starts]
         self.base_vol[a] = np.where(same_day[starts], self.last_vol[a], 0.0)
+        # The fall's minute is left to history, but its forming bar stays live: the baseline goes
+        # down by the fall, so the forming volume keeps what it had instead of going negative.
+        taken = fell & new_trade  # a fall without a new trade is not taken (see last_vol below)
+        self.base_vol[s_ok[taken]] -= (self.last_vol[s_ok] - day_volume)[taken]
         self.o[a] = self.h[a] = self.l[a] = price[starts]
         b, pb = s_ok[new_trade], price[new_trade]
         self.h[b] = np.maximum(self.h[b], pb)

@@ -143,23 +143,34 @@ def test_day_roll_over_starts_volume_from_zero() -> None:
     assert (day, 300.0, True) in bars  # 60 seconds x 5 after the reset, not (300 - 1200)
 
 
-def test_a_day_volume_falling_within_the_day_leaves_its_minute_to_history() -> None:
+@pytest.mark.parametrize("fall_at", [60, 90])  # as the 2nd minute starts, and half-way through it
+def test_a_day_volume_falling_within_the_day_leaves_its_minute_to_history(fall_at: int) -> None:
     """A source's day volume that falls within the day (a correction) is no roll-over: the
     minute it falls in is incomplete (its baseline is from before the fall), not a complete bar
-    of the whole day's volume; the next minute, measured from after the fall, is complete."""
+    of the whole day's volume; the next minute, measured from after the fall, is complete. The
+    forming bar stays valid through the fall: its volume never goes negative or backwards."""
     b = BarBuilder()
     day = 1_795_000_000 // 86400 * 86400 + 86400
     start = day + 3600  # an hour into the day
     slots = np.array([0])
     bars = {}
+    forming: dict[int, list[float]] = {}
     for t in range(start - 61, start + 181):
-        volume = 1000.0 + 10 * (t - start) - (500 if t >= start + 60 else 0)  # falls by 500 at the 2nd minute
+        volume = 1000.0 + 10 * (t - start) - (500 if t >= start + fall_at else 0)
         out = b.update(t, slots, np.array([100.0 + (t % 7)]), np.array([t]), np.array([volume]))
         bars.update(zip(out.closed.ts.tolist(), zip(out.closed.volume.tolist(), out.closed.complete.tolist(), strict=True),
                         strict=True))
+        for ts, v in zip(out.forming.ts.tolist(), out.forming.volume.tolist(), strict=True):
+            forming.setdefault(ts, []).append(v)
     assert bars[start] == (600.0, True)
-    assert bars[start + 60][1] is False  # with the fall read as a roll-over: 1,590, complete
+    assert bars[start + 60][1] is False  # with the fall read as a roll-over: complete, the day's volume
     assert bars[start + 120] == (600.0, True)
+    assert forming[start + 120] == [10.0 * (i + 1) for i in range(60)]
+    # the fall's minute: the fall's own second adds nothing (its trade is inside the fall), every
+    # other second 10; with the baseline from before the fall it went to -490 and stayed negative
+    fallen = forming[start + 60]
+    assert len(fallen) == 60 and fallen[-1] == 590.0
+    assert all(v >= 0 for v in fallen) and all(b >= a for a, b in zip(fallen, fallen[1:], strict=False))
 
 
 async def test_bars_built_from_the_quotes_of_a_split_stock_equal_the_truth(manual) -> None:
