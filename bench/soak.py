@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import datetime as dt
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -82,6 +83,17 @@ def _proc_stats(pid: int) -> tuple[float, int]:
     return (int(parts[11]) + int(parts[12])) / TICKS, rss_pages * PAGE
 
 
+def _child(pid: int, timeout: float = 30.0) -> int:
+    """The first child process of `pid` (the program a wrapper such as py-spy started)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.05)
+    raise TimeoutError(f"process {pid} started no child in {timeout} s")
+
+
 def _wait_http(url: str, timeout: float) -> None:
     """Until `url` answers; a daemon starting 20,000 symbols answers slowly for a while."""
     deadline = time.monotonic() + timeout
@@ -109,10 +121,12 @@ def _metrics(port: int) -> dict[str, float]:
     return out
 
 
-def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0, history_minutes: int = 5) -> Run:
+def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0, history_minutes: int = 5,
+         profile: Path | None = None) -> Run:
     """Run exchange + daemon on `n` symbols; measure `seconds` after the warm-up. Each symbol's
     first fetch reaches `history_minutes` back: 5 leaves every 1m indicator but OBV and VWAP
-    warming up for the whole run; 240 warms them all, as stored history does for a user."""
+    warming up for the whole run; 240 warms them all, as stored history does for a user.
+    `profile`: run the daemon under py-spy (50 samples a second), its speedscope profile there."""
     with redis_server(work) as redis_url:
         redis_pid = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
         ex_port, http_port = free_port(), free_port()
@@ -130,25 +144,33 @@ def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0, histor
                       "SIDECAR_CYCLE_TRACE": str(trace), "SIDECAR_LOG_LEVEL": "WARNING",
                       "SIDECAR_GAP_SCAN_DAYS": "0"}  # a first gap scan of the hour before start would land inside short runs
         log = (work / f"daemon-{n}.log").open("wb")
-        daemon = subprocess.Popen([sys.executable, "-m", "sidecar", "run"], env=daemon_env, cwd=work,
-                                  stdout=log, stderr=subprocess.STDOUT)
+        command = [sys.executable, "-m", "sidecar", "run"]
+        if profile is not None:
+            command = [str(Path(sys.executable).with_name("py-spy")), "record", "--rate", "50", "--format",
+                       "speedscope", "-o", str(profile), "--", *command]
+        daemon = subprocess.Popen(command, env=daemon_env, cwd=work, stdout=log, stderr=subprocess.STDOUT)
+        daemon_pid = daemon.pid if profile is None else _child(daemon.pid)
         r = redis.Redis.from_url(redis_url)
         try:
             _wait_http(f"http://127.0.0.1:{http_port}/health", 600)
             t0 = time.time()
             first_minute = int(t0) // 60
-            # warm-up: the chart catch-up of every symbol, and of the minute the poller joined half-way
+            # warm-up: the chart catch-up of every symbol, and of the minute the poller joined
+            # half-way. That minute's catch-up begins a few seconds after it closes (the source's
+            # settling delay), so the cycles just after its close have no history request yet:
+            # the warm-up lasts into the minute after the first whole one. (Ended at the first
+            # quiet cycles, a quick soak once measured 5,804 catch-up requests in its minute.)
             while time.time() - t0 < warmup_limit:
                 time.sleep(1)
                 lines = trace.read_bytes().splitlines() if trace.exists() else []
-                if lines and int(time.time()) // 60 > first_minute + 0:
+                if lines:
                     last = orjson.loads(lines[-1])
                     recent = [orjson.loads(x) for x in lines[-5:]]
-                    if int(last["t"]) // 60 > first_minute and all(c["history_requests"] == 0 for c in recent):
+                    if int(last["t"]) // 60 > first_minute + 1 and all(c["history_requests"] == 0 for c in recent):
                         break
             warmup = time.time() - t0
             start_line = len(trace.read_bytes().splitlines())
-            pids = {"sidecar": daemon.pid, "exchange": exchange.pid, "redis": redis_pid}
+            pids = {"sidecar": daemon_pid, "exchange": exchange.pid, "redis": redis_pid}
             r.config_resetstat()  # Redis's own time per command over the measured part only
             run = Run(n, seconds, warmup)
             end = time.monotonic() + seconds
@@ -169,7 +191,10 @@ def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0, histor
             run.redis_usec = {k.removeprefix("cmdstat_"): int(v["usec"]) for k, v in r.info("commandstats").items()}
             run.cycles = [orjson.loads(x) for x in trace.read_bytes().splitlines()[start_line:]]
         finally:
-            stop([daemon], 30)
+            if profile is not None:  # py-spy writes its profile once the daemon it runs has exited
+                os.kill(daemon_pid, signal.SIGTERM)
+            stop([daemon] if profile is None else [], 30)
+            daemon.wait(60)
             exchange.terminate()
             exchange.wait()
             log.close()
@@ -469,6 +494,8 @@ def main() -> None:
                         help="minutes of 1m bars each symbol's first fetch reaches back: 5 (the default) leaves "
                              "26 of the 28 outputs warming up all run, 240 warms every 1m indicator")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="run the (first) daemon under py-spy and write its speedscope profile here")
     parser.add_argument("--name", default="", help="appended to the report's file name (<date>-<host>[-name].md)")
     args = parser.parse_args()
     out_dir = Path(args.out)
@@ -476,7 +503,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         runs = [soak(args.symbols, 60.0 if args.quick else args.minutes * 60, work,
-                     history_minutes=args.history_minutes)]
+                     history_minutes=args.history_minutes, profile=args.profile)]
         print(f"{args.symbols} symbols: {summarize(runs[0])['cycle_s_p99']:.1f} ms p99", flush=True)
         if args.scaling and not args.quick:
             for n in (int(x) for x in args.scaling.split(",")):

@@ -6,9 +6,10 @@ slows a stage shows as a ratio against the last saved run before it shows in the
 Stages, in the cycle's order: parse (ten 500-symbol batch quote bodies), build (bar builder),
 validate and gate (the acceptance stage over every forming bar, and over a minute's closed bars
 with the spike gate on), features (commit of a minute's closed bars, evaluation of every forming
-bar), encode (feature values, and bars, to Redis values), Redis write (a second's and a
-minute-closing round trip, a real redis-server), scan (decode and rules). Not part of CI's
-pass/fail: timings on a shared machine are for comparing, not asserting.
+bar), timeframes (a second's step of the five above 1m), encode (feature values, and bars, to
+Redis values), Redis write (a second's and a minute-closing round trip, a real redis-server),
+scan (decode and rules). Not part of CI's pass/fail: timings on a shared machine are for
+comparing, not asserting.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from sidecar.clock import ManualClock
 from sidecar.cycle.acceptance import Acceptance
 from sidecar.cycle.batch import Batch
 from sidecar.cycle.encode import BarEncoder
+from sidecar.cycle.higher import HigherTimeframes
 from sidecar.cycle.table import SymbolTable
 from sidecar.features.engine import FeatureConfig
 from sidecar.features.service import FeatureService
@@ -39,6 +41,7 @@ from sidecar.packed import NameColumn, SlotNames
 from sidecar.scanner import DEFAULT_RULES, Scanner, parse_rules
 from sidecar.stores import RedisStore, SQLiteStore
 from sidecar.symbols import lookup
+from sidecar.timeframes import Buckets
 from sidecar.validator import Validator
 
 from .servers import redis_server
@@ -180,6 +183,29 @@ def test_features_commit_a_minute(benchmark, features: FeatureService) -> None: 
 
 def test_features_forming(benchmark, features: FeatureService) -> None:  # type: ignore[no-untyped-def]
     benchmark(_update, features, Batch.empty(), _batch(599, FORMING))
+
+
+def test_timeframes(benchmark) -> None:  # type: ignore[no-untyped-def]
+    """A second's step of the five higher timeframes (5m to 1d, features on, each refreshing a
+    fifth of the forming bars a second as the daemon's default does), after two hours of minutes."""
+    table = _acceptance(0.0)[1]
+    table.lt_ts[:] = T0  # every symbol has a newest bar (what the aggregator's forming rows build on)
+    higher = HigherTimeframes(("1m", "5m", "15m", "1h", "4h", "1d"), table=table, buckets=Buckets(),
+                              sqlite=None, metrics=Metrics(), clock=ManualClock(T0),  # type: ignore[arg-type]
+                              features=FeatureConfig(), warmup_bars=0, forming_every=5)
+    higher.reset(np.arange(N), 0)
+    for lane in higher.lanes:
+        assert lane.features is not None
+        lane.features.warm(INFOS, {})
+    for minute in range(120):
+        higher.step(_batch(minute), Batch.empty(), T0 + 60 * minute + 61.0)
+    second = iter(range(10**9))
+
+    def step() -> None:
+        k = next(second)
+        higher.step(Batch.empty(), _batch(120 + k // 60, FORMING), T0 + 60 * 120 + k % 60 + 1.0)
+
+    benchmark(step)
 
 
 def _values(features: FeatureService, state: str) -> np.ndarray:
