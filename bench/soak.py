@@ -126,7 +126,7 @@ def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0, histor
     """Run exchange + daemon on `n` symbols; measure `seconds` after the warm-up. Each symbol's
     first fetch reaches `history_minutes` back: 5 leaves every 1m indicator but OBV and VWAP
     warming up for the whole run; 240 warms them all, as stored history does for a user.
-    `profile`: run the daemon under py-spy (50 samples a second), its speedscope profile there."""
+    `profile`: run the daemon under py-spy (200 samples a second), its speedscope profile there."""
     with redis_server(work) as redis_url:
         redis_pid = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
         ex_port, http_port = free_port(), free_port()
@@ -146,7 +146,7 @@ def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0, histor
         log = (work / f"daemon-{n}.log").open("wb")
         command = [sys.executable, "-m", "sidecar", "run"]
         if profile is not None:
-            command = [str(Path(sys.executable).with_name("py-spy")), "record", "--rate", "50", "--format",
+            command = [str(Path(sys.executable).with_name("py-spy")), "record", "--rate", "200", "--format",
                        "speedscope", "-o", str(profile), "--", *command]
         daemon = subprocess.Popen(command, env=daemon_env, cwd=work, stdout=log, stderr=subprocess.STDOUT)
         daemon_pid = daemon.pid if profile is None else _child(daemon.pid)

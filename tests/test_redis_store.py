@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import msgpack
+import numpy as np
 import pytest
 import redis
 
 from sidecar.bars import Bar, BarFlag
 from sidecar.errors import RedisStoreError
+from sidecar.packed import NameColumn, SlotNames
 from sidecar.stores import RedisStore
 
 from .conftest import RedisServer
@@ -127,6 +129,34 @@ async def test_a_large_write_gets_time_in_proportion_to_its_size(redis_url: str,
             assert c.get("t:{S59999}:bar:1m") == b"59999"
     finally:
         await s.close()
+
+
+async def test_the_symbols_set_lists_every_symbol_written_through_an_emptied_redis_and_a_reused_slot(
+        store: RedisStore, redis_server: RedisServer) -> None:
+    """The cycle's symbols come as slots of a column of names (looked up in a mask by slot, not
+    in a set by name): each symbol is added once, all again after Redis lost its data, and a slot
+    that holds another symbol (a new column) adds that symbol."""
+    first = NameColumn.of(["AAA", "BBB", "CCC"])
+
+    async def write(column: NameColumn, slots: list[int]) -> set[bytes]:
+        await store.write_cycle("1m", latest=(SlotNames(column, np.array(slots)), [b"v"] * len(slots)), now=1.0)
+        with redis_server.client() as c:
+            return c.smembers("t:symbols")
+
+    def sadds() -> int:
+        with redis_server.client() as c:
+            return int(c.info("commandstats").get("cmdstat_sadd", {}).get("calls", 0))
+
+    assert await write(first, [0, 1]) == {b"AAA", b"BBB"}
+    assert await write(first, [0, 1, 2]) == {b"AAA", b"BBB", b"CCC"}
+    before = sadds()
+    await write(first, [2, 1, 0])
+    assert sadds() == before  # all listed already: no SADD
+    with redis_server.client() as c:
+        c.flushall()
+    assert await write(first, [1]) == set()  # this write finds Redis emptied (its `alive` mark gone)...
+    assert await write(first, [0, 1, 2]) == {b"AAA", b"BBB", b"CCC"}  # ...so the next lists every symbol again
+    assert await write(NameColumn.of(["AAA", "DDD", "CCC"]), [0, 1, 2]) == {b"AAA", b"BBB", b"CCC", b"DDD"}
 
 
 async def test_thousands_of_symbols_in_one_cycle_all_land_and_the_heartbeat_expires(

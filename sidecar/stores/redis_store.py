@@ -37,6 +37,7 @@ from .redis_wire import (
     TRIM,
     WRITE_HISTORY,
     Ints,
+    ListedSymbols,
     RedisKeys,
     TimeframeWrite,
     WriteResult,
@@ -99,7 +100,7 @@ class RedisStore(RedisStreams):
         self._key_heads: dict[tuple[str, str, str], bytes] = {}  # (kind, symbol, tf) -> the key as RESP
         # a cluster member's writes: one fenced part per partition
         self._fenced = FencedScripts(self.keys, history_len, raw=not self.cluster_client) if partitions else None
-        self._listed: set[str] = set()  # symbols this Redis has in its symbols set
+        self._listed = ListedSymbols()  # symbols this Redis has in its symbols set
         self._closed = False
         self.ok: bool | None = None  # did the last call succeed (None: none made yet)
         self.last_error: str | None = None
@@ -211,20 +212,17 @@ class RedisStore(RedisStreams):
         written = sum(len(w.latest[0]) + len(w.features[0]) for w in writes) + n_rows
         replies = await self._send(b"".join(parts), len(parts), f"writing {written} values",
                                    timeout=self.timeout_s + written * WRITE_S_PER_VALUE)
-        fresh = replies[0] is not None
-        if fresh:  # a new or emptied Redis: only what this write added is in its set
-            self._listed = set(names)
-        else:
-            self._listed.update(names)
+        fresh = replies[0] is not None  # a new or emptied Redis: only what this write added is in its set
+        self._listed.add(names, fresh)
         return WriteResult(written, fresh)
 
-    def _head(self, writes: Sequence[TimeframeWrite], now: float) -> tuple[list[tuple[bytes, ...]], list[str]]:
+    def _head(self, writes: Sequence[TimeframeWrite], now: float) -> tuple[list[tuple[bytes, ...]], Sequence[str]]:
         """What every cycle's write starts with: the `alive` mark, the heartbeat, and the symbols
         not yet in the symbols set (the first part with newest bars lists them); and those symbols."""
         head: list[tuple[bytes, ...]] = [
             (b"SET", self.keys.alive().encode(), b"1", b"NX"),
             (b"SET", self.keys.heartbeat().encode(), b"%.3f" % now, b"PX", b"%d" % self.features_ttl_ms)]
-        names = [s for s in next((w.latest[0] for w in writes if len(w.latest[0])), ()) if s not in self._listed]
+        names = self._listed.missing(next((w.latest[0] for w in writes if len(w.latest[0])), ()))
         if names:
             head.append((b"SADD", self.keys.symbols().encode(), *(s.encode() for s in names)))
         return head, names
@@ -237,7 +235,7 @@ class RedisStore(RedisStreams):
         tokens = [self.fence(p) for p in range(self.keys.partitions)]
         w = self._fenced.build(writes, tokens)
         head, names = self._head(writes, now)
-        self._listed.update(names)
+        self._listed.add(names)
         what = f"writing {w.written} values"
         if self._fenced.raw:
             refused, fresh = await self._transact(writes, tokens, w, [command(*c) for c in head], what)

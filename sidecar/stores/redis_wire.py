@@ -14,6 +14,7 @@ from redis.asyncio.cluster import ClusterNode
 
 from ..bars import Bar
 from ..cluster.partitions import partition_of
+from ..packed import NameColumn, SlotNames
 
 # ARGV[1] history length, then (history key, ts, member, mode) per closed bar. Mode bit 1: the
 # bar may have an older copy at the same open (a revision, a re-sent or re-fetched bar), removed
@@ -106,6 +107,33 @@ class TimeframeWrite:
     history: tuple[Sequence[str], Ints, Sequence[bytes], Ints] = ((), (), (), ())
     features: tuple[Sequence[str], Sequence[bytes]] = ((), ())
     quiet: Sequence[str] = ()
+
+
+class ListedSymbols:
+    """The symbols a Redis has in its symbols set, as this writer added them. For the column of
+    names the cycle hands out, also a mask by slot: 5,000 names looked up in the set cost
+    0.31 ms every cycle, the mask 0.007 ms."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+        self._mask: tuple[NameColumn | None, np.ndarray] = (None, np.zeros(0, dtype=bool))
+
+    def missing(self, names: Sequence[str]) -> Sequence[str]:
+        """The symbols of `names` not in the set."""
+        if not isinstance(names, SlotNames):
+            return [s for s in names if s not in self.names]
+        if self._mask[0] is not names.column:  # the symbols changed: the mask is made again, once
+            self._mask = (names.column, np.array([s in self.names for s in names.column.text], dtype=bool))
+        return names.take(~self._mask[1][names.slots])
+
+    def add(self, names: Sequence[str], fresh: bool = False) -> None:
+        """`names` are in the set now; `fresh`: only they are (a new or emptied Redis)."""
+        if fresh:
+            self.names, self._mask = set(names), (None, self._mask[1])
+            return
+        self.names.update(names)
+        if isinstance(names, SlotNames) and names.column is self._mask[0]:
+            self._mask[1][names.slots] = True
 
 
 REPLACE, TRIM = 1, 2
