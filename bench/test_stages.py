@@ -37,7 +37,7 @@ from sidecar.features.engine import FeatureConfig
 from sidecar.features.service import FeatureService
 from sidecar.fetchers.yahoo import parse_quote_body
 from sidecar.metrics import Metrics
-from sidecar.packed import NameColumn, SlotNames
+from sidecar.packed import NameColumn, Packed, SlotNames, resp_rows
 from sidecar.scanner import DEFAULT_RULES, Scanner, parse_rules
 from sidecar.stores import RedisStore, SQLiteStore
 from sidecar.symbols import lookup
@@ -275,6 +275,19 @@ def test_redis_write(benchmark, redis_url: str, features: FeatureService, closin
     finally:
         loop.run_until_complete(store.close())
         loop.close()
+
+
+@pytest.mark.parametrize("shapes", ["one", "many"])
+def test_resp_rows(benchmark, shapes: str) -> None:  # type: ignore[no-untyped-def]
+    """The RESP of 5,000 MSET pairs packed from columns: values all 250 bytes under keys of one
+    length, or of 20 shapes (values of 60-69 bytes, symbols of two lengths): the packer's cost
+    per shape of row."""
+    rng = np.random.default_rng(3)
+    symbols = SYMBOLS if shapes == "one" else [s if i % 3 else s + "=X" for i, s in enumerate(SYMBOLS)]
+    width = np.full(N, 250) if shapes == "one" else rng.integers(60, 70, N)
+    values = Packed.grid(rng.integers(0, 255, (N, int(width.max()))).astype(np.uint8), width)
+    names = SlotNames(NameColumn.of(symbols), np.arange(N))
+    benchmark(resp_rows, names, [b"sidecar:{"], b"}:features:1m", [values])
 
 
 def test_scan(benchmark, features: FeatureService) -> None:  # type: ignore[no-untyped-def]
