@@ -8,8 +8,8 @@ validate and gate (the acceptance stage over every forming bar, and over a minut
 with the spike gate on), features (commit of a minute's closed bars, evaluation of every forming
 bar), timeframes (a second's step of the five above 1m), encode (feature values, and bars, to
 Redis values), the RESP of a write packed from columns, Redis write (a second's and a
-minute-closing round trip, a real redis-server), scan (decode and rules). Not part of CI's pass/fail: timings on a shared machine are for
-comparing, not asserting.
+minute-closing round trip, a real redis-server), scan (decode and rules). Not part of CI's
+pass/fail: timings on a shared machine are for comparing, not asserting.
 """
 
 from __future__ import annotations
