@@ -18,7 +18,6 @@ Redis's CPU, so a missed target says what holds it.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import redis
 from sidecar.cluster.partitions import partition_of
 
 from .quotes import universe
-from .servers import ROOT, free_port, postgres_server, redis_server, save_report, start_exchange, stop
+from .servers import free_port, postgres_server, quotes_env, redis_server, save_report, start_exchange, stop
 from .soak import _proc_stats, _wait_http
 
 PARTITIONS = 64
@@ -53,15 +52,6 @@ def _daemon(name: str, work: Path, env: dict[str, str]) -> tuple[subprocess.Pope
 
 def _lines(trace: Path) -> list[bytes]:
     return trace.read_bytes().splitlines() if trace.exists() else []
-
-
-def quotes_env(ex_port: int, redis_url: str) -> dict[str, str]:
-    """What every bench daemon runs with: quotes mode against the local exchange on `ex_port`,
-    no bootstrap and no gap scans, five minutes of lookback."""
-    return {**os.environ, "PYTHONPATH": str(ROOT), "SIDECAR_LIVE_MODE": "quotes", "SIDECAR_QUOTE_BATCH": "500",
-            "SIDECAR_CATCHUP_PER_CYCLE": "250", "SIDECAR_YAHOO_BASE_URL": f"http://127.0.0.1:{ex_port}",
-            "SIDECAR_REDIS_URL": redis_url, "SIDECAR_BOOTSTRAP_DAYS": "0", "SIDECAR_LOOKBACK_MINUTES": "5",
-            "SIDECAR_FETCH_TIMEOUT_S": "5", "SIDECAR_LOG_LEVEL": "WARNING", "SIDECAR_GAP_SCAN_DAYS": "0"}
 
 
 def recent_cycles(trace: Path, n: int = 5) -> list[dict]:

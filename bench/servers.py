@@ -92,6 +92,17 @@ def main_with_json(doc: str, main: Callable[[Path | None], None]) -> None:
     main(parser.parse_args().json)
 
 
+def quotes_env(ex_port: int, redis_url: str, lookback_minutes: int = 5) -> dict[str, str]:
+    """What every bench daemon runs with: quotes mode against the local exchange on `ex_port`,
+    no bootstrap and no gap scans (a first gap scan of the hour before start would land inside
+    short runs), `lookback_minutes` of history at each symbol's first fetch."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "SIDECAR_LIVE_MODE": "quotes", "SIDECAR_QUOTE_BATCH": "500",
+            "SIDECAR_CATCHUP_PER_CYCLE": "250", "SIDECAR_YAHOO_BASE_URL": f"http://127.0.0.1:{ex_port}",
+            "SIDECAR_REDIS_URL": redis_url, "SIDECAR_BOOTSTRAP_DAYS": "0",
+            "SIDECAR_LOOKBACK_MINUTES": str(lookback_minutes), "SIDECAR_FETCH_TIMEOUT_S": "5",
+            "SIDECAR_LOG_LEVEL": "WARNING", "SIDECAR_GAP_SCAN_DAYS": "0"}
+
+
 def save_report(report: dict[str, object], kind: str, command: str) -> None:
     """Print a benchmark's report (with the command that reproduces it) and save it as
     bench/results/<date>-<host>-<kind>.json."""

@@ -38,7 +38,7 @@ import redis
 from sidecar.stores.sqlite_store import SCHEMA
 
 from .quotes import universe
-from .servers import ROOT, free_port, redis_server, start_exchange, stop
+from .servers import ROOT, free_port, quotes_env, redis_server, start_exchange, stop
 
 STAGES = ("fetch", "parse", "build", "validate", "features", "timeframes", "redis", "sqlite_buffer", "scan")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -130,19 +130,13 @@ def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0, histor
     with redis_server(work) as redis_url:
         redis_pid = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
         ex_port, http_port = free_port(), free_port()
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
         exchange = start_exchange(ex_port)
         trace = work / f"trace-{n}.jsonl"
         symbols_file = work / f"symbols-{n}.txt"  # 50,000 names do not fit in one environment variable
         symbols_file.write_text("\n".join(universe(n)))
-        daemon_env = {**env, "SIDECAR_SYMBOLS": f"@{symbols_file}", "SIDECAR_LIVE_MODE": "quotes",
-                      "SIDECAR_QUOTE_BATCH": "500", "SIDECAR_CATCHUP_PER_CYCLE": "250",
-                      "SIDECAR_YAHOO_BASE_URL": f"http://127.0.0.1:{ex_port}", "SIDECAR_REDIS_URL": redis_url,
+        daemon_env = {**quotes_env(ex_port, redis_url, history_minutes), "SIDECAR_SYMBOLS": f"@{symbols_file}",
                       "SIDECAR_DB_PATH": str(work / f"soak-{n}.db"), "SIDECAR_HTTP_PORT": str(http_port),
-                      "SIDECAR_BOOTSTRAP_DAYS": "0", "SIDECAR_LOOKBACK_MINUTES": str(history_minutes),
-                      "SIDECAR_FETCH_TIMEOUT_S": "5",
-                      "SIDECAR_CYCLE_TRACE": str(trace), "SIDECAR_LOG_LEVEL": "WARNING",
-                      "SIDECAR_GAP_SCAN_DAYS": "0"}  # a first gap scan of the hour before start would land inside short runs
+                      "SIDECAR_CYCLE_TRACE": str(trace)}
         log = (work / f"daemon-{n}.log").open("wb")
         command = [sys.executable, "-m", "sidecar", "run"]
         if profile is not None:
@@ -191,10 +185,11 @@ def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0, histor
             run.redis_usec = {k.removeprefix("cmdstat_"): int(v["usec"]) for k, v in r.info("commandstats").items()}
             run.cycles = [orjson.loads(x) for x in trace.read_bytes().splitlines()[start_line:]]
         finally:
-            if profile is not None:  # py-spy writes its profile once the daemon it runs has exited
+            if profile is None:
+                stop([daemon], 30)
+            else:  # py-spy writes its profile once the daemon it runs has exited
                 os.kill(daemon_pid, signal.SIGTERM)
-            stop([daemon] if profile is None else [], 30)
-            daemon.wait(60)
+                daemon.wait(60)
             exchange.terminate()
             exchange.wait()
             log.close()

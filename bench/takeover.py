@@ -31,9 +31,9 @@ import orjson
 
 from sidecar.symbols import lookup
 
-from .cluster import PARTITIONS, _daemon, _health, caught_up, quotes_env, recent_cycles
+from .cluster import PARTITIONS, _daemon, _health, caught_up, recent_cycles
 from .quotes import universe
-from .servers import free_port, postgres_server, redis_server, save_report, start_exchange, stop
+from .servers import free_port, postgres_server, quotes_env, redis_server, save_report, start_exchange, stop
 from .soak import _wait_http
 
 
