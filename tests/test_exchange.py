@@ -73,6 +73,29 @@ async def test_minutes_without_trades_are_nulls_or_left_out() -> None:
         await ex.close()
 
 
+async def test_a_halted_symbol_has_no_trades_in_its_chart_quotes_or_truth_until_the_halt_ends() -> None:
+    ex = await _exchange_at("2026-11-24T15:30:20+00:00")  # Tuesday, NYSE open
+    start, end = _ts("2026-11-24T15:30:00+00:00"), _ts("2026-11-24T15:33:00+00:00")
+    ex.market.halt("AAPL", start, end)
+    try:
+        now = int(ex.clock.time())
+        result = await _chart(ex, "AAPL", interval="1m", period1=now - 3600, period2=now + 60)
+        traded = [t for t, c in zip(result["timestamp"], result["indicators"]["quote"][0]["close"], strict=True)
+                  if c is not None]
+        before = ex.truth("AAPL", start - 3600, start)  # the closed minutes before the halt
+        assert traded[-1] == before.ts[-1]  # no forming bar
+        quotes = ex.market.quotes(("AAPL", "MSFT"), now)
+        assert quotes.time.tolist() == [before.ts[-1] + 59, now] and quotes.price[0] == before.close[-1]
+        ex.clock.advance(end + 30 - now)  # type: ignore[attr-defined]
+        now = int(ex.clock.time())
+        assert ex.truth("AAPL", start - 3600, now).ts.tolist() == before.ts.tolist()
+        result = await _chart(ex, "AAPL", interval="1m", period1=now - 3600, period2=now + 60)
+        assert result["timestamp"][-1] == end and result["indicators"]["quote"][0]["close"][-1] is not None
+        assert ex.market.quotes(("AAPL",), now).time.tolist() == [now]  # trading again
+    finally:
+        await ex.close()
+
+
 async def test_served_closed_bars_are_the_truth_and_the_same_for_the_same_seed() -> None:
     a = await _exchange_at("2026-11-24T15:30:20+00:00")
     b = await _exchange_at("2026-11-24T15:30:20+00:00")

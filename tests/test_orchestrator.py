@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from sidecar.app import Sidecar
-from sidecar.bars import Bar
+from sidecar.bars import Bar, BarFlag
 from sidecar.cycle import publish
 from sidecar.cycle.acceptance import Accepted
 from sidecar.cycle.batch import Batch
@@ -105,6 +105,27 @@ async def test_one_failing_symbol_never_stops_the_cycle(app: Sidecar, exchange: 
     assert app.orchestrator.states["AAPL"].cursor is not None
     health = app.health()
     assert health["sources"]["yahoo"]["state"] == "degraded"
+
+
+async def test_a_symbol_that_answered_is_not_stale_however_long_its_answer_took(
+        settings: Settings, exchange: Exchange, redis_server: RedisServer) -> None:
+    """The STALE flag means no answer for `stale_after_s`; a cycle whose answers took longer
+    than that (a slow source, a loaded machine) answered for every symbol, and flags none."""
+    sc = Sidecar(replace(settings, stale_after_s=0.3), handle_signals=False)
+    await sc.sqlite.start()
+    await sc.redis.start()
+    await sc.fetcher.start()
+    try:
+        await sc.orchestrator.run_cycle()  # caught up
+        exchange.ledger.slow_s = 0.6  # twice stale_after_s, within the fetch timeout (0.8 s)
+        exchange.inject("AAPL", "slow")
+        report = await sc.orchestrator.run_cycle()
+        assert report.failed == 0 and report.fetched == len(settings.symbols) and report.duration_s > 0.6
+        with redis_server.client() as c:
+            flags = {sym: msgpack.unpackb(c.get(f"sidecar:{{{sym}}}:bar:1m"))["flags"] for sym in settings.symbols}
+        assert not [sym for sym, f in flags.items() if f & BarFlag.STALE]
+    finally:
+        await sc.close()
 
 
 async def test_a_transient_error_is_retried_within_the_cycle(app: Sidecar, exchange: Exchange) -> None:

@@ -286,10 +286,10 @@ class Orchestrator:
             self.metrics.synthetic_bars.inc(len(synthetic))
         newest = accepted.newest
         set_latest(t, newest)
-        stale = self.dead.mark_stale(now)
+        stale = self.dead.mark_stale(now, fetched.answered)
         marks.append(clock.monotonic())
 
-        feature_slots, feature_rows = self._features(fetched, accepted, stale)
+        feature_slots, feature_rows = self._features(fetched, accepted)
         marks.append(clock.monotonic())
         lanes = self.higher.step(accepted.closed, newest.take(newest.forming), self.sourcing.source_clock(now)) \
             if self.higher.lanes else []
@@ -340,7 +340,7 @@ class Orchestrator:
             if symbols:
                 self.sqlite.add_features(service.timeframe, symbols, ts, values)
 
-    def _features(self, fetched: Fetched, accepted: Accepted, stale: np.ndarray) -> tuple[np.ndarray, Sequence[bytes]]:
+    def _features(self, fetched: Fetched, accepted: Accepted) -> tuple[np.ndarray, Sequence[bytes]]:
         """Commit the closed bars, evaluate the forming ones, refresh the symbols that answered
         with nothing new (so their values stay current)."""
         if self.features is None:
@@ -349,7 +349,7 @@ class Orchestrator:
         t0 = self.clock.monotonic()
         cols = self.features.columns(t.symbols, t.version)
         skip = np.zeros(len(t.active), dtype=bool)  # masks, not set operations: ~0.3 ms each at 5,000
-        skip[newest.slot] = skip[stale] = True
+        skip[newest.slot] = True
         refresh = fetched.answered[~skip[fetched.answered]]
         out = self.features.update_batch(accepted.closed, newest.take(newest.forming), refresh, t.ref_ts, t.ref_close,
                                          cols)

@@ -1,13 +1,16 @@
 """Stale bars and dead letters: what the cycle says about symbols whose sources went quiet.
 
 A symbol not refreshed for `stale_after_s` has its newest bar rewritten once with the STALE
-flag (the last good value, marked), and a symbol whose every source is failing past that goes
-on the dead-letter hash with the reasons, until a source answers again.
+flag (the last good value, marked), until its source answers again: with a newer bar, or with
+nothing newer (a minute without trades), when the same bar is rewritten without the flag. A
+symbol whose every source is failing past `stale_after_s` goes on the dead-letter hash with
+the reasons, until a source answers again.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,6 +20,19 @@ from ..stores import RedisStore
 from .table import SymbolTable
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, frozen=True)
+class Staleness:
+    """A cycle's changes to the STALE flags of the newest bars, by slot: `marked` went silent
+    (their features go), `cleared` answered again with nothing newer. Both bars are written again."""
+
+    marked: np.ndarray
+    cleared: np.ndarray
+
+    def rewrite(self) -> np.ndarray:
+        """The slots whose newest bars are written again."""
+        return np.concatenate([self.marked, self.cleared])
 
 
 class DeadLetters:
@@ -40,13 +56,21 @@ class DeadLetters:
         since = np.where(np.isnan(t.last_update), self.started_at, t.last_update)
         return now - since > self.stale_after_s
 
-    def mark_stale(self, now: float) -> np.ndarray:
-        """Flag the newest bar of every newly silent symbol STALE; return their slots (their
-        newest bars are written again)."""
+    def mark_stale(self, now: float, answered: np.ndarray) -> Staleness:
+        """Flag the newest bar of every newly silent symbol STALE, and take the flag off where
+        the source answered (`answered`, slots) with nothing newer: a symbol back from an
+        outage in a minute without trades has no new bar to carry a fresh flag, and would stay
+        STALE until its next trade (a test failed in CI so). A symbol that answered this cycle
+        is never silent, however long the cycle's requests took."""
         t = self.table
-        slots = np.flatnonzero(t.active & (t.lt_ts >= 0) & ((t.lt_flags & STALE) == 0) & self.silent(now))
-        t.lt_flags[slots] |= STALE
-        return slots
+        heard = np.zeros(len(t.active), dtype=bool)
+        heard[answered] = True
+        flagged = (t.lt_flags & STALE) != 0
+        marked = np.flatnonzero(t.active & (t.lt_ts >= 0) & ~flagged & ~heard & self.silent(now))
+        cleared = np.flatnonzero(heard & flagged)
+        t.lt_flags[marked] |= STALE
+        t.lt_flags[cleared] &= ~STALE
+        return Staleness(marked, cleared)
 
     async def update(self, now: float) -> None:
         """Put symbols whose every source fails past `stale_after_s` on the hash, with the

@@ -1,6 +1,6 @@
 """Publish: a cycle's bars and features, of every timeframe, as the parts of its one Redis write.
 
-The minute's part: the newest bar of each slot that changed (and the stale rewrites), the new
+The minute's part: the newest bar of each slot that changed (or whose STALE flag did), the new
 closed and gap-filled bars for the histories, the revised ones, and the features. A history
 entry replaces an older copy at the same open only where one can exist (a bar newer than any
 this process wrote has none), and each history is capped every TRIM_EVERY minutes, spread over
@@ -24,6 +24,7 @@ from ..stores import RedisStore
 from ..stores.redis_wire import REPLACE, TRIM, Ints, TimeframeWrite, pack
 from .acceptance import Accepted
 from .batch import Batch
+from .deadletters import Staleness
 from .encode import BarEncoder
 from .higher import LaneOutput
 from .table import SymbolTable
@@ -57,7 +58,7 @@ def latest_rows(t: SymbolTable, slots: np.ndarray) -> Batch:
                  t.lt_volume[slots], t.lt_flags[slots], t.lt_source[slots], np.full(len(slots), np.inf))
 
 
-def minute_write(t: SymbolTable, encoder: BarEncoder, accepted: Accepted, synthetic: Batch, stale: np.ndarray,
+def minute_write(t: SymbolTable, encoder: BarEncoder, accepted: Accepted, synthetic: Batch, stale: Staleness,
                  features: tuple[np.ndarray, Sequence[bytes]], every: bool = False) -> tuple[TimeframeWrite, Batch]:
     """The minute's part of the cycle's write, and the rows it adds to the histories; with
     `every`, every symbol's newest bar, not only those that changed."""
@@ -66,7 +67,8 @@ def minute_write(t: SymbolTable, encoder: BarEncoder, accepted: Accepted, synthe
         slots = t.slots()
         latest = slots[t.lt_ts[slots] >= 0]
     else:
-        latest = accepted.newest.slot if not len(stale) else np.union1d(accepted.newest.slot, stale)
+        rewrite = stale.rewrite()
+        latest = accepted.newest.slot if not len(rewrite) else np.union1d(accepted.newest.slot, rewrite)
     history = Batch.concat([accepted.closed, synthetic])
     names = t.names()
     modes = history_modes(t.hist_ts, history, step)
@@ -80,7 +82,7 @@ def minute_write(t: SymbolTable, encoder: BarEncoder, accepted: Accepted, synthe
         latest=(t.names(latest), encoder.encode(latest_rows(t, latest), names.column, t.source_names)),
         history=rows,
         features=(t.names(features[0]), features[1]),
-        quiet=[t.symbols[s] for s in stale.tolist()])
+        quiet=[t.symbols[s] for s in stale.marked.tolist()])
     return write, history
 
 
@@ -133,9 +135,9 @@ class Publisher:
         self.values = 0  # values the last write sent (the cycle trace's)
         self.quarantine: list[dict[str, object]] = []  # spikes not yet written to Redis
 
-    async def write(self, accepted: Accepted, synthetic: Batch, stale: np.ndarray,
+    async def write(self, accepted: Accepted, synthetic: Batch, stale: Staleness,
                     features: tuple[np.ndarray, Sequence[bytes]], lanes: Sequence[LaneOutput], now: float) -> bool:
-        """Newest bars (and stale rewrites), histories and features of every timeframe in one
+        """Newest bars (and those whose STALE flag changed), histories and features of every timeframe in one
         round trip; whether Redis took them.
 
         If not, SQLite keeps recording, and the next write carries every symbol's newest bar (a

@@ -24,7 +24,8 @@ from aiohttp import web
 from ..clock import Clock
 from ..symbols import AssetClass
 from . import sessions
-from .market import Market, _key, uniform
+from .market import Market
+from .noise import key, uniform
 from .sessions import DAY
 
 FIRST_DAY = 10957  # 2000-01-01: the seeded schedules start here
@@ -48,7 +49,7 @@ class Actions:
         out = [(t, a) for t, a in self.extra_dividends.get(symbol, []) if start <= t < end]
         m = self.market
         if m.profile(symbol).asset_class is AssetClass.EQUITY:
-            u = uniform(_key(m.seed, symbol, "div"), np.arange(3))
+            u = uniform(key(m.seed, symbol, "div"), np.arange(3))
             if u[0] < 0.6:
                 phase = int(u[1] * QUARTER_DAYS)
                 first = max(0, (start // DAY - 15 - FIRST_DAY - phase) // QUARTER_DAYS)

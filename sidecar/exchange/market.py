@@ -16,8 +16,8 @@ Model, per symbol:
   noise, spread evenly over its seconds; a quote shows the UTC day's volume so far;
 - some trading minutes have no trades: Yahoo shows those as nulls or leaves them out.
 
-Noise comes from a counter-based hash (splitmix64), vectorized over any set of
-(symbol, time) points with no state to keep.
+Noise comes from a counter-based hash (`noise.py`), vectorized over any set of (symbol, time)
+points with no state to keep.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import numpy as np
 from ..symbols import AssetClass
 from . import sessions
 from .names import asset_class_of
+from .noise import key, normal, uniform
 from .sessions import DAY
 
 EPOCH_DAY = 19723  # 2024-01-01, the first day of every daily walk
@@ -63,31 +64,6 @@ _KNOWN_PRICES = {
     "EURUSD=X": 1.10, "BTC-USD": 42000.0, "AAPL": 185.0, "MSFT": 375.0, "TSLA": 245.0,
     "GOOGL": 140.0, "SPY": 475.0,
 }
-
-
-def _splitmix(x: np.ndarray) -> np.ndarray:
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def uniform(key: int | np.ndarray, counter: np.ndarray) -> np.ndarray:
-    """Uniform [0, 1) numbers, one per counter, fixed for a key."""
-    c = np.asarray(counter, dtype=np.int64).astype(np.uint64)
-    h = _splitmix(_splitmix(c) ^ np.uint64(key))
-    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
-
-
-def normal(key: int | np.ndarray, counter: np.ndarray) -> np.ndarray:
-    """Standard normal numbers (Box-Muller), one per counter, fixed for a key."""
-    u1 = uniform(key, counter)
-    u2 = uniform(key ^ 0x5DEECE66D, counter)
-    return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
-
-
-def _key(seed: int, symbol: str, salt: str) -> int:
-    return zlib.crc32(f"{seed}|{symbol}|{salt}".encode()) | (zlib.crc32(f"{salt}|{symbol}".encode()) << 32)
 
 
 @dataclass(slots=True)
@@ -166,6 +142,7 @@ class Market:
         self.day_offset_s = dict(day_offset_s or {})
         self._daily = lru_cache(maxsize=4096)(self._daily_closes)
         self.extra_splits: dict[str, list[tuple[int, float]]] = {}  # splits set through the admin API
+        self.halts: dict[str, tuple[int, int]] = {}  # symbol -> [start, end): minute opens without trades
         self._minutes = lru_cache(maxsize=65536)(self._minute_closes)
         self._day_volumes = lru_cache(maxsize=32768)(self._day_volume)
         self._quote_table = lru_cache(maxsize=256)(self._minute_table)
@@ -197,7 +174,7 @@ class Market:
         backwards ("back"); the epoch day's close is the symbol's start level."""
         p = self.profile(symbol)
         n = max(upto, 1)
-        steps = normal(_key(self.seed, symbol, salt), np.arange(n)) * p.daily_vol
+        steps = normal(key(self.seed, symbol, salt), np.arange(n)) * p.daily_vol
         # A mild pull towards the start level (level_i = 0.99 level_i-1 + step_i) keeps
         # years-long walks in a sensible range; solved in closed form per block.
         logp = np.empty(n)
@@ -222,7 +199,7 @@ class Market:
         start, end = self.day_close(symbol, day - 1), self.day_close(symbol, day)
         p = self.profile(symbol)
         sigma = p.daily_vol / np.sqrt(MINUTES)
-        w = np.cumsum(normal(_key(self.seed, symbol, "min"), day * MINUTES + np.arange(MINUTES))) * sigma
+        w = np.cumsum(normal(key(self.seed, symbol, "min"), day * MINUTES + np.arange(MINUTES))) * sigma
         frac = np.arange(1, MINUTES + 1) / MINUTES
         closes = start + frac * (end - start) + (w - frac * w[-1])
         return np.concatenate(([start], closes))
@@ -295,7 +272,7 @@ class Market:
     def _seeded_split(self, symbol: str) -> tuple[tuple[int, float], ...]:
         if self.profile(symbol).asset_class is not AssetClass.EQUITY:
             return ()
-        u = uniform(_key(self.seed, symbol, "split"), np.arange(3))
+        u = uniform(key(self.seed, symbol, "split"), np.arange(3))
         if u[0] >= 0.05:
             return ()
         return ((sessions.first_session_open(16436 + int(u[1] * 3800)), float(2 + int(u[2] * 3))),)
@@ -325,8 +302,8 @@ class Market:
     def _keys(self, symbol: str) -> tuple[int, int, int]:
         keys = self._key_cache.get(symbol)
         if keys is None:
-            keys = self._key_cache[symbol] = (_key(self.seed, symbol, "sec"), _key(self.seed, symbol, "vol"),
-                                              _key(self.seed, symbol, "gap"))
+            keys = self._key_cache[symbol] = (key(self.seed, symbol, "sec"), key(self.seed, symbol, "vol"),
+                                              key(self.seed, symbol, "gap"))
         return keys
 
     def _day_volume(self, symbol: str, day: int) -> np.ndarray:
@@ -357,6 +334,8 @@ class Market:
         keys = np.array([self._keys(s)[2] for s in names], dtype=np.uint64)
         missing = np.array([self.profile(s).missing for s in names])
         live = (uniform(keys, ts) >= missing) & self._trading_many(names, minute)
+        if self.halts:
+            live &= ~np.array([self._halted(s, ts[:1])[0] for s in names], dtype=bool)
         path = self._path(names, ts)
         prices = path.prices(np.arange(60)[None, :])
         cumvol = np.floor(path.volume[:, None] * np.arange(1, 61)[None, :] / 60.0)
@@ -375,9 +354,20 @@ class Market:
         by_class = {c: bool(sessions.trading(c, ts)[0]) for c in AssetClass}
         return np.array([by_class[self.profile(s).asset_class] for s in symbols], dtype=bool)
 
+    def halt(self, symbol: str, start: int, end: int) -> None:
+        """No trades in the minutes of `symbol` that open in [start, end): a trading halt. Set
+        it before anyone asked for those minutes, or what was served of them stops being true."""
+        self.halts[symbol] = (start, end)
+        self._day_volumes.cache_clear()
+        self._quote_table.cache_clear()
+
     def _traded(self, symbol: str, ts: np.ndarray) -> np.ndarray:
         """Mask of minutes with trades (the market may still be closed then: see `trading`)."""
-        return uniform(self._keys(symbol)[2], ts) >= self.profile(symbol).missing
+        return (uniform(self._keys(symbol)[2], ts) >= self.profile(symbol).missing) & ~self._halted(symbol, ts)
+
+    def _halted(self, symbol: str, ts: np.ndarray) -> np.ndarray:
+        start, end = self.halts.get(symbol, (0, 0))
+        return (ts >= start) & (ts < end)
 
     def last_trade(self, symbol: str, before: int) -> tuple[float, int, float]:
         """The newest trade before minute `before`: its price, second, and day volume then."""
@@ -395,4 +385,4 @@ class Market:
 
     def null_style(self, symbol: str, ts: np.ndarray) -> np.ndarray:
         """For minutes without trades: True where Yahoo shows nulls, False where it omits them."""
-        return uniform(_key(self.seed, symbol, "null"), ts) < 0.5
+        return uniform(key(self.seed, symbol, "null"), ts) < 0.5
