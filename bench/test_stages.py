@@ -277,17 +277,31 @@ def test_redis_write(benchmark, redis_url: str, features: FeatureService, closin
         loop.close()
 
 
-@pytest.mark.parametrize("shapes", ["one", "many"])
+@pytest.mark.parametrize("shapes", ["one", "many", "cycle"])
 def test_resp_rows(benchmark, shapes: str) -> None:  # type: ignore[no-untyped-def]
     """The RESP of 5,000 MSET pairs packed from columns: values all 250 bytes under keys of one
     length, or of 20 shapes (values of 60-69 bytes, symbols of two lengths): the packer's cost
-    per shape of row."""
+    per shape of row. `cycle`: the twelve MSETs of a second's write, the minute's newest bars
+    and features for 5,000 symbols and five higher timeframes' for 1,000 each (the values of
+    about the soak's widths, 1-3 shapes each, as the soak's MSETs have)."""
     rng = np.random.default_rng(3)
+    if shapes == "cycle":
+        sets = [_mset_rows(rng, n, width) for n in (N, *[N // 5] * 5) for width in (170, 370)]
+        benchmark(lambda: [resp_rows(names, [b"sidecar:{"], b"}:features:1m", [values]) for names, values in sets])
+        return
     symbols = SYMBOLS if shapes == "one" else [s if i % 3 else s + "=X" for i, s in enumerate(SYMBOLS)]
     width = np.full(N, 250) if shapes == "one" else rng.integers(60, 70, N)
     values = Packed.grid(rng.integers(0, 255, (N, int(width.max()))).astype(np.uint8), width)
     names = SlotNames(NameColumn.of(symbols), np.arange(N))
     benchmark(resp_rows, names, [b"sidecar:{"], b"}:features:1m", [values])
+
+
+def _mset_rows(rng: np.random.Generator, n: int, width: int) -> tuple[SlotNames, Packed]:
+    """`n` of the symbols (a slot each, spread over the table) and values of `width` bytes, a
+    tenth of them 8 bytes shorter (a value still warming up: a nil)."""
+    widths = np.where(rng.random(n) < 0.1, width - 8, width)
+    values = Packed.grid(rng.integers(0, 255, (n, width)).astype(np.uint8), widths)
+    return SlotNames(NameColumn.of(SYMBOLS), np.sort(rng.choice(N, n, replace=False))), values
 
 
 def test_scan(benchmark, features: FeatureService) -> None:  # type: ignore[no-untyped-def]
