@@ -21,10 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
-def redis_server(directory: Path) -> Iterator[str]:
-    """A redis-server on a unix socket in `directory`; yields its URL."""
+def redis_server(directory: Path, port: int = 0) -> Iterator[str]:
+    """A redis-server on a unix socket in `directory` (and on 127.0.0.1:`port` if given); yields
+    its socket's URL."""
     sock = directory / "redis.sock"
-    proc = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "",
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--unixsocket", str(sock), "--save", "",
                              "--appendonly", "no", "--dir", str(directory)], stdout=subprocess.DEVNULL)
     try:
         for _ in range(100):

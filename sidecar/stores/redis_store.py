@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError, ResponseError
@@ -40,6 +41,7 @@ from .redis_wire import (
     ListedSymbols,
     RedisKeys,
     TimeframeWrite,
+    WideUnixConnection,
     WriteResult,
     bulk,
     cluster_nodes,
@@ -95,6 +97,8 @@ class RedisStore(RedisStreams):
             self._pool = ConnectionPool.from_url(
                 url, max_connections=max_connections, socket_timeout=timeout_s,
                 socket_connect_timeout=timeout_s, health_check_interval=5, retry=retry)
+            if self._pool.connection_class is UnixDomainSocketConnection:
+                self._pool.connection_class = WideUnixConnection
             self.client = Redis(connection_pool=self._pool)
         self._mget_cache: dict[str, tuple[tuple[str, ...], bytes]] = {}  # by timeframe
         self._key_heads: dict[tuple[str, str, str], bytes] = {}  # (kind, symbol, tf) -> the key as RESP

@@ -5,12 +5,14 @@ commands the cycle pre-packs, and the write scripts (plain and fenced). The stor
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgpack
 import numpy as np
 from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import UnixDomainSocketConnection
 
 from ..bars import Bar
 from ..cluster.partitions import partition_of
@@ -283,3 +285,22 @@ def pack(bar: Bar) -> bytes:
 def unpack(raw: bytes) -> Bar:
     """Inverse of `pack`."""
     return Bar.from_map(msgpack.unpackb(raw))
+
+
+SEND_BUFFER = 4 << 20  # bytes asked for a Unix-socket connection's send buffer (the kernel caps it)
+
+
+class WideUnixConnection(UnixDomainSocketConnection):
+    """A Unix-socket connection to Redis whose send buffer holds a cycle's write in one go.
+
+    With the default buffer (~208 KB) a 2.8 MB write goes to Redis in a dozen turns of writer
+    and reader: 6-9 ms, against 3.9 ms when the kernel takes it at once (bench/redis_send.py).
+    The kernel caps the size at `net.core.wmem_max`. TCP needs nothing: the kernel grows a TCP
+    send buffer itself, up to `net.ipv4.tcp_wmem` (4.5 ms on loopback); a size set by hand would
+    stop that."""
+
+    async def _connect(self) -> None:
+        await super()._connect()
+        sock = None if self._writer is None else self._writer.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
