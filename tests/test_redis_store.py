@@ -16,6 +16,7 @@ from sidecar.bars import Bar, BarFlag
 from sidecar.errors import RedisStoreError
 from sidecar.packed import NameColumn, SlotNames
 from sidecar.stores import RedisStore
+from sidecar.stores.redis_wire import TimeframeWrite, pack
 
 from .conftest import RedisServer
 
@@ -92,6 +93,26 @@ async def test_a_cycle_for_many_symbols_is_one_round_trip_and_one_history_call(
         assert after["cmdstat_eval"] - before.get("cmdstat_eval", 0) == 1
         assert after["cmdstat_sadd"] == before["cmdstat_sadd"]
         assert c.zcard("t:{S299}:bars:1m") == 2 and c.scard("t:symbols") == 300
+
+
+async def test_a_writes_later_parts_are_made_once_the_first_is_sent_and_land_on_the_same_trip(
+        store: RedisStore, redis_server: RedisServer) -> None:
+    """The cycle's minute part first; the higher timeframes' parts, made while Redis applies it,
+    follow on the same connection: made once, all of them in Redis when the write returns."""
+    symbols = [f"S{i}" for i in range(300)]
+    made: list[int] = []
+
+    def then() -> list[TimeframeWrite]:
+        made.append(1)
+        return [TimeframeWrite("5m", (symbols, [pack(replace(_bar(5, s), timeframe="5m")) for s in symbols]))]
+
+    minute = TimeframeWrite("1m", (symbols, [pack(_bar(1, s)) for s in symbols]),
+                            (symbols, [T0] * 300, [pack(_bar(0, s)) for s in symbols], [0] * 300))
+    result = await store.write_timeframes([minute], 1.0, then=then)
+    assert made == [1] and result.written == 900
+    with redis_server.client() as c:
+        assert msgpack.unpackb(c.get("t:{S299}:bar:5m"))["ts"] == T0 + 300
+        assert msgpack.unpackb(c.get("t:{S299}:bar:1m"))["ts"] == T0 + 60 and c.zcard("t:{S299}:bars:1m") == 1
 
 
 async def test_a_write_tells_when_redis_lost_its_data(store: RedisStore, redis_server: RedisServer) -> None:

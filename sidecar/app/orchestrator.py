@@ -291,11 +291,10 @@ class Orchestrator:
 
         feature_slots, feature_rows = self._features(fetched, accepted)
         marks.append(clock.monotonic())
-        lanes = self.higher.step(accepted.closed, newest.take(newest.forming), self.sourcing.source_clock(now)) \
-            if self.higher.lanes else []
-        marks.append(clock.monotonic())
-        redis_ok = await self.publisher.write(accepted, synthetic, stale, (feature_slots, feature_rows), lanes, now)
-        marks.append(clock.monotonic())
+        redis_ok, lanes = await self.publisher.write(  # the higher timeframes step while Redis applies the minute's part
+            accepted, synthetic, stale, (feature_slots, feature_rows), lambda: self.higher.step(
+                accepted.closed, newest.take(newest.forming), self.sourcing.source_clock(now)) if self.higher.lanes else [], now)
+        marks += [marks[-1] + self.publisher.step_s, clock.monotonic()]  # timeframes; Redis: the rest of the write
         if redis_ok:
             await self.dead.update(now)
             await self.publisher.write_quarantine()

@@ -133,37 +133,55 @@ class Publisher:
         self.unsent: list[Unsent] = []  # the closed bars of failed writes, oldest first
         self.missed_from: int | None = None  # more failed than `unsent` holds: the oldest open among them
         self.values = 0  # values the last write sent (the cycle trace's)
+        self.step_s = 0.0  # seconds the last write's `step` took (the cycle's timeframes stage)
         self.quarantine: list[dict[str, object]] = []  # spikes not yet written to Redis
 
     async def write(self, accepted: Accepted, synthetic: Batch, stale: Staleness,
-                    features: tuple[np.ndarray, Sequence[bytes]], lanes: Sequence[LaneOutput], now: float) -> bool:
-        """Newest bars (and those whose STALE flag changed), histories and features of every timeframe in one
-        round trip; whether Redis took them.
+                    features: tuple[np.ndarray, Sequence[bytes]], step: Callable[[], Sequence[LaneOutput]],
+                    now: float) -> tuple[bool, Sequence[LaneOutput]]:
+        """Newest bars (and those whose STALE flag changed), histories and features of every
+        timeframe in one round trip; whether Redis took them, and the higher timeframes' output.
 
-        If not, SQLite keeps recording, and the next write carries every symbol's newest bar (a
-        write sent before an outage may land after a newer one when Redis wakes) and the closed
-        bars of the failed writes, oldest first, UNSENT_PER_WRITE at most each time."""
+        The minute's part goes first; `step` (the higher timeframes' step) runs while Redis
+        applies it, and its parts follow on the same connection. `step` runs once, whatever
+        becomes of the write.
+
+        If Redis did not take them, SQLite keeps recording, and the next write carries every
+        symbol's newest bar (a write sent before an outage may land after a newer one when Redis
+        wakes) and the closed bars of the failed writes, oldest first, UNSENT_PER_WRITE at most
+        each time."""
         t = self.table
         recovering = self.failing_since is not None
         minute, history = minute_write(t, self.encoder, accepted, synthetic, stale, features, every=recovering)
-        writes = [minute, *(lane_write(t, self.lane_encoders[lane.timeframe], lane) for lane in lanes)]
+        lanes: list[Sequence[LaneOutput]] = []
+        lane_writes: list[TimeframeWrite] = []
+
+        def stepped() -> list[TimeframeWrite]:
+            if not lanes:
+                t0 = self.clock.monotonic()
+                lanes.append(step())
+                self.step_s = self.clock.monotonic() - t0
+                lane_writes.extend(lane_write(t, self.lane_encoders[lane.timeframe], lane) for lane in lanes[0])
+            return lane_writes
+
         again = self._unsent_part()
         t0 = self.clock.monotonic()
         try:
             # the kept bars first: a revision in this write of a bar among them must win
-            result = await self.redis.write_timeframes([*(u.write for u in again), *writes], now)
+            result = await self.redis.write_timeframes([*(u.write for u in again), minute], now, then=stepped)
         except RedisStoreError as exc:
             self.metrics.redis_errors.inc()
             if self.failing_since is None:
                 log.warning("redis write failed (SQLite keeps recording): %s", exc)
                 self.failing_since = now
-            self._keep(writes, history)
-            return False
+            self._keep([minute, *stepped()], history)
+            return False, lanes[0]
         self.metrics.redis_write_seconds.observe(self.clock.monotonic() - t0)
+        stepped()  # (it ran once the minute's part was sent)
         self.values = result.written
         for rows in [*(u.minute for u in again if u.minute is not None), history]:
             np.maximum.at(t.hist_ts, rows.slot, rows.ts)
-        for lane in lanes:
+        for lane in lanes[0]:
             np.maximum.at(lane.hist_ts, lane.closed.slot, lane.closed.ts)
         del self.unsent[:len(again)]
         since, self.failing_since = self.failing_since, None
@@ -178,7 +196,7 @@ class Publisher:
             elif self.missed_from is not None:
                 self.on_redis_lost(self.missed_from)
         self.missed_from = None
-        return True
+        return True, lanes[0]
 
     def _unsent_part(self) -> list[Unsent]:
         """The oldest kept parts, up to UNSENT_PER_WRITE rows (one part at least)."""

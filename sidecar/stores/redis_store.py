@@ -19,7 +19,6 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-import numpy as np
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import UnixDomainSocketConnection
@@ -29,21 +28,19 @@ from redis.exceptions import RedisError, ResponseError
 
 from ..bars import Bar
 from ..errors import RedisStoreError
-from ..packed import Packed, SlotNames, resp_rows
 from .redis_fenced import FencedScripts, FencedWrite
 from .redis_streams import RedisStreams
 from .redis_wire import (
     CLUSTER_SCHEME,
     REPLACE,
     TRIM,
-    WRITE_HISTORY,
+    CyclePacker,
     Ints,
     ListedSymbols,
     RedisKeys,
     TimeframeWrite,
     WideUnixConnection,
     WriteResult,
-    bulk,
     cluster_nodes,
     command,
     pack,
@@ -101,7 +98,7 @@ class RedisStore(RedisStreams):
                 self._pool.connection_class = WideUnixConnection
             self.client = Redis(connection_pool=self._pool)
         self._mget_cache: dict[str, tuple[tuple[str, ...], bytes]] = {}  # by timeframe
-        self._key_heads: dict[tuple[str, str, str], bytes] = {}  # (kind, symbol, tf) -> the key as RESP
+        self._packer = CyclePacker(self.keys, history_len)
         # a cluster member's writes: one fenced part per partition
         self._fenced = FencedScripts(self.keys, history_len, raw=not self.cluster_client) if partitions else None
         self._listed = ListedSymbols()  # symbols this Redis has in its symbols set
@@ -135,33 +132,6 @@ class RedisStore(RedisStreams):
         except RedisStoreError:
             return False
 
-    def _key(self, kind: str, symbol: str, timeframe: str) -> bytes:
-        """A key of a symbol as a RESP bulk string (made once)."""
-        head = self._key_heads.get((kind, symbol, timeframe))
-        if head is None:
-            key = getattr(self.keys, kind)(symbol, timeframe).encode()
-            head = self._key_heads[(kind, symbol, timeframe)] = bulk(key)
-        return head
-
-    def _mset(self, kind: str, timeframe: str, symbols: Sequence[str], values: Sequence[bytes]) -> bytes:
-        head = b"*%d\r\n$4\r\nMSET\r\n" % (2 * len(symbols) + 1)
-        fast = self._around(kind, timeframe, symbols, values)
-        if fast is not None:
-            return head + resp_rows(symbols, *fast, [values])  # type: ignore[arg-type, list-item]
-        key = self._key
-        return b"".join([head, *[b"%s$%d\r\n%s\r\n" % (key(kind, s, timeframe), len(v), v)
-                                 for s, v in zip(symbols, values, strict=True)]])
-
-    def _around(self, kind: str, timeframe: str, symbols: Sequence[str],
-                *columns: object) -> tuple[list[bytes], bytes] | None:
-        """The key's parts around the symbol, as `resp_rows` takes them, when the rows can be
-        packed by NumPy: slots into a name column, values already packed, and keys without a
-        partition."""
-        if isinstance(symbols, SlotNames) and all(isinstance(c, Packed) for c in columns):
-            parts = self.keys.around(kind, timeframe)
-            return None if parts is None else ([parts[0]], parts[1])
-        return None
-
     async def write_cycle(self, timeframe: str, *, latest: tuple[Sequence[str], Sequence[bytes]] = ((), ()),
                           history: tuple[Sequence[str], Ints, Sequence[bytes], Ints] = (
                               (), (), (), ()),
@@ -182,43 +152,29 @@ class RedisStore(RedisStreams):
         """
         return await self.write_timeframes([TimeframeWrite(timeframe, latest, history, features, quiet), *more], now)
 
-    async def write_timeframes(self, writes: Sequence[TimeframeWrite], now: float) -> WriteResult:
+    async def write_timeframes(self, writes: Sequence[TimeframeWrite], now: float,
+                               then: Callable[[], Sequence[TimeframeWrite]] | None = None) -> WriteResult:
         """`write_cycle` for parts given per timeframe, applied in their order (the first part
-        with newest bars lists the symbols)."""
+        with newest bars lists the symbols). `then`, if given, makes more parts once the first
+        are sent: they follow on the same connection, made while Redis applies the first."""
         if self.fence is not None:
-            return await self._write_fenced(writes, now)
+            return await self._write_fenced([*writes, *(then() if then is not None else ())], now)
         head, names = self._head(writes, now)
-        parts = [command(*c) for c in head]
-        rows: list[bytes] = []
-        n_rows = 0
-        key = self._key
-        for w in writes:
-            if w.latest[0]:
-                parts.append(self._mset("latest", w.timeframe, w.latest[0], w.latest[1]))
-            if w.features[0]:
-                parts.append(self._mset("features", w.timeframe, w.features[0], w.features[1]))
-            if w.quiet:
-                parts.append(b"*%d\r\n$6\r\nUNLINK\r\n" % (len(w.quiet) + 1)
-                             + b"".join(key("features", s, w.timeframe) for s in w.quiet))
-            symbols, opens, members, modes = w.history
-            tf = w.timeframe
-            fast = self._around("history", tf, symbols, members)
-            if fast is not None and len(symbols) and np.min(opens) >= 0:  # digits are cut for opens >= 0
-                rows.append(resp_rows(symbols, *fast, [Packed.digits(np.asarray(opens)), members,  # type: ignore
-                                                       Packed.digits(np.asarray(modes))]))
-            else:
-                rows += [b"%s%s%s$1\r\n%d\r\n" % (key("history", s, tf), bulk(b"%d" % ts), bulk(m), mode)
-                         for s, ts, m, mode in zip(symbols, opens, members, modes, strict=True)]
-            n_rows += len(symbols)
-        if rows:
-            parts.append(b"".join([b"*%d\r\n$4\r\nEVAL\r\n" % (4 * n_rows + 4), bulk(WRITE_HISTORY.encode()),
-                                   b"$1\r\n0\r\n", bulk(b"%d" % self.history_len), *rows]))
-        written = sum(len(w.latest[0]) + len(w.features[0]) for w in writes) + n_rows
-        replies = await self._send(b"".join(parts), len(parts), f"writing {written} values",
-                                   timeout=self.timeout_s + written * WRITE_S_PER_VALUE)
+        parts, written = self._packer.pack(writes)
+        counts = [written]
+
+        def more() -> tuple[list[bytes], float]:
+            assert then is not None
+            extra, n = self._packer.pack(then())
+            counts.append(n)
+            return extra, n * WRITE_S_PER_VALUE
+
+        replies = await self._send([*(command(*c) for c in head), *parts], len(head) + len(parts),
+                                   f"writing {written} values", timeout=self.timeout_s + written * WRITE_S_PER_VALUE,
+                                   more=None if then is None else more)
         fresh = replies[0] is not None  # a new or emptied Redis: only what this write added is in its set
         self._listed.add(names, fresh)
-        return WriteResult(written, fresh)
+        return WriteResult(sum(counts), fresh)
 
     def _head(self, writes: Sequence[TimeframeWrite], now: float) -> tuple[list[tuple[bytes, ...]], Sequence[str]]:
         """What every cycle's write starts with: the `alive` mark, the heartbeat, and the symbols
@@ -319,19 +275,27 @@ class RedisStore(RedisStreams):
         self.ok, self.last_error = True, None
         return out
 
-    async def _send(self, packed: bytes, replies: int, what: str, fenced_ok: bool = False,
-                    timeout: float | None = None) -> list[object]:
+    async def _send(self, packed: bytes | list[bytes], replies: int, what: str, fenced_ok: bool = False,
+                    timeout: float | None = None,
+                    more: Callable[[], tuple[list[bytes], float]] | None = None) -> list[object]:
         """Send pre-packed commands on one pooled connection, replies read within `timeout` (or
-        the store's); a connection that failed mid-way is closed, never pooled with replies pending."""
+        the store's); `more`, called once they are sent, gives commands to send after them (one
+        reply each) and the seconds they add to the deadline. A connection that failed mid-way
+        is closed, never pooled with replies pending."""
         pool = self._pool
         assert pool is not None, "pre-packed commands go to one Redis, not a cluster"
         timeout = self.timeout_s if timeout is None else timeout
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout) as deadline:
                 conn = await pool.get_connection()
                 conn.socket_timeout = timeout  # (its own, while this connection is ours)
                 try:
                     await conn.send_packed_command(packed)
+                    if more is not None:
+                        extra, seconds = more()
+                        deadline.reschedule((deadline.when() or 0.0) + seconds)
+                        await conn.send_packed_command(extra)
+                        replies += len(extra)
                     out = [await _reply(conn) for _ in range(replies)]
                 except BaseException:
                     await conn.disconnect()

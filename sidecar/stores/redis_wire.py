@@ -16,7 +16,7 @@ from redis.asyncio.connection import UnixDomainSocketConnection
 
 from ..bars import Bar
 from ..cluster.partitions import partition_of
-from ..packed import NameColumn, SlotNames
+from ..packed import NameColumn, Packed, SlotNames, resp_rows
 
 # ARGV[1] history length, then (history key, ts, member, mode) per closed bar. Mode bit 1: the
 # bar may have an older copy at the same open (a revision, a re-sent or re-fetched bar), removed
@@ -304,3 +304,72 @@ class WideUnixConnection(UnixDomainSocketConnection):
         sock = None if self._writer is None else self._writer.transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+
+
+class CyclePacker:
+    """A cycle's writes as RESP commands: an MSET for the newest bars and one for the features of
+    each timeframe, an UNLINK of the features of symbols gone quiet, and one EVAL of
+    WRITE_HISTORY for the closed bars of every timeframe given. Rows given as columns (slots into
+    a name column, packed values) are packed by NumPy (`resp_rows`); others row by row, each
+    key made once.
+
+    :param keys: the key names.
+    :param history_len: the closed bars WRITE_HISTORY keeps per history.
+    """
+
+    def __init__(self, keys: RedisKeys, history_len: int) -> None:
+        self.keys, self.history_len = keys, history_len
+        self._heads: dict[tuple[str, str, str], bytes] = {}  # (kind, symbol, tf) -> the key as RESP
+
+    def pack(self, writes: Sequence[TimeframeWrite]) -> tuple[list[bytes], int]:
+        """The commands of `writes`, in their order, and the values they write."""
+        parts: list[bytes] = []
+        rows: list[bytes] = []
+        n_rows = 0
+        for w in writes:
+            if w.latest[0]:
+                parts.append(self._mset("latest", w.timeframe, w.latest[0], w.latest[1]))
+            if w.features[0]:
+                parts.append(self._mset("features", w.timeframe, w.features[0], w.features[1]))
+            if w.quiet:
+                parts.append(b"*%d\r\n$6\r\nUNLINK\r\n" % (len(w.quiet) + 1)
+                             + b"".join(self.key("features", s, w.timeframe) for s in w.quiet))
+            symbols, opens, members, modes = w.history
+            tf = w.timeframe
+            fast = self._around("history", tf, symbols, members)
+            if fast is not None and len(symbols) and np.min(opens) >= 0:  # digits are cut for opens >= 0
+                rows.append(resp_rows(symbols, *fast, [Packed.digits(np.asarray(opens)), members,  # type: ignore
+                                                       Packed.digits(np.asarray(modes))]))
+            else:
+                rows += [b"%s%s%s$1\r\n%d\r\n" % (self.key("history", s, tf), bulk(b"%d" % ts), bulk(m), mode)
+                         for s, ts, m, mode in zip(symbols, opens, members, modes, strict=True)]
+            n_rows += len(symbols)
+        if rows:
+            parts.append(b"".join([b"*%d\r\n$4\r\nEVAL\r\n" % (4 * n_rows + 4), bulk(WRITE_HISTORY.encode()),
+                                   b"$1\r\n0\r\n", bulk(b"%d" % self.history_len), *rows]))
+        return parts, sum(len(w.latest[0]) + len(w.features[0]) for w in writes) + n_rows
+
+    def key(self, kind: str, symbol: str, timeframe: str) -> bytes:
+        """A key of a symbol as a RESP bulk string (made once)."""
+        head = self._heads.get((kind, symbol, timeframe))
+        if head is None:
+            head = self._heads[(kind, symbol, timeframe)] = bulk(getattr(self.keys, kind)(symbol, timeframe).encode())
+        return head
+
+    def _mset(self, kind: str, timeframe: str, symbols: Sequence[str], values: Sequence[bytes]) -> bytes:
+        head = b"*%d\r\n$4\r\nMSET\r\n" % (2 * len(symbols) + 1)
+        fast = self._around(kind, timeframe, symbols, values)
+        if fast is not None:
+            return head + resp_rows(symbols, *fast, [values])  # type: ignore[arg-type, list-item]
+        return b"".join([head, *[b"%s$%d\r\n%s\r\n" % (self.key(kind, s, timeframe), len(v), v)
+                                 for s, v in zip(symbols, values, strict=True)]])
+
+    def _around(self, kind: str, timeframe: str, symbols: Sequence[str],
+                *columns: object) -> tuple[list[bytes], bytes] | None:
+        """The key's parts around the symbol, as `resp_rows` takes them, when the rows can be
+        packed by NumPy: slots into a name column, values already packed, and keys without a
+        partition."""
+        if isinstance(symbols, SlotNames) and all(isinstance(c, Packed) for c in columns):
+            parts = self.keys.around(kind, timeframe)
+            return None if parts is None else ([parts[0]], parts[1])
+        return None
