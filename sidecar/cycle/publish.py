@@ -176,8 +176,8 @@ class Publisher:
                 self.failing_since = now
             self._keep([minute, *stepped()], history)
             return False, lanes[0]
-        self.metrics.redis_write_seconds.observe(self.clock.monotonic() - t0)
         stepped()  # (it ran once the minute's part was sent)
+        self.metrics.redis_write_seconds.observe(self.clock.monotonic() - t0 - self.step_s)
         self.values = result.written
         for rows in [*(u.minute for u in again if u.minute is not None), history]:
             np.maximum.at(t.hist_ts, rows.slot, rows.ts)
