@@ -80,8 +80,11 @@ def test_make_run_is_healthy_within_15_seconds_and_ctrl_c_stops_everything(tmp_p
         _ctrl_c(proc)
     text = log.read_text()
     assert "persisted_through" in text and "stopped" in text, text
+    # the health that answered was this daemon's (a free port can be taken by another test's
+    # daemon before this one binds it; CI once stored nothing here without saying why)
+    assert f"http listening on http://127.0.0.1:{http_port}" in text, text
     with sqlite3.connect(tmp_path / "bars.db") as db:
-        assert db.execute("SELECT count(DISTINCT symbol) FROM bars").fetchone()[0] == len(DEFAULT_SYMBOLS)
+        assert db.execute("SELECT count(DISTINCT symbol) FROM bars").fetchone()[0] == len(DEFAULT_SYMBOLS), text
     with pytest.raises(OSError):  # the exchange went down with it
         _get_json(f"http://127.0.0.1:{exchange_port}/_exchange/stats")
     with redis.Redis.from_url(redis_url) as c:  # a Redis it did not start is left running
