@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -71,6 +72,10 @@ def _ctrl_c(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=30)
 
 
+def _listening_or_gone(proc: subprocess.Popen[bytes], log: Path, http_port: int) -> bool:
+    return f"http listening on http://127.0.0.1:{http_port}" in log.read_text() or proc.poll() is not None
+
+
 def _make_run_listening(tmp_path: Path, redis_url: str) -> tuple[subprocess.Popen[bytes], int, int, Path]:
     """`make run` whose daemon listens on the HTTP port picked for it. A port picked free can be
     taken by another test's daemon before this one binds it: then this daemon stops (port in
@@ -80,13 +85,11 @@ def _make_run_listening(tmp_path: Path, redis_url: str) -> tuple[subprocess.Pope
         where = tmp_path / f"run{attempt}"
         where.mkdir()
         proc, http_port, exchange_port, log = _make_run(where, redis_url)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and proc.poll() is None:
-            if f"http listening on http://127.0.0.1:{http_port}" in log.read_text():
-                return proc, http_port, exchange_port, log
-            time.sleep(0.05)
+        poll_until(functools.partial(_listening_or_gone, proc, log, http_port), 30, "make run listening or gone",
+                   every=0.05, detail=log.read_text)
         if proc.poll() is None:
-            _ctrl_c(proc)
+            return proc, http_port, exchange_port, log
+        proc.wait()
     raise AssertionError(f"make run never listened on its port: {log.read_text()}")
 
 
