@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sidecar.app.flusher import Flusher
 from sidecar.bars import Bar
 from sidecar.clock import SystemClock
+from sidecar.cycle.batch import Batch
 from sidecar.errors import SQLiteStoreError
 from sidecar.metrics import Metrics
 from sidecar.stores import SQLiteStore
@@ -51,6 +53,22 @@ async def test_flush_upserts_buffered_bars_once_in_wal_mode(store: SQLiteStore) 
     assert store.persisted_through == {"AAPL": T0 + 300}
     with sqlite3.connect(store.path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_a_cycles_bars_added_as_arrays_are_stored_under_the_names_they_had_and_in_the_order_added(
+        store: SQLiteStore) -> None:
+    # The cycle hands its closed bars over as arrays and the rows are made later (at the flush or
+    # a read): by then a slot may hold another symbol, and a revision added after must still win.
+    symbols, sources = ["AAPL", "MSFT"], ["yahoo", "polygon"]
+    bars = Batch(np.array([0, 1]), np.array([T0, T0]), np.array([10.0, 20.0]), np.array([11.0, 21.0]),
+                 np.array([9.0, 19.0]), np.array([10.5, 20.5]), np.array([100.0, 200.0]), np.zeros(2, dtype=np.int64),
+                 np.array([0, 1], dtype=np.int16), np.full(2, np.inf))
+    store.add_batch(bars, symbols, sources, "5m")
+    symbols[1] = "NVDA"  # slot 1 reused by another symbol before the rows were made
+    store.add([Bar("AAPL", "5m", T0, 10.0, 11.0, 9.0, 10.7, 100.0, "yahoo")])  # a revision, added later
+    assert await store.flush() == 2
+    assert _rows(store.path) == [("AAPL", "5m", T0, 10.0, 11.0, 9.0, 10.7, 100.0, "yahoo", 0),
+                                 ("MSFT", "5m", T0, 20.0, 21.0, 19.0, 20.5, 200.0, "polygon", 0)]
 
 
 async def test_a_flush_that_cannot_commit_keeps_the_rows_for_the_next_try(store: SQLiteStore) -> None:

@@ -298,11 +298,10 @@ class Orchestrator:
         if redis_ok:
             await self.dead.update(now)
             await self.publisher.write_quarantine()
-        self.sqlite.add_rows(accepted.closed.rows(t.symbols, t.source_names))
+        self.sqlite.add_batch(accepted.closed, t.symbols, t.source_names, "1m")
         self.sqlite.add(accepted.revised)
         for lane in lanes:
-            if len(lane.closed):
-                self.sqlite.add_rows(lane.closed.rows(t.symbols, t.source_names, lane.timeframe))
+            self.sqlite.add_batch(lane.closed, t.symbols, t.source_names, lane.timeframe)
         self._persist_features()
         if accepted.revised:
             self.request_rewarm({b.symbol for b in accepted.revised})
@@ -322,7 +321,6 @@ class Orchestrator:
         marks.append(clock.monotonic())
         if self.scan is not None and redis_ok:
             await self.scan.run({service.timeframe: service.codec for service in self.services()})
-        self.metrics.sqlite_buffered.set(self.sqlite.buffered)
         marks.append(clock.monotonic())
         return self._report(fetched, accepted, redis_ok, marks, now)
 

@@ -5,12 +5,15 @@ accounted for (`synced_until`). Otherwise (start-up, a missed poll, a stale or b
 without trades, a bar still unsettled) they come from the history endpoint: the longest-lagging
 symbols first, at most `allowance` requests in flight, one per symbol at a time.
 
-A request runs beside the cycles. With a poller running, a cycle waits for the answers only
-`WAIT` of a period (but for all of a symbol's first: a reader finds its history and newest bar
-once the daemon is up), and an answer that comes later is taken by the next cycle: at 10,000 symbols
-each minute-closing cycle asks ~100 chart requests, and waiting for them all made its fetch stage
-150-290 ms against 40 (bench/cluster.py, traces kept with --keep). Without a poller (tests
-driving `run_cycle`) a cycle waits for all of them.
+A request runs beside the cycles. With a poller running, a cycle takes the answers that came
+and does not wait for the others (but for all of a symbol's first: a reader finds its history and
+newest bar once the daemon is up); they are taken by the next cycle. At 10,000 symbols each
+minute-closing cycle asks ~100 chart requests, and waiting for them all made its fetch stage
+150-290 ms against 40 (bench/cluster.py, traces kept with --keep); waiting 20 ms for the early
+ones still added 20 ms to every minute-closing cycle at 5,000 symbols (the exchange, busy with
+the second's batch quotes, answered none of ~50 within it), for the sake of 1 % of the
+symbols' bars a second sooner. Without a poller (tests driving `run_cycle`) a cycle waits for
+all of them.
 """
 
 from __future__ import annotations
@@ -28,9 +31,6 @@ from .table import SymbolTable
 MIN_SHARE = 0.05
 """The share of SIDECAR_CATCHUP_PER_CYCLE (at least one request) the allowance keeps however slow
 the cycles are: the catch-up always progresses."""
-WAIT = 0.02
-"""The share of a period a cycle waits for catch-up answers when a poller runs: loopback answers
-at a few symbols come within it; at 10,000 symbols the later ones go to the next cycle."""
 
 
 class CatchUp:
@@ -70,10 +70,9 @@ class CatchUp:
         elif cycle_s < 0.6 * period:
             self.allowance = min(float(self.per_cycle), self.allowance + max(1.0, self.per_cycle / 10))
 
-    async def run(self, slots: np.ndarray, current: int, now: float,
-                  wait: float | None) -> list[tuple[int, FetchResult]]:
-        """Ask for the lagging symbols among `slots` not asked for yet; wait up to `wait` seconds
-        (None: until all answer) and hand back the answers come, by slot."""
+    async def run(self, slots: np.ndarray, current: int, now: float, wait: bool) -> list[tuple[int, FetchResult]]:
+        """Ask for the lagging symbols among `slots` not asked for yet; with `wait`, wait until
+        all answer (else only for the symbols' first), and hand back the answers come, by slot."""
         t = self.table
         lag = t.synced_until[slots] < current
         lag &= ~self.minutes.waiting(slots, now)  # the source's own bar of that minute comes within its grace
@@ -89,8 +88,8 @@ class CatchUp:
         first = [task for slot, (_, task) in self.asked.items() if t.synced_until[slot] < 0]
         if first:  # a symbol never caught up (start-up, a partition taken over): its bars before all else
             await asyncio.wait(first)
-        if self.asked:
-            await asyncio.wait([task for _, task in self.asked.values()], timeout=wait)
+        if self.asked and wait:
+            await asyncio.wait([task for _, task in self.asked.values()])
         got = []
         for slot, (symbol, task) in sorted(self.asked.items()):
             if task.done():

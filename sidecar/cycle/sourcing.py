@@ -34,7 +34,7 @@ from ..metrics import Metrics
 from ..sources import GuardedSource
 from ..symbols import SymbolInfo
 from .batch import Batch
-from .catchup import WAIT, CatchUp
+from .catchup import CatchUp
 from .minutes import MinuteBars
 from .table import SymbolTable
 
@@ -291,8 +291,7 @@ class Sourcing:
             keep[forming[len(forming) - 1 - last]] = True
             built = built.take(keep)
         build_s = self.clock.monotonic() - t_build
-        answers = await self.catch_up.run(slots, bucket_start(label, self.step), now,
-                                          WAIT * self.period if self.background else None)
+        answers = await self.catch_up.run(slots, bucket_start(label, self.step), now, wait=not self.background)
         history, fetched = self._batch(answers), np.array([s for s, _ in answers], dtype=np.int64)
         if len(fetched):  # the source's own bars replace what the builder had
             built = built.take(~np.isin(built.slot, fetched))
