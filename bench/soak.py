@@ -68,10 +68,17 @@ class Run:
     reads: list[float] = field(default_factory=list)  # seconds per consumer read (bar + features)
     value_bytes: list[int] = field(default_factory=list)  # sizes of the values those reads returned
     redis_usec: dict[str, int] = field(default_factory=dict)  # Redis's own time per command (INFO commandstats)
+    connections: int = 0  # connections the daemon opened to the exchange while measured
 
     def ms(self, key: str) -> np.ndarray:
         """A per-cycle field in milliseconds."""
         return np.array([c[key] for c in self.cycles]) * 1000.0 if self.cycles else np.zeros(0)
+
+
+def _exchange_connections(port: int) -> int:
+    """Connections clients opened to the exchange so far (its /_exchange/stats)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_exchange/stats", timeout=5) as resp:  # noqa: S310
+        return int(orjson.loads(resp.read())["connections"])
 
 
 def _proc_stats(pid: int) -> tuple[float, int]:
@@ -166,6 +173,7 @@ def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0, histor
             start_line = len(trace.read_bytes().splitlines())
             pids = {"sidecar": daemon_pid, "exchange": exchange.pid, "redis": redis_pid}
             r.config_resetstat()  # Redis's own time per command over the measured part only
+            opened = _exchange_connections(ex_port)
             run = Run(n, seconds, warmup)
             end = time.monotonic() + seconds
             names = universe(n)
@@ -182,6 +190,7 @@ def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0, histor
                     run.value_bytes += [len(v) for v in values if v]
                 time.sleep((0.5 - time.time() % 1) % 1 or 1.0)  # to the next mid-second, away from cycle starts
             run.metrics = _metrics(http_port)
+            run.connections = _exchange_connections(ex_port) - opened
             run.redis_usec = {k.removeprefix("cmdstat_"): int(v["usec"]) for k, v in r.info("commandstats").items()}
             run.cycles = [orjson.loads(x) for x in trace.read_bytes().splitlines()[start_line:]]
         finally:
@@ -285,6 +294,7 @@ def summarize(run: Run) -> dict[str, float]:
     quotes = len(run.cycles) * -(-run.symbols // 500)  # one batch quote per 500 symbols per cycle
     minutes = max(run.seconds, 1.0) / 60
     out["requests_per_min_per_1000"] = (out["history_requests"] + quotes) / minutes / (run.symbols / 1000)
+    out["connections_per_min"] = run.connections / minutes
     out["closed"] = sum(c["closed"] for c in run.cycles)
     s0, s1 = run.samples[0], run.samples[-1]
     span = s1.t - s0.t or 1.0
@@ -412,15 +422,15 @@ def report(summaries: list[dict[str, float]], extra: dict[str, float], images: l
              "500 symbols per batch quote) are separate processes on this machine; times are from the daemon's "
              "cycle trace, CPU and RSS from /proc, Redis commands from INFO.", "",
              "| symbols | cycles | warm-up s | tick→Redis p50 / p99 ms | cycle p50 / p95 / p99 / max ms | overruns "
-             "| chart requests | requests per min per 1,000 symbols | sidecar CPU % | CPU ms per symbol-s "
-             "| RSS start→end MiB | RSS growth after 1 min |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| chart requests | requests per min per 1,000 symbols | connections opened per min | sidecar CPU % "
+             "| CPU ms per symbol-s | RSS start→end MiB | RSS growth after 1 min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         lines.append(
             f"| {s['symbols']:.0f} | {s['cycles']:.0f} | {s['warmup_s']:.0f} | {s['to_redis_p50']:.1f} / "
             f"{s['to_redis_p99']:.1f} | {s['cycle_s_p50']:.1f} / {s['cycle_s_p95']:.1f} / {s['cycle_s_p99']:.1f} / "
             f"{s['cycle_s_max']:.1f} | {s['overruns']:.0f} | {s['history_requests']:.0f} | "
-            f"{s['requests_per_min_per_1000']:.0f} | "
+            f"{s['requests_per_min_per_1000']:.0f} | {s.get('connections_per_min', float('nan')):.1f} | "
             f"{s['cpu_sidecar_pct']:.0f} | {s['cpu_ms_per_symbol_s']:.4f} | {s['rss_sidecar_start_mb']:.0f} → "
             f"{s['rss_sidecar_end_mb']:.0f} | {s['rss_growth_after_1min_pct']:+.1f}% |")
     lines += ["", f"## {main['symbols']:.0f} symbols: stages (ms)", "", "| stage | p50 | p95 | p99 | max |",

@@ -192,6 +192,24 @@ async def test_admin_api_injects_faults_and_reports_what_was_served(exchange: Ex
     assert min(h for h in q["high"] if h is not None) > 0
 
 
+async def test_the_stats_count_the_connections_clients_opened_not_their_requests(exchange: Exchange) -> None:
+    async def stats(s: aiohttp.ClientSession) -> dict:
+        async with s.get(f"{exchange.url}/_exchange/stats") as r:
+            return dict(await r.json())
+
+    async with aiohttp.ClientSession() as kept:  # keep-alive: one connection for every request
+        before = (await stats(kept))["connections"]
+        for _ in range(3):
+            async with kept.get(f"{exchange.url}/v8/finance/chart/AAPL", params={"interval": "1m", "range": "1d"}) as r:
+                await r.read()
+        assert (await stats(kept))["connections"] == before
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as each:  # one per request
+        for _ in range(3):
+            async with each.get(f"{exchange.url}/v8/finance/chart/AAPL", params={"interval": "1m", "range": "1d"}) as r:
+                await r.read()
+        assert (await stats(each))["connections"] == before + 4  # three, and the stats request's own
+
+
 def test_the_exchange_reads_provider_names_its_own_way_and_agrees_with_the_daemon() -> None:
     """The exchange resolves Twelve Data, Polygon and Alpha Vantage names without the daemon's
     symbols module (providers.md 5), so a wrong name in the daemon would be 'not found' there."""

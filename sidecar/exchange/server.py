@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import weakref
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -57,7 +58,9 @@ class Exchange:
         self.quote_clients: list[tuple[float, str]] = []  # (wall time, User-Agent) of every batch quote request
         self._runner: web.AppRunner | None = None
         self.url: str | None = None  # set by start()
-        self.app = web.Application(middlewares=[self._malformed])
+        self.connections = 0  # connections clients opened (a client that keeps them alive opens few)
+        self._seen: weakref.WeakSet[object] = weakref.WeakSet()  # the open ones that made a request
+        self.app = web.Application(middlewares=[self._count_connection, self._malformed])
         self.app.router.add_get("/v8/finance/chart/{symbol}", self._chart)
         self.app.router.add_get("/", self._cookie)  # what fc.yahoo.com does: set the A3 cookie
         self.app.router.add_get("/v1/test/getcrumb", self._getcrumb)
@@ -107,6 +110,16 @@ class Exchange:
         """Queue `count` faults of `kind` for the next responses about a Yahoo symbol (or a
         `provider:NAME`, `@provider`, `@quote` key)."""
         self.ledger.inject(symbol, kind, count)
+
+    @web.middleware
+    async def _count_connection(self, request: web.Request,
+                                handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        """Count each connection at its first request."""
+        connection = request.transport
+        if connection is not None and connection not in self._seen:
+            self._seen.add(connection)
+            self.connections += 1
+        return await handler(request)
 
     @web.middleware
     async def _malformed(self, request: web.Request,
@@ -346,4 +359,4 @@ class Exchange:
         return web.json_response({"down_until": self.down_until[provider], "provider": provider})
 
     async def _get_stats(self, request: web.Request) -> web.Response:
-        return web.json_response({"requests": dict(self.requests)})
+        return web.json_response({"requests": dict(self.requests), "connections": self.connections})
