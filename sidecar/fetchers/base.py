@@ -95,6 +95,13 @@ def to_float(value: object) -> float:
         return math.nan
 
 
+KEEPALIVE_S = 70.0
+"""How long an idle pooled connection is kept. The history catch-up asks most at each minute's
+close; with aiohttp's default (15 s) its connections were closed in between and each minute
+opened them again, up to SIDECAR_YAHOO_MAX_CONNECTIONS of them, on the event loop of the
+minute-closing cycle. A server that drops an idle connection sooner makes the pool open a new
+one, as before."""
+
 _LIVE_POOL: ContextVar[bool] = ContextVar("live_pool", default=False)
 
 
@@ -144,7 +151,8 @@ class HttpFetcher:
         # unsafe: also keep cookies set by an IP-addressed host (the local exchange)
         jar = aiohttp.CookieJar(unsafe=True)
         self._session, self._live = (
-            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300,
+                                                                 keepalive_timeout=KEEPALIVE_S),
                                   headers=self._headers, timeout=self._timeout, cookie_jar=jar) for _ in range(2))
 
     async def close(self) -> None:
