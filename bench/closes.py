@@ -23,17 +23,12 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from sidecar.clock import ManualClock
 from sidecar.cycle.batch import Batch
-from sidecar.cycle.higher import HigherTimeframes
 from sidecar.cycle.publish import lane_write
-from sidecar.features.engine import FeatureConfig
-from sidecar.metrics import Metrics
 from sidecar.stores import RedisStore
-from sidecar.timeframes import Buckets
 
 from .servers import redis_server, save_report
-from .test_stages import INFOS, T0, N, _acceptance, _batch
+from .test_stages import T0, N, _batch, higher_timeframes
 
 EMPTY = {"latest": ((), ()), "features": ((), ()), "history": ((), (), (), ())}
 
@@ -45,15 +40,7 @@ def _cpu_ms(r: redis.Redis) -> float:
 
 async def run(url: str, minutes: int) -> dict[str, dict[str, float]]:
     """Per kind of minute, per kind of value: median values written and Redis CPU ms."""
-    table = _acceptance(0.0)[1]
-    table.lt_ts[:] = T0
-    higher = HigherTimeframes(("1m", "5m", "15m", "1h", "4h", "1d"), table=table, buckets=Buckets(),
-                              sqlite=None, metrics=Metrics(), clock=ManualClock(T0),  # type: ignore[arg-type]
-                              features=FeatureConfig(), warmup_bars=0, forming_every=5)
-    higher.reset(np.arange(N), 0)
-    for lane in higher.lanes:
-        assert lane.features is not None
-        lane.features.warm(INFOS, {})
+    table, higher = higher_timeframes()
     store = RedisStore(url=url, prefix="closes", max_connections=2, timeout_s=30, history_len=5000)
     await store.start()
     r = redis.Redis.from_url(url)

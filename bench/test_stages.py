@@ -185,9 +185,9 @@ def test_features_forming(benchmark, features: FeatureService) -> None:  # type:
     benchmark(_update, features, Batch.empty(), _batch(599, FORMING))
 
 
-def test_timeframes(benchmark) -> None:  # type: ignore[no-untyped-def]
-    """A second's step of the five higher timeframes (5m to 1d, features on, each refreshing a
-    fifth of the forming bars a second as the daemon's default does), after two hours of minutes."""
+def higher_timeframes() -> tuple[SymbolTable, HigherTimeframes]:
+    """The five higher timeframes (5m to 1d, features on, each refreshing a fifth of the forming
+    bars a second as the daemon's default does) over every symbol, none of them stepped yet."""
     table = _acceptance(0.0)[1]
     table.lt_ts[:] = T0  # every symbol has a newest bar (what the aggregator's forming rows build on)
     higher = HigherTimeframes(("1m", "5m", "15m", "1h", "4h", "1d"), table=table, buckets=Buckets(),
@@ -197,6 +197,12 @@ def test_timeframes(benchmark) -> None:  # type: ignore[no-untyped-def]
     for lane in higher.lanes:
         assert lane.features is not None
         lane.features.warm(INFOS, {})
+    return table, higher
+
+
+def test_timeframes(benchmark) -> None:  # type: ignore[no-untyped-def]
+    """A second's step of the five higher timeframes, after two hours of minutes."""
+    _table, higher = higher_timeframes()
     for minute in range(120):
         higher.step(_batch(minute), Batch.empty(), T0 + 60 * minute + 61.0)
     second = iter(range(10**9))
