@@ -380,7 +380,11 @@ def minute_close_split(run: Run) -> dict[str, object]:
     slowest = np.argsort(cycle)[::-1][: max(1, len(cycle) // 100)]
     out: dict[str, object] = {"n_closing": int(closing.sum()), "n": len(cycle),
                               "slowest": len(slowest), "slowest_closing": int(closing[slowest].sum())}
-    for name, mask in (("closing", closing), ("other", ~closing)):
+    # a minute close on a 5-minute boundary closes the 5m bars too (15m and 1h at theirs)
+    boundary = closing & np.array([int(c["t"]) // 60 % 5 == 0 for c in run.cycles], dtype=bool)
+    out["n_boundary"] = int(boundary.sum())
+    for name, mask in (("closing", closing), ("other", ~closing), ("boundary", boundary),
+                       ("plain_close", closing & ~boundary)):
         v = cycle[mask]
         out[f"{name}_p50"] = float(np.percentile(v, 50)) if len(v) else float("nan")
         out[f"{name}_p99"] = float(np.percentile(v, 99)) if len(v) else float("nan")
@@ -397,7 +401,11 @@ def _split_text(run: Run) -> str:
             f"history and the SQLite buffer, beside the forming bars); they take p50 {m['closing_p50']:.0f} ms "
             f"against {m['other_p50']:.0f} ms for the others (whose p99 is {m['other_p99']:.0f} ms), and "
             f"{m['slowest_closing']} of the slowest {m['slowest']} cycles (the 1% above the p99) are among them. "
-            f"Mean ms per stage, minute-closing vs other cycles: {stages}.")
+            f"Mean ms per stage, minute-closing vs other cycles: {stages}. Of the minute-closing cycles, "
+            f"{m['n_boundary']} fall on a 5-minute boundary, where the 5m bars close too (and 15m and 1h at theirs): "
+            f"p50 {m['boundary_p50']:.0f} ms, Redis stage {m['boundary_stages']['redis']:.0f} ms (mean), against "  # type: ignore[index]
+            f"{m['plain_close_p50']:.0f} and {m['plain_close_stages']['redis']:.0f} ms for the others "  # type: ignore[index]
+            "(bench/closes.py measures Redis's time for each timeframe's closed bars).")
 
 
 def _scaling_text(summaries: list[dict[str, float]]) -> list[str]:
