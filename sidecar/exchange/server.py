@@ -66,6 +66,7 @@ class Exchange:
         self.app.router.add_get("/v1/test/getcrumb", self._getcrumb)
         self.app.router.add_get("/v7/finance/quote", self._quote)
         self._cookies: dict[str, str] = {}  # A3 cookie -> its crumb
+        self._quote_lists: dict[str, tuple[str, ...]] = {}  # a batch quote's `symbols` -> the valid ones
         self.quote_log: list[tuple[float, int]] = []  # (wall time, symbols asked) of each quote request
         self.app.router.add_post("/_exchange/faults", self._post_fault)
         self.app.router.add_get("/_exchange/faults", self._get_faults)
@@ -301,14 +302,24 @@ class Exchange:
             return web.Response(status=401, body=orjson.dumps(error), content_type="application/json")
         if (faulted := await self.ledger.fault_response(fault)) is not None:
             return faulted
-        # Unknown or malformed symbols are left out, as Yahoo does: no per-symbol error.
-        symbols = tuple(s for s in request.query.get("symbols", "").split(",") if _YAHOO_SYMBOL.fullmatch(s))
+        symbols = self._quoted(request.query.get("symbols", ""))
         self.quote_log.append((now, len(symbols)))
         body = self.quotes.body(symbols, int(now))
         self.quotes.prepare_next_minute(symbols, int(now))
         if fault == "malformed_json":
             body = body[: len(body) // 2]
         return web.Response(body=body, content_type="application/json")
+
+    def _quoted(self, raw: str) -> tuple[str, ...]:
+        """The symbols of a batch quote's `symbols` list. Unknown or malformed ones are left out,
+        as Yahoo does: no per-symbol error. Kept per list: a poller asks the same lists every
+        second, and checking 500 symbols cost 0.21 ms of each answer's ~2 ms."""
+        symbols = self._quote_lists.get(raw)
+        if symbols is None:
+            if len(self._quote_lists) >= 1024:
+                self._quote_lists.clear()
+            symbols = self._quote_lists[raw] = tuple(s for s in raw.split(",") if _YAHOO_SYMBOL.fullmatch(s))
+        return symbols
 
     def _yahoo_auth(self, request: web.Request) -> bool:
         """Whether the request carries a cookie this exchange set and that cookie's crumb."""
