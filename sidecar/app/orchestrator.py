@@ -321,6 +321,7 @@ class Orchestrator:
         marks.append(clock.monotonic())
         if self.scan is not None and redis_ok:
             await self.scan.run({service.timeframe: service.codec for service in self.services()})
+        self.metrics.sqlite_buffered.set(self.sqlite.waiting)
         marks.append(clock.monotonic())
         return self._report(fetched, accepted, redis_ok, marks, now)
 

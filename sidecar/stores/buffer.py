@@ -48,6 +48,7 @@ class BufferedStore:
         # and their features into rows, which the flush (half a period after the cycles) or a
         # read now does outside the cycle. In order: a later copy of a key wins.
         self._pending: list[Callable[[], None]] = []
+        self._pending_bars = 0  # bars in `_pending`
         self._lock = asyncio.Lock()  # one transaction at a time: small writes never interleave with a flush
         self.persisted_through: dict[str, int] = {}
         self.last_flush_at: float | None = None
@@ -91,6 +92,12 @@ class BufferedStore:
         return len(self._buffer)
 
     @property
+    def waiting(self) -> int:
+        """`buffered` without making the rows (for the gauge the cycle sets every second): a bar
+        added again before they are made counts twice."""
+        return len(self._rows) + self._pending_bars
+
+    @property
     def dropped(self) -> int:
         """Bars dropped by the buffer's bound."""
         self._settle()
@@ -102,6 +109,7 @@ class BufferedStore:
             pending, self._pending = self._pending, []
             for make in pending:
                 make()
+        self._pending_bars = 0
 
     def buffered_bars(self, symbols: set[str]) -> list[Bar]:
         """Bars of these symbols not yet flushed."""
@@ -115,6 +123,7 @@ class BufferedStore:
         """`add` for bars given as rows of the `bars` table's columns."""
         if rows:
             self._pending.append(lambda: self._put(rows))
+            self._pending_bars += len(rows)
 
     def add_batch(self, rows: Batch, symbols: Sequence[str], source_names: Sequence[str], timeframe: str) -> None:
         """`add` for a cycle's closed bars as arrays (`symbols` and `source_names` by slot and
@@ -122,6 +131,7 @@ class BufferedStore:
         if len(rows):
             symbols, source_names = list(symbols), list(source_names)
             self._pending.append(lambda: self._put(rows.rows(symbols, source_names, timeframe)))
+            self._pending_bars += len(rows)
 
     def _put(self, rows: Sequence[Row]) -> None:
         self._rows.update(zip([r[:3] for r in rows], rows, strict=True))
