@@ -9,11 +9,15 @@ import numpy as np
 import orjson
 import pytest
 
+from sidecar.clock import ManualClock
+from sidecar.cycle.scan import Scan
 from sidecar.errors import SettingsError
 from sidecar.features import OUTPUTS
 from sidecar.features.codec import FeatureCodec
+from sidecar.metrics import Metrics
 from sidecar.scanner import DEFAULT_RULES, Scanner, parse_rules
 from sidecar.stores import RedisStore
+from sidecar.stores.redis_wire import TimeframeWrite
 
 from .conftest import RedisServer
 
@@ -179,3 +183,36 @@ async def test_an_earnings_filter_keeps_rules_out_of_a_release_and_signals_carry
 def test_earnings_in_days_has_no_timeframe() -> None:
     with pytest.raises(SettingsError, match="earnings_in_days has no timeframe"):
         parse_rules("x: rsi_14 < 30 when earnings_in_days@5m > 2", OUTPUTS, timeframes=("1m", "5m"))
+
+
+async def test_a_scan_evaluates_the_values_read_with_the_cycles_write_and_reads_for_itself_without_them(
+        store: RedisStore) -> None:
+    """The cycle's write reads each timeframe back right after its part and the scan decodes it
+    there; a write that read nothing (a cluster member's) leaves the scan to read for itself,
+    never from an earlier cycle's values."""
+    rules = parse_rules("dip: rsi_14 < 30 when rsi_14@5m < 40", OUTPUTS, timeframes=("1m", "5m"))
+    codecs = {tf: FeatureCodec(OUTPUTS, tf) for tf in ("1m", "5m")}
+    scanner = Scanner(symbols=["AAPL", "MSFT"], broker_symbols=["AAPL", "MSFT"], codec=codecs["1m"], rules=rules,
+                      max_age_s=3.0)
+    metrics = Metrics()
+    scan = Scan(scanner=scanner, redis=store, metrics=metrics, clock=ManualClock(NOW))
+
+    def part(tf: str, rsi: float) -> TimeframeWrite:
+        values = np.full((len(OUTPUTS), 2), np.nan)
+        values[OUTPUTS.index("rsi_14")] = rsi
+        rows = codecs[tf].encode(np.array([1_799_999_940] * 2), np.array([100.0] * 2), np.array([True] * 2), NOW,
+                                 values)
+        return TimeframeWrite(tf, features=(["AAPL", "MSFT"], rows))
+
+    async def cycle(rsi_1m: float, again: float | None = None, reads: bool = True) -> float:
+        later = [part("5m", 35.0), *([] if again is None else [part("1m", again)])]
+        await store.write_timeframes([part("1m", rsi_1m)], NOW, then=lambda: later,
+                                     reads=scan.reads(codecs) if reads else None)
+        await scan.run(codecs)
+        return metrics.total("sidecar_signals_total", rule="dip")
+
+    assert await cycle(50.0) == 0  # first sight
+    # read right after the 1m part: 20, a crossing, though a later part wrote 50 over it
+    assert await cycle(20.0, again=50.0) == 2
+    assert await cycle(50.0, reads=False) == 2  # read by the scan itself: 50, the condition is off
+    assert await cycle(20.0, reads=False) == 4  # and on again

@@ -291,9 +291,11 @@ class Orchestrator:
 
         feature_slots, feature_rows = self._features(fetched, accepted)
         marks.append(clock.monotonic())
+        codecs = {service.timeframe: service.codec for service in self.services()}
         redis_ok, lanes = await self.publisher.write(  # the higher timeframes step while Redis applies the minute's part
             accepted, synthetic, stale, (feature_slots, feature_rows), lambda: self.higher.step(
-                accepted.closed, newest.take(newest.forming), self.sourcing.source_clock(now)) if self.higher.lanes else [], now)
+                accepted.closed, newest.take(newest.forming), self.sourcing.source_clock(now)) if self.higher.lanes else [],
+            now, None if self.scan is None else self.scan.reads(codecs))
         marks += [marks[-1] + self.publisher.step_s, clock.monotonic()]  # timeframes; Redis: the rest of the write
         if redis_ok:
             await self.dead.update(now)
@@ -320,7 +322,7 @@ class Orchestrator:
         self.sourcing.recovered = False
         marks.append(clock.monotonic())
         if self.scan is not None and redis_ok:
-            await self.scan.run({service.timeframe: service.codec for service in self.services()})
+            await self.scan.run(codecs)
         self.metrics.sqlite_buffered.set(self.sqlite.waiting)
         marks.append(clock.monotonic())
         return self._report(fetched, accepted, redis_ok, marks, now)

@@ -21,7 +21,7 @@ from ..clock import Clock
 from ..errors import RedisStoreError
 from ..metrics import Metrics
 from ..stores import RedisStore
-from ..stores.redis_wire import REPLACE, TRIM, Ints, TimeframeWrite, pack
+from ..stores.redis_wire import REPLACE, TRIM, FeatureReads, Ints, TimeframeWrite, pack
 from .acceptance import Accepted
 from .batch import Batch
 from .deadletters import Staleness
@@ -138,13 +138,13 @@ class Publisher:
 
     async def write(self, accepted: Accepted, synthetic: Batch, stale: Staleness,
                     features: tuple[np.ndarray, Sequence[bytes]], step: Callable[[], Sequence[LaneOutput]],
-                    now: float) -> tuple[bool, Sequence[LaneOutput]]:
+                    now: float, reads: FeatureReads | None = None) -> tuple[bool, Sequence[LaneOutput]]:
         """Newest bars (and those whose STALE flag changed), histories and features of every
         timeframe in one round trip; whether Redis took them, and the higher timeframes' output.
 
         The minute's part goes first; `step` (the higher timeframes' step) runs while Redis
         applies it, and its parts follow on the same connection. `step` runs once, whatever
-        becomes of the write.
+        becomes of the write. `reads`: features read back with the write (`RedisStore.write_timeframes`).
 
         If Redis did not take them, SQLite keeps recording, and the next write carries every
         symbol's newest bar (a write sent before an outage may land after a newer one when Redis
@@ -168,7 +168,8 @@ class Publisher:
         t0 = self.clock.monotonic()
         try:
             # the kept bars first: a revision in this write of a bar among them must win
-            result = await self.redis.write_timeframes([*(u.write for u in again), minute], now, then=stepped)
+            result = await self.redis.write_timeframes([*(u.write for u in again), minute], now, then=stepped,
+                                                       reads=reads)
         except RedisStoreError as exc:
             self.metrics.redis_errors.inc()
             if self.failing_since is None:

@@ -15,8 +15,9 @@ dropped connection changes nothing (reliability.md B.1).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
@@ -35,6 +36,7 @@ from .redis_wire import (
     REPLACE,
     TRIM,
     CyclePacker,
+    FeatureReads,
     Ints,
     ListedSymbols,
     RedisKeys,
@@ -153,25 +155,46 @@ class RedisStore(RedisStreams):
         return await self.write_timeframes([TimeframeWrite(timeframe, latest, history, features, quiet), *more], now)
 
     async def write_timeframes(self, writes: Sequence[TimeframeWrite], now: float,
-                               then: Callable[[], Sequence[TimeframeWrite]] | None = None) -> WriteResult:
+                               then: Callable[[], Sequence[TimeframeWrite]] | None = None,
+                               reads: FeatureReads | None = None) -> WriteResult:
         """`write_cycle` for parts given per timeframe, applied in their order (the first part
         with newest bars lists the symbols). `then`, if given, makes more parts once the first
-        are sent: they follow on the same connection, made while Redis applies the first."""
+        are sent: they follow on the same connection, made while Redis applies the first.
+
+        `reads`: features read back on the same connection, a timeframe's MGET right after the
+        parts that write it (after `then`'s for a timeframe not among `writes`); each is handed
+        to `reads.took` as soon as it is read, while Redis may still apply what follows it. A
+        cluster member's fenced write reads nothing: the scan then reads for itself."""
         if self.fence is not None:
             return await self._write_fenced([*writes, *(then() if then is not None else ())], now)
         head, names = self._head(writes, now)
         parts, written = self._packer.pack(writes)
         counts = [written]
+        sent = [*(command(*c) for c in head), *parts]
+        took: dict[int, Callable[[object], object]] = {}  # reply index -> who takes it
+
+        def read_back(timeframes: Sequence[str], at: int) -> list[bytes]:
+            if reads is None:
+                return []
+            for k, tf in enumerate(timeframes):
+                took[at + k] = functools.partial(reads.took, tf)
+            return [self._mget(reads.symbols[tf], tf) for tf in timeframes]
+
+        wanted = [tf for tf, symbols in (reads.symbols.items() if reads else ()) if symbols]
+        first = {w.timeframe for w in writes}
+        early = [tf for tf in wanted if tf in first or then is None]
+        sent += read_back(early, len(sent))
 
         def more() -> tuple[list[bytes], float]:
             assert then is not None
             extra, n = self._packer.pack(then())
             counts.append(n)
-            return extra, n * WRITE_S_PER_VALUE
+            late = [tf for tf in wanted if tf not in early]
+            return [*extra, *read_back(late, len(sent) + len(extra))], n * WRITE_S_PER_VALUE
 
-        replies = await self._send([*(command(*c) for c in head), *parts], len(head) + len(parts),
-                                   f"writing {written} values", timeout=self.timeout_s + written * WRITE_S_PER_VALUE,
-                                   more=None if then is None else more)
+        replies = await self._send(sent, len(sent), f"writing {written} values",
+                                   timeout=self.timeout_s + written * WRITE_S_PER_VALUE,
+                                   more=None if then is None else more, took=took)
         fresh = replies[0] is not None  # a new or emptied Redis: only what this write added is in its set
         self._listed.add(names, fresh)
         return WriteResult(sum(counts), fresh)
@@ -277,10 +300,12 @@ class RedisStore(RedisStreams):
 
     async def _send(self, packed: bytes | list[bytes], replies: int, what: str, fenced_ok: bool = False,
                     timeout: float | None = None,
-                    more: Callable[[], tuple[list[bytes], float]] | None = None) -> list[object]:
+                    more: Callable[[], tuple[list[bytes], float]] | None = None,
+                    took: Mapping[int, Callable[[object], object]] | None = None) -> list[object]:
         """Send pre-packed commands on one pooled connection, replies read within `timeout` (or
         the store's); `more`, called once they are sent, gives commands to send after them (one
-        reply each) and the seconds they add to the deadline. A connection that failed mid-way
+        reply each) and the seconds they add to the deadline; `took`, by reply index, is handed
+        that reply as soon as it is read (not an error reply). A connection that failed mid-way
         is closed, never pooled with replies pending."""
         pool = self._pool
         assert pool is not None, "pre-packed commands go to one Redis, not a cluster"
@@ -296,7 +321,11 @@ class RedisStore(RedisStreams):
                         deadline.reschedule((deadline.when() or 0.0) + seconds)
                         await conn.send_packed_command(extra)
                         replies += len(extra)
-                    out = [await _reply(conn) for _ in range(replies)]
+                    out = []
+                    for i in range(replies):
+                        out.append(reply := await _reply(conn))
+                        if took and i in took and not isinstance(reply, Exception):
+                            took[i](reply)
                 except BaseException:
                     await conn.disconnect()
                     raise
@@ -330,13 +359,17 @@ class RedisStore(RedisStreams):
         if self.cluster_client:  # keys in many slots: one MGET per slot, grouped per node by redis-py
             return await self.guard(self.client.mget_nonatomic([self.keys.features(s, timeframe) for s in symbols]),
                                     "reading features")
+        (reply,) = await self._send(self._mget(symbols, timeframe), 1, "reading features")
+        return reply  # type: ignore[return-value]
+
+    def _mget(self, symbols: Sequence[str], timeframe: str) -> bytes:
+        """The MGET of some symbols' features, packed once per symbol set and timeframe."""
         names = tuple(symbols)
         cached = self._mget_cache.get(timeframe)
         if cached is None or cached[0] != names:
             cached = self._mget_cache[timeframe] = (names, command(b"MGET", *(self.keys.features(s, timeframe).encode()
                                                                                for s in symbols)))
-        (reply,) = await self._send(cached[1], 1, "reading features")
-        return reply  # type: ignore[return-value]
+        return cached[1]
 
     async def guard(self, call: Awaitable[Any], what: str = "read") -> Any:
         """A redis-py call within the timeout; its failure as a RedisStoreError."""

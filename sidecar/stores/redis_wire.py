@@ -6,7 +6,7 @@ commands the cycle pre-packs, and the write scripts (plain and fenced). The stor
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import msgpack
@@ -275,6 +275,15 @@ class WriteResult:
 
     written: int
     fresh: bool
+
+
+@dataclass(slots=True, frozen=True)
+class FeatureReads:
+    """Features to read back with a cycle's write: the symbols per timeframe, and what takes each
+    timeframe's values (None where absent) as soon as they are read."""
+
+    symbols: Mapping[str, Sequence[str]]
+    took: Callable[[str, list[bytes | None]], object]
 
 
 def pack(bar: Bar) -> bytes:
