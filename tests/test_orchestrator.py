@@ -317,6 +317,9 @@ async def test_the_cycle_trace_gets_one_line_per_cycle(settings: Settings, tmp_p
     assert len(records) == 3
     assert records[0]["closed"] >= 25 * len(settings.symbols) and records[1]["fetched"] == len(settings.symbols)
     assert all(r["cycle_s"] >= r["fetch"] + r["redis"] > 0 and r["symbols"] == len(settings.symbols) for r in records)
+    stages = ("fetch", "parse", "build", "validate", "features", "timeframes", "redis", "sqlite_buffer", "scan")
+    # each stage's time counted once: the scan's decoding, done inside the write, is the scan's
+    assert all(abs(sum(r[k] for k in stages) - r["cycle_s"]) < 2e-5 and r["scan"] > 0 for r in records)
 
 
 def test_a_revision_that_jumps_is_quarantined_and_one_that_does_not_is_stored(settings: Settings) -> None:

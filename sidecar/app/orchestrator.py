@@ -300,10 +300,9 @@ class Orchestrator:
         if redis_ok:
             await self.dead.update(now)
             await self.publisher.write_quarantine()
-        self.sqlite.add_batch(accepted.closed, t.symbols, t.source_names, "1m")
+        for closed, timeframe in [(accepted.closed, "1m"), *((lane.closed, lane.timeframe) for lane in lanes)]:
+            self.sqlite.add_batch(closed, t.symbols, t.source_names, timeframe)
         self.sqlite.add(accepted.revised)
-        for lane in lanes:
-            self.sqlite.add_batch(lane.closed, t.symbols, t.source_names, lane.timeframe)
         self._persist_features()
         if accepted.revised:
             self.request_rewarm({b.symbol for b in accepted.revised})
@@ -361,10 +360,11 @@ class Orchestrator:
         """Stage times, per-source counts, the cycle's metrics and trace."""
         fetch, validate, features, timeframes, redis, buffer, scan = np.diff(marks).tolist()
         fetch -= fetched.build_s + (0.0 if self.sourcing.background else fetched.parse_s)  # fetch: waiting for answers
+        decoded = 0.0 if self.scan is None else self.scan.decode_s  # the scan's, done in the write
         self.stages = {"fetch": fetch, "parse": fetched.parse_s, "build": fetched.build_s, "validate": validate,
-                       "features": features, "timeframes": timeframes, "redis": redis, "sqlite_buffer": buffer, "scan": scan}
-        t = self.table
-        n = len(t)
+                       "features": features, "timeframes": timeframes, "redis": redis - decoded, "sqlite_buffer": buffer,
+                       "scan": scan + decoded}
+        t, n = self.table, len(self.table)
         codes = t.source[fetched.answered].astype(np.int64)
         served = np.bincount(codes[codes >= 0], minlength=len(t.source_names))
         for g in self.sources:

@@ -40,18 +40,18 @@ class Scan:
         self._codecs: Mapping[str, FeatureCodec] = {}
         self._symbols: Sequence[str] = ()  # the symbols of the frames read with the write
         self._frames: dict[str, FeatureFrame] = {}  # read with this cycle's write, by timeframe
-        self._decode_s = 0.0  # spent decoding them
+        self.decode_s = 0.0  # spent decoding them (inside the write's Redis stage)
 
     def reads(self, codecs: Mapping[str, FeatureCodec]) -> FeatureReads:
         """What the cycle's write reads back for the scan; `codecs`: each timeframe's own (a row's
         layout holds its timeframe's name: "15m" is a byte longer than "1m")."""
-        self._codecs, self._symbols, self._frames, self._decode_s = codecs, self.scanner.symbols, {}, 0.0
+        self._codecs, self._symbols, self._frames, self.decode_s = codecs, self.scanner.symbols, {}, 0.0
         return FeatureReads({tf: self._symbols for tf in self.scanner.fields}, self._took)
 
     def _took(self, timeframe: str, raws: list[bytes | None]) -> None:
         t0 = self.clock.monotonic()
         self._frames[timeframe] = self._codecs[timeframe].decode(raws, self.scanner.fields[timeframe])
-        self._decode_s += self.clock.monotonic() - t0
+        self.decode_s += self.clock.monotonic() - t0
 
     async def run(self, codecs: Mapping[str, FeatureCodec]) -> None:
         """Evaluate the frames read with this cycle's write, reading those it did not (or all,
@@ -76,5 +76,4 @@ class Scan:
             log.info("signal %s %s (%s) %s ts=%d close=%s", sig.rule, sig.symbol, sig.broker_symbol, sig.timeframe,
                      sig.ts, sig.close)
         self.metrics.features_stale.set(result.stale)
-        self.metrics.scan_seconds.observe(self.clock.monotonic() - t0 + self._decode_s)
-        self._decode_s = 0.0
+        self.metrics.scan_seconds.observe(self.clock.monotonic() - t0 + self.decode_s)
