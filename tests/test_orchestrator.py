@@ -24,7 +24,7 @@ from sidecar.exchange import Exchange
 from sidecar.settings import Settings
 from sidecar.symbols import lookup
 
-from .conftest import RedisServer, poll_until, start_redis
+from .conftest import RedisServer, start_redis
 from .helpers import wait_until
 
 
@@ -358,30 +358,3 @@ def test_an_answer_clears_exactly_the_errors_of_the_slots_that_answered(answered
     heard = set(slots.tolist())
     assert sorted(recovered) == sorted(failed & heard)
     assert set(table.last_error) == failed - heard and set(table.errors) == erred - heard
-
-
-async def test_the_minutes_bars_reach_redis_while_its_features_are_computed(
-        app: Sidecar, settings: Settings, redis_server: RedisServer) -> None:
-    """The cycle's write begins with the minute's bars: Redis applies them (a minute's close is
-    ~25 ms of Redis's time for the histories) while the indicators commit and peek. Seen from
-    inside the features stage: each symbol's newest bar of this cycle is already in Redis."""
-    compute = app.orchestrator._features  # noqa: SLF001 - watched, not replaced: it still computes
-    seen: list[bool] = []
-
-    def watched(fetched, accepted):  # type: ignore[no-untyped-def]
-        newest = {app.orchestrator.table.symbols[s]: ts for s, ts in zip(accepted.newest.slot.tolist(),
-                                                                        accepted.newest.ts.tolist(), strict=True)}
-        with redis_server.client() as c:
-            def there() -> bool:
-                raw = c.mget([f"sidecar:{{{sym}}}:bar:1m" for sym in newest])
-                return all(r is not None and msgpack.unpackb(r)["ts"] == newest[sym]
-                           for sym, r in zip(newest, raw, strict=True))
-
-            poll_until(there, 10, "the cycle's newest bars in Redis", every=0.005)  # fails the cycle, and the test
-            seen.append(bool(newest))
-        return compute(fetched, accepted)
-
-    app.orchestrator._features = watched  # type: ignore[method-assign]  # noqa: SLF001
-    for _ in range(3):
-        assert (await app.orchestrator.run_cycle()).redis_ok
-    assert seen == [True, True, True]

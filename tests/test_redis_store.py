@@ -108,7 +108,7 @@ async def test_a_writes_later_parts_are_made_once_the_first_is_sent_and_land_on_
 
     minute = TimeframeWrite("1m", (symbols, [pack(_bar(1, s)) for s in symbols]),
                             (symbols, [T0] * 300, [pack(_bar(0, s)) for s in symbols], [0] * 300))
-    result = await store.write_timeframes([minute], 1.0, then=[then])
+    result = await store.write_timeframes([minute], 1.0, then=then)
     assert made == [1] and result.written == 900
     with redis_server.client() as c:
         assert msgpack.unpackb(c.get("t:{S299}:bar:5m"))["ts"] == T0 + 300
@@ -117,34 +117,28 @@ async def test_a_writes_later_parts_are_made_once_the_first_is_sent_and_land_on_
 
 async def test_features_read_with_a_write_are_read_right_after_the_part_that_writes_them(
         store: RedisStore, redis_server: RedisServer) -> None:
-    """A scan's reads ride on the cycle's write: each timeframe's MGET follows the first part
-    that writes its features, so the 1m values read are the second part's (the first writes
-    bars only), though a later part writes 1m again; each is handed over before the write
-    returns, and a timeframe no part writes is read at the end."""
+    """A scan's reads ride on the cycle's write: each timeframe's MGET follows its own part, so
+    the 1m values read are the first part's even though the later part writes 1m again, and
+    each is handed over before the write returns."""
     symbols = ["AAPL", "MSFT", "GONE"]
     with redis_server.client() as c:
         c.set("t:{GONE}:features:1m", b"old")
-        c.set("t:{MSFT}:features:1h", b"old 1h")
+        c.set("t:{MSFT}:features:5m", b"old 5m")
 
     def features(tf: str, tag: bytes) -> TimeframeWrite:
         return TimeframeWrite(tf, features=(symbols[:2], [tag + b" " + s.encode() for s in symbols[:2]]),
                               quiet=["GONE"] if tf == "1m" else ())
 
     got: list[tuple[str, list[bytes | None]]] = []
-    reads = FeatureReads({"1h": symbols, "1m": symbols, "5m": symbols, "1d": []},
-                         lambda tf, raws: got.append((tf, raws)))
-    bars = TimeframeWrite("1m", (symbols[:2], [pack(_bar(1, s)) for s in symbols[:2]]))
-    await store.write_timeframes([bars], 1.0, then=[lambda: [features("1m", b"first")],
-                                                    lambda: [features("5m", b"five"), features("1m", b"second")]],
-                                 reads=reads)
-    assert got == [("1m", [b"first AAPL", b"first MSFT", None]), ("1h", [None, b"old 1h", None]),
-                   ("5m", [b"five AAPL", b"five MSFT", None])]  # the last part's in the order asked
+    reads = FeatureReads({"1m": symbols, "5m": symbols, "1h": []}, lambda tf, raws: got.append((tf, raws)))
+    await store.write_timeframes([features("1m", b"first")], 1.0,
+                                 then=lambda: [features("5m", b"five"), features("1m", b"second")], reads=reads)
+    assert got == [("1m", [b"first AAPL", b"first MSFT", None]), ("5m", [b"five AAPL", b"five MSFT", None])]
     with redis_server.client() as c:  # what the later part wrote is there too: it was read before it
         assert c.mget("t:{AAPL}:features:1m", "t:{MSFT}:features:1m") == [b"second AAPL", b"second MSFT"]
-    got.clear()  # one part: every read follows it
+    got.clear()  # without later parts, every read follows the write
     await store.write_timeframes([features("1m", b"third")], 2.0, reads=reads)
-    assert sorted(got) == [("1h", [None, b"old 1h", None]), ("1m", [b"third AAPL", b"third MSFT", None]),
-                           ("5m", [b"five AAPL", b"five MSFT", None])]
+    assert got == [("1m", [b"third AAPL", b"third MSFT", None]), ("5m", [b"five AAPL", b"five MSFT", None])]
 
 
 async def test_a_write_tells_when_redis_lost_its_data(store: RedisStore, redis_server: RedisServer) -> None:

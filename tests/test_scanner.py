@@ -206,7 +206,7 @@ async def test_a_scan_evaluates_the_values_read_with_the_cycles_write_and_reads_
 
     async def cycle(rsi_1m: float, again: float | None = None, reads: bool = True) -> float:
         later = [part("5m", 35.0), *([] if again is None else [part("1m", again)])]
-        await store.write_timeframes([part("1m", rsi_1m)], NOW, then=[lambda: later],
+        await store.write_timeframes([part("1m", rsi_1m)], NOW, then=lambda: later,
                                      reads=scan.reads(codecs) if reads else None)
         await scan.run(codecs)
         return metrics.total("sidecar_signals_total", rule="dip")

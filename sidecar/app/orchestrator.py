@@ -15,9 +15,7 @@
 Every symbol has a slot in the symbol table (sidecar/cycle/table.py), which holds its state
 between cycles in arrays; a cycle's bars travel as one Batch of arrays. The loop owns the
 order and times each stage; a stage never reaches into another's state. One failing symbol
-never stops the cycle: its error is counted and the rest go on. The Redis write begins with the
-minute's bars: the features, then the higher timeframes, are computed while Redis applies what
-went before them, and their parts follow on the same connection.
+never stops the cycle: its error is counted and the rest go on.
 """
 
 from __future__ import annotations
@@ -271,7 +269,8 @@ class Orchestrator:
         marks = [clock.monotonic()]
         for g in self.sources:
             g.begin_cycle(marks[0] + 0.8 * self.period)  # retries must leave time for the writes
-        fetched = await self.sourcing.fetch(now := clock.time())
+        now = clock.time()
+        fetched = await self.sourcing.fetch(now)
         for g in self.sources:
             g.end_cycle(now, self.period)
         marks.append(clock.monotonic())
@@ -290,13 +289,14 @@ class Orchestrator:
         stale = self.dead.mark_stale(now, fetched.answered)
         marks.append(clock.monotonic())
 
+        feature_slots, feature_rows = self._features(fetched, accepted)
+        marks.append(clock.monotonic())
         codecs = {service.timeframe: service.codec for service in self.services()}
-        redis_ok, lanes = await self.publisher.write(  # features, then timeframes, while Redis applies what came before
-            accepted, synthetic, stale, lambda: self._features(fetched, accepted), lambda: self.higher.step(
+        redis_ok, lanes = await self.publisher.write(  # the higher timeframes step while Redis applies the minute's part
+            accepted, synthetic, stale, (feature_slots, feature_rows), lambda: self.higher.step(
                 accepted.closed, newest.take(newest.forming), self.sourcing.source_clock(now)) if self.higher.lanes else [],
             now, None if self.scan is None else self.scan.reads(codecs))
-        p = self.publisher  # features; timeframes; Redis: the rest of the write
-        marks += [marks[-1] + p.features_s, marks[-1] + p.features_s + p.step_s, clock.monotonic()]
+        marks += [marks[-1] + self.publisher.step_s, clock.monotonic()]  # timeframes; Redis: the rest of the write
         if redis_ok:
             await self.dead.update(now)
             await self.publisher.write_quarantine()

@@ -1,7 +1,7 @@
 """Publish: a cycle's bars and features, of every timeframe, as the parts of its one Redis write.
 
-The minute's bars: the newest bar of each slot that changed (or whose STALE flag did), the new
-closed and gap-filled bars for the histories, the revised ones; then the minute's features. A history
+The minute's part: the newest bar of each slot that changed (or whose STALE flag did), the new
+closed and gap-filled bars for the histories, the revised ones, and the features. A history
 entry replaces an older copy at the same open only where one can exist (a bar newer than any
 this process wrote has none), and each history is capped every TRIM_EVERY minutes, spread over
 the symbols. A higher timeframe's part: its newest bars, its closed bars, its features.
@@ -59,8 +59,8 @@ def latest_rows(t: SymbolTable, slots: np.ndarray) -> Batch:
 
 
 def minute_write(t: SymbolTable, encoder: BarEncoder, accepted: Accepted, synthetic: Batch, stale: Staleness,
-                 every: bool = False) -> tuple[TimeframeWrite, Batch]:
-    """The minute's bars in the cycle's write, and the rows it adds to the histories; with
+                 features: tuple[np.ndarray, Sequence[bytes]], every: bool = False) -> tuple[TimeframeWrite, Batch]:
+    """The minute's part of the cycle's write, and the rows it adds to the histories; with
     `every`, every symbol's newest bar, not only those that changed."""
     step = timeframe_seconds(encoder.timeframe)
     if every:
@@ -80,7 +80,9 @@ def minute_write(t: SymbolTable, encoder: BarEncoder, accepted: Accepted, synthe
     write = TimeframeWrite(
         encoder.timeframe,
         latest=(t.names(latest), encoder.encode(latest_rows(t, latest), names.column, t.source_names)),
-        history=rows)
+        history=rows,
+        features=(t.names(features[0]), features[1]),
+        quiet=[t.symbols[s] for s in stale.marked.tolist()])
     return write, history
 
 
@@ -131,23 +133,18 @@ class Publisher:
         self.unsent: list[Unsent] = []  # the closed bars of failed writes, oldest first
         self.missed_from: int | None = None  # more failed than `unsent` holds: the oldest open among them
         self.values = 0  # values the last write sent (the cycle trace's)
-        self.features_s = 0.0  # seconds the last write's `features` took (the cycle's features stage)
         self.step_s = 0.0  # seconds the last write's `step` took (the cycle's timeframes stage)
         self.quarantine: list[dict[str, object]] = []  # spikes not yet written to Redis
 
     async def write(self, accepted: Accepted, synthetic: Batch, stale: Staleness,
-                    features: Callable[[], tuple[np.ndarray, Sequence[bytes]]],
-                    step: Callable[[], Sequence[LaneOutput]], now: float,
-                    reads: FeatureReads | None = None) -> tuple[bool, Sequence[LaneOutput]]:
+                    features: tuple[np.ndarray, Sequence[bytes]], step: Callable[[], Sequence[LaneOutput]],
+                    now: float, reads: FeatureReads | None = None) -> tuple[bool, Sequence[LaneOutput]]:
         """Newest bars (and those whose STALE flag changed), histories and features of every
         timeframe in one round trip; whether Redis took them, and the higher timeframes' output.
 
-        The minute's bars go first; `features` (the minute's features: slots and values) runs
-        while Redis applies them, `step` (the higher timeframes' step) while Redis applies the
-        features, and their parts follow on the same connection: a minute's close is ~25 ms of
-        Redis's time for the histories alone, begun before the indicators commit. Each runs
-        once, whatever becomes of the write (`features_s`, `step_s`: how long they took).
-        `reads`: features read back with the write (`RedisStore.write_timeframes`).
+        The minute's part goes first; `step` (the higher timeframes' step) runs while Redis
+        applies it, and its parts follow on the same connection. `step` runs once, whatever
+        becomes of the write. `reads`: features read back with the write (`RedisStore.write_timeframes`).
 
         If Redis did not take them, SQLite keeps recording, and the next write carries every
         symbol's newest bar (a write sent before an outage may land after a newer one when Redis
@@ -155,19 +152,9 @@ class Publisher:
         each time."""
         t = self.table
         recovering = self.failing_since is not None
-        minute, history = minute_write(t, self.encoder, accepted, synthetic, stale, every=recovering)
+        minute, history = minute_write(t, self.encoder, accepted, synthetic, stale, features, every=recovering)
         lanes: list[Sequence[LaneOutput]] = []
         lane_writes: list[TimeframeWrite] = []
-        feature_writes: list[TimeframeWrite] = []
-
-        def featured() -> list[TimeframeWrite]:
-            if not feature_writes:
-                t0 = self.clock.monotonic()
-                slots, rows = features()
-                self.features_s = self.clock.monotonic() - t0
-                feature_writes.append(TimeframeWrite(self.encoder.timeframe, features=(t.names(slots), rows),
-                                                     quiet=[t.symbols[s] for s in stale.marked.tolist()]))
-            return feature_writes
 
         def stepped() -> list[TimeframeWrite]:
             if not lanes:
@@ -181,17 +168,17 @@ class Publisher:
         t0 = self.clock.monotonic()
         try:
             # the kept bars first: a revision in this write of a bar among them must win
-            result = await self.redis.write_timeframes([*(u.write for u in again), minute], now,
-                                                       then=[featured, stepped], reads=reads)
+            result = await self.redis.write_timeframes([*(u.write for u in again), minute], now, then=stepped,
+                                                       reads=reads)
         except RedisStoreError as exc:
             self.metrics.redis_errors.inc()
             if self.failing_since is None:
                 log.warning("redis write failed (SQLite keeps recording): %s", exc)
                 self.failing_since = now
-            self._keep([minute, *featured(), *stepped()], history)
+            self._keep([minute, *stepped()], history)
             return False, lanes[0]
-        featured(), stepped()  # (they ran as the parts before theirs were sent)
-        self.metrics.redis_write_seconds.observe(self.clock.monotonic() - t0 - self.features_s - self.step_s)
+        stepped()  # (it ran once the minute's part was sent)
+        self.metrics.redis_write_seconds.observe(self.clock.monotonic() - t0 - self.step_s)
         self.values = result.written
         for rows in [*(u.minute for u in again if u.minute is not None), history]:
             np.maximum.at(t.hist_ts, rows.slot, rows.ts)

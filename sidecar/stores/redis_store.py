@@ -155,46 +155,46 @@ class RedisStore(RedisStreams):
         return await self.write_timeframes([TimeframeWrite(timeframe, latest, history, features, quiet), *more], now)
 
     async def write_timeframes(self, writes: Sequence[TimeframeWrite], now: float,
-                               then: Sequence[Callable[[], Sequence[TimeframeWrite]]] = (),
+                               then: Callable[[], Sequence[TimeframeWrite]] | None = None,
                                reads: FeatureReads | None = None) -> WriteResult:
         """`write_cycle` for parts given per timeframe, applied in their order (the first part
-        with newest bars lists the symbols). Each of `then`, in turn, makes more parts once
-        those before are sent: they follow on the same connection, made while Redis applies
-        the ones before.
+        with newest bars lists the symbols). `then`, if given, makes more parts once the first
+        are sent: they follow on the same connection, made while Redis applies the first.
 
         `reads`: features read back on the same connection, a timeframe's MGET right after the
-        first parts that write its features (after the last, if none does); each is handed to
-        `reads.took` as soon as it is read, while Redis may still apply what follows it. A
+        parts that write it (after `then`'s for a timeframe not among `writes`); each is handed
+        to `reads.took` as soon as it is read, while Redis may still apply what follows it. A
         cluster member's fenced write reads nothing: the scan then reads for itself."""
         if self.fence is not None:
-            return await self._write_fenced([*writes, *(w for make in then for w in make())], now)
+            return await self._write_fenced([*writes, *(then() if then is not None else ())], now)
         head, names = self._head(writes, now)
-        counts: list[int] = []  # values written by each part
+        parts, written = self._packer.pack(writes)
+        counts = [written]
+        sent = [*(command(*c) for c in head), *parts]
         took: dict[int, Callable[[object], object]] = {}  # reply index -> who takes it
-        wanted: Mapping[str, Sequence[str]] = reads.symbols if reads is not None else {}
-        unread = [tf for tf, symbols in wanted.items() if symbols]
-        sent = [command(*c) for c in head]  # every command so far (one reply each)
 
-        def part(timeframes: Sequence[TimeframeWrite], last: bool) -> tuple[list[bytes], float]:
-            commands, n = self._packer.pack(timeframes)
+        def read_back(timeframes: Sequence[str], at: int) -> list[bytes]:
+            if reads is None:
+                return []
+            for k, tf in enumerate(timeframes):
+                took[at + k] = functools.partial(reads.took, tf)
+            return [self._mget(reads.symbols[tf], tf) for tf in timeframes]
+
+        wanted = [tf for tf, symbols in (reads.symbols.items() if reads else ()) if symbols]
+        first = {w.timeframe for w in writes}
+        early = [tf for tf in wanted if tf in first or then is None]
+        sent += read_back(early, len(sent))
+
+        def more() -> tuple[list[bytes], float]:
+            assert then is not None
+            extra, n = self._packer.pack(then())
             counts.append(n)
-            written = {w.timeframe for w in timeframes if len(w.features[0])}
-            for tf in [tf for tf in unread if tf in written or last]:
-                assert reads is not None
-                took[len(sent) + len(commands)] = functools.partial(reads.took, tf)
-                commands.append(self._mget(wanted[tf], tf))
-                unread.remove(tf)
-            sent.extend(commands)
-            return commands, n * WRITE_S_PER_VALUE
+            late = [tf for tf in wanted if tf not in early]
+            return [*extra, *read_back(late, len(sent) + len(extra))], n * WRITE_S_PER_VALUE
 
-        def later(make: Callable[[], Sequence[TimeframeWrite]], last: bool) -> Callable[[], tuple[list[bytes], float]]:
-            return lambda: part(make(), last)
-
-        part(writes, not then)
-        first = list(sent)  # the head and the first parts
-        replies = await self._send(first, len(first), f"writing {counts[0]} values",
-                                   timeout=self.timeout_s + counts[0] * WRITE_S_PER_VALUE,
-                                   more=[later(make, k == len(then) - 1) for k, make in enumerate(then)], took=took)
+        replies = await self._send(sent, len(sent), f"writing {written} values",
+                                   timeout=self.timeout_s + written * WRITE_S_PER_VALUE,
+                                   more=None if then is None else more, took=took)
         fresh = replies[0] is not None  # a new or emptied Redis: only what this write added is in its set
         self._listed.add(names, fresh)
         return WriteResult(sum(counts), fresh)
@@ -300,13 +300,13 @@ class RedisStore(RedisStreams):
 
     async def _send(self, packed: bytes | list[bytes], replies: int, what: str, fenced_ok: bool = False,
                     timeout: float | None = None,
-                    more: Sequence[Callable[[], tuple[list[bytes], float]]] = (),
+                    more: Callable[[], tuple[list[bytes], float]] | None = None,
                     took: Mapping[int, Callable[[object], object]] | None = None) -> list[object]:
         """Send pre-packed commands on one pooled connection, replies read within `timeout` (or
-        the store's); each of `more`, called once those before are sent, gives commands to send
-        after them (one reply each) and the seconds they add to the deadline; `took`, by reply
-        index, is handed that reply as soon as it is read (not an error reply). A connection that
-        failed mid-way is closed, never pooled with replies pending."""
+        the store's); `more`, called once they are sent, gives commands to send after them (one
+        reply each) and the seconds they add to the deadline; `took`, by reply index, is handed
+        that reply as soon as it is read (not an error reply). A connection that failed mid-way
+        is closed, never pooled with replies pending."""
         pool = self._pool
         assert pool is not None, "pre-packed commands go to one Redis, not a cluster"
         timeout = self.timeout_s if timeout is None else timeout
@@ -316,8 +316,8 @@ class RedisStore(RedisStreams):
                 conn.socket_timeout = timeout  # (its own, while this connection is ours)
                 try:
                     await conn.send_packed_command(packed)
-                    for make in more:
-                        extra, seconds = make()
+                    if more is not None:
+                        extra, seconds = more()
                         deadline.reschedule((deadline.when() or 0.0) + seconds)
                         await conn.send_packed_command(extra)
                         replies += len(extra)
