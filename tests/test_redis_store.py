@@ -141,6 +141,38 @@ async def test_features_read_with_a_write_are_read_right_after_the_part_that_wri
     assert got == [("1m", [b"third AAPL", b"third MSFT", None]), ("5m", [b"five AAPL", b"five MSFT", None])]
 
 
+async def test_a_health_check_falling_due_between_a_writes_parts_leaves_its_replies_alone(
+        redis_url: str, redis_server: RedisServer) -> None:
+    """redis-py pings a connection idle past its health-check interval before a command is sent:
+    between the parts of one write, that PING would read the first part's pending reply as its
+    PONG. Here the interval is 50 ms and the later part takes 100 ms to make."""
+    s = RedisStore(url=redis_url, prefix="t", max_connections=1, timeout_s=2.0, history_len=50)
+    s._pool.connection_kwargs["health_check_interval"] = 0.05  # type: ignore[union-attr]  # noqa: SLF001
+    await s.start()
+    symbols = ["AAPL", "MSFT"]
+    got: list[tuple[str, list[bytes | None]]] = []
+
+    def later() -> list[TimeframeWrite]:
+        until = time.monotonic() + 0.1  # the higher timeframes' step, at 50,000 symbols
+        while time.monotonic() < until:
+            pass
+        return [TimeframeWrite("5m", features=(symbols, [b"five " + x.encode() for x in symbols]))]
+
+    try:
+        for k in range(3):
+            got.clear()
+            minute = TimeframeWrite("1m", (symbols, [pack(_bar(k, x)) for x in symbols]),
+                                    features=(symbols, [b"one %d" % k] * 2))
+            result = await s.write_timeframes([minute], 1.0 + k, then=later, reads=FeatureReads(
+                {"1m": symbols, "5m": symbols}, lambda tf, raws: got.append((tf, raws))))
+            assert result.written == 6
+            assert got == [("1m", [b"one %d" % k] * 2), ("5m", [b"five AAPL", b"five MSFT"])]
+    finally:
+        await s.close()
+    with redis_server.client() as c:
+        assert msgpack.unpackb(c.get("t:{MSFT}:bar:1m"))["ts"] == T0 + 120
+
+
 async def test_a_write_tells_when_redis_lost_its_data(store: RedisStore, redis_server: RedisServer) -> None:
     assert (await store.write_bars([_bar(1)], [])).fresh  # the first write into this (flushed) Redis
     assert not (await store.write_bars([_bar(2)], [])).fresh

@@ -305,8 +305,8 @@ class RedisStore(RedisStreams):
         """Send pre-packed commands on one pooled connection, replies read within `timeout` (or
         the store's); `more`, called once they are sent, gives commands to send after them (one
         reply each) and the seconds they add to the deadline; `took`, by reply index, is handed
-        that reply as soon as it is read (not an error reply). A connection that failed mid-way
-        is closed, never pooled with replies pending."""
+        that reply (an array) as soon as it is read. A connection that failed mid-way is closed,
+        never pooled with replies pending."""
         pool = self._pool
         assert pool is not None, "pre-packed commands go to one Redis, not a cluster"
         timeout = self.timeout_s if timeout is None else timeout
@@ -319,12 +319,16 @@ class RedisStore(RedisStreams):
                     if more is not None:
                         extra, seconds = more()
                         deadline.reschedule((deadline.when() or 0.0) + seconds)
-                        await conn.send_packed_command(extra)
+                        # No health check now: its PING would read the first reply pending here as
+                        # its PONG, fail, and send the rest on a new connection, every reply read
+                        # after it one off. (It falls due when the connection's last read was ~5 s
+                        # before: a 50,000-symbol soak's daemon died of it, its `more` ~0.3 s long.)
+                        await conn.send_packed_command(extra, check_health=False)
                         replies += len(extra)
                     out = []
                     for i in range(replies):
                         out.append(reply := await _reply(conn))
-                        if took and i in took and not isinstance(reply, Exception):
+                        if took and i in took and isinstance(reply, list):  # an MGET's reply is an array
                             took[i](reply)
                 except BaseException:
                     await conn.disconnect()
