@@ -319,10 +319,9 @@ class RedisStore(RedisStreams):
                     if more is not None:
                         extra, seconds = more()
                         deadline.reschedule((deadline.when() or 0.0) + seconds)
-                        # No health check now: its PING would read the first reply pending here as
-                        # its PONG, fail, and send the rest on a new connection, every reply read
-                        # after it one off. (It falls due when the connection's last read was ~5 s
-                        # before: a 50,000-symbol soak's daemon died of it, its `more` ~0.3 s long.)
+                        # No health check: its PING would take the first reply pending here for its
+                        # PONG, fail, and send the rest on a new connection, every reply after it one
+                        # off (due when the last read was ~5 s ago: a 50,000-symbol daemon died of it).
                         await conn.send_packed_command(extra, check_health=False)
                         replies += len(extra)
                     out = []
