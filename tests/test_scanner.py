@@ -195,7 +195,7 @@ async def test_a_scan_evaluates_the_values_read_with_the_cycles_write_and_reads_
     scanner = Scanner(symbols=["AAPL", "MSFT"], broker_symbols=["AAPL", "MSFT"], codec=codecs["1m"], rules=rules,
                       max_age_s=3.0)
     metrics = Metrics()
-    scan = Scan(scanner=scanner, redis=store, metrics=metrics, clock=ManualClock(NOW))
+    scan = Scan(scanner=scanner, redis=store, metrics=metrics, clock=ManualClock(NOW), codecs=codecs)
 
     def part(tf: str, rsi: float) -> TimeframeWrite:
         values = np.full((len(OUTPUTS), 2), np.nan)
@@ -207,8 +207,8 @@ async def test_a_scan_evaluates_the_values_read_with_the_cycles_write_and_reads_
     async def cycle(rsi_1m: float, again: float | None = None, reads: bool = True) -> float:
         later = [part("5m", 35.0), *([] if again is None else [part("1m", again)])]
         await store.write_timeframes([part("1m", rsi_1m)], NOW, then=lambda: later,
-                                     reads=scan.reads(codecs) if reads else None)
-        await scan.run(codecs)
+                                     reads=scan.reads() if reads else None)
+        await scan.run()
         return metrics.total("sidecar_signals_total", rule="dip")
 
     assert await cycle(50.0) == 0  # first sight

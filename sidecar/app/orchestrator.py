@@ -144,8 +144,9 @@ class Orchestrator:
         self.publisher = Publisher(table=self.table, redis=redis, encoder=self.encoder,
                                    lane_encoders={lane.timeframe: lane.encoder for lane in self.higher.lanes},
                                    metrics=metrics, clock=clock, on_redis_lost=on_redis_lost)
-        self.scan = None if scanner is None or features is None else Scan(scanner=scanner, redis=redis,
-                                                                           metrics=metrics, clock=clock)
+        self.scan = None if scanner is None or features is None else Scan(
+            scanner=scanner, redis=redis, metrics=metrics, clock=clock,
+            codecs={service.timeframe: service.codec for service in self.services()})
         self.ticker = Ticker(clock, period, on_overrun=metrics.cycle_overruns.inc)
         # quotes: each second's poll as it turns, whatever the cycles' length and phase (cycle/sourcing.py)
         self.poller = Ticker(clock, period)
@@ -291,11 +292,10 @@ class Orchestrator:
 
         feature_slots, feature_rows = self._features(fetched, accepted)
         marks.append(clock.monotonic())
-        codecs = {service.timeframe: service.codec for service in self.services()}
         redis_ok, lanes = await self.publisher.write(  # the higher timeframes step while Redis applies the minute's part
             accepted, synthetic, stale, (feature_slots, feature_rows), lambda: self.higher.step(
                 accepted.closed, newest.take(newest.forming), self.sourcing.source_clock(now)) if self.higher.lanes else [],
-            now, None if self.scan is None else self.scan.reads(codecs))
+            now, None if self.scan is None else self.scan.reads())
         marks += [marks[-1] + self.publisher.step_s, clock.monotonic()]  # timeframes; Redis: the rest of the write
         if redis_ok:
             await self.dead.update(now)
@@ -321,7 +321,7 @@ class Orchestrator:
         self.sourcing.recovered = False
         marks.append(clock.monotonic())
         if self.scan is not None and redis_ok:
-            await self.scan.run(codecs)
+            await self.scan.run()
         self.metrics.sqlite_buffered.set(self.sqlite.waiting)
         marks.append(clock.monotonic())
         return self._report(fetched, accepted, redis_ok, marks, now)

@@ -33,27 +33,28 @@ class Scan:
     :param redis: where the features are read and the signals published.
     :param metrics: signals per rule, stale feature rows, scan time, Redis errors.
     :param clock: the time the rules are evaluated at.
+    :param codecs: each timeframe's own (a row's layout holds its timeframe's name: "15m" is a
+        byte longer than "1m").
     """
 
-    def __init__(self, *, scanner: Scanner, redis: RedisStore, metrics: Metrics, clock: Clock) -> None:
-        self.scanner, self.redis, self.metrics, self.clock = scanner, redis, metrics, clock
-        self._codecs: Mapping[str, FeatureCodec] = {}
+    def __init__(self, *, scanner: Scanner, redis: RedisStore, metrics: Metrics, clock: Clock,
+                 codecs: Mapping[str, FeatureCodec]) -> None:
+        self.scanner, self.redis, self.metrics, self.clock, self.codecs = scanner, redis, metrics, clock, codecs
         self._symbols: Sequence[str] = ()  # the symbols of the frames read with the write
         self._frames: dict[str, FeatureFrame] = {}  # read with this cycle's write, by timeframe
         self.decode_s = 0.0  # spent decoding them (inside the write's Redis stage)
 
-    def reads(self, codecs: Mapping[str, FeatureCodec]) -> FeatureReads:
-        """What the cycle's write reads back for the scan; `codecs`: each timeframe's own (a row's
-        layout holds its timeframe's name: "15m" is a byte longer than "1m")."""
-        self._codecs, self._symbols, self._frames, self.decode_s = codecs, self.scanner.symbols, {}, 0.0
+    def reads(self) -> FeatureReads:
+        """What the cycle's write reads back for the scan."""
+        self._symbols, self._frames, self.decode_s = self.scanner.symbols, {}, 0.0
         return FeatureReads({tf: self._symbols for tf in self.scanner.fields}, self._took)
 
     def _took(self, timeframe: str, raws: list[bytes | None]) -> None:
         t0 = self.clock.monotonic()
-        self._frames[timeframe] = self._codecs[timeframe].decode(raws, self.scanner.fields[timeframe])
+        self._frames[timeframe] = self.codecs[timeframe].decode(raws, self.scanner.fields[timeframe])
         self.decode_s += self.clock.monotonic() - t0
 
-    async def run(self, codecs: Mapping[str, FeatureCodec]) -> None:
+    async def run(self) -> None:
         """Evaluate the frames read with this cycle's write, reading those it did not (or all,
         if the symbols changed since), and publish. A Redis error skips this scan."""
         t0 = self.clock.monotonic()
@@ -63,7 +64,7 @@ class Scan:
         try:
             for tf, fields in self.scanner.fields.items():
                 if tf not in frames:
-                    frames[tf] = codecs[tf].decode(await self.redis.features(self.scanner.symbols, tf), fields)
+                    frames[tf] = self.codecs[tf].decode(await self.redis.features(self.scanner.symbols, tf), fields)
             result = self.scanner.evaluate(frames, self.clock.time())
             await self.redis.publish_signals([
                 {"id": f"{s.symbol}:{s.rule}:{s.ts}:{int(s.time * 1000)}", **s.as_map()} for s in result.signals])
