@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from .arrays import distinct
 from .symbols import AssetClass
 
 NEW_YORK = ZoneInfo("America/New_York")
@@ -45,7 +46,7 @@ def nyse_sessions(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     opens = np.full(len(ts), -1, dtype=np.int64)
     closes = np.full(len(ts), -1, dtype=np.int64)
     days = ts // DAY
-    for d in np.unique(days).tolist():
+    for d in distinct(days)[0].tolist():
         bounds = sessions.get(d)
         if bounds is not None:
             sel = (days == d) & (ts >= bounds[0]) & (ts < bounds[1])
@@ -72,7 +73,7 @@ def _ny_offset(day: int) -> int:
 def _ny_local(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(weekday Mon=0, minute of day) in New York time for each UTC timestamp."""
     days = ts // DAY
-    uniq, inv = np.unique(days, return_inverse=True)
+    uniq, inv = distinct(days)
     offsets = np.array([_ny_offset(int(d)) for d in uniq], dtype=np.int64)[inv]
     local = ts + offsets
     weekday = ((local // DAY) + 3) % 7  # 1970-01-01 was a Thursday
@@ -172,7 +173,7 @@ def session_day(asset_class: AssetClass, ts: np.ndarray | int) -> np.ndarray:
     if asset_class is AssetClass.CRYPTO:
         return ts // DAY
     days = ts // DAY
-    uniq, inv = np.unique(days, return_inverse=True)
+    uniq, inv = distinct(days)
     local = ts + np.array([_ny_offset(int(d)) for d in uniq], dtype=np.int64)[inv]
     if asset_class in (AssetClass.FX, AssetClass.FUTURES):
         local = local + 7 * 3600  # 17:00 New York becomes midnight

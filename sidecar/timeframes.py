@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
+from .arrays import distinct
 from .bars import TIMEFRAMES
 from .calendars import DAY, nyse_sessions
 from .symbols import AssetClass
@@ -137,7 +138,7 @@ class Buckets:
         first = self.day_starts[asset_class]
         days = ts // DAY
         start, end = np.empty_like(ts), np.empty_like(ts)
-        for d in np.unique(days).tolist():
+        for d in distinct(days)[0].tolist():
             sel = days == d
             edges = _day_edges(first, d)
             at = np.searchsorted(edges, ts[sel], side="right") - 1
@@ -148,7 +149,7 @@ class Buckets:
         """`bounds` for rows of mixed asset classes (`classes`: index into AssetClass order)."""
         start, end = np.empty_like(ts), np.empty_like(ts)
         members = list(AssetClass)
-        for code in np.unique(classes).tolist():
+        for code in distinct(classes)[0].tolist():
             sel = classes == code
             start[sel], end[sel] = self.bounds(members[code], timeframe, ts[sel])
         return start, end

@@ -110,18 +110,20 @@ class Aggregator:
         closes the buckets that ended (per slot: the clock of its source, delayed or not)."""
         self._fit()
         out: list[Batch] = []
-        start, end = self.bounds(closed.slot, closed.ts)
-        s = closed.slot
-        held = self.start[s]
-        rebuild = ((start < self.known_from[s]) | (start < self.closed_until[s]) | ((held >= 0) & (start < held))
-                   | ((start == held) & (closed.ts <= self.last[s])))
-        live = ~rebuild
-        groups = aggregate(s[live], closed.ts[live], closed.open[live], closed.high[live], closed.low[live],
-                           closed.close[live], closed.volume[live], start[live], end[live])
-        if len(groups):
-            out.append(self._merge(groups, closed.source[live]))
+        requests: list[np.ndarray] = []
+        if len(closed):  # (59 cycles of 60 have none)
+            start, end = self.bounds(closed.slot, closed.ts)
+            s = closed.slot
+            held = self.start[s]
+            rebuild = ((start < self.known_from[s]) | (start < self.closed_until[s]) | ((held >= 0) & (start < held))
+                       | ((start == held) & (closed.ts <= self.last[s])))
+            live = ~rebuild
+            groups = aggregate(s[live], closed.ts[live], closed.open[live], closed.high[live], closed.low[live],
+                               closed.close[live], closed.volume[live], start[live], end[live])
+            if len(groups):
+                out.append(self._merge(groups, closed.source[live]))
+            requests.append(np.column_stack([s[rebuild], start[rebuild], end[rebuild]]))
         out.append(self._close_due(now))
-        requests = [np.column_stack([s[rebuild], start[rebuild], end[rebuild]])]
         formed, more = self._forming(forming)
         requests.append(more)
         done = Batch.concat(out).sorted()

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import msgpack
 import numpy as np
 
+from ..arrays import distinct
 from ..packed import NameColumn, Packed
 from .batch import Batch
 
@@ -69,7 +70,7 @@ class BarEncoder:
         symbols = names.bytes_of(rows.slot)
         width = np.zeros(n, dtype=np.int64)
         source = rows.source.astype(np.int64) % max(len(source_names), 1)  # -1 (none): the last, as a list would
-        for code in np.unique(source).tolist():
+        for code in distinct(source)[0].tolist():
             sel = np.flatnonzero(source == code)
             at = fixed + len(tails[code])
             grid[sel, fixed:at] = tails[code]

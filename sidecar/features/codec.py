@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 
+from ..arrays import distinct
 from ..packed import Packed
 
 log = logging.getLogger(__name__)
@@ -122,11 +123,10 @@ class FeatureCodec:
         codes, which = np.zeros(1, dtype=np.uint64), np.zeros(n, dtype=np.int64)
         if missing.any():
             if missing.shape[1] <= 64:
-                codes, which = np.unique(missing @ self._bits, return_inverse=True)
+                codes, which = distinct(missing @ self._bits)
             if missing.shape[1] > 64 or len(codes) > _PATTERNS:
                 full = self._put(np.repeat(self._template, n), slice(None), columns, updated)
                 return self._cut_each(full.view(np.uint8).reshape(n, self.dtype.itemsize), missing)
-            which = which.ravel()
         # Rows share a handful of patterns of nils (what is still warming up depends on how much
         # history a symbol has): each pattern's rows are one structured array of its own layout,
         # written in place, one pattern after the other, in the one buffer all rows share.

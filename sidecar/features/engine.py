@@ -106,6 +106,7 @@ class FeatureEngine:
             "low_w": np.full((slots, c.willr - 1), np.inf),
         }
         self.out = np.full((len(self.outputs), slots), np.nan)
+        self._scratch = np.empty((0, 0))  # `peek`'s, sized at its first use
 
     def _slot_rows(self) -> list[np.ndarray]:
         """Every state array whose first axis is the slot."""
@@ -162,12 +163,16 @@ class FeatureEngine:
         self.commits += 1
         return self.out
 
-    def peek(self, bars: Bars, mask: np.ndarray | None = None) -> np.ndarray:
+    def peek(self, bars: Bars, mask: np.ndarray | None = None, cols: np.ndarray | None = None) -> np.ndarray:
         """Values the slots in `mask` would have if `bars` closed now (forming bars); changes
-        nothing. Columns outside the mask are NaN."""
-        out = np.full_like(self.out, np.nan)
+        nothing. Columns outside the mask are NaN; with `cols` (slots in the mask), only theirs
+        (outputs, len(cols)), computed in a kept buffer instead of a new NaN-filled one."""
+        if cols is None:
+            out = np.full_like(self.out, np.nan)
+        elif (out := self._scratch).shape != self.out.shape:
+            out = self._scratch = np.empty_like(self.out)
         self._run(False, bars, self._all if mask is None else mask, out)
-        return out
+        return out if cols is None else out[:, cols]
 
     def prepare(self) -> None:
         """Load (or on first use compile) the kernels now, so the first cycle, or the first

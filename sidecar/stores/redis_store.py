@@ -1,7 +1,5 @@
 """Redis knowledge base: the latest bar per symbol and timeframe, the newest features, and a
-capped, time-indexed history, written in one round trip per cycle.
-
-Keys: `redis_wire.RedisKeys`.
+capped, time-indexed history, written in one round trip per cycle. Keys: `redis_wire.RedisKeys`.
 
 A cycle's writes are pre-packed RESP sent on one connection: MSETs of the newest bars and
 features (values packed from arrays by the cycle), one EVAL that adds the closed bars to the
@@ -17,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
@@ -290,9 +288,10 @@ class RedisStore(RedisStreams):
             raise self._failed(what, exc) from exc
         return self._checked(out, what, fenced_ok)
 
-    def _checked(self, out: list[object], what: str, fenced_ok: bool) -> list[object]:
+    def _checked(self, out: list[object], what: str, fenced_ok: bool, reads: Collection[int] = ()) -> list[object]:
+        """The replies, unless one is an error (inside an EXEC's too; not read: the `reads`' values)."""
         errors = [r for r in out if isinstance(r, Exception) and not (fenced_ok and str(r).startswith("FENCED"))]
-        errors += [x for r in out if isinstance(r, list) for x in r if isinstance(x, Exception)]  # inside an EXEC
+        errors += [x for i, r in enumerate(out) if type(r) is list and i not in reads for x in r if isinstance(x, Exception)]
         if errors:
             raise self._failed(what, str(errors[0]))
         self.ok, self.last_error = True, None
@@ -337,7 +336,7 @@ class RedisStore(RedisStreams):
                     await pool.release(conn)
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._failed(what, exc) from exc
-        return self._checked(out, what, fenced_ok)
+        return self._checked(out, what, fenced_ok, took or ())
 
     async def latest(self, symbol: str, timeframe: str) -> Bar | None:
         """The newest bar of a symbol, or None."""
