@@ -129,11 +129,14 @@ def _metrics(port: int) -> dict[str, float]:
 
 
 def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0, history_minutes: int = 5,
-         profile: Path | None = None) -> Run:
+         profile: Path | None = None, pin: bool = False) -> Run:
     """Run exchange + daemon on `n` symbols; measure `seconds` after the warm-up. Each symbol's
     first fetch reaches `history_minutes` back: 5 leaves every 1m indicator but OBV and VWAP
     warming up for the whole run; 240 warms them all, as stored history does for a user.
-    `profile`: run the daemon under py-spy (200 samples a second), its speedscope profile there."""
+    `profile`: run the daemon under py-spy (200 samples a second), its speedscope profile there.
+    `pin`: the daemon on CPU 0, everything else (the exchange, redis-server, this process) on
+    CPU 1, to see the daemon's cycle with a core of its own (a diagnosis, not the soak's setup)."""
+    shared = os.sched_getaffinity(0)
     with redis_server(work) as redis_url:
         redis_pid = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
         ex_port, http_port = free_port(), free_port()
@@ -146,6 +149,10 @@ def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0, histor
                       "SIDECAR_CYCLE_TRACE": str(trace)}
         log = (work / f"daemon-{n}.log").open("wb")
         command = [sys.executable, "-m", "sidecar", "run"]
+        if pin:
+            command = ["taskset", "-c", "0", *command]
+            for pid in (redis_pid, exchange.pid, os.getpid()):
+                _pin(pid, {1})
         if profile is not None:
             command = [str(Path(sys.executable).with_name("py-spy")), "record", "--rate", "200", "--format",
                        "speedscope", "-o", str(profile), "--", *command]
@@ -202,7 +209,14 @@ def soak(n: int, seconds: float, work: Path, warmup_limit: float = 240.0, histor
             exchange.terminate()
             exchange.wait()
             log.close()
+            os.sched_setaffinity(0, shared)
     return run
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of a process onto `cpus`."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(task), cpus)
 
 
 def redis_benchmark(work: Path, value_bytes: int) -> float:
@@ -509,6 +523,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--profile", type=Path, default=None,
                         help="run the (first) daemon under py-spy and write its speedscope profile here")
+    parser.add_argument("--pin", action="store_true",
+                        help="the daemon on CPU 0 and the exchange, redis-server and the harness on CPU 1")
     parser.add_argument("--name", default="", help="appended to the report's file name (<date>-<host>[-name].md)")
     args = parser.parse_args()
     out_dir = Path(args.out)
@@ -516,7 +532,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         runs = [soak(args.symbols, 60.0 if args.quick else args.minutes * 60, work,
-                     history_minutes=args.history_minutes, profile=args.profile)]
+                     history_minutes=args.history_minutes, profile=args.profile, pin=args.pin)]
         print(f"{args.symbols} symbols: {summarize(runs[0])['cycle_s_p99']:.1f} ms p99", flush=True)
         if args.scaling and not args.quick:
             for n in (int(x) for x in args.scaling.split(",")):
