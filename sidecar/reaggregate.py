@@ -5,8 +5,8 @@ ways: the bootstrap stores 1m bars for the last 30 days and the source's own 5m 
 before that, a database from before this round holds only minutes, and a changed
 `SIDECAR_DAY_START` makes the stored daily bars follow the old rule. This pass rebuilds every
 higher timeframe of a symbol from the finest stored bars (a bar is used only if it lies wholly
-inside one bucket, and a coarser one only where no finer bar lies inside it), stores what
-differs, and flags UNALIGNED
+inside one bucket, and a coarser one only where no finer bar lies inside it; a bucket a finer
+history begins inside of is not built from it), stores what differs, and flags UNALIGNED
 the stored bars that do not start a bucket under the current rules and cannot be rebuilt
 (a day of the old rule older than any finer history).
 """
@@ -86,6 +86,12 @@ def _rebuild(buckets: Buckets, info: SymbolInfo, tf: str, stored: dict[str, list
         use = (own_start == ts) & (own_end <= b_end) & (b_end <= end) & (ts < boundary)
         use &= np.array([not b.flags & UNALIGNED for b in rows])
         idx = np.flatnonzero(use)
+        first = idx[np.argmin(ts[idx])] if len(idx) else -1
+        if len(idx) and ts[first] > b_start[first]:
+            # this history begins inside a bucket (a window that started mid-session): the
+            # minutes before it were never fetched, so that bucket is not built from it; a
+            # coarser bar holds it, or none does
+            idx = idx[b_start[idx] != b_start[first]]
         if not len(idx):
             continue
         cut = int(own_end[idx].max())

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sidecar.bars import TIMEFRAMES, UNALIGNED
+from sidecar.bars import TIMEFRAMES, UNALIGNED, Bar
 from sidecar.bootstrap import Bootstrapper
 from sidecar.clock import ManualClock
 from sidecar.exchange import Exchange, Market
@@ -73,7 +73,9 @@ async def test_ninety_bootstrapped_days_reaggregate_to_the_reference(world: tupl
             truth = exchange.truth(lookup(symbol).yahoo, first, NOW)
             want = reference(truth, tf, kind, DAY[symbol])
             ends = Buckets().bounds(lookup(symbol).asset_class, tf, np.array(sorted(want)))[1]
-            want = {ts: v for (ts, v), e in zip(sorted(want.items()), ends.tolist(), strict=True) if e <= NOW}
+            # buckets wholly inside the history: one the history begins inside is not built from it
+            want = {ts: v for (ts, v), e in zip(sorted(want.items()), ends.tolist(), strict=True)
+                    if e <= NOW and ts >= first}
             got = {ts: v[:5] for ts, v in _stored(sqlite.path, symbol, tf).items() if ts >= first - 86400}
             assert sorted(got) == sorted(want), (symbol, tf, len(got), len(want))
             bad = [ts for ts in want if not np.allclose(got[ts], want[ts], rtol=1e-9)]
@@ -109,3 +111,34 @@ async def test_a_changed_fx_day_start_rebuilds_the_days_it_can_and_marks_the_oth
         assert np.allclose(rebuilt[ts], values, rtol=1e-9), ts
     marked = {ts for ts, v in days.items() if v[5] & UNALIGNED}
     assert marked and marked == {ts for ts in london if ts < first_minute} and report["1d"].unaligned == len(marked)
+
+
+async def test_a_history_begun_inside_a_bucket_leaves_that_bucket_to_the_coarser_bar(tmp_path: Path) -> None:
+    """A 5m history whose first window began half an hour into a session (a `history` load run
+    during US hours: 60 days back falls inside that day's session). That session's daily bar
+    stays the source's, not the sum of the half it has minutes for, and the hour the history
+    begins inside is not built at all; every bucket it covers is its 5-minute bars aggregated."""
+    day = int(dt.datetime(2026, 10, 6, 13, 30, tzinfo=dt.UTC).timestamp())  # a session: 13:30-20:00 UTC
+    nxt = day + 86400
+    sqlite = SQLiteStore(path=tmp_path / "bars.db", synchronous="NORMAL", clock=ManualClock(start=nxt + 86400))
+    await sqlite.start()
+    daily = Bar("AAPL", "1d", day, 100.0, 110.0, 90.0, 105.0, 5_000_000.0, "yahoo")
+    opens = [*range(day + 1800, day + 23400, 300), *range(nxt, nxt + 23400, 300)]  # from 14:00 on the first day
+    fives = [Bar("AAPL", "5m", t, 100.0 + k % 7, 101.0 + k % 11, 99.0 - k % 5, 100.5 + k % 3, 1000.0 + k, "yahoo")
+             for k, t in enumerate(opens)]
+    sqlite.add([daily, *fives])
+    await sqlite.flush()
+    await reaggregate(sqlite, Buckets(), lookup("AAPL"), ("15m", "1h", "1d"), 0, nxt + 86400)
+    await sqlite.flush()
+
+    def made(bars: list[Bar]) -> tuple[float, ...]:  # the reference aggregate, written out here
+        return (bars[0].open, max(b.high for b in bars), min(b.low for b in bars), bars[-1].close,
+                sum(b.volume for b in bars))
+
+    days, hours = _stored(sqlite.path, "AAPL", "1d"), _stored(sqlite.path, "AAPL", "1h")
+    assert days[day][:5] == daily.values  # not the afternoon's 5-minute bars
+    assert days[nxt][:5] == pytest.approx(made([b for b in fives if b.ts >= nxt]), rel=1e-12)
+    assert day not in hours  # 13:30-14:30: the history has only its second half
+    for start in (day + 3600, nxt, nxt + 3600):
+        assert hours[start][:5] == pytest.approx(made([b for b in fives if start <= b.ts < start + 3600]), rel=1e-12)
+    await sqlite.close()
