@@ -33,6 +33,10 @@ from sidecar.cycle.batch import Batch
 from sidecar.cycle.encode import BarEncoder
 from sidecar.cycle.higher import HigherTimeframes
 from sidecar.cycle.table import SymbolTable
+from sidecar.exchange.ledger import Ledger
+from sidecar.exchange.market import Market
+from sidecar.exchange.quote import BatchQuotes
+from sidecar.exchange.reference import Reference
 from sidecar.features.engine import FeatureConfig
 from sidecar.features.service import FeatureService
 from sidecar.fetchers.yahoo import parse_quote_body
@@ -87,16 +91,24 @@ def _update(features: FeatureService, closed: Batch, forming: Batch) -> tuple[np
     return features.update_batch(closed, forming, np.zeros(0, dtype=np.int64), ref_ts, PRICE[499], cols)
 
 
-def test_parse(benchmark) -> None:  # type: ignore[no-untyped-def]
-    """Ten batch quotes of 500 rows, each row with the fields Yahoo sends (providers.md 1.2)."""
-    bodies = [orjson.dumps({"quoteResponse": {"error": None, "result": [
-        {"language": "en-US", "region": "US", "quoteType": "EQUITY", "typeDisp": "Equity", "currency": "USD",
-         "exchange": "NMS", "fullExchangeName": "NasdaqGS", "exchangeTimezoneName": "America/New_York",
-         "market": "us_market", "marketState": "REGULAR", "symbol": info.yahoo,
-         "regularMarketPrice": float(PRICE[0, j]), "regularMarketTime": T0 + 5, "regularMarketVolume": 1000 * j,
-         "priceHint": 2, "exchangeDataDelayedBy": 0, "shortName": f"{info.yahoo} Inc.",
-         "longName": f"{info.yahoo} Incorporated"} for j, info in enumerate(INFOS[k:k + 500], start=k)]}})
-        for k in range(0, N, 500)]
+@pytest.mark.parametrize("rows", ["short", "exchange"])
+def test_parse(benchmark, rows: str) -> None:  # type: ignore[no-untyped-def]
+    """Ten batch quotes of 500 rows: "short", each row with 17 of the fields Yahoo sends
+    (providers.md 1.2); "exchange", the local exchange's answers as the soak's daemon parses
+    them (its rows carry Yahoo's reference fields too, ~30 more)."""
+    if rows == "exchange":
+        quotes = BatchQuotes(Market(always_open=True), Reference(42), Ledger())
+        bodies = [quotes.body(tuple(info.yahoo for info in INFOS[k:k + 500]), T0 + 5) for k in range(0, N, 500)]
+    else:
+        bodies = [orjson.dumps({"quoteResponse": {"error": None, "result": [
+            {"language": "en-US", "region": "US", "quoteType": "EQUITY", "typeDisp": "Equity", "currency": "USD",
+             "exchange": "NMS", "fullExchangeName": "NasdaqGS", "exchangeTimezoneName": "America/New_York",
+             "market": "us_market", "marketState": "REGULAR", "symbol": info.yahoo,
+             "regularMarketPrice": float(PRICE[0, j]), "regularMarketTime": T0 + 5, "regularMarketVolume": 1000 * j,
+             "priceHint": 2, "exchangeDataDelayedBy": 0, "shortName": f"{info.yahoo} Inc.",
+             "longName": f"{info.yahoo} Incorporated"} for j, info in enumerate(INFOS[k:k + 500], start=k)]}})
+            for k in range(0, N, 500)]
+    assert len(parse_quote_body(bodies[0], INFOS[:500]).index) == 500  # every row is one asked for
 
     def parse() -> None:
         for k, body in enumerate(bodies):
