@@ -89,7 +89,7 @@ def _rebuild(buckets: Buckets, info: SymbolInfo, tf: str, stored: dict[str, list
         first = idx[np.argmin(ts[idx])] if len(idx) else -1
         if len(idx) and ts[first] > b_start[first]:
             # this history begins inside a bucket (a window that started mid-session): the
-            # minutes before it were never fetched, so that bucket is not built from it; a
+            # bars before it were never fetched, so that bucket is not built from it; a
             # coarser bar holds it, or none does
             idx = idx[b_start[idx] != b_start[first]]
         if not len(idx):
