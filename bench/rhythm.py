@@ -17,15 +17,8 @@ import argparse
 import statistics
 import time
 
-from sidecar.cycle.batch import Batch
-from sidecar.exchange.ledger import Ledger
-from sidecar.exchange.market import Market
-from sidecar.exchange.quote import BatchQuotes
-from sidecar.exchange.reference import Reference
-from sidecar.fetchers.yahoo import parse_quote_body
-
 from .servers import save_report
-from .test_stages import FORMING, INFOS, T0, N, _batch, higher_timeframes
+from .test_stages import N, exchange_bodies, parse_all, timeframes_second
 
 
 def _spin(seconds: float) -> None:
@@ -36,25 +29,11 @@ def _spin(seconds: float) -> None:
 
 def run(rounds: int) -> dict[str, float]:
     """Median ms per stage for each way of running the rounds, and the ratios."""
-    quotes = BatchQuotes(Market(always_open=True), Reference(42), Ledger())
-    bodies = [quotes.body(tuple(info.yahoo for info in INFOS[k:k + 500]), T0 + 5) for k in range(0, N, 500)]
-    _table, higher = higher_timeframes()
-    for minute in range(120):
-        higher.step(_batch(minute), Batch.empty(), T0 + 60 * minute + 61.0)
-    second = iter(range(10**9))
-
-    def parse() -> None:
-        for k, body in enumerate(bodies):
-            parse_quote_body(body, INFOS[500 * k:500 * k + 500])
-
-    def step() -> None:
-        k = next(second)
-        higher.step(Batch.empty(), _batch(120 + k // 60, FORMING), T0 + 60 * 120 + k % 60 + 1.0)
-
+    bodies, step = exchange_bodies(), timeframes_second()
     out: dict[str, float] = {}
     for way, pause, spin in (("back_to_back", 0.0, 0.0), ("once_a_second", 0.95, 0.0),
                              ("once_a_second_after_a_spin", 0.95, 0.02)):
-        for name, stage in (("parse", parse), ("timeframes", step)):
+        for name, stage in (("parse", lambda: parse_all(bodies)), ("timeframes", step)):
             times = []
             for _ in range(rounds):
                 time.sleep(pause)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +97,7 @@ def test_parse(benchmark, rows: str) -> None:  # type: ignore[no-untyped-def]
     (providers.md 1.2); "exchange", the local exchange's answers as the soak's daemon parses
     them (its rows carry Yahoo's reference fields too, ~30 more)."""
     if rows == "exchange":
-        quotes = BatchQuotes(Market(always_open=True), Reference(42), Ledger())
-        bodies = [quotes.body(tuple(info.yahoo for info in INFOS[k:k + 500]), T0 + 5) for k in range(0, N, 500)]
+        bodies = exchange_bodies()
     else:
         bodies = [orjson.dumps({"quoteResponse": {"error": None, "result": [
             {"language": "en-US", "region": "US", "quoteType": "EQUITY", "typeDisp": "Equity", "currency": "USD",
@@ -109,12 +108,19 @@ def test_parse(benchmark, rows: str) -> None:  # type: ignore[no-untyped-def]
              "longName": f"{info.yahoo} Incorporated"} for j, info in enumerate(INFOS[k:k + 500], start=k)]}})
             for k in range(0, N, 500)]
     assert len(parse_quote_body(bodies[0], INFOS[:500]).index) == 500  # every row is one asked for
+    benchmark(parse_all, bodies)
 
-    def parse() -> None:
-        for k, body in enumerate(bodies):
-            parse_quote_body(body, INFOS[500 * k:500 * k + 500])
 
-    benchmark(parse)
+def exchange_bodies() -> list[bytes]:
+    """The local exchange's answers to ten 500-symbol batch quotes of all N symbols."""
+    quotes = BatchQuotes(Market(always_open=True), Reference(42), Ledger())
+    return [quotes.body(tuple(info.yahoo for info in INFOS[k:k + 500]), T0 + 5) for k in range(0, N, 500)]
+
+
+def parse_all(bodies: Sequence[bytes]) -> None:
+    """Parse ten 500-symbol batch quote bodies, as the poller does each second."""
+    for k, body in enumerate(bodies):
+        parse_quote_body(body, INFOS[500 * k:500 * k + 500])
 
 
 def test_build(benchmark) -> None:  # type: ignore[no-untyped-def]
@@ -214,16 +220,22 @@ def higher_timeframes() -> tuple[SymbolTable, HigherTimeframes]:
 
 def test_timeframes(benchmark) -> None:  # type: ignore[no-untyped-def]
     """A second's step of the five higher timeframes, after two hours of minutes."""
+    benchmark(timeframes_second())
+
+
+def timeframes_second() -> Callable[[], object]:
+    """The five higher timeframes after two hours of minutes, and a call that steps them
+    through the next second (the seconds after, on each call)."""
     _table, higher = higher_timeframes()
     for minute in range(120):
         higher.step(_batch(minute), Batch.empty(), T0 + 60 * minute + 61.0)
     second = iter(range(10**9))
 
-    def step() -> None:
+    def step() -> object:
         k = next(second)
-        higher.step(Batch.empty(), _batch(120 + k // 60, FORMING), T0 + 60 * 120 + k % 60 + 1.0)
+        return higher.step(Batch.empty(), _batch(120 + k // 60, FORMING), T0 + 60 * 120 + k % 60 + 1.0)
 
-    benchmark(step)
+    return step
 
 
 def _values(features: FeatureService, state: str) -> np.ndarray:

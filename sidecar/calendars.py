@@ -70,12 +70,15 @@ def _ny_offset(day: int) -> int:
     return int(noon.utcoffset().total_seconds())  # type: ignore[union-attr]
 
 
+def _ny_seconds(ts: np.ndarray) -> np.ndarray:
+    """Each UTC timestamp as New York wall-clock seconds (the offset asked once per UTC day)."""
+    uniq, inv = distinct(ts // DAY)
+    return ts + np.array([_ny_offset(int(d)) for d in uniq], dtype=np.int64)[inv]
+
+
 def _ny_local(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(weekday Mon=0, minute of day) in New York time for each UTC timestamp."""
-    days = ts // DAY
-    uniq, inv = distinct(days)
-    offsets = np.array([_ny_offset(int(d)) for d in uniq], dtype=np.int64)[inv]
-    local = ts + offsets
+    local = _ny_seconds(ts)
     weekday = ((local // DAY) + 3) % 7  # 1970-01-01 was a Thursday
     minute = (local % DAY) // 60
     return weekday, minute
@@ -172,9 +175,7 @@ def session_day(asset_class: AssetClass, ts: np.ndarray | int) -> np.ndarray:
     ts = np.atleast_1d(np.asarray(ts, dtype=np.int64))
     if asset_class is AssetClass.CRYPTO:
         return ts // DAY
-    days = ts // DAY
-    uniq, inv = distinct(days)
-    local = ts + np.array([_ny_offset(int(d)) for d in uniq], dtype=np.int64)[inv]
+    local = _ny_seconds(ts)
     if asset_class in (AssetClass.FX, AssetClass.FUTURES):
         local = local + 7 * 3600  # 17:00 New York becomes midnight
     return local // DAY

@@ -86,8 +86,8 @@ def _rebuild(buckets: Buckets, info: SymbolInfo, tf: str, stored: dict[str, list
         use = (own_start == ts) & (own_end <= b_end) & (b_end <= end) & (ts < boundary)
         use &= np.array([not b.flags & UNALIGNED for b in rows])
         idx = np.flatnonzero(use)
-        first = idx[np.argmin(ts[idx])] if len(idx) else -1
-        if len(idx) and ts[first] > b_start[first]:
+        first = idx[np.argmin(ts[idx])] if len(idx) else None
+        if first is not None and ts[first] > b_start[first]:
             # this history begins inside a bucket (a window that started mid-session): the
             # bars before it were never fetched, so that bucket is not built from it; a
             # coarser bar holds it, or none does

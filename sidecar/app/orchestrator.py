@@ -31,6 +31,7 @@ import numpy as np
 from ..bars import Bar, timeframe_seconds
 from ..clock import Clock
 from ..cycle.acceptance import Acceptance, Accepted
+from ..cycle.batch import Batch
 from ..cycle.deadletters import DeadLetters
 from ..cycle.encode import BarEncoder
 from ..cycle.gapfill import fill_gaps
@@ -285,16 +286,16 @@ class Orchestrator:
         synthetic = fill_gaps(accepted.closed, before_ts, before_close, t.asset_class, self.step)
         if len(synthetic):
             self.metrics.synthetic_bars.inc(len(synthetic))
-        newest = accepted.newest
+        newest, forming = accepted.newest, accepted.newest.take(accepted.newest.forming)
         set_latest(t, newest)
         stale = self.dead.mark_stale(now, fetched.answered)
         marks.append(clock.monotonic())
 
-        feature_slots, feature_rows = self._features(fetched, accepted)
+        feature_slots, feature_rows = self._features(fetched, accepted, forming)
         marks.append(clock.monotonic())
         redis_ok, lanes = await self.publisher.write(  # the higher timeframes step while Redis applies the minute's part
             accepted, synthetic, stale, (feature_slots, feature_rows), lambda: self.higher.step(
-                accepted.closed, newest.take(newest.forming), self.sourcing.source_clock(now)) if self.higher.lanes else [],
+                accepted.closed, forming, self.sourcing.source_clock(now)) if self.higher.lanes else [],
             now, None if self.scan is None else self.scan.reads())
         marks += [marks[-1] + self.publisher.step_s, clock.monotonic()]  # timeframes; Redis: the rest of the write
         if redis_ok:
@@ -339,7 +340,7 @@ class Orchestrator:
             if symbols:
                 self.sqlite.add_features(service.timeframe, symbols, ts, values)
 
-    def _features(self, fetched: Fetched, accepted: Accepted) -> tuple[np.ndarray, Sequence[bytes]]:
+    def _features(self, fetched: Fetched, accepted: Accepted, forming: Batch) -> tuple[np.ndarray, Sequence[bytes]]:
         """Commit the closed bars, evaluate the forming ones, refresh the symbols that answered
         with nothing new (so their values stay current)."""
         if self.features is None:
@@ -350,8 +351,7 @@ class Orchestrator:
         skip = np.zeros(len(t.active), dtype=bool)  # masks, not set operations: ~0.3 ms each at 5,000
         skip[newest.slot] = True
         refresh = fetched.answered[~skip[fetched.answered]]
-        out = self.features.update_batch(accepted.closed, newest.take(newest.forming), refresh, t.ref_ts, t.ref_close,
-                                         cols)
+        out = self.features.update_batch(accepted.closed, forming, refresh, t.ref_ts, t.ref_close, cols)
         self.metrics.features_seconds.observe(self.clock.monotonic() - t0)
         return out
 
